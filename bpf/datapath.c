@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* datapath.c - the kernel fast path: XDP on ingress, TC clsact on egress.
+ *
+ * One packet: parse (parsing.h) -> not SMTP? pass -> banned source? drop ->
+ * dropped flow? drop -> bypassed flow? pass -> pure ACK? pass -> push the
+ * metadata (smtp_sensor.h: struct ss_event_hdr) and the frame bytes into the
+ * perf ring -> pass. Every path returns a counter index from ss_process() and
+ * leaves through ss_exit_*(), which counts it.
+ *
+ * Compiled by bcc at start (sensor/datapath.py). Build parameters arrive as
+ * -D cflags:
+ *   SS_PIN_DIR  "/sys/fs/bpf/smtp-sensor/v1": where enforcement maps are pinned
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "smtp_sensor.h"
+#include "parsing.h"
+
+#ifndef SS_PIN_DIR
+#error "SS_PIN_DIR must be set (-DSS_PIN_DIR=\"/sys/fs/bpf/...\")"
+#endif
+
+/* Samples: struct ss_event_hdr followed by the frame bytes. */
+BPF_PERF_OUTPUT(ss_events);
+BPF_PERCPU_ARRAY(ss_counters, __u64, SS_DIR__MAX * SS_CNT__MAX);
+/* The SMTP port set: ss_ports[port] != 0. Changed by userland at run time. */
+BPF_ARRAY(ss_ports, __u8, SS_PORT_MAX);
+BPF_ARRAY(ss_config, struct ss_config, 1);
+
+/* Enforcement state, pinned so it outlives the control plane. */
+BPF_TABLE_PINNED("lpm_trie", struct ss_lpm_v4, struct ss_verdict, ss_ban_v4, SS_BAN_MAX,
+		 SS_PIN_DIR "/ss_ban_v4", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct ss_lpm_v6, struct ss_verdict, ss_ban_v6, SS_BAN_MAX,
+		 SS_PIN_DIR "/ss_ban_v6", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct ss_flow_key, struct ss_verdict, ss_flow_drop, SS_FLOW_MAX,
+		 SS_PIN_DIR "/ss_flow_drop");
+BPF_TABLE_PINNED("lru_hash", struct ss_flow_key, struct ss_verdict, ss_bypass, SS_FLOW_MAX,
+		 SS_PIN_DIR "/ss_bypass");
+
+static __always_inline void ss_count(int dir, int counter)
+{
+	__u32 idx = dir * SS_CNT__MAX + counter;
+	__u64 *value = ss_counters.lookup(&idx);
+
+	if (value)
+		*value += 1;
+}
+
+/* A live entry (no expiry, or expiry in the future) counts the hit and says
+ * so; an expired one is ignored until userland sweeps it. */
+static __always_inline int ss_verdict_live(struct ss_verdict *v, __u32 wire_len, int dir)
+{
+	if (v->expires_ns && v->expires_ns <= bpf_ktime_get_ns()) {
+		ss_count(dir, SS_CNT_EXPIRED);
+		return 0;
+	}
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, wire_len);
+	return 1;
+}
+
+/* The remote end of the packet (ingress: its source; egress: its
+ * destination) against the ban tries. */
+static __always_inline int ss_banned(struct ss_pkt *pkt, __u32 wire_len, int dir)
+{
+	__u8 *remote = dir == SS_DIR_INGRESS ? pkt->saddr : pkt->daddr;
+	struct ss_verdict *v;
+
+	if (pkt->family == SS_AF_INET) {
+		struct ss_lpm_v4 key = {.prefixlen = 32};
+
+		__builtin_memcpy(key.addr, remote + 12, 4);
+		v = ss_ban_v4.lookup(&key);
+	} else {
+		struct ss_lpm_v6 key = {.prefixlen = 128};
+
+		__builtin_memcpy(key.addr, remote, 16);
+		v = ss_ban_v6.lookup(&key);
+	}
+	return v && ss_verdict_live(v, wire_len, dir);
+}
+
+static __always_inline void ss_flow_key_of(struct ss_flow_key *key, struct ss_pkt *pkt)
+{
+	__builtin_memcpy(key->saddr, pkt->saddr, 16);
+	__builtin_memcpy(key->daddr, pkt->daddr, 16);
+	key->sport = pkt->sport;
+	key->dport = pkt->dport;
+	key->family = pkt->family;
+}
+
+static __always_inline int ss_is_smtp_port(__u32 port)
+{
+	__u8 *member = ss_ports.lookup(&port);
+
+	return member && *member;
+}
+
+/* Decide what to do with one frame; returns the enum ss_counter it leaves
+ * with. Pushes the event itself when that is the verdict. */
+static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u32 wire_len,
+				      __u32 ifindex, int dir)
+{
+	struct hdr_cursor nh = {.pos = data};
+	struct ss_pkt pkt = {};
+	struct ss_flow_key fkey = {};
+	struct ss_config *cfg;
+	struct ss_verdict *v;
+	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, cap_len;
+	int proto, err;
+
+	proto = parse_ethhdr(&nh, data_end);
+	if (proto < 0)
+		return SS_CNT_PARSE_ERROR;
+	if (proto == bpf_htons(ETH_P_IP))
+		proto = parse_ipv4(&nh, data, data_end, wire_len, &pkt);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		proto = parse_ipv6(&nh, data, data_end, wire_len, &pkt);
+	else
+		return SS_CNT_NOT_IP;
+	if (proto == SS_PARSE_FRAGMENT)
+		return SS_CNT_FRAGMENT;
+	if (proto < 0)
+		return SS_CNT_PARSE_ERROR;
+	if (proto != IPPROTO_TCP)
+		return SS_CNT_NOT_TCP;
+	if (parse_tcphdr(&nh, data, data_end, &pkt) < 0)
+		return SS_CNT_PARSE_ERROR;
+	if (!ss_is_smtp_port(pkt.dport) && !ss_is_smtp_port(pkt.sport))
+		return SS_CNT_NOT_SMTP;
+
+	cfg = ss_config.lookup(&zero);
+	if (cfg) {
+		flags = cfg->flags;
+		if (cfg->snaplen && cfg->snaplen < SS_SNAPLEN_MAX)
+			snaplen = cfg->snaplen;
+	}
+
+	ss_flow_key_of(&fkey, &pkt);
+	if (!(flags & SS_CFG_NO_ENFORCE)) {
+		if (ss_banned(&pkt, wire_len, dir))
+			return SS_CNT_DROP_BAN;
+		v = ss_flow_drop.lookup(&fkey);
+		if (v && ss_verdict_live(v, wire_len, dir))
+			return SS_CNT_DROP_FLOW;
+	}
+	v = ss_bypass.lookup(&fkey);
+	if (v && ss_verdict_live(v, wire_len, dir))
+		return SS_CNT_BYPASSED;
+	if (flags & SS_CFG_NO_PUSH)
+		return SS_CNT_NO_PUSH;
+	if (pkt.payload_len == 0 && !(pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_FIN | SS_TCP_RST)))
+		return SS_CNT_PURE_ACK;
+
+	struct ss_event_hdr ev = {};
+
+	cap_len = wire_len;
+	if (cap_len > snaplen) {
+		cap_len = snaplen;
+		ev.flags |= SS_EVF_CUT;
+	}
+	ev.version = SS_ABI_VERSION;
+	ev.direction = dir;
+	ev.ifindex = ifindex;
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.wire_len = wire_len;
+	ev.cap_len = cap_len;
+	__builtin_memcpy(ev.saddr, pkt.saddr, 16);
+	__builtin_memcpy(ev.daddr, pkt.daddr, 16);
+	ev.sport = pkt.sport;
+	ev.dport = pkt.dport;
+	ev.seq = pkt.seq;
+	ev.ack = pkt.ack;
+	ev.payload_off = pkt.payload_off;
+	ev.l3_off = pkt.l3_off;
+	ev.payload_len = pkt.payload_len;
+	ev.family = pkt.family;
+	ev.tcp_flags = pkt.tcp_flags;
+	/* bcc rewrites this call into a statement: keep it on its own. */
+	err = ss_events.perf_submit_skb(ctx, cap_len, &ev, sizeof(ev));
+	if (err < 0)
+		return SS_CNT_PUSH_FAILED;
+	if (ev.flags & SS_EVF_CUT)
+		ss_count(dir, SS_CNT_CUT);
+	return SS_CNT_PUSHED;
+}
+
+static __always_inline int ss_is_drop(int counter)
+{
+	return counter == SS_CNT_DROP_BAN || counter == SS_CNT_DROP_FLOW;
+}
+
+int ss_xdp_ingress(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int counter = ss_process(ctx, data, data_end, data_end - data, ctx->ingress_ifindex,
+				 SS_DIR_INGRESS);
+
+	ss_count(SS_DIR_INGRESS, counter);
+	return ss_is_drop(counter) ? XDP_DROP : XDP_PASS;
+}
+
+int ss_tc_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS);
+
+	ss_count(SS_DIR_EGRESS, counter);
+	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
+}

@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* smtp_sensor.h - the one ABI shared by the kernel programs (bpf/datapath.c)
+ * and the control plane.
+ *
+ * Everything userland reads or writes in a map or a perf sample is laid out
+ * here: the event header, map keys and values, counter indexes, reason codes,
+ * configuration bits.
+ *
+ * CHANGE TOGETHER: this file, sensor/abi.py (the Python mirror), and bump
+ * SS_ABI_VERSION when a layout changes (pinned maps live in a folder named
+ * after it). tests/test_abi_mirror.py compiles this header against the mirror
+ * and fails when they disagree.
+ */
+#ifndef SMTP_SENSOR_H
+#define SMTP_SENSOR_H
+
+#include <linux/types.h>
+
+#define SS_ABI_VERSION 1
+
+/* Largest number of packet bytes copied into one perf sample. Egress GSO/TSO
+ * super-packets can be far longer than an MTU; what is beyond this is cut and
+ * the event says so (SS_EVF_CUT), so userland records a gap. The runtime value
+ * (ss_config.snaplen) may only lower it. */
+#define SS_SNAPLEN_MAX 65000
+
+/* Sizes of the maps. */
+#define SS_FLOW_MAX 65536      /* flow drop and bypass LRU hashes */
+#define SS_BAN_MAX 16384       /* each LPM trie */
+#define SS_PORT_MAX 65536      /* the SMTP port set, indexed by port */
+
+/* Direction of a packet, as seen by the host the sensor runs on. */
+enum ss_direction {
+	SS_DIR_INGRESS = 0, /* XDP */
+	SS_DIR_EGRESS = 1,  /* TC clsact egress */
+	SS_DIR__MAX = 2,
+};
+
+/* Per-CPU counters, one array slot per (direction, counter):
+ * index = direction * SS_CNT__MAX + counter.
+ * Every packet leaves through one exit that counts exactly one of the
+ * exclusive verdicts below (so "seen" is their sum, computed in userland and
+ * not paid for per packet); SS_CNT_CUT and SS_CNT_EXPIRED are extra marks on
+ * a packet already counted by its verdict. */
+enum ss_counter {
+	SS_CNT_NOT_IP = 0,       /* passed: not IPv4/IPv6 (after VLAN tags) */
+	SS_CNT_NOT_TCP = 1,      /* passed: IP but not TCP */
+	SS_CNT_NOT_SMTP = 2,     /* passed: TCP, neither port in the SMTP set */
+	SS_CNT_FRAGMENT = 3,     /* passed: non-first IP fragment */
+	SS_CNT_PARSE_ERROR = 4,  /* passed: truncated or malformed header */
+	SS_CNT_PURE_ACK = 5,     /* passed: SMTP segment without payload/SYN/FIN/RST */
+	SS_CNT_PUSHED = 6,       /* passed: event pushed to the perf ring */
+	SS_CNT_PUSH_FAILED = 7,  /* passed: perf ring full or output failed */
+	SS_CNT_BYPASSED = 8,     /* passed: flow in the bypass map, not pushed */
+	SS_CNT_NO_PUSH = 9,      /* passed: pushing disabled by configuration */
+	SS_CNT_DROP_FLOW = 10,   /* dropped: live flow drop entry */
+	SS_CNT_DROP_BAN = 11,    /* dropped: live source ban */
+	SS_CNT_VERDICT__MAX = 12,/* the exclusive verdicts end here */
+	SS_CNT_CUT = 12,         /* extra: pushed with bytes beyond snaplen cut */
+	SS_CNT_EXPIRED = 13,     /* extra: an expired ban/drop entry was ignored */
+	SS_CNT__MAX = 14,
+};
+
+/* Why a flow is dropped or a source banned (ss_verdict.reason). */
+enum ss_reason {
+	SS_REASON_NONE = 0,
+	SS_REASON_MANUAL = 1,     /* operator: CLI or API */
+	SS_REASON_RULE = 2,       /* a rule called flow.drop() / ban_source() */
+	SS_REASON_SPAM_STATS = 3, /* reject statistics notice */
+	SS_REASON_STARTTLS = 4,   /* bypass: the session went encrypted */
+	SS_REASON_TEST = 5,       /* tests and benchmarks */
+	SS_REASON__MAX = 6,
+};
+
+/* ss_event_hdr.flags */
+#define SS_EVF_CUT 0x1 /* cap_len < wire_len: the packet was cut */
+
+/* ss_config.flags: a zero config means defaults (everything on). */
+#define SS_CFG_NO_PUSH 0x1    /* do not push events (enforcement only) */
+#define SS_CFG_NO_ENFORCE 0x2 /* ignore bans and flow drops */
+
+/* TCP flag bits of ss_event_hdr.tcp_flags (byte 13 of the TCP header). */
+#define SS_TCP_FIN 0x01
+#define SS_TCP_SYN 0x02
+#define SS_TCP_RST 0x04
+#define SS_TCP_PSH 0x08
+#define SS_TCP_ACK 0x10
+
+/* Address family tags in keys and events. */
+#define SS_AF_INET 4
+#define SS_AF_INET6 6
+
+/* Runtime configuration, slot 0 of the ss_config array. */
+struct ss_config {
+	__u32 flags;   /* SS_CFG_* */
+	__u32 snaplen; /* 0 = SS_SNAPLEN_MAX; larger values are clamped */
+};
+
+/* Metadata in front of the packet bytes of every perf sample. The sample is
+ * padded by the kernel: trust cap_len, not the sample size. Addresses are 16
+ * bytes; IPv4 uses the IPv4-mapped form ::ffff:a.b.c.d. Numbers are host
+ * byte order. */
+struct ss_event_hdr {
+	__u16 version;     /* SS_ABI_VERSION */
+	__u8 direction;    /* enum ss_direction */
+	__u8 flags;        /* SS_EVF_* */
+	__u32 ifindex;
+	__u64 ts_ns;       /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 wire_len;    /* length of the whole frame */
+	__u32 cap_len;     /* frame bytes following this header */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 seq;
+	__u32 ack;
+	__u16 payload_off; /* offset of the TCP payload in the frame */
+	__u16 l3_off;      /* offset of the IP header in the frame */
+	__u32 payload_len; /* TCP payload length from the IP header (on the wire) */
+	__u8 family;       /* SS_AF_* */
+	__u8 tcp_flags;    /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 ... */
+	__u8 _pad[2];
+};
+
+/* Key of the flow drop and bypass maps: one direction of a TCP connection as
+ * the packet carries it (source = sender). Userland installs both directions. */
+struct ss_flow_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 _pad[3];
+};
+
+/* Value of the flow drop, bypass and ban maps. */
+struct ss_verdict {
+	__u64 expires_ns; /* bpf_ktime_get_ns() deadline; 0 = never */
+	__u64 packets;    /* packets matched while live */
+	__u64 bytes;      /* bytes matched while live */
+	__u32 reason;     /* enum ss_reason */
+	__u32 _pad;
+};
+
+/* LPM trie keys for source bans. prefixlen counts bits of addr. */
+struct ss_lpm_v4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct ss_lpm_v6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+#endif /* SMTP_SENSOR_H */

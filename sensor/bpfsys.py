@@ -1,0 +1,175 @@
+"""The few bpf(2) commands bcc's Python API does not expose: get a pinned
+object, read a map's or program's info, and BPF_PROG_TEST_RUN."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ctypes.util
+import os
+from dataclasses import dataclass
+
+_NR_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET = 7
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_GET_FD_BY_ID = 13
+
+_ATTR_SIZE = 128
+_libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+
+def _nr_bpf() -> int:
+    machine = os.uname().machine
+    try:
+        return _NR_BY_MACHINE[machine]
+    except KeyError:
+        raise OSError(f"bpf(2) syscall number unknown for {machine}") from None
+
+
+def _bpf(cmd: int, attr: ct.Array) -> int:
+    ret = _libc.syscall(_nr_bpf(), cmd, ct.byref(attr), ct.sizeof(attr))
+    if ret < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+class _ObjGetAttr(ct.Structure):
+    _fields_ = [("pathname", ct.c_uint64), ("bpf_fd", ct.c_uint32), ("file_flags", ct.c_uint32)]
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+class _IdAttr(ct.Structure):
+    _fields_ = [("id", ct.c_uint32), ("next_id", ct.c_uint32), ("open_flags", ct.c_uint32)]
+
+
+class _TestRunAttr(ct.Structure):
+    _fields_ = [
+        ("prog_fd", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("data_in", ct.c_uint64),
+        ("data_out", ct.c_uint64),
+        ("repeat", ct.c_uint32),
+        ("duration", ct.c_uint32),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_uint64),
+        ("ctx_out", ct.c_uint64),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    ]
+
+
+class _MapInfo(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+    ]
+
+
+class _ProgInfo(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32),
+        ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64),
+        ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64),
+        ("created_by_uid", ct.c_uint32),
+        ("nr_map_ids", ct.c_uint32),
+        ("map_ids", ct.c_uint64),
+        ("name", ct.c_char * 16),
+    ]
+
+
+def _attr(struct: ct.Structure) -> ct.Array:
+    buf = (ct.c_uint8 * _ATTR_SIZE)()
+    ct.memmove(buf, ct.byref(struct), ct.sizeof(struct))
+    return buf
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    type: int
+    id: int
+    name: str
+
+
+def obj_get(path: str) -> int:
+    """fd of the object pinned at path (OSError if none)."""
+    raw = ct.create_string_buffer(os.fsencode(path))
+    return _bpf(BPF_OBJ_GET, _attr(_ObjGetAttr(pathname=ct.addressof(raw))))
+
+
+def _info(fd: int, info: ct.Structure) -> None:
+    attr = _attr(_InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    _info(fd, info)
+    return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                   info.map_flags, info.name.decode(errors="replace"))
+
+
+def prog_info_by_id(prog_id: int) -> ProgInfo:
+    fd = _bpf(BPF_PROG_GET_FD_BY_ID, _attr(_IdAttr(id=prog_id)))
+    try:
+        info = _ProgInfo()
+        _info(fd, info)
+        return ProgInfo(info.type, info.id, info.name.decode(errors="replace"))
+    finally:
+        os.close(fd)
+
+
+def prog_id(fd: int) -> int:
+    info = _ProgInfo()
+    _info(fd, info)
+    return info.id
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int
+    duration_ns: int  # mean per repetition, as the kernel reports it
+    data_out: bytes
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRunResult:
+    """Run a loaded program on one packet with BPF_PROG_TEST_RUN."""
+    data_in = ct.create_string_buffer(data, len(data))
+    out_size = len(data) + 512
+    data_out = ct.create_string_buffer(out_size)
+    attr = _attr(_TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=out_size,
+                              data_in=ct.addressof(data_in), data_out=ct.addressof(data_out),
+                              repeat=repeat))
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    result = _TestRunAttr.from_buffer_copy(bytes(attr[:ct.sizeof(_TestRunAttr)]))
+    return TestRunResult(result.retval, result.duration, data_out.raw[:result.data_size_out])
