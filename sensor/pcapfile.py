@@ -214,7 +214,7 @@ class CaptureReader:
     def _pcapng(self):
         b = self._b
         e = None                # byte order of the current section
-        blk = None              # Struct for (type, total length)
+        blk = u32 = None        # unpackers for (type, total length) and one u32
         ifaces: list = []       # (linktype, scale, offset, snaplen) per interface id
         while True:
             if not b.need(8):
@@ -237,6 +237,7 @@ class CaptureReader:
                     raise CaptureError(self.path, "corrupt pcapng section header: bad "
                                        f"byte-order magic 0x{bom.hex()}", start + 8)
                 blk = Struct(e + "II").unpack_from
+                u32 = Struct(e + "I").unpack_from
                 ifaces = []
             elif blk is None:
                 raise CaptureError(self.path, "corrupt pcapng: block before the first "
@@ -250,9 +251,10 @@ class CaptureReader:
                                 f"{len(b.buf) - b.pos} bytes", start)
                 return
             buf, pos = b.buf, b.pos
-            if blk(buf, pos + blen - 4)[0] != blen:
+            trail = u32(buf, pos + blen - 4)[0]
+            if trail != blen:
                 raise CaptureError(self.path, "corrupt pcapng block: trailing length "
-                                   f"{blk(buf, pos + blen - 4)[0]} differs from leading "
+                                   f"{trail} differs from leading "
                                    f"length {blen}", start + blen - 4)
             body = pos + 8
             bend = pos + blen - 4
