@@ -55,11 +55,18 @@ class EventReader:
         return samples
 
     def poll(self, timeout_ms: int = 10) -> list[abi.Event]:
-        """Like poll_raw, decoded; samples that are not our events are counted."""
+        """Like poll_raw, decoded and in kernel time order (each CPU has its own
+        buffer, drained one after the other); samples that are not our events
+        are counted."""
         events = []
         for sample in self.poll_raw(timeout_ms):
             try:
                 events.append(abi.decode_event(sample))
             except abi.EventFormatError:
                 self.bad_samples += 1
+        events.sort(key=_timestamp)
         return events
+
+
+def _timestamp(event: abi.Event) -> int:
+    return event.header.ts_ns
