@@ -69,12 +69,16 @@ def community_id(saddr, daddr, proto: int, sport: int | None = None,
     return "1:" + base64.b64encode(h).decode("ascii")
 
 
+_PAIRS = [a + b for a in _B62 for b in _B62]      # base62 two digits at a time
+
+
 def _base62(n: int) -> str:
     out = []
     while n:
-        n, r = divmod(n, 62)
-        out.append(_B62[r])
-    return "".join(reversed(out)) or "0"
+        n, r = divmod(n, 3844)
+        out.append(_PAIRS[r])
+    s = "".join(reversed(out)).lstrip("0")
+    return s or "0"
 
 
 class UidGenerator:

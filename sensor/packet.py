@@ -58,8 +58,7 @@ REASONS = (
 
 _u16 = Struct("!H").unpack_from
 _u32_host_le = Struct("<I").unpack_from
-_ip4 = Struct("!BxHxxHxB").unpack_from        # vihl, total length, frag, proto
-_ip4_addrs = Struct("!4s4s").unpack_from      # at +12
+_ip4 = Struct("!BxHxxHxBxx4s4s").unpack_from  # vihl, total length, frag, proto, src, dst
 _ip6 = Struct("!xxxxHB").unpack_from          # payload length, next header
 _ip6_addrs = Struct("!16s16s").unpack_from    # at +8
 _tcp = Struct("!HHIIBB").unpack_from          # sport, dport, seq, ack, offset, flags
@@ -105,6 +104,9 @@ class Segment(NamedTuple):
     @property
     def dst_str(self) -> str:
         return addr_str(self.dst)
+
+
+_new = tuple.__new__
 
 
 def addr_str(packed: bytes) -> str:
@@ -195,7 +197,7 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
     if ver == 4:
         if n < off + 20:
             return _count(reasons, "truncated")
-        vihl, tot, frag, proto = _ip4(data, off)
+        vihl, tot, frag, proto, src, dst = _ip4(data, off)
         ihl = (vihl & 0x0F) << 2
         if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
             return _count(reasons, "bad_ip")
@@ -203,7 +205,6 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
             return _count(reasons, "ip_fragment")
         if proto != 6:
             return _count(reasons, "not_tcp")
-        src, dst = _ip4_addrs(data, off + 12)
         l4 = off + ihl
         end = off + tot           # IP says the packet ends here (Ethernet padding after)
         family = 4
@@ -260,8 +261,8 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
         return _count(reasons, "bad_tcp")
     if n < pstart:
         return _count(reasons, "truncated")
-    return Segment(family, src, dst, sport, dport, seq, ack, flags,
-                   data[pstart:end], end - pstart, wirelen)
+    return _new(Segment, (family, src, dst, sport, dport, seq, ack, flags,
+                          data[pstart:end], end - pstart, wirelen))
 
 
 class Decoder:

@@ -32,8 +32,11 @@ Rules, per direction:
 - FIN in both directions ends the flow ('fin') once everything before the FINs
   is delivered; holes left are waited for ``close_timeout`` then become Gaps.
   RST ends the flow at once ('rst'): contiguous data, then Gap + buffered data.
-- Stray segments of a flow that just ended (final ACK, retransmitted FIN) are
-  ignored for ``closed_linger`` seconds unless a new SYN starts a new flow.
+- Stray segments of a flow that ended with FIN or RST (final ACK, retransmitted
+  FIN) are ignored for ``closed_linger`` seconds unless a new SYN starts a new
+  flow.  A flow ended by timeout or eviction is picked up again mid-stream if it
+  sends more data.  A RST further than ``rst_window`` bytes from the expected
+  sequence number is ignored (Anomaly TCP_RST_OUT_OF_WINDOW).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from .packet import ACK, FIN, RST, SYN, addr_str
 __all__ = [
     "Reassembler", "Limits", "Flow", "FlowStart", "Data", "Gap", "FlowEnd", "Anomaly",
     "ORIG", "RESP", "DEFAULT_PORTS",
-    "ANOMALY_OVERLAP", "ANOMALY_BUFFER_FULL", "ANOMALY_ISN_CHANGED",
+    "ANOMALY_OVERLAP", "ANOMALY_BUFFER_FULL", "ANOMALY_ISN_CHANGED", "ANOMALY_RST_OUT_OF_WINDOW",
 ]
 
 ORIG = "orig"
@@ -60,10 +63,12 @@ DEFAULT_PORTS = frozenset((25, 587))
 ANOMALY_OVERLAP = "STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA"
 ANOMALY_BUFFER_FULL = "TCP_REASSEMBLY_BUFFER_FULL"     # a cap forced a gap
 ANOMALY_ISN_CHANGED = "TCP_SYN_DIFFERENT_ISN"          # a new SYN replaced an unused ISN
+ANOMALY_RST_OUT_OF_WINDOW = "TCP_RST_OUT_OF_WINDOW"    # RST far from the expected sequence
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _start = itemgetter(0)
+_new = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Limits:
     max_chunks: int = 4096             # out-of-order chunks buffered per direction
     max_flows: int = 200_000           # flows tracked at once; the oldest is evicted
     ack_gaps: bool = True              # a peer's ACK past a hole makes it a gap at once
+    rst_window: int = 1 << 20          # RST further than this from the expected seq: ignored
 
 
 class FlowStart(NamedTuple):
@@ -128,7 +134,7 @@ class _Stream:
     """
 
     __slots__ = ("direction", "nxt", "isn", "pos", "chunks", "buffered", "fin",
-                 "last", "last_pos", "delivered", "gaps")
+                 "last", "last_pos", "gaps")
 
     def __init__(self, direction):
         self.direction = direction
@@ -140,8 +146,12 @@ class _Stream:
         self.fin = None           # position of the FIN, once seen
         self.last = b""           # the last bytes delivered (to check retransmissions)
         self.last_pos = 0         # ... and where they start
-        self.delivered = 0        # bytes delivered as Data
         self.gaps = 0             # bytes delivered as Gap
+
+    @property
+    def delivered(self) -> int:
+        """Bytes delivered as Data."""
+        return self.pos - self.gaps
 
 
 class Flow:
@@ -198,6 +208,7 @@ class Reassembler:
         self.only_ports = only_ports
         self.cid_seed = community_id_seed
         self._uids = UidGenerator(uid_seed)
+        self._ack_gaps = self.limits.ack_gaps
         self._table: dict = {}       # (src, sport, dst, dport) -> (flow, sender, receiver)
         self._flows: dict = {}       # flow.key -> flow, oldest first
         self._closed: dict = {}      # flow.key -> ts it ended
@@ -211,18 +222,17 @@ class Reassembler:
         return self._flows.values()
 
     def feed(self, seg, ts: float) -> list:
-        """Process one segment seen at time ``ts``; return the events it causes."""
+        """Process one ``Segment`` seen at time ``ts``; return the events it causes."""
         out = []
-        ent = self._table.get((seg.src, seg.sport, seg.dst, seg.dport))
+        _fam, src, dst, sport, dport, seq, ack, flags, payload, wlen, _wl = seg
+        ent = self._table.get((src, sport, dst, dport))
         if ent is None:
             ent = self._new_flow(seg, ts, out)
             if ent is None:
                 return out
         flow, st, peer = ent
         flow.last_ts = ts
-        flags = seg.flags
-        seq = seg.seq
-        if flags & (SYN | FIN | RST):
+        if flags & 0x07:                        # SYN, FIN or RST
             if flags & SYN:
                 if st.nxt is None:
                     st.isn = seq
@@ -237,25 +247,23 @@ class Reassembler:
                     self._anomaly(flow, ANOMALY_ISN_CHANGED, "SYN with a new ISN", ts, out)
                 seq = (seq + 1) & _MASK
             return self._slow(flow, st, peer, seg, seq, flags, ts, out)
-        wlen = seg.wire_paylen
         if wlen:
             nxt = st.nxt
             if nxt is None:
                 st.nxt = nxt = seq
-            if seq == nxt and not st.chunks and len(seg.payload) == wlen:
+            if seq == nxt and not st.chunks and len(payload) == wlen:
                 # fast path: the next bytes, nothing buffered, nothing cut
-                data = seg.payload
-                out.append(Data(flow, st.direction, data, ts))
-                st.last = data
-                st.last_pos = st.pos
-                st.pos += wlen
-                st.delivered += wlen
+                out.append(_new(Data, (flow, st.direction, payload, ts)))
+                st.last = payload
+                pos = st.pos
+                st.last_pos = pos
+                st.pos = pos + wlen
                 st.nxt = (nxt + wlen) & _MASK
             else:
                 off = st.pos + ((seq - nxt + _HALF) & _MASK) - _HALF
-                self._add(flow, st, off, seg.payload, wlen, ts, out)
-        if flags & ACK and peer.chunks and self.limits.ack_gaps:
-            self._ack(flow, peer, seg.ack, ts, out)
+                self._add(flow, st, off, payload, wlen, ts, out)
+        if peer.chunks and flags & ACK and self._ack_gaps:
+            self._ack(flow, peer, ack, ts, out)
         if flow.closing_since is not None:
             self._maybe_close(flow, ts, out)
         return out
@@ -336,12 +344,17 @@ class Reassembler:
         if st.nxt is None:
             st.nxt = seq
         off = st.pos + ((seq - st.nxt + _HALF) & _MASK) - _HALF
+        if flags & RST and abs(off - st.pos) > self.limits.rst_window:
+            # A stack would drop this RST; honouring it would let anyone blind us.
+            self._anomaly(flow, ANOMALY_RST_OUT_OF_WINDOW, f"{st.direction} RST "
+                          f"{off - st.pos} bytes from the expected sequence", ts, out)
+            return out
         if wlen:
             self._add(flow, st, off, seg.payload, wlen, ts, out)
         if flags & RST:
             self._end(flow, "rst", ts, out)
             return out
-        if flags & ACK and peer.chunks and self.limits.ack_gaps:
+        if flags & ACK and peer.chunks and self._ack_gaps:
             self._ack(flow, peer, seg.ack, ts, out)
         if flags & FIN and st.fin is None:
             st.fin = max(off + wlen, st.pos)
@@ -470,7 +483,6 @@ class Reassembler:
         out.append(Data(flow, st.direction, data, ts))
         st.last = data
         st.last_pos = start
-        st.delivered += len(data)
 
     def _gap(self, flow, st, length, ts, out):
         out.append(Gap(flow, st.direction, length, ts))
@@ -545,7 +557,9 @@ class Reassembler:
         del self._flows[flow.key]
         self._table.pop((flow.orig_addr, flow.orig_p, flow.resp_addr, flow.resp_p), None)
         self._table.pop((flow.resp_addr, flow.resp_p, flow.orig_addr, flow.orig_p), None)
-        self._closed[flow.key] = ts
+        if reason in ("fin", "rst", "reused"):
+            # the connection is over: its stragglers must not start a new flow
+            self._closed[flow.key] = ts
 
     def _anomaly(self, flow, name, detail, ts, out):
         self._count("anomaly_" + name)

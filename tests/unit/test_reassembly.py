@@ -437,3 +437,28 @@ def test_lost_segments_become_gaps_of_the_right_length(data, cuts, lost, isn, se
         if i in lost:
             expect[off:off + len(piece)] = b"?" * len(piece)
     assert streams(ev)[ORIG] == bytes(expect)
+
+
+def test_rst_far_outside_the_window_is_ignored_and_reported():
+    r = Reassembler()
+    handshake(r)
+    ev = r.feed(seg(False, 5001 + (50 << 20), flags=RST), 2)
+    assert kinds(ev) == ["Anomaly"] and ev[0].name == "TCP_RST_OUT_OF_WINDOW"
+    ev = r.feed(seg(True, 1001, b"still here"), 3)
+    assert streams(ev)[ORIG] == b"still here"
+
+
+def test_rst_answering_a_syn_ends_the_flow():
+    r = Reassembler()
+    r.feed(seg(True, 1000, flags=SYN), 1)
+    ev = r.feed(seg(False, 0, flags=RST | ACK, ack=1001), 1)
+    assert kinds(ev) == ["FlowEnd"] and ev[0].reason == "rst"
+
+
+def test_flow_ended_by_timeout_is_picked_up_again_when_it_talks():
+    r = Reassembler(limits=Limits(idle_timeout=10))
+    handshake(r)
+    r.feed(seg(True, 1001, b"NOOP\r\n"), 2)
+    assert kinds(r.expire(100)) == ["FlowEnd"]
+    ev = r.feed(seg(True, 1007, b"QUIT\r\n"), 101)
+    assert kinds(ev) == ["FlowStart", "Data"] and ev[0].flow.partial
