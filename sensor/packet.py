@@ -57,7 +57,8 @@ REASONS = (
 )
 
 _u16 = Struct("!H").unpack_from
-_u32_host_le = Struct("<I").unpack_from
+_u32_le = Struct("<I").unpack_from
+_u32_be = Struct(">I").unpack_from
 _ip4 = Struct("!BxHxxHxBxx4s4s").unpack_from  # vihl, total length, frag, proto, src, dst
 _ip6 = Struct("!xxxxHB").unpack_from          # payload length, next header
 _ip6_addrs = Struct("!16s16s").unpack_from    # at +8
@@ -181,9 +182,9 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
         if n < 4:
             return _count(reasons, "truncated")
         off = 4
-        fam = _u32_host_le(data, 0)[0]
-        if linktype == 108 or fam > 0xFFFF:
-            fam = _u32_host_le(data[3::-1], 0)[0]
+        fam = _u32_le(data, 0)[0]
+        if linktype == 108 or fam > 0xFFFF:      # LOOP is network order; NULL is host order
+            fam = _u32_be(data, 0)[0]
         # AF_INET is 2 everywhere; AF_INET6 is 10, 24, 28 or 30 depending on the OS.
         ver = 4 if fam == 2 else 6 if fam in (10, 24, 28, 30) else 0
     elif linktype == 228:
@@ -219,28 +220,24 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
         end = l4 + plen if plen else wirelen   # plen 0: jumbogram, trust the frame
         hops = 0
         while nxt != 6:
+            if n < l4 + 8:              # every extension header is at least 8 bytes
+                return _count(reasons, "truncated")
             if nxt in _IP6_EXT:
-                ln = 8
+                nxt2, hlen = _ext(data, l4)
+                ln = (hlen + 1) << 3
             elif nxt == _IP6_FRAG:
-                if n < l4 + 8:
-                    return _count(reasons, "truncated")
                 if _u16(data, l4 + 2)[0] & 0xFFF8:
                     return _count(reasons, "ip_fragment")
-                ln = 0
+                nxt2 = data[l4]
+                ln = 8
             elif nxt == _IP6_AH:
-                ln = 0
+                nxt2, hlen = _ext(data, l4)
+                ln = (hlen + 2) << 2
             else:
                 return _count(reasons, "not_tcp")
             hops += 1
-            if hops > _MAX_EXT or n < l4 + 2:
-                return _count(reasons, "truncated" if n < l4 + 2 else "bad_ip")
-            nxt2, hlen = _ext(data, l4)
-            if ln:
-                ln = (hlen + 1) << 3
-            elif nxt == _IP6_FRAG:
-                ln = 8
-            else:                 # AH: length in 4-byte units, minus 2
-                ln = (hlen + 2) << 2
+            if hops > _MAX_EXT:
+                return _count(reasons, "bad_ip")
             nxt = nxt2
             l4 += ln
             if l4 > end:

@@ -216,6 +216,7 @@ class CaptureReader:
         e = None                # byte order of the current section
         blk = u32 = None        # unpackers for (type, total length) and one u32
         ifaces: list = []       # (linktype, scale, offset, snaplen) per interface id
+        last_ts = 0.0
         while True:
             if not b.need(8):
                 left = len(b.buf) - b.pos
@@ -271,8 +272,8 @@ class CaptureReader:
                                        f"length {incl} exceeds the block", start + 20)
                 lt, scale, tsoff, _snap = ifaces[iid]
                 self.packets += 1
-                yield (((hi << 32) | lo) * scale + tsoff, lt,
-                       buf[body + 20:body + 20 + incl], orig if orig > incl else incl)
+                last_ts = ((hi << 32) | lo) * scale + tsoff
+                yield last_ts, lt, buf[body + 20:body + 20 + incl], orig if orig > incl else incl
             elif btype == 3:                                 # Simple Packet Block
                 if not ifaces:
                     raise CaptureError(self.path, "simple packet block without an "
@@ -283,7 +284,8 @@ class CaptureReader:
                 lt, scale, tsoff, snap = ifaces[0]
                 incl = min(orig, bend - body - 4, snap or orig)
                 self.packets += 1
-                yield 0.0, lt, buf[body + 4:body + 4 + incl], orig
+                # no timestamp in an SPB: repeat the last one, so time never goes back
+                yield last_ts, lt, buf[body + 4:body + 4 + incl], orig
             elif btype == 1:                                 # Interface Description Block
                 if bend - body < 8:
                     raise CaptureError(self.path, "corrupt interface description block", start)
@@ -299,8 +301,8 @@ class CaptureReader:
                     raise CaptureError(self.path, "corrupt packet block", start)
                 lt, scale, tsoff, _snap = ifaces[iid]
                 self.packets += 1
-                yield (((hi << 32) | lo) * scale + tsoff, lt,
-                       buf[body + 20:body + 20 + incl], orig if orig > incl else incl)
+                last_ts = ((hi << 32) | lo) * scale + tsoff
+                yield last_ts, lt, buf[body + 20:body + 20 + incl], orig if orig > incl else incl
             # anything else (SHB handled above, NRB, ISB, DSB, custom): skipped
 
     def _idb_options(self, buf, p, end, e, start):

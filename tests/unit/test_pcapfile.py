@@ -141,11 +141,12 @@ def test_pcapng_interfaces_resolutions_and_blocks(e):
 
 
 def test_pcapng_simple_packet_block_and_new_section_resets_interfaces():
-    data = shb("<") + idb("<", 1, snaplen=20) + spb("<", FRAME)
+    data = shb("<") + idb("<", 1, snaplen=20) + epb("<", 0, 3_000_000, FRAME) + spb("<", FRAME)
     data += shb(">") + idb(">", 101) + epb(">", 0, 5, RAWIP)
     pkts = read_all(data)
-    assert pkts[0][1] == 1 and pkts[0][2] == FRAME[:20] and pkts[0][3] == len(FRAME)
-    assert pkts[1][1] == 101 and pkts[1][2] == RAWIP
+    assert pkts[1][1] == 1 and pkts[1][2] == FRAME[:20] and pkts[1][3] == len(FRAME)
+    assert pkts[1][0] == pkts[0][0] == pytest.approx(3.0)   # an SPB has no time of its own
+    assert pkts[2][1] == 101 and pkts[2][2] == RAWIP
 
 
 def test_pcapng_written_by_scapy(tmp_path):

@@ -399,16 +399,16 @@ def test_any_segmentation_order_and_duplication_gives_the_original_streams(
                 a = rnd.randrange(len(data))
                 b = rnd.randrange(a, len(data)) + 1
                 segs.append(seg(from_client, isn + 1 + a, data[a:b], flags=PSH))
+    if fins:                                             # FINs may overtake data too
+        segs.append(seg(True, cisn + 1 + len(client), flags=FIN | ACK, ack=sisn + 1))
+        segs.append(seg(False, sisn + 1 + len(server), flags=FIN | ACK, ack=cisn + 1))
     rnd.shuffle(segs)
     r = Reassembler()
     ev = r.feed(seg(True, cisn, flags=SYN), 0)
     ev += r.feed(seg(False, sisn, flags=SYN | ACK, ack=cisn + 1), 0)
     for i, s in enumerate(segs):
         ev += r.feed(s, 1 + i)
-    if fins:
-        ev += r.feed(seg(True, cisn + 1 + len(client), flags=FIN | ACK, ack=sisn + 1), 999)
-        ev += r.feed(seg(False, sisn + 1 + len(server), flags=FIN | ACK, ack=cisn + 1), 999)
-    else:
+    if not fins:
         ev += r.flush_all(999)
     assert streams(ev) == {ORIG: client, RESP: server}
     assert not [e for e in ev if isinstance(e, (Gap, Anomaly))]
