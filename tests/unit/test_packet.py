@@ -272,7 +272,10 @@ def test_all_shared_captures_decode_fully_except_haka_noise():
 
 
 def test_memoryview_frames_decode_like_bytes():
-    for lt, frame in ((1, raw(ETH / Dot1Q(vlan=3) / tcp6())), (0, struct.pack("<I", 2) + raw(tcp4())),
-                      (108, struct.pack(">I", 2) + raw(tcp4())), (113, raw(CookedLinux() / tcp4()))):
+    cases = [(1, raw(ETH / Dot1Q(vlan=3) / tcp6())),
+             (0, struct.pack("<I", 2) + raw(tcp4())),
+             (108, struct.pack(">I", 2) + raw(tcp4())),
+             (113, raw(CookedLinux() / tcp4()))]
+    for lt, frame in cases:
         a, b = decode(lt, frame), decode(lt, memoryview(frame))
         assert a is not None and bytes(b.payload) == a.payload and b[:8] == a[:8]
