@@ -200,6 +200,8 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
             return _count(reasons, "truncated")
         vihl, tot, frag, proto, src, dst = _ip4(data, off)
         ihl = (vihl & 0x0F) << 2
+        if tot == 0:              # TSO/GSO capture on the sending host: length unset
+            tot = wirelen - off
         if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
             return _count(reasons, "bad_ip")
         if frag & 0x1FFF:

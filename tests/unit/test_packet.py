@@ -279,3 +279,10 @@ def test_memoryview_frames_decode_like_bytes():
     for lt, frame in cases:
         a, b = decode(lt, frame), decode(lt, memoryview(frame))
         assert a is not None and bytes(b.payload) == a.payload and b[:8] == a[:8]
+
+
+def test_ipv4_total_length_zero_from_tso_uses_the_frame_length():
+    frame = bytearray(raw(ETH / tcp4(b"x" * 3000)))
+    frame[16:18] = b"\x00\x00"
+    seg = decode(1, bytes(frame[:200]), wirelen=len(frame))
+    assert seg.wire_paylen == 3000 and seg.cut and seg.payload == b"x" * (200 - 54)

@@ -462,3 +462,13 @@ def test_flow_ended_by_timeout_is_picked_up_again_when_it_talks():
     assert kinds(r.expire(100)) == ["FlowEnd"]
     ev = r.feed(seg(True, 1007, b"QUIT\r\n"), 101)
     assert kinds(ev) == ["FlowStart", "Data"] and ev[0].flow.partial
+
+
+def test_bench_script_runs_end_to_end():
+    import subprocess
+    import sys
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_decode.py"
+    res = subprocess.run([sys.executable, str(bench), "--sessions", "12", "--body", "3000",
+                          "--repeat", "1"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "read + decode + reassembly" in res.stdout and "packets/s" in res.stdout
