@@ -1,7 +1,7 @@
 """TCP reassembly, independent of where segments come from.
 
-``Reassembler.feed(segment, ts)`` takes one ``sensor.packet.Segment`` (or any
-object with the same attributes) and returns the events it causes, in order:
+``Reassembler.feed(segment, ts)`` takes one ``sensor.packet.Segment`` (a tuple of
+those 11 fields; payload as bytes) and returns the events it causes, in order:
 
     FlowStart(flow, ts)             a connection was seen for the first time
     Data(flow, direction, data, ts) the next bytes of one direction, in order
@@ -10,6 +10,10 @@ object with the same attributes) and returns the events it causes, in order:
     Anomaly(flow, name, detail, ts) something odd at the TCP level
 
 ``direction`` is ``ORIG`` ('orig', the connection's originator) or ``RESP``.
+FlowEnd reasons: fin, rst, timeout, evicted (flow table full), reused (a new
+SYN on the same 4-tuple), flush (``flush_all`` at the end of the input).
+``flow`` is the ``Flow``: uid, community_id, key, orig_h/orig_p, resp_h/resp_p,
+partial, and ``ctx``, a free slot for the caller's per-flow state.
 Every byte position of a direction is delivered exactly once, as Data or as Gap;
 missing bytes are never silently skipped.  ``expire(now)`` ends idle flows
 (the caller owns the clock), ``flush_all(ts)`` ends every flow.
