@@ -1,0 +1,29 @@
+"""Sans-IO SMTP dissector: bytes in, typed events out (the model is h11).
+
+Modules, one job each:
+
+* :mod:`.connection`: :class:`SMTPConnection`, the state machine (read its docstring first).
+* :mod:`.events`: the event dataclasses.
+* :mod:`.limits`: :class:`Limits`, every limit with its default.
+* :mod:`.anomalies`: stable anomaly names.
+* :mod:`.lines`, :mod:`.replies`, :mod:`.address`, :mod:`.dotdata`, :mod:`.message`,
+  :mod:`.headers`: line framing, reply syntax and EHLO keywords, MAIL/RCPT
+  parameters, DATA framing and smuggling evidence, message assembly, header
+  extraction.
+"""
+
+from . import anomalies
+from .connection import KNOWN_VERBS, SMTPConnection
+from .events import (
+    CLIENT, SERVER, Anomaly, AuthEvent, Command, Event, Greeting, MailContent, MailFrom,
+    MessageEnd, MessageHeaders, RcptTo, Reply, ServerCapabilities, StartTLS, Step,
+    Transaction,
+)
+from .limits import Limits
+
+__all__ = [
+    "SMTPConnection", "Limits", "anomalies", "KNOWN_VERBS", "CLIENT", "SERVER",
+    "Event", "Greeting", "Command", "Reply", "ServerCapabilities", "MailFrom", "RcptTo",
+    "MailContent", "MessageHeaders", "MessageEnd", "Step", "Transaction", "AuthEvent",
+    "StartTLS", "Anomaly",
+]

@@ -1,0 +1,68 @@
+"""One message's content: header extraction and fixed-size content chunks.
+
+Shared by DATA (fed dot-unstuffed content) and BDAT (fed chunk octets).
+Content is emitted as MailContent chunks of exactly ``Limits.content_chunk``
+octets (the last one shorter), and only after the message's MessageHeaders,
+so the event sequence is the same however the stream was segmented.  Held
+content is bounded by the header limit plus one chunk plus one input segment.
+"""
+
+from __future__ import annotations
+
+from . import anomalies as A
+from .events import CLIENT, Anomaly, MailContent, MessageHeaders
+from .headers import HeaderCollector
+from .limits import Limits
+
+__all__ = ["MessageAssembler"]
+
+
+class MessageAssembler:
+    __slots__ = ("_limits", "_hdr", "_pend", "_offset", "size", "headers", "gap")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._hdr = HeaderCollector(limits.header_section)
+        self._pend = bytearray()
+        self._offset = 0
+        self.size = 0
+        self.headers: MessageHeaders | None = None
+        self.gap = False
+
+    def feed(self, data: bytes, ts: float, out: list) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.headers is None and self._hdr.feed(data):
+            self._emit_headers(ts, out)
+        self._pend += data
+        if self.headers is not None:
+            self._emit_chunks(ts, out, final=False)
+
+    def finish(self, ts: float, out: list) -> None:
+        if self.headers is None:
+            self._hdr.finish()
+            self._emit_headers(ts, out)
+        self._emit_chunks(ts, out, final=True)
+
+    def _emit_headers(self, ts: float, out: list) -> None:
+        fields, dups = self._hdr.fields()
+        self.headers = MessageHeaders(ts=ts, **fields)
+        if self._hdr.truncated:
+            out.append(Anomaly(ts, A.HEADER_SECTION_TOO_LONG, CLIENT,
+                               f"header section longer than {self._limits.header_section} octets"))
+        if dups:
+            out.append(Anomaly(ts, A.DUPLICATE_FIELDS, CLIENT, ", ".join(dups)))
+        out.append(self.headers)
+
+    def _emit_chunks(self, ts: float, out: list, final: bool) -> None:
+        size = max(1, self._limits.content_chunk)
+        pend = self._pend
+        start = 0
+        while len(pend) - start >= size or (final and len(pend) > start):
+            piece = bytes(pend[start:start + size])
+            out.append(MailContent(ts, piece, self._offset))
+            self._offset += len(piece)
+            start += len(piece)
+        if start:
+            del pend[:start]
