@@ -25,6 +25,7 @@ import structlog
 from . import abi, bpfsys
 from .errors import SensorError
 from .kernelmaps import KernelMaps, PINNED_MAPS
+from .netns import iproute
 
 log = structlog.get_logger("sensor.datapath")
 
@@ -209,17 +210,12 @@ class Datapath:
 
     def attach(self, ifname: str, netns: str | None = None, xdp_mode: str = "auto") -> Attachment:
         """XDP on ingress and TC on egress of one interface."""
-        from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
         if xdp_mode not in ("auto", *XDP_MODES):
             raise SensorError(f"unknown XDP mode {xdp_mode!r}: use auto, native or generic")
         where = f" in network namespace {netns}" if netns else ""
-        try:
-            ipr = IPRoute(netns=netns) if netns else IPRoute()
-        except OSError as exc:
-            raise SensorError(f"cannot open network namespace {netns!r}: {exc.strerror}") from None
-        with ipr:
+        with iproute(netns) as ipr:
             found = ipr.link_lookup(ifname=ifname)
             if not found:
                 raise SensorError(f"interface {ifname!r} does not exist{where}: "
@@ -286,34 +282,40 @@ class Datapath:
 
     def detach(self, attachment: Attachment) -> None:
         """Remove what we attached, and only that."""
-        from pyroute2 import IPRoute
+        try:
+            with iproute(attachment.netns) as ipr:
+                self._detach_xdp(ipr, attachment)
+                self._detach_tc(ipr, attachment)
+        except SensorError as exc:
+            log.warning("namespace gone, nothing to detach", netns=attachment.netns, error=str(exc))
+            return
+        log.info("detached", ifname=attachment.ifname, netns=attachment.netns)
+
+    def _detach_xdp(self, ipr, attachment: Attachment) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        # EXPECTED_FD + REPLACE: the kernel removes the program only if it is ours
+        flags = XDP_MODES[attachment.xdp_mode] | XDP_FLAGS_REPLACE
+        try:
+            ipr.link("set", index=attachment.ifindex, xdp={"attrs": [
+                ("IFLA_XDP_FD", -1), ("IFLA_XDP_EXPECTED_FD", self.xdp_fd), ("IFLA_XDP_FLAGS", flags)]})
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                log.warning("XDP not detached (replaced by someone else?)",
+                            ifname=attachment.ifname, error=os.strerror(exc.code))
+
+    @staticmethod
+    def _detach_tc(ipr, attachment: Attachment) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
-            ipr = IPRoute(netns=attachment.netns) if attachment.netns else IPRoute()
-        except OSError as exc:
-            log.warning("namespace gone, nothing to detach", netns=attachment.netns, error=str(exc))
-            return
-        with ipr:
-            flags = XDP_MODES[attachment.xdp_mode] | XDP_FLAGS_REPLACE
-            try:
-                ipr.link("set", index=attachment.ifindex, xdp={"attrs": [
-                    ("IFLA_XDP_FD", -1), ("IFLA_XDP_EXPECTED_FD", self.xdp_fd), ("IFLA_XDP_FLAGS", flags)]})
-            except NetlinkError as exc:
-                if exc.code != errno.ENODEV:
-                    log.warning("XDP not detached (replaced by someone else?)",
-                                ifname=attachment.ifname, error=os.strerror(exc.code))
-            try:
-                if attachment.created_clsact:
-                    ipr.tc("del", "clsact", attachment.ifindex)
-                else:
-                    ipr.tc("del-filter", "bpf", attachment.ifindex, ":1",
-                           parent=TC_EGRESS_PARENT, prio=TC_PRIO)
-            except NetlinkError as exc:
-                if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-                    log.warning("TC filter not removed", ifname=attachment.ifname,
-                                error=os.strerror(exc.code))
-        log.info("detached", ifname=attachment.ifname, netns=attachment.netns)
+            if attachment.created_clsact:
+                ipr.tc("del", "clsact", attachment.ifindex)
+            else:
+                ipr.tc("del-filter", "bpf", attachment.ifindex, ":1", parent=TC_EGRESS_PARENT, prio=TC_PRIO)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                log.warning("TC filter not removed", ifname=attachment.ifname, error=os.strerror(exc.code))
 
     def close(self) -> None:
         while self.attachments:

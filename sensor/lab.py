@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SensorError
+from .netns import iproute
 
 SERVER_V4, CLIENT_V4, SPAMMER_V4 = "192.0.2.25", "192.0.2.10", "192.0.2.66"
 SERVER_V6, CLIENT_V6 = "2001:db8:25::25", "2001:db8:25::10"
@@ -43,13 +44,16 @@ class Lab:
     # ------------------------------------------------------------ topology
 
     def up(self) -> "Lab":
-        from pyroute2 import IPRoute, netns
+        from pyroute2 import IPRoute
 
         if not shutil.which("ip"):
             raise SensorError("the lab needs iproute2's 'ip' command: ./run setup installs it")
         try:
             for name in (self.client_ns, self.server_ns):
-                netns.create(name)
+                # iproute2 rather than pyroute2.netns.create: the latter works
+                # in a child process with a 2 s timeout, and under load it was
+                # seen to leave an unbound namespace file behind.
+                _ip("netns", "add", name)
                 self._created.append(name)
             with IPRoute() as ipr:
                 ipr.link("add", ifname=self.client_if, kind="veth", peer=self.server_if)
@@ -65,20 +69,16 @@ class Lab:
 
     @staticmethod
     def _configure(ns: str, ifname: str, addresses) -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=ns) as ipr:
+        with iproute(ns) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            index = ipr.link_lookup(ifname=ifname)[0]
+            index = _wait_for_link(ipr, ifname)
             for address, prefixlen in addresses:
                 extra = {"flags": 0x02} if ":" in address else {}  # IFA_F_NODAD: usable at once
                 ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **extra)
             ipr.link("set", index=index, state="up")
 
     def ifindex(self, ns: str, ifname: str) -> int:
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=ns) as ipr:
+        with iproute(ns) as ipr:
             return ipr.link_lookup(ifname=ifname)[0]
 
     # ------------------------------------------------------------ processes
@@ -108,14 +108,15 @@ class Lab:
         argv = ["swaks", "--server", server, "--helo", "client.lab.example", *args]
         if source:
             argv += ["--local-interface", source]
-        return subprocess.run(self.exec_argv(self.client_ns, *argv), capture_output=True, text=True,
-                              timeout=timeout)
+        try:
+            return subprocess.run(self.exec_argv(self.client_ns, *argv), capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as exc:  # the namespace's teardown kills what is left
+            return subprocess.CompletedProcess(argv, 124, exc.stdout or "", f"timed out after {timeout} s")
 
     # ------------------------------------------------------------ teardown
 
     def close(self) -> None:
-        from pyroute2 import netns
-
         for proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -130,10 +131,7 @@ class Lab:
         self._procs.clear()
         for name in reversed(self._created):
             _kill_namespace_processes(name)
-            try:
-                netns.remove(name)
-            except OSError:
-                pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._created.clear()
 
     def __enter__(self) -> "Lab":
@@ -141,6 +139,25 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SensorError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+def _wait_for_link(ipr, ifname: str, timeout: float = 3.0) -> int:
+    """The index of a link just moved into a namespace (seen to take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            present = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+            raise SensorError(f"lab interface {ifname} did not appear in its namespace (it holds {present})")
+        time.sleep(0.05)
 
 
 def _kill_namespace_processes(name: str) -> None:

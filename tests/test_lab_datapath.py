@@ -82,12 +82,12 @@ def test_a_banned_client_never_reaches_the_server(lab, datapath):
 
 
 def test_detach_leaves_the_interface_as_it_was(lab, test_pin_root):
-    from pyroute2 import IPRoute
+    from sensor.netns import iproute
 
     dp = Datapath(DatapathConfig(pin_dir=test_pin_root / "lab" / f"v{abi.ABI_VERSION}")).load()
     dp.attach(lab.server_if, netns=lab.server_ns)
     dp.close()
-    with IPRoute(netns=lab.server_ns) as ipr:
+    with iproute(lab.server_ns) as ipr:
         index = ipr.link_lookup(ifname=lab.server_if)[0]
         xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
         assert not (xdp and xdp.get_attr("IFLA_XDP_PROG_ID"))

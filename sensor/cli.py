@@ -1,0 +1,120 @@
+"""smtp-sensor's command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+import structlog
+
+from . import log as sensor_log
+from .errors import SensorError
+
+EXAMPLES = """\
+examples:
+  smtp-sensor demo                      # the netns lab: real server, real client, datapath attached
+  smtp-sensor run -i eth1               # attach to eth1 (XDP ingress, TC egress)
+  smtp-sensor run -i eth1 -i eth2 --ports 25,587,2525
+  smtp-sensor run -i veth0 --netns mail --xdp-mode generic
+  smtp-sensor run --ebpf                # print the kernel C source and exit
+"""
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Terminate(Exception):
+    """SIGTERM, turned into an exception so every finally: block runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminate()
+
+
+def parse_ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ports must be numbers separated by commas: {text!r}") from None
+    if not ports or any(not 0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"ports must be 1..65535: {text!r}")
+    return ports
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smtp-sensor", description="eBPF/XDP SMTP security sensor",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "console"], help="default: console on a TTY, else json")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="attach to interfaces and consume events",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("-i", "--interface", action="append", default=[], help="interface (repeatable)")
+    run.add_argument("--netns", help="network namespace the interfaces live in")
+    run.add_argument("--ports", type=parse_ports, default=(25, 587), help="SMTP ports (default 25,587)")
+    run.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
+    run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+
+    demo = sub.add_parser("demo", help="the netns lab demo (needs root)")
+    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .datapath import Datapath, DatapathConfig
+
+    datapath = Datapath(DatapathConfig(ports=args.ports))
+    if args.ebpf:
+        print(datapath.source())
+        return EXIT_OK
+    if not args.interface:
+        raise SensorError("no interface given: use -i IFACE (see smtp-sensor run --help)")
+    logger = structlog.get_logger("sensor")
+    with datapath.load():
+        for ifname in args.interface:
+            datapath.attach(ifname, netns=args.netns, xdp_mode=args.xdp_mode)
+        reader = datapath.event_reader()
+        started = last = time.monotonic()
+        events = 0
+        logger.info("running", interfaces=args.interface, ports=list(args.ports))
+        while args.duration is None or time.monotonic() - started < args.duration:
+            events += len(reader.poll(50))
+            now = time.monotonic()
+            if now - last >= args.stats_interval:
+                logger.info("stats", events=events, lost=reader.lost, counters=datapath.maps.counters())
+                last = now
+        logger.info("stopped", events=events, lost=reader.lost, counters=datapath.maps.counters())
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    json_logs = None if args.log_format is None else args.log_format == "json"
+    if args.command == "demo" and args.log_format is None:
+        json_logs = False  # the demo is read by a person
+    sensor_log.configure(args.log_level, json=json_logs)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(args)
+    except SensorError as exc:
+        print(f"smtp-sensor: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (KeyboardInterrupt, _Terminate):
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
