@@ -1,0 +1,112 @@
+"""SMTP dissector: AUTH exchanges (credentials never in events) and STARTTLS."""
+
+from __future__ import annotations
+
+import base64
+
+from sensor.smtp import AuthEvent, Command, Limits, SMTPConnection, StartTLS, Transaction
+from sensor.smtp import anomalies as A
+
+from smtp_helpers import EHLO_REPLY, GREETING, commands, dialogue, feed, names, of, replies
+
+SECRET = b"s3cr3t-Pa55"
+PLAIN = base64.b64encode(b"\0alice\0" + SECRET)
+USER = base64.b64encode(b"alice")
+PASS = base64.b64encode(SECRET)
+
+
+def leaks(events) -> bool:
+    text = repr(events)
+    return any(s.decode() in text for s in (SECRET, PLAIN, USER, PASS))
+
+
+def test_auth_plain_with_initial_response_hides_it():
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY),
+                  ("C", b"AUTH PLAIN " + PLAIN + b"\r\n"), ("S", b"235 2.7.0 ok\r\n"),
+                  ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"))
+    assert ("AUTH", "PLAIN") in commands(ev)
+    (a,) = of(ev, AuthEvent)
+    assert (a.mechanism, a.success, a.code, a.rounds) == ("PLAIN", True, 235, 0)
+    assert not leaks(ev)
+
+
+def test_auth_login_follows_334_challenges_and_never_logs_answers():
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY),
+                  ("C", b"auth login\r\n"), ("S", b"334 VXNlcm5hbWU6\r\n"),
+                  ("C", USER + b"\r\n"), ("S", b"334 UGFzc3dvcmQ6\r\n"),
+                  ("C", PASS + b"\r\n"), ("S", b"535 5.7.8 authentication failed\r\n"),
+                  ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"))
+    (a,) = of(ev, AuthEvent)
+    assert (a.mechanism, a.success, a.code, a.rounds) == ("LOGIN", False, 535, 2)
+    assert replies(ev)[2:] == [("AUTH", 334), ("AUTH_ANSWER", 334), ("AUTH_ANSWER", 535),
+                               ("QUIT", 221)]
+    assert [c.verb for c in of(ev, Command)] == ["EHLO", "AUTH", "QUIT"]
+    assert names(ev) == [] and not leaks(ev)
+
+
+def test_auth_pipelined_answers_wait_for_the_challenge_when_fed_client_first():
+    ev = feed(b"EHLO c\r\nAUTH LOGIN\r\n" + USER + b"\r\n" + PASS + b"\r\nQUIT\r\n",
+              GREETING + EHLO_REPLY + b"334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n"
+              b"235 2.7.0 ok\r\n221 bye\r\n")
+    assert of(ev, AuthEvent)[0].success is True
+    assert [c.verb for c in of(ev, Command)] == ["EHLO", "AUTH", "QUIT"]
+    assert not leaks(ev) and A.UNKNOWN_COMMAND not in names(ev)
+
+
+def test_auth_cancelled_with_star():
+    ev = dialogue(("S", GREETING), ("C", b"AUTH LOGIN\r\n"), ("S", b"334 VXNlcm5hbWU6\r\n"),
+                  ("C", b"*\r\n"), ("S", b"501 5.7.0 cancelled\r\n"),
+                  ("C", b"NOOP\r\n"), ("S", b"250 ok\r\n"))
+    assert of(ev, AuthEvent)[0].success is False
+    assert replies(ev)[-1] == ("NOOP", 250)
+
+
+def test_auth_answers_are_not_read_as_commands_at_close_without_server():
+    ev = feed(b"AUTH LOGIN\r\n" + USER + b"\r\n" + PASS + b"\r\n", b"")
+    assert [c.verb for c in of(ev, Command)] == ["AUTH"]
+    assert not leaks(ev)
+
+
+def test_auth_answers_one_sided_capture_past_the_hold_limit():
+    ev = feed(b"AUTH LOGIN\r\n" + USER + b"\r\n" + PASS + b"\r\nNOOP\r\n" + b"NOOP\r\n" * 20,
+              b"", limits=Limits(unreplied_client_bytes=16))
+    assert A.REPLY_ASSUMED in names(ev)
+    assert not leaks(ev)
+
+
+def test_starttls_accepted_asks_for_bypass_and_ignores_the_rest():
+    conn = SMTPConnection()
+    ev = conn.receive_server(GREETING, 0)
+    ev += conn.receive_client(b"EHLO c\r\n", 1)
+    ev += conn.receive_server(EHLO_REPLY, 2)
+    ev += conn.receive_client(b"STARTTLS\r\n", 3)
+    ev += conn.receive_server(b"220 2.0.0 ready\r\n\x16\x03\x03\x00\x10junk", 4)
+    ev += conn.receive_client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 5)
+    assert of(ev, StartTLS) and conn.tls and conn.finished and conn.state == "TLS"
+    (t,) = of(ev, Transaction)
+    assert t.tls and t.helo == "c"
+    assert names(ev) == []
+    assert conn.receive_client(b"MAIL FROM:<a@b.c>\r\n", 6) == []
+    assert conn.receive_server(b"250 ok\r\n", 7) == []
+    assert conn.close(8) == []
+
+
+def test_starttls_client_first_capture_keeps_the_client_hello_out():
+    ev = feed(b"EHLO c\r\nSTARTTLS\r\n\x16\x03\x01\x00\x05hello",
+              GREETING + EHLO_REPLY + b"220 go\r\n\x16\x03\x03binary\n")
+    assert of(ev, StartTLS) and names(ev) == []
+    assert [c.verb for c in of(ev, Command)] == ["EHLO", "STARTTLS"]
+
+
+def test_plaintext_injected_after_starttls_is_reported():
+    ev = feed(b"EHLO c\r\nSTARTTLS\r\nRSET\r\n", GREETING + EHLO_REPLY + b"220 go\r\n")
+    assert A.STARTTLS_PLAINTEXT_INJECTION in names(ev)
+    assert [c.verb for c in of(ev, Command)] == ["EHLO", "STARTTLS"]
+
+
+def test_starttls_rejected_continues_in_plaintext():
+    ev = feed(b"STARTTLS\r\nMAIL FROM:<a@b.c>\r\n",
+              GREETING + b"454 4.7.0 TLS not available\r\n250 ok\r\n")
+    assert A.TLS_REJECTED in names(ev)
+    assert not of(ev, StartTLS)
+    assert replies(ev)[-1] == ("MAIL", 250)
