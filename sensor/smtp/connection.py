@@ -75,6 +75,19 @@ COMMAND, DATA, BDAT, AUTH_RESPONSE, TLS, STOPPED, CLOSED = (
 _TERMINAL = (TLS, STOPPED, CLOSED)
 
 _BDAT_RE = re.compile(r"[ \t]*(\d{1,19})(?:[ \t]+(LAST))?[ \t]*\Z", re.I)
+_REPLY_START = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\r?\Z)")
+_VERB_START = re.compile(rb"([A-Za-z]{4,8})(?: |\r?\Z)")
+
+
+def _looks_like_reply(line: bytes) -> bool:
+    return _REPLY_START.match(line) is not None
+
+
+def _looks_like_command(line: bytes) -> bool:
+    m = _VERB_START.match(line)
+    return m is not None and m.group(1).upper().decode() in KNOWN_VERBS
+
+
 _SASL_RE = re.compile(rb"[A-Za-z0-9+/=]*\Z|\*\Z")
 _DETAIL = 64
 
@@ -379,12 +392,12 @@ class SMTPConnection:
                 extra = length - self._bdat_left
                 self._bdat_left = 0
                 self._end_bdat_chunk(ts, out)
-                self._cl.gap()
+                self._cl.gap(_looks_like_command)
                 how = f"{length} octets lost ({extra} past the BDAT chunk); resync at next line"
         else:
             if self._cl.partial:
                 self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "line cut by a gap")
-            self._cl.gap()
+            self._cl.gap(_looks_like_command)
             how = f"{length} octets lost; resync at next line"
         self._anomaly(out, ts, A.CONTENT_GAP, CLIENT, how)
 
@@ -645,7 +658,7 @@ class SMTPConnection:
     def _server_gap(self, length: int, ts: float, out: list) -> None:
         if self._sl.partial or self._r_code is not None:
             self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "reply cut by a gap")
-        self._sl.gap()
+        self._sl.gap(_looks_like_reply)
         self._r_code = None
         self._r_lines = []
         self._server_resync = True

@@ -15,7 +15,7 @@ _COMPACT = 1 << 16
 
 
 class LineBuffer:
-    __slots__ = ("_buf", "_pos", "_limit", "_over", "_last", "_resync")
+    __slots__ = ("_buf", "_pos", "_limit", "_over", "_last", "_resync", "_probe")
 
     def __init__(self, limit: int) -> None:
         self._buf = bytearray()
@@ -24,6 +24,7 @@ class LineBuffer:
         self._over: bytes | None = None   # kept prefix of an overlong line being discarded
         self._last = 0                    # last octet discarded while in overlong mode
         self._resync = False              # discard up to the next LF (after a gap)
+        self._probe = None                # after a gap: does the first line look whole?
 
     def __len__(self) -> int:
         return len(self._buf) - self._pos
@@ -70,7 +71,9 @@ class LineBuffer:
             if self._resync:
                 self._resync = False
                 self._over = None
-                continue
+                probe, self._probe = self._probe, None
+                if probe is None or not probe(raw):
+                    continue
             if self._over is not None:
                 line = self._over
                 self._over = None
@@ -103,12 +106,17 @@ class LineBuffer:
             self._buf[0:0] = data
             self._pos = 0
 
-    def gap(self) -> None:
-        """Octets were lost after the buffered ones: drop the partial line, resync at the next LF."""
+    def gap(self, probe=None) -> None:
+        """Octets were lost after the buffered ones: drop the partial line, resync at the next LF.
+
+        ``probe(line)`` may say that the first line after the gap looks whole
+        (the gap ended on a line boundary); it is then kept.
+        """
         self._buf.clear()
         self._pos = 0
         self._over = None
         self._resync = True
+        self._probe = probe
 
     def clear(self) -> None:
         self._buf.clear()
