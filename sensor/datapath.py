@@ -55,7 +55,7 @@ class DatapathConfig:
     push: bool = True  # push events to userland
     enforce: bool = True  # honour bans and flow drops
     pin_dir: Path = field(default_factory=lambda: PIN_ROOT / f"v{abi.ABI_VERSION}")
-    perf_pages: int = 256  # per CPU; must be a power of two
+    perf_pages: int = 1024  # per CPU, a power of two: 4 MiB buffers ~14 ms of 1.4 KB events at 200 k/s
 
 
 @dataclass

@@ -17,7 +17,7 @@ from . import abi
 
 
 class EventReader:
-    def __init__(self, bpf, page_cnt: int = 256, wakeup_events: int = 64, map_name: bytes = b"ss_events"):
+    def __init__(self, bpf, page_cnt: int = 1024, wakeup_events: int = 64, map_name: bytes = b"ss_events"):
         self._bpf = bpf
         self._batch: list[bytes] = []
         self.lost = 0  # samples the kernel could not write (ring full)
