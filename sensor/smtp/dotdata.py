@@ -13,12 +13,9 @@ undecoded octets, so the result does not depend on segmentation.
 
 from __future__ import annotations
 
-import re
-
 __all__ = ["DotDecoder"]
 
 _END = b"\r\n.\r\n"
-_DOT_LINE = re.compile(rb"(?<=[\r\n])\.(?=[\r\n])")
 _NEUTRAL = b"\0\0"
 
 
@@ -30,7 +27,7 @@ def _ending(b: bytes) -> str:
 
 class DotDecoder:
     __slots__ = ("_lb", "_pend", "bare_lf", "bare_cr", "terminators", "_run",
-                 "long_line", "_long_re", "_limit")
+                 "long_line", "_limit")
 
     def __init__(self, line_limit: int) -> None:
         self._lb = b"\r\n"
@@ -41,7 +38,6 @@ class DotDecoder:
         self._run = 0                 # non-LF octets since the last LF
         self._limit = max(2, line_limit)
         self.long_line = False        # a line (LF-delimited, ending included) exceeded the limit
-        self._long_re = re.compile(rb"[^\n]{%d}" % self._limit)
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
         """Decode raw octets.
@@ -71,27 +67,39 @@ class DotDecoder:
         return content, rest
 
     def _scan(self, c: bytes, end: int) -> None:
-        self.bare_lf += c.count(b"\n", 2, end) - c.count(b"\r\n", 1, end)
-        self.bare_cr += c.count(b"\r", 2, end) - c.count(b"\r\n", 2, end + 1)
-        if c.find(b".", 2, end) >= 0:
-            for m in _DOT_LINE.finditer(c, 2, min(len(c), end + 1)):
-                q = m.start()
-                if q >= end:
-                    break
-                before = _ending(c[q - 2:q])
+        """Evidence in c[2:end] (c[0:2] is context, c[end:] lookahead)."""
+        crlf = c.count(b"\r\n", 2, end)
+        self.bare_lf += c.count(b"\n", 2, end) - crlf - (c[1:3] == b"\r\n")
+        self.bare_cr += c.count(b"\r", 2, end) - crlf - (c[end - 1:end + 1] == b"\r\n")
+        found = []
+        for pat in (b"\n.", b"\r."):      # dot lines: rare, so a find loop is cheap
+            i = c.find(pat, 1, end)
+            while i >= 0:
+                q = i + 1
                 after = c[q + 1:q + 3]
-                after = "<CR><LF>" if after == b"\r\n" else ("<LF>" if after[:1] == b"\n" else "<CR>")
-                self.terminators.append(f"{before}.{after}")
+                if after[:1] in (b"\r", b"\n"):
+                    before = _ending(c[q - 2:q])
+                    after = "<CR><LF>" if after == b"\r\n" else (
+                        "<LF>" if after[:1] == b"\n" else "<CR>")
+                    found.append((q, f"{before}.{after}"))
+                i = c.find(pat, q, end)
+        if found:
+            found.sort()
+            self.terminators.extend(label for _, label in found)
         if not self.long_line:
+            limit = self._limit
             first = c.find(b"\n", 2, end)
             if first < 0:
                 self._run += end - 2
             else:
-                if self._run + (first - 2) + 1 > self._limit or \
-                        self._long_re.search(c, 2, end) is not None:
+                last = c.rfind(b"\n", 2, end)
+                if self._run + (first - 2) + 1 > limit:
                     self.long_line = True
-                self._run = end - c.rfind(b"\n", 2, end) - 1
-            if self._run >= self._limit:
+                elif last - first > limit and \
+                        max(map(len, c[first + 1:last].split(b"\n"))) + 1 > limit:
+                    self.long_line = True
+                self._run = end - last - 1
+            if self._run >= limit:
                 self.long_line = True
 
     def gap(self) -> bytes:
