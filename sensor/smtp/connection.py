@@ -723,6 +723,12 @@ class SMTPConnection:
         code, enh, lines, multi = reply
         out.append(Reply(ts, code, enh, lines, p.verb, p.command, multi, 300 <= code < 400))
         verb = p.verb
+        # RFC 2920: without PIPELINING, each command waits for the previous reply.
+        nxt = self._pending[0].command if self._pending else None
+        if verb != ">" and nxt is not None and nxt.ts < ts and not (
+                self.capabilities is not None and self.capabilities.pipelining):
+            self._once(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
+                       f"{nxt.verb} sent before the reply to {verb} without PIPELINING")
         if verb == ">":
             self._greeting(code, lines, ts, out)
         elif verb in ("EHLO", "LHLO") and code == 250:

@@ -355,3 +355,12 @@ def test_events_after_close_are_ignored_and_close_is_idempotent():
     conn.close(0)
     assert conn.receive_client(b"NOOP\r\n", 1) == [] and conn.close(2) == []
     assert conn.state == "CLOSED"
+
+
+def test_pipelining_without_the_extension_is_an_invalid_pipelined_sequence():
+    turns = [("S", GREETING), ("C", b"HELO c\r\n"), ("S", b"250 hi\r\n"),
+             ("C", b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n"),
+             ("S", b"250 ok\r\n"), ("S", b"250 ok\r\n")]
+    assert A.INVALID_PIPELINED_SEQUENCE in names(dialogue(*turns))
+    offered = [("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY)] + turns[3:]
+    assert A.INVALID_PIPELINED_SEQUENCE not in names(dialogue(*offered))
