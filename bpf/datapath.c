@@ -64,10 +64,10 @@ static __always_inline int ss_verdict_live(struct ss_verdict *v, __u32 wire_len,
  * destination) against the ban tries. */
 static __always_inline int ss_banned(struct ss_pkt *pkt, __u32 wire_len, int dir)
 {
-	__u8 *remote = dir == SS_DIR_INGRESS ? pkt->saddr : pkt->daddr;
+	__u8 *remote = dir == SS_DIR_INGRESS ? pkt->key.saddr : pkt->key.daddr;
 	struct ss_verdict *v;
 
-	if (pkt->family == SS_AF_INET) {
+	if (pkt->key.family == SS_AF_INET) {
 		struct ss_lpm_v4 key = {.prefixlen = 32};
 
 		__builtin_memcpy(key.addr, remote + 12, 4);
@@ -79,15 +79,6 @@ static __always_inline int ss_banned(struct ss_pkt *pkt, __u32 wire_len, int dir
 		v = ss_ban_v6.lookup(&key);
 	}
 	return v && ss_verdict_live(v, wire_len, dir);
-}
-
-static __always_inline void ss_flow_key_of(struct ss_flow_key *key, struct ss_pkt *pkt)
-{
-	__builtin_memcpy(key->saddr, pkt->saddr, 16);
-	__builtin_memcpy(key->daddr, pkt->daddr, 16);
-	key->sport = pkt->sport;
-	key->dport = pkt->dport;
-	key->family = pkt->family;
 }
 
 static __always_inline int ss_is_smtp_port(__u32 port)
@@ -103,8 +94,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 				      __u32 ifindex, int dir)
 {
 	struct hdr_cursor nh = {.pos = data};
-	struct ss_pkt pkt = {};
-	struct ss_flow_key fkey = {};
+	struct ss_pkt pkt = {}; /* zeroed: the key's padding is part of the hash */
 	struct ss_config *cfg;
 	struct ss_verdict *v;
 	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, cap_len;
@@ -127,7 +117,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		return SS_CNT_NOT_TCP;
 	if (parse_tcphdr(&nh, data, data_end, &pkt) < 0)
 		return SS_CNT_PARSE_ERROR;
-	if (!ss_is_smtp_port(pkt.dport) && !ss_is_smtp_port(pkt.sport))
+	if (!ss_is_smtp_port(pkt.key.dport) && !ss_is_smtp_port(pkt.key.sport))
 		return SS_CNT_NOT_SMTP;
 
 	cfg = ss_config.lookup(&zero);
@@ -137,15 +127,14 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 			snaplen = cfg->snaplen;
 	}
 
-	ss_flow_key_of(&fkey, &pkt);
 	if (!(flags & SS_CFG_NO_ENFORCE)) {
 		if (ss_banned(&pkt, wire_len, dir))
 			return SS_CNT_DROP_BAN;
-		v = ss_flow_drop.lookup(&fkey);
+		v = ss_flow_drop.lookup(&pkt.key);
 		if (v && ss_verdict_live(v, wire_len, dir))
 			return SS_CNT_DROP_FLOW;
 	}
-	v = ss_bypass.lookup(&fkey);
+	v = ss_bypass.lookup(&pkt.key);
 	if (v && ss_verdict_live(v, wire_len, dir))
 		return SS_CNT_BYPASSED;
 	if (flags & SS_CFG_NO_PUSH)
@@ -166,16 +155,16 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	ev.ts_ns = bpf_ktime_get_ns();
 	ev.wire_len = wire_len;
 	ev.cap_len = cap_len;
-	__builtin_memcpy(ev.saddr, pkt.saddr, 16);
-	__builtin_memcpy(ev.daddr, pkt.daddr, 16);
-	ev.sport = pkt.sport;
-	ev.dport = pkt.dport;
+	__builtin_memcpy(ev.saddr, pkt.key.saddr, 16);
+	__builtin_memcpy(ev.daddr, pkt.key.daddr, 16);
+	ev.sport = pkt.key.sport;
+	ev.dport = pkt.key.dport;
 	ev.seq = pkt.seq;
 	ev.ack = pkt.ack;
 	ev.payload_off = pkt.payload_off;
 	ev.l3_off = pkt.l3_off;
 	ev.payload_len = pkt.payload_len;
-	ev.family = pkt.family;
+	ev.family = pkt.key.family;
 	ev.tcp_flags = pkt.tcp_flags;
 	/* bcc rewrites this call into a statement: keep it on its own. */
 	err = ss_events.perf_submit_skb(ctx, cap_len, &ev, sizeof(ev));

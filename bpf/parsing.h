@@ -40,20 +40,18 @@ struct ss_ipv6_frag_hdr {
 	__be32 identification;
 };
 
-/* What the parsers learn about one TCP segment. Numbers in host order,
- * addresses as 16 bytes (IPv4-mapped for IPv4) so v4 and v6 share keys. */
+/* What the parsers learn about one TCP segment. Numbers in host order.
+ * The addresses, ports and family are filled straight into a flow key
+ * (addresses as 16 bytes, IPv4-mapped for IPv4, so v4 and v6 share keys):
+ * the flow maps are looked up with it, no copy. */
 struct ss_pkt {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport;
-	__u16 dport;
+	struct ss_flow_key key;
 	__u32 seq;
 	__u32 ack;
 	__u32 l4_len;      /* bytes after the IP header(s), from the IP header */
 	__u32 payload_len; /* TCP payload bytes, from the IP header */
 	__u16 l3_off;
 	__u16 payload_off;
-	__u8 family;
 	__u8 tcp_flags;
 };
 
@@ -108,13 +106,13 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data, void *d
 	if (tot_len < hdrsize || pkt->l3_off + tot_len > frame_len)
 		return SS_PARSE_ERROR; /* shorter than its header, or cut off */
 	pkt->l4_len = tot_len - hdrsize;
-	pkt->family = SS_AF_INET;
-	pkt->saddr[10] = 0xff;
-	pkt->saddr[11] = 0xff;
-	pkt->daddr[10] = 0xff;
-	pkt->daddr[11] = 0xff;
-	__builtin_memcpy(&pkt->saddr[12], &iph->saddr, 4);
-	__builtin_memcpy(&pkt->daddr[12], &iph->daddr, 4);
+	pkt->key.family = SS_AF_INET;
+	pkt->key.saddr[10] = 0xff;
+	pkt->key.saddr[11] = 0xff;
+	pkt->key.daddr[10] = 0xff;
+	pkt->key.daddr[11] = 0xff;
+	__builtin_memcpy(&pkt->key.saddr[12], &iph->saddr, 4);
+	__builtin_memcpy(&pkt->key.daddr[12], &iph->daddr, 4);
 	nh->pos += hdrsize;
 	return iph->protocol;
 }
@@ -140,9 +138,9 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data, void *d
 	else if (pkt->l3_off + sizeof(*ip6h) + l4_len > frame_len)
 		return SS_PARSE_ERROR; /* cut off */
 	nexthdr = ip6h->nexthdr;
-	pkt->family = SS_AF_INET6;
-	__builtin_memcpy(pkt->saddr, &ip6h->saddr, 16);
-	__builtin_memcpy(pkt->daddr, &ip6h->daddr, 16);
+	pkt->key.family = SS_AF_INET6;
+	__builtin_memcpy(pkt->key.saddr, &ip6h->saddr, 16);
+	__builtin_memcpy(pkt->key.daddr, &ip6h->daddr, 16);
 
 #pragma unroll
 	for (int i = 0; i < SS_IPV6_EXT_MAX; i++) {
@@ -194,8 +192,8 @@ static __always_inline int parse_tcphdr(struct hdr_cursor *nh, void *data, void 
 	len = th->doff * 4;
 	if (len < sizeof(*th) || nh->pos + len > data_end || pkt->l4_len < len)
 		return SS_PARSE_ERROR;
-	pkt->sport = bpf_ntohs(th->source);
-	pkt->dport = bpf_ntohs(th->dest);
+	pkt->key.sport = bpf_ntohs(th->source);
+	pkt->key.dport = bpf_ntohs(th->dest);
 	pkt->seq = bpf_ntohl(th->seq);
 	pkt->ack = bpf_ntohl(th->ack_seq);
 	pkt->tcp_flags = ((__u8 *)th)[13];

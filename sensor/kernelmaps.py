@@ -133,30 +133,24 @@ class KernelMaps:
 
     def drop_flow(self, flow: Flow, ttl: float | None = None, reason: abi.Reason = abi.Reason.RULE) -> None:
         """Drop both directions of a connection."""
-        verdict = abi.Verdict(expires_ns=deadline(ttl), reason=reason)
-        for key in flow.keys():
-            self.flow_drop[key] = verdict
+        _set_both(self.flow_drop, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
 
     def undrop_flow(self, flow: Flow) -> bool:
-        return any([_delete(self.flow_drop, key) for key in flow.keys()])
+        return _delete_both(self.flow_drop, flow)
 
     def drops(self) -> list[Entry]:
-        return [Entry(_flow_text(k), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes)
-                for k, v in self.flow_drop.items()]
+        return _flow_entries(self.flow_drop)
 
     def bypass_flow(self, flow: Flow, ttl: float | None = None,
                     reason: abi.Reason = abi.Reason.STARTTLS) -> None:
         """Stop pushing a connection's packets (they still pass)."""
-        verdict = abi.Verdict(expires_ns=deadline(ttl), reason=reason)
-        for key in flow.keys():
-            self.bypass_map[key] = verdict
+        _set_both(self.bypass_map, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
 
     def unbypass_flow(self, flow: Flow) -> bool:
-        return any([_delete(self.bypass_map, key) for key in flow.keys()])
+        return _delete_both(self.bypass_map, flow)
 
     def bypassed(self) -> list[Entry]:
-        return [Entry(_flow_text(k), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes)
-                for k, v in self.bypass_map.items()]
+        return _flow_entries(self.bypass_map)
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Remove expired bans, drops and bypasses; returns how many."""
@@ -184,6 +178,20 @@ class KernelMaps:
 
     def reset_counters(self) -> None:
         self.counters_map.clear()
+
+
+def _set_both(table, flow: Flow, verdict: abi.Verdict) -> None:
+    for key in flow.keys():
+        table[key] = verdict
+
+
+def _delete_both(table, flow: Flow) -> bool:
+    return any([_delete(table, key) for key in flow.keys()])
+
+
+def _flow_entries(table) -> list[Entry]:
+    return [Entry(_flow_text(k), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes)
+            for k, v in table.items()]
 
 
 def _delete(table, key) -> bool:
