@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 import structlog
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--netns", help="network namespace the interfaces live in")
     run.add_argument("--ports", type=parse_ports, default=(25, 587), help="SMTP ports (default 25,587)")
     run.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
+    run.add_argument("--pin-dir", type=Path, help="where bans and drops are pinned "
+                     "(default /sys/fs/bpf/smtp-sensor/v<ABI>)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -67,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .datapath import Datapath, DatapathConfig
 
-    datapath = Datapath(DatapathConfig(ports=args.ports))
+    config = DatapathConfig(ports=args.ports)
+    if args.pin_dir:
+        config.pin_dir = args.pin_dir
+    datapath = Datapath(config)
     if args.ebpf:
         print(datapath.source())
         return EXIT_OK

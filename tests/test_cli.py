@@ -42,11 +42,14 @@ def test_ebpf_flag_prints_the_kernel_source():
     assert result.returncode == 0 and "int ss_xdp_ingress(struct xdp_md *ctx)" in result.stdout
 
 
-def test_missing_interface_is_one_line_error(kernel_prereqs):
-    result = smtp_sensor("run", "-i", "smtpsensor-nope0", "--duration", "1")
+def test_missing_interface_is_one_line_error(kernel_prereqs, test_pin_root):
+    result = smtp_sensor("run", "-i", "smtpsensor-nope0", "--duration", "1",
+                         "--pin-dir", str(test_pin_root / "cli" / "v1"))
     assert result.returncode == 2, result.stderr
     assert "interface 'smtpsensor-nope0' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+    # --pin-dir is honoured: tests never touch the production pin folder
+    assert (test_pin_root / "cli" / "v1" / "ss_ban_v4").exists()
 
 
 def test_demo_runs_the_lab_and_shows_the_ban(lab_prereqs):
