@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
-    demo = sub.add_parser("demo", help="the netns lab demo (needs root)")
-    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("demo", help="the netns lab demo (needs root)")
     return parser
 
 
