@@ -20,6 +20,8 @@ examples:
   smtp-sensor run -i eth1 -i eth2 --ports 25,587,2525
   smtp-sensor run -i veth0 --netns mail --xdp-mode generic
   smtp-sensor run --ebpf                # print the kernel C source and exit
+  smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
+  smtp-sensor replay big.pcapng -o records.json --ports 25,587,2525
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -63,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("demo", help="the netns lab demo (needs root)")
+
+    rep = sub.add_parser("replay", help="dissect a pcap or pcapng file through the live pipeline",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("capture", type=Path, help="pcap or pcapng file")
+    rep.add_argument("-o", "--output", type=Path, help="write records here (default stdout)")
+    rep.add_argument("--ports", type=parse_ports, default=(25, 587), help="SMTP ports (default 25,587)")
+    rep.add_argument("--lenient", action="store_true",
+                     help="read what can be read of a truncated capture (a warning, exit 0)")
+    rep.add_argument("--uid-seed", type=int, default=0, help="seed of the connection uids (default 0: reproducible)")
     return parser
 
 
@@ -96,6 +107,31 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_replay(args) -> int:
+    from .output import JsonLinesSink
+    from .pipeline import Pipeline
+    from .replay import replay
+
+    out = None
+    if args.output is not None:
+        try:
+            out = open(args.output, "w", encoding="utf-8")
+        except OSError as exc:
+            raise SensorError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    try:
+        sink = JsonLinesSink(out or sys.stdout)
+        pipeline = Pipeline(sink, ports=args.ports, uid_seed=args.uid_seed)
+        result = replay(args.capture, pipeline, strict=not args.lenient)
+        sink.flush()
+    finally:
+        if out is not None:
+            out.close()
+    for warning in result.warnings:
+        print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
+    print(result.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -113,9 +149,14 @@ def main(argv=None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(args)
+        if args.command == "replay":
+            return cmd_replay(args)
     except SensorError as exc:
         print(f"smtp-sensor: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:           # e.g. piped into head
+        sys.stderr.close()
+        return EXIT_OK
     except (KeyboardInterrupt, _Terminate):
         return EXIT_OK
     return EXIT_USAGE

@@ -1,0 +1,175 @@
+"""The userland pipeline: frames -> segments -> TCP streams -> SMTP events -> records.
+
+One code path for live traffic and for captures::
+
+    frame (datapath event or pcap packet)
+      -> sensor.packet.decode         a Segment, or a counted reason it is not one
+      -> sensor.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / Anomaly
+      -> sensor.smtp.SMTPConnection   typed SMTP events, one connection per flow
+      -> sensor.records               smtp and anomaly records, handed to ``sink``
+
+``Pipeline`` owns no clock and no I/O: the caller passes each frame's
+timestamp, calls ``expire(now)`` now and then, and ``finish()`` at the end.
+Per flow a ``Session`` (in ``flow.ctx``) holds the SMTP connection and a
+``scratch`` dict for whoever listens.  Listeners (``listeners``) are called
+with ``(session, event)`` for every SMTP event and can act on the flow (the
+rules engine is one); ``on_starttls(session)`` is how the live sensor asks the
+kernel to bypass an encrypted flow.
+"""
+
+from __future__ import annotations
+
+from . import packet, reassembly, records, smtp
+from .smtp import events as sev
+
+__all__ = ["Pipeline", "Session", "Stats"]
+
+_CLIENT_OF = {reassembly.ORIG: smtp.CLIENT, reassembly.RESP: smtp.SERVER}
+
+
+class Session:
+    """One SMTP connection being dissected."""
+
+    __slots__ = ("flow", "conn", "tls", "scratch", "transactions")
+
+    def __init__(self, flow, conn):
+        self.flow = flow
+        self.conn = conn
+        self.tls = False
+        self.scratch: dict = {}
+        self.transactions = 0
+
+    def __repr__(self):
+        return f"<Session {self.flow!r}>"
+
+
+class Stats:
+    """What the pipeline saw, for the summary line and metrics."""
+
+    __slots__ = ("frames", "segments", "not_segments", "flows", "transactions",
+                 "anomalies", "payload_bytes", "gap_bytes", "starttls", "listener_errors")
+
+    def __init__(self):
+        self.frames = 0
+        self.segments = 0
+        self.not_segments: dict[str, int] = {}   # decode reason -> count
+        self.flows = 0
+        self.transactions = 0
+        self.anomalies = 0
+        self.payload_bytes = 0
+        self.gap_bytes = 0
+        self.starttls = 0
+        self.listener_errors = 0
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class Pipeline:
+    """Dissect SMTP flows from frames or segments; records go to ``sink``."""
+
+    def __init__(self, sink, *, ports=reassembly.DEFAULT_PORTS,
+                 reassembly_limits: reassembly.Limits | None = None,
+                 smtp_limits: smtp.Limits | None = None, uid_seed=0,
+                 listeners=(), on_starttls=None, expire_every: float = 1.0):
+        self.sink = sink
+        self.ports = frozenset(ports)
+        self.stats = Stats()
+        self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed)
+        self.smtp_limits = smtp_limits or smtp.Limits()
+        self.listeners = list(listeners)
+        self.on_starttls = on_starttls
+        self._expire_every = expire_every
+        self._next_expire = None
+        self._last_ts = 0.0
+
+    # ------------------------------------------------------------ input
+    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float) -> None:
+        """One captured frame (link type as in pcap: 1 Ethernet, 113 SLL, ...)."""
+        st = self.stats
+        st.frames += 1
+        seg = packet.decode(linktype, frame, wirelen, st.not_segments)
+        if seg is not None:
+            self.feed_segment(seg, ts)
+
+    def feed_segment(self, seg: packet.Segment, ts: float) -> None:
+        self.stats.segments += 1
+        self._handle(self.reassembler.feed(seg, ts))
+        if self._next_expire is None:
+            self._next_expire = ts + self._expire_every
+        elif ts >= self._next_expire:
+            self.expire(ts)
+        if ts > self._last_ts:
+            self._last_ts = ts
+
+    def expire(self, now: float) -> None:
+        """End idle flows (the caller's clock: capture time or wall time)."""
+        self._next_expire = now + self._expire_every
+        self._handle(self.reassembler.expire(now))
+
+    def finish(self, ts: float | None = None) -> None:
+        """End every flow (end of capture, shutdown)."""
+        self._handle(self.reassembler.flush_all(ts))
+
+    @property
+    def sessions(self):
+        return [f.ctx for f in self.reassembler.flows if f.ctx is not None]
+
+    # ------------------------------------------------------------ plumbing
+    def _handle(self, events) -> None:
+        for ev in events:
+            kind = type(ev)
+            if kind is reassembly.Data:
+                sess = ev.flow.ctx
+                self.stats.payload_bytes += len(ev.data)
+                if sess is None:
+                    continue
+                if ev.direction == reassembly.ORIG:
+                    out = sess.conn.receive_client(ev.data, ev.ts)
+                else:
+                    out = sess.conn.receive_server(ev.data, ev.ts)
+                if out:
+                    self._smtp(sess, out)
+            elif kind is reassembly.FlowStart:
+                self.stats.flows += 1
+                ev.flow.ctx = Session(ev.flow, smtp.SMTPConnection(self.smtp_limits))
+            elif kind is reassembly.Gap:
+                self.stats.gap_bytes += ev.length
+                sess = ev.flow.ctx
+                if sess is not None:
+                    self._smtp(sess, sess.conn.gap(_CLIENT_OF[ev.direction], ev.length, ev.ts))
+            elif kind is reassembly.FlowEnd:
+                sess = ev.flow.ctx
+                if sess is not None:
+                    self._smtp(sess, sess.conn.close(ev.ts))
+                    self._notify(sess, ev)
+                    ev.flow.ctx = None
+            elif kind is reassembly.Anomaly:
+                self.stats.anomalies += 1
+                self.sink(records.anomaly_record(ev.flow, ev.ts, "tcp", ev.name, None, ev.detail))
+
+    def _smtp(self, sess: Session, events) -> None:
+        for ev in events:
+            kind = type(ev)
+            if kind is sev.Transaction:
+                self.stats.transactions += 1
+                sess.transactions += 1
+                self.sink(records.smtp_record(sess.flow, ev))
+            elif kind is sev.Anomaly:
+                self.stats.anomalies += 1
+                self.sink(records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name,
+                                                 ev.direction, ev.detail))
+            elif kind is sev.StartTLS:
+                sess.tls = True
+                self.stats.starttls += 1
+                if self.on_starttls is not None:
+                    self.on_starttls(sess)
+            if self.listeners:
+                self._notify(sess, ev)
+
+    def _notify(self, sess: Session, ev) -> None:
+        for listener in self.listeners:
+            try:
+                listener(sess, ev)
+            except Exception:      # a listener's bug must not stop dissection
+                self.stats.listener_errors += 1
