@@ -111,7 +111,23 @@ class DotDecoder:
         return pend
 
     def flush(self) -> bytes:
-        """The connection ended inside the message: the undecoded octets, as content."""
-        pend = self._pend
+        """The connection ended inside the message: the undecoded octets, as content.
+
+        They are decoded like any other content: dot-unstuffed and scanned
+        for smuggling evidence.  (``feed`` holds back up to four octets as
+        lookahead, so a capture ending in ``<CR><LF>.<LF>`` -- a terminator
+        a lenient server accepts -- or in a stuffed ``..<CR><LF>`` line would
+        otherwise lose that evidence and count the stuffing dot as content.)
+        Only a dot that is the very last octet is left as it came.
+        """
+        c = self._lb + self._pend
         self._pend = b""
-        return pend
+        if len(c) <= 2:
+            return b""
+        self._scan(c, len(c))
+        self._lb = c[-2:]
+        if c.endswith(b"\r\n."):
+            # A line cut right after its first dot: stuffing or the start of
+            # the end marker, undecidable; it is kept as it came.
+            return c[:-1].replace(b"\r\n.", b"\r\n")[2:] + b"."
+        return c.replace(b"\r\n.", b"\r\n")[2:]
