@@ -31,8 +31,10 @@ Rules, per direction:
   bytes, then a Gap for the missing tail.
 - Buffered bytes are capped per flow and globally, and buffered chunks per
   direction: over a cap, the hole in front of the buffer becomes a Gap.
-- When the peer acknowledges bytes behind which data is already buffered, the
-  hole was lost by the capture: it becomes a Gap at once (``Limits.ack_gaps``).
+- When the peer acknowledges bytes behind which data is already buffered, and
+  still does ``ack_gap_delay`` seconds later, the hole was lost by the capture:
+  it becomes a Gap (``Limits.ack_gaps``).  The delay lets a segment that was
+  only reordered across directions (a SPAN port, two CPUs' rings) arrive.
 - FIN in both directions ends the flow ('fin') once everything before the FINs
   is delivered; holes left are waited for ``close_timeout`` then become Gaps.
   RST ends the flow at once ('rst'): contiguous data, then Gap + buffered data.
@@ -86,7 +88,8 @@ class Limits:
     global_buffer: int = 256 << 20     # out-of-order bytes buffered over all flows
     max_chunks: int = 4096             # out-of-order chunks buffered per direction
     max_flows: int = 200_000           # flows tracked at once; the oldest is evicted
-    ack_gaps: bool = True              # a peer's ACK past a hole makes it a gap at once
+    ack_gaps: bool = True              # a peer's ACK past a hole makes it a gap ...
+    ack_gap_delay: float = 0.2         # ... once the hole has been acked this long (seconds)
     rst_window: int = 1 << 20          # RST further than this from the expected seq: ignored
 
 
@@ -138,7 +141,7 @@ class _Stream:
     """
 
     __slots__ = ("direction", "nxt", "isn", "pos", "chunks", "buffered", "fin",
-                 "last", "last_pos", "gaps")
+                 "last", "last_pos", "gaps", "hole_acked")
 
     def __init__(self, direction):
         self.direction = direction
@@ -151,6 +154,7 @@ class _Stream:
         self.last = b""           # the last bytes delivered (to check retransmissions)
         self.last_pos = 0         # ... and where they start
         self.gaps = 0             # bytes delivered as Gap
+        self.hole_acked = None    # (pos, ts): the hole at pos was first seen acked at ts
 
     @property
     def delivered(self) -> int:
@@ -539,7 +543,15 @@ class Reassembler:
         if peer.nxt is None:
             return
         ack_pos = peer.pos + ((ack - peer.nxt + _HALF) & _MASK) - _HALF
+        delay = self.limits.ack_gap_delay
         while peer.chunks and peer.chunks[0][0] <= ack_pos and peer.chunks[0][0] > peer.pos:
+            seen = peer.hole_acked
+            if seen is None or seen[0] != peer.pos:
+                peer.hole_acked = (peer.pos, ts)
+                if delay > 0:
+                    return
+            elif ts - seen[1] < delay:
+                return
             self._count("ack_gaps")
             self._skip(flow, peer, ts, out)
 

@@ -247,7 +247,32 @@ def test_ack_past_a_hole_with_data_behind_it_is_capture_loss():
     ev += r.feed(seg(True, 1010, b"xyz"), 3)                  # hole 1004..1009
     assert kinds(ev) == ["Data"]
     ev = r.feed(seg(False, 5001, flags=ACK, ack=1013), 4)     # server got it all
+    assert kinds(ev) == []             # maybe only reordered across directions: wait
+    ev = r.feed(seg(False, 5001, flags=ACK, ack=1013), 4.1)
+    assert kinds(ev) == []             # still within ack_gap_delay (0.2 s)
+    ev = r.feed(seg(False, 5001, flags=ACK, ack=1013), 4.25)
     assert kinds(ev) == ["Gap", "Data"] and ev[0].length == 6 and r.stats["ack_gaps"] == 1
+
+
+def test_hole_filled_within_the_ack_gap_delay_is_no_gap():
+    r = Reassembler()
+    handshake(r)
+    ev = r.feed(seg(True, 1001, b"abc"), 2)
+    ev += r.feed(seg(True, 1010, b"xyz"), 3)
+    ev += r.feed(seg(False, 5001, flags=ACK, ack=1013), 3.0)  # the ACK overtook the data
+    ev += r.feed(seg(True, 1004, b"123456"), 3.01)
+    ev += r.feed(seg(False, 5001, flags=ACK, ack=1013), 3.5)
+    assert "Gap" not in kinds(ev) and "ack_gaps" not in r.stats
+    assert b"".join(e.data for e in ev if isinstance(e, Data)) == b"abc123456xyz"
+
+
+def test_ack_gap_delay_zero_makes_the_gap_at_once():
+    r = Reassembler(limits=Limits(ack_gap_delay=0))
+    handshake(r)
+    r.feed(seg(True, 1001, b"abc"), 2)
+    r.feed(seg(True, 1010, b"xyz"), 3)
+    ev = r.feed(seg(False, 5001, flags=ACK, ack=1013), 4)
+    assert kinds(ev) == ["Gap", "Data"]
 
 
 def test_new_syn_after_close_is_a_new_flow():
