@@ -84,11 +84,41 @@ def _text(value: str) -> str:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _decoded(value: str) -> str:
+# RFC 2047 encoded word: =?charset[*language]?B|Q?text?=
+_EWORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?\s]*)\?=")
+
+
+def _decoded_word(m: re.Match) -> str:
+    charset, enc, text = m.groups()     # an RFC 2231 language suffix is dropped
     try:
-        return str(make_header(decode_header(value)))
-    except Exception:  # unknown charset, bad encoding: keep the raw text
+        return str(make_header(decode_header(f"=?{charset}?{enc}?{text}?=")))
+    except Exception:  # unknown charset, bad encoding: keep the raw word
+        return m.group(0)
+
+
+def _decoded(value: str) -> str:
+    """RFC 2047 decoding of an unstructured value (the Subject).
+
+    Each encoded word is decoded on its own; white space between two adjacent
+    encoded words is dropped (RFC 2047 6.2), all other text is kept as it is.
+    (``make_header(decode_header(value))`` as a whole loses where white space
+    was and puts a space between plain text and an encoded word that follows
+    it directly: ``x:=?UTF-8?Q?=20y?=`` became ``"x:  y"``.)
+    """
+    if "=?" not in value:
         return value
+    out = []
+    pos = 0
+    after_word = False
+    for m in _EWORD.finditer(value):
+        between = value[pos:m.start()]
+        if not (after_word and not between.strip(" \t")):
+            out.append(between)
+        out.append(_decoded_word(m))
+        pos = m.end()
+        after_word = True
+    out.append(value[pos:])
+    return "".join(out)
 
 
 def parse_header_section(section: bytes) -> tuple[dict, list[str]]:
