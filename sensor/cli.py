@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
     run.add_argument("--pin-dir", type=Path, help="where bans and drops are pinned "
                      "(default /sys/fs/bpf/smtp-sensor/v<ABI>)")
+    run.add_argument("-o", "--output", type=Path, help="append records to this file (default stdout)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -77,8 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _open_output(path, mode="a"):
+    if path is None:
+        return None
+    try:
+        return open(path, mode, encoding="utf-8")
+    except OSError as exc:
+        raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def cmd_run(args) -> int:
+    import os
+
     from .datapath import Datapath, DatapathConfig
+    from .live import LiveFeed
+    from .output import JsonLinesSink
+    from .pipeline import Pipeline
 
     config = DatapathConfig(ports=args.ports)
     if args.pin_dir:
@@ -90,20 +105,33 @@ def cmd_run(args) -> int:
     if not args.interface:
         raise SensorError("no interface given: use -i IFACE (see smtp-sensor run --help)")
     logger = structlog.get_logger("sensor")
-    with datapath.load():
-        for ifname in args.interface:
-            datapath.attach(ifname, netns=args.netns, xdp_mode=args.xdp_mode)
-        reader = datapath.event_reader()
-        started = last = time.monotonic()
-        events = 0
-        logger.info("running", interfaces=args.interface, ports=list(args.ports))
-        while args.duration is None or time.monotonic() - started < args.duration:
-            events += len(reader.poll(50))
-            now = time.monotonic()
-            if now - last >= args.stats_interval:
-                logger.info("stats", events=events, lost=reader.lost, counters=datapath.maps.counters())
-                last = now
-        logger.info("stopped", events=events, lost=reader.lost, counters=datapath.maps.counters())
+    out = _open_output(args.output)
+    sink = JsonLinesSink(out or sys.stdout)
+    pipeline = Pipeline(sink, ports=args.ports, uid_seed=os.urandom(12))
+    try:
+        with datapath.load():
+            for ifname in args.interface:
+                datapath.attach(ifname, netns=args.netns, xdp_mode=args.xdp_mode)
+            feed = LiveFeed(datapath.event_reader(), pipeline, datapath.maps)
+            started = last = time.monotonic()
+            logger.info("running", interfaces=args.interface, ports=list(args.ports))
+            try:
+                while args.duration is None or time.monotonic() - started < args.duration:
+                    feed.step(50)
+                    now = time.monotonic()
+                    if now - last >= args.stats_interval:
+                        logger.info("stats", events=feed.events, lost=feed.reader.lost,
+                                    pipeline=pipeline.stats.as_dict(), counters=datapath.maps.counters())
+                        last = now
+            finally:
+                feed.drain()
+                pipeline.finish()
+                sink.flush()
+                logger.info("stopped", events=feed.events, lost=feed.reader.lost,
+                            pipeline=pipeline.stats.as_dict(), counters=datapath.maps.counters())
+    finally:
+        if out is not None:
+            out.close()
     return EXIT_OK
 
 
@@ -112,12 +140,7 @@ def cmd_replay(args) -> int:
     from .pipeline import Pipeline
     from .replay import replay
 
-    out = None
-    if args.output is not None:
-        try:
-            out = open(args.output, "w", encoding="utf-8")
-        except OSError as exc:
-            raise SensorError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    out = _open_output(args.output, "w")
     try:
         sink = JsonLinesSink(out or sys.stdout)
         pipeline = Pipeline(sink, ports=args.ports, uid_seed=args.uid_seed)
