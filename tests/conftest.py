@@ -12,6 +12,10 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+#: The public SMTP captures and what other projects expect of them (README.md
+#: there), beside the repository: <repo>/../shared/pcaps.
+PCAPS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+
 
 def missing(what: str) -> None:
     message = f"prerequisite missing: {what}"
@@ -51,3 +55,12 @@ def test_pin_root():
     root = Path(f"/sys/fs/bpf/smtp-sensor-test-{os.getpid()}")
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pcaps_dir() -> Path:
+    """The public captures folder (``PCAPS_DIR``); skips when it is missing,
+    fails when it is missing and CI=true."""
+    if not (PCAPS_DIR / "README.md").is_file():
+        missing(f"the public captures folder {PCAPS_DIR}")
+    return PCAPS_DIR
