@@ -20,7 +20,7 @@ PCAPS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
 def missing(what: str) -> None:
     message = f"prerequisite missing: {what}"
     if IN_CI:
-        pytest.fail(message + " (CI=true: kernel tests must run, not skip)", pytrace=False)
+        pytest.fail(message + " (CI=true: tests must run, not skip)", pytrace=False)
     pytest.skip(message)
 
 
