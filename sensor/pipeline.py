@@ -84,13 +84,15 @@ class Pipeline:
         self._last_ts = 0.0
 
     # ------------------------------------------------------------ input
-    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float) -> None:
-        """One captured frame (link type as in pcap: 1 Ethernet, 113 SLL, ...)."""
+    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float):
+        """One captured frame (link type as in pcap: 1 Ethernet, 113 SLL, ...);
+        returns its Segment, or None when it is not TCP over IP."""
         st = self.stats
         st.frames += 1
         seg = packet.decode(linktype, frame, wirelen, st.not_segments)
         if seg is not None:
             self.feed_segment(seg, ts)
+        return seg
 
     def feed_segment(self, seg: packet.Segment, ts: float) -> None:
         self.stats.segments += 1
@@ -132,7 +134,9 @@ class Pipeline:
                     self._smtp(sess, out)
             elif kind is reassembly.FlowStart:
                 self.stats.flows += 1
-                ev.flow.ctx = Session(ev.flow, smtp.SMTPConnection(self.smtp_limits))
+                sess = ev.flow.ctx = Session(ev.flow, smtp.SMTPConnection(self.smtp_limits))
+                if self.listeners:
+                    self._notify(sess, ev)
             elif kind is reassembly.Gap:
                 self.stats.gap_bytes += ev.length
                 sess = ev.flow.ctx

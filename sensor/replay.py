@@ -12,6 +12,14 @@ from .pipeline import Pipeline
 __all__ = ["replay", "ReplayResult", "ReplayError"]
 
 
+def _open_writer(path, linktype):
+    from .pcapwriter import PcapWriter
+    try:
+        return PcapWriter(path, linktype)
+    except OSError as exc:
+        raise ReplayError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 class ReplayError(SensorError):
     """The capture cannot be read (missing, not a capture, corrupt, truncated)."""
 
@@ -35,11 +43,15 @@ class ReplayResult:
                 f"{mb:.2f} MB payload in {self.seconds:.2f} s ({rate:.1f} MB/s)")
 
 
-def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None) -> ReplayResult:
+def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
+           enforcer=None, write_passed=None) -> ReplayResult:
     """Feed every packet of ``path`` to ``pipeline`` and finish it.
 
     ``strict``: a truncated capture is an error (else a warning and what could
-    be read is used).  ``progress(packets, offset_bytes)`` is called now and then.
+    be read is used).  ``progress(packets)`` is called now and then.
+    ``write_passed``: a path; the packets that the verdicts of ``enforcer`` (a
+    ``rules.enforce.ReplayEnforcer``) let pass are written there as a pcap,
+    the packet that triggered a verdict included in what is dropped (inline).
     """
     started = time.perf_counter()
     try:
@@ -49,17 +61,28 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None) -> R
     feed = pipeline.feed_frame
     last_ts = None
     n = 0
+    writer = None
     try:
         for ts, linktype, frame, wirelen in reader:
-            feed(linktype, frame, wirelen, ts)
+            seg = feed(linktype, frame, wirelen, ts)
             last_ts = ts
             n += 1
+            if write_passed is not None:
+                if writer is None:
+                    writer = _open_writer(write_passed, linktype)
+                elif linktype != writer.linktype:
+                    raise ReplayError(f"{path}: packets of link types {writer.linktype} and {linktype}: "
+                                      "--write-passed writes one pcap of one link type")
+                if enforcer is None or enforcer.passes(seg, ts):
+                    writer.write(ts, frame, wirelen)
             if progress is not None and not n & 0xFFFF:
                 progress(n)
     except CaptureError as exc:
         raise ReplayError(f"{exc} (after {n} packets)") from None
     finally:
         reader.close()
+        if writer is not None:
+            writer.close()
     pipeline.finish(last_ts)
     return ReplayResult(path=str(path), packets=n, seconds=time.perf_counter() - started,
                         stats=pipeline.stats.as_dict(), warnings=list(reader.warnings))
