@@ -22,6 +22,8 @@ examples:
   smtp-sensor run --ebpf                # print the kernel C source and exit
   smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
   smtp-sensor replay big.pcapng -o records.json --ports 25,587,2525
+  smtp-sensor replay smtp.pcap --rules rules/ --write-passed passed.pcap
+  smtp-sensor run -i eth1 --rules /etc/smtp-sensor/rules
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -48,7 +50,8 @@ def parse_ports(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtp-sensor", description="eBPF/XDP SMTP security sensor",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="default: info (replay: warning, so stderr holds the summary)")
     parser.add_argument("--log-format", choices=["json", "console"], help="default: console on a TTY, else json")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pin-dir", type=Path, help="where bans and drops are pinned "
                      "(default /sys/fs/bpf/smtp-sensor/v<ABI>)")
     run.add_argument("-o", "--output", type=Path, help="append records to this file (default stdout)")
+    run.add_argument("--rules", type=Path, metavar="DIR", help="run the rules of DIR, reloaded on change and SIGHUP")
+    run.add_argument("--reload-interval", type=float, default=1.0, help="seconds between rule file checks")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -75,7 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--lenient", action="store_true",
                      help="read what can be read of a truncated capture (a warning, exit 0)")
     rep.add_argument("--uid-seed", type=int, default=0, help="seed of the connection uids (default 0: reproducible)")
+    rep.add_argument("--rules", type=Path, metavar="DIR", help="run the rules of DIR (e.g. ./rules)")
+    rep.add_argument("--write-passed", type=Path, metavar="OUT.pcap",
+                     help="write the packets the rules' verdicts let pass (inline semantics)")
     return parser
+
+
+def _rule_engine(directory, sink, enforcer):
+    from .rules.engine import RuleEngine
+    from .rules.loader import RuleSet
+
+    logger = structlog.get_logger("rules")
+    ruleset = RuleSet(directory, logger)
+    if ruleset.errors:
+        first = next(iter(ruleset.errors.values()))
+        raise SensorError(f"rules not loaded: {first}")
+    return RuleEngine(ruleset, sink, enforcer, logger)
+
+
+_reload = {"requested": False}
+
+
+def _on_sighup(signum, frame):
+    _reload["requested"] = True
 
 
 def _open_output(path, mode="a"):
@@ -113,12 +140,28 @@ def cmd_run(args) -> int:
             for ifname in args.interface:
                 datapath.attach(ifname, netns=args.netns, xdp_mode=args.xdp_mode)
             feed = LiveFeed(datapath.event_reader(), pipeline, datapath.maps)
-            started = last = time.monotonic()
-            logger.info("running", interfaces=args.interface, ports=list(args.ports))
+            engine = None
+            if args.rules is not None:
+                from .rules.enforce import KernelEnforcer
+                engine = _rule_engine(args.rules, sink, KernelEnforcer(datapath.maps))
+                pipeline.listeners.append(engine)
+                pipeline.gate = engine.enforcer.passes   # ring stragglers of dropped flows: counted, not dissected
+                signal.signal(signal.SIGHUP, _on_sighup)
+            started = last = last_reload = time.monotonic()
+            logger.info("running", interfaces=args.interface, ports=list(args.ports),
+                        rules=[r.id for r in engine.ruleset.rules] if engine else [])
             try:
                 while args.duration is None or time.monotonic() - started < args.duration:
                     feed.step(50)
                     now = time.monotonic()
+                    if engine is not None and (_reload["requested"] or now - last_reload >= args.reload_interval):
+                        if _reload["requested"]:
+                            logger.info("reload requested (SIGHUP)")
+                            engine.ruleset.reload(force=True)
+                        else:
+                            engine.ruleset.poll()
+                        _reload["requested"] = False
+                        last_reload = now
                     if now - last >= args.stats_interval:
                         logger.info("stats", events=feed.events, lost=feed.reader.lost,
                                     pipeline=pipeline.stats.as_dict(), counters=datapath.maps.counters())
@@ -128,7 +171,8 @@ def cmd_run(args) -> int:
                 pipeline.finish()
                 sink.flush()
                 logger.info("stopped", events=feed.events, lost=feed.reader.lost,
-                            pipeline=pipeline.stats.as_dict(), counters=datapath.maps.counters())
+                            pipeline=pipeline.stats.as_dict(),
+                            counters=datapath.maps.counters())
     finally:
         if out is not None:
             out.close()
@@ -144,14 +188,27 @@ def cmd_replay(args) -> int:
     try:
         sink = JsonLinesSink(out or sys.stdout)
         pipeline = Pipeline(sink, ports=args.ports, uid_seed=args.uid_seed)
-        result = replay(args.capture, pipeline, strict=not args.lenient)
+        enforcer = None
+        if args.rules is not None:
+            from .rules.enforce import ReplayEnforcer
+            enforcer = ReplayEnforcer()
+            pipeline.listeners.append(_rule_engine(args.rules, sink, enforcer))
+        result = replay(args.capture, pipeline, strict=not args.lenient, enforcer=enforcer,
+                        write_passed=args.write_passed)
         sink.flush()
     finally:
         if out is not None:
             out.close()
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
-    print(result.summary(), file=sys.stderr)
+    summary = result.summary()
+    if args.rules is not None:
+        engine = pipeline.listeners[-1]
+        summary += (f"; rules: {engine.alerts} alerts, {engine.drops} flows dropped, {engine.bans} bans, "
+                    f"{engine.errors} rule errors")
+    if args.write_passed is not None:
+        summary += f"; passed packets written to {args.write_passed}"
+    print(summary, file=sys.stderr)
     return EXIT_OK
 
 
@@ -161,7 +218,10 @@ def main(argv=None) -> int:
     json_logs = None if args.log_format is None else args.log_format == "json"
     if args.command == "demo" and args.log_format is None:
         json_logs = False  # the demo is read by a person
-    sensor_log.configure(args.log_level, json=json_logs)
+    # replay: records own stdout, logs go to stderr
+    level = args.log_level or ("warning" if args.command == "replay" else "info")
+    sensor_log.configure(level, json=json_logs,
+                         stream=sys.stderr if args.command == "replay" else None)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -47,7 +47,7 @@ class Stats:
     """What the pipeline saw, for the summary line and metrics."""
 
     __slots__ = ("frames", "segments", "not_segments", "flows", "transactions",
-                 "anomalies", "payload_bytes", "gap_bytes", "starttls", "listener_errors")
+                 "anomalies", "payload_bytes", "gap_bytes", "starttls", "listener_errors", "gated")
 
     def __init__(self):
         self.frames = 0
@@ -60,6 +60,7 @@ class Stats:
         self.gap_bytes = 0
         self.starttls = 0
         self.listener_errors = 0
+        self.gated = 0             # segments kept from dissection by the gate (dropped)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -79,6 +80,9 @@ class Pipeline:
         self.smtp_limits = smtp_limits or smtp.Limits()
         self.listeners = list(listeners)
         self.on_starttls = on_starttls
+        #: ``gate(segment, ts) -> bool``: False keeps a segment from being
+        #: dissected (a replay's verdicts acting like the kernel's drops).
+        self.gate = None
         self._expire_every = expire_every
         self._next_expire = None
         self._last_ts = 0.0
@@ -91,7 +95,11 @@ class Pipeline:
         st.frames += 1
         seg = packet.decode(linktype, frame, wirelen, st.not_segments)
         if seg is not None:
-            self.feed_segment(seg, ts)
+            gate = self.gate
+            if gate is not None and not gate(seg, ts):
+                st.gated += 1
+            else:
+                self.feed_segment(seg, ts)
         return seg
 
     def feed_segment(self, seg: packet.Segment, ts: float) -> None:

@@ -1,0 +1,195 @@
+"""What a rule file sees: ``rule``, ``hooks``, ``alert``, ``config``, ``search``.
+
+A rule is a hook plus an evaluation function (Haka's ``haka.rule{hook=, eval=}``)::
+
+    from sensor.rules import rule, hooks, alert
+
+    @rule(hooks.command, id="example.vrfy", rev=1)
+    def no_vrfy(flow, command):
+        if command.verb == "VRFY":
+            alert(description="VRFY probe", severity="low")
+            flow.drop()
+
+Everything a rule may use is documented in docs/rules.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import sys
+from dataclasses import dataclass, field
+
+__all__ = ["rule", "hooks", "Hook", "alert", "config", "search", "Rule", "RuleError",
+           "SEVERITIES", "MATCH_LIMIT"]
+
+#: attacker-controlled text is cut to this many characters before a regular
+#: expression sees it (``search``), so a crafted line cannot make a rule spin.
+MATCH_LIMIT = 1024
+
+SEVERITIES = ("low", "medium", "high")
+CONFIDENCES = ("low", "medium", "high")
+
+
+class RuleError(ValueError):
+    """A rule declared wrongly (bad hook, bad severity, duplicate id)."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    """Where a rule is called, and with what (besides the flow)."""
+    name: str
+    argument: str          # what the second argument is
+    streamable: bool = False
+
+    def __repr__(self):
+        return f"hooks.{self.name}"
+
+
+class hooks:
+    """The hooks, in the order they fire in a connection."""
+    #: a new SMTP connection; ``fn(flow)``.
+    connection = Hook("connection", "nothing (the flow only)")
+    #: a client command; ``fn(flow, command)``: ``sensor.smtp.Command`` (verb, parameter, ...).
+    command = Hook("command", "sensor.smtp.Command")
+    #: a server reply; ``fn(flow, reply)``: ``sensor.smtp.Reply`` (code, enhanced, lines, command).
+    response = Hook("response", "sensor.smtp.Reply")
+    #: message content; streamed: ``async def fn(flow, content)`` with ``async for chunk in content``;
+    #: not streamed: ``fn(flow, content)`` with the content bytes (up to ``content_cap``).
+    mail_content = Hook("mail_content", "bytes / async iterator of bytes", streamable=True)
+    #: the end of a message; ``fn(flow, end)``: ``sensor.smtp.MessageEnd`` (size, smuggling evidence).
+    message_end = Hook("message_end", "sensor.smtp.MessageEnd")
+    #: a finished transaction; ``fn(flow, record)``: the ``smtp`` record (a dict, Zeek's fields).
+    transaction = Hook("transaction", "the smtp record (dict)")
+    #: an anomaly; ``fn(flow, record)``: the ``anomaly`` record (dict with ``name``).
+    anomaly = Hook("anomaly", "the anomaly record (dict)")
+    #: the end of the connection; ``fn(flow)``.
+    connection_end = Hook("connection_end", "nothing (the flow only)")
+
+    ALL = ()
+
+
+hooks.ALL = tuple(v for v in vars(hooks).values() if isinstance(v, Hook))
+
+
+@dataclass
+class Rule:
+    """One declared rule: what ``@rule`` records."""
+    hook: Hook
+    fn: object
+    id: str
+    rev: int = 1
+    streamed: bool = False
+    content_cap: int = 1 << 20
+    budget_ms: float = 5.0
+    module: str = ""
+    file: str = ""
+    line: int = 0
+    # measured by the engine
+    calls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    over_budget: int = 0
+    alerts: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.id
+
+
+# Rules declared while a rule file is being imported land here (see loader).
+_collecting: contextvars.ContextVar[list | None] = contextvars.ContextVar("collecting", default=None)
+# The rule and flow being evaluated, for alert().
+_current: contextvars.ContextVar = contextvars.ContextVar("current_rule", default=None)
+# The loader's view of rules.toml, section -> dict.
+_config: dict = {}
+
+
+def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = False,
+         content_cap: int = 1 << 20, budget_ms: float = 5.0):
+    """Declare a rule: ``@rule(hooks.command, id="file.name", rev=1)``.
+
+    ``id`` defaults to ``<file stem>.<function name>``; ``rev`` is the revision
+    alerts carry.  ``streamed`` (mail_content only): the function is
+    ``async def fn(flow, content)`` and reads ``async for chunk in content``.
+    ``content_cap``: bytes a non-streamed mail_content rule gets at most.
+    ``budget_ms``: time per call above which the call is reported as slow.
+    """
+    if not isinstance(hook, Hook):
+        raise RuleError(f"rule hook must be one of sensor.rules.hooks ({', '.join(h.name for h in hooks.ALL)}), "
+                        f"got {hook!r}")
+    if streamed and not hook.streamable:
+        raise RuleError(f"only hooks.mail_content can be streamed, not {hook!r}")
+
+    def declare(fn):
+        import inspect
+        if streamed and not inspect.iscoroutinefunction(fn):
+            raise RuleError(f"streamed rule {fn.__name__} must be 'async def {fn.__name__}(flow, content)'")
+        module = fn.__module__ or ""
+        stem = module.rsplit(".", 1)[-1]
+        code = getattr(fn, "__code__", None)
+        declared = Rule(hook=hook, fn=fn, id=id or f"{stem}.{fn.__name__}", rev=int(rev), streamed=streamed,
+                        content_cap=int(content_cap), budget_ms=float(budget_ms), module=module,
+                        file=code.co_filename if code else "", line=code.co_firstlineno if code else 0)
+        collected = _collecting.get()
+        if collected is not None:
+            collected.append(declared)
+        fn.__rule__ = declared
+        return fn
+
+    return declare
+
+
+def alert(description: str, severity: str = "medium", *, confidence: str | None = None,
+          method: str | None = None, sources=(), targets=(), ref=(), **extra):
+    """Raise an alert from the rule being evaluated (Haka's ``haka.alert{...}``).
+
+    ``severity`` and ``confidence``: low, medium or high.  ``method``: how the
+    rule decided (free text).  ``sources``/``targets``: addresses or names
+    (default: the client and the server).  ``ref``: references (CVE, URL).
+    Returns the alert record.
+    """
+    cur = _current.get()
+    if cur is None:
+        raise RuleError("alert() called outside a rule evaluation")
+    if severity not in SEVERITIES:
+        raise RuleError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+    if confidence is not None and confidence not in CONFIDENCES:
+        raise RuleError(f"confidence must be one of {', '.join(CONFIDENCES)}, got {confidence!r}")
+    engine, declared, flow = cur
+    return engine.raise_alert(declared, flow, description=description, severity=severity,
+                              confidence=confidence, method=method, sources=_list(sources),
+                              targets=_list(targets), ref=_list(ref), extra=extra)
+
+
+def _list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    return list(value)
+
+
+def config(section: str | None = None) -> dict:
+    """This rule file's settings from ``rules.toml`` in the rules directory
+    (section = the file's stem unless named), re-read on every reload."""
+    if section is None:
+        frame = sys._getframe(1)
+        section = frame.f_globals.get("__name__", "").rsplit(".", 1)[-1]
+    return _config.get(section, {})
+
+
+_compiled: dict = {}
+
+
+def search(pattern, text, flags=0, limit: int = MATCH_LIMIT):
+    """``re.search`` on at most ``limit`` characters of ``text`` (bytes or str).
+
+    Python's ``re`` has no time limit; bounding the input bounds the time of
+    any pattern a rule writer is likely to use on one SMTP line.
+    """
+    key = (pattern, flags)
+    rx = _compiled.get(key)
+    if rx is None:
+        rx = _compiled[key] = re.compile(pattern, flags) if not hasattr(pattern, "search") else pattern
+    return rx.search(text[:limit])

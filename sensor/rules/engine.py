@@ -1,0 +1,418 @@
+"""Run the rules on the dissector's events and act on their verdicts.
+
+``RuleEngine`` is a pipeline listener (``Pipeline(listeners=[engine])``): for
+each SMTP event of a session it calls the rules of the matching hook with a
+``RuleFlow`` (the flow as rules see it) and the event.  A rule that raises is
+logged (rule id, flow uid, traceback) and counted, and the other rules go on.
+Every call is timed; a call over the rule's budget is counted and reported.
+
+Streamed mail_content rules are ``async def`` functions reading
+``async for chunk in content``.  The engine drives each such coroutine by
+hand (no event loop, no thread): it runs until it waits for the next chunk,
+and is resumed when one arrives; the end of the message ends its loop.  A
+rule may return early; memory stays one chunk per running rule.  A coroutine
+keeps the code it started with, so a reload never changes a running stream.
+
+Once a flow is dropped, its later events are counted (``late_events``) and not
+shown to any rule.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from .. import records, reassembly
+from ..smtp import events as sev
+from . import api
+
+__all__ = ["RuleEngine", "RuleFlow", "ContentStream"]
+
+
+class _Waiting:
+    """What a streamed rule's coroutine yields while it waits for content."""
+
+    def __await__(self):
+        yield self
+
+
+_WAIT = _Waiting()
+
+
+class ContentStream:
+    """The async iterator a streamed mail_content rule reads."""
+
+    __slots__ = ("_chunk", "_ended", "offset")
+
+    def __init__(self):
+        self._chunk = None
+        self._ended = False
+        self.offset = 0
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        while self._chunk is None:
+            if self._ended:
+                raise StopAsyncIteration
+            await _WAIT
+        chunk, self._chunk = self._chunk, None
+        self.offset += len(chunk)
+        return chunk
+
+
+class _Stream:
+    __slots__ = ("rule", "coro", "content")
+
+    def __init__(self, rule, coro, content):
+        self.rule, self.coro, self.content = rule, coro, content
+
+
+class Transaction:
+    """The transaction under way, as rules see it."""
+
+    __slots__ = ("mailfrom", "rcptto", "depth")
+
+    def __init__(self, depth: int = 1):
+        self.mailfrom: str | None = None
+        self.rcptto: list[str] = []
+        self.depth = depth
+
+    def __repr__(self):
+        return f"<Transaction {self.depth} from={self.mailfrom!r} to={self.rcptto!r}>"
+
+
+class RuleFlow:
+    """A connection as rules see it: who, what so far, and what to do with it."""
+
+    __slots__ = ("_engine", "_session", "uid", "community_id", "orig_h", "orig_p", "resp_h",
+                 "resp_p", "transaction", "scratch", "dropped", "bypassed", "_streams",
+                 "_content", "_content_cap", "late_events", "scratch_cmd")
+
+    def __init__(self, engine, session):
+        f = session.flow
+        self._engine = engine
+        self._session = session
+        self.uid = f.uid
+        self.community_id = f.community_id
+        self.orig_h, self.orig_p, self.resp_h, self.resp_p = f.orig_h, f.orig_p, f.resp_h, f.resp_p
+        self.transaction = Transaction()
+        #: free storage for rules, per flow (e.g. counters across commands).
+        self.scratch: dict = {}
+        self.dropped = False
+        self.bypassed = False
+        self.late_events = 0
+        self.scratch_cmd = None
+        self._streams: list = []
+        self._content = None
+        self._content_cap = 0
+
+    # the client and server under Haka's names too
+    src = property(lambda self: self.orig_h)
+    dst = property(lambda self: self.resp_h)
+    sport = property(lambda self: self.orig_p)
+    dport = property(lambda self: self.resp_p)
+
+    @property
+    def helo(self) -> str | None:
+        return self._session.conn.helo
+
+    @property
+    def tls(self) -> bool:
+        return self._session.tls
+
+    def drop(self, ttl: float | None = None) -> None:
+        """Drop the rest of this connection, both directions, in the kernel
+        (in place when this returns).  ``ttl``: seconds, default for good."""
+        self._engine.drop(self, ttl)
+
+    def ban_source(self, ttl: float | None = 3600.0, prefix: int | None = None) -> None:
+        """Ban the client's address (``prefix``: e.g. 24 for its /24; default the
+        address alone) for ``ttl`` seconds: every packet from it is dropped in XDP."""
+        self._engine.ban(self, ttl, prefix)
+
+    def bypass(self) -> None:
+        """Stop inspecting this connection (the kernel stops pushing its packets)."""
+        self._engine.bypass(self)
+
+    def __repr__(self):
+        return f"<RuleFlow {self.uid} {self.orig_h}:{self.orig_p} -> {self.resp_h}:{self.resp_p}>"
+
+
+class RuleEngine:
+    def __init__(self, ruleset, sink, enforcer, logger=None, clock=time.perf_counter,
+                 stream_budget_ms: float = 50.0):
+        self.ruleset = ruleset
+        self.sink = sink
+        self.enforcer = enforcer
+        self.logger = logger
+        self.clock = clock
+        self.stream_budget_ms = stream_budget_ms
+        self.alerts = 0
+        self.errors = 0
+        self.slow_calls = 0
+        self.late_events = 0
+        self.drops = 0
+        self.bans = 0
+        self._now = 0.0           # ts of the event being handled
+
+    # ------------------------------------------------------------ listener
+    def __call__(self, session, ev) -> None:
+        kind = type(ev)
+        flow = session.scratch.get("rules")
+        if flow is None:
+            if kind is reassembly.FlowEnd:
+                return
+            flow = session.scratch["rules"] = RuleFlow(self, session)
+            self._now = getattr(ev, "ts", 0.0)
+            self._run(api.hooks.connection, flow)
+            if kind is reassembly.FlowStart:
+                return
+        self._now = getattr(ev, "ts", self._now)
+        if flow.dropped:
+            flow.late_events += 1
+            self.late_events += 1
+            if kind is reassembly.FlowEnd:
+                self._end_streams(flow, abort=True)
+            return
+        by_hook = self.ruleset.by_hook
+        if kind is sev.Command:
+            if ev.verb in ("MAIL", "RCPT"):
+                # the dissector follows MAIL/RCPT with the parsed address
+                # (MailFrom/RcptTo): rules see the command once it is known
+                flow.scratch_cmd = ev
+            else:
+                self._run_list(by_hook["command"], flow, ev)
+        elif kind is sev.Reply:
+            self._run_list(by_hook["response"], flow, ev)
+        elif kind is sev.MailFrom:
+            depth = flow.transaction.depth + (flow.transaction.mailfrom is not None)
+            flow.transaction = Transaction(depth)
+            flow.transaction.mailfrom = ev.address
+            self._pending_command(flow, by_hook)
+        elif kind is sev.RcptTo:
+            if ev.address is not None:
+                flow.transaction.rcptto.append(ev.address)
+            self._pending_command(flow, by_hook)
+        elif kind is sev.MessageHeaders:
+            self._start_content(flow)
+        elif kind is sev.MailContent:
+            if flow._content is None and not flow._streams:
+                self._start_content(flow)
+            self._content(flow, ev.data)
+        elif kind is sev.MessageEnd:
+            if flow._content is None and not flow._streams:
+                self._start_content(flow)
+            self._end_content(flow)
+            self._run_list(by_hook["message_end"], flow, ev)
+        elif kind is sev.Transaction:
+            rules = by_hook["transaction"]
+            if rules:
+                self._run_list(rules, flow, records.smtp_record(session.flow, ev))
+            cur = flow.transaction
+            # with pipelining the next MAIL may already be under way: keep it
+            if cur.mailfrom == ev.mailfrom and tuple(cur.rcptto) == tuple(ev.rcptto):
+                flow.transaction = Transaction(ev.trans_depth + 1)
+        elif kind is sev.Anomaly:
+            rules = by_hook["anomaly"]
+            if rules:
+                self._run_list(rules, flow, records.anomaly_record(
+                    session.flow, ev.ts, "smtp", ev.name, ev.direction, ev.detail))
+        elif kind is reassembly.FlowEnd:
+            self._end_streams(flow, abort=True)
+            self._run(api.hooks.connection_end, flow)
+
+    def _pending_command(self, flow, by_hook) -> None:
+        cmd, flow.scratch_cmd = flow.scratch_cmd, None
+        if cmd is not None:
+            self._run_list(by_hook["command"], flow, cmd)
+
+    # ------------------------------------------------------------ calling rules
+    def _run(self, hook, flow, *args) -> None:
+        self._run_list(self.ruleset.by_hook[hook.name], flow, *args)
+
+    def _run_list(self, rules, flow, *args) -> None:
+        for r in rules:
+            if flow.dropped:
+                return
+            self._call(r, flow, r.fn, flow, *args)
+
+    def _call(self, r, flow, fn, *args):
+        token = api._current.set((self, r, flow))
+        t0 = self.clock()
+        try:
+            return fn(*args)
+        except Exception:
+            self._error(r, flow)
+            return None
+        finally:
+            dt = self.clock() - t0
+            api._current.reset(token)
+            self._account(r, flow, dt, r.budget_ms)
+
+    def _account(self, r, flow, dt, budget_ms):
+        r.calls += 1
+        r.seconds += dt
+        if dt * 1000.0 > budget_ms:
+            r.over_budget += 1
+            self.slow_calls += 1
+            if r.over_budget == 1 or r.over_budget % 1000 == 0:
+                self._log("warning", "rule over its time budget", rule=r.id, uid=flow.uid,
+                          ms=round(dt * 1000, 3), budget_ms=budget_ms, times=r.over_budget)
+
+    def _error(self, r, flow) -> None:
+        r.errors += 1
+        self.errors += 1
+        self._log("error", "rule raised", rule=r.id, uid=flow.uid, file=r.file,
+                  traceback=traceback.format_exc(limit=-8))
+
+    # ------------------------------------------------------------ content
+    def _start_content(self, flow) -> None:
+        self._end_streams(flow, abort=True)
+        rules = self.ruleset.by_hook["mail_content"]
+        plain = [r for r in rules if not r.streamed]
+        flow._content = bytearray() if plain else None
+        flow._content_cap = max((r.content_cap for r in plain), default=0)
+        for r in rules:
+            if not r.streamed:
+                continue
+            content = ContentStream()
+            token = api._current.set((self, r, flow))
+            try:
+                coro = r.fn(flow, content)
+            except Exception:
+                self._error(r, flow)
+                continue
+            finally:
+                api._current.reset(token)
+            st = _Stream(r, coro, content)
+            flow._streams.append(st)
+            self._resume(flow, st)
+
+    def _content(self, flow, data: bytes) -> None:
+        buf = flow._content
+        if buf is not None and len(buf) < flow._content_cap:
+            buf += data[: flow._content_cap - len(buf)]
+        for st in list(flow._streams):
+            st.content._chunk = data
+            self._resume(flow, st)
+
+    def _end_content(self, flow) -> None:
+        for st in list(flow._streams):
+            st.content._ended = True
+            self._resume(flow, st)
+        flow._streams.clear()
+        buf = flow._content
+        flow._content = None
+        if buf is None:
+            return
+        data = bytes(buf)
+        for r in self.ruleset.by_hook["mail_content"]:
+            if not r.streamed and not flow.dropped:
+                self._call(r, flow, r.fn, flow, data[: r.content_cap])
+
+    def _resume(self, flow, st) -> None:
+        """Run a streamed rule until it waits for content or finishes."""
+        r = st.rule
+        token = api._current.set((self, r, flow))
+        t0 = self.clock()
+        try:
+            yielded = st.coro.send(None)
+            if yielded is not _WAIT:
+                raise api.RuleError("a streamed rule may only await its content "
+                                    f"(it awaited {yielded!r})")
+        except StopIteration:
+            self._forget_stream(flow, st)
+        except Exception:
+            self._error(r, flow)
+            st.coro.close()
+            self._forget_stream(flow, st)
+        finally:
+            api._current.reset(token)
+            self._account(r, flow, self.clock() - t0, r.budget_ms)
+
+    @staticmethod
+    def _forget_stream(flow, st) -> None:
+        if st in flow._streams:
+            flow._streams.remove(st)
+
+    def _end_streams(self, flow, abort: bool) -> None:
+        for st in flow._streams:
+            st.coro.close()
+        flow._streams.clear()
+        flow._content = None
+
+    # ------------------------------------------------------------ verdicts
+    def raise_alert(self, r, flow, *, description, severity, confidence, method, sources,
+                    targets, ref, extra) -> dict:
+        self.alerts += 1
+        r.alerts += 1
+        rec = {"ts": self._now, "event_type": "alert", "uid": flow.uid,
+               "src_ip": flow.orig_h, "src_port": flow.orig_p,
+               "dest_ip": flow.resp_h, "dest_port": flow.resp_p, "proto": "TCP",
+               "community_id": flow.community_id}
+        alert = {"signature_id": r.id, "rev": r.rev, "signature": description,
+                 "severity": severity}
+        if confidence is not None:
+            alert["confidence"] = confidence
+        if method is not None:
+            alert["method"] = method
+        alert["sources"] = sources or [flow.orig_h]
+        alert["targets"] = targets or [flow.resp_h]
+        if ref:
+            alert["ref"] = ref
+        if extra:
+            alert["metadata"] = {k: v for k, v in extra.items()}
+        rec["alert"] = alert
+        smtp = {}
+        if flow.helo is not None:
+            smtp["helo"] = flow.helo
+        if flow.transaction.mailfrom is not None:
+            smtp["mail_from"] = flow.transaction.mailfrom
+        if flow.transaction.rcptto:
+            smtp["rcpt_to"] = list(flow.transaction.rcptto)
+        rec["smtp"] = smtp
+        self.sink(rec)
+        return rec
+
+    def _verdict_record(self, flow, action: str, target: str, ttl) -> None:
+        cur = api._current.get()
+        rec = {"ts": self._now, "event_type": "drop", "uid": flow.uid,
+               "id.orig_h": flow.orig_h, "id.orig_p": flow.orig_p,
+               "id.resp_h": flow.resp_h, "id.resp_p": flow.resp_p,
+               "community_id": flow.community_id, "action": action, "target": target,
+               "reason": "rule", "enforced_by": self.enforcer.mode}
+        if cur is not None:
+            rec["rule_id"] = cur[1].id
+        if ttl:
+            rec["ttl"] = ttl
+        self.sink(rec)
+
+    def drop(self, flow, ttl) -> None:
+        if flow.dropped:
+            return
+        self.enforcer.drop_flow(flow, ttl, self._now)
+        flow.dropped = True
+        self.drops += 1
+        self._verdict_record(flow, "drop_flow", f"{flow.orig_h}:{flow.orig_p} <> {flow.resp_h}:{flow.resp_p}", ttl)
+
+    def ban(self, flow, ttl, prefix) -> None:
+        import ipaddress
+        addr = ipaddress.ip_address(flow.orig_h)
+        bits = addr.max_prefixlen if prefix is None else int(prefix)
+        network = str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+        self.enforcer.ban(network, ttl, self._now)
+        self.bans += 1
+        flow.dropped = True
+        self._verdict_record(flow, "ban_source", network, ttl)
+
+    def bypass(self, flow) -> None:
+        if flow.bypassed:
+            return
+        self.enforcer.bypass(flow, 3600.0, self._now)
+        flow.bypassed = True
+
+    def _log(self, level, message, **kw) -> None:
+        if self.logger is not None:
+            getattr(self.logger, level)(message, **kw)

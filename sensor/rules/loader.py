@@ -1,0 +1,198 @@
+"""Load the rule files of a directory, and reload them when they change.
+
+Every ``*.py`` file of the directory (not starting with ``_`` or ``.``) is
+imported under its own module name (``smtp_sensor_rules.<stem>``); the rules it
+declares with ``@rule`` are collected during the import.  ``rules.toml`` in
+the same directory holds the rules' settings (``config()``), one table per file.
+
+A reload imports first and swaps only on success: a syntax error, an exception
+at import or a duplicate rule id keeps the last good version of that file and
+reports one clear error naming the file and line.  Changes are found by stat
+polling (mtime, size, inode), which also works on Vagrant shared folders where
+inotify misses the host's edits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SensorError
+from . import api
+
+__all__ = ["RuleSet", "LoadError", "CONFIG_FILE", "MODULE_PREFIX"]
+
+CONFIG_FILE = "rules.toml"
+MODULE_PREFIX = "smtp_sensor_rules"
+
+
+class LoadError(SensorError):
+    """The rules directory cannot be used at all (missing, not a directory)."""
+
+
+def _signature(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass
+class RuleFile:
+    path: Path
+    signature: tuple
+    rules: list = field(default_factory=list)
+    module: object = None
+
+
+class RuleSet:
+    """The rules of one directory: the last good version of every file."""
+
+    def __init__(self, directory, logger=None):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            what = "does not exist" if not self.directory.exists() else "is not a directory"
+            raise LoadError(f"rules directory {self.directory} {what}: create it or point --rules at one")
+        self.logger = logger
+        self.files: dict[Path, RuleFile] = {}
+        self.errors: dict[Path, str] = {}        # file -> the error that kept its last good version
+        self._failed: dict[Path, tuple] = {}     # file -> signature that failed (not retried until it changes)
+        self._config_sig = None
+        self.config: dict = {}
+        self.generation = 0
+        self.reloads = 0
+        self.reload_errors = 0
+        self.by_hook: dict[str, list] = {h.name: [] for h in api.hooks.ALL}
+        self.reload(force=True)
+
+    # ------------------------------------------------------------ queries
+    @property
+    def rules(self) -> list:
+        return [r for f in sorted(self.files) for r in self.files[f].rules]
+
+    def for_hook(self, hook) -> list:
+        return self.by_hook[hook.name if isinstance(hook, api.Hook) else hook]
+
+    # ------------------------------------------------------------ loading
+    def poll(self) -> bool:
+        """Reload what changed on disk; returns True if anything was swapped."""
+        return self.reload(force=False)
+
+    def reload(self, force: bool = False) -> bool:
+        changed = self._load_config(force)
+        present = {p for p in self.directory.glob("*.py") if not p.name.startswith(("_", "."))}
+        for path in sorted(set(self.files) - present):
+            self._forget(path)
+            self._log("info", "rule file removed", file=str(path))
+            changed = True
+        for path in sorted(present):
+            sig = _signature(path)
+            if sig is None:
+                continue
+            loaded = self.files.get(path)
+            if not force and loaded is not None and loaded.signature == sig:
+                continue
+            if not force and self._failed.get(path) == sig:
+                continue
+            if self._load_file(path, sig):
+                changed = True
+        if changed:
+            self._index()
+            self.generation += 1
+        self.reloads += 1
+        return changed
+
+    def _load_config(self, force: bool) -> bool:
+        path = self.directory / CONFIG_FILE
+        sig = _signature(path)
+        if not force and sig == self._config_sig:
+            return False
+        self._config_sig = sig
+        if sig is None:
+            new = {}
+        else:
+            try:
+                new = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+                self.reload_errors += 1
+                self.errors[path] = f"{path}: {exc}; keeping the previous settings"
+                self._log("error", "rules config not loaded", error=self.errors[path])
+                return False
+        self.errors.pop(path, None)
+        if new == self.config and not force:
+            return False
+        self.config = new
+        api._config.clear()
+        api._config.update(new)
+        self._log("info", "rules config loaded", file=str(path), sections=sorted(new))
+        return True
+
+    def _load_file(self, path: Path, sig) -> bool:
+        name = f"{MODULE_PREFIX}.{path.stem}"
+        collected: list = []
+        token = api._collecting.set(collected)
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except (Exception, SystemExit) as exc:   # any failure of user code at import
+            self._failed[path] = sig
+            self._fail(path, _describe(exc, path))
+            return False
+        finally:
+            api._collecting.reset(token)
+        taken = {r.id: f for f, rf in self.files.items() if f != path for r in rf.rules}
+        ids = [r.id for r in collected]
+        dup = next((i for i in ids if ids.count(i) > 1 or i in taken), None)
+        if dup is not None:
+            where = taken.get(dup, path)
+            self._failed[path] = sig
+            self._fail(path, f"{path}: rule id {dup!r} is already used by {where}")
+            return False
+        for r in collected:
+            r.file = str(path)
+        self.files[path] = RuleFile(path, sig, collected, module)
+        self._failed.pop(path, None)
+        self.errors.pop(path, None)
+        sys.modules[name] = module
+        self._log("info", "rule file loaded", file=str(path), rules=[r.id for r in collected])
+        return True
+
+    def _fail(self, path: Path, message: str) -> None:
+        self.reload_errors += 1
+        kept = " ; keeping the previous version" if path in self.files else " ; not loaded"
+        self.errors[path] = message + kept
+        self._log("error", "rule file not loaded", error=self.errors[path])
+
+    def _forget(self, path: Path) -> None:
+        self.files.pop(path, None)
+        self.errors.pop(path, None)
+        self._failed.pop(path, None)
+        sys.modules.pop(f"{MODULE_PREFIX}.{path.stem}", None)
+
+    def _index(self) -> None:
+        by_hook = {h.name: [] for h in api.hooks.ALL}
+        for r in self.rules:
+            by_hook[r.hook.name].append(r)
+        self.by_hook = by_hook
+
+    def _log(self, level, message, **kw) -> None:
+        if self.logger is not None:
+            getattr(self.logger, level)(message, **kw)
+
+
+def _describe(exc: BaseException, path: Path) -> str:
+    """``file:line: Kind: message`` for an exception raised importing ``path``."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename or path}:{exc.lineno}: SyntaxError: {exc.msg}"
+    line = 0
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path:
+            line = frame.lineno
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {type(exc).__name__}: {exc}"
