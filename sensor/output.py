@@ -35,7 +35,8 @@ class JsonLinesSink:
         self._log = structlog.wrap_logger(
             structlog.WriteLogger(self.stream),
             processors=[_record_only, structlog.processors.JSONRenderer(serializer=dumps)],
-            cache_logger_on_first_use=True)
+            # records are data, not logs: never filtered by the log level
+            wrapper_class=structlog.BoundLogger, cache_logger_on_first_use=True)
 
     def __call__(self, record: dict) -> None:
         self._log.msg("record", record=record)
