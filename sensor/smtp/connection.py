@@ -219,13 +219,27 @@ class SMTPConnection:
     def receive_client(self, data: bytes, ts: float) -> list:
         """Octets sent by the client (originator -> responder)."""
         out: list = []
-        if not data or self._mode in _TERMINAL:
+        mode = self._mode
+        if not data or mode in _TERMINAL:
             return out
         try:
-            if self._blocked is not None and self._blocked_ts is None:
-                self._blocked_ts = ts
-            self._cq.append(bytes(data))
-            self._cq_bytes += len(data)
+            if mode == DATA and self._blocked is None and not self._cq and \
+                    type(data) is bytes and not len(self._cl):
+                # Message content, nothing held: straight to the decoder, as
+                # _run would do it, without the queue and the line buffer.
+                # (Nothing was left to match when the last call returned, and
+                # content alone does not change that.)
+                content, rest = self._dot.feed(data)
+                self._msg.feed(content, ts, out)
+                if rest is None:
+                    return out
+                self._cl.push_front(rest)
+                self._end_data(ts, out)
+            else:
+                if self._blocked is not None and self._blocked_ts is None:
+                    self._blocked_ts = ts
+                self._cq.append(bytes(data))
+                self._cq_bytes += len(data)
             self._run(ts, out)
         except Exception as exc:  # never let a dissector bug escape
             self._internal(exc, CLIENT, ts, out)

@@ -25,6 +25,26 @@ def _ending(b: bytes) -> str:
     return "<LF>" if b[-1:] == b"\n" else "<CR>"
 
 
+def _label(c: bytes, q: int, after: bytes) -> str:
+    """Name of the dot line whose dot is c[q] (``after``: the two octets after it)."""
+    after = "<CR><LF>" if after == b"\r\n" else ("<LF>" if after[:1] == b"\n" else "<CR>")
+    return f"{_ending(c[q - 2:q])}.{after}"
+
+
+def _long_between(c: bytes, p: int, last: int, limit: int) -> bool:
+    """Are two consecutive LFs in c[p:last + 1] (both ends LFs) more than ``limit`` apart?
+
+    Jumps from LF to the last LF within ``limit`` octets: about one rfind
+    per ``limit`` octets, however short the lines are.
+    """
+    while last - p > limit:
+        q = c.rfind(b"\n", p + 1, p + limit + 1)
+        if q < 0:
+            return True
+        p = q
+    return False
+
+
 class DotDecoder:
     __slots__ = ("_lb", "_pend", "bare_lf", "bare_cr", "terminators", "_run",
                  "long_line", "_limit")
@@ -57,8 +77,9 @@ class DotDecoder:
             end = len(c) - 4
             rest = None
         if end > 2:
-            self._scan(c, end)
-            content = c[:end].replace(b"\r\n.", b"\r\n")[2:]
+            content = self._scan(c, end)
+            if content is None:
+                content = c[:end].replace(b"\r\n.", b"\r\n")[2:]
         else:
             content = b""
         if rest is None:
@@ -66,23 +87,39 @@ class DotDecoder:
             self._pend = c[end:]
         return content, rest
 
-    def _scan(self, c: bytes, end: int) -> None:
-        """Evidence in c[2:end] (c[0:2] is context, c[end:] lookahead)."""
-        crlf = c.count(b"\r\n", 2, end)
-        self.bare_lf += c.count(b"\n", 2, end) - crlf - (c[1:3] == b"\r\n")
-        self.bare_cr += c.count(b"\r", 2, end) - crlf - (c[end - 1:end + 1] == b"\r\n")
+    def _scan(self, c: bytes, end: int) -> bytes | None:
+        """Evidence in c[2:end] (c[0:2] is context, c[end:] lookahead).
+
+        Returns c[2:end] when it has nothing to unstuff (no LF followed by a
+        dot in c[1:end]), else None.  A few whole-buffer searches per call,
+        never work per line: this runs for every segment of every message.
+        """
+        seg = c[2:end]
+        crlf = seg.count(b"\r\n")
+        # Single-octet counts through replace(), which skips with memchr (count() does not).
+        lf = len(seg) - len(seg.replace(b"\n", b""))
+        cr = len(seg) - len(seg.replace(b"\r", b""))
+        self.bare_lf += lf - crlf - (c[1:3] == b"\r\n")
+        bare_cr = cr - crlf - (c[end - 1:end + 1] == b"\r\n")
+        self.bare_cr += bare_cr
         found = []
-        for pat in (b"\n.", b"\r."):      # dot lines: rare, so a find loop is cheap
-            i = c.find(pat, 1, end)
+        dot = c.find(b"\n.", 1, end)
+        i = dot
+        while i >= 0:
+            q = i + 1
+            after = c[q + 1:q + 3]
+            if after[:1] in (b"\r", b"\n"):
+                found.append((q, _label(c, q, after)))
+            i = c.find(b"\n.", q, end)
+        # "<CR>." inside c[2:end] has a bare CR (counted above); else only c[1] can be one.
+        if bare_cr or c[1:2] == b"\r":
+            i = c.find(b"\r.", 1, end)
             while i >= 0:
                 q = i + 1
                 after = c[q + 1:q + 3]
                 if after[:1] in (b"\r", b"\n"):
-                    before = _ending(c[q - 2:q])
-                    after = "<CR><LF>" if after == b"\r\n" else (
-                        "<LF>" if after[:1] == b"\n" else "<CR>")
-                    found.append((q, f"{before}.{after}"))
-                i = c.find(pat, q, end)
+                    found.append((q, _label(c, q, after)))
+                i = c.find(b"\r.", q, end)
         if found:
             found.sort()
             self.terminators.extend(label for _, label in found)
@@ -95,12 +132,12 @@ class DotDecoder:
                 last = c.rfind(b"\n", 2, end)
                 if self._run + (first - 2) + 1 > limit:
                     self.long_line = True
-                elif last - first > limit and \
-                        max(map(len, c[first + 1:last].split(b"\n"))) + 1 > limit:
+                elif last - first > limit and _long_between(c, first, last, limit):
                     self.long_line = True
                 self._run = end - last - 1
             if self._run >= limit:
                 self.long_line = True
+        return seg if dot < 0 else None
 
     def gap(self) -> bytes:
         """Octets were lost: return the undecoded octets (as content) and forget the context."""

@@ -35,8 +35,9 @@ class MessageAssembler:
         self.size += len(data)
         if self.headers is None and self._hdr.feed(data):
             self._emit_headers(ts, out)
-        self._pend += data
-        if self.headers is not None:
+        pend = self._pend
+        pend += data
+        if self.headers is not None and len(pend) >= self._limits.content_chunk:
             self._emit_chunks(ts, out, final=False)
 
     def finish(self, ts: float, out: list) -> None:
