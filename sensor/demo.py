@@ -4,6 +4,7 @@ what the kernel pushed, its counters, and a ban that drops a host in XDP."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -49,7 +50,7 @@ def run_demo(args) -> int:
         lab.start_server(journal=journal, reject_rcpt=r"^spamtrap@")
         print(f"  server {SERVER_V4}:25 (aiosmtpd) in {lab.server_ns}; clients {CLIENT_V4}, {SPAMMER_V4} "
               f"(swaks) in {lab.client_ns}")
-        pin_root = Path("/sys/fs/bpf/smtp-sensor-demo")  # the demo's own, removed at the end
+        pin_root = Path(f"/sys/fs/bpf/smtp-sensor-demo-{os.getpid()}")  # the demo's own, removed at the end
         config = DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}")
         try:
             run_sessions(lab, Datapath(config))
