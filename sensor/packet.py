@@ -64,6 +64,9 @@ _ip6 = Struct("!xxxxHB").unpack_from          # payload length, next header
 _ip6_addrs = Struct("!16s16s").unpack_from    # at +8
 _tcp = Struct("!HHIIBB").unpack_from          # sport, dport, seq, ack, offset, flags
 _ext = Struct("!BB").unpack_from              # next header, length
+# Ethernet + IPv4 without options + TCP, in one call (the common frame):
+# ethertype, vihl, total length, frag, proto, src, dst, sport, dport, seq, ack, offset, flags
+_eth_ip4_tcp = Struct("!12xH" "BxHxxHxBxx4s4s" "HHIIBB").unpack_from
 
 # IPv6 extension headers that we skip (RFC 8200 4.1): hop-by-hop, routing,
 # destination options, mobility, HIP, shim6; AH and fragment handled apart.
@@ -139,6 +142,17 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
     n = len(data)
     if wirelen < n:
         wirelen = n
+    if linktype == 1 and n >= 54:
+        # Fast path: Ethernet, IPv4 with a 20-byte header, not a fragment, TCP.
+        # Anything else (or anything odd) takes the general path below.
+        et, vihl, tot, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = \
+            _eth_ip4_tcp(data, 0)
+        if et == 0x0800 and vihl == 0x45 and proto == 6 and tot >= 20 and not frag & 0x1FFF:
+            end = 14 + tot
+            pstart = 34 + ((doff >> 4) << 2)
+            if pstart >= 54 and pstart <= end and pstart <= n:
+                return _new(Segment, (4, src, dst, sport, dport, seq, ack, flags,
+                                      data[pstart:end], end - pstart, wirelen))
     # ---- link layer: find the network protocol and its offset
     if linktype == 1:
         if n < 14:
