@@ -17,6 +17,7 @@ __all__ = ["DotDecoder"]
 
 _END = b"\r\n.\r\n"
 _NEUTRAL = b"\0\0"
+_BATCH = 256 << 10        # octets scanned for evidence at once
 
 
 def _ending(b: bytes) -> str:
@@ -46,18 +47,55 @@ def _long_between(c: bytes, p: int, last: int, limit: int) -> bool:
 
 
 class DotDecoder:
-    __slots__ = ("_lb", "_pend", "bare_lf", "bare_cr", "terminators", "_run",
-                 "long_line", "_limit")
+    """Decode one message's DATA octets; evidence is read from the attributes
+    ``bare_lf``, ``bare_cr``, ``terminators`` and ``long_line``.
+
+    ``feed`` does per call only what its result needs (the end marker, the
+    stuffing dots: one memchr for a dot, and two searches when there is one);
+    the evidence scan runs over batches of up to ``_BATCH`` octets, and at
+    once whenever an attribute is read, so its result is the same as if every
+    call had been scanned on its own.
+    """
+
+    __slots__ = ("_lb", "_pend", "_bare_lf", "_bare_cr", "_terminators", "_run",
+                 "_long_line", "_limit", "_todo", "_todo_len", "_ctx")
 
     def __init__(self, line_limit: int) -> None:
         self._lb = b"\r\n"
         self._pend = b""
-        self.bare_lf = 0
-        self.bare_cr = 0
-        self.terminators: list[str] = []
+        self._bare_lf = 0
+        self._bare_cr = 0
+        self._terminators: list[str] = []
         self._run = 0                 # non-LF octets since the last LF
         self._limit = max(2, line_limit)
-        self.long_line = False        # a line (LF-delimited, ending included) exceeded the limit
+        self._long_line = False       # a line (LF-delimited, ending included) exceeded the limit
+        self._todo: list[bytes] = []  # consecutive raw octets not scanned yet
+        self._todo_len = 0
+        self._ctx = b""               # the two octets before _todo[0]
+
+    @property
+    def bare_lf(self) -> int:
+        """LF octets not preceded by CR."""
+        self._settle(self._pend)
+        return self._bare_lf
+
+    @property
+    def bare_cr(self) -> int:
+        """CR octets not followed by LF."""
+        self._settle(self._pend)
+        return self._bare_cr
+
+    @property
+    def terminators(self) -> list[str]:
+        """Dot lines not delimited by CRLF on both sides ("<LF>.<LF>", ...), in order."""
+        self._settle(self._pend)
+        return self._terminators
+
+    @property
+    def long_line(self) -> bool:
+        """A line (LF-delimited, ending included) exceeded the limit."""
+        self._settle(self._pend)
+        return self._long_line
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
         """Decode raw octets.
@@ -66,7 +104,10 @@ class DotDecoder:
         marker has not been seen, else the octets after it (commands again).
         """
         c = self._lb + self._pend + data
-        idx = c.find(_END)
+        # The end marker and stuffing dots are dots at c[2:] or later; most
+        # content (base64) has none at all, which one memchr tells.
+        dot = c.find(b".", 2)
+        idx = c.find(_END) if dot >= 0 else -1
         if idx >= 0:
             end = idx + 2
             rest = c[idx + 5:]
@@ -77,9 +118,20 @@ class DotDecoder:
             end = len(c) - 4
             rest = None
         if end > 2:
-            content = self._scan(c, end)
-            if content is None:
+            region = c[2:end]
+            if 0 <= dot < end and c.find(b"\r\n.", dot - 2, end) >= 0:
                 content = c[:end].replace(b"\r\n.", b"\r\n")[2:]
+            else:
+                content = region
+            todo = self._todo
+            if not todo:
+                self._ctx = c[:2]
+            todo.append(region)
+            self._todo_len += end - 2
+            if rest is not None:
+                self._settle(c[end:end + 2])
+            elif self._todo_len >= _BATCH:
+                self._settle(c[end:])
         else:
             content = b""
         if rest is None:
@@ -87,43 +139,49 @@ class DotDecoder:
             self._pend = c[end:]
         return content, rest
 
-    def _scan(self, c: bytes, end: int) -> bytes | None:
+    def _settle(self, lookahead: bytes) -> None:
+        """Scan the octets not scanned yet (``lookahead``: the octets after them)."""
+        todo = self._todo
+        if todo:
+            body = todo[0] if len(todo) == 1 else b"".join(todo)
+            self._todo = []
+            self._todo_len = 0
+            self._scan(self._ctx + body + lookahead, 2 + len(body))
+
+    def _scan(self, c: bytes, end: int) -> None:
         """Evidence in c[2:end] (c[0:2] is context, c[end:] lookahead).
 
-        Returns c[2:end] when it has nothing to unstuff (no LF followed by a
-        dot in c[1:end]), else None.  A few whole-buffer searches per call,
-        never work per line: this runs for every segment of every message.
+        Whole-buffer searches, never work per line.
         """
         seg = c[2:end]
         crlf = seg.count(b"\r\n")
         # Single-octet counts through replace(), which skips with memchr (count() does not).
-        lf = len(seg) - len(seg.replace(b"\n", b""))
-        cr = len(seg) - len(seg.replace(b"\r", b""))
-        self.bare_lf += lf - crlf - (c[1:3] == b"\r\n")
-        bare_cr = cr - crlf - (c[end - 1:end + 1] == b"\r\n")
-        self.bare_cr += bare_cr
+        self._bare_lf += len(seg) - len(seg.replace(b"\n", b"")) - crlf - (c[1:3] == b"\r\n")
+        bare_cr = len(seg) - len(seg.replace(b"\r", b"")) - crlf - \
+            (c[end - 1:end + 1] == b"\r\n")
+        self._bare_cr += bare_cr
         found = []
-        dot = c.find(b"\n.", 1, end)
-        i = dot
-        while i >= 0:
-            q = i + 1
-            after = c[q + 1:q + 3]
-            if after[:1] in (b"\r", b"\n"):
-                found.append((q, _label(c, q, after)))
-            i = c.find(b"\n.", q, end)
-        # "<CR>." inside c[2:end] has a bare CR (counted above); else only c[1] can be one.
-        if bare_cr or c[1:2] == b"\r":
-            i = c.find(b"\r.", 1, end)
+        if c.find(b".", 2, end) >= 0:
+            i = c.find(b"\n.", 1, end)
             while i >= 0:
                 q = i + 1
                 after = c[q + 1:q + 3]
                 if after[:1] in (b"\r", b"\n"):
                     found.append((q, _label(c, q, after)))
-                i = c.find(b"\r.", q, end)
+                i = c.find(b"\n.", q, end)
+            # "<CR>." inside c[2:end] has a bare CR (counted above); else only c[1] can be one.
+            if bare_cr or c[1:2] == b"\r":
+                i = c.find(b"\r.", 1, end)
+                while i >= 0:
+                    q = i + 1
+                    after = c[q + 1:q + 3]
+                    if after[:1] in (b"\r", b"\n"):
+                        found.append((q, _label(c, q, after)))
+                    i = c.find(b"\r.", q, end)
         if found:
             found.sort()
-            self.terminators.extend(label for _, label in found)
-        if not self.long_line:
+            self._terminators.extend(label for _, label in found)
+        if not self._long_line:
             limit = self._limit
             first = c.find(b"\n", 2, end)
             if first < 0:
@@ -131,17 +189,17 @@ class DotDecoder:
             else:
                 last = c.rfind(b"\n", 2, end)
                 if self._run + (first - 2) + 1 > limit:
-                    self.long_line = True
+                    self._long_line = True
                 elif last - first > limit and _long_between(c, first, last, limit):
-                    self.long_line = True
+                    self._long_line = True
                 self._run = end - last - 1
             if self._run >= limit:
-                self.long_line = True
-        return seg if dot < 0 else None
+                self._long_line = True
 
     def gap(self) -> bytes:
         """Octets were lost: return the undecoded octets (as content) and forget the context."""
         pend = self._pend
+        self._settle(pend)
         self._pend = b""
         self._lb = _NEUTRAL
         self._run = 0
@@ -157,6 +215,7 @@ class DotDecoder:
         otherwise lose that evidence and count the stuffing dot as content.)
         Only a dot that is the very last octet is left as it came.
         """
+        self._settle(self._pend)
         c = self._lb + self._pend
         self._pend = b""
         if len(c) <= 2:
