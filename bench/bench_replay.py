@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Benchmark: offline replay of a large SMTP capture, against tshark on the same file.
+
+    python bench/bench_replay.py [--size-mb 200] [--seed 1] [--runs 5] [--profile]
+
+Generates the capture with bench/gen_capture.py (or reuses it when its sidecar
+JSON matches), then, each in a fresh process so peak RSS and CPU time are its own:
+
+* our replay (``sensor.replay.replay`` through ``Pipeline``) with records going
+  to a counting sink, ``--runs`` times;
+* the same with records rendered by ``JsonLinesSink`` to /dev/null (the
+  ``smtp-sensor replay`` output path), ``--json-runs`` times;
+* ``tshark -r CAP -Y smtp -T fields -e smtp.req.command`` (TCP and SMTP
+  reassembly on, as by default: the display filter makes tshark dissect every
+  frame fully), ``--tshark-runs`` times.
+
+Prints medians: wall time, CPU time, SMTP payload MB/s (TCP payload of SMTP
+flows, ``pipeline.stats.payload_bytes``), transactions/s, peak RSS, and the
+ratio of tshark's wall time to ours.  Checks the replay against what the
+generator says the capture holds (transactions, messages, bytes, recipients,
+anomalies); tshark's count of MAIL commands is printed beside the expected one
+(tshark takes the lines after a pipelined DATA that was refused for message
+content, so it misses the MAIL commands that follow).  ``--profile`` adds one
+cProfile run and prints its top 25 functions by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+
+# ---------------------------------------------------------------- child side
+
+class CountingSink:
+    """Counts what the checks need; cheap enough not to matter."""
+
+    def __init__(self):
+        self.smtp = 0
+        self.anomalies: dict[str, int] = {}
+        self.messages = 0
+        self.message_bytes = 0
+        self.delivered = 0
+        self.recipients = 0
+        self.tls = 0
+
+    def __call__(self, rec):
+        if rec["event_type"] == "smtp":
+            self.smtp += 1
+            if "msg_size" in rec:
+                self.messages += 1
+                self.message_bytes += rec["msg_size"]
+            self.delivered += rec["delivered"]
+            self.recipients += len(rec.get("rcptto", ()))
+            self.tls += rec["tls"]
+        else:
+            name = rec["name"]
+            self.anomalies[name] = self.anomalies.get(name, 0) + 1
+
+
+def child(mode: str, path: str, profile: bool) -> None:
+    from sensor.output import JsonLinesSink
+    from sensor.pipeline import Pipeline
+    from sensor.replay import replay
+
+    counting = CountingSink()
+    devnull = None
+    if mode == "json":
+        devnull = open(os.devnull, "w", encoding="utf-8")
+        jsink = JsonLinesSink(devnull)
+
+        def sink(rec):
+            counting(rec)
+            jsink(rec)
+    else:
+        sink = counting
+    pipeline = Pipeline(sink)
+    prof = None
+    if profile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+    t = time.perf_counter()
+    res = replay(path, pipeline)
+    wall = time.perf_counter() - t
+    if prof is not None:
+        prof.disable()
+        import io
+        import pstats
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        sys.stderr.write(buf.getvalue())
+    if devnull is not None:
+        devnull.close()
+    s = res.stats
+    print(json.dumps({
+        "wall": wall, "packets": res.packets, "payload_bytes": s["payload_bytes"],
+        "transactions": s["transactions"], "flows": s["flows"], "stats": s,
+        "sink": vars(counting),
+    }))
+
+
+# --------------------------------------------------------------- parent side
+
+def run_child(argv, capture_out=True):
+    """Run argv; return (wall seconds, cpu seconds, peak RSS bytes, stdout)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE if capture_out else subprocess.DEVNULL,
+                         stderr=None)
+    out = p.stdout.read() if capture_out else b""
+    _pid, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise SystemExit(f"{argv[0]} failed with status {p.returncode}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, out
+
+
+def ensure_capture(path, size_mb, seed, regen):
+    import gen_capture
+    side = path + ".json"
+    if not regen and os.path.exists(path) and os.path.exists(side):
+        with open(side) as f:
+            info = json.load(f)
+        if info.get("size_mb") == size_mb and info.get("seed") == seed and \
+                info.get("file_bytes") == os.path.getsize(path):
+            return info
+    t = time.perf_counter()
+    info = gen_capture.generate(path, size_mb, seed)
+    print(f"generated {path} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return info
+
+
+def check(expect, res):
+    sink, st = res["sink"], res["stats"]
+    pairs = [
+        ("transactions (smtp records)", expect["transactions"], sink["smtp"]),
+        ("transactions (stats)", expect["transactions"], st["transactions"]),
+        ("flows", expect["sessions"], st["flows"]),
+        ("messages", expect["messages"], sink["messages"]),
+        ("message bytes", expect["message_bytes"], sink["message_bytes"]),
+        ("delivered", expect["delivered"], sink["delivered"]),
+        ("recipients", expect["recipients"], sink["recipients"]),
+        ("tls transactions", expect["starttls"], sink["tls"]),
+        ("TCP payload bytes", expect["payload_bytes"], st["payload_bytes"]),
+        ("anomalies", expect["anomalies"], sink["anomalies"]),
+        ("gap bytes", 0, st["gap_bytes"]),
+    ]
+    bad = [(n, e, g) for n, e, g in pairs if e != g]
+    for n, e, g in bad:
+        print(f"MISMATCH {n}: expected {e}, replay gave {g}", file=sys.stderr)
+    return not bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--capture",
+                    help="capture path (default /tmp/smtp-bench-<size>mb-s<seed>.pcap)")
+    ap.add_argument("--size-mb", type=float, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--regen", action="store_true", help="regenerate the capture")
+    ap.add_argument("--runs", type=int, default=5, help="replays with the counting sink")
+    ap.add_argument("--json-runs", type=int, default=1, help="replays through JsonLinesSink")
+    ap.add_argument("--tshark-runs", type=int, default=1)
+    ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="one extra run under cProfile")
+    ap.add_argument("--child", choices=("counting", "json"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    path = args.capture or f"/tmp/smtp-bench-{args.size_mb:g}mb-s{args.seed}.pcap"
+
+    if args.child:
+        child(args.child, path, args.profile)
+        return 0
+
+    info = ensure_capture(path, args.size_mb, args.seed, args.regen)
+    ex = info["expect"]
+    print(f"capture: {path}: {info['file_bytes'] / 1e6:.1f} MB, {ex['packets']} packets, "
+          f"{ex['sessions']} sessions ({ex['ipv6_sessions']} IPv6), {ex['transactions']} "
+          f"transactions, {ex['messages']} messages, {ex['payload_bytes'] / 1e6:.1f} MB TCP "
+          f"payload  (python {sys.version.split()[0]})")
+    me = [sys.executable, os.path.abspath(__file__), "--capture", path]
+    rows = []
+    ok = True
+    for mode, runs in (("counting", args.runs), ("json", args.json_runs)):
+        if runs <= 0:
+            continue
+        walls, cpus, rss, inner = [], [], [], []
+        for _ in range(runs):
+            wall, cpu, peak, out = run_child(me + ["--child", mode])
+            res = json.loads(out)
+            ok &= check(ex, res)
+            walls.append(wall)
+            cpus.append(cpu)
+            rss.append(peak)
+            inner.append(res["wall"])
+            print(f"  ours ({mode}): {res['wall']:.2f} s in replay(), {wall:.2f} s process, "
+                  f"{cpu:.2f} s CPU, {peak / 2**20:.0f} MiB", file=sys.stderr)
+        what = "a counting sink" if mode == "counting" else "JsonLinesSink -> /dev/null"
+        rows.append((f"smtp-sensor replay, records to {what}",
+                     runs, statistics.median(inner), statistics.median(walls),
+                     statistics.median(cpus), statistics.median(rss), res))
+    tshark_row = None
+    if not args.no_tshark:
+        walls, cpus, rss = [], [], []
+        argv = ["tshark", "-n", "-r", path, "-Y", "smtp", "-T", "fields", "-e", "smtp.req.command"]
+        for _ in range(args.tshark_runs):
+            wall, cpu, peak, out = run_child(argv)
+            walls.append(wall)
+            cpus.append(cpu)
+            rss.append(peak)
+            mails = sum(f == b"MAIL" for ln in out.split(b"\n") for f in ln.split(b","))
+            print(f"  tshark: {wall:.2f} s, {cpu:.2f} s CPU, {peak / 2**20:.0f} MiB, "
+                  f"{mails} of {ex['mail_commands']} MAIL commands", file=sys.stderr)
+        tshark_row = (statistics.median(walls), statistics.median(cpus), statistics.median(rss))
+
+    payload = ex["payload_bytes"]
+    tx = ex["transactions"]
+    print()
+    print("| what | runs | wall s (median) | CPU s | SMTP payload MB/s | transactions/s | "
+          "peak RSS MiB | tshark wall / ours |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, runs, inner, wall, cpu, peak, _res in rows:
+        ratio = f"{tshark_row[0] / wall:.1f}x" if tshark_row else "-"
+        print(f"| {label} | {runs} | {wall:.2f} | {cpu:.2f} | {payload / wall / 1e6:.1f} | "
+              f"{tx / wall:,.0f} | {peak / 2**20:.0f} | {ratio} |")
+    if tshark_row:
+        wall, cpu, peak = tshark_row
+        print(f"| tshark -Y smtp -T fields -e smtp.req.command | {args.tshark_runs} | "
+              f"{wall:.2f} | {cpu:.2f} | {payload / wall / 1e6:.1f} | {tx / wall:,.0f} | "
+              f"{peak / 2**20:.0f} | 1.0x |")
+    print()
+    print("wall = whole process (interpreter start, imports, file read, all records); "
+          f"replay() alone (median): {', '.join(f'{r[2]:.2f} s' for r in rows)}.")
+    print("checks against the generator's sidecar: " + ("OK" if ok else "FAILED"))
+    if tshark_row:
+        print(f"tshark reported {mails} of the {ex['mail_commands']} MAIL commands (it reads "
+              "the client's lines after a refused pipelined DATA as message content).")
+
+    if args.profile:
+        print("\nprofile (one run, counting sink, cProfile; top 25 by own time):", flush=True)
+        subprocess.run(me + ["--child", "counting", "--profile"], stdout=subprocess.DEVNULL,
+                       check=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
