@@ -123,8 +123,10 @@ class RuleSet:
                 self.errors[path] = f"{path}: {exc}; keeping the previous settings"
                 self._log("error", "rules config not loaded", error=self.errors[path])
                 return False
-        self.errors.pop(path, None)
-        if new == self.config and not force:
+        # a fixed file after an error is reported as loaded even when it holds
+        # the settings kept all along (was: silence, the error looked current)
+        recovered = self.errors.pop(path, None) is not None
+        if new == self.config and not force and not recovered:
             return False
         self.config = new
         api._config.clear()
@@ -139,7 +141,11 @@ class RuleSet:
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            # compiled from the source, not through exec_module: the bytecode
+            # cache (__pycache__) is keyed on the source's mtime in whole
+            # seconds and its size, so an edit of the same size within the
+            # second of the last load ran the old code
+            exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), module.__dict__)
         except (Exception, SystemExit) as exc:   # any failure of user code at import
             self._failed[path] = sig
             self._fail(path, _describe(exc, path))
