@@ -25,6 +25,9 @@ from .smtp import events as sev
 __all__ = ["Pipeline", "Session", "Stats"]
 
 _CLIENT_OF = {reassembly.ORIG: smtp.CLIENT, reassembly.RESP: smtp.SERVER}
+_Data = reassembly.Data
+_ORIG = reassembly.ORIG
+_decode = packet.decode
 
 
 class Session:
@@ -93,13 +96,24 @@ class Pipeline:
         returns its Segment, or None when it is not TCP over IP."""
         st = self.stats
         st.frames += 1
-        seg = packet.decode(linktype, frame, wirelen, st.not_segments)
+        seg = _decode(linktype, frame, wirelen, st.not_segments)
         if seg is not None:
             gate = self.gate
             if gate is not None and not gate(seg, ts):
                 st.gated += 1
             else:
-                self.feed_segment(seg, ts)
+                # feed_segment, inlined: this runs for every packet
+                st.segments += 1
+                events = self.reassembler.feed(seg, ts)
+                if events:
+                    self._handle(events)
+                nxt = self._next_expire
+                if nxt is None:
+                    self._next_expire = ts + self._expire_every
+                elif ts >= nxt:
+                    self.expire(ts)
+                if ts > self._last_ts:
+                    self._last_ts = ts
         return seg
 
     def feed_segment(self, seg: packet.Segment, ts: float) -> None:
@@ -129,15 +143,16 @@ class Pipeline:
     def _handle(self, events) -> None:
         for ev in events:
             kind = type(ev)
-            if kind is reassembly.Data:
-                sess = ev.flow.ctx
-                self.stats.payload_bytes += len(ev.data)
+            if kind is _Data:
+                flow, direction, data, ts = ev
+                sess = flow.ctx
+                self.stats.payload_bytes += len(data)
                 if sess is None:
                     continue
-                if ev.direction == reassembly.ORIG:
-                    out = sess.conn.receive_client(ev.data, ev.ts)
+                if direction == _ORIG:
+                    out = sess.conn.receive_client(data, ts)
                 else:
-                    out = sess.conn.receive_server(ev.data, ev.ts)
+                    out = sess.conn.receive_server(data, ts)
                 if out:
                     self._smtp(sess, out)
             elif kind is reassembly.FlowStart:
