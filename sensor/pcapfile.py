@@ -180,33 +180,38 @@ class CaptureReader:
         limit = max(snaplen, 262144) if snaplen else MAX_RECORD
         limit = min(limit, MAX_RECORD)
         rec = Struct(e + "IIII").unpack_from
-        b.pos = 24
         packets = 0
         try:
+            buf, pos = b.buf, 24
             while True:
-                buf, pos = b.buf, b.pos
-                if len(buf) - pos < 16:
+                # every record wholly in the buffer, with no bookkeeping in b
+                n = len(buf)
+                while n - pos >= 16:
+                    sec, frac, incl, orig = rec(buf, pos)
+                    start = pos + 16
+                    end = start + incl
+                    if incl > limit or end > n:
+                        break
+                    packets += 1
+                    pos = end
+                    yield sec + frac * scale, linktype, buf[start:end], orig if orig > incl else incl
+                b.pos = pos
+                if n - pos < 16:
                     if not b.need(16):
                         left = len(b.buf) - b.pos
                         if left:
                             self._truncated(f"record header has {left} of 16 bytes", b.offset())
                         return
-                    buf, pos = b.buf, b.pos
-                sec, frac, incl, orig = rec(buf, pos)
-                if incl > limit:
-                    raise CaptureError(self.path, f"corrupt record: captured length {incl} "
-                                       f"exceeds the snapshot length {snaplen}", b.offset())
-                end = pos + 16 + incl
-                if end > len(buf):
+                else:
+                    incl = rec(buf, pos)[2]
+                    if incl > limit:
+                        raise CaptureError(self.path, f"corrupt record: captured length {incl} "
+                                           f"exceeds the snapshot length {snaplen}", b.offset())
                     if not b.need(16 + incl):
                         self._truncated(f"record of {incl} bytes has only "
                                         f"{len(b.buf) - b.pos - 16} bytes", b.offset())
                         return
-                    buf, pos = b.buf, b.pos
-                    end = pos + 16 + incl
-                packets += 1
-                b.pos = end
-                yield sec + frac * scale, linktype, buf[pos + 16:end], orig if orig > incl else incl
+                buf, pos = b.buf, b.pos
         finally:
             self.packets += packets
 
