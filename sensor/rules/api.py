@@ -101,8 +101,23 @@ class Rule:
 _collecting: contextvars.ContextVar[list | None] = contextvars.ContextVar("collecting", default=None)
 # The rule and flow being evaluated, for alert().
 _current: contextvars.ContextVar = contextvars.ContextVar("current_rule", default=None)
-# The loader's view of rules.toml, section -> dict.
+# The loader's view of rules.toml, section -> dict: the last loaded set's,
+# for code outside a rule file (rule files read their own set's, below).
 _config: dict = {}
+
+# Globals the loader gives every rule module before running it: the RuleSet
+# it belongs to (config() reads that set's rules.toml; was: whichever set was
+# loaded last, wrong with two sets in one process) and the file's stem (the
+# config() section and the default rule id prefix, even for a stem with dots).
+RULESET_GLOBAL = "__smtp_sensor_ruleset__"
+STEM_GLOBAL = "__smtp_sensor_rule_stem__"
+
+
+def _stem(module_globals: dict) -> str:
+    stem = module_globals.get(STEM_GLOBAL)
+    if stem is None:
+        stem = (module_globals.get("__name__") or "").rsplit(".", 1)[-1]
+    return stem
 
 
 def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = False,
@@ -125,8 +140,13 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
         import inspect
         if streamed and not inspect.iscoroutinefunction(fn):
             raise RuleError(f"streamed rule {fn.__name__} must be 'async def {fn.__name__}(flow, content)'")
+        if not streamed and inspect.iscoroutinefunction(fn):
+            # was: accepted, and every call made a coroutine that never ran
+            # (the rule silently did nothing)
+            raise RuleError(f"rule {fn.__name__} is 'async def': only a streamed mail_content rule "
+                            "(streamed=True) may be")
         module = fn.__module__ or ""
-        stem = module.rsplit(".", 1)[-1]
+        stem = _stem(getattr(fn, "__globals__", {}))
         code = getattr(fn, "__code__", None)
         declared = Rule(hook=hook, fn=fn, id=id or f"{stem}.{fn.__name__}", rev=int(rev), streamed=streamed,
                         content_cap=int(content_cap), budget_ms=float(budget_ms), module=module,
@@ -173,13 +193,18 @@ def _list(value) -> list:
 def config(section: str | None = None) -> dict:
     """This rule file's settings from ``rules.toml`` in the rules directory
     (section = the file's stem unless named), re-read on every reload."""
+    caller = sys._getframe(1).f_globals
     if section is None:
-        frame = sys._getframe(1)
-        section = frame.f_globals.get("__name__", "").rsplit(".", 1)[-1]
-    return _config.get(section, {})
+        section = _stem(caller)
+    owner = caller.get(RULESET_GLOBAL)
+    settings = owner.config if owner is not None else _config
+    return settings.get(section, {})
 
 
+# Compiled patterns, bounded: a rule may build patterns from what it sees
+# (was: an unbounded dict, which attacker-chosen text could grow forever).
 _compiled: dict = {}
+_COMPILED_MAX = 256
 
 
 def search(pattern, text, flags=0, limit: int = MATCH_LIMIT):
@@ -188,8 +213,12 @@ def search(pattern, text, flags=0, limit: int = MATCH_LIMIT):
     Python's ``re`` has no time limit; bounding the input bounds the time of
     any pattern a rule writer is likely to use on one SMTP line.
     """
-    key = (pattern, flags)
+    if hasattr(pattern, "search"):
+        return pattern.search(text[:limit])
+    key = (type(pattern), pattern, flags)
     rx = _compiled.get(key)
     if rx is None:
-        rx = _compiled[key] = re.compile(pattern, flags) if not hasattr(pattern, "search") else pattern
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.clear()
+        rx = _compiled[key] = re.compile(pattern, flags)
     return rx.search(text[:limit])

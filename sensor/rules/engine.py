@@ -14,7 +14,9 @@ rule may return early; memory stays one chunk per running rule.  A coroutine
 keeps the code it started with, so a reload never changes a running stream.
 
 Once a flow is dropped, its later events are counted (``late_events``) and not
-shown to any rule.
+shown to any rule; once bypassed, they are not shown either.  A stream cut
+short (drop, end of connection) is closed as its rule: its ``finally`` may
+alert, and what it raises is that rule's error.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class _Waiting:
 
 
 _WAIT = _Waiting()
+
+# What a rule may raise without stopping the sensor: any exception, and
+# SystemExit (a rule calling sys.exit() or exit() must not end the sensor).
+_RULE_FAILURES = (Exception, SystemExit)
 
 
 class ContentStream:
@@ -88,7 +94,7 @@ class RuleFlow:
 
     __slots__ = ("_engine", "_session", "uid", "community_id", "orig_h", "orig_p", "resp_h",
                  "resp_p", "transaction", "scratch", "dropped", "bypassed", "_streams",
-                 "_content", "_content_cap", "late_events", "scratch_cmd")
+                 "_content", "_content_cap", "_in_message", "late_events", "scratch_cmd")
 
     def __init__(self, engine, session):
         f = session.flow
@@ -107,6 +113,10 @@ class RuleFlow:
         self._streams: list = []
         self._content = None
         self._content_cap = 0
+        # a message is under way (MessageHeaders or its first chunk seen, not
+        # yet its MessageEnd): its streams were started, even if all of them
+        # have returned since, and must not be started again mid-message
+        self._in_message = False
 
     # the client and server under Haka's names too
     src = property(lambda self: self.orig_h)
@@ -170,9 +180,13 @@ class RuleEngine:
             if kind is reassembly.FlowStart:
                 return
         self._now = getattr(ev, "ts", self._now)
-        if flow.dropped:
-            flow.late_events += 1
-            self.late_events += 1
+        if flow.dropped or flow.bypassed:
+            # a bypassed flow is no longer inspected: its rules see nothing
+            # more of it (live, the kernel stops pushing it; in a replay the
+            # capture still holds it); only a dropped flow's events are late
+            if flow.dropped:
+                flow.late_events += 1
+                self.late_events += 1
             if kind is reassembly.FlowEnd:
                 self._end_streams(flow, abort=True)
             return
@@ -198,11 +212,14 @@ class RuleEngine:
         elif kind is sev.MessageHeaders:
             self._start_content(flow)
         elif kind is sev.MailContent:
-            if flow._content is None and not flow._streams:
+            # was: started again whenever no stream was running and nothing
+            # was buffered, i.e. on every chunk after a streamed rule returned
+            # early, which re-ran it mid-message
+            if not flow._in_message:
                 self._start_content(flow)
             self._content(flow, ev.data)
         elif kind is sev.MessageEnd:
-            if flow._content is None and not flow._streams:
+            if not flow._in_message:
                 self._start_content(flow)
             self._end_content(flow)
             self._run_list(by_hook["message_end"], flow, ev)
@@ -243,7 +260,7 @@ class RuleEngine:
         t0 = self.clock()
         try:
             return fn(*args)
-        except Exception:
+        except _RULE_FAILURES:
             self._error(r, flow)
             return None
         finally:
@@ -270,6 +287,7 @@ class RuleEngine:
     # ------------------------------------------------------------ content
     def _start_content(self, flow) -> None:
         self._end_streams(flow, abort=True)
+        flow._in_message = True
         rules = self.ruleset.by_hook["mail_content"]
         plain = [r for r in rules if not r.streamed]
         flow._content = bytearray() if plain else None
@@ -281,7 +299,7 @@ class RuleEngine:
             token = api._current.set((self, r, flow))
             try:
                 coro = r.fn(flow, content)
-            except Exception:
+            except _RULE_FAILURES:
                 self._error(r, flow)
                 continue
             finally:
@@ -289,22 +307,30 @@ class RuleEngine:
             st = _Stream(r, coro, content)
             flow._streams.append(st)
             self._resume(flow, st)
+            if flow.dropped:        # dropped by this rule: the others are not started
+                return
 
     def _content(self, flow, data: bytes) -> None:
         buf = flow._content
         if buf is not None and len(buf) < flow._content_cap:
             buf += data[: flow._content_cap - len(buf)]
         for st in list(flow._streams):
+            if flow.dropped:        # dropped by a stream: the others see no more
+                return
             st.content._chunk = data
             self._resume(flow, st)
 
     def _end_content(self, flow) -> None:
+        flow._in_message = False
         for st in list(flow._streams):
+            if flow.dropped:
+                break
             st.content._ended = True
             self._resume(flow, st)
-        flow._streams.clear()
         buf = flow._content
-        flow._content = None
+        # what still runs (a stream that caught StopAsyncIteration and awaited
+        # again, or one left by a drop) gets no more content: closed
+        self._end_streams(flow, abort=True)
         if buf is None:
             return
         data = bytes(buf)
@@ -324,10 +350,10 @@ class RuleEngine:
                                     f"(it awaited {yielded!r})")
         except StopIteration:
             self._forget_stream(flow, st)
-        except Exception:
+        except _RULE_FAILURES:
             self._error(r, flow)
-            st.coro.close()
             self._forget_stream(flow, st)
+            self._close(flow, st)
         finally:
             api._current.reset(token)
             self._account(r, flow, self.clock() - t0, r.budget_ms)
@@ -338,10 +364,24 @@ class RuleEngine:
             flow._streams.remove(st)
 
     def _end_streams(self, flow, abort: bool) -> None:
-        for st in flow._streams:
-            st.coro.close()
-        flow._streams.clear()
+        streams, flow._streams = flow._streams, []
+        for st in streams:
+            self._close(flow, st)
         flow._content = None
+
+    def _close(self, flow, st) -> None:
+        """Close a stream's coroutine as its rule: its ``finally`` may alert
+        (was: outside any rule, so alert() raised RuleError), and what it
+        raises (or an await in it) is a rule error, not an engine failure
+        (was: it escaped the listener, skipping the rest of the event)."""
+        r = st.rule
+        token = api._current.set((self, r, flow))
+        try:
+            st.coro.close()
+        except _RULE_FAILURES:
+            self._error(r, flow)
+        finally:
+            api._current.reset(token)
 
     # ------------------------------------------------------------ verdicts
     def raise_alert(self, r, flow, *, description, severity, confidence, method, sources,

@@ -1,8 +1,9 @@
 """Load the rule files of a directory, and reload them when they change.
 
 Every ``*.py`` file of the directory (not starting with ``_`` or ``.``) is
-imported under its own module name (``smtp_sensor_rules.<stem>``); the rules it
-declares with ``@rule`` are collected during the import.  ``rules.toml`` in
+imported under its own module name (``smtp_sensor_rules.set<n>.<stem>``, one
+namespace per RuleSet, so two sets may hold files of the same name); the rules
+it declares with ``@rule`` are collected during the import.  ``rules.toml`` in
 the same directory holds the rules' settings (``config()``), one table per file.
 
 A reload imports first and swaps only on success: a syntax error, an exception
@@ -15,6 +16,7 @@ inotify misses the host's edits.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 import tomllib
 import traceback
@@ -28,6 +30,8 @@ __all__ = ["RuleSet", "LoadError", "CONFIG_FILE", "MODULE_PREFIX"]
 
 CONFIG_FILE = "rules.toml"
 MODULE_PREFIX = "smtp_sensor_rules"
+
+_namespaces = itertools.count(1)
 
 
 class LoadError(SensorError):
@@ -59,9 +63,13 @@ class RuleSet:
             what = "does not exist" if not self.directory.exists() else "is not a directory"
             raise LoadError(f"rules directory {self.directory} {what}: create it or point --rules at one")
         self.logger = logger
+        # was: every set imported <prefix>.<stem>, so two sets (tests, two
+        # sensors in one process) replaced and unloaded each other's modules
+        self._namespace = f"{MODULE_PREFIX}.set{next(_namespaces)}"
         self.files: dict[Path, RuleFile] = {}
         self.errors: dict[Path, str] = {}        # file -> the error that kept its last good version
         self._failed: dict[Path, tuple] = {}     # file -> signature that failed (not retried until it changes)
+        self._blocked: dict[Path, str] = {}      # file refused for a rule id another file holds -> that id
         self._config_sig = None
         self.config: dict = {}
         self.generation = 0
@@ -84,12 +92,26 @@ class RuleSet:
         return self.reload(force=False)
 
     def reload(self, force: bool = False) -> bool:
+        if not self.directory.is_dir():
+            # was: every file looked deleted and every rule was dropped (and
+            # rules.toml with them) when the directory went away for a moment
+            # (an unmounted shared folder, a deploy swapping it)
+            message = (f"rules directory {self.directory} does not exist any more or is not a "
+                       "directory; keeping the loaded rules")
+            if self.errors.get(self.directory) != message:
+                self.reload_errors += 1
+                self.errors[self.directory] = message
+                self._log("error", "rules directory missing", error=message)
+            return False
+        self.errors.pop(self.directory, None)
         changed = self._load_config(force)
         present = {p for p in self.directory.glob("*.py") if not p.name.startswith(("_", "."))}
-        for path in sorted(set(self.files) - present):
+        # files that failed and were deleted go too (was: their error stayed)
+        for path in sorted((set(self.files) | set(self._failed)) - present):
+            if path in self.files:
+                self._log("info", "rule file removed", file=str(path))
+                changed = True
             self._forget(path)
-            self._log("info", "rule file removed", file=str(path))
-            changed = True
         for path in sorted(present):
             sig = _signature(path)
             if sig is None:
@@ -101,6 +123,14 @@ class RuleSet:
                 continue
             if self._load_file(path, sig):
                 changed = True
+        if changed and self._blocked:
+            # a file refused for a duplicate id loads, unchanged, once the
+            # file that held the id lets go of it (a rule moved between files)
+            taken = {r.id for rf in self.files.values() for r in rf.rules}
+            for path, rule_id in sorted(self._blocked.items()):
+                sig = _signature(path)
+                if rule_id not in taken and sig is not None and self._load_file(path, sig):
+                    taken.update(r.id for r in self.files[path].rules)
         if changed:
             self._index()
             self.generation += 1
@@ -134,20 +164,32 @@ class RuleSet:
         self._log("info", "rules config loaded", file=str(path), sections=sorted(new))
         return True
 
+    def _module_name(self, path: Path) -> str:
+        return f"{self._namespace}.{path.stem}"
+
     def _load_file(self, path: Path, sig) -> bool:
-        name = f"{MODULE_PREFIX}.{path.stem}"
+        name = self._module_name(path)
         collected: list = []
+        previous = sys.modules.get(name)
         token = api._collecting.set(collected)
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
+            module.__dict__[api.RULESET_GLOBAL] = self     # config() reads this set's rules.toml
+            module.__dict__[api.STEM_GLOBAL] = path.stem   # config() section, default rule ids
+            # in sys.modules while it runs, as an import would have it (was:
+            # only after, and dataclasses, typing.get_type_hints, pickle...
+            # failed at import for want of it)
+            sys.modules[name] = module
             # compiled from the source, not through exec_module: the bytecode
             # cache (__pycache__) is keyed on the source's mtime in whole
             # seconds and its size, so an edit of the same size within the
             # second of the last load ran the old code
             exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), module.__dict__)
         except (Exception, SystemExit) as exc:   # any failure of user code at import
+            self._restore_module(name, previous)
             self._failed[path] = sig
+            self._blocked.pop(path, None)
             self._fail(path, _describe(exc, path))
             return False
         finally:
@@ -156,18 +198,28 @@ class RuleSet:
         ids = [r.id for r in collected]
         dup = next((i for i in ids if ids.count(i) > 1 or i in taken), None)
         if dup is not None:
+            self._restore_module(name, previous)
             where = taken.get(dup, path)
             self._failed[path] = sig
+            if dup in taken:
+                self._blocked[path] = dup
             self._fail(path, f"{path}: rule id {dup!r} is already used by {where}")
             return False
         for r in collected:
             r.file = str(path)
         self.files[path] = RuleFile(path, sig, collected, module)
         self._failed.pop(path, None)
+        self._blocked.pop(path, None)
         self.errors.pop(path, None)
-        sys.modules[name] = module
         self._log("info", "rule file loaded", file=str(path), rules=[r.id for r in collected])
         return True
+
+    @staticmethod
+    def _restore_module(name: str, previous) -> None:
+        if previous is not None:
+            sys.modules[name] = previous          # the last good version
+        else:
+            sys.modules.pop(name, None)
 
     def _fail(self, path: Path, message: str) -> None:
         self.reload_errors += 1
@@ -179,7 +231,8 @@ class RuleSet:
         self.files.pop(path, None)
         self.errors.pop(path, None)
         self._failed.pop(path, None)
-        sys.modules.pop(f"{MODULE_PREFIX}.{path.stem}", None)
+        self._blocked.pop(path, None)
+        sys.modules.pop(self._module_name(path), None)
 
     def _index(self) -> None:
         by_hook = {h.name: [] for h in api.hooks.ALL}

@@ -1,0 +1,625 @@
+"""sensor.rules.engine: every hook fires with its argument; streamed content
+is chunks, may stop early and costs one chunk of memory; a running stream
+keeps its code across a reload; rule errors, slow rules and foreign awaits
+are counted, never fatal; verdicts reach the enforcer before flow.drop()
+returns and the dropped flow's later events are only counted."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+import tracemalloc
+
+from record_schemas import check
+from rules_helpers import (CLIENT_IP, CONTENT, DIALOGUE, SERVER_IP, RecordingEnforcer, Run,
+                           StaticRules, message_dialogue, run, session_segments, write)
+from test_pipeline import DIALOGUE as PIPELINED_DIALOGUE
+
+from sensor.rules import alert, hooks, rule
+from sensor.rules.engine import RuleFlow
+from sensor.rules.loader import RuleSet
+
+
+# ---------------------------------------------------------------- hooks
+
+def test_every_hook_fires_in_connection_order_with_its_argument():
+    seen = []
+
+    @rule(hooks.connection, id="t.connection")
+    def on_connection(flow):
+        seen.append(("connection", type(flow).__name__))
+
+    @rule(hooks.command, id="t.command")
+    def on_command(flow, command):
+        seen.append(("command", command.verb, command.parameter))
+
+    @rule(hooks.response, id="t.response")
+    def on_response(flow, reply):
+        seen.append(("response", reply.code, reply.command))
+
+    @rule(hooks.mail_content, id="t.content")
+    def on_content(flow, content):
+        seen.append(("mail_content", content))
+
+    @rule(hooks.message_end, id="t.end")
+    def on_end(flow, end):
+        seen.append(("message_end", end.size, end.complete, end.method))
+
+    @rule(hooks.transaction, id="t.transaction")
+    def on_transaction(flow, record):
+        check(record)
+        seen.append(("transaction", record["event_type"], record["mailfrom"], record["rcptto"]))
+
+    @rule(hooks.anomaly, id="t.anomaly")
+    def on_anomaly(flow, record):
+        check(record)
+        seen.append(("anomaly", record["event_type"], record["name"]))
+
+    @rule(hooks.connection_end, id="t.connection_end")
+    def on_connection_end(flow):
+        seen.append(("connection_end", type(flow).__name__))
+
+    dialogue = DIALOGUE[:3] + [(True, b"XYZZY\r\n"), (False, b"502 5.5.2 what?\r\n")] + DIALOGUE[3:]
+    r = run(StaticRules(on_connection, on_command, on_response, on_content, on_end,
+                        on_transaction, on_anomaly, on_connection_end), dialogue)
+    assert r.engine.errors == 0
+    assert seen == [
+        ("connection", "RuleFlow"),
+        ("response", 220, ">"),
+        ("command", "EHLO", "client.example"),
+        ("response", 250, "EHLO"),
+        ("command", "XYZZY", ""),
+        ("anomaly", "anomaly", "UNKNOWN_COMMAND"),
+        ("response", 502, "XYZZY"),
+        ("command", "MAIL", "FROM:<alice@example.org>"),
+        ("response", 250, "MAIL"),
+        ("command", "RCPT", "TO:<bob@example.net>"),
+        ("response", 250, "RCPT"),
+        ("command", "RCPT", "TO:<nobody@example.net>"),
+        ("response", 550, "RCPT"),
+        ("command", "DATA", ""),
+        ("response", 354, "DATA"),
+        ("mail_content", CONTENT),
+        ("message_end", len(CONTENT), True, "DATA"),
+        ("response", 250, "."),
+        ("transaction", "smtp", "alice@example.org", ["bob@example.net", "nobody@example.net"]),
+        ("command", "QUIT", ""),
+        ("response", 221, "QUIT"),
+        ("connection_end", "RuleFlow"),
+    ]
+
+
+def test_mail_and_rcpt_rules_see_the_parsed_address_in_the_transaction_even_pipelined():
+    seen = []
+
+    @rule(hooks.command, id="t.command")
+    def on_command(flow, command):
+        t = flow.transaction
+        seen.append((command.verb, t.depth, t.mailfrom, list(t.rcptto)))
+
+    # MAIL, RCPT, RCPT and DATA in one segment (PIPELINING)
+    run(StaticRules(on_command), PIPELINED_DIALOGUE)
+    assert seen == [
+        ("EHLO", 1, None, []),
+        ("MAIL", 1, "alice@example.org", []),
+        ("RCPT", 1, "alice@example.org", ["bob@example.net"]),
+        ("RCPT", 1, "alice@example.org", ["bob@example.net", "nobody@example.net"]),
+        ("DATA", 1, "alice@example.org", ["bob@example.net", "nobody@example.net"]),
+        ("QUIT", 2, None, []),        # the transaction ended with its final reply
+    ]
+
+
+def test_the_second_transaction_of_a_connection_is_depth_2_and_starts_empty():
+    seen = []
+
+    @rule(hooks.command, id="t.command")
+    def on_command(flow, command):
+        if command.verb in ("MAIL", "RCPT"):
+            seen.append((command.verb, flow.transaction.depth, flow.transaction.mailfrom,
+                         list(flow.transaction.rcptto)))
+
+    run(StaticRules(on_command), message_dialogue(b"Subject: x\r\n\r\nhi\r\n", messages=2))
+    assert seen == [("MAIL", 1, "alice@example.org", []),
+                    ("RCPT", 1, "alice@example.org", ["bob@example.net"]),
+                    ("MAIL", 2, "alice@example.org", []),
+                    ("RCPT", 2, "alice@example.org", ["bob@example.net"])]
+
+
+def test_the_flow_names_the_connection_like_the_records_do():
+    seen = {}
+
+    @rule(hooks.command, id="t.command")
+    def on_command(flow, command):
+        if command.verb == "MAIL":
+            seen.update(uid=flow.uid, community_id=flow.community_id,
+                        orig=(flow.orig_h, flow.orig_p), resp=(flow.resp_h, flow.resp_p),
+                        haka=(flow.src, flow.sport, flow.dst, flow.dport),
+                        helo=flow.helo, tls=flow.tls, dropped=flow.dropped, bypassed=flow.bypassed)
+
+    r = run(StaticRules(on_command))
+    (smtp,) = r.sink.of("smtp")
+    assert seen == {"uid": smtp["uid"], "community_id": smtp["community_id"],
+                    "orig": (CLIENT_IP, 40000), "resp": (SERVER_IP, 25),
+                    "haka": (CLIENT_IP, 40000, SERVER_IP, 25),
+                    "helo": "client.example", "tls": False, "dropped": False, "bypassed": False}
+
+
+def test_scratch_is_per_flow_storage_kept_across_events():
+    @rule(hooks.response, id="t.count")
+    def count(flow, reply):
+        flow.scratch["replies"] = flow.scratch.get("replies", 0) + 1
+
+    @rule(hooks.connection_end, id="t.report")
+    def report(flow):
+        alert(description="replies", severity="low", replies=flow.scratch["replies"])
+
+    r = run(StaticRules(count, report))
+    (a,) = r.alerts()
+    assert a["metadata"] == {"replies": 8}
+
+
+# ---------------------------------------------------------------- content
+
+def test_non_streamed_content_rules_get_the_message_cut_at_their_content_cap():
+    got = {}
+
+    @rule(hooks.mail_content, id="t.whole")
+    def whole(flow, content):
+        got["whole"] = content
+
+    @rule(hooks.mail_content, id="t.capped", content_cap=100)
+    def capped(flow, content):
+        got["capped"] = content
+
+    run(StaticRules(whole, capped), content_chunk=256, cut=100)
+    assert got == {"whole": CONTENT, "capped": CONTENT[:100]}
+    assert isinstance(got["whole"], bytes)
+
+
+def test_a_streamed_rule_reads_the_content_as_chunks():
+    chunks = []
+
+    @rule(hooks.mail_content, id="t.stream", streamed=True)
+    async def stream(flow, content):
+        async for chunk in content:
+            chunks.append((content.offset, chunk))
+
+    r = run(StaticRules(stream), content_chunk=256, cut=100)
+    assert r.engine.errors == 0
+    assert b"".join(c for _, c in chunks) == CONTENT
+    assert [len(c) for _, c in chunks[:-1]] == [256] * (len(chunks) - 1) and len(chunks) > 3
+    # offset: octets read so far, this chunk included
+    assert [o for o, _ in chunks] == [min(256 * (i + 1), len(CONTENT)) for i in range(len(chunks))]
+
+
+def test_a_streamed_rule_that_stops_early_is_not_started_again_in_the_same_message():
+    starts = []
+
+    @rule(hooks.mail_content, id="t.first_chunk", streamed=True)
+    async def first_chunk(flow, content):
+        async for chunk in content:
+            starts.append(chunk)
+            return                      # seen enough
+
+    body = b"Subject: x\r\n\r\n" + b"y" * 2000 + b"\r\n"
+    r = run(StaticRules(first_chunk), message_dialogue(body, messages=2), content_chunk=256, cut=300)
+    assert r.engine.errors == 0
+    # once per message, each time from the start of the message
+    assert starts == [body[:256], body[:256]]
+
+
+def test_a_streamed_rule_that_never_reads_is_started_once_per_message():
+    starts = []
+
+    @rule(hooks.mail_content, id="t.lazy", streamed=True)
+    async def lazy(flow, content):
+        starts.append(flow.transaction.depth)
+
+    run(StaticRules(lazy), message_dialogue(b"Subject: x\r\n\r\n" + b"z" * 3000 + b"\r\n", messages=2),
+        content_chunk=256, cut=500)
+    assert starts == [1, 2]
+
+
+def _big_session(size: int):
+    body = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * (size // 80)
+    return body, session_segments(message_dialogue(body), cut=65536)
+
+
+def _peak(ruleset, segments, chunk) -> int:
+    r = Run(ruleset, content_chunk=chunk)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        r.feed(segments).finish()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_streamed_rule_on_a_20_MB_message_costs_the_engine_one_chunk():
+    chunk = 16 * 1024
+    body, segments = _big_session(20 << 20)
+    size = len(body)
+    del body
+    seen = {"octets": 0, "largest": 0}
+
+    @rule(hooks.mail_content, id="t.count", streamed=True)
+    async def count(flow, content):
+        async for data in content:
+            seen["octets"] += len(data)
+            seen["largest"] = max(seen["largest"], len(data))
+
+    baseline = _peak(StaticRules(), segments, chunk)         # the dissector alone
+    with_rule = _peak(StaticRules(count), segments, chunk)
+    assert seen == {"octets": size, "largest": chunk}
+    # what the engine adds to the peak: a chunk or so, not the message
+    assert with_rule - baseline < 4 * chunk, (baseline, with_rule)
+
+
+def test_a_non_streamed_rule_on_a_20_MB_message_costs_its_content_cap():
+    chunk, cap = 16 * 1024, 100_000
+    body, segments = _big_session(20 << 20)
+    seen = []
+
+    @rule(hooks.mail_content, id="t.head", content_cap=cap)
+    def head(flow, content):
+        seen.append(len(content))
+
+    baseline = _peak(StaticRules(), segments, chunk)
+    with_rule = _peak(StaticRules(head), segments, chunk)
+    assert seen == [cap]
+    assert with_rule - baseline < 4 * cap + 4 * chunk, (baseline, with_rule)
+
+
+# ---------------------------------------------------------------- errors and budgets
+
+def test_a_rule_that_raises_is_logged_with_id_uid_and_traceback_counted_and_the_others_run():
+    ran = []
+
+    @rule(hooks.command, id="t.broken")
+    def broken(flow, command):
+        if command.verb == "MAIL":
+            raise ZeroDivisionError("rule bug")
+
+    @rule(hooks.command, id="t.fine")
+    def fine(flow, command):
+        ran.append(command.verb)
+
+    r = run(StaticRules(broken, fine))
+    assert ran == ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]
+    assert r.engine.errors == 1
+    assert broken.__rule__.errors == 1 and fine.__rule__.errors == 0
+    ((message, kw),) = r.logger.of("error")
+    (smtp,) = r.sink.of("smtp")
+    assert message == "rule raised" and kw["rule"] == "t.broken" and kw["uid"] == smtp["uid"]
+    assert "ZeroDivisionError: rule bug" in kw["traceback"]
+    assert 'raise ZeroDivisionError("rule bug")' in kw["traceback"]     # the rule's own line
+    assert len(r.sink.of("smtp")) == 1                                  # the sensor goes on
+
+
+def test_a_rule_that_calls_sys_exit_is_a_rule_error_not_the_end_of_the_sensor():
+    @rule(hooks.command, id="t.exit")
+    def leaves(flow, command):
+        sys.exit(3)
+
+    r = run(StaticRules(leaves))
+    assert r.engine.errors == 6 and len(r.sink.of("smtp")) == 1
+
+
+def test_a_streamed_rule_that_raises_mid_message_is_counted_and_stopped():
+    chunks = []
+
+    @rule(hooks.mail_content, id="t.broken_stream", streamed=True)
+    async def broken_stream(flow, content):
+        async for chunk in content:
+            chunks.append(chunk)
+            if len(chunks) == 2:
+                raise ValueError("stream bug")
+
+    r = run(StaticRules(broken_stream), content_chunk=256, cut=100)
+    assert len(chunks) == 2 and r.engine.errors == 1
+    ((message, kw),) = r.logger.of("error")
+    assert kw["rule"] == "t.broken_stream" and "ValueError: stream bug" in kw["traceback"]
+
+
+def test_a_streamed_rule_awaiting_something_else_is_an_error_not_a_hang():
+    class Forever:
+        def __await__(self):
+            while True:
+                yield "something that is not the content"
+
+    after = []
+
+    @rule(hooks.mail_content, id="t.awaits", streamed=True)
+    async def awaits(flow, content):
+        async for chunk in content:
+            await Forever()
+            after.append(chunk)           # never reached
+
+    @rule(hooks.mail_content, id="t.sleeps", streamed=True)
+    async def sleeps(flow, content):
+        import asyncio
+        await asyncio.sleep(0)            # no event loop drives rules
+
+    started = time.perf_counter()
+    r = run(StaticRules(awaits, sleeps), content_chunk=256, cut=100)
+    assert time.perf_counter() - started < 5
+    assert after == [] and r.engine.errors == 2
+    assert awaits.__rule__.errors == 1 and sleeps.__rule__.errors == 1
+    tracebacks = [kw["traceback"] for _, kw in r.logger.of("error")]
+    assert all("may only await its content" in tb for tb in tracebacks)
+
+
+def test_a_slow_rule_is_counted_over_its_budget_and_warned_about_once():
+    @rule(hooks.command, id="t.slow", budget_ms=1)
+    def slow(flow, command):
+        time.sleep(0.005)
+
+    @rule(hooks.command, id="t.quick", budget_ms=1000)
+    def quick(flow, command):
+        pass
+
+    r = run(StaticRules(slow, quick))
+    assert slow.__rule__.calls == slow.__rule__.over_budget == 6
+    assert slow.__rule__.seconds >= 6 * 0.005
+    assert quick.__rule__.over_budget == 0 and quick.__rule__.calls == 6
+    assert r.engine.slow_calls == 6
+    ((message, kw),) = r.logger.of("warning")
+    assert message == "rule over its time budget" and kw["rule"] == "t.slow" and kw["budget_ms"] == 1
+
+
+def test_each_step_of_a_streamed_rule_is_held_to_its_budget():
+    @rule(hooks.mail_content, id="t.slow_stream", streamed=True, budget_ms=1)
+    async def slow_stream(flow, content):
+        async for chunk in content:
+            time.sleep(0.003)
+
+    r = run(StaticRules(slow_stream), content_chunk=256, cut=100)
+    chunks = -(-len(CONTENT) // 256)
+    assert slow_stream.__rule__.over_budget == chunks and r.engine.slow_calls == chunks
+
+
+# ---------------------------------------------------------------- verdicts
+
+def test_flow_drop_reaches_the_enforcer_before_it_returns_and_later_events_are_only_counted():
+    enforcer = RecordingEnforcer()
+    seen, at_return = [], []
+
+    @rule(hooks.command, id="t.dropper")
+    def dropper(flow, command):
+        seen.append(command.verb)
+        if command.verb == "MAIL":
+            flow.drop()
+            at_return.append((list(enforcer.calls), flow.dropped))
+
+    @rule(hooks.command, id="t.after")
+    def after(flow, command):
+        seen.append("after:" + command.verb)
+
+    @rule(hooks.connection_end, id="t.end")
+    def end(flow):
+        seen.append("end")
+
+    r = run(StaticRules(dropper, after, end), enforcer=enforcer)
+    (smtp,) = r.sink.of("smtp")
+    assert at_return == [([("drop_flow", smtp["uid"], None)], True)]
+    # the other rule of the same event is not called either
+    assert seen == ["EHLO", "after:EHLO", "MAIL"]
+    (drop,) = r.sink.of("drop")
+    check(drop)
+    assert drop["action"] == "drop_flow" and drop["rule_id"] == "t.dropper" and drop["uid"] == smtp["uid"]
+    assert drop["target"] == f"{CLIENT_IP}:40000 <> {SERVER_IP}:25" and drop["enforced_by"] == "replay"
+    assert "ttl" not in drop
+    assert r.engine.drops == 1 and r.engine.late_events > 10
+    assert enforcer.verdicts.flow_dropped(SERVER_IP, 25, CLIENT_IP, 40000)   # both directions
+
+
+def test_drop_with_a_ttl_expires_in_the_verdict_table():
+    @rule(hooks.command, id="t.dropper")
+    def dropper(flow, command):
+        if command.verb == "MAIL":
+            flow.drop(ttl=30)
+            flow.drop(ttl=30)          # once is enough: not a second verdict
+
+    r = run(StaticRules(dropper))
+    (drop,) = r.sink.of("drop")
+    check(drop)
+    assert drop["ttl"] == 30
+    v = r.enforcer.verdicts
+    assert v.flow_dropped(CLIENT_IP, 40000, SERVER_IP, 25, drop["ts"] + 29)
+    assert not v.flow_dropped(CLIENT_IP, 40000, SERVER_IP, 25, drop["ts"] + 31)
+
+
+def test_ban_source_bans_the_client_prefix_and_stops_the_flow():
+    seen = []
+
+    @rule(hooks.command, id="t.banner")
+    def banner(flow, command):
+        seen.append(command.verb)
+        if command.verb == "MAIL":
+            flow.ban_source(ttl=600, prefix=24)
+
+    r = run(StaticRules(banner))
+    assert r.enforcer.calls == [("ban", "192.0.2.0/24", 600)]
+    (drop,) = r.sink.of("drop")
+    check(drop)
+    assert (drop["action"], drop["target"], drop["ttl"], drop["rule_id"]) == ("ban_source", "192.0.2.0/24", 600, "t.banner")
+    assert seen == ["EHLO", "MAIL"] and r.engine.bans == 1
+    v = r.enforcer.verdicts
+    assert v.banned("192.0.2.200", drop["ts"]) and not v.banned("192.0.3.1", drop["ts"])
+    assert not v.banned("192.0.2.200", drop["ts"] + 601)
+
+
+def test_ban_source_without_prefix_bans_the_address_alone():
+    @rule(hooks.connection, id="t.banner")
+    def banner(flow):
+        flow.ban_source()
+
+    r = run(StaticRules(banner))
+    assert r.enforcer.calls == [("ban", "192.0.2.10/32", 3600.0)]
+
+
+def test_bypass_asks_the_enforcer_once_and_rules_stop_seeing_the_flow():
+    seen = []
+
+    @rule(hooks.command, id="t.bypasser")
+    def bypasser(flow, command):
+        seen.append(command.verb)
+        if command.verb == "EHLO":
+            flow.bypass()
+            flow.bypass()
+
+    r = run(StaticRules(bypasser))
+    (smtp,) = r.sink.of("smtp")
+    assert r.enforcer.calls == [("bypass", smtp["uid"], 3600.0)]
+    assert seen == ["EHLO"]
+    assert r.sink.of("drop") == []
+
+
+def test_a_streamed_rule_can_alert_and_drop_mid_message():
+    @rule(hooks.mail_content, id="t.scanner", streamed=True)
+    async def scanner(flow, content):
+        async for chunk in content:
+            if b"abcdef" in chunk:
+                alert(description="pattern in content", severity="high", offset=content.offset)
+                flow.drop()
+                return
+
+    @rule(hooks.message_end, id="t.end")
+    def end(flow, end):
+        alert(description="not reached", severity="low")
+
+    r = run(StaticRules(scanner, end), content_chunk=256, cut=100)
+    (a,) = r.sink.of("alert")
+    check(a)
+    assert a["alert"]["signature_id"] == "t.scanner" and a["alert"]["metadata"] == {"offset": 256}
+    (drop,) = r.sink.of("drop")
+    assert drop["rule_id"] == "t.scanner"
+
+
+def test_a_stream_cut_short_by_a_drop_is_closed_in_its_rule_context():
+    """When the flow is dropped mid-message by another rule, a streamed rule's
+    ``finally`` runs at the end of the connection, as its rule: it may alert,
+    and an exception there is a rule error, not an engine failure."""
+    @rule(hooks.mail_content, id="t.dropper", streamed=True)
+    async def dropper(flow, content):
+        async for chunk in content:
+            flow.drop()
+
+    @rule(hooks.mail_content, id="t.last_words", streamed=True)
+    async def last_words(flow, content):
+        n = 0
+        try:
+            async for chunk in content:
+                n += len(chunk)
+        finally:
+            alert(description="stream cut", severity="low", read=n)
+
+    @rule(hooks.mail_content, id="t.broken_finally", streamed=True)
+    async def broken_finally(flow, content):
+        try:
+            async for chunk in content:
+                pass
+        finally:
+            raise KeyError("cleanup bug")
+
+    r = run(StaticRules(dropper, last_words, broken_finally), content_chunk=256, cut=100)
+    (a,) = r.sink.of("alert")
+    assert a["alert"]["signature_id"] == "t.last_words" and a["alert"]["metadata"] == {"read": 0}
+    assert r.engine.errors == 1 and broken_finally.__rule__.errors == 1
+
+
+# ---------------------------------------------------------------- reload
+
+STREAM_RULE = '''
+from sensor.rules import alert, hooks, rule
+
+@rule(hooks.mail_content, id="reload.stream", rev={rev}, streamed=True)
+async def stream(flow, content):
+    n = 0
+    async for chunk in content:
+        n += len(chunk)
+    alert(description="{version}", severity="low", octets=n)
+'''
+
+
+def test_a_stream_running_during_a_reload_finishes_on_the_code_it_started_with(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    path = write(rules / "stream.py", STREAM_RULE.format(rev=1, version="v1"))
+    ruleset = RuleSet(rules)
+    body = b"Subject: reload\r\n\r\n" + b"w" * 3000 + b"\r\n"
+    segments = session_segments(message_dialogue(body, messages=2), cut=200)
+    first = next(i for i, s in enumerate(segments) if s.payload.startswith(b"Subject: reload"))
+    r = Run(ruleset, content_chunk=256)
+    r.feed(segments[:first + 5])                          # the first message is streaming
+    write(path, STREAM_RULE.format(rev=2, version="v2"))
+    assert ruleset.poll() and ruleset.for_hook(hooks.mail_content)[0].rev == 2
+    r.feed(segments[first + 5:]).finish()
+    assert [(a["signature"], a["rev"], a["metadata"]["octets"]) for a in r.alerts()] == [
+        ("v1", 1, len(body)), ("v2", 2, len(body))]
+    assert r.engine.errors == 0
+
+
+def test_flow_state_survives_a_reload(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    v1 = '''
+    from sensor.rules import hooks, rule
+
+    @rule(hooks.command, id="state.remember")
+    def remember(flow, command):
+        if command.verb == "MAIL":
+            flow.scratch["mail_seen_by"] = "v1"
+    '''
+    v2 = '''
+    from sensor.rules import alert, hooks, rule
+
+    @rule(hooks.command, id="state.remember")
+    def remember(flow, command):
+        if command.verb == "RCPT":
+            alert(description="v2", severity="low", by=flow.scratch.get("mail_seen_by"),
+                  sender=flow.transaction.mailfrom, depth=flow.transaction.depth)
+    '''
+    path = write(rules / "state.py", v1)
+    ruleset = RuleSet(rules)
+    segments = session_segments(DIALOGUE)
+    mail = next(i for i, s in enumerate(segments) if s.payload.startswith(b"MAIL"))
+    r = Run(ruleset).feed(segments[:mail + 1])
+    write(path, v2)
+    assert ruleset.poll()
+    r.feed(segments[mail + 1:]).finish()
+    assert [a["metadata"] for a in r.alerts()] == [
+        {"by": "v1", "sender": "alice@example.org", "depth": 1}] * 2
+
+
+def test_a_rule_removed_by_a_reload_is_not_called_any_more(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    path = write(rules / "gone.py", '''
+    from sensor.rules import alert, hooks, rule
+
+    @rule(hooks.command, id="gone.cmd")
+    def cmd(flow, command):
+        alert(description=command.verb, severity="low")
+    ''')
+    ruleset = RuleSet(rules)
+    segments = session_segments(DIALOGUE)
+    mail = next(i for i, s in enumerate(segments) if s.payload.startswith(b"MAIL"))
+    r = Run(ruleset).feed(segments[:mail + 1])
+    path.unlink()
+    assert ruleset.poll()
+    r.feed(segments[mail + 1:]).finish()
+    assert [a["signature"] for a in r.alerts()] == ["EHLO", "MAIL"]
+
+
+def test_rule_flow_is_what_rules_get():
+    got = []
+
+    @rule(hooks.connection, id="t.type")
+    def kind(flow):
+        got.append(isinstance(flow, RuleFlow))
+
+    run(StaticRules(kind))
+    assert got == [True]
