@@ -75,15 +75,36 @@ class _Stream:
         self.rule, self.coro, self.content = rule, coro, content
 
 
+_FRESH, _OPEN, _CLOSED = 0, 1, 2
+#: commands that end the transaction under way (as the dissector does)
+_CLOSING_VERBS = frozenset(("HELO", "EHLO", "LHLO", "RSET", "QUIT"))
+
+
 class Transaction:
     """The transaction under way, as rules see it."""
 
-    __slots__ = ("mailfrom", "rcptto", "depth")
+    __slots__ = ("mailfrom", "rcptto", "depth", "_has_mail", "_state")
 
     def __init__(self, depth: int = 1):
         self.mailfrom: str | None = None
         self.rcptto: list[str] = []
         self.depth = depth
+        self._has_mail = False     # a MAIL was seen (its address may be None: unparsable)
+        # the dissector's view: _FRESH (not begun), _OPEN (a MAIL, RCPT, DATA
+        # or BDAT began it), _CLOSED (RSET, HELO, QUIT or the end of its
+        # message ended it; still shown until its record or the next one)
+        self._state = _FRESH
+
+    def _next(self, flow) -> "Transaction":
+        """The transaction the next MAIL, RCPT, DATA or BDAT belongs to."""
+        if self._state == _CLOSED:
+            flow.transaction = Transaction(self.depth + 1)
+            return flow.transaction
+        return self
+
+    def _close(self) -> None:
+        if self._state == _OPEN:
+            self._state = _CLOSED
 
     def __repr__(self):
         return f"<Transaction {self.depth} from={self.mailfrom!r} to={self.rcptto!r}>"
@@ -197,17 +218,31 @@ class RuleEngine:
                 # (MailFrom/RcptTo): rules see the command once it is known
                 flow.scratch_cmd = ev
             else:
+                if ev.verb in ("DATA", "BDAT"):
+                    flow.transaction._next(flow)._state = _OPEN
                 self._run_list(by_hook["command"], flow, ev)
+                if ev.verb in _CLOSING_VERBS:
+                    flow.transaction._close()
         elif kind is sev.Reply:
             self._run_list(by_hook["response"], flow, ev)
         elif kind is sev.MailFrom:
-            depth = flow.transaction.depth + (flow.transaction.mailfrom is not None)
-            flow.transaction = Transaction(depth)
-            flow.transaction.mailfrom = ev.address
+            # the dissector's transactions (was: a new one at every MAIL, and
+            # the transaction ended by RSET or HELO kept taking recipients
+            # until its record came): a MAIL opens a new one after the last
+            # one ended or inside one that had its MAIL (nested); recipients
+            # sent before any MAIL belong to the transaction the MAIL joins
+            cur = flow.transaction._next(flow)
+            if cur._has_mail:
+                cur = flow.transaction = Transaction(cur.depth + 1)
+            cur.mailfrom = ev.address
+            cur._has_mail = True
+            cur._state = _OPEN
             self._pending_command(flow, by_hook)
         elif kind is sev.RcptTo:
+            cur = flow.transaction._next(flow)
+            cur._state = _OPEN
             if ev.address is not None:
-                flow.transaction.rcptto.append(ev.address)
+                cur.rcptto.append(ev.address)
             self._pending_command(flow, by_hook)
         elif kind is sev.MessageHeaders:
             self._start_content(flow)
@@ -223,13 +258,16 @@ class RuleEngine:
                 self._start_content(flow)
             self._end_content(flow)
             self._run_list(by_hook["message_end"], flow, ev)
+            flow.transaction._close()       # the end of its message ends it
         elif kind is sev.Transaction:
             rules = by_hook["transaction"]
             if rules:
                 self._run_list(rules, flow, records.smtp_record(session.flow, ev))
-            cur = flow.transaction
-            # with pipelining the next MAIL may already be under way: keep it
-            if cur.mailfrom == ev.mailfrom and tuple(cur.rcptto) == tuple(ev.rcptto):
+            # with pipelining or a nested MAIL the next transaction may already
+            # be under way (a higher depth): keep it.  (Was: compared by
+            # sender and recipients, so a nested MAIL from the same sender
+            # lost its sender when the transaction it closed was reported.)
+            if ev.trans_depth >= flow.transaction.depth:
                 flow.transaction = Transaction(ev.trans_depth + 1)
         elif kind is sev.Anomaly:
             rules = by_hook["anomaly"]

@@ -11,6 +11,7 @@ import sys
 import time
 import tracemalloc
 
+from hypothesis import given, settings, strategies as st
 from record_schemas import check
 from rules_helpers import (CLIENT_IP, CONTENT, DIALOGUE, SERVER_IP, RecordingEnforcer, Run,
                            StaticRules, message_dialogue, run, session_segments, write)
@@ -124,6 +125,71 @@ def test_the_second_transaction_of_a_connection_is_depth_2_and_starts_empty():
                     ("RCPT", 1, "alice@example.org", ["bob@example.net"]),
                     ("MAIL", 2, "alice@example.org", []),
                     ("RCPT", 2, "alice@example.org", ["bob@example.net"])]
+
+
+_COMMANDS = [b"MAIL FROM:<a@x.example>", b"MAIL FROM:<b@x.example>", b"MAIL FROM:<>",
+             b"MAIL FROM:garbage", b"RCPT TO:<c@y.example>", b"RCPT TO:<d@y.example>",
+             b"RSET", b"EHLO again.example", b"NOOP", b"DATA"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(commands=st.lists(st.sampled_from(_COMMANDS), min_size=1, max_size=12),
+       pipelined=st.booleans(), rejects=st.lists(st.booleans(), min_size=12, max_size=12))
+def test_flow_transaction_is_the_transaction_the_dissector_reports(commands, pipelined, rejects):
+    """Whatever the order of MAIL, RCPT, DATA, RSET and EHLO (nested MAIL,
+    RCPT before MAIL, unparsable addresses, rejections, pipelining), the
+    sender, recipients and depth a command or message_end rule sees are
+    those of the transaction record that follows."""
+    seen, records = {}, []
+
+    def remember(flow):
+        t = flow.transaction
+        if t.mailfrom is not None or t.rcptto:
+            seen[t.depth] = (t.mailfrom, list(t.rcptto))
+
+    @rule(hooks.command, id="t.command")
+    def on_command(flow, command):
+        remember(flow)
+
+    @rule(hooks.message_end, id="t.message_end")
+    def on_message_end(flow, end):
+        remember(flow)
+
+    @rule(hooks.transaction, id="t.transaction")
+    def on_transaction(flow, record):
+        records.append((record["trans_depth"], record.get("mailfrom"), record.get("rcptto", [])))
+
+    dialogue = [(False, b"220 mx\r\n"), (True, b"EHLO c.example\r\n"), (False, b"250 mx\r\n")]
+    client, server = [], []
+
+    def flush():
+        if client:
+            dialogue.extend([(True, b"".join(client)), (False, b"".join(server))])
+            client.clear()
+            server.clear()
+
+    for command, rejected in zip(commands, rejects):
+        client.append(command + b"\r\n")
+        if command == b"DATA":
+            server.append(b"554 no\r\n" if rejected else b"354 go\r\n")
+            flush()
+            if not rejected:
+                client.append(b"Subject: s\r\n\r\nhi\r\n.\r\n")
+                server.append(b"250 queued\r\n")
+        else:
+            server.append(b"550 no\r\n" if rejected else b"250 ok\r\n")
+        if not pipelined:
+            flush()
+    flush()
+    dialogue += [(True, b"QUIT\r\n"), (False, b"221 bye\r\n")]
+    r = run(StaticRules(on_command, on_message_end, on_transaction), dialogue)
+    assert r.engine.errors == 0
+    for depth, mailfrom, rcptto in records:
+        if depth in seen:
+            sender, recipients = seen[depth]
+            # the record's rcptto is Zeek's set (each address once); the
+            # flow's is every RCPT as sent
+            assert (sender, list(dict.fromkeys(recipients))) == (mailfrom, rcptto), (depth, records, seen)
 
 
 def test_the_flow_names_the_connection_like_the_records_do():
