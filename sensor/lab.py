@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .errors import SensorError
-from .netns import NETNS_RUN_DIR, _setns, iproute
+from .netns import iproute, socket_in
 
 SERVER_V4, CLIENT_V4, SPAMMER_V4 = "192.0.2.25", "192.0.2.10", "192.0.2.66"
 SERVER_V6, CLIENT_V6 = "2001:db8:25::25", "2001:db8:25::10"
@@ -310,22 +310,6 @@ def _kill_namespace_processes(name: str) -> None:
             pass
     if result.stdout.strip():
         time.sleep(0.05)
-
-
-def socket_in(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A socket made inside a named network namespace (setns in this thread
-    and back; the socket stays in the namespace it was made in)."""
-    target = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            return socket.socket(family, kind)
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
 
 
 # ------------------------------------------------------------------ Postfix

@@ -26,7 +26,13 @@ def _setns(fd: int) -> None:
 
 
 def netlink_socket(netns: str) -> socket.socket:
-    """A NETLINK_ROUTE socket living in the named namespace.
+    """A NETLINK_ROUTE socket living in the named namespace."""
+    return socket_in(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+
+
+def socket_in(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+              proto: int = 0) -> socket.socket:
+    """A socket made inside the named network namespace.
 
     The calling thread enters the namespace (setns), creates the socket and
     comes back: a socket stays in the namespace it was created in.  No child
@@ -40,7 +46,7 @@ def netlink_socket(netns: str) -> socket.socket:
     try:
         _setns(target)
         try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+            return socket.socket(family, kind, proto)
         finally:
             _setns(home)
     except OSError as exc:

@@ -1,40 +1,54 @@
-"""A packet capture on a lab interface (dumpcap inside the namespace), for
-tests that compare what the live sensor logged with a replay of the wire."""
+"""A packet capture on a lab interface, for tests that compare what the
+live sensor logged with a replay of the wire.
+
+An AF_PACKET socket made inside the namespace (so it is bound before the
+constructor returns: nothing is missed at the start, unlike dumpcap, which
+was seen to start capturing a few hundred ms after writing its file header),
+read by a thread into a pcap file; ``stop()`` drains the socket first.
+"""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
+import select
+import socket
+import threading
 import time
 from pathlib import Path
+
+from sensor.netns import socket_in
+from sensor.pcapwriter import PcapWriter
+
+ETH_P_ALL = 0x0003
+LINKTYPE_ETHERNET = 1
 
 
 class Capture:
     def __init__(self, lab, ns: str, ifname: str, path: Path):
         self.path = path
-        dumpcap = shutil.which("dumpcap")
-        if dumpcap is None:
-            raise RuntimeError("dumpcap is missing (the tshark package brings it; ./run setup installs it)")
-        self.proc = subprocess.Popen(lab.exec_argv(ns, dumpcap, "-q", "-P", "-i", ifname, "-w", str(path)),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        # dumpcap writes the file header once it captures
-        while not (path.exists() and path.stat().st_size >= 24):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dumpcap failed: {self.proc.stderr.read()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("dumpcap did not start within 10 s")
-            time.sleep(0.02)
-        time.sleep(0.2)    # the socket is bound before the header is written; give it a moment
+        self.sock = socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind((ifname, 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.writer = PcapWriter(path, LINKTYPE_ETHERNET)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        sock, writer = self.sock, self.writer
+        while True:
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if not ready:
+                if self._stop.is_set():
+                    return
+                continue
+            frame = sock.recv(65536)
+            writer.write(time.time(), frame)
 
     def stop(self) -> Path:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if not self._stop.is_set():
+            time.sleep(0.05)
+            self._stop.set()
+            self._thread.join()
+            self.sock.close()
+            self.writer.close()
         return self.path
