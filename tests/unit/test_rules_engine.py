@@ -111,6 +111,18 @@ def test_mail_and_rcpt_rules_see_the_parsed_address_in_the_transaction_even_pipe
     ]
 
 
+def test_the_reply_to_the_end_of_a_message_sees_the_message_s_transaction():
+    seen = []
+
+    @rule(hooks.response, id="t.response")
+    def on_response(flow, reply):
+        if reply.command in (".", "QUIT"):
+            seen.append((reply.command, flow.transaction.depth, flow.transaction.mailfrom))
+
+    run(StaticRules(on_response))
+    assert seen == [(".", 1, "alice@example.org"), ("QUIT", 2, None)]
+
+
 def test_the_second_transaction_of_a_connection_is_depth_2_and_starts_empty():
     seen = []
 
