@@ -31,7 +31,7 @@ def _captures():
 
 
 def test_every_schema_is_a_valid_json_schema():
-    assert {"anomaly", "smtp", "alert", "drop"} <= set(record_types())
+    assert {"anomaly", "smtp", "alert", "drop", "notice"} <= set(record_types())
     for name in record_types():
         validator(name)
 

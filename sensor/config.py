@@ -1,0 +1,504 @@
+"""The sensor's configuration: a TOML file, validated before anything starts.
+
+    config = load("/etc/smtp-sensor/sensor.toml")   # or Config() for the defaults
+    config.sensor.interfaces, config.limits.smtp, config.spam_stats.threshold
+
+Tables (``docs/config.example.toml`` documents every key):
+
+* ``[sensor]``: interfaces, namespace, ports, XDP mode, pin folder, rules
+  folder, output, state file and snapshot interval.
+* ``[limits.smtp]`` / ``[limits.reassembly]``: overrides of the fields of
+  :class:`sensor.smtp.Limits` and :class:`sensor.reassembly.Limits`, by name.
+* ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
+  statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
+  :mod:`sensor.spamstats`).
+
+Every mistake is a :class:`ConfigError` (a :class:`SensorError`): one line
+naming the file, the table and the key, e.g.
+``sensor.toml: [spam_stats] percent: must be an integer 0..100, got 130``.
+Unknown tables and keys are errors (with a "did you mean"), never ignored.
+The section dataclasses validate themselves the same way when built in code
+(``SpamStatsConfig(threshold=5)``), so a test or the lab cannot build a
+configuration the file would refuse.  Durations are seconds, as a number or
+a string such as ``"90s"``, ``"60m"``, ``"1h"``, ``"1h30m"``, ``"60 mins"``.
+Relative paths in a file are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from . import abi
+from .errors import SensorError
+from .reassembly import Limits as ReassemblyLimits
+from .smtp.limits import Limits as SmtpLimits
+
+__all__ = [
+    "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "ConfigError",
+    "load", "loads", "from_dict", "parse_duration", "NOTICE_TYPES",
+    "POSSIBLE_SPAM", "POSSIBLE_INTERNAL_SPAM", "STRANGE_REJECT_BEHAVIOR",
+]
+
+#: the seed's notice types (``redef enum Notice += {...}``)
+POSSIBLE_SPAM = "SMTP_PossibleSpam"
+POSSIBLE_INTERNAL_SPAM = "SMTP_PossibleInternalSpam"
+STRANGE_REJECT_BEHAVIOR = "SMTP_StrangeRejectBehavior"
+NOTICE_TYPES = (POSSIBLE_SPAM, POSSIBLE_INTERNAL_SPAM, STRANGE_REJECT_BEHAVIOR)
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/smtp-sensor") / f"v{abi.ABI_VERSION}"
+XDP_MODES = ("auto", "native", "generic")
+WINDOWS = ("fixed", "sliding")
+IFNAMSIZ = 16
+
+
+class ConfigError(SensorError):
+    """A configuration mistake: ``source: [table] key: problem`` on one line."""
+
+    def __init__(self, table: str | None, key: str | None, problem: str, source: str | None = None):
+        self.table, self.key, self.problem, self.source = table, key, problem, source
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = []
+        if self.source:
+            where.append(f"{self.source}:")
+        if self.table:
+            where.append(f"[{self.table}]")
+        if self.key:
+            where.append(f"{self.key}:")
+        return " ".join(where + [self.problem])
+
+    def located(self, source: str) -> "ConfigError":
+        return ConfigError(self.table, self.key, self.problem, source)
+
+
+class _Bad(Exception):
+    """A value's problem, before we know which key it belongs to."""
+
+
+# ---------------------------------------------------------------- value checks
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"         # as TOML spells it
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value, lo=None, hi=None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"must be an integer{_range(lo, hi)}, got {_show(value)}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise _Bad(f"must be an integer{_range(lo, hi)}, got {value}")
+    return value
+
+
+def _range(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f" {lo}..{hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    return ""
+
+
+def _number(value, lo=0.0, positive=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Bad(f"must be a number, got {_show(value)}")
+    if value < lo or (positive and value <= 0):
+        raise _Bad(f"must be {'> 0' if positive else f'>= {lo:g}'}, got {value}")
+    return float(value)
+
+
+def _bool(value) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _str(value, choices=None, empty=False) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_show(value)}")
+    if choices is not None and value not in choices:
+        raise _Bad(f"must be one of {', '.join(choices)}; got {value!r}")
+    if not empty and not value.strip():
+        raise _Bad("must not be empty")
+    return value
+
+
+def _path(value) -> Path:
+    if isinstance(value, Path):
+        return value
+    return Path(_str(value))
+
+
+def _optional(check):
+    def inner(value, *args, **kw):
+        return None if value is None else check(value, *args, **kw)
+    return inner
+
+
+def _list(value, what: str) -> list:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise _Bad(f"must be a list of {what}, got {_show(value)}")
+    return list(value)
+
+
+_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+          "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+          "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
+          "d": 86400, "day": 86400, "days": 86400}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)\s*")
+_DURATION_HINT = 'a number of seconds or a string like "30s", "60m", "1h", "1h30m"'
+
+
+def parse_duration(value, *, positive=False) -> float:
+    """Seconds from a number or a string such as ``"60m"``, ``"1h30m"``, ``"60 mins"``.
+
+    Raises ValueError with a one-line reason."""
+    try:
+        return _duration(value, positive=positive)
+    except _Bad as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _duration(value, positive=False) -> float:
+    if isinstance(value, str):
+        pos, total, text = 0, 0.0, value
+        if not text.strip():
+            raise _Bad(f"must be {_DURATION_HINT}, got {_show(value)}")
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos or m.group(2).lower() not in _UNITS:
+                raise _Bad(f"must be {_DURATION_HINT}, got {_show(value)}")
+            total += float(m.group(1)) * _UNITS[m.group(2).lower()]
+            pos = m.end()
+        if pos != len(text):
+            raise _Bad(f"must be {_DURATION_HINT}, got {_show(value)}")
+        value = total
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Bad(f"must be {_DURATION_HINT}, got {_show(value)}")
+    if value < 0 or (positive and value == 0):
+        raise _Bad(f"must be {'> 0' if positive else '>= 0'} seconds, got {_show(value)}")
+    return float(value)
+
+
+def _networks(value) -> tuple:
+    out = []
+    for item in _list(value, 'CIDR prefixes such as "192.0.2.0/24"'):
+        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            out.append(item)
+            continue
+        if not isinstance(item, str):
+            raise _Bad(f'must be a list of CIDR prefixes such as "192.0.2.0/24", got {_show(item)}')
+        try:
+            # Zeek's subnet literals: host bits are cleared (10.1.2.3/8 is 10.0.0.0/8)
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise _Bad(f"{item!r} is not a CIDR prefix (e.g. 192.0.2.0/24, 2001:db8::/32, 192.0.2.7)") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _ports(value) -> tuple:
+    ports = tuple(_int(p, 1, 65535) for p in _list(value, "ports 1..65535"))
+    if not ports:
+        raise _Bad("must list at least one port")
+    return tuple(dict.fromkeys(ports))
+
+
+def _interfaces(value) -> tuple:
+    names = []
+    for name in _list(value, "interface names"):
+        name = _str(name)
+        if len(name) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+            raise _Bad(f"{name!r} is not an interface name (at most {IFNAMSIZ - 1} characters, no '/' or spaces)")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
+def _reject_codes(value) -> frozenset:
+    codes = frozenset(_int(c, 200, 599) for c in _list(value, "reply codes 200..599"))
+    if not codes:
+        raise _Bad("must list at least one reply code")
+    return codes
+
+
+def _bans(value) -> MappingProxyType:
+    if not isinstance(value, (dict, MappingProxyType)):
+        raise _Bad(f"must be a table of notice type = TTL, got {_show(value)}")
+    out = dict(_DEFAULT_BANS)
+    for note, ttl in value.items():
+        if note not in NOTICE_TYPES:
+            raise ConfigError("spam_stats.ban", None, _unknown(note, NOTICE_TYPES))
+        try:
+            out[note] = _duration(ttl)
+        except _Bad as exc:
+            raise ConfigError("spam_stats.ban", note, f"{exc} (0 turns the ban off)") from None
+    return MappingProxyType(out)
+
+
+def _unknown(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(known)})"
+    return f'unknown key "{key}"{hint}'
+
+
+# ---------------------------------------------------------------- sections
+
+def _validate(obj, table: str, checks: dict) -> None:
+    """Run each field through its check, storing the normalised value."""
+    for name, check in checks.items():
+        try:
+            object.__setattr__(obj, name, check(getattr(obj, name)))
+        except _Bad as exc:
+            raise ConfigError(table, name, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """``[sensor]``: what to attach to and where things go."""
+
+    #: interfaces to attach to (XDP ingress, TC egress); empty: none configured
+    interfaces: tuple[str, ...] = ()
+    #: network namespace the interfaces live in (None: the sensor's own)
+    netns: str | None = None
+    #: SMTP server ports, filtered in the kernel and used to orient flows
+    ports: tuple[int, ...] = (25, 587)
+    #: XDP attach mode
+    xdp_mode: str = "auto"
+    #: folder under /sys/fs/bpf holding the pinned ban and drop maps
+    pin_dir: Path = DEFAULT_PIN_DIR
+    #: rules folder (None: no rules)
+    rules: Path | None = None
+    #: where records go: a file path (appended to), or "-" for stdout
+    output: str = "-"
+    #: snapshot of the reject statistics and bans (None: nothing persisted)
+    state_file: Path | None = None
+    #: seconds between snapshots (one is also written at shutdown)
+    snapshot_interval: float = 300.0
+
+    def __post_init__(self):
+        _validate(self, "sensor", {
+            "interfaces": _interfaces,
+            "netns": _optional(_str),
+            "ports": _ports,
+            "xdp_mode": lambda v: _str(v, XDP_MODES),
+            "pin_dir": _path,
+            "rules": _optional(_path),
+            "output": lambda v: str(v) if isinstance(v, Path) else _str(v),
+            "state_file": _optional(_path),
+            "snapshot_interval": lambda v: _duration(v, positive=True),
+        })
+
+    @property
+    def output_path(self) -> Path | None:
+        """The output file, or None for stdout."""
+        return None if self.output == "-" else Path(self.output)
+
+
+def _limits_check(cls, table: str, label: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def check(value):
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, (dict, MappingProxyType)):
+            raise _Bad(f"must be a table of {label} fields, got {_show(value)}")
+        changes = {}
+        for name, v in value.items():
+            if name not in fields:
+                raise ConfigError(table, None, _unknown(name, fields))
+            default = fields[name].default
+            try:
+                if isinstance(default, bool):
+                    changes[name] = _bool(v)
+                elif isinstance(default, int):
+                    changes[name] = _int(v, 1)
+                else:
+                    changes[name] = _number(v, positive=name in _POSITIVE_LIMITS)
+            except _Bad as exc:
+                raise ConfigError(table, name, str(exc)) from None
+        return cls(**changes)
+    return check
+
+
+# float limits for which 0 makes no sense (others, such as delays, may be 0)
+_POSITIVE_LIMITS = {"idle_timeout"}
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits.smtp]`` and ``[limits.reassembly]``: named limits, overridden by name."""
+
+    smtp: SmtpLimits = field(default_factory=SmtpLimits)
+    reassembly: ReassemblyLimits = field(default_factory=ReassemblyLimits)
+
+    def __post_init__(self):
+        _validate(self, "limits", {
+            "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.Limits"),
+            "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.reassembly.Limits"),
+        })
+
+
+_DEFAULT_BANS = MappingProxyType({
+    POSSIBLE_SPAM: 3600.0,
+    POSSIBLE_INTERNAL_SPAM: 3600.0,
+    STRANGE_REJECT_BEHAVIOR: 0.0,     # a known mail server: tell, never cut it off by default
+})
+
+
+@dataclass(frozen=True)
+class SpamStatsConfig:
+    """``[spam_stats]``: the seed's constants and ours (see :mod:`sensor.spamstats`)."""
+
+    #: count and check at all
+    enabled: bool = True
+    #: seed ``spam_threshold``: connections in a window before a host is judged
+    threshold: int = 300
+    #: seed ``spam_percent``: rejected share (integer percent, rounded down) that raises a notice
+    percent: int = 30
+    #: seed ``spam_inspect_period``: window length, seconds
+    period: float = 3600.0
+    #: seconds between periodic checks (None: ``period``, as in the seed)
+    check_interval: float | None = None
+    #: seed ``smtp_reject_codes``
+    reject_codes: frozenset = frozenset({550, 551, 553, 554})
+    #: seed ``local_mail``: known mail servers (SMTP_StrangeRejectBehavior)
+    local_mail: tuple = ()
+    #: Zeek's ``Site::local_nets`` (``is_local_addr``): SMTP_PossibleInternalSpam
+    local_networks: tuple = ()
+    #: "fixed": a window of ``period`` from a host's first sighting (the seed's
+    #: create_expire); "sliding": the last ``period``, in ``sliding_buckets`` steps
+    window: str = "fixed"
+    #: buckets of a sliding window (its resolution is period / sliding_buckets)
+    sliding_buckets: int = 12
+    #: one notice per host and type within this many seconds (None: ``period``)
+    suppress_for: float | None = None
+    #: hosts tracked at once; past it one of the least active is evaluated and evicted
+    max_hosts: int = 100_000
+    #: recipients kept per host (and per connection); more are counted, not kept
+    max_recipients: int = 100
+    #: distinct reject replies sampled per host for the notice
+    max_samples: int = 5
+    #: hosts never banned (they still get notices)
+    allow: tuple = ()
+    #: ``[spam_stats.ban]``: notice type -> ban TTL in seconds (0: no ban)
+    ban: MappingProxyType = field(default_factory=lambda: _DEFAULT_BANS)
+
+    def __post_init__(self):
+        _validate(self, "spam_stats", {
+            "enabled": _bool,
+            "threshold": lambda v: _int(v, 1),
+            "percent": lambda v: _int(v, 0, 100),
+            "period": lambda v: _duration(v, positive=True),
+            "check_interval": _optional(lambda v: _duration(v, positive=True)),
+            "reject_codes": _reject_codes,
+            "local_mail": _networks,
+            "local_networks": _networks,
+            "window": lambda v: _str(v, WINDOWS),
+            "sliding_buckets": lambda v: _int(v, 1, 3600),
+            "suppress_for": _optional(_duration),
+            "max_hosts": lambda v: _int(v, 1),
+            "max_recipients": lambda v: _int(v, 0),
+            "max_samples": lambda v: _int(v, 0),
+            "allow": _networks,
+            "ban": _bans,
+        })
+
+    @property
+    def check_every(self) -> float:
+        """Seconds between periodic checks: ``check_interval``, else ``period`` (the seed)."""
+        return self.period if self.check_interval is None else self.check_interval
+
+    @property
+    def suppression(self) -> float:
+        """Seconds a notice suppresses the next one: ``suppress_for``, else ``period``."""
+        return self.period if self.suppress_for is None else self.suppress_for
+
+    def ban_ttl(self, note: str) -> float:
+        """Seconds a notice of this type bans its host for (0: no ban)."""
+        return self.ban.get(note, 0.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    sensor: SensorConfig = field(default_factory=SensorConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    spam_stats: SpamStatsConfig = field(default_factory=SpamStatsConfig)
+    #: the file it was read from (None: defaults or built in code)
+    source: Path | None = None
+
+
+_SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamStatsConfig}
+
+
+# ---------------------------------------------------------------- loading
+
+def load(path) -> Config:
+    """Read and validate a TOML config file; every problem is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(None, None, f"cannot read the config: {exc.strerror or exc}", str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(None, None, f"not UTF-8 text (byte {exc.start})", str(path)) from None
+    return loads(text, source=path)
+
+
+def loads(text: str, source=None) -> Config:
+    """Parse TOML text (``source``: the name errors give, and the folder relative paths start from)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:      # Python 3.10
+        raise ConfigError(None, None, "reading TOML needs Python 3.11 or later (tomllib)",
+                          str(source) if source else None) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(None, None, f"not valid TOML: {exc}", str(source) if source else None) from None
+    return from_dict(data, source)
+
+
+def from_dict(data: dict, source=None) -> Config:
+    """A Config from already parsed TOML (a dict of tables)."""
+    name = str(source) if source is not None else None
+    try:
+        return _from_dict(data, Path(source) if source is not None else None)
+    except ConfigError as exc:
+        raise exc.located(name) if name else exc from None
+
+
+def _from_dict(data: dict, source: Path | None) -> Config:
+    sections = {}
+    for key, value in data.items():
+        if key not in _SECTIONS:
+            raise ConfigError(None, None, _unknown(key, _SECTIONS).replace("key", "table", 1))
+        if not isinstance(value, dict):
+            raise ConfigError(None, key, f"must be a table ([{key}]), got {_show(value)}")
+        cls = _SECTIONS[key]
+        known = [f.name for f in dataclasses.fields(cls)]
+        for k in value:
+            if k not in known:
+                raise ConfigError(key, None, _unknown(k, known))
+        sections[key] = cls(**value)
+    config = Config(**sections, source=source)
+    if source is not None:
+        config = dataclasses.replace(config, sensor=_relative_to(config.sensor, source.parent))
+    return config
+
+
+def _relative_to(sensor: SensorConfig, base: Path) -> SensorConfig:
+    changes = {}
+    for name in ("pin_dir", "rules", "state_file"):
+        value = getattr(sensor, name)
+        if value is not None and not value.is_absolute():
+            changes[name] = base / value
+    if sensor.output != "-" and not Path(sensor.output).is_absolute():
+        changes["output"] = str(base / sensor.output)
+    return dataclasses.replace(sensor, **changes) if changes else sensor
