@@ -37,6 +37,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# --sensor-root DIR: time the sensor package of another checkout (before/after)
+if "--sensor-root" in sys.argv[:-1]:
+    ROOT = os.path.abspath(sys.argv[sys.argv.index("--sensor-root") + 1])
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
@@ -175,6 +178,8 @@ def main():
     ap.add_argument("--tshark-runs", type=int, default=1)
     ap.add_argument("--no-tshark", action="store_true")
     ap.add_argument("--profile", action="store_true", help="one extra run under cProfile")
+    ap.add_argument("--sensor-root", metavar="DIR",
+                    help="import the sensor package from DIR (another checkout) instead")
     ap.add_argument("--child", choices=("counting", "json"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     path = args.capture or f"/tmp/smtp-bench-{args.size_mb:g}mb-s{args.seed}.pcap"
@@ -190,6 +195,9 @@ def main():
           f"transactions, {ex['messages']} messages, {ex['payload_bytes'] / 1e6:.1f} MB TCP "
           f"payload  (python {sys.version.split()[0]})")
     me = [sys.executable, os.path.abspath(__file__), "--capture", path]
+    if args.sensor_root:
+        me += ["--sensor-root", args.sensor_root]
+        print(f"sensor package from {ROOT}")
     rows = []
     ok = True
     for mode, runs in (("counting", args.runs), ("json", args.json_runs)):
