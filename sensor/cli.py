@@ -15,25 +15,23 @@ from .errors import SensorError
 
 EXAMPLES = """\
 examples:
-  smtp-sensor demo                      # the netns lab: real server, real client, datapath attached
+  smtp-sensor demo                      # the netns lab: real server, real clients, rules, statistics
   smtp-sensor run -i eth1               # attach to eth1 (XDP ingress, TC egress)
-  smtp-sensor run -i eth1 -i eth2 --ports 25,587,2525
+  smtp-sensor run --config /etc/smtp-sensor/config.toml
+  smtp-sensor run -i eth1 --rules /etc/smtp-sensor/rules --ports 25,587,2525
   smtp-sensor run -i veth0 --netns mail --xdp-mode generic
   smtp-sensor run --ebpf                # print the kernel C source and exit
   smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
-  smtp-sensor replay big.pcapng -o records.json --ports 25,587,2525
   smtp-sensor replay smtp.pcap --rules rules/ --write-passed passed.pcap
-  smtp-sensor run -i eth1 --rules /etc/smtp-sensor/rules
+  smtp-sensor status                    # ask the running sensor (control socket)
+  smtp-sensor ban add 198.51.100.0/24 --ttl 3600
+  smtp-sensor ban list | smtp-sensor flows | smtp-sensor stats
+  smtp-sensor rules check rules/        # load the rules without running them
+  smtp-sensor reload                    # re-read the rules now (same as SIGHUP)
+  smtp-sensor unload                    # stop the sensor, remove the pinned maps (--keep-maps: keep bans)
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-# Samples per wakeup of the live consumer.  Batched wakeups (64) cost less CPU
-# per event, but on a quiet link the consumer then only wakes at the poll
-# timeout (50 ms): with rules, a client's whole dialogue (MAIL, RCPT, DATA, the
-# message) was over before its MAIL FROM verdict reached the kernel, and a
-# banned sender's mail was delivered.  Rules therefore get a wakeup per sample.
-RULES_WAKEUP, PASSIVE_WAKEUP = 1, 64
 
 
 class _Terminate(Exception):
@@ -74,10 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="attach to interfaces and consume events",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("-c", "--config", type=Path, help="TOML config (docs/config.example.toml); flags override it")
     run.add_argument("-i", "--interface", action="append", default=[], help="interface (repeatable)")
     run.add_argument("--netns", help="network namespace the interfaces live in")
-    run.add_argument("--ports", type=parse_ports, default=(25, 587), help="SMTP ports (default 25,587)")
-    run.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
+    run.add_argument("--ports", type=parse_ports, help="SMTP ports (default 25,587)")
+    run.add_argument("--xdp-mode", choices=["auto", "native", "generic"])
     run.add_argument("--pin-dir", type=Path, help="where bans and drops are pinned "
                      "(default /sys/fs/bpf/smtp-sensor/v<ABI>)")
     run.add_argument("-o", "--output", type=Path, help="append records to this file (default stdout)")
@@ -85,18 +84,50 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reload-interval", type=float, default=1.0, help="seconds between rule file checks")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
+    run.add_argument("--state-file", type=Path, help="snapshot of the reject statistics and bans")
     run.add_argument("--wakeup", type=positive_int, metavar="N",
-                     help="perf samples per wakeup of the consumer (default: 1 with --rules, so a verdict "
-                          f"lands before the client's next command; {PASSIVE_WAKEUP} without, for throughput)")
+                     help="perf samples per wakeup of the consumer (default: 1 with rules, so a verdict "
+                          "lands before the client's next command; 64 without, for throughput)")
+    run.add_argument("--control-socket", default=None, help="default " + _default_socket() + "; 'none': no socket")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("demo", help="the netns lab demo (needs root)")
+
+    def control(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--control-socket", default=None, help="default " + _default_socket())
+        return p
+
+    control("status", help_text="what the running sensor does: interfaces, programs, counters, rules")
+    fl = control("flows", help_text="the SMTP flows the running sensor follows")
+    fl.add_argument("--limit", type=positive_int, default=1000)
+    stt = control("stats", help_text="reject statistics per host")
+    stt.add_argument("--limit", type=positive_int, default=100)
+    control("reload", help_text="re-read the rules now (like SIGHUP)")
+    ban = sub.add_parser("ban", help="source bans in XDP: add, del, list")
+    ban_sub = ban.add_subparsers(dest="ban_command", metavar="ACTION", required=True)
+    for name, help_text in (("add", "ban a prefix"), ("del", "lift a ban"), ("list", "the bans")):
+        p = ban_sub.add_parser(name, help=help_text)
+        p.add_argument("--control-socket", default=None, help="default " + _default_socket())
+        if name != "list":
+            p.add_argument("prefix", help="address or prefix, e.g. 198.51.100.7 or 2001:db8::/48")
+        if name == "add":
+            p.add_argument("--ttl", type=float, help="seconds (default: until lifted)")
+    rules = sub.add_parser("rules", help="rules: check a directory without running it")
+    rules_sub = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    check = rules_sub.add_parser("check", help="load every rule file and rules.toml, report errors")
+    check.add_argument("directory", type=Path)
+    unload = control("unload", help_text="stop the running sensor (it detaches) and remove the pinned maps")
+    unload.add_argument("--keep-maps", action="store_true", help="keep bans and drops pinned")
+    unload.add_argument("-c", "--config", type=Path, help="config naming the pin folder")
+    unload.add_argument("--pin-dir", type=Path, help="pinned maps folder to remove")
 
     rep = sub.add_parser("replay", help="dissect a pcap or pcapng file through the live pipeline",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("capture", type=Path, help="pcap or pcapng file")
     rep.add_argument("-o", "--output", type=Path, help="write records here (default stdout)")
-    rep.add_argument("--ports", type=parse_ports, default=(25, 587), help="SMTP ports (default 25,587)")
+    rep.add_argument("-c", "--config", type=Path, help="TOML config: ports, limits, spam_stats, rules")
+    rep.add_argument("--ports", type=parse_ports, help="SMTP ports (default 25,587)")
     rep.add_argument("--lenient", action="store_true",
                      help="read what can be read of a truncated capture (a warning, exit 0)")
     rep.add_argument("--uid-seed", type=int, default=0, help="seed of the connection uids (default 0: reproducible)")
@@ -118,13 +149,6 @@ def _rule_engine(directory, sink, enforcer):
     return RuleEngine(ruleset, sink, enforcer, logger)
 
 
-_reload = {"requested": False}
-
-
-def _on_sighup(signum, frame):
-    _reload["requested"] = True
-
-
 def _open_output(path, mode="a"):
     if path is None:
         return None
@@ -134,69 +158,125 @@ def _open_output(path, mode="a"):
         raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _default_socket() -> str:
+    from .control import DEFAULT_SOCKET
+    return DEFAULT_SOCKET
+
+
+def _load_config(path):
+    from .config import Config, load
+    return load(path) if path is not None else Config()
+
+
+def resolve_run_config(args):
+    """The config file (or the defaults), with the command line's flags on top."""
+    from dataclasses import replace
+
+    cfg = _load_config(getattr(args, "config", None))
+    over = {}
+    if args.interface:
+        over["interfaces"] = tuple(args.interface)
+    for flag, key in (("netns", "netns"), ("ports", "ports"), ("xdp_mode", "xdp_mode"), ("pin_dir", "pin_dir"),
+                      ("rules", "rules"), ("state_file", "state_file")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            over[key] = value
+    if getattr(args, "output", None) is not None:
+        over["output"] = str(args.output)
+    return replace(cfg, sensor=replace(cfg.sensor, **over)) if over else cfg
+
+
 def cmd_run(args) -> int:
-    import os
+    from .service import RunOptions, Sensor
 
-    from .datapath import Datapath, DatapathConfig
-    from .live import LiveFeed
-    from .output import JsonLinesSink
-    from .pipeline import Pipeline
-
-    config = DatapathConfig(ports=args.ports)
-    if args.pin_dir:
-        config.pin_dir = args.pin_dir
-    datapath = Datapath(config)
     if args.ebpf:
-        print(datapath.source())
+        from .datapath import Datapath, DatapathConfig
+        print(Datapath(DatapathConfig(ports=args.ports or (25, 587))).source())
         return EXIT_OK
-    if not args.interface:
-        raise SensorError("no interface given: use -i IFACE (see smtp-sensor run --help)")
-    logger = structlog.get_logger("sensor")
-    out = _open_output(args.output)
-    sink = JsonLinesSink(out or sys.stdout)
-    pipeline = Pipeline(sink, ports=args.ports, uid_seed=os.urandom(12))
+    config = resolve_run_config(args)
+    socket_path = args.control_socket or _default_socket()
+    options = RunOptions(duration=args.duration, stats_interval=args.stats_interval,
+                         reload_interval=args.reload_interval, wakeup=args.wakeup,
+                         control_socket=None if socket_path == "none" else socket_path)
+    sensor = Sensor(config, options)
+
+    def on_sighup(signum, frame):
+        sensor.reload_requested = "SIGHUP"
+
+    signal.signal(signal.SIGHUP, on_sighup)
+    return sensor.run()
+
+
+def _client(args):
+    from .control import ControlClient
+    return ControlClient(args.control_socket or _default_socket())
+
+
+def _print(obj) -> None:
+    import json
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def cmd_control(args) -> int:
+    client = _client(args)
+    if args.command == "status":
+        _print(client.call("status"))
+    elif args.command == "flows":
+        _print(client.call("flows", limit=args.limit))
+    elif args.command == "stats":
+        _print(client.call("stats", limit=args.limit))
+    elif args.command == "reload":
+        result = client.call("reload")
+        _print(result)
+        return EXIT_ERROR if result.get("errors") else EXIT_OK
+    elif args.command == "ban":
+        if args.ban_command == "add":
+            _print(client.call("ban_add", prefix=args.prefix, ttl=args.ttl))
+        elif args.ban_command == "del":
+            _print(client.call("ban_del", prefix=args.prefix))
+        else:
+            _print(client.call("bans"))
+    return EXIT_OK
+
+
+def cmd_rules_check(args) -> int:
+    from .rules.loader import RuleSet
+
+    ruleset = RuleSet(args.directory)
+    for r in ruleset.rules:
+        print(f"ok     {r.id} rev {r.rev} ({r.hook.name}{', streamed' if r.streamed else ''}) {r.file}:{r.line}")
+    for error in ruleset.errors.values():
+        print(f"error  {error}")
+    print(f"{len(ruleset.rules)} rules, {len(ruleset.errors)} errors in {args.directory}")
+    return EXIT_ERROR if ruleset.errors else EXIT_OK
+
+
+def cmd_unload(args) -> int:
+    import shutil
+
+    from .control import NotRunning
+
+    client = _client(args)
     try:
-        with datapath.load():
-            for ifname in args.interface:
-                datapath.attach(ifname, netns=args.netns, xdp_mode=args.xdp_mode)
-            wakeup = args.wakeup or (RULES_WAKEUP if args.rules is not None else PASSIVE_WAKEUP)
-            feed = LiveFeed(datapath.event_reader(wakeup_events=wakeup), pipeline, datapath.maps)
-            engine = None
-            if args.rules is not None:
-                from .rules.enforce import KernelEnforcer
-                engine = _rule_engine(args.rules, sink, KernelEnforcer(datapath.maps))
-                pipeline.listeners.append(engine)
-                pipeline.gate = engine.enforcer.passes   # ring stragglers of dropped flows: counted, not dissected
-                signal.signal(signal.SIGHUP, _on_sighup)
-            started = last = last_reload = time.monotonic()
-            logger.info("running", interfaces=args.interface, ports=list(args.ports),
-                        rules=[r.id for r in engine.ruleset.rules] if engine else [])
-            try:
-                while args.duration is None or time.monotonic() - started < args.duration:
-                    feed.step(50)
-                    now = time.monotonic()
-                    if engine is not None and (_reload["requested"] or now - last_reload >= args.reload_interval):
-                        if _reload["requested"]:
-                            logger.info("reload requested (SIGHUP)")
-                            engine.ruleset.reload(force=True)
-                        else:
-                            engine.ruleset.poll()
-                        _reload["requested"] = False
-                        last_reload = now
-                    if now - last >= args.stats_interval:
-                        logger.info("stats", events=feed.events, lost=feed.reader.lost,
-                                    pipeline=pipeline.stats.as_dict(), counters=datapath.maps.counters())
-                        last = now
-            finally:
-                feed.drain()
-                pipeline.finish()
-                sink.flush()
-                logger.info("stopped", events=feed.events, lost=feed.reader.lost,
-                            pipeline=pipeline.stats.as_dict(),
-                            counters=datapath.maps.counters())
-    finally:
-        if out is not None:
-            out.close()
+        client.call("stop")
+        print(f"asked the sensor on {client.path} to stop")
+        deadline = time.monotonic() + 20
+        while Path(client.path).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(client.path).exists():
+            raise SensorError(f"the sensor did not stop within 20 s (its control socket {client.path} remains)")
+        print("sensor stopped: XDP and TC detached")
+    except NotRunning:
+        print("no sensor running")
+    if args.keep_maps:
+        print("pinned maps kept")
+        return EXIT_OK
+    pin_dir = args.pin_dir or _load_config(args.config).sensor.pin_dir
+    if Path(pin_dir).exists():
+        shutil.rmtree(pin_dir)
+        print(f"removed the pinned maps in {pin_dir}")
+    else:
+        print(f"no pinned maps in {pin_dir}")
     return EXIT_OK
 
 
@@ -207,15 +287,27 @@ def cmd_replay(args) -> int:
 
     out = _open_output(args.output, "w")
     try:
+        from .rules.enforce import ReplayEnforcer
+
+        config = _load_config(args.config)
         sink = JsonLinesSink(out or sys.stdout)
-        pipeline = Pipeline(sink, ports=args.ports, uid_seed=args.uid_seed)
-        enforcer = None
-        if args.rules is not None:
-            from .rules.enforce import ReplayEnforcer
-            enforcer = ReplayEnforcer()
-            pipeline.listeners.append(_rule_engine(args.rules, sink, enforcer))
+        pipeline = Pipeline(sink, ports=args.ports or config.sensor.ports, uid_seed=args.uid_seed,
+                            reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp)
+        enforcer = ReplayEnforcer()
+        engine = actor = None
+        rules_dir = args.rules or config.sensor.rules
+        if rules_dir is not None:
+            engine = _rule_engine(rules_dir, sink, enforcer)
+            pipeline.listeners.append(engine)
+        tickers = []
+        if config.spam_stats.enabled:
+            from .spamstats import RejectStats, RejectStatsListener, SpamStatsActor
+            stats = RejectStats(config.spam_stats)
+            actor = SpamStatsActor(stats, sink, enforcer, config.spam_stats)
+            pipeline.listeners.append(RejectStatsListener(stats, actor))
+            tickers.append(actor.tick)
         result = replay(args.capture, pipeline, strict=not args.lenient, enforcer=enforcer,
-                        write_passed=args.write_passed)
+                        write_passed=args.write_passed, tickers=tickers)
         sink.flush()
     finally:
         if out is not None:
@@ -223,10 +315,11 @@ def cmd_replay(args) -> int:
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
     summary = result.summary()
-    if args.rules is not None:
-        engine = pipeline.listeners[-1]
+    if engine is not None:
         summary += (f"; rules: {engine.alerts} alerts, {engine.drops} flows dropped, {engine.bans} bans, "
                     f"{engine.errors} rule errors")
+    if actor is not None and (actor.stats.counters.as_dict().get("notices") or actor.banned):
+        summary += f"; spam stats: {actor.stats.counters.as_dict().get('notices', 0)} notices, {actor.banned} bans"
     if args.write_passed is not None:
         summary += f"; passed packets written to {args.write_passed}"
     print(summary, file=sys.stderr)
@@ -255,6 +348,12 @@ def main(argv=None) -> int:
             return run_demo(args)
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command in ("status", "flows", "stats", "reload", "ban"):
+            return cmd_control(args)
+        if args.command == "rules":
+            return cmd_rules_check(args)
+        if args.command == "unload":
+            return cmd_unload(args)
     except SensorError as exc:
         print(f"smtp-sensor: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -44,7 +44,7 @@ class ReplayResult:
 
 
 def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
-           enforcer=None, write_passed=None) -> ReplayResult:
+           enforcer=None, write_passed=None, tickers=()) -> ReplayResult:
     """Feed every packet of ``path`` to ``pipeline`` and finish it.
 
     ``strict``: a truncated capture is an error (else a warning and what could
@@ -52,6 +52,8 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
     ``write_passed``: a path; the packets that the verdicts of ``enforcer`` (a
     ``rules.enforce.ReplayEnforcer``) let pass are written there as a pcap,
     the packet that triggered a verdict included in what is dropped (inline).
+    ``tickers``: callables ``(ts)`` run each time capture time passes a whole
+    second, and at the end (the reject statistics' clock is the capture's).
     """
     started = time.perf_counter()
     try:
@@ -64,8 +66,16 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
     last_ts = None
     n = 0
     writer = None
+    next_tick = None
     try:
         for ts, linktype, frame, wirelen in reader:
+            if tickers:
+                if next_tick is None:
+                    next_tick = ts + 1.0
+                elif ts >= next_tick:
+                    next_tick = ts + 1.0
+                    for tick in tickers:
+                        tick(ts)
             seg = feed(linktype, frame, wirelen, ts)
             last_ts = ts
             n += 1
@@ -86,5 +96,8 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
         if writer is not None:
             writer.close()
     pipeline.finish(last_ts)
+    if last_ts is not None:
+        for tick in tickers:
+            tick(last_ts)
     return ReplayResult(path=str(path), packets=n, seconds=time.perf_counter() - started,
                         stats=pipeline.stats.as_dict(), warnings=list(reader.warnings))

@@ -307,6 +307,22 @@ class RejectStats:
             return POSSIBLE_INTERNAL_SPAM
         return POSSIBLE_SPAM
 
+    def report(self, limit: int = 100) -> dict:
+        """Per host (most connections first, at most ``limit``): window counts,
+        percent rejected, the notice type it would get, recipients of its
+        rejected connections; plus the counters (``smtp-sensor stats``)."""
+        rows = []
+        for addr, h in self._hosts.items():
+            total, rejects = self._window(h, self._now)
+            rows.append({"host": addr, "total": total, "rejects": rejects,
+                         "percent": rejects * 100 // total if total else 0,
+                         "class": self.classify(addr), "recipients": list(h.recipients)[:20]})
+        rows.sort(key=lambda r: (-r["total"], r["host"]))
+        return {"hosts": rows[: max(0, limit)], "tracked": len(self._hosts),
+                "thresholds": {"total": self.config.threshold, "percent": self.config.percent,
+                               "period": self.config.period, "window": self.config.window},
+                "counters": self.counters.as_dict()}
+
     def __len__(self) -> int:
         return len(self._hosts)
 

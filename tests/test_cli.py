@@ -35,7 +35,13 @@ def test_bad_ports_are_a_usage_error(ports):
 def test_run_without_interface_is_one_line_error():
     result = smtp_sensor("run")
     assert result.returncode == 2
-    assert result.stderr.strip() == "smtp-sensor: no interface given: use -i IFACE (see smtp-sensor run --help)"
+    assert result.stderr.strip() == "smtp-sensor: no interface given: use -i IFACE or [sensor] interfaces in the config"
+
+
+def test_an_impossible_interface_name_is_one_line_error():
+    result = smtp_sensor("run", "-i", "smtpsensor-nope0")
+    assert result.returncode == 2 and "is not an interface name" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_ebpf_flag_prints_the_kernel_source():
@@ -44,10 +50,10 @@ def test_ebpf_flag_prints_the_kernel_source():
 
 
 def test_missing_interface_is_one_line_error(kernel_prereqs, test_pin_root):
-    result = smtp_sensor("run", "-i", "smtpsensor-nope0", "--duration", "1",
+    result = smtp_sensor("run", "-i", "ssnope0", "--duration", "1", "--control-socket", "none",
                          "--pin-dir", str(test_pin_root / "cli" / "v1"))
     assert result.returncode == 2, result.stderr
-    assert "interface 'smtpsensor-nope0' does not exist" in result.stderr
+    assert "interface 'ssnope0' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
     # --pin-dir is honoured: tests never touch the production pin folder
     assert (test_pin_root / "cli" / "v1" / "ss_ban_v4").exists()
