@@ -34,11 +34,13 @@ DIALOGUE = [
 ]
 
 
-def session_segments(dialogue, cisn=1000, sisn=7000, cut=None, rng=None):
+def session_segments(dialogue, cisn=1000, sisn=7000, cut=None, rng=None,
+                     client="192.0.2.10", server="198.51.100.25", cport=CPORT, sport=25):
     """The segments of one TCP session carrying ``dialogue``; each payload is
     cut into pieces of at most ``cut`` bytes (random sizes when ``rng``)."""
-    segs = [Segment(4, CLI, SRV, CPORT, 25, cisn, 0, SYN, b"", 0, 0),
-            Segment(4, SRV, CLI, 25, CPORT, sisn, cisn + 1, SYN | ACK, b"", 0, 0)]
+    cli, srv = pack_addr(client), pack_addr(server)
+    segs = [Segment(4, cli, srv, cport, sport, cisn, 0, SYN, b"", 0, 0),
+            Segment(4, srv, cli, sport, cport, sisn, cisn + 1, SYN | ACK, b"", 0, 0)]
     cseq, sseq = cisn + 1, sisn + 1
     for from_client, data in dialogue:
         i = 0
@@ -46,14 +48,14 @@ def session_segments(dialogue, cisn=1000, sisn=7000, cut=None, rng=None):
             n = len(data) - i if cut is None else (rng.randint(1, cut) if rng else cut)
             piece = data[i:i + n]
             if from_client:
-                segs.append(Segment(4, CLI, SRV, CPORT, 25, cseq & MASK, sseq, PSH | ACK, piece, len(piece), 0))
+                segs.append(Segment(4, cli, srv, cport, sport, cseq & MASK, sseq, PSH | ACK, piece, len(piece), 0))
                 cseq += len(piece)
             else:
-                segs.append(Segment(4, SRV, CLI, 25, CPORT, sseq & MASK, cseq, PSH | ACK, piece, len(piece), 0))
+                segs.append(Segment(4, srv, cli, sport, cport, sseq & MASK, cseq, PSH | ACK, piece, len(piece), 0))
                 sseq += len(piece)
             i += n
-    segs.append(Segment(4, CLI, SRV, CPORT, 25, cseq & MASK, sseq, FIN | ACK, b"", 0, 0))
-    segs.append(Segment(4, SRV, CLI, 25, CPORT, sseq & MASK, cseq + 1, FIN | ACK, b"", 0, 0))
+    segs.append(Segment(4, cli, srv, cport, sport, cseq & MASK, sseq, FIN | ACK, b"", 0, 0))
+    segs.append(Segment(4, srv, cli, sport, cport, sseq & MASK, cseq + 1, FIN | ACK, b"", 0, 0))
     return segs
 
 

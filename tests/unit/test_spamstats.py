@@ -18,9 +18,7 @@ import pytest
 from record_schemas import check as check_schema
 from sensor import abi
 from sensor.config import SpamStatsConfig
-from sensor.flowid import pack_addr
 from sensor.output import ListSink
-from sensor.packet import ACK, FIN, PSH, SYN, Segment
 from sensor.pipeline import Pipeline
 from sensor.rules.enforce import ReplayEnforcer
 from sensor.spamstats import (POSSIBLE_INTERNAL_SPAM, POSSIBLE_SPAM, STRANGE_REJECT_BEHAVIOR,
@@ -568,26 +566,12 @@ def test_expired_bans_are_not_restored(tmp_path):
 
 CLIENTS = {"remote": "203.0.113.50", "local": "192.0.2.50"}
 SERVER = "198.51.100.1"
-MASK = 0xFFFFFFFF
 
 
-def session_segments(dialogue, client, cport, server=SERVER, cisn=1000, sisn=7000):
-    """The segments of one TCP session carrying ``dialogue`` (after
-    tests/unit/test_pipeline.py's helper, with the client's address and port)."""
-    cli, srv = pack_addr(client), pack_addr(server)
-    segs = [Segment(4, cli, srv, cport, 25, cisn, 0, SYN, b"", 0, 0),
-            Segment(4, srv, cli, 25, cport, sisn, cisn + 1, SYN | ACK, b"", 0, 0)]
-    cseq, sseq = cisn + 1, sisn + 1
-    for from_client, data in dialogue:
-        if from_client:
-            segs.append(Segment(4, cli, srv, cport, 25, cseq & MASK, sseq, PSH | ACK, data, len(data), 0))
-            cseq += len(data)
-        else:
-            segs.append(Segment(4, srv, cli, 25, cport, sseq & MASK, cseq, PSH | ACK, data, len(data), 0))
-            sseq += len(data)
-    segs.append(Segment(4, cli, srv, cport, 25, cseq & MASK, sseq, FIN | ACK, b"", 0, 0))
-    segs.append(Segment(4, srv, cli, 25, cport, sseq & MASK, cseq + 1, FIN | ACK, b"", 0, 0))
-    return segs
+def session_segments(dialogue, client, cport, server=SERVER):
+    """One TCP session carrying ``dialogue`` (tests/unit/test_pipeline.py's helper)."""
+    from test_pipeline import session_segments as segments
+    return segments(dialogue, client=client, server=server, cport=cport)
 
 
 def dialogue(rcpt: str, accepted: bool):
