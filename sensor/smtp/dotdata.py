@@ -143,22 +143,26 @@ class DotDecoder:
         """Scan the octets not scanned yet (``lookahead``: the octets after them)."""
         todo = self._todo
         if todo:
-            body = todo[0] if len(todo) == 1 else b"".join(todo)
+            n = self._todo_len
+            todo.insert(0, self._ctx)
+            todo.append(lookahead)
             self._todo = []
             self._todo_len = 0
-            self._scan(self._ctx + body + lookahead, 2 + len(body))
+            self._scan(b"".join(todo), 2 + n)
 
     def _scan(self, c: bytes, end: int) -> None:
         """Evidence in c[2:end] (c[0:2] is context, c[end:] lookahead).
 
         Whole-buffer searches, never work per line.
         """
-        seg = c[2:end]
-        crlf = seg.count(b"\r\n")
-        # Single-octet counts through replace(), which skips with memchr (count() does not).
-        self._bare_lf += len(seg) - len(seg.replace(b"\n", b"")) - crlf - (c[1:3] == b"\r\n")
-        bare_cr = len(seg) - len(seg.replace(b"\r", b"")) - crlf - \
-            (c[end - 1:end + 1] == b"\r\n")
+        crlf = c.count(b"\r\n", 2, end)
+        # Single-octet counts through replace(), which skips with memchr (count()
+        # does not), over all of c, less the context's and the lookahead's.
+        head, tail = c[:2], c[end:]
+        lf = len(c) - len(c.replace(b"\n", b"")) - head.count(b"\n") - tail.count(b"\n")
+        cr = len(c) - len(c.replace(b"\r", b"")) - head.count(b"\r") - tail.count(b"\r")
+        self._bare_lf += lf - crlf - (c[1:3] == b"\r\n")
+        bare_cr = cr - crlf - (c[end - 1:end + 1] == b"\r\n")
         self._bare_cr += bare_cr
         found = []
         if c.find(b".", 2, end) >= 0:

@@ -60,10 +60,11 @@ class MessageAssembler:
         size = max(1, self._limits.content_chunk)
         pend = self._pend
         start = 0
-        while len(pend) - start >= size or (final and len(pend) > start):
-            piece = bytes(pend[start:start + size])
-            out.append(MailContent(ts, piece, self._offset))
-            self._offset += len(piece)
-            start += len(piece)
+        with memoryview(pend) as view:          # one copy per piece, not two
+            while len(pend) - start >= size or (final and len(pend) > start):
+                piece = bytes(view[start:start + size])
+                out.append(MailContent(ts, piece, self._offset))
+                self._offset += len(piece)
+                start += len(piece)
         if start:
             del pend[:start]
