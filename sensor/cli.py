@@ -308,6 +308,12 @@ def cmd_replay(args) -> int:
             tickers.append(actor.tick)
         result = replay(args.capture, pipeline, strict=not args.lenient, enforcer=enforcer,
                         write_passed=args.write_passed, tickers=tickers)
+        if actor is not None:
+            # the capture's clock stops at its last packet, a live sensor's goes
+            # on to its next check: judge what the last connections changed
+            # (without it, a capture ending within check_interval of a burst
+            # gave no notice where the live sensor gave one)
+            actor.finish()
         sink.flush()
     finally:
         if out is not None:

@@ -333,6 +333,11 @@ class RejectStats:
     def next_check(self) -> float | None:
         return self._next_check
 
+    @property
+    def now(self) -> float | None:
+        """The latest time seen (a reply's or a tick's); None before any."""
+        return self._now if self._now > -math.inf else None
+
     # ------------------------------------------------------------ persistence
     def snapshot(self, path) -> None:
         """Write the statistics (no bans: see SpamStatsActor.snapshot) atomically."""
@@ -757,6 +762,25 @@ class SpamStatsActor:
         notices = self.stats.tick(now)
         self.act(notices, now)
         self.sweep(now)
+        return notices
+
+    def finish(self) -> list[Notice]:
+        """The input ended (the end of a replayed capture): run the checker once
+        more at the last time seen and act on its notices; returns them.
+
+        A live sensor's clock goes on after the last packet, so its next check
+        (at most ``check_interval`` later) judges what the last connections
+        changed; a capture's clock stops at its last packet.  Without this a
+        replay of exactly the spam sessions (a capture ending within
+        ``check_interval`` of the burst, any capture shorter than the default
+        interval of an hour) gave no notice where the live sensor gave one.
+        Only windows changed since their last evaluation are looked at: no
+        notice is raised twice."""
+        now = self.stats.now
+        if now is None:
+            return []
+        notices = self.stats.check(now)
+        self.act(notices, now)
         return notices
 
     def act(self, notices, now: float | None = None) -> None:

@@ -659,6 +659,60 @@ def test_the_listener_keeps_its_flags_in_the_session_scratch():
     assert stats._hosts[REMOTE].samples == {(550, "5.1.1", "no more"): [1, "CListener1", T0]}
 
 
+# ---------------------------------------------------------------- the end of a replay
+
+def test_finish_judges_what_the_last_connections_changed_once():
+    stats = make(check_interval=1)
+    actor, sink, _ = actor_with(stats)
+    assert actor.finish() == [] and stats.counters.checks == 0      # nothing seen: nothing to do
+    burst(stats, REMOTE, T0, 10, 5, step=0.05)                     # ends before the first check
+    assert actor.tick(T0 + 0.5) == []                               # a capture's clock stops here
+    notices = actor.finish()
+    assert [(n.note, n.msg) for n in notices] == [(POSSIBLE_SPAM, f"{REMOTE} - sent: 10 rejected: 50 percent")]
+    assert len(sink.of("notice")) == 1 and len(sink.of("drop")) == 1
+    assert actor.finish() == [] and len(sink.of("notice")) == 1    # same evidence: no second notice
+
+
+def _frame(seg) -> bytes:
+    """An Ethernet/IPv4/TCP frame carrying ``seg`` (checksums left at 0)."""
+    import struct
+    tcp = struct.pack("!HHIIBBHHH", seg.sport, seg.dport, seg.seq, seg.ack, 0x50, seg.flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(seg.payload), 0, 0x4000, 64, 6, 0, seg.src, seg.dst)
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp + seg.payload
+
+
+def test_a_replay_ending_right_after_a_burst_gives_the_notice(tmp_path):
+    """`smtp-sensor replay --config`: the capture ends 0.3 s after the burst,
+    before the first check a second later; the live sensor's next check would
+    have raised the notice, so the replay must too (it gave none)."""
+    import json
+    import subprocess
+    import sys
+    from sensor.pcapwriter import PcapWriter
+
+    pcap = tmp_path / "burst.pcap"
+    writer = PcapWriter(pcap, 1)
+    ts = T0
+    for i in range(6):
+        for seg in session_segments(dialogue(f"user{i}@example.org", i >= 4), CLIENTS["remote"], 40000 + i):
+            writer.write(ts, _frame(seg))
+            ts += 0.01
+    writer.close()
+    config = tmp_path / "sensor.toml"
+    config.write_text('[spam_stats]\nthreshold = 6\npercent = 50\ncheck_interval = "1s"\n')
+    out = tmp_path / "records.json"
+    result = subprocess.run([sys.executable, "-m", "sensor.cli", "replay", str(pcap), "--config", str(config),
+                             "-o", str(out)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ts - T0 < 1.0          # the whole capture is shorter than check_interval
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    notices = [r for r in records if r["event_type"] == "notice"]
+    assert [(n["note"], n["msg"]) for n in notices] == [
+        (POSSIBLE_SPAM, f"{CLIENTS['remote']} - sent: 6 rejected: 66 percent")]
+    assert [r["target"] for r in records if r["event_type"] == "drop"] == [f"{CLIENTS['remote']}/32"]
+    assert "spam stats: 1 notices, 1 bans" in result.stderr
+
+
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _events = st.lists(st.tuples(st.integers(0, 3),          # host
