@@ -1,7 +1,12 @@
 """The long-running sensor: datapath, pipeline, rules and reject statistics
 put together from one ``Config``, and the loop that drives them.
 
-    Sensor(config).run(duration)      attach, loop, detach on every exit path
+    Sensor(config).run()              attach, loop, detach on every exit path
+
+    sensor = Sensor(config, sink=records.append)   # or driven by the caller:
+    sensor.start()                    # build, load, attach, rules, statistics
+    while ...: sensor.step()          # one turn of the loop (e.g. in a thread)
+    sensor.stop()                     # drain, snapshot, detach (idempotent)
 
 The loop (one thread): read perf events into the pipeline; every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
@@ -13,6 +18,7 @@ shows through the control socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -43,7 +49,9 @@ class RunOptions:
 
 
 class Sensor:
-    def __init__(self, config: Config, options: RunOptions | None = None, logger=None):
+    def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
+        """sink: where records go (a callable taking one record dict); default:
+        JSON lines to ``[sensor] output``."""
         self.config = config
         self.options = options or RunOptions()
         self.log = logger or structlog.get_logger("sensor")
@@ -53,8 +61,11 @@ class Sensor:
         self.last_reload = None
         self.datapath = self.pipeline = self.feed = self.engine = None
         self.stats = self.actor = None
-        self.sink = None
+        self.sink = sink
+        self.control = None
         self._out = None
+        self._stack = None          # what stop() undoes, set by start()
+        self._last_tick = self._last_stats = self._last_snapshot = 0.0
 
     # ------------------------------------------------------------ building
     def _build(self):
@@ -68,13 +79,14 @@ class Sensor:
         dp_config = DatapathConfig(ports=tuple(cfg.ports))
         dp_config.pin_dir = cfg.pin_dir
         self.datapath = Datapath(dp_config)
-        path = cfg.output_path
-        if path is not None:
-            try:
-                self._out = open(path, "a", encoding="utf-8")
-            except OSError as exc:
-                raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
-        self.sink = JsonLinesSink(self._out or sys.stdout)
+        if self.sink is None:
+            path = cfg.output_path
+            if path is not None:
+                try:
+                    self._out = open(path, "a", encoding="utf-8")
+                except OSError as exc:
+                    raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
+            self.sink = JsonLinesSink(self._out or sys.stdout)
         limits = self.config.limits
         self.pipeline = Pipeline(self.sink, ports=cfg.ports, uid_seed=os.urandom(12),
                                  reassembly_limits=limits.reassembly, smtp_limits=limits.smtp)
@@ -108,60 +120,93 @@ class Sensor:
 
     # ------------------------------------------------------------ running
     def run(self) -> int:
+        """start(), step() until stopped (or ``duration``), stop() on every exit path."""
+        self.start()
+        try:
+            duration = self.options.duration
+            while not self.stop_requested and (duration is None or time.monotonic() - self.started < duration):
+                self.step()
+        finally:
+            self.stop()
+        return 0
+
+    def start(self) -> "Sensor":
+        """Build, load the programs, attach, start rules and statistics.  On an
+        error everything done so far is undone; after it, stop() undoes it."""
         from .live import LiveFeed
 
         self._build()
         cfg, opt = self.config.sensor, self.options
-        control = None
+        stack = contextlib.ExitStack()
         try:
-            with self.datapath.load():
-                for ifname in cfg.interfaces:
-                    self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
-                self._start_rules_and_stats()
-                wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
-                self.feed = LiveFeed(self.datapath.event_reader(wakeup_events=wakeup), self.pipeline,
-                                     self.datapath.maps)
-                if opt.control_socket:
-                    from .control import ControlServer
-                    control = ControlServer(opt.control_socket, self)
-                self.started = time.monotonic()
-                self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
-                              rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
-                              spam_stats=self.stats is not None,
-                              control_socket=opt.control_socket)
-                try:
-                    self._loop(control)
-                finally:
-                    self._shutdown()
-        finally:
-            if control is not None:
-                control.close()
-            if self._out is not None:
-                self._out.close()
-        return 0
+            stack.callback(self._close_output)          # undone last, as in run() before
+            stack.callback(self._close_control)
+            stack.enter_context(self.datapath.load())
+            for ifname in cfg.interfaces:
+                self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
+            self._start_rules_and_stats()
+            wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
+            self.feed = LiveFeed(self.datapath.event_reader(wakeup_events=wakeup), self.pipeline,
+                                 self.datapath.maps)
+            if opt.control_socket:
+                from .control import ControlServer
+                self.control = ControlServer(opt.control_socket, self)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        self.started = now = time.monotonic()
+        self._last_tick = self._last_stats = self._last_snapshot = self.last_reload = now
+        self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
+                      rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
+                      spam_stats=self.stats is not None,
+                      control_socket=opt.control_socket)
+        return self
 
-    def _loop(self, control) -> None:
-        opt = self.options
-        feed = self.feed
+    def step(self, timeout_ms: int | None = None) -> int:
+        """One turn of the loop: wait up to timeout_ms (default 50, 20 with a
+        control socket) for kernel events and dissect them; serve the control
+        socket; reload rules, tick the statistics and sweep, snapshot and log
+        stats when due.  Returns the events read."""
+        opt, control = self.options, self.control
+        if timeout_ms is None:
+            timeout_ms = 50 if control is None else 20
+        events = self.feed.step(timeout_ms)
+        if control is not None:
+            control.serve_pending()
         now = time.monotonic()
-        last_stats = last_tick = last_snapshot = self.last_reload = now
-        snapshot_every = self.config.sensor.snapshot_interval
-        while not self.stop_requested and (opt.duration is None or now - self.started < opt.duration):
-            feed.step(50 if control is None else 20)
-            if control is not None:
-                control.serve_pending()
-            now = time.monotonic()
-            if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
-                self.reload_rules(force=bool(self.reload_requested))
-            if now - last_tick >= 1.0:
-                last_tick = now
-                self._tick()
-            if self.actor is not None and self.config.sensor.state_file and now - last_snapshot >= snapshot_every:
-                last_snapshot = now
-                self._snapshot()
-            if now - last_stats >= opt.stats_interval:
-                last_stats = now
-                self.log.info("stats", **self.counters())
+        if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
+            self.reload_rules(force=bool(self.reload_requested))
+        if now - self._last_tick >= 1.0:
+            self._last_tick = now
+            self._tick()
+        if (self.actor is not None and self.config.sensor.state_file
+                and now - self._last_snapshot >= self.config.sensor.snapshot_interval):
+            self._last_snapshot = now
+            self._snapshot()
+        if now - self._last_stats >= opt.stats_interval:
+            self._last_stats = now
+            self.log.info("stats", **self.counters())
+        return events
+
+    def stop(self) -> None:
+        """Drain the ring, end the flows, tick and snapshot the statistics,
+        then detach, unload and close.  Idempotent; a no-op before start()."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        with stack:                      # detaches even when the shutdown fails
+            self._shutdown()
+
+    def _close_control(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def _close_output(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
     def reload_rules(self, force: bool = False) -> bool:
         if self.engine is None:
@@ -201,7 +246,9 @@ class Sensor:
             self.actor.tick(time.time())
             if self.config.sensor.state_file:
                 self._snapshot()
-        self.sink.flush()
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
         self.log.info("stopped", **self.counters())
 
     # ------------------------------------------------------------ queries

@@ -59,17 +59,77 @@ def test_missing_interface_is_one_line_error(kernel_prereqs, test_pin_root):
     assert (test_pin_root / "cli" / "v1" / "ss_ban_v4").exists()
 
 
-def test_demo_runs_the_lab_and_shows_the_ban(lab_prereqs):
-    result = smtp_sensor("demo", timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "XDP C> EHLO client.lab.example" in result.stdout
-    assert "TC  S< 550 5.1.1" in result.stdout
-    assert "ban 192.0.2.66/32:" in result.stdout and " 0 packets dropped" not in result.stdout
-    assert "lab torn down" in result.stdout
-    # the demo's own namespaces are gone (other labs may run at the same time)
-    server_ns = re.search(r"\(aiosmtpd\) in (ss\w+-srv)", result.stdout).group(1)
+def _lab_gone(stdout: str) -> None:
+    """The demo's own namespaces and pin folder are gone (other labs may run at the same time)."""
+    server_ns = re.search(r"\(aiosmtpd\) in (ss\w+-srv)", stdout).group(1)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     assert server_ns not in listed and server_ns.replace("-srv", "-cli") not in listed
+    pin_root = re.search(r"pins in (/sys/fs/bpf/smtp-sensor-demo-\d+)/v\d+", stdout).group(1)
+    assert not __import__("os").path.exists(pin_root)
+
+
+def test_demo_runs_the_whole_story_and_tears_down(lab_prereqs):
+    result = smtp_sensor("demo", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    out = result.stdout
+    story, _, journal = out.partition("what reached the server")
+    # the real sensor, with the shipped rules and the scaled-down statistics
+    assert "spam_filter.mail_from" in story and "8 connections with >= 30 % rejected" in story
+    # 1. legitimate mail: delivered, and dissected by the sensor
+    assert "sensor: smtp    alice@example.org -> bob@lab.example: delivered" in story
+    # 2. a banned domain: alerted and its flow dropped in the kernel
+    assert re.search(r"ALERT +forbidden mail domain \(spam_filter\.mail_from .*MAIL FROM:<offers@suspicious\.org>",
+                     story)
+    # 3. a malformed sender: alerted and dropped
+    assert re.search(r"ALERT +malformed email address \(spam_filter\.mail_from .*offers\.bulk-mail\.example", story)
+    drops = re.findall(r"DROP +flow (192\.0\.2\.77:\d+) <> 192\.0\.2\.25:25", story)
+    assert len(set(drops)) == 2, story
+    dropped_in_xdp = re.findall(r"flow drop 192\.0\.2\.77:\d+ <> 192\.0\.2\.25:25: (\d+) client packets dropped in XDP",
+                                story)
+    assert len(dropped_in_xdp) == 2 and all(int(n) > 0 for n in dropped_in_xdp), story
+    # 4. the spam host: harvesting alert, the notice, the ban, its next connection dropped in XDP
+    assert "recipients rejected in one connection (rcpt_rejects.harvest" in story
+    assert re.search(r"NOTICE +SMTP_PossibleSpam: 192\.0\.2\.66 - sent: \d+ rejected: \d+ percent", story)
+    assert re.search(r"BAN +192\.0\.2\.66/32 for 60 s", story)
+    assert "no answer to its SYN" in story
+    banned = re.search(r"ban 192\.0\.2\.66/32: (\d+) packets dropped, reason spam_stats", story)
+    assert banned and int(banned.group(1)) > 0, story
+    assert re.search(r"stats +192\.0\.2\.66 .*over the thresholds: SMTP_PossibleSpam", story)
+    # 5. the legitimate host still gets through after the ban
+    assert "sensor: smtp    alice@example.org -> carol@lab.example: delivered" in story
+    # what reached the server: nothing from the dropped flows, not the banned host's last connection
+    assert "offers@suspicious.org" not in journal and "offers.bulk-mail.example" not in journal
+    assert re.search(r"192\.0\.2\.77 +2 of +2 connections arrived, +0 messages", journal)
+    arrived, tried = map(int, re.search(r"192\.0\.2\.66 +(\d+) of +(\d+) connections arrived", journal).groups())
+    assert arrived == tried - 1
+    assert re.search(r"192\.0\.2\.10 +2 of +2 connections arrived, +2 messages", journal)
+    assert "lab torn down" in out and "STILL PRESENT" not in out
+    _lab_gone(out)
+
+
+def test_demo_interrupted_tears_everything_down(lab_prereqs):
+    import signal
+    import time
+
+    proc = subprocess.Popen([*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:            # interrupt it mid-story, the sensor attached
+            seen.append(line)
+            if line.startswith("2. "):
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGINT)     # a second Ctrl-C does not cut the teardown short
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout = "".join(seen) + out
+    assert proc.returncode == 130, stdout[-2000:] + err[-2000:]
+    assert "interrupted (SIGINT)" in stdout and "STILL PRESENT" not in stdout and "Traceback" not in err
+    _lab_gone(stdout)
 
 
 # ------------------------------------------------------------------ replay
