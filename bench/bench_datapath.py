@@ -2,15 +2,16 @@
 
 1. ns/packet of the XDP program by BPF_PROG_TEST_RUN for each path, next to an
    empty XDP program (the floor);
-2. the perf consumer: the highest rate of 1.4 KB events userland takes on one
-   core with zero loss, and the loss beyond it.
+2. the event consumer: the highest rate of 1.4 KB events userland takes on
+   one core with zero loss, and the loss beyond it.
 
     .venv/bin/python bench/bench_datapath.py [--seconds 2] [--json]
 
-The consumer benchmark pushes real events: a producer thread runs the XDP
-program by BPF_PROG_TEST_RUN (batches of `repeat`) at a paced rate while the
-main thread consumes with EventReader. Numbers are from this shared 2-core
-machine; run it a few times.
+The consumer benchmark pushes real events: a client namespace sends 1.4 KB
+SMTP-port frames over the lab's veth (AF_PACKET, another process, paced), XDP
+pushes each into the event ring, and the main thread consumes with
+EventReader. Numbers are from this shared 2-core machine; run it a few times
+(bench/run_all.py takes medians).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def frame(payload_len: int, dport: int = 25, src: str = CLIENT, v6: bool = False
 
 def ns_per_packet(fd: int, data: bytes, repeat: int = 200_000, rounds: int = 5, drain=None) -> float:
     """Median over `rounds` of the kernel's mean ns per run; `drain` empties
-    the perf ring between rounds so pushes measure success, not a full ring."""
+    the event ring between rounds so pushes measure success, not a full ring."""
     durations = []
     for _ in range(rounds):
         durations.append(bpfsys.prog_test_run(fd, data, repeat=repeat).duration_ns)
@@ -63,9 +64,9 @@ def testrun_table(dp: Datapath, empty_fd: int) -> dict[str, float]:
     maps = dp.maps
     results = {"empty XDP program (floor)": ns_per_packet(empty_fd, frame(0, dport=80))}
     results["not SMTP (TCP port 80)"] = ns_per_packet(dp.xdp_fd, frame(64, dport=80))
-    reader = dp.event_reader(wakeup_events=1 << 20)  # never woken: drained between rounds
+    reader = dp.event_reader()
     drain = lambda: reader.poll_raw(0)  # noqa: E731
-    # 400 x 1.5 KB fits one CPU's ring (256 pages): every push succeeds
+    # 400 x 1.6 KB records fit the ring many times over: every push succeeds
     results["SMTP pushed, 64 B payload"] = ns_per_packet(dp.xdp_fd, frame(64), 400, 25, drain)
     results["SMTP pushed, 1.4 KB payload"] = ns_per_packet(dp.xdp_fd, frame(1400), 400, 25, drain)
     results["SMTP pushed, IPv6 + VLAN, 1.4 KB"] = ns_per_packet(
@@ -127,8 +128,7 @@ def consume_at(dp: Datapath, lab: Lab, rate: int, seconds: float, wakeup: int = 
     sent = int(producer.stdout.read() or 0)
     producer.stdout.close()
     counters = dp.maps.counters()["ingress"]
-    # a full ring shows twice: the kernel's push fails (push_failed) and perf
-    # reports the sample lost (reader.lost); count it once
+    # a full ring: the kernel's push fails (push_failed, which reader.lost reads)
     return {"target_rate": rate, "sent": sent, "pushed": counters["pushed"], "received": received,
             "lost": max(reader.lost, counters["push_failed"]), "achieved_rate": round(received / seconds),
             "consumer_cpu_s": round(time.process_time() - cpu0, 2), "elapsed_s": round(elapsed, 2)}
@@ -138,8 +138,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="per consumer rate step")
     parser.add_argument("--rates", default="50000,100000,200000,300000,400000,600000")
-    parser.add_argument("--pages", type=int, default=DatapathConfig.perf_pages, help="perf pages per CPU")
-    parser.add_argument("--wakeup", type=int, default=64, help="samples per wakeup")
+    parser.add_argument("--pages", type=int, default=DatapathConfig.ring_pages,
+                        help="pages of the event ring (all CPUs)")
+    parser.add_argument("--wakeup", type=int, default=64,
+                        help="(perf buffer era; the ring buffer wakes adaptively and ignores it)")
     parser.add_argument("--skip-testrun", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -159,7 +161,7 @@ def main() -> int:
         report["consumer"] = []
         with Lab() as lab:
             for rate in (int(r) for r in args.rates.split(",")):
-                config = DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}", perf_pages=args.pages)
+                config = DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}", ring_pages=args.pages)
                 with Datapath(config) as dp:
                     dp.attach(lab.server_if, netns=lab.server_ns)
                     report["consumer"].append(consume_at(dp, lab, rate, args.seconds, args.wakeup))
@@ -172,8 +174,8 @@ def main() -> int:
     print("XDP program cost by BPF_PROG_TEST_RUN (median of the runs, ns/packet)")
     for name, value in report.get("xdp_ns_per_packet", {}).items():
         print(f"  {name:<40} {value:>8.1f}" if isinstance(value, float) else f"  {name:<40} {value:>8}")
-    print(f"\nperf consumer, 1.4 KB events, one Python thread consuming "
-          f"({args.pages} pages per CPU, wakeup every {args.wakeup} samples)")
+    print(f"\nevent consumer, 1.4 KB events, one Python thread consuming "
+          f"(ring of {args.pages} pages)")
     print(f"  {'target/s':>9} {'sent':>9} {'pushed':>9} {'received':>9} {'lost':>8} {'received/s':>11} "
           f"{'consumer cpu s':>15}")
     for row in report["consumer"]:

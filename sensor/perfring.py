@@ -1,10 +1,17 @@
-"""Consume the datapath's perf ring without being woken once per event.
+"""Consume the datapath's event ring (a BPF ring buffer, one for all CPUs).
 
-The kernel wakes the reader only every `wakeup_events` samples; poll() waits
-at most `timeout_ms` for that, then drains every CPU's buffer whatever woke
-it, so a quiet link still delivers its last events within one timeout.
+The kernel wakes the reader adaptively: a record submitted while the reader
+has caught up wakes it, records submitted while it is still reading do not.
+So a quiet link delivers every event at once (the latency of one wakeup per
+sample) and a busy one is read in batches (the CPU cost of batched wakeups),
+with no knob to choose between them. poll() waits at most `timeout_ms` for a
+wakeup, then reads everything in the ring.
 
-The ctypes callback is kept tiny: copy the sample, append it, never raise
+(The module keeps its name from when the events went through a perf buffer:
+bpf_perf_event_output() cost ~350 ns per event on the project's VM, a ring
+record ~70 ns; see docs/benchmarks.md.)
+
+The ctypes callback is kept tiny: copy the record, append it, never raise
 (an exception inside a ctypes callback is printed and lost, not propagated).
 Decoding happens outside, in batches.
 """
@@ -17,36 +24,52 @@ from . import abi
 
 
 class EventReader:
-    def __init__(self, bpf, page_cnt: int = 1024, wakeup_events: int = 64, map_name: bytes = b"ss_events"):
+    """Reads the `map_name` ring buffer of a loaded bcc.BPF object.
+
+    `wakeup_events` is accepted for callers written for the perf buffer and
+    ignored: the ring buffer's wakeups are adaptive (see above). Records the
+    kernel could not write (ring full) are counted by the datapath itself
+    (counter push_failed); `lost` reads those counters."""
+
+    def __init__(self, bpf, page_cnt: int | None = None, wakeup_events: int | None = None,
+                 map_name: bytes = b"ss_events"):
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+
         self._bpf = bpf
+        self._lib = lib
         self._batch: list[bytes] = []
-        self.lost = 0  # samples the kernel could not write (ring full)
         self.callback_errors = 0
-        self.bad_samples = 0  # samples that are not our events
+        self.bad_samples = 0  # records that are not our events
         self.received = 0
+        self._lost_slots = [d * abi.COUNTER_COUNT + abi.Counter.PUSH_FAILED for d in abi.Direction]
         batch = self._batch
         string_at = ct.string_at
 
-        def on_sample(cpu, data, size):
+        def on_sample(_ctx, data, size):
             try:
                 batch.append(string_at(data, size))
             except BaseException:  # never let anything escape into ctypes
                 self.callback_errors += 1
+            return 0
 
-        def on_lost(*args):
-            try:
-                self.lost += int(args[-1])
-            except BaseException:
-                self.callback_errors += 1
+        self._on_sample = _RINGBUF_CB_TYPE(on_sample)  # keep the reference alive
+        self._manager = lib.bpf_new_ringbuf(bpf[map_name].map_fd, self._on_sample, None)
+        if not self._manager:
+            raise OSError(f"cannot open the ring buffer {map_name.decode()}")
 
-        self._on_sample, self._on_lost = on_sample, on_lost  # keep references alive
-        bpf[map_name].open_perf_buffer(on_sample, page_cnt=page_cnt, lost_cb=on_lost,
-                                       wakeup_events=wakeup_events)
+    @property
+    def lost(self) -> int:
+        """Events the kernel could not write (ring full), both directions,
+        since the counters were last reset."""
+        counters = self._bpf[b"ss_counters"]
+        return sum(int(counters.sum(ct.c_int(slot)).value) for slot in self._lost_slots)
 
     def poll_raw(self, timeout_ms: int = 10) -> list[bytes]:
-        """Wait up to timeout_ms, drain all CPUs, return the raw samples."""
-        self._bpf.perf_buffer_poll(timeout_ms)
-        self._bpf.perf_buffer_consume()
+        """Wait up to timeout_ms for a wakeup, read the whole ring, return the
+        raw records."""
+        if self._manager is None:
+            raise ValueError("EventReader is closed")
+        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
         if not self._batch:
             return []
         samples = self._batch[:]
@@ -55,9 +78,9 @@ class EventReader:
         return samples
 
     def poll(self, timeout_ms: int = 10) -> list[abi.Event]:
-        """Like poll_raw, decoded and in kernel time order (each CPU has its own
-        buffer, drained one after the other); samples that are not our events
-        are counted."""
+        """Like poll_raw, decoded (the ring is shared by all CPUs, so records
+        come in the order they were reserved; sorted by kernel timestamp all
+        the same); records that are not our events are counted."""
         events = []
         for sample in self.poll_raw(timeout_ms):
             try:
@@ -66,6 +89,18 @@ class EventReader:
                 self.bad_samples += 1
         events.sort(key=_timestamp)
         return events
+
+    def close(self) -> None:
+        """Free the ring's mapping (before the map itself goes)."""
+        if self._manager is not None:
+            self._lib.bpf_free_ringbuf(self._manager)
+            self._manager = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _timestamp(event: abi.Event) -> int:
