@@ -20,11 +20,12 @@ examples:
   smtp-sensor run --config /etc/smtp-sensor/config.toml
   smtp-sensor run -i eth1 --rules /etc/smtp-sensor/rules --ports 25,587,2525
   smtp-sensor run -i veth0 --netns mail --xdp-mode generic
+  smtp-sensor run -c config.toml --log-file /var/log/smtp-sensor/sensor.log --metrics 127.0.0.1:9325
   smtp-sensor run --ebpf                # print the kernel C source and exit
   smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
   smtp-sensor replay smtp.pcap --rules rules/ --write-passed passed.pcap
   smtp-sensor status                    # ask the running sensor (control socket)
-  smtp-sensor ban add 198.51.100.0/24 --ttl 3600
+  smtp-sensor ban add 198.51.100.0/24 --ttl 3600 --reason "spam run"
   smtp-sensor ban list | smtp-sensor flows | smtp-sensor stats
   smtp-sensor rules check rules/        # load the rules without running them
   smtp-sensor reload                    # re-read the rules now (same as SIGHUP)
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="perf samples per wakeup of the consumer (default: 1 with rules, so a verdict "
                           "lands before the client's next command; 64 without, for throughput)")
     run.add_argument("--control-socket", default=None, help="default " + _default_socket() + "; 'none': no socket")
+    run.add_argument("--log-file", type=Path, metavar="PATH",
+                     help="append JSON log lines to PATH instead of stdout; reopened on SIGUSR1 (logrotate)")
+    run.add_argument("--metrics", type=_metrics_address, metavar="ADDR:PORT",
+                     help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9325 (needs the 'metrics' extra)")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("demo", help="the netns lab demo (needs root)")
@@ -113,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("prefix", help="address or prefix, e.g. 198.51.100.7 or 2001:db8::/48")
         if name == "add":
             p.add_argument("--ttl", type=float, help="seconds (default: until lifted)")
+            p.add_argument("--reason", help="why (shown by ban list, kept in the drop record)")
     rules = sub.add_parser("rules", help="rules: check a directory without running it")
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
     check = rules_sub.add_parser("check", help="load every rule file and rules.toml, report errors")
@@ -197,13 +203,17 @@ def cmd_run(args) -> int:
     socket_path = args.control_socket or _default_socket()
     options = RunOptions(duration=args.duration, stats_interval=args.stats_interval,
                          reload_interval=args.reload_interval, wakeup=args.wakeup,
-                         control_socket=None if socket_path == "none" else socket_path)
+                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics)
     sensor = Sensor(config, options)
 
     def on_sighup(signum, frame):
         sensor.reload_requested = "SIGHUP"
 
+    def on_sigusr1(signum, frame):
+        sensor.reopen_requested = True     # done by the loop: never inside a write
+
     signal.signal(signal.SIGHUP, on_sighup)
+    signal.signal(signal.SIGUSR1, on_sigusr1)
     return sensor.run()
 
 
@@ -230,10 +240,16 @@ def cmd_control(args) -> int:
         _print(result)
         return EXIT_ERROR if result.get("errors") else EXIT_OK
     elif args.command == "ban":
+        from .control import BadArgument, check_prefix, check_ttl
+        try:   # the user's mistakes are found here, before asking the sensor
+            prefix = check_prefix(args.prefix) if args.ban_command != "list" else None
+            ttl = check_ttl(args.ttl) if args.ban_command == "add" else None
+        except BadArgument as exc:
+            raise SensorError(str(exc)) from None
         if args.ban_command == "add":
-            _print(client.call("ban_add", prefix=args.prefix, ttl=args.ttl))
+            _print(client.call("ban_add", prefix=prefix, ttl=ttl, reason=args.reason))
         elif args.ban_command == "del":
-            _print(client.call("ban_del", prefix=args.prefix))
+            _print(client.call("ban_del", prefix=prefix))
         else:
             _print(client.call("bans"))
     return EXIT_OK
@@ -280,6 +296,27 @@ def cmd_unload(args) -> int:
     return EXIT_OK
 
 
+def _replay_progress(args):
+    """A progress line on stderr when it is a terminal (not when the records
+    are printed on that terminal too: the line would be torn by them)."""
+    from .replay import TtyProgress
+    try:
+        if not sys.stderr.isatty() or (args.output is None and sys.stdout.isatty()):
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return TtyProgress(sys.stderr, name=args.capture.name)
+
+
+def _metrics_address(text: str) -> str:
+    from .metrics import parse_address
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def cmd_replay(args) -> int:
     from .output import JsonLinesSink
     from .pipeline import Pipeline
@@ -306,8 +343,13 @@ def cmd_replay(args) -> int:
             actor = SpamStatsActor(stats, sink, enforcer, config.spam_stats)
             pipeline.listeners.append(RejectStatsListener(stats, actor))
             tickers.append(actor.tick)
-        result = replay(args.capture, pipeline, strict=not args.lenient, enforcer=enforcer,
-                        write_passed=args.write_passed, tickers=tickers)
+        progress = _replay_progress(args)
+        try:
+            result = replay(args.capture, pipeline, strict=not args.lenient, enforcer=enforcer,
+                            write_passed=args.write_passed, tickers=tickers, progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
         if actor is not None:
             # the capture's clock stops at its last packet, a live sensor's goes
             # on to its next check: judge what the last connections changed
@@ -340,8 +382,12 @@ def main(argv=None) -> int:
         json_logs = False  # the demo is read by a person
     # replay: records own stdout, logs go to stderr
     level = args.log_level or ("warning" if args.command == "replay" else "info")
-    sensor_log.configure(level, json=json_logs,
-                         stream=sys.stderr if args.command == "replay" else None)
+    try:
+        sensor_log.configure(level, json=json_logs, stream=sys.stderr if args.command == "replay" else None,
+                             file=getattr(args, "log_file", None))
+    except SensorError as exc:
+        print(f"smtp-sensor: {exc}", file=sys.stderr)
+        return exc.exit_code
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

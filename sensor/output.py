@@ -30,10 +30,15 @@ class JsonLinesSink:
     """Write each record as one JSON line to ``stream`` (default stdout)."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
         self.written = 0
+        self.set_stream(stream or sys.stdout)
+
+    def set_stream(self, stream) -> None:
+        """Write the next records to ``stream`` (e.g. the output file opened
+        again after logrotate renamed it; the caller closes the old one)."""
+        self.stream = stream
         self._log = structlog.wrap_logger(
-            structlog.WriteLogger(self.stream),
+            structlog.WriteLogger(stream),
             processors=[_record_only, structlog.processors.JSONRenderer(serializer=dumps)],
             # records are data, not logs: never filtered by the log level
             wrapper_class=structlog.BoundLogger, cache_logger_on_first_use=True)

@@ -88,7 +88,8 @@ class CaptureReader:
     ``path`` may be a file name or a binary file object (then ``name`` names it
     in error messages).  Attributes after or during iteration: ``format``
     ('pcap' or 'pcapng'), ``linktypes`` (interface id -> link type),
-    ``packets`` (count yielded), ``truncated`` (0 or 1), ``warnings`` (list of str).
+    ``packets`` (count yielded), ``truncated`` (0 or 1), ``warnings`` (list of str),
+    ``offset`` and ``size`` (bytes read so far, of how many: for progress).
     """
 
     def __init__(self, path, strict: bool = True, name: str | None = None):
@@ -98,6 +99,7 @@ class CaptureReader:
         self.warnings: list[str] = []
         self.linktypes: dict[int, int] = {}
         self.format = None
+        self._size = False      # not looked at yet
         if hasattr(path, "read"):
             self._f = path
             self._own = False
@@ -135,6 +137,32 @@ class CaptureReader:
                 hint = " (it is gzip-compressed: decompress it first)"
             raise CaptureError(self.path, "not a pcap or pcapng file: unknown magic "
                                f"0x{head[:4].hex()}{hint}", 0)
+
+    # -- progress (read only when asked: never in the packet loop)
+    @property
+    def offset(self) -> int | None:
+        """Bytes of the file read so far (the file position: it runs up to one
+        read chunk ahead of the packet being yielded); None when unknown."""
+        f = self._f
+        if f is None:
+            return self.size
+        try:
+            return f.tell()
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    @property
+    def size(self) -> int | None:
+        """The file's size in bytes, when it is a regular file."""
+        if self._size is False:
+            self._size = None
+            try:
+                st = os.fstat(self._f.fileno())
+                if st.st_size > 0:
+                    self._size = st.st_size
+            except (OSError, ValueError, AttributeError):
+                pass
+        return self._size
 
     # -- life cycle
     def close(self):

@@ -9,7 +9,10 @@ from .errors import SensorError
 from .pcapfile import CaptureError, CaptureReader
 from .pipeline import Pipeline
 
-__all__ = ["replay", "ReplayResult", "ReplayError"]
+__all__ = ["replay", "ReplayResult", "ReplayError", "TtyProgress", "PROGRESS_EVERY"]
+
+#: packets between two calls of the progress callback (the loop tests n & 0xFFF)
+PROGRESS_EVERY = 4096
 
 
 def _open_writer(path, linktype):
@@ -48,7 +51,9 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
     """Feed every packet of ``path`` to ``pipeline`` and finish it.
 
     ``strict``: a truncated capture is an error (else a warning and what could
-    be read is used).  ``progress(packets)`` is called now and then.
+    be read is used).  ``progress(packets, reader)`` is called every
+    ``PROGRESS_EVERY`` packets (the reader's ``offset`` and ``size`` say how
+    far into the file it is; see ``TtyProgress``).
     ``write_passed``: a path; the packets that the verdicts of ``enforcer`` (a
     ``rules.enforce.ReplayEnforcer``) let pass are written there as a pcap,
     the packet that triggered a verdict included in what is dropped (inline).
@@ -87,8 +92,8 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
                                       "--write-passed writes one pcap of one link type")
                 if enforcer is None or enforcer.passes(seg, ts):
                     writer.write(ts, frame, wirelen)
-            if progress is not None and not n & 0xFFFF:
-                progress(n)
+            if progress is not None and not n & 0xFFF:      # PROGRESS_EVERY - 1
+                progress(n, reader)
     except CaptureError as exc:
         raise ReplayError(f"{exc} (after {n} packets)") from None
     finally:
@@ -101,3 +106,58 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
             tick(last_ts)
     return ReplayResult(path=str(path), packets=n, seconds=time.perf_counter() - started,
                         stats=pipeline.stats.as_dict(), warnings=list(reader.warnings))
+
+
+class TtyProgress:
+    """A replay's progress on one terminal line (stderr), for ``replay(progress=...)``:
+
+        capture.pcap: 1200000 packets, 512.0 of 2048.0 MB (25.0%), 180.3 MB/s
+
+    redrawn at most every ``interval`` seconds (whatever the packet rate),
+    cut to the terminal's width (a wrapped line could not be redrawn), and
+    erased by ``close()``.  The file position is read here, at each redraw,
+    never in the packet loop."""
+
+    def __init__(self, stream, name: str = "", interval: float = 0.25, clock=time.monotonic):
+        self.stream = stream
+        self.name = name
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self.last = None
+        self.shown = False
+        self.redraws = 0
+
+    def __call__(self, packets: int, reader) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.interval:
+            return
+        self.last = now
+        self.draw(self.line(packets, reader.offset, reader.size, now - self.started))
+
+    @staticmethod
+    def line(packets: int, offset: int | None, size: int | None, elapsed: float) -> str:
+        mb = (offset or 0) / 1e6
+        rate = f", {mb / elapsed:.1f} MB/s" if elapsed > 0 and offset else ""
+        if offset is not None and size:
+            where = f"{mb:.1f} of {size / 1e6:.1f} MB ({min(100.0, 100.0 * offset / size):.1f}%)"
+        else:
+            where = f"{mb:.1f} MB"
+        return f"{packets} packets, {where}{rate}"
+
+    def draw(self, text: str) -> None:
+        import shutil
+        width = shutil.get_terminal_size((80, 24)).columns
+        if self.name:
+            text = f"{self.name}: {text}"
+        self.stream.write("\r" + text[:max(1, width - 1)] + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+        self.redraws += 1
+
+    def close(self) -> None:
+        """Erase the line (nothing is left of it on the terminal)."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False

@@ -46,6 +46,7 @@ class RunOptions:
     reload_interval: float = 1.0
     wakeup: int | None = None
     control_socket: str | None = None
+    metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.metrics)
 
 
 class Sensor:
@@ -63,7 +64,11 @@ class Sensor:
         self.stats = self.actor = None
         self.sink = sink
         self.control = None
+        self.metrics = None
+        self.reopen_requested = False   # SIGUSR1: reopen the log and record files (logrotate)
+        self.reopens = 0
         self._out = None
+        self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_stats = self._last_snapshot = 0.0
 
@@ -86,6 +91,7 @@ class Sensor:
                     self._out = open(path, "a", encoding="utf-8")
                 except OSError as exc:
                     raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
+                self._out_path = path
             self.sink = JsonLinesSink(self._out or sys.stdout)
         limits = self.config.limits
         self.pipeline = Pipeline(self.sink, ports=cfg.ports, uid_seed=os.urandom(12),
@@ -141,6 +147,10 @@ class Sensor:
         try:
             stack.callback(self._close_output)          # undone last, as in run() before
             stack.callback(self._close_control)
+            if opt.metrics:                             # first: a port in use fails before any loading
+                from .metrics import MetricsServer
+                self.metrics = MetricsServer(opt.metrics, self)
+                stack.callback(self._close_metrics)
             stack.enter_context(self.datapath.load())
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
@@ -160,7 +170,8 @@ class Sensor:
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.stats is not None,
-                      control_socket=opt.control_socket)
+                      control_socket=opt.control_socket,
+                      **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
 
     def step(self, timeout_ms: int | None = None) -> int:
@@ -174,6 +185,8 @@ class Sensor:
         events = self.feed.step(timeout_ms)
         if control is not None:
             control.serve_pending()
+        if self.reopen_requested:
+            self.reopen_files()
         now = time.monotonic()
         if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
             self.reload_rules(force=bool(self.reload_requested))
@@ -202,6 +215,40 @@ class Sensor:
         if self.control is not None:
             self.control.close()
             self.control = None
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+    def reopen_files(self) -> None:
+        """Open the log file and the records file again (SIGUSR1, after
+        logrotate renamed them): the next lines go to new files at the same
+        paths.  A file that cannot be opened is logged and the old one kept."""
+        from . import log as sensor_log
+
+        self.reopen_requested = False
+        reopened, failed = [], {}
+        try:
+            reopened += sensor_log.reopen()
+        except OSError as exc:
+            failed["log"] = exc.strerror or str(exc)
+        if self._out is not None and self._out_path is not None:
+            try:
+                new = open(self._out_path, "a", encoding="utf-8")
+            except OSError as exc:
+                failed[str(self._out_path)] = exc.strerror or str(exc)
+            else:
+                old, self._out = self._out, new
+                if getattr(self.sink, "stream", None) is old:
+                    self.sink.set_stream(new)
+                old.close()
+                reopened.append(str(self._out_path))
+        self.reopens += 1
+        if failed:
+            self.log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
+        else:
+            self.log.info("files reopened", files=reopened)
 
     def _close_output(self) -> None:
         if self._out is not None:
@@ -282,6 +329,9 @@ class Sensor:
             rules = [{"id": r.id, "rev": r.rev, "hook": r.hook.name, "file": r.file, "calls": r.calls,
                       "errors": r.errors, "alerts": r.alerts, "over_budget": r.over_budget,
                       "ms": round(r.seconds * 1000, 3)} for r in self.engine.ruleset.rules]
+        counters = self.counters()
+        # the rule engine's totals: its own key (was: counters()'s "rules" replaced the list of rules)
+        rule_engine = counters.pop("rules", {})
         return {
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self.started, 3) if self.started else 0.0,
@@ -291,5 +341,7 @@ class Sensor:
             "rules": rules,
             "rule_errors": {str(k): v for k, v in self.engine.ruleset.errors.items()} if self.engine else {},
             "last_reload_age": round(time.monotonic() - self.last_reload, 3) if self.last_reload else None,
-            **self.counters(),
+            "metrics": self.metrics.url if self.metrics is not None else None,
+            "rule_engine": rule_engine,
+            **counters,
         }

@@ -1,0 +1,120 @@
+"""The Prometheus endpoint without BPF: the address syntax, the one-line
+errors (extra missing, address in use), and what a scrape of a fake sensor
+holds (per-rule labels, no addresses anywhere)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+
+from sensor import metrics
+from sensor.errors import SensorError
+from sensor.metrics import MetricsServer, parse_address
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("127.0.0.1:9325", ("127.0.0.1", 9325)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ("[::1]:9325", ("::1", 9325)),
+    ("localhost:80", ("localhost", 80)),
+])
+def test_addresses(text, expected):
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("9325", "not ADDR:PORT"),
+    (":9325", "no address"),
+    ("127.0.0.1:", "not a port"),
+    ("127.0.0.1:70000", "not a port"),
+    ("127.0.0.1:http", "not a port"),
+    ("::1:9325", "in brackets"),
+    ("[::1]9325", "not ADDR:PORT"),
+    ("[nope]:9325", "not an IPv6 address"),
+])
+def test_address_mistakes(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_address(text)
+
+
+class _Stats:
+    def __init__(self, counters):
+        self.counters = counters
+
+    def __len__(self):
+        return 1
+
+
+def fake_sensor():
+    rule = SimpleNamespace(id="spam_filter.mail_from", alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25)
+    ruleset = SimpleNamespace(rules=[rule], errors={}, reload_errors=2)
+    engine = SimpleNamespace(ruleset=ruleset, alerts=3, errors=1, slow_calls=0, drops=2, late_events=5, bans=1)
+    stats = _Stats(SimpleNamespace(as_dict=lambda: {"notices": 4, "replies": 9}))
+    pipeline = SimpleNamespace(
+        stats=SimpleNamespace(frames=11, segments=10, flows=2, transactions=1, anomalies=0, payload_bytes=99,
+                              gap_bytes=0, starttls=0, listener_errors=0, gated=0,
+                              not_segments={"not_tcp": 3}),
+        reassembler=SimpleNamespace(flows=[SimpleNamespace(ctx=object()), SimpleNamespace(ctx=None)]))
+    return SimpleNamespace(started=None, feed=SimpleNamespace(events=20, bypassed=0, reader=SimpleNamespace(lost=0)),
+                           pipeline=pipeline, engine=engine, stats=stats, actor=SimpleNamespace(banned=1),
+                           control=SimpleNamespace(requests=5, refused=1, bans_added=2), datapath=None,
+                           reopens=0)
+
+
+def samples(sensor) -> dict:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.SensorCollector(sensor))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}, text
+
+
+def test_a_scrape_of_a_fake_sensor():
+    pytest.importorskip("prometheus_client")
+    got, text = samples(fake_sensor())
+    assert got[("smtp_sensor_events_total", ())] == 20
+    assert got[("smtp_sensor_active_flows", ())] == 1
+    assert got[("smtp_sensor_not_segments_total", (("reason", "not_tcp"),))] == 3
+    assert got[("smtp_sensor_rule_alerts_total", (("rule", "spam_filter.mail_from"),))] == 3
+    assert got[("smtp_sensor_rule_seconds_total", (("rule", "spam_filter.mail_from"),))] == 0.25
+    assert got[("smtp_sensor_rule_reload_errors_total", ())] == 2
+    assert got[("smtp_sensor_notices_total", ())] == 4
+    assert got[("smtp_sensor_bans_total", (("by", "manual"),))] == 2
+    assert got[("smtp_sensor_bans_total", (("by", "rules"),))] == 1
+    assert got[("smtp_sensor_control_requests_total", ())] == 5
+    assert not any(name.startswith("smtp_sensor_kernel") for name, _ in got)   # no datapath loaded
+
+
+def test_the_extra_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(SensorError, match=r"^--metrics needs the 'metrics' extra: pip install 'smtp-sensor\[metrics\]'"):
+        MetricsServer("127.0.0.1:0", fake_sensor())
+
+
+def test_an_address_in_use_is_one_line():
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SensorError, match=rf"^cannot serve metrics on 127.0.0.1:{port}: Address already in use$"):
+            MetricsServer(f"127.0.0.1:{port}", fake_sensor())
+
+
+def test_served_over_http_on_the_address_asked():
+    pytest.importorskip("prometheus_client")
+    server = MetricsServer("127.0.0.1:0", fake_sensor())
+    try:
+        assert server.url == f"http://127.0.0.1:{server.port}/metrics" and server.port > 0
+        text = urllib.request.urlopen(server.url, timeout=10).read().decode()
+        assert "smtp_sensor_events_total 20.0" in text
+        assert "process_resident_memory_bytes" in text
+    finally:
+        server.close()
