@@ -161,8 +161,19 @@ class _Auth:
         self.rounds = 0
 
 
+_NO_HELD = ()  # SMTPConnection._cq holding nothing
+
+
 class SMTPConnection:
     """Sans-IO dissector of one SMTP connection (both directions)."""
+
+    # Slots, and lists rather than deques for the short bounded queues (a
+    # deque starts with a 64-slot block, ~760 bytes): one connection is kept
+    # per open flow (bench/bench_memory.py).
+    __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_blocked_ts", "_auth", "_dot",
+                 "_msg", "_msg_method", "_bdat_left", "_bdat_last", "_sl", "_r_code", "_r_lines", "_r_dropped",
+                 "_replies", "_server_resync", "_pending", "_txn", "_waiting", "_depth", "_activity",
+                 "_invalid", "_unknown", "_first_cmd_ts", "_said", "helo", "capabilities", "tls")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits if limits is not None else Limits()
@@ -170,7 +181,9 @@ class SMTPConnection:
         self._mode = COMMAND
         # client side
         self._cl = LineBuffer(lim.command_line)
-        self._cq: deque = deque()          # (bytes | int gap length) held while blocked
+        # (bytes | int gap length) held while blocked; a deque only while it
+        # holds something (an empty deque is ~760 bytes per open flow)
+        self._cq: deque | tuple = _NO_HELD
         self._cq_bytes = 0
         self._blocked: _Pending | None = None
         self._blocked_ts: float | None = None
@@ -185,18 +198,18 @@ class SMTPConnection:
         self._r_code: int | None = None
         self._r_lines: list[str] = []
         self._r_dropped = 0
-        self._replies: deque = deque()     # complete replies waiting for a command
+        self._replies: list = []           # complete replies waiting for a command (<= unmatched_replies + 1)
         self._server_resync = False
         # matching and transactions
-        self._pending: deque[_Pending] = deque([_Pending(">")])
+        self._pending: list[_Pending] = [_Pending(">")]     # <= pending_commands + 1
         self._txn: _Txn | None = None
-        self._waiting: deque[_Txn] = deque()
+        self._waiting: list[_Txn] = []
         self._depth = 0
         self._activity = False             # non-QUIT command since the last transaction began
         self._invalid = 0
         self._unknown = 0
         self._first_cmd_ts: float | None = None
-        self._said: set[str] = set()       # once-per-connection anomalies already raised
+        self._said: set[str] | tuple = ()  # once-per-connection anomalies already raised (a set from the first)
         #: parameter of the last HELO/EHLO.
         self.helo: str | None = None
         #: capabilities of the last positive EHLO reply.
@@ -238,6 +251,8 @@ class SMTPConnection:
             else:
                 if self._blocked is not None and self._blocked_ts is None:
                     self._blocked_ts = ts
+                if self._cq is _NO_HELD:
+                    self._cq = deque()
                 self._cq.append(bytes(data))
                 self._cq_bytes += len(data)
             self._run(ts, out)
@@ -274,6 +289,8 @@ class SMTPConnection:
                 self._server_gap(length, ts, out)
                 self._run(ts, out)
             else:
+                if self._cq is _NO_HELD:
+                    self._cq = deque()
                 self._cq.append(int(length))
                 self._run(ts, out)
         except Exception as exc:
@@ -290,14 +307,14 @@ class SMTPConnection:
                 self._close_streams(ts, out)
             self._close_txn(ts, out)
             while self._waiting:
-                self._emit_txn(self._waiting.popleft(), ts, out)
+                self._emit_txn(self._waiting.pop(0), ts, out)
             # Zeek logs a record for a session with client activity but no
             # transaction (EHLO then QUIT, a scanner): so do we, once.
             if self._activity and self._depth == 0 and self._mode != TLS:
                 self._new_txn(ts)
                 self._close_txn(ts, out)
                 while self._waiting:
-                    self._emit_txn(self._waiting.popleft(), ts, out)
+                    self._emit_txn(self._waiting.pop(0), ts, out)
         except Exception as exc:
             self._internal(exc, CLIENT, ts, out)
         self._mode = CLOSED
@@ -309,8 +326,11 @@ class SMTPConnection:
         out.append(Anomaly(ts, name, direction, detail))
 
     def _once(self, out: list, ts: float, name: str, direction: str, detail: str = "") -> None:
-        if name not in self._said:
-            self._said.add(name)
+        said = self._said
+        if name not in said:
+            if not said:
+                said = self._said = set()
+            said.add(name)
             self._anomaly(out, ts, name, direction, detail)
 
     def _internal(self, exc: Exception, direction: str, ts: float, out: list) -> None:
@@ -321,7 +341,7 @@ class SMTPConnection:
         self._mode = STOPPED
         self._cl.clear()
         self._sl.clear()
-        self._cq.clear()
+        self._cq = _NO_HELD
         self._cq_bytes = 0
         self._replies.clear()
         self._blocked = None
@@ -351,6 +371,8 @@ class SMTPConnection:
             if not self._cq:
                 return
             item = self._cq.popleft()
+            if not self._cq:
+                self._cq = _NO_HELD
             if isinstance(item, int):
                 self._client_gap(item, ts, out)
             else:
@@ -423,7 +445,7 @@ class SMTPConnection:
             self._blocked = p
             self._blocked_ts = ts if (len(self._cl) or self._cq_bytes) else None
         if len(self._pending) > self.limits.pending_commands:
-            old = self._pending.popleft()
+            old = self._pending.pop(0)
             self._once(out, ts, A.TOO_MANY_PENDING_COMMANDS, CLIENT,
                        f"more than {self.limits.pending_commands} commands without reply; "
                        "the oldest are dropped unanswered")
@@ -685,15 +707,15 @@ class SMTPConnection:
             return False
         if not self._pending:
             if len(self._replies) > self.limits.unmatched_replies:
-                self._unmatched(self._replies.popleft(), ts, out)
+                self._unmatched(self._replies.pop(0), ts, out)
                 return True
             return False
-        reply = self._replies.popleft()
+        reply = self._replies.pop(0)
         if self._server_resync:
             self._server_resync = False
             if self._resync(reply, ts, out):
                 return True
-        self._answer(self._pending.popleft(), reply, ts, out)
+        self._answer(self._pending.pop(0), reply, ts, out)
         return True
 
     def _resync(self, reply: tuple, ts: float, out: list) -> bool:
@@ -707,7 +729,7 @@ class SMTPConnection:
         if not _plausible(head.verb, code):
             k = next((i for i, p in enumerate(pending) if _plausible(p.verb, code)), None)
             if k is not None:
-                lost = [pending.popleft() for _ in range(k)]
+                lost = [pending.pop(0) for _ in range(k)]
                 self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
                               "lost in a gap: replies to " + ", ".join(p.verb for p in lost))
                 for p in lost:
@@ -716,13 +738,13 @@ class SMTPConnection:
                         self._blocked = None
             elif head is self._blocked and head.verb == "DATA":
                 # The 354 was lost: the message was sent; read it, then match again.
-                pending.popleft()
+                pending.pop(0)
                 self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
                               "reply to DATA lost in a gap; assumed 354")
                 self._unanswered(head, ts, out)
                 self._blocked = None
                 self._start_data()
-                self._replies.appendleft(reply)
+                self._replies.insert(0, reply)
                 return True
         return False
 
@@ -830,7 +852,7 @@ class SMTPConnection:
         self._txn.tls = True
         self._close_txn(ts, out)
         while self._waiting:
-            self._emit_txn(self._waiting.popleft(), ts, out)
+            self._emit_txn(self._waiting.pop(0), ts, out)
         self._activity = False
         out.append(StartTLS(ts))
         self._stop()
@@ -880,13 +902,15 @@ class SMTPConnection:
                 self._auth = None
                 if closing:
                     self._cl.clear()
-                    self._cq.clear()
+                    self._cq = _NO_HELD
                     self._cq_bytes = 0
 
     def _pump_held(self) -> None:
         """Move held client octets into the line buffer (stopping at a gap)."""
         while self._cq and not isinstance(self._cq[0], int):
             item = self._cq.popleft()
+            if not self._cq:
+                self._cq = _NO_HELD
             self._cq_bytes -= len(item)
             self._cl.feed(item)
 
@@ -911,7 +935,7 @@ class SMTPConnection:
 
     def _maybe_emit(self, ts: float, out: list) -> None:
         while self._waiting and self._waiting[0].pending <= 0:
-            self._emit_txn(self._waiting.popleft(), ts, out)
+            self._emit_txn(self._waiting.pop(0), ts, out)
 
     def _emit_txn(self, txn: _Txn, ts: float, out: list) -> None:
         out.append(Transaction(
@@ -951,7 +975,7 @@ class SMTPConnection:
         if self._sl.partial or self._r_code is not None:
             self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "connection ended inside a reply")
         while self._replies:
-            self._unmatched(self._replies.popleft(), ts, out)
+            self._unmatched(self._replies.pop(0), ts, out)
         lost = list(self._pending)
         self._pending.clear()
         silent = len(lost) == 1 and lost[0].verb == ">" and self._first_cmd_ts is None
