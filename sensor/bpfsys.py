@@ -139,8 +139,13 @@ def map_info(fd: int) -> MapInfo:
                    info.map_flags, info.name.decode(errors="replace"))
 
 
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd of the program with this id (the caller closes it)."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _attr(_IdAttr(id=prog_id)))
+
+
 def prog_info_by_id(prog_id: int) -> ProgInfo:
-    fd = _bpf(BPF_PROG_GET_FD_BY_ID, _attr(_IdAttr(id=prog_id)))
+    fd = prog_fd_by_id(prog_id)
     try:
         info = _ProgInfo()
         _info(fd, info)

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     unload.add_argument("--keep-maps", action="store_true", help="keep bans and drops pinned")
     unload.add_argument("-c", "--config", type=Path, help="config naming the pin folder")
     unload.add_argument("--pin-dir", type=Path, help="pinned maps folder to remove")
+    unload.add_argument("-i", "--interface", action="append", default=[],
+                        help="also remove programs left on IFACE by a sensor killed without cleanup")
+    unload.add_argument("--netns", help="namespace of those interfaces")
 
     rep = sub.add_parser("replay", help="dissect a pcap or pcapng file through the live pipeline",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,6 +287,13 @@ def cmd_unload(args) -> int:
         print("sensor stopped: XDP and TC detached")
     except NotRunning:
         print("no sensor running")
+    if args.interface:
+        from .datapath import Datapath, check_privileges
+        check_privileges()
+        for ifname in args.interface:
+            removed = Datapath.detach_stale(ifname, args.netns)
+            print(f"{ifname}: removed {', '.join(removed)}" if removed else
+                  f"{ifname}: no smtp-sensor program attached")
     if args.keep_maps:
         print("pinned maps kept")
         return EXIT_OK

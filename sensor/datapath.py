@@ -48,6 +48,10 @@ TC_PRIO = 0xC5E  # our filter's priority: found again and removed by it alone
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 
 
+XDP_PROG_NAME = "ss_xdp_ingress"   # the kernel keeps 15 characters of a program's name
+TC_PROG_NAME = "ss_tc_egress"
+
+
 @dataclass
 class DatapathConfig:
     ports: tuple[int, ...] = (25, 587)
@@ -255,10 +259,14 @@ class Datapath:
                 name = bpfsys.prog_info_by_id(prog_id).name
             except OSError:
                 name = "?"
+            ours = name == XDP_PROG_NAME
             raise SensorError(
                 f"interface {ifname} already has an XDP program (id {prog_id}, name {name!r}); "
-                f"smtp-sensor will not replace it. Detach it first if it is not needed "
-                f"('ip link set dev {ifname} xdp off'), or stop the sensor that owns it")
+                f"smtp-sensor will not replace it. "
+                + (f"It is smtp-sensor's own: if no sensor runs any more (killed without cleanup), "
+                   f"remove it with 'smtp-sensor unload -i {ifname}'" if ours else
+                   f"Detach it first if it is not needed ('ip link set dev {ifname} xdp off'), "
+                   "or stop what owns it"))
 
     def _attach_xdp(self, ipr, ifname: str, ifindex: int, xdp_mode: str, NetlinkError) -> str:
         modes = ["native", "generic"] if xdp_mode == "auto" else [xdp_mode]
@@ -290,6 +298,55 @@ class Datapath:
             # someone else's clsact: keep it, and remove only our filter later
         ipr.tc("add-filter", "bpf", attachment.ifindex, ":1", fd=self.tc_fd, name="ss_tc_egress",
                parent=TC_EGRESS_PARENT, classid=1, direct_action=True, prio=TC_PRIO)
+
+    @staticmethod
+    def detach_stale(ifname: str, netns: str | None = None) -> list[str]:
+        """Remove programs of a sensor that died without cleanup (SIGKILL, OOM)
+        from ``ifname``: the XDP program only if it is named ours (removed
+        with EXPECTED_FD, so a program attached meanwhile is left alone), and
+        the TC egress filter at our priority only if it is named ours.
+        Returns what was removed."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        removed = []
+        with iproute(netns) as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                where = f" in namespace {netns}" if netns else ""
+                raise SensorError(f"interface {ifname!r} does not exist{where}")
+            ifindex = found[0]
+            link = ipr.get_links(ifindex)[0]
+            xdp = link.get_attr("IFLA_XDP")
+            prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+            if prog_id:
+                fd = bpfsys.prog_fd_by_id(prog_id)
+                try:
+                    name = bpfsys.prog_info_by_id(prog_id).name
+                    attached = xdp.get_attr("IFLA_XDP_ATTACHED")
+                    mode = "generic" if attached == 2 else "native"
+                    if name == XDP_PROG_NAME:
+                        ipr.link("set", index=ifindex, xdp={"attrs": [
+                            ("IFLA_XDP_FD", -1), ("IFLA_XDP_EXPECTED_FD", fd),
+                            ("IFLA_XDP_FLAGS", XDP_MODES[mode] | XDP_FLAGS_REPLACE)]})
+                        removed.append(f"XDP program {prog_id} ({mode})")
+                finally:
+                    os.close(fd)
+            try:
+                filters = ipr.get_filters(ifindex, parent=TC_EGRESS_PARENT)
+            except NetlinkError:
+                filters = []
+            for flt in filters:
+                opts = flt.get_attr("TCA_OPTIONS")
+                name = opts.get_attr("TCA_BPF_NAME") if opts else None
+                if name and name.startswith(TC_PROG_NAME) and (flt["info"] >> 16) == TC_PRIO:
+                    try:
+                        ipr.tc("del-filter", "bpf", ifindex, ":1", parent=TC_EGRESS_PARENT, prio=TC_PRIO)
+                        removed.append(f"TC egress filter {name}")
+                    except NetlinkError as exc:
+                        if exc.code not in (errno.ENOENT, errno.EINVAL):
+                            raise
+                    break
+        return removed
 
     def detach(self, attachment: Attachment) -> None:
         """Remove what we attached, and only that."""
