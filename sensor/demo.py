@@ -108,7 +108,7 @@ def describe(rec: dict) -> list[str]:
         if rec["action"] == "drop_flow":
             return [f"DROP    flow {rec['target']}: dropped in XDP/TC from now on (rule {rec.get('rule_id')})"]
         ttl = f" for {rec['ttl']:g} s" if rec.get("ttl") else ""
-        return [f"BAN     {rec['target']}{ttl}: every packet from it dropped in XDP ({rec['reason']})"]
+        return [f"BAN     {rec['target']}{ttl}: its SMTP packets dropped in XDP ({rec['reason']})"]
     if kind == "notice":
         lines = [f"NOTICE  {rec['note']}: {rec['msg']}"]
         for sample in rec.get("samples", [])[:2]:

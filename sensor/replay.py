@@ -66,6 +66,8 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
     except CaptureError as exc:
         raise ReplayError(str(exc)) from None
     feed = pipeline.feed_frame
+    if enforcer is not None:
+        enforcer.verdicts.ports = frozenset(pipeline.ports)   # the kernel bans SMTP ports only
     if enforcer is not None and pipeline.gate is None:
         pipeline.gate = enforcer.passes      # dropped packets never reach the dissector, as live
     last_ts = None

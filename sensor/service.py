@@ -101,6 +101,7 @@ class Sensor:
         from .rules.enforce import KernelEnforcer
 
         enforcer = KernelEnforcer(self.datapath.maps)
+        enforcer.verdicts.ports = frozenset(self.config.sensor.ports)
         cfg = self.config.sensor
         if cfg.rules is not None:
             from .rules.engine import RuleEngine

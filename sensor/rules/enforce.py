@@ -31,9 +31,11 @@ __all__ = ["Verdicts", "KernelEnforcer", "ReplayEnforcer"]
 class Verdicts:
     """Dropped flows (both directions) and banned prefixes, with expiry in the caller's clock."""
 
-    def __init__(self):
+    def __init__(self, ports=(25, 587)):
         self.flows: dict[tuple, float | None] = {}      # (a, ap, b, bp) text, both orders -> expiry ts
         self.bans: dict = {}                            # ip_network -> expiry ts or None
+        #: the SMTP ports: like the kernel, bans apply only to packets to or from them
+        self.ports = frozenset(ports)
 
     def add_flow(self, flow_tuple, expires=None) -> None:
         a, ap, b, bp = flow_tuple
@@ -57,8 +59,11 @@ class Verdicts:
         if self.flows and self.flow_dropped(src, seg.sport, dst, seg.dport, ts):
             return False
         # the datapath checks bans on the source in XDP and on the destination in TC:
-        # a banned host's packets are dropped whichever way they go
-        return not (self.bans and (self.banned(src, ts) or self.banned(dst, ts)))
+        # a banned host's packets are dropped whichever way they go -- on the
+        # SMTP ports only, the other traffic is passed before any lookup
+        if not self.bans or (seg.sport not in self.ports and seg.dport not in self.ports):
+            return True
+        return not (self.banned(src, ts) or self.banned(dst, ts))
 
     def banned(self, addr: str, now: float | None = None) -> bool:
         if not self.bans:

@@ -160,7 +160,8 @@ class RuleFlow:
 
     def ban_source(self, ttl: float | None = 3600.0, prefix: int | None = None) -> None:
         """Ban the client's address (``prefix``: e.g. 24 for its /24; default the
-        address alone) for ``ttl`` seconds: every packet from it is dropped in XDP."""
+        address alone) for ``ttl`` seconds: its packets to or from the SMTP ports are dropped
+        in XDP (and the replies to it in TC)."""
         self._engine.ban(self, ttl, prefix)
 
     def bypass(self) -> None:

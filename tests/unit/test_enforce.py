@@ -1,0 +1,36 @@
+"""The replay's verdict table decides like the kernel: flow drops both ways,
+bans on the SMTP ports only, expiry on the caller's clock."""
+
+from sensor.flowid import pack_addr
+from sensor.packet import ACK, Segment
+from sensor.rules.enforce import Verdicts
+
+
+def seg(src, sport, dst, dport):
+    return Segment(4, pack_addr(src), pack_addr(dst), sport, dport, 0, 0, ACK, b"", 0, 0)
+
+
+def test_a_ban_drops_the_hosts_smtp_packets_both_ways_and_nothing_else():
+    v = Verdicts(ports=(25, 587))
+    v.add_ban("192.0.2.66/32", expires=None)
+    assert not v.passes(seg("192.0.2.66", 40000, "192.0.2.25", 25), 1.0)
+    assert not v.passes(seg("192.0.2.25", 587, "192.0.2.66", 40001), 1.0)
+    assert v.passes(seg("192.0.2.66", 40002, "192.0.2.25", 22), 1.0)      # SSH: untouched, like XDP
+    assert v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 1.0)
+
+
+def test_a_prefix_ban_covers_the_network_until_it_expires():
+    v = Verdicts()
+    v.add_ban("2001:db8:66::/48", expires=100.0)
+    assert not v.passes(Segment(6, pack_addr("2001:db8:66::1"), pack_addr("2001:db8:25::25"), 40000, 25,
+                                0, 0, ACK, b"", 0, 0), 99.0)
+    assert v.passes(Segment(6, pack_addr("2001:db8:66::1"), pack_addr("2001:db8:25::25"), 40000, 25,
+                            0, 0, ACK, b"", 0, 0), 100.0)
+
+
+def test_a_dropped_flow_is_dropped_in_both_directions_only():
+    v = Verdicts()
+    v.add_flow(("192.0.2.10", 40000, "192.0.2.25", 25))
+    assert not v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 1.0)
+    assert not v.passes(seg("192.0.2.25", 25, "192.0.2.10", 40000), 1.0)
+    assert v.passes(seg("192.0.2.10", 40001, "192.0.2.25", 25), 1.0)
