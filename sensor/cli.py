@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--state-file", type=Path, help="snapshot of the reject statistics and bans")
+    run.add_argument("--monitor-only", action="store_true",
+                     help="never drop or ban (a SPAN/mirror port): verdicts are only logged")
     run.add_argument("--wakeup", type=positive_int, metavar="N",
                      help="perf samples per wakeup of the consumer (default: 1 with rules, so a verdict "
                           "lands before the client's next command; 64 without, for throughput)")
@@ -192,6 +194,8 @@ def resolve_run_config(args):
             over[key] = value
     if getattr(args, "output", None) is not None:
         over["output"] = str(args.output)
+    if getattr(args, "monitor_only", False):
+        over["enforce"] = False
     return replace(cfg, sensor=replace(cfg.sensor, **over)) if over else cfg
 
 

@@ -281,6 +281,8 @@ class SensorConfig:
     state_file: Path | None = None
     #: seconds between snapshots (one is also written at shutdown)
     snapshot_interval: float = 300.0
+    #: drop and ban in the kernel; false: monitor only (a SPAN port): verdicts are logged, never applied
+    enforce: bool = True
 
     def __post_init__(self):
         _validate(self, "sensor", {
@@ -293,6 +295,7 @@ class SensorConfig:
             "output": lambda v: str(v) if isinstance(v, Path) else _str(v),
             "state_file": _optional(_path),
             "snapshot_interval": lambda v: _duration(v, positive=True),
+            "enforce": _bool,
         })
 
     @property

@@ -350,7 +350,7 @@ class ControlServer:
         else:
             self.ban_notes.pop(network, None)
         rec = {"ts": time.time(), "event_type": "drop", "action": "ban_source", "target": network,
-               "reason": "manual", "enforced_by": "kernel"}
+               "reason": "manual", "enforced_by": self.sensor.enforcer.mode}
         if ttl:
             rec["ttl"] = ttl
         if reason:

@@ -81,7 +81,7 @@ class Sensor:
         cfg = self.config.sensor
         if not cfg.interfaces:
             raise SensorError("no interface given: use -i IFACE or [sensor] interfaces in the config")
-        dp_config = DatapathConfig(ports=tuple(cfg.ports))
+        dp_config = DatapathConfig(ports=tuple(cfg.ports), enforce=cfg.enforce)
         dp_config.pin_dir = cfg.pin_dir
         self.datapath = Datapath(dp_config)
         if self.sink is None:
@@ -112,7 +112,10 @@ class Sensor:
                 raise SensorError(f"rules not loaded: {next(iter(ruleset.errors.values()))}")
             self.engine = RuleEngine(ruleset, self.sink, enforcer, logger)
             self.pipeline.listeners.append(self.engine)
-        self.pipeline.gate = enforcer.passes   # stragglers of dropped flows: counted, not dissected
+        if cfg.enforce:
+            self.pipeline.gate = enforcer.passes   # stragglers of dropped flows: counted, not dissected
+        else:
+            enforcer.mode = "monitor"              # the kernel ignores the maps: say so in the records
         self.enforcer = enforcer
         st = self.config.spam_stats
         if st.enabled:
