@@ -36,6 +36,8 @@ from sensor import abi
 from sensor.lab import CLIENT_V4, SERVER_V4, SPAMMER_V4, Lab
 from sensor.netns import socket_in
 
+from record_schemas import check as check_record
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60          # every command, at most
 LAB_ADDRESSES = (SERVER_V4, CLIENT_V4, SPAMMER_V4)
@@ -371,8 +373,10 @@ def test_ban_add_list_del_and_the_ban_drops_in_xdp(lab, sensor):
     drops_before = sensor.call("status")["counters"]["ingress"]["drop_ban"]
     added = sensor.call("ban", "add", "192.0.2.66", "--ttl", "3600", "--reason", "cli smoke test")
     assert added == {"banned": "192.0.2.66/32", "ttl": 3600.0, "note": "cli smoke test"}
-    sensor.wait_record(lambda r: r["event_type"] == "drop" and r.get("target") == "192.0.2.66/32"
-                       and r["action"] == "ban_source" and r.get("note") == "cli smoke test")
+    record = sensor.wait_record(lambda r: r["event_type"] == "drop" and r.get("target") == "192.0.2.66/32"
+                                and r["action"] == "ban_source" and r.get("note") == "cli smoke test")
+    check_record(record)
+    assert record["reason"] == "manual" and record["ttl"] == 3600 and record["enforced_by"] == "kernel"
     # the SYN (and its retransmissions) never reach the server
     assert connect_from(lab, SPAMMER_V4, 1.5) == b""
     # the other client is not concerned
@@ -504,6 +508,8 @@ def test_log_and_record_files_reopen_on_sigusr1(lab, sensor):
     assert (old_log.stat().st_size, old_records.stat().st_size) == old_sizes
     assert len(sensor.logs(old_log)) >= kept[0] and len(sensor.records(old_records)) >= kept[1]
     assert not [e for e in sensor.logs(old_log) if e.get("event") == "files reopened"]
+    for record in sensor.records(old_records) + sensor.records():   # whole lines, each a valid record
+        check_record(record)
     assert sensor.call("status")["pid"] == sensor.proc.pid
     if _has_prometheus():
         assert scrape(sensor.running["metrics"])[1][("smtp_sensor_log_reopens_total", ())] == 1
