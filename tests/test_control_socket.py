@@ -60,7 +60,8 @@ class FakeSensor:
     def __init__(self):
         self.maps = FakeMaps()
         self.datapath = SimpleNamespace(maps=self.maps)
-        self.enforcer = SimpleNamespace(verdicts=SimpleNamespace(bans={}, add_ban=lambda net, exp: None))
+        self.enforcer = SimpleNamespace(mode="kernel",
+                                        verdicts=SimpleNamespace(bans={}, add_ban=lambda net, exp: None))
         self.pipeline = SimpleNamespace(sessions=[])
         self.stats = None
         self.engine = None
