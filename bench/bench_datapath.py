@@ -102,18 +102,24 @@ print(sent)
 """
 
 
-def consume_at(dp: Datapath, lab: Lab, rate: int, seconds: float, wakeup: int = 64) -> dict:
-    """A client namespace sends `rate` frames/s of 1.4 KB SMTP payload over the
-    veth (AF_PACKET, another process); XDP pushes each; this thread consumes."""
+def consume_at(dp: Datapath, lab: Lab, rate: int, seconds: float, wakeup: int = 64,
+               pktsend: Path | None = None) -> dict:
+    """A client namespace sends `rate` frames/s (0: flat out, with pktsend) of
+    1.4 KB SMTP payload over the veth (AF_PACKET, another process: the Python
+    loop below, or bench/pktsend.c built by bench_drop.build_pktsend, which
+    goes past the Python loop's ~300 k/s); XDP pushes each; this thread
+    consumes."""
     # a destination MAC that is not the server's: the stack drops the frame
     # after XDP instead of answering with an RST
     data = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:99") / IP(src=CLIENT_V4, dst=SERVER_V4)
                  / TCP(sport=40000, dport=25, flags="PA") / Raw(b"x" * 1400))
     reader = dp.event_reader(wakeup_events=wakeup)
     dp.maps.reset_counters()
-    producer = subprocess.Popen(lab.exec_argv(lab.client_ns, sys.executable, "-c", PRODUCER, lab.client_if,
-                                              str(rate), str(seconds), data.hex()),
-                                stdout=subprocess.PIPE, text=True)
+    if pktsend is not None:
+        argv = [str(pktsend), lab.client_if, data.hex(), str(seconds), str(rate)]
+    else:
+        argv = [sys.executable, "-c", PRODUCER, lab.client_if, str(rate), str(seconds), data.hex()]
+    producer = subprocess.Popen(lab.exec_argv(lab.client_ns, *argv), stdout=subprocess.PIPE, text=True)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     received = 0
@@ -125,12 +131,14 @@ def consume_at(dp: Datapath, lab: Lab, rate: int, seconds: float, wakeup: int = 
         if not got:
             break
     elapsed = time.perf_counter() - t0
-    sent = int(producer.stdout.read() or 0)
+    out = producer.stdout.read().strip() or "0"
+    sent = json.loads(out)["sent"] if out.startswith("{") else int(out)
     producer.stdout.close()
     counters = dp.maps.counters()["ingress"]
     # a full ring: the kernel's push fails (push_failed, which reader.lost reads)
     return {"target_rate": rate, "sent": sent, "pushed": counters["pushed"], "received": received,
             "lost": max(reader.lost, counters["push_failed"]), "achieved_rate": round(received / seconds),
+            "offered_rate": round(sent / seconds),
             "consumer_cpu_s": round(time.process_time() - cpu0, 2), "elapsed_s": round(elapsed, 2)}
 
 
@@ -142,6 +150,8 @@ def main() -> int:
                         help="pages of the event ring (all CPUs)")
     parser.add_argument("--wakeup", type=int, default=64,
                         help="(perf buffer era; the ring buffer wakes adaptively and ignores it)")
+    parser.add_argument("--producer", choices=("c", "python"), default="c",
+                        help="the frame sender: bench/pktsend.c (built with cc) or a Python loop")
     parser.add_argument("--skip-testrun", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -159,12 +169,16 @@ def main() -> int:
             with Datapath(DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}")) as dp:
                 report["xdp_ns_per_packet"] = testrun_table(dp, empty_fd)
         report["consumer"] = []
+        pktsend = None
+        if args.producer == "c" and args.rates:
+            from bench_drop import build_pktsend
+            pktsend = build_pktsend(Path(tempfile.mkdtemp(prefix="ss-bench-")))
         with Lab() as lab:
-            for rate in (int(r) for r in args.rates.split(",")):
+            for rate in (int(r) for r in args.rates.split(",") if r):
                 config = DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}", ring_pages=args.pages)
                 with Datapath(config) as dp:
                     dp.attach(lab.server_if, netns=lab.server_ns)
-                    report["consumer"].append(consume_at(dp, lab, rate, args.seconds, args.wakeup))
+                    report["consumer"].append(consume_at(dp, lab, rate, args.seconds, args.wakeup, pktsend))
     finally:
         import shutil
         shutil.rmtree(pin_root, ignore_errors=True)

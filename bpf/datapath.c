@@ -119,7 +119,7 @@ static __always_inline long ss_load_bytes(void *ctx, void *to, __u64 len, int di
  * cap_len). Returns 0 when pushed, < 0 when the ring is full or the copy
  * failed. */
 static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap_len, const __u32 size,
-				   int dir)
+				   int dir, __u64 wake)
 {
 	void *rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
 	long err;
@@ -129,10 +129,10 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	__builtin_memcpy(rec, ev, sizeof(*ev));
 	err = ss_load_bytes(ctx, rec + sizeof(*ev), ss_clamp(cap_len, size), dir);
 	if (err < 0) {
-		ss_events.ringbuf_discard(rec, 0);
+		ss_events.ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		return -1;
 	}
-	ss_events.ringbuf_submit(rec, 0);
+	ss_events.ringbuf_submit(rec, wake);
 	return 0;
 }
 
@@ -146,6 +146,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	struct ss_config *cfg;
 	struct ss_verdict *v;
 	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, cap_len;
+	__u64 wake = 0; /* adaptive: wake the reader if it has read everything before */
 	int proto, err;
 
 	proto = parse_ethhdr(&nh, data_end);
@@ -214,28 +215,37 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	ev.payload_len = pkt.payload_len;
 	ev.family = pkt.key.family;
 	ev.tcp_flags = pkt.tcp_flags;
+	/* A wakeup costs the sending CPU an irq_work (a self-IPI: microseconds in
+	 * a VM). Batched: every SS_WAKE_BATCH-th record pushed on this CPU. */
+	if (flags & SS_CFG_WAKE_BATCH) {
+		__u32 idx = dir * SS_CNT__MAX + SS_CNT_PUSHED;
+		__u64 *pushed = ss_counters.lookup(&idx);
+
+		wake = pushed && *pushed % SS_WAKE_BATCH == SS_WAKE_BATCH - 1 ? BPF_RB_FORCE_WAKEUP
+									     : BPF_RB_NO_WAKEUP;
+	}
 	if (cap_len <= 128)
-		err = ss_push(ctx, &ev, cap_len, 128, dir);
+		err = ss_push(ctx, &ev, cap_len, 128, dir, wake);
 	else if (cap_len <= 256)
-		err = ss_push(ctx, &ev, cap_len, 256, dir);
+		err = ss_push(ctx, &ev, cap_len, 256, dir, wake);
 	else if (cap_len <= 512)
-		err = ss_push(ctx, &ev, cap_len, 512, dir);
+		err = ss_push(ctx, &ev, cap_len, 512, dir, wake);
 	else if (cap_len <= 1024)
-		err = ss_push(ctx, &ev, cap_len, 1024, dir);
+		err = ss_push(ctx, &ev, cap_len, 1024, dir, wake);
 	else if (cap_len <= 1536)
-		err = ss_push(ctx, &ev, cap_len, 1536, dir);
+		err = ss_push(ctx, &ev, cap_len, 1536, dir, wake);
 	else if (cap_len <= 2048)
-		err = ss_push(ctx, &ev, cap_len, 2048, dir);
+		err = ss_push(ctx, &ev, cap_len, 2048, dir, wake);
 	else if (cap_len <= 4096)
-		err = ss_push(ctx, &ev, cap_len, 4096, dir);
+		err = ss_push(ctx, &ev, cap_len, 4096, dir, wake);
 	else if (cap_len <= 9216)
-		err = ss_push(ctx, &ev, cap_len, 9216, dir);
+		err = ss_push(ctx, &ev, cap_len, 9216, dir, wake);
 	else if (cap_len <= 16384)
-		err = ss_push(ctx, &ev, cap_len, 16384, dir);
+		err = ss_push(ctx, &ev, cap_len, 16384, dir, wake);
 	else if (cap_len <= 32768)
-		err = ss_push(ctx, &ev, cap_len, 32768, dir);
+		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
-		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir);
+		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
 	if (err < 0)
 		return SS_CNT_PUSH_FAILED;
 	if (ev.flags & SS_EVF_CUT)

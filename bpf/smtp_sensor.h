@@ -2,7 +2,7 @@
 /* smtp_sensor.h - the one ABI shared by the kernel programs (bpf/datapath.c)
  * and the control plane.
  *
- * Everything userland reads or writes in a map or a perf sample is laid out
+ * Everything userland reads or writes in a map or an event record is laid out
  * here: the event header, map keys and values, counter indexes, reason codes,
  * configuration bits.
  *
@@ -18,7 +18,7 @@
 
 #define SS_ABI_VERSION 1
 
-/* Largest number of packet bytes copied into one perf sample. Egress GSO/TSO
+/* Largest number of packet bytes copied into one event. Egress GSO/TSO
  * super-packets can be far longer than an MTU; what is beyond this is cut and
  * the event says so (SS_EVF_CUT), so userland records a gap. The runtime value
  * (ss_config.snaplen) may only lower it. */
@@ -49,8 +49,8 @@ enum ss_counter {
 	SS_CNT_FRAGMENT = 3,     /* passed: non-first IP fragment */
 	SS_CNT_PARSE_ERROR = 4,  /* passed: truncated or malformed header */
 	SS_CNT_PURE_ACK = 5,     /* passed: SMTP segment without payload/SYN/FIN/RST */
-	SS_CNT_PUSHED = 6,       /* passed: event pushed to the perf ring */
-	SS_CNT_PUSH_FAILED = 7,  /* passed: perf ring full or output failed */
+	SS_CNT_PUSHED = 6,       /* passed: event pushed to the event ring */
+	SS_CNT_PUSH_FAILED = 7,  /* passed: event ring full or copy failed */
 	SS_CNT_BYPASSED = 8,     /* passed: flow in the bypass map, not pushed */
 	SS_CNT_NO_PUSH = 9,      /* passed: pushing disabled by configuration */
 	SS_CNT_DROP_FLOW = 10,   /* dropped: live flow drop entry */
@@ -78,6 +78,12 @@ enum ss_reason {
 /* ss_config.flags: a zero config means defaults (everything on). */
 #define SS_CFG_NO_PUSH 0x1    /* do not push events (enforcement only) */
 #define SS_CFG_NO_ENFORCE 0x2 /* ignore bans and flow drops */
+#define SS_CFG_WAKE_BATCH 0x4 /* wake the reader every SS_WAKE_BATCH records per CPU
+			       * (default: adaptive, on every record pushed after it read
+			       * all: the lowest latency, a wakeup per record when quiet) */
+
+/* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
+#define SS_WAKE_BATCH 64
 
 /* TCP flag bits of ss_event_hdr.tcp_flags (byte 13 of the TCP header). */
 #define SS_TCP_FIN 0x01
@@ -96,8 +102,8 @@ struct ss_config {
 	__u32 snaplen; /* 0 = SS_SNAPLEN_MAX; larger values are clamped */
 };
 
-/* Metadata in front of the packet bytes of every perf sample. The sample is
- * padded by the kernel: trust cap_len, not the sample size. Addresses are 16
+/* Metadata in front of the packet bytes of every event record. The record is
+ * padded (to a size class of the ring): trust cap_len, not the record size. Addresses are 16
  * bytes; IPv4 uses the IPv4-mapped form ::ffff:a.b.c.d. Numbers are host
  * byte order. */
 struct ss_event_hdr {

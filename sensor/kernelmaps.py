@@ -87,6 +87,7 @@ class KernelMaps:
         self.flow_drop = bpf[b"ss_flow_drop"]
         self.bypass_map = bpf[b"ss_bypass"]
         self._ports: set[int] = set()
+        self._wake_batch = False
 
     # ------------------------------------------------------------ configuration
 
@@ -105,10 +106,17 @@ class KernelMaps:
     def ports(self) -> frozenset[int]:
         return frozenset(self._ports)
 
-    def set_config(self, push: bool = True, enforce: bool = True, snaplen: int = 0) -> None:
+    def set_config(self, push: bool = True, enforce: bool = True, snaplen: int = 0,
+                   wake_batch: bool | None = None) -> None:
+        """wake_batch: wake the event reader every abi.WAKE_BATCH records per
+        CPU (False: on every record pushed after it had read all); None keeps
+        the current choice (Datapath.event_reader makes it)."""
         if not 0 <= snaplen <= abi.SNAPLEN_MAX:
             raise ValueError(f"snaplen must be 0..{abi.SNAPLEN_MAX}, got {snaplen}")
-        flags = (0 if push else abi.CFG_NO_PUSH) | (0 if enforce else abi.CFG_NO_ENFORCE)
+        if wake_batch is not None:
+            self._wake_batch = wake_batch
+        flags = ((0 if push else abi.CFG_NO_PUSH) | (0 if enforce else abi.CFG_NO_ENFORCE)
+                 | (abi.CFG_WAKE_BATCH if self._wake_batch else 0))
         self.config_map[ct.c_int(0)] = abi.Config(flags=flags, snaplen=snaplen)
 
     # ------------------------------------------------------------ bans

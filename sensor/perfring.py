@@ -1,11 +1,12 @@
 """Consume the datapath's event ring (a BPF ring buffer, one for all CPUs).
 
-The kernel wakes the reader adaptively: a record submitted while the reader
-has caught up wakes it, records submitted while it is still reading do not.
-So a quiet link delivers every event at once (the latency of one wakeup per
-sample) and a busy one is read in batches (the CPU cost of batched wakeups),
-with no knob to choose between them. poll() waits at most `timeout_ms` for a
-wakeup, then reads everything in the ring.
+How the kernel wakes the reader is chosen by Datapath.event_reader()
+(wakeup_events, in the datapath's configuration): adaptively, a record
+submitted after the reader has read everything wakes it (the lowest latency;
+on a quiet link one wakeup per record, each costing the sending CPU an
+irq_work, microseconds in a VM), or batched, every 64 records per CPU.
+poll() waits at most `timeout_ms` for a wakeup, then reads everything in the
+ring, woken or not.
 
 (The module keeps its name from when the events went through a perf buffer:
 bpf_perf_event_output() cost ~350 ns per event on the project's VM, a ring
@@ -26,13 +27,10 @@ from . import abi
 class EventReader:
     """Reads the `map_name` ring buffer of a loaded bcc.BPF object.
 
-    `wakeup_events` is accepted for callers written for the perf buffer and
-    ignored: the ring buffer's wakeups are adaptive (see above). Records the
-    kernel could not write (ring full) are counted by the datapath itself
-    (counter push_failed); `lost` reads those counters."""
+    Records the kernel could not write (ring full) are counted by the
+    datapath itself (counter push_failed); `lost` reads those counters."""
 
-    def __init__(self, bpf, page_cnt: int | None = None, wakeup_events: int | None = None,
-                 map_name: bytes = b"ss_events"):
+    def __init__(self, bpf, map_name: bytes = b"ss_events"):
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._bpf = bpf
@@ -70,6 +68,7 @@ class EventReader:
         if self._manager is None:
             raise ValueError("EventReader is closed")
         self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
+        self._lib.bpf_consume_ringbuf(self._manager)  # what came without a wakeup
         if not self._batch:
             return []
         samples = self._batch[:]
