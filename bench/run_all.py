@@ -118,6 +118,7 @@ def stage_xdp(table: Table, args, report: dict) -> None:
                        ("bpf_ktime_get_ns()", "piece: bpf_ktime_get_ns()"),
                        ("perf_event_output, 8 B", "piece: bpf_perf_event_output of 8 B (the old push)"),
                        ("ring reserve + submit, 80 B", "piece: ring record of 80 B (the push now)"),
+                       ("ring reserve + submit, 80 B, forced wakeup", "piece: ring record + wakeup of the reader"),
                        ("ring reserve 2 KB + xdp_load_bytes 1454 B + submit", "piece: ring record with 1.4 KB")):
         table.add("1 XDP", label + " (above floor)", pieces[key] - p_floor, unit="ns")
 

@@ -8,7 +8,8 @@ Read a row as "floor + what this piece costs"; the difference to the floor
 is the piece. The datapath's paths are sums of these: not SMTP = parse + two
 port-array lookups + a per-CPU counter; banned source = that + LPM lookup;
 pushed = that + LPM miss + two LRU misses + ktime + one ring record (or, as
-before, one bpf_perf_event_output). Root and bcc needed.
+before, one bpf_perf_event_output), and now and then a wakeup of the reader
+(an irq_work). Root and bcc needed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ PIECES = {
     "ring reserve + submit, 80 B": (
         "struct ss_event_hdr *e = ring_ev.ringbuf_reserve(sizeof(*e)); if (!e) return XDP_ABORTED;"
         " e->version = 1; ring_ev.ringbuf_submit(e, 0); return XDP_PASS;", 64, True),
+    "ring reserve + submit, 80 B, forced wakeup": (
+        "struct ss_event_hdr *e = ring_ev.ringbuf_reserve(sizeof(*e)); if (!e) return XDP_ABORTED;"
+        " e->version = 1; ring_ev.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP); return XDP_PASS;", 64, True),
     "ring reserve 2 KB + xdp_load_bytes 1454 B + submit": (
         "struct rec { struct ss_event_hdr h; u8 d[2048]; } *e = ring_ev.ringbuf_reserve(sizeof(*e));"
         " if (!e) return XDP_ABORTED; e->h.version = 1;"
