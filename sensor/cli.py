@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--monitor-only", action="store_true",
                      help="never drop or ban (a SPAN/mirror port): verdicts are only logged")
     run.add_argument("--wakeup", type=positive_int, metavar="N",
-                     help="perf samples per wakeup of the consumer (default: 1 with rules, so a verdict "
-                          "lands before the client's next command; 64 without, for throughput)")
+                     help="1: wake the consumer on every event (default with rules, so a verdict "
+                          "lands before the client's next command); more: every 64 events per CPU "
+                          "(default without rules, for throughput)")
     run.add_argument("--control-socket", default=None, help="default " + _default_socket() + "; 'none': no socket")
     run.add_argument("--log-file", type=Path, metavar="PATH",
                      help="append JSON log lines to PATH instead of stdout; reopened on SIGUSR1 (logrotate)")

@@ -1,6 +1,6 @@
-"""Live input: the datapath's perf events through the same pipeline as a capture.
+"""Live input: the datapath's events through the same pipeline as a capture.
 
-    kernel (XDP ingress / TC egress) --perf ring--> EventReader.poll()
+    kernel (XDP ingress / TC egress) --event ring--> EventReader.poll()
       -> LiveFeed.step(): each event's frame, timestamp and wire length
       -> Pipeline.feed_frame(LINKTYPE_ETHERNET, ...)
 
