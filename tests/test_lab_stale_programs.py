@@ -28,14 +28,17 @@ def test_programs_of_a_killed_sensor_are_refused_then_removed_by_unload(lab_prer
         proc = subprocess.Popen([*CLI, "--log-format", "json", "run", *where,
                                  "--control-socket", str(tmp_path / "a.sock")],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
         try:
             for line in proc.stdout:
+                seen.append(line)
                 if '"running"' in line:
                     break
         finally:
             proc.kill()
             proc.wait()
-        assert link_has_xdp(lab)
+        assert any('"running"' in line for line in seen), "".join(seen)[-3000:]
+        assert link_has_xdp(lab), "".join(seen)[-3000:]
         again = subprocess.run([*CLI, "run", *where, "--control-socket", str(tmp_path / "b.sock"),
                                 "--duration", "1"], capture_output=True, text=True, timeout=120)
         assert again.returncode == 2 and "It is smtp-sensor's own" in again.stderr
