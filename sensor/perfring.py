@@ -12,30 +12,16 @@ ring, woken or not.
 bpf_perf_event_output() cost ~350 ns per event on the project's VM, a ring
 record ~70 ns; see docs/benchmarks.md.)
 
-On x86-64 the records are read straight from the ring's memory, mapped
-into this process as libbpf maps it (the consumer position page read-write,
-the producer position page and the data, mapped twice so that a record is
-contiguous across the wrap, read-only): one bytes copy per record, no call
-from C into Python per record (~0.5 us a record instead of ~2 us through
-libbpf's callback). x86's ordering makes the plain loads and the store of the
-consumer position correct; elsewhere libbpf's ring_buffer__poll is used, with
-a tiny ctypes callback that copies the record, appends it and never raises.
+The ctypes callback is kept tiny: copy the record, append it, never raise
+(an exception inside a ctypes callback is printed and lost, not propagated).
 Decoding happens outside, in batches.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
-import mmap
-import platform
-import select
-import struct
 
 from . import abi
-
-_BUSY, _DISCARD = 1 << 31, 1 << 30   # BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT
-_HDR = 8                             # BPF_RINGBUF_HDR_SZ
-_DIRECT = platform.machine() in ("x86_64", "AMD64")
 
 
 class EventReader:
@@ -44,59 +30,16 @@ class EventReader:
     Records the kernel could not write (ring full) are counted by the
     datapath itself (counter push_failed); `lost` reads those counters."""
 
-    def __init__(self, bpf, map_name: bytes = b"ss_events", direct: bool | None = None):
+    def __init__(self, bpf, map_name: bytes = b"ss_events"):
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+
         self._bpf = bpf
+        self._lib = lib
         self._batch: list[bytes] = []
         self.callback_errors = 0
         self.bad_samples = 0  # records that are not our events
         self.received = 0
         self._lost_slots = [d * abi.COUNTER_COUNT + abi.Counter.PUSH_FAILED for d in abi.Direction]
-        self._manager = self._epoll = None
-        fd = bpf[map_name].map_fd
-        if _DIRECT if direct is None else direct:
-            self._open_direct(fd)
-        else:
-            self._open_libbpf(fd, map_name)
-
-    def _open_direct(self, fd: int) -> None:
-        from . import bpfsys
-
-        size = bpfsys.map_info(fd).max_entries       # data bytes, a power of two
-        page = mmap.PAGESIZE
-        self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self._data = memoryview(self._prod_map)[page:]
-        self._mask = size - 1
-        self._epoll = select.epoll()
-        self._epoll.register(fd, select.EPOLLIN)
-
-    def _read_direct(self) -> None:
-        """Every committed record from the consumer position on, then the new
-        position (a record still being written ends the read)."""
-        unpack = struct.unpack_from
-        cons = unpack("<Q", self._cons_map, 0)[0]
-        prod = unpack("<Q", self._prod_map, 0)[0]
-        if cons >= prod:
-            return
-        data, mask, append = self._data, self._mask, self._batch.append
-        start = cons
-        while cons < prod:
-            off = cons & mask
-            length = unpack("<I", data, off)[0]
-            if length & _BUSY:
-                break
-            if not length & _DISCARD:
-                append(bytes(data[off + _HDR:off + _HDR + length]))
-            else:
-                length &= ~_DISCARD
-            cons += (length + _HDR + 7) & ~7
-        if cons != start:
-            struct.pack_into("<Q", self._cons_map, 0, cons)
-
-    def _open_libbpf(self, fd: int, map_name: bytes) -> None:
-        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
-
-        self._lib = lib
         batch = self._batch
         string_at = ct.string_at
 
@@ -108,7 +51,7 @@ class EventReader:
             return 0
 
         self._on_sample = _RINGBUF_CB_TYPE(on_sample)  # keep the reference alive
-        self._manager = lib.bpf_new_ringbuf(fd, self._on_sample, None)
+        self._manager = lib.bpf_new_ringbuf(bpf[map_name].map_fd, self._on_sample, None)
         if not self._manager:
             raise OSError(f"cannot open the ring buffer {map_name.decode()}")
 
@@ -122,16 +65,10 @@ class EventReader:
     def poll_raw(self, timeout_ms: int = 10) -> list[bytes]:
         """Wait up to timeout_ms for a wakeup, read the whole ring, return the
         raw records."""
-        if self._epoll is not None:
-            self._read_direct()
-            if not self._batch and timeout_ms:
-                self._epoll.poll(timeout_ms / 1000)
-                self._read_direct()
-        elif self._manager is not None:
-            self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
-            self._lib.bpf_consume_ringbuf(self._manager)  # what came without a wakeup
-        else:
+        if self._manager is None:
             raise ValueError("EventReader is closed")
+        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
+        self._lib.bpf_consume_ringbuf(self._manager)  # what came without a wakeup
         if not self._batch:
             return []
         samples = self._batch[:]
@@ -157,12 +94,6 @@ class EventReader:
         if self._manager is not None:
             self._lib.bpf_free_ringbuf(self._manager)
             self._manager = None
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
-            self._data.release()
-            self._prod_map.close()
-            self._cons_map.close()
 
     def __del__(self):
         try:
