@@ -339,7 +339,7 @@ def test_bans_survive_a_reload_through_the_pinned_maps(dp, test_pin_root):
 
 def test_pinned_map_of_another_layout_is_refused(kernel_prereqs, test_pin_root):
     import bcc
-    pin_dir = test_pin_root / "stale" / f"v{abi.ABI_VERSION}"
+    pin_dir = test_pin_root / "stale-layout" / f"v{abi.ABI_VERSION}"  # not test_lab_stale_programs' folder
     pin_dir.mkdir(parents=True)
     # a map where ss_ban_v4 belongs, with a key of another size
     stale = bcc.BPF(text=(f'BPF_TABLE_PINNED("lpm_trie", struct {{ u32 p; u8 a[8]; }}, u64, ss_ban_v4, '
