@@ -26,8 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +33,9 @@ import pytest
 
 from sensor import abi, bpfsys
 from sensor.lab import CLIENT_V4, SERVER_V4, Lab
-from sensor.netns import NETNS_RUN_DIR, _setns
+from sensor.netns import socket_in
+
+from lab_sensor import SensorProcess
 
 pytestmark = pytest.mark.lab
 
@@ -45,95 +45,6 @@ BANNED_SENDER = "alice@spam.example"
 
 
 # ---------------------------------------------------------------- the sensor process
-
-class SensorProcess:
-    """`smtp-sensor run` in a subprocess; its JSON log lines collected by a thread."""
-
-    def __init__(self, lab: Lab, rules: Path, records: Path, pin_dir: Path):
-        self.lab, self.rules, self.records_path, self.pin_dir = lab, rules, records, pin_dir
-        self.logs: list[dict] = []
-        self.stderr: list[str] = []
-        self._cond = threading.Condition()
-        argv = [sys.executable, "-m", "sensor.cli", "run", "-i", lab.server_if, "--netns", lab.server_ns,
-                "--rules", str(rules), "-o", str(records), "--pin-dir", str(pin_dir),
-                "--reload-interval", str(RELOAD_INTERVAL)]
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _read(self, stream, is_log: bool) -> None:
-        for line in stream:
-            with self._cond:
-                if is_log:
-                    try:
-                        self.logs.append(json.loads(line))
-                    except ValueError:
-                        self.logs.append({"event": "<not json>", "text": line.rstrip()})
-                else:
-                    self.stderr.append(line.rstrip())
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def describe(self) -> str:
-        with self._cond:
-            logs = "\n".join(json.dumps(e) for e in self.logs[-20:])
-            err = "\n".join(self.stderr[-20:])
-        return f"sensor logs (last 20):\n{logs}\nsensor stderr:\n{err}"
-
-    def mark(self) -> int:
-        """Where the log is now: wait_log(after=mark) sees only what comes next."""
-        with self._cond:
-            return len(self.logs)
-
-    def wait_log(self, pred, after: int = 0, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for entry in self.logs[after:]:
-                    if pred(entry):
-                        return entry
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not any(t.is_alive() for t in self._threads)):
-                    break
-                self._cond.wait(min(left, 0.2))
-        why = (f"the sensor exited ({self.proc.returncode})" if self.proc.poll() is not None
-               else f"no such log line within {timeout} s")
-        pytest.fail(f"{why}\n{self.describe()}", pytrace=False)
-
-    def records(self) -> list[dict]:
-        try:
-            text = self.records_path.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
-
-    def wait_record(self, pred, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [r for r in self.records() if pred(r)]
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                pytest.fail(f"no such record within {timeout} s; records:\n"
-                            + "\n".join(json.dumps(r) for r in self.records()[-10:]) + "\n" + self.describe(),
-                            pytrace=False)
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for t in self._threads:
-            t.join(timeout=5)
-        return self.proc.returncode
-
 
 @pytest.fixture(scope="module")
 def lab(lab_prereqs, tmp_path_factory):
@@ -150,7 +61,9 @@ def sensor(lab, test_pin_root, tmp_path_factory):
     rules = work / "rules"
     shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pin_dir = test_pin_root / "rules" / f"v{abi.ABI_VERSION}"
-    proc = SensorProcess(lab, rules, work / "records.json", pin_dir)
+    proc = SensorProcess(lab, work / "records.json", pin_dir, work / "control.sock",
+                         "--rules", str(rules), "--reload-interval", str(RELOAD_INTERVAL))
+    proc.rules = rules
     try:
         proc.wait_log(lambda e: e.get("event") == "running", timeout=90)
         yield proc
@@ -168,27 +81,11 @@ def messages_from(lab, sender: str) -> list[dict]:
     return [e for e in journal(lab) if e["kind"] == "message" and e["mail_from"] == sender]
 
 
-def socket_in_netns(ns: str, family=socket.AF_INET) -> socket.socket:
-    """A TCP socket living in namespace ``ns`` (this thread enters it, makes
-    the socket and comes back: a socket keeps the namespace it was made in)."""
-    target = os.open(os.path.join(NETNS_RUN_DIR, ns), os.O_RDONLY)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            return socket.socket(family, socket.SOCK_STREAM)
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 class HandClient:
     """An SMTP client driven step by step from the test, in the client namespace."""
 
     def __init__(self, lab: Lab, timeout: float = 3.0):
-        self.sock = socket_in_netns(lab.client_ns)
+        self.sock = socket_in(lab.client_ns)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         self.sock.bind((CLIENT_V4, 0))

@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -52,6 +49,7 @@ from sensor.pcapfile import read_packets
 from sensor.pcapwriter import PcapWriter
 
 from lab_capture import Capture
+from lab_sensor import SensorProcess
 
 pytestmark = pytest.mark.lab
 
@@ -166,97 +164,6 @@ def connection_times_out(lab: Lab, source: str, port: int = 25, timeout: float =
 
 # ---------------------------------------------------------------- the sensor process
 
-class SensorProcess:
-    """`smtp-sensor run --config` in a subprocess; its JSON log lines collected by a thread."""
-
-    def __init__(self, lab: Lab, config: Path, records: Path, pin_dir: Path, control: Path):
-        self.records_path, self.pin_dir, self.control = records, pin_dir, control
-        self.logs: list[dict] = []
-        self.stderr: list[str] = []
-        self._cond = threading.Condition()
-        argv = [sys.executable, "-m", "sensor.cli", "--log-format", "json", "run", "--config", str(config),
-                "-i", lab.server_if, "--netns", lab.server_ns, "--pin-dir", str(pin_dir),
-                "--control-socket", str(control), "-o", str(records), "--stats-interval", "3600"]
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _read(self, stream, is_log: bool) -> None:
-        for line in stream:
-            with self._cond:
-                if is_log:
-                    try:
-                        self.logs.append(json.loads(line))
-                    except ValueError:
-                        self.logs.append({"event": "<not json>", "text": line.rstrip()})
-                else:
-                    self.stderr.append(line.rstrip())
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def describe(self) -> str:
-        with self._cond:
-            logs = "\n".join(json.dumps(e) for e in self.logs[-20:])
-            err = "\n".join(self.stderr[-20:])
-        return f"sensor logs (last 20):\n{logs}\nsensor stderr:\n{err}"
-
-    def wait_log(self, pred, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for entry in self.logs:
-                    if pred(entry):
-                        return entry
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not any(t.is_alive() for t in self._threads)):
-                    break
-                self._cond.wait(min(left, 0.2))
-        why = (f"the sensor exited ({self.proc.returncode})" if self.proc.poll() is not None
-               else f"no such log line within {timeout} s")
-        pytest.fail(f"{why}\n{self.describe()}", pytrace=False)
-
-    def records(self) -> list[dict]:
-        try:
-            text = self.records_path.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
-
-    def wait_record(self, pred, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [r for r in self.records() if pred(r)]
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                pytest.fail(f"no such record within {timeout} s; records:\n"
-                            + "\n".join(json.dumps(r) for r in self.records()[-10:]) + "\n" + self.describe(),
-                            pytrace=False)
-            time.sleep(0.02)
-
-    def cli(self, *args: str) -> object:
-        """A control command through the real CLI (`smtp-sensor stats` etc.), its JSON output."""
-        result = subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
-                                cwd=REPO, capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, f"smtp-sensor {' '.join(args)}: {result.stderr}\n{self.describe()}"
-        return json.loads(result.stdout)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for t in self._threads:
-            t.join(timeout=5)
-        return self.proc.returncode
-
-
 def notices(records, src: str | None = None) -> list[dict]:
     return [r for r in records if r["event_type"] == "notice" and (src is None or r["src"] == src)]
 
@@ -290,7 +197,8 @@ def setup(lab, test_pin_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sensor(lab, setup):
-    proc = SensorProcess(lab, setup["config"], setup["records"], setup["pin_dir"], setup["control"])
+    proc = SensorProcess(lab, setup["records"], setup["pin_dir"], setup["control"],
+                         "--config", str(setup["config"]), "--stats-interval", "3600")
     try:
         proc.wait_log(lambda e: e.get("event") == "running", timeout=90)
         yield proc
@@ -452,7 +360,8 @@ def test_a_restart_restores_the_statistics_and_keeps_the_ban(lab, sensor, setup)
     assert stopped["spam_stats"]["notices"] == 3 and stopped["spam_stats"]["bans"] == 2
     assert stopped["lost"] == 0 and stopped["pipeline"]["listener_errors"] == 0
     assert setup["state_file"].stat().st_size > 0
-    again = SensorProcess(lab, setup["config"], setup["records"], setup["pin_dir"], setup["control"])
+    again = SensorProcess(lab, setup["records"], setup["pin_dir"], setup["control"],
+                          "--config", str(setup["config"]), "--stats-interval", "3600")
     stopped_ok = False
     try:
         again.wait_log(lambda e: e.get("event") == "running", timeout=90)
