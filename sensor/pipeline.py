@@ -33,14 +33,27 @@ _decode = packet.decode
 class Session:
     """One SMTP connection being dissected."""
 
-    __slots__ = ("flow", "conn", "tls", "scratch", "transactions")
+    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions")
 
     def __init__(self, flow, conn):
         self.flow = flow
         self.conn = conn
         self.tls = False
-        self.scratch: dict = {}
+        self._scratch: dict | None = None
         self.transactions = 0
+
+    @property
+    def scratch(self) -> dict:
+        """Free per-flow state for listeners (a dict made on first use: one
+        session per open flow, most without listeners' state)."""
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = {}
+        return scratch
+
+    @scratch.setter
+    def scratch(self, value: dict) -> None:
+        self._scratch = value
 
     def __repr__(self):
         return f"<Session {self.flow!r}>"

@@ -75,6 +75,7 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _start = itemgetter(0)
 _new = tuple.__new__
+_NO_CHUNKS = ()     # _Stream.chunks while nothing is buffered (a list only while something is)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,9 @@ class _Stream:
     ``pos`` is the position (from 0) of the next byte to deliver and ``nxt`` its
     TCP sequence number (None until the first SYN or segment is seen).
     ``chunks`` holds buffered out-of-order ranges, sorted and disjoint:
-    (start, end, bytes) or (start, end, None) for bytes known to be missing.
+    (start, end, bytes) or (start, end, None) for bytes known to be missing;
+    a list only while something is buffered, else the shared empty tuple (one
+    stream per direction of every open flow: bench/bench_memory.py).
     """
 
     __slots__ = ("direction", "nxt", "isn", "pos", "chunks", "buffered", "fin",
@@ -148,7 +151,7 @@ class _Stream:
         self.nxt = None
         self.isn = None
         self.pos = 0
-        self.chunks = []
+        self.chunks = _NO_CHUNKS
         self.buffered = 0
         self.fin = None           # position of the FIN, once seen
         self.last = b""           # the last bytes delivered (to check retransmissions)
@@ -165,13 +168,14 @@ class _Stream:
 class Flow:
     """A TCP connection.  ``ctx`` is free for the caller (e.g. its dissector)."""
 
-    __slots__ = ("key", "uid", "community_id", "family", "orig_addr", "orig_p",
+    __slots__ = ("key", "uid", "_cid", "family", "orig_addr", "orig_p",
                  "resp_addr", "resp_p", "start_ts", "last_ts", "partial", "orig",
                  "resp", "closing_since", "ended", "ctx")
 
     def __init__(self, uid, cid, family, oa, op, ra, rp, ts, partial):
+        """``cid``: the Community ID, or its seed (an int): then computed on first use."""
         self.uid = uid
-        self.community_id = cid
+        self._cid = cid
         self.family = family
         self.orig_addr, self.orig_p, self.resp_addr, self.resp_p = oa, op, ra, rp
         a, b = (oa, op), (ra, rp)
@@ -183,6 +187,14 @@ class Flow:
         self.closing_since = None
         self.ended = None
         self.ctx = None
+
+    @property
+    def community_id(self) -> str:
+        cid = self._cid
+        if cid.__class__ is not str:
+            # made on first use: most open flows have not been written out yet
+            cid = self._cid = community_id(self.orig_addr, self.resp_addr, 6, self.orig_p, self.resp_p, cid)
+        return cid
 
     @property
     def orig_h(self) -> str:
@@ -335,13 +347,19 @@ class Reassembler:
             oa, op, ra, rp = seg.src, sport, seg.dst, dport
         else:
             oa, op, ra, rp = seg.dst, dport, seg.src, sport
-        cid = community_id(oa, ra, 6, op, rp, self.cid_seed)
-        flow = Flow(self._uids.next(), cid, seg.family, oa, op, ra, rp, ts, partial)
+        flow = Flow(self._uids.next(), self.cid_seed, seg.family, oa, op, ra, rp, ts, partial)
+        # One key object per flow: flow.key is also the table's key of one
+        # direction (the one whose endpoints are in order).
+        key = flow.key
         self._flows[key] = flow
         fwd = (flow, flow.orig, flow.resp)
         rev = (flow, flow.resp, flow.orig)
-        self._table[(oa, op, ra, rp)] = fwd
-        self._table[(ra, rp, oa, op)] = rev
+        if (oa, op) <= (ra, rp):
+            self._table[key] = fwd
+            self._table[(ra, rp, oa, op)] = rev
+        else:
+            self._table[(oa, op, ra, rp)] = fwd
+            self._table[key] = rev
         self._count("flows")
         out.append(FlowStart(flow, ts))
         return fwd if sender_is_orig else rev
@@ -417,6 +435,8 @@ class Reassembler:
         if s >= e:
             return
         chunks = st.chunks
+        if chunks is _NO_CHUNKS:
+            st.chunks = chunks = []
         if not chunks or chunks[-1][1] <= s:          # common case: append at the end
             chunks.append((s, e, data))
             if data is not None:
@@ -480,7 +500,10 @@ class Reassembler:
                 st.buffered -= e - s
                 self.buffered -= e - s
             pos = e
-        del chunks[:k]
+        if k == len(chunks):
+            st.chunks = _NO_CHUNKS
+        else:
+            del chunks[:k]
         if parts:
             self._deliver(flow, st, start, parts, ts, out)
         st.nxt = (st.nxt + pos - st.pos) & _MASK

@@ -162,6 +162,9 @@ class _Auth:
 
 
 _NO_HELD = ()  # SMTPConnection._cq holding nothing
+# _pending, _replies, _waiting and _r_lines holding nothing: a list only while
+# they hold something (an empty list is 56-72 bytes, one set per open flow)
+_NONE = ()
 
 
 class SMTPConnection:
@@ -196,14 +199,14 @@ class SMTPConnection:
         # server side
         self._sl = LineBuffer(lim.reply_line)
         self._r_code: int | None = None
-        self._r_lines: list[str] = []
+        self._r_lines: list[str] | tuple = _NONE
         self._r_dropped = 0
-        self._replies: list = []           # complete replies waiting for a command (<= unmatched_replies + 1)
+        self._replies: list | tuple = _NONE   # complete replies waiting for a command (<= unmatched_replies + 1)
         self._server_resync = False
         # matching and transactions
         self._pending: list[_Pending] = [_Pending(">")]     # <= pending_commands + 1
         self._txn: _Txn | None = None
-        self._waiting: list[_Txn] = []
+        self._waiting: list[_Txn] | tuple = _NONE
         self._depth = 0
         self._activity = False             # non-QUIT command since the last transaction began
         self._invalid = 0
@@ -343,7 +346,7 @@ class SMTPConnection:
         self._sl.clear()
         self._cq = _NO_HELD
         self._cq_bytes = 0
-        self._replies.clear()
+        self._replies = _NONE
         self._blocked = None
 
     def _held(self) -> int:
@@ -438,7 +441,10 @@ class SMTPConnection:
         self._anomaly(out, ts, A.CONTENT_GAP, CLIENT, how)
 
     def _push(self, p: _Pending, ts: float, out: list) -> None:
-        self._pending.append(p)
+        if self._pending:
+            self._pending.append(p)
+        else:
+            self._pending = [p]
         if p.txn is not None:
             p.txn.pending += 1
         if p.blocking:
@@ -685,10 +691,13 @@ class SMTPConnection:
                           f"{self._r_dropped} lines past {self.limits.reply_lines} dropped")
         code = self._r_code
         lines = tuple(self._r_lines)
-        self._replies.append((code, parse_enhanced(code, lines[0]), lines,
-                              len(lines) > 1 or self._r_dropped > 0))
+        reply = (code, parse_enhanced(code, lines[0]), lines, len(lines) > 1 or self._r_dropped > 0)
+        if self._replies:
+            self._replies.append(reply)
+        else:
+            self._replies = [reply]
         self._r_code = None
-        self._r_lines = []
+        self._r_lines = _NONE
         return True
 
     def _server_gap(self, length: int, ts: float, out: list) -> None:
@@ -696,7 +705,7 @@ class SMTPConnection:
             self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "reply cut by a gap")
         self._sl.gap(_looks_like_reply)
         self._r_code = None
-        self._r_lines = []
+        self._r_lines = _NONE
         self._server_resync = True
         self._anomaly(out, ts, A.CONTENT_GAP, SERVER,
                       f"{length} octets lost; resync at next line, replies lost in the gap "
@@ -711,11 +720,16 @@ class SMTPConnection:
                 return True
             return False
         reply = self._replies.pop(0)
+        if not self._replies:
+            self._replies = _NONE
         if self._server_resync:
             self._server_resync = False
             if self._resync(reply, ts, out):
                 return True
-        self._answer(self._pending.pop(0), reply, ts, out)
+        p = self._pending.pop(0)
+        if not self._pending:
+            self._pending = _NONE
+        self._answer(p, reply, ts, out)
         return True
 
     def _resync(self, reply: tuple, ts: float, out: list) -> bool:
@@ -744,7 +758,10 @@ class SMTPConnection:
                 self._unanswered(head, ts, out)
                 self._blocked = None
                 self._start_data()
-                self._replies.insert(0, reply)
+                if self._replies:
+                    self._replies.insert(0, reply)
+                else:
+                    self._replies = [reply]
                 return True
         return False
 
@@ -930,12 +947,17 @@ class SMTPConnection:
             self._finish_message(ts, out, False)   # BDAT message abandoned (RSET, ...)
             self._mode = COMMAND if self._mode == BDAT else self._mode
         self._txn = None
-        self._waiting.append(txn)
+        if self._waiting:
+            self._waiting.append(txn)
+        else:
+            self._waiting = [txn]
         self._maybe_emit(ts, out)
 
     def _maybe_emit(self, ts: float, out: list) -> None:
         while self._waiting and self._waiting[0].pending <= 0:
             self._emit_txn(self._waiting.pop(0), ts, out)
+        if not self._waiting:
+            self._waiting = _NONE
 
     def _emit_txn(self, txn: _Txn, ts: float, out: list) -> None:
         out.append(Transaction(
@@ -977,7 +999,7 @@ class SMTPConnection:
         while self._replies:
             self._unmatched(self._replies.pop(0), ts, out)
         lost = list(self._pending)
-        self._pending.clear()
+        self._pending = _NONE
         silent = len(lost) == 1 and lost[0].verb == ">" and self._first_cmd_ts is None
         if lost and not silent:
             verbs = [p.verb for p in lost]

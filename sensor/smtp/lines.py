@@ -12,13 +12,14 @@ from __future__ import annotations
 __all__ = ["LineBuffer"]
 
 _COMPACT = 1 << 16
+_EMPTY = b""   # _buf while nothing is buffered (a bytearray only while something is)
 
 
 class LineBuffer:
     __slots__ = ("_buf", "_pos", "_limit", "_over", "_last", "_resync", "_probe")
 
     def __init__(self, limit: int) -> None:
-        self._buf = bytearray()
+        self._buf = _EMPTY                # two line buffers per open flow: no bytearray while empty
         self._pos = 0
         self._limit = max(1, limit)
         self._over: bytes | None = None   # kept prefix of an overlong line being discarded
@@ -35,14 +36,17 @@ class LineBuffer:
         return len(self) > 0 or self._over is not None
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos >= len(self._buf):
-            self._buf.clear()
+        if self._pos >= len(self._buf):
+            buf = bytearray()
+            buf += data
+            self._buf = buf if buf else _EMPTY
             self._pos = 0
-        self._buf += data
+        else:
+            self._buf += data
 
     def _compact(self) -> None:
         if self._pos >= len(self._buf):
-            self._buf.clear()
+            self._buf = _EMPTY
             self._pos = 0
         elif self._pos > _COMPACT and self._pos * 2 > len(self._buf):
             del self._buf[:self._pos]
@@ -50,8 +54,8 @@ class LineBuffer:
 
     def take_line(self) -> tuple[bytes, bool, bool] | None:
         """Next complete line as (line without ending, bare_lf, truncated), or None."""
-        buf = self._buf
         while True:
+            buf = self._buf
             pos = self._pos
             i = buf.find(b"\n", pos)
             if i < 0:
@@ -89,7 +93,7 @@ class LineBuffer:
 
     def take_all(self) -> bytes:
         data = bytes(self._buf[self._pos:])
-        self._buf.clear()
+        self._buf = _EMPTY
         self._pos = 0
         return data
 
@@ -102,8 +106,11 @@ class LineBuffer:
     def push_front(self, data: bytes) -> None:
         """Put back octets in front of the buffer (the rest after a message end)."""
         if data:
-            self._buf[:self._pos] = b""
-            self._buf[0:0] = data
+            if self._pos >= len(self._buf):
+                self._buf = bytearray(data)
+            else:
+                self._buf[:self._pos] = b""
+                self._buf[0:0] = data
             self._pos = 0
 
     def gap(self, probe=None) -> None:
@@ -112,14 +119,14 @@ class LineBuffer:
         ``probe(line)`` may say that the first line after the gap looks whole
         (the gap ended on a line boundary); it is then kept.
         """
-        self._buf.clear()
+        self._buf = _EMPTY
         self._pos = 0
         self._over = None
         self._resync = True
         self._probe = probe
 
     def clear(self) -> None:
-        self._buf.clear()
+        self._buf = _EMPTY
         self._pos = 0
         self._over = None
         self._resync = False

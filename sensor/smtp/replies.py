@@ -1,6 +1,8 @@
 """Server reply lines: syntax, enhanced status codes, EHLO extensions.
 
-Pure functions on already-split lines; no state.
+Pure functions on already-split lines; no state but a bounded cache of
+parsed EHLO extension lists (most servers send one of a few, and one is kept
+per open flow: bench/bench_memory.py).
 """
 
 from __future__ import annotations
@@ -40,8 +42,24 @@ def parse_ehlo_keywords(lines: tuple[str, ...]) -> dict:
     """Parse the extension lines of a positive EHLO reply (all lines but the first).
 
     Returns the keyword arguments of :class:`~sensor.smtp.events.ServerCapabilities`.
-    Handles the obsolete ``AUTH=LOGIN PLAIN`` form too.
+    Handles the obsolete ``AUTH=LOGIN PLAIN`` form too.  Equal extension lists
+    (up to a bound) share one parsed result: its tuples and strings.
     """
+    lines = tuple(lines)
+    caps = _EHLO_CACHE.get(lines)
+    if caps is None:
+        caps = _parse_ehlo_keywords(lines)
+        if len(_EHLO_CACHE) < _EHLO_CACHE_MAX and sum(map(len, lines)) <= _EHLO_CACHE_CHARS:
+            _EHLO_CACHE[lines] = caps
+    return dict(caps)
+
+
+_EHLO_CACHE: dict = {}         # extension lines -> parsed keyword arguments
+_EHLO_CACHE_MAX = 1024         # entries
+_EHLO_CACHE_CHARS = 1024       # longer extension lists are not kept
+
+
+def _parse_ehlo_keywords(lines: tuple[str, ...]) -> dict:
     caps = dict(pipelining=False, chunking=False, starttls=False, size=None,
                 eightbitmime=False, smtputf8=False, auth_mechanisms=(),
                 keywords=tuple(lines))
