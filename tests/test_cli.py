@@ -133,7 +133,7 @@ def test_demo_interrupted_tears_everything_down(lab_prereqs):
 
 
 # ------------------------------------------------------------------ replay
-PCAPS = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+from captures import PCAPS_DIR as PCAPS  # noqa: E402
 
 
 def test_replay_prints_records_on_stdout_and_one_summary_line():

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PCAPS_DIR
+from captures import PCAPS_DIR
 from sensor.flowid import community_id
 from sensor.output import ListSink
 from sensor.pipeline import Pipeline

@@ -1,7 +1,7 @@
 """Golden files: every public capture replayed, its records compared with a reviewed copy.
 
 In the manner of Zeek's btest baselines and Haka's hakapcap tests: each
-capture in ``../shared/pcaps`` is replayed through the whole pipeline
+capture in ``tests/pcaps`` is replayed through the whole pipeline
 (``sensor.replay`` with ``uid_seed=0``, default ports 25 and 587) and the
 records are compared, as pretty-printed JSON text, with
 ``tests/golden/<capture stem>.json``.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PCAPS_DIR
+from captures import PCAPS_DIR
 from sensor.output import ListSink
 from sensor.pipeline import Pipeline
 from sensor.replay import replay

@@ -1,6 +1,6 @@
 """Cross-check of our SMTP dissector against tshark on the public captures.
 
-For every ``/work/shared/pcaps/*.pcap`` (``../shared/pcaps`` beside the repo),
+For every ``tests/pcaps/*.pcap`` (the public captures, kept in the repository),
 every command and every reply tshark sees must be seen by us, in the same
 order per connection, and we must see nothing more:
 
@@ -12,7 +12,7 @@ Commands and replies are two sequences per connection (their interleaving is
 not compared: we emit a reply when it is matched, tshark in frame order); but
 none of our replies may answer a command that tshark saw sent after it.
 
-tshark has blind spots (see ``/work/shared/pcaps/README.md``).  Each is a
+tshark has blind spots (see ``tests/pcaps/README.md``).  Each is a
 named rule below, applied only where its condition holds; everything else in
 the same capture and connection is still compared.  Every time a rule applies
 it is recorded, and a rule may only apply to the captures listed for it in
@@ -40,7 +40,7 @@ from sensor.smtp import events as sev
 import tshark_smtp as ts
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-PCAPS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+from captures import PCAPS_DIR as PCAPS
 PORTS = frozenset(reassembly.DEFAULT_PORTS)
 
 # ----------------------------------------------------------------------- rules
@@ -288,7 +288,7 @@ def _missing(what: str):
     pytest.skip(message)
 
 
-CAPTURES = sorted(PCAPS.glob("*.pcap")) if PCAPS.is_dir() else []
+CAPTURES = sorted(PCAPS.glob("*.pcap"))
 
 
 @pytest.fixture(scope="module")
@@ -305,8 +305,7 @@ def readings():
 
 
 def test_captures_present():
-    if not CAPTURES:
-        _missing(f"the public captures in {PCAPS}")
+    assert len(CAPTURES) == 23, f"the public captures in {PCAPS}"
 
 
 @pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])

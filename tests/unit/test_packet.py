@@ -14,7 +14,7 @@ from sensor.packet import (ACK, FIN, PSH, REASONS, RST, SYN, Decoder, Segment, a
                            decode, mark_cut)
 from sensor.pcapfile import read_packets
 
-PCAPS = Path("/work/shared/pcaps")
+from captures import PCAPS_DIR as PCAPS
 V4A, V4B = "192.0.2.10", "198.51.100.25"
 V6A, V6B = "2001:db8::10", "2001:db8:1::25"
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

@@ -14,7 +14,7 @@ from sensor import pcapfile
 from sensor.packet import decode
 from sensor.pcapfile import CaptureError, CaptureReader, open_capture, read_packets
 
-PCAPS = Path("/work/shared/pcaps")
+from captures import PCAPS_DIR as PCAPS
 FRAME = raw(Ether() / IP(src="192.0.2.1", dst="198.51.100.2") / TCP(sport=4242, dport=25)
             / b"EHLO x\r\n")
 RAWIP = raw(IP(src="192.0.2.1", dst="198.51.100.2") / TCP(sport=4242, dport=25) / b"QUIT\r\n")

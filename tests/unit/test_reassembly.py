@@ -13,7 +13,7 @@ from sensor.reassembly import (ANOMALY_BUFFER_FULL, ANOMALY_ISN_CHANGED, ANOMALY
                                ORIG, RESP, Anomaly, Data, FlowEnd, FlowStart, Gap, Limits,
                                Reassembler)
 
-PCAPS = Path("/work/shared/pcaps")
+from captures import PCAPS_DIR as PCAPS
 CLI, SRV = pack_addr("192.0.2.10"), pack_addr("198.51.100.25")
 CPORT, SPORT = 40000, 25
 MASK = 0xFFFFFFFF
