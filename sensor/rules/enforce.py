@@ -20,32 +20,51 @@ the kernel.
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 
 from .. import abi
-from ..packet import addr_str
+from ..flowid import pack_addr
 
 __all__ = ["Verdicts", "KernelEnforcer", "ReplayEnforcer"]
 
 
 class Verdicts:
-    """Dropped flows (both directions) and banned prefixes, with expiry in the caller's clock."""
+    """Dropped flows (both directions) and banned prefixes, with expiry in the caller's clock.
 
-    def __init__(self, ports=(25, 587)):
-        self.flows: dict[tuple, float | None] = {}      # (a, ap, b, bp) text, both orders -> expiry ts
+    Keys are packed addresses (what a Segment carries), so the per-packet gate
+    formats nothing.  Expired entries are pruned when the earliest expiry is
+    passed.  ``keep``: seconds a flow entry is kept at most whatever its TTL
+    (live: the kernel does the dropping, the gate only needs to catch the
+    stragglers already in the event ring); None keeps it for its TTL (replay:
+    this table is the kernel).
+    """
+
+    def __init__(self, ports=(25, 587), keep: float | None = None):
+        self.flows: dict[tuple, float | None] = {}      # (packed a, ap, packed b, bp), both orders -> expiry
         self.bans: dict = {}                            # ip_network -> expiry ts or None
         #: the SMTP ports: like the kernel, bans apply only to packets to or from them
         self.ports = frozenset(ports)
+        self.keep = keep
+        self._prune_at = math.inf                       # the earliest expiry held
 
-    def add_flow(self, flow_tuple, expires=None) -> None:
+    def add_flow(self, flow_tuple, expires=None, now: float | None = None) -> None:
         a, ap, b, bp = flow_tuple
-        self.flows[(a, ap, b, bp)] = expires
-        self.flows[(b, bp, a, ap)] = expires
+        if self.keep is not None and now is not None:
+            expires = now + self.keep if expires is None else min(expires, now + self.keep)
+        pa, pb = pack_addr(a), pack_addr(b)
+        self.flows[(pa, ap, pb, bp)] = expires
+        self.flows[(pb, bp, pa, ap)] = expires
+        self._expiring(expires)
 
     def add_ban(self, network, expires=None) -> None:
         self.bans[ipaddress.ip_network(network, strict=False)] = expires
+        self._expiring(expires)
 
     def flow_dropped(self, src: str, sport: int, dst: str, dport: int, now: float | None = None) -> bool:
+        return self._flow_dropped(pack_addr(src), sport, pack_addr(dst), dport, now)
+
+    def _flow_dropped(self, src: bytes, sport: int, dst: bytes, dport: int, now) -> bool:
         exp = self.flows.get((src, sport, dst, dport), False)
         if exp is False:
             return False
@@ -55,24 +74,40 @@ class Verdicts:
         """Would this segment (``None``: not TCP/IP) pass the datapath at ``ts``?"""
         if seg is None or (not self.flows and not self.bans):
             return True
-        src, dst = addr_str(seg.src), addr_str(seg.dst)
-        if self.flows and self.flow_dropped(src, seg.sport, dst, seg.dport, ts):
+        if ts >= self._prune_at:
+            self._prune(ts)
+        if self.flows and self._flow_dropped(seg.src, seg.sport, seg.dst, seg.dport, ts):
             return False
         # the datapath checks bans on the source in XDP and on the destination in TC:
         # a banned host's packets are dropped whichever way they go -- on the
         # SMTP ports only, the other traffic is passed before any lookup
         if not self.bans or (seg.sport not in self.ports and seg.dport not in self.ports):
             return True
-        return not (self.banned(src, ts) or self.banned(dst, ts))
+        return not (self._banned(ipaddress.ip_address(seg.src), ts)
+                    or self._banned(ipaddress.ip_address(seg.dst), ts))
 
     def banned(self, addr: str, now: float | None = None) -> bool:
-        if not self.bans:
-            return False
-        ip = ipaddress.ip_address(addr)
+        return bool(self.bans) and self._banned(ipaddress.ip_address(addr), now)
+
+    def _banned(self, ip, now) -> bool:
         for net, exp in self.bans.items():
             if ip.version == net.version and ip in net and (exp is None or now is None or now < exp):
                 return True
         return False
+
+    def _expiring(self, expires) -> None:
+        if expires is not None and expires < self._prune_at:
+            self._prune_at = expires
+
+    def _prune(self, now: float) -> None:
+        self.flows = {k: e for k, e in self.flows.items() if e is None or e > now}
+        self.bans = {k: e for k, e in self.bans.items() if e is None or e > now}
+        held = [e for e in (*self.flows.values(), *self.bans.values()) if e is not None]
+        self._prune_at = min(held, default=math.inf)
+
+
+#: seconds a live flow drop is kept in the userland gate (ring stragglers)
+GATE_KEEP = 10.0
 
 
 def _expiry(now: float, ttl: float | None):
@@ -86,7 +121,9 @@ class KernelEnforcer:
 
     def __init__(self, maps):
         self.maps = maps
-        self.verdicts = Verdicts()
+        # the gate only has to catch what was already in the event ring when
+        # the kernel entry was written: seconds, not the verdict's TTL
+        self.verdicts = Verdicts(keep=GATE_KEEP)
         self.passes = self.verdicts.passes
         self.latencies_ns: list[int] = []          # verdict -> map written, last N
         self._keep = 10_000
@@ -104,7 +141,7 @@ class KernelEnforcer:
         from ..kernelmaps import Flow
         self._timed(self.maps.drop_flow, Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
                     ttl=ttl, reason=abi.Reason.RULE)
-        self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl))
+        self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl), now)
 
     def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE) -> None:
         self._timed(self.maps.ban, network, ttl=ttl, reason=reason)

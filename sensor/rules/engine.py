@@ -173,14 +173,12 @@ class RuleFlow:
 
 
 class RuleEngine:
-    def __init__(self, ruleset, sink, enforcer, logger=None, clock=time.perf_counter,
-                 stream_budget_ms: float = 50.0):
+    def __init__(self, ruleset, sink, enforcer, logger=None, clock=time.perf_counter):
         self.ruleset = ruleset
         self.sink = sink
         self.enforcer = enforcer
         self.logger = logger
         self.clock = clock
-        self.stream_budget_ms = stream_budget_ms
         self.alerts = 0
         self.errors = 0
         self.slow_calls = 0

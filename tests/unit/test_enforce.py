@@ -34,3 +34,21 @@ def test_a_dropped_flow_is_dropped_in_both_directions_only():
     assert not v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 1.0)
     assert not v.passes(seg("192.0.2.25", 25, "192.0.2.10", 40000), 1.0)
     assert v.passes(seg("192.0.2.10", 40001, "192.0.2.25", 25), 1.0)
+
+
+def test_expired_entries_are_pruned_from_the_table():
+    v = Verdicts()
+    v.add_flow(("192.0.2.10", 40000, "192.0.2.25", 25), expires=10.0)
+    v.add_ban("192.0.2.66/32", expires=20.0)
+    assert v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 15.0)
+    assert v.flows == {} and len(v.bans) == 1
+    v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 25.0)
+    assert v.bans == {}
+
+
+def test_the_live_gate_keeps_a_flow_drop_only_while_stragglers_can_arrive():
+    v = Verdicts(keep=10.0)
+    v.add_flow(("192.0.2.10", 40000, "192.0.2.25", 25), expires=None, now=100.0)   # dropped for good
+    assert not v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 105.0)
+    assert v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 111.0)          # the kernel's job now
+    assert v.flows == {}
