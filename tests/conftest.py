@@ -15,6 +15,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 from captures import PCAPS_DIR  # noqa: E402,F401 - the public captures, in the repository
 
 
+def require_module(name: str):
+    """Import ``name`` (an installed dependency, e.g. of the test extra):
+    skipped without it on a developer machine, a failure in CI."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module {name} (./run setup installs .[test])")
+
+
 def missing(what: str) -> None:
     message = f"prerequisite missing: {what}"
     if IN_CI:

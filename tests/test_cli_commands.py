@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_module
+
 from sensor import abi
 from sensor.lab import CLIENT_V4, SERVER_V4, SPAMMER_V4, Lab
 from sensor.netns import socket_in
@@ -105,7 +107,7 @@ def test_an_unwritable_log_file_is_one_line(tmp_path):
 
 
 def test_a_metrics_port_in_use_is_one_line_before_anything_is_loaded(tmp_path):
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -436,7 +438,7 @@ def _is_address(token: str) -> bool:
 
 @pytest.mark.lab
 def test_metrics_match_the_kernel_counters(lab, sensor):
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     url = sensor.running["metrics"]
     assert url.startswith("http://127.0.0.1:")
     swaks_mail(lab, "metrics@allowed.example")

@@ -23,7 +23,8 @@ def test_rename_and_sigusr1_not_copytruncate():
 
 def test_logrotate_accepts_it(tmp_path):
     if not shutil.which("logrotate"):
-        pytest.skip("logrotate is not installed (its syntax check only)")
+        from conftest import missing
+        missing("logrotate (./run setup installs it)")
     result = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(CONF)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

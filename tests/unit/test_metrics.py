@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import require_module
+
 from sensor import metrics
 from sensor.errors import SensorError
 from sensor.metrics import MetricsServer, parse_address
@@ -77,7 +79,7 @@ def samples(sensor) -> dict:
 
 
 def test_a_scrape_of_a_fake_sensor():
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     got, text = samples(fake_sensor())
     assert got[("smtp_sensor_events_total", ())] == 20
     assert got[("smtp_sensor_active_flows", ())] == 1
@@ -99,7 +101,7 @@ def test_the_extra_missing_is_one_line(monkeypatch):
 
 
 def test_an_address_in_use_is_one_line():
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -109,7 +111,7 @@ def test_an_address_in_use_is_one_line():
 
 
 def test_served_over_http_on_the_address_asked():
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     server = MetricsServer("127.0.0.1:0", fake_sensor())
     try:
         assert server.url == f"http://127.0.0.1:{server.port}/metrics" and server.port > 0
