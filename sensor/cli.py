@@ -220,8 +220,19 @@ def cmd_run(args) -> int:
     def on_sigusr1(signum, frame):
         sensor.reopen_requested = True     # done by the loop: never inside a write
 
+    def on_stop(signum, frame):
+        # Once the loop runs, a flag: an exception raised here while the event
+        # ring's ctypes callback runs would be swallowed by it, and the sensor
+        # would not stop.  Before (compiling, attaching), the exception, so
+        # every finally: block unwinds what was done so far.
+        sensor.stop_requested = True
+        if sensor.started is None:
+            raise KeyboardInterrupt if signum == signal.SIGINT else _Terminate()
+
     signal.signal(signal.SIGHUP, on_sighup)
     signal.signal(signal.SIGUSR1, on_sigusr1)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     return sensor.run()
 
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sensor.lab import CLIENT_V4, Lab
 
+from lab_sensor import SensorProcess
 from record_schemas import check
 
 pytestmark = pytest.mark.lab
-CLI = [sys.executable, "-m", "sensor.cli"]
 RULES = Path(__file__).resolve().parents[1] / "rules"
 
 
@@ -29,25 +26,20 @@ def test_monitor_only_logs_verdicts_and_drops_nothing(lab_prereqs, test_pin_root
     journal = tmp_path / "journal.jsonl"
     with Lab() as lab:
         lab.start_server(journal=journal)
-        proc = subprocess.Popen([*CLI, "--log-format", "json", "run", "-i", lab.server_if, "--netns", lab.server_ns,
-                                 "--pin-dir", str(test_pin_root / "monitor" / "v1"), "--monitor-only",
-                                 "--rules", str(rules), "-o", str(records),
-                                 "--control-socket", str(tmp_path / "control.sock")],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sensor = SensorProcess(lab, records, test_pin_root / "monitor" / "v1", tmp_path / "control.sock",
+                               "--monitor-only", "--rules", str(rules))
         try:
-            for line in proc.stdout:
-                if '"running"' in line:
-                    break
+            sensor.wait_log(lambda e: e.get("event") == "running", timeout=90)
             result = lab.swaks("--from", "mallory@spam.example", "--to", "bob@example.net", source=CLIENT_V4)
             assert result.returncode == 0, result.stdout[-1500:]     # nothing stopped it
+            sensor.wait_record(lambda r: r["event_type"] == "smtp")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        stopped = [json.loads(line) for line in out.splitlines() if '"stopped"' in line][-1]
+            rc = sensor.stop(timeout=30)
+        assert rc == 0, sensor.describe()
+        stopped = sensor.wait_log(lambda e: e.get("event") == "stopped")
         assert stopped["counters"]["ingress"]["drop_flow"] == 0
         assert stopped["counters"]["egress"]["drop_flow"] == 0
-    recs = [json.loads(line) for line in records.read_text().splitlines()]
+    recs = sensor.records()
     for rec in recs:
         check(rec)
     (alert,) = [r for r in recs if r["event_type"] == "alert"]
