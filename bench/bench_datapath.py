@@ -33,10 +33,10 @@ from scapy.layers.l2 import Dot1Q, Ether  # noqa: E402
 from scapy.layers.inet6 import IPv6  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from sensor import abi, bpfsys  # noqa: E402
-from sensor.datapath import Datapath, DatapathConfig  # noqa: E402
-from sensor.kernelmaps import Flow  # noqa: E402
-from sensor.lab import CLIENT_V4, SERVER_V4, Lab  # noqa: E402
+from sensor.kernel import abi, bpfsys  # noqa: E402
+from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
+from sensor.kernel.maps import Flow  # noqa: E402
+from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab  # noqa: E402
 
 CLIENT, SERVER = "198.51.100.7", "192.0.2.25"
 

@@ -18,9 +18,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sensor.packet import decode  # noqa: E402
-from sensor.pcapfile import read_packets  # noqa: E402
-from sensor.reassembly import Data, Reassembler  # noqa: E402
+from sensor.stream.packet import decode  # noqa: E402
+from sensor.inputs.pcapfile import read_packets  # noqa: E402
+from sensor.stream.reassembly import Data, Reassembler  # noqa: E402
 
 MSS = 1448
 

@@ -44,9 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from sensor import abi  # noqa: E402
-from sensor.lab import SERVER_V4, SPAMMER_V4, Lab  # noqa: E402
-from sensor.netns import iproute  # noqa: E402
+from sensor.kernel import abi  # noqa: E402
+from sensor.lab.network import SERVER_V4, SPAMMER_V4, Lab  # noqa: E402
+from sensor.kernel.netns import iproute  # noqa: E402
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
@@ -144,7 +144,7 @@ def _drop_all(lab: Lab, pktsend: Path, frame: bytes, seconds: float) -> dict:
     """An XDP program that drops every frame at once: what XDP on this veth
     costs before any program logic (the floor under the 'xdp' mode)."""
     import bcc
-    from sensor.netns import iproute
+    from sensor.kernel.netns import iproute
 
     prog = bcc.BPF(text=b"int drop_all(struct xdp_md *ctx) { return XDP_DROP; }")
     try:
@@ -163,7 +163,7 @@ def _drop_all(lab: Lab, pktsend: Path, frame: bytes, seconds: float) -> dict:
 
 
 def run(seconds: float = 4.0, modes=("xdp", "xdp drop-all", "nft input", "nft ingress")) -> dict:
-    from sensor.datapath import Datapath, DatapathConfig
+    from sensor.kernel.datapath import Datapath, DatapathConfig
 
     work = Path(tempfile.mkdtemp(prefix="ss-bench-drop-"))
     pin_root = Path(tempfile.mkdtemp(prefix="ss-bench-drop-", dir="/sys/fs/bpf"))

@@ -46,11 +46,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sensor import abi, packet  # noqa: E402
-from sensor import log as sensor_log  # noqa: E402
-from sensor.datapath import Datapath, DatapathConfig  # noqa: E402
-from sensor.lab import SERVER_V4, Lab  # noqa: E402
-from sensor.live import LiveFeed  # noqa: E402
+from sensor.kernel import abi  # noqa: E402
+
+from sensor.stream import packet  # noqa: E402
+from sensor.service import log as sensor_log  # noqa: E402
+from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
+from sensor.lab.network import SERVER_V4, Lab  # noqa: E402
+from sensor.inputs.live import LiveFeed  # noqa: E402
 from sensor.pipeline import Pipeline  # noqa: E402
 from sensor.rules.engine import RuleEngine  # noqa: E402
 from sensor.rules.enforce import KernelEnforcer  # noqa: E402

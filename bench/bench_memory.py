@@ -40,7 +40,7 @@ def rss_bytes() -> int:
 def feed_flows(pipeline, flows: int, start: int = 0) -> None:
     """Open `flows` SMTP connections (v4, distinct client address/port), each
     through its EHLO reply, and leave them open."""
-    from sensor import packet
+    from sensor.stream import packet
 
     server = bytes([192, 0, 2, 25])
     feed = pipeline.feed_segment
@@ -120,8 +120,8 @@ def memlock(fd: int) -> int | None:
 
 
 def kernel_maps() -> list[dict]:
-    from sensor import abi, bpfsys
-    from sensor.datapath import Datapath, DatapathConfig
+    from sensor.kernel import abi, bpfsys
+    from sensor.kernel.datapath import Datapath, DatapathConfig
 
     pin_root = Path(tempfile.mkdtemp(prefix="ss-bench-mem-", dir="/sys/fs/bpf"))
     rows = []

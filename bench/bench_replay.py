@@ -6,7 +6,7 @@
 Generates the capture with bench/gen_capture.py (or reuses it when its sidecar
 JSON matches), then, each in a fresh process so peak RSS and CPU time are its own:
 
-* our replay (``sensor.replay.replay`` through ``Pipeline``) with records going
+* our replay (``sensor.inputs.replay.replay`` through ``Pipeline``) with records going
   to a counting sink, ``--runs`` times;
 * the same with records rendered by ``JsonLinesSink`` to /dev/null (the
   ``smtp-sensor replay`` output path), ``--json-runs`` times;
@@ -73,9 +73,9 @@ class CountingSink:
 
 
 def child(mode: str, path: str, profile: bool) -> None:
-    from sensor.output import JsonLinesSink
+    from sensor.records.sinks import JsonLinesSink
     from sensor.pipeline import Pipeline
-    from sensor.replay import replay
+    from sensor.inputs.replay import replay
 
     counting = CountingSink()
     devnull = None

@@ -7,7 +7,7 @@ A client process in the lab's client namespace opens short sessions, each
 on a new connection (banner, EHLO, MAIL, RCPT, DATA, a 1 KB message, ".",
 QUIT, waiting for every reply), from --concurrency threads for --seconds per
 step, against a real server in the server namespace (aiosmtpd through
-sensor.labserver, or Postfix through lab.start_postfix). The sensor is the
+sensor.lab.server, or Postfix through lab.start_postfix). The sensor is the
 `run` loop in this process (datapath on the server's veth, LiveFeed.step(50),
 Pipeline, the shipped rules unless --no-rules; wakeups as `run` chooses: every
 record with rules, batched without). A step counts when no event was lost
@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sensor import abi  # noqa: E402
-from sensor import log as sensor_log  # noqa: E402
-from sensor.lab import SERVER_V4, Lab  # noqa: E402
+from sensor.kernel import abi  # noqa: E402
+from sensor.service import log as sensor_log  # noqa: E402
+from sensor.lab.network import SERVER_V4, Lab  # noqa: E402
 
 CLIENT = r"""
 import json, socket, sys, threading, time
@@ -120,8 +120,8 @@ def step(lab: Lab, sensor, concurrency: int, seconds: float) -> dict:
 
 
 def run(server: str = "aiosmtpd", concurrencies=(1, 4, 16), seconds: float = 4.0, rules: bool = True) -> dict:
-    from sensor.datapath import Datapath, DatapathConfig
-    from sensor.live import LiveFeed
+    from sensor.kernel.datapath import Datapath, DatapathConfig
+    from sensor.inputs.live import LiveFeed
     from sensor.pipeline import Pipeline
 
     pin_root = Path(tempfile.mkdtemp(prefix="ss-bench-sessions-", dir="/sys/fs/bpf"))

@@ -81,8 +81,8 @@ def stage_xdp(table: Table, args, report: dict) -> None:
 
     import bench_datapath
     import xdp_profile
-    from sensor import abi
-    from sensor.datapath import Datapath, DatapathConfig
+    from sensor.kernel import abi
+    from sensor.kernel.datapath import Datapath, DatapathConfig
 
     runs = {}
     pin_root = Path(tempfile.mkdtemp(prefix="ss-bench-all-", dir="/sys/fs/bpf"))
@@ -126,9 +126,9 @@ def stage_xdp(table: Table, args, report: dict) -> None:
 def stage_consumer(table: Table, args, report: dict) -> None:
     import bench_datapath
     from bench_drop import build_pktsend
-    from sensor import abi
-    from sensor.datapath import Datapath, DatapathConfig
-    from sensor.lab import Lab
+    from sensor.kernel import abi
+    from sensor.kernel.datapath import Datapath, DatapathConfig
+    from sensor.lab.network import Lab
 
     pktsend = build_pktsend(Path(tempfile.mkdtemp(prefix="ss-bench-all-")))
     pin_root = Path(tempfile.mkdtemp(prefix="ss-bench-all-", dir="/sys/fs/bpf"))
@@ -279,7 +279,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run_all: needs root (BPF, namespaces)", file=sys.stderr)
         return 2
-    from sensor import log as sensor_log
+    from sensor.service import log as sensor_log
     sensor_log.configure("warning", json=False, stream=sys.stderr)
     stages = [s for s in args.only.split(",") if s]
     unknown = set(stages) - set(STAGES)

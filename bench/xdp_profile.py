@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_datapath import frame  # noqa: E402
-from sensor import abi, bpfsys  # noqa: E402
+from sensor.kernel import abi, bpfsys  # noqa: E402
 
 HEADER = r"""
 #include <uapi/linux/bpf.h>

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import structlog
 
-from . import log as sensor_log
-from .errors import SensorError
+from sensor.errors import SensorError
+from sensor.service import log as sensor_log
 
 EXAMPLES = """\
 examples:
@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _rule_engine(directory, sink, enforcer):
-    from .rules.engine import RuleEngine
-    from .rules.loader import RuleSet
+    from sensor.rules.engine import RuleEngine
+    from sensor.rules.loader import RuleSet
 
     logger = structlog.get_logger("rules")
     ruleset = RuleSet(directory, logger)
@@ -171,12 +171,12 @@ def _open_output(path, mode="a"):
 
 
 def _default_socket() -> str:
-    from .control import DEFAULT_SOCKET
+    from sensor.service.control import DEFAULT_SOCKET
     return DEFAULT_SOCKET
 
 
 def _load_config(path):
-    from .config import Config, load
+    from sensor.config import Config, load
     return load(path) if path is not None else Config()
 
 
@@ -201,10 +201,10 @@ def resolve_run_config(args):
 
 
 def cmd_run(args) -> int:
-    from .service import RunOptions, Sensor
+    from sensor.service.loop import RunOptions, Sensor
 
     if args.ebpf:
-        from .datapath import Datapath, DatapathConfig
+        from sensor.kernel.datapath import Datapath, DatapathConfig
         print(Datapath(DatapathConfig(ports=args.ports or (25, 587))).source())
         return EXIT_OK
     config = resolve_run_config(args)
@@ -237,7 +237,7 @@ def cmd_run(args) -> int:
 
 
 def _client(args):
-    from .control import ControlClient
+    from sensor.service.control import ControlClient
     return ControlClient(args.control_socket or _default_socket())
 
 
@@ -259,7 +259,7 @@ def cmd_control(args) -> int:
         _print(result)
         return EXIT_ERROR if result.get("errors") else EXIT_OK
     elif args.command == "ban":
-        from .control import BadArgument, check_prefix, check_ttl
+        from sensor.service.control import BadArgument, check_prefix, check_ttl
         try:   # the user's mistakes are found here, before asking the sensor
             prefix = check_prefix(args.prefix) if args.ban_command != "list" else None
             ttl = check_ttl(args.ttl) if args.ban_command == "add" else None
@@ -275,7 +275,7 @@ def cmd_control(args) -> int:
 
 
 def cmd_rules_check(args) -> int:
-    from .rules.loader import RuleSet
+    from sensor.rules.loader import RuleSet
 
     ruleset = RuleSet(args.directory)
     for r in ruleset.rules:
@@ -289,7 +289,7 @@ def cmd_rules_check(args) -> int:
 def cmd_unload(args) -> int:
     import shutil
 
-    from .control import NotRunning
+    from sensor.service.control import NotRunning
 
     client = _client(args)
     try:
@@ -304,7 +304,7 @@ def cmd_unload(args) -> int:
     except NotRunning:
         print("no sensor running")
     if args.interface:
-        from .datapath import Datapath, check_privileges
+        from sensor.kernel.datapath import Datapath, check_privileges
         check_privileges()
         for ifname in args.interface:
             removed = Datapath.detach_stale(ifname, args.netns)
@@ -325,7 +325,7 @@ def cmd_unload(args) -> int:
 def _replay_progress(args):
     """A progress line on stderr when it is a terminal (not when the records
     are printed on that terminal too: the line would be torn by them)."""
-    from .replay import TtyProgress
+    from sensor.inputs.replay import TtyProgress
     try:
         if not sys.stderr.isatty() or (args.output is None and sys.stdout.isatty()):
             return None
@@ -335,7 +335,7 @@ def _replay_progress(args):
 
 
 def _metrics_address(text: str) -> str:
-    from .metrics import parse_address
+    from sensor.service.metrics import parse_address
     try:
         parse_address(text)
     except ValueError as exc:
@@ -344,13 +344,13 @@ def _metrics_address(text: str) -> str:
 
 
 def cmd_replay(args) -> int:
-    from .output import JsonLinesSink
-    from .pipeline import Pipeline
-    from .replay import replay
+    from sensor.inputs.replay import replay
+    from sensor.pipeline import Pipeline
+    from sensor.records.sinks import JsonLinesSink
 
     out = _open_output(args.output, "w")
     try:
-        from .rules.enforce import ReplayEnforcer
+        from sensor.rules.enforce import ReplayEnforcer
 
         config = _load_config(args.config)
         sink = JsonLinesSink(out or sys.stdout)
@@ -364,7 +364,7 @@ def cmd_replay(args) -> int:
             pipeline.listeners.append(engine)
         tickers = []
         if config.spam_stats.enabled:
-            from .spamstats import RejectStats, RejectStatsListener, SpamStatsActor
+            from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
             stats = RejectStats(config.spam_stats)
             actor = SpamStatsActor(stats, sink, enforcer, config.spam_stats)
             pipeline.listeners.append(RejectStatsListener(stats, actor))
@@ -422,7 +422,7 @@ def main(argv=None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from sensor.lab.demo import run_demo
             return run_demo(args)
         if args.command == "replay":
             return cmd_replay(args)

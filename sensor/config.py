@@ -8,7 +8,7 @@ Tables (``docs/config.example.toml`` documents every key):
 * ``[sensor]``: interfaces, namespace, ports, XDP mode, pin folder, rules
   folder, output, state file and snapshot interval.
 * ``[limits.smtp]`` / ``[limits.reassembly]``: overrides of the fields of
-  :class:`sensor.smtp.Limits` and :class:`sensor.reassembly.Limits`, by name.
+  :class:`sensor.smtp.Limits` and :class:`sensor.stream.reassembly.Limits`, by name.
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from . import abi
-from .errors import SensorError
-from .reassembly import Limits as ReassemblyLimits
-from .smtp.limits import Limits as SmtpLimits
+from sensor.errors import SensorError
+from sensor.kernel import abi
+from sensor.smtp.limits import Limits as SmtpLimits
+from sensor.stream.reassembly import Limits as ReassemblyLimits
 
 __all__ = [
     "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "ConfigError",
@@ -344,7 +344,7 @@ class LimitsConfig:
     def __post_init__(self):
         _validate(self, "limits", {
             "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.Limits"),
-            "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.reassembly.Limits"),
+            "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.stream.reassembly.Limits"),
         })
 
 

@@ -3,8 +3,8 @@
 One code path for live traffic and for captures::
 
     frame (datapath event or pcap packet)
-      -> sensor.packet.decode         a Segment, or a counted reason it is not one
-      -> sensor.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / Anomaly
+      -> sensor.stream.packet.decode         a Segment, or a counted reason it is not one
+      -> sensor.stream.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / Anomaly
       -> sensor.smtp.SMTPConnection   typed SMTP events, one connection per flow
       -> sensor.records               smtp and anomaly records, handed to ``sink``
 
@@ -19,8 +19,9 @@ kernel to bypass an encrypted flow.
 
 from __future__ import annotations
 
-from . import packet, reassembly, records, smtp
-from .smtp import events as sev
+from sensor import records, smtp
+from sensor.smtp import events as sev
+from sensor.stream import packet, reassembly
 
 __all__ = ["Pipeline", "Session", "Stats"]
 

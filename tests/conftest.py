@@ -1,6 +1,10 @@
-"""Shared fixtures. Prerequisites (root, bcc, kernel headers, netns tools)
-are checked here: when one is missing a test SKIPS on a developer machine
-but FAILS in CI (CI=true), with a message naming what is missing."""
+"""Shared fixtures, and the marker of each test folder. The folders follow the
+layout: unit/ (no root), offline/ (captures replayed), kernel/
+(BPF_PROG_TEST_RUN), lab/ (network namespaces, real servers and clients),
+cli/ (the command line and control socket), deploy/ (shipped files);
+helpers in support/, captures and golden files in data/. Prerequisites
+(root, bcc, kernel headers, netns tools) are checked by the fixtures here,
+through support.prereqs."""
 
 from __future__ import annotations
 
@@ -10,26 +14,24 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from support.captures import PCAPS_DIR
+from support.prereqs import missing
 
-from captures import PCAPS_DIR  # noqa: E402,F401 - the public captures, in the repository
-
-
-def require_module(name: str):
-    """Import ``name`` (an installed dependency, e.g. of the test extra):
-    skipped without it on a developer machine, a failure in CI."""
-    import importlib
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        missing(f"the Python module {name} (./run setup installs .[test])")
+#: folder under tests/ -> the marker its tests get (``pytest -m "not lab"``)
+FOLDER_MARKERS = {"unit": "unit", "offline": "offline", "kernel": "kernel", "lab": "lab",
+                  "cli": "cli", "deploy": "deploy"}
 
 
-def missing(what: str) -> None:
-    message = f"prerequisite missing: {what}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: tests must run, not skip)", pytrace=False)
-    pytest.skip(message)
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = Path(item.fspath).resolve().relative_to(root).parts[0]
+        except ValueError:
+            continue
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +42,8 @@ def kernel_prereqs():
         import bcc  # noqa: F401
     except ImportError:
         missing("bcc (the distro package python3-bpfcc, seen through a --system-site-packages venv)")
-    from sensor.datapath import check_kernel_headers
     from sensor.errors import SensorError
+    from sensor.kernel.datapath import check_kernel_headers
     try:
         check_kernel_headers()
     except SensorError as exc:
@@ -67,5 +69,5 @@ def test_pin_root():
 
 @pytest.fixture(scope="session")
 def pcaps_dir() -> Path:
-    """The public captures folder (``tests/pcaps``, in the repository)."""
+    """The public captures folder (``tests/data/pcaps``, in the repository)."""
     return PCAPS_DIR

@@ -6,7 +6,7 @@ verdicts enforced in the kernel.  A rule file imports what it needs from here::
 See docs/rules.md for every hook, argument and action.
 """
 
-from .api import MATCH_LIMIT, SEVERITIES, Hook, Rule, RuleError, alert, config, hooks, rule, search
+from sensor.rules.api import MATCH_LIMIT, SEVERITIES, Hook, Rule, RuleError, alert, config, hooks, rule, search
 
 __all__ = ["rule", "hooks", "alert", "config", "search", "Hook", "Rule", "RuleError",
            "MATCH_LIMIT", "SEVERITIES"]

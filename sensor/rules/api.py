@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["rule", "hooks", "Hook", "alert", "config", "search", "Rule", "RuleError",
            "SEVERITIES", "MATCH_LIMIT"]

@@ -23,8 +23,8 @@ import ipaddress
 import math
 import time
 
-from .. import abi
-from ..flowid import pack_addr
+from sensor.kernel import abi
+from sensor.stream.flowid import pack_addr
 
 __all__ = ["Verdicts", "KernelEnforcer", "ReplayEnforcer"]
 
@@ -115,7 +115,7 @@ def _expiry(now: float, ttl: float | None):
 
 
 class KernelEnforcer:
-    """Verdicts into the datapath's pinned maps (``sensor.kernelmaps.KernelMaps``)."""
+    """Verdicts into the datapath's pinned maps (``sensor.kernel.maps.KernelMaps``)."""
 
     mode = "kernel"
 
@@ -138,7 +138,7 @@ class KernelEnforcer:
             del lat[: len(lat) - self._keep]
 
     def drop_flow(self, flow, ttl: float | None, now: float) -> None:
-        from ..kernelmaps import Flow
+        from sensor.kernel.maps import Flow
         self._timed(self.maps.drop_flow, Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
                     ttl=ttl, reason=abi.Reason.RULE)
         self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl), now)
@@ -148,7 +148,7 @@ class KernelEnforcer:
         self.verdicts.add_ban(network, _expiry(now, ttl))
 
     def bypass(self, flow, ttl: float | None, now: float) -> None:
-        from ..kernelmaps import Flow
+        from sensor.kernel.maps import Flow
         self._timed(self.maps.bypass_flow, Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), ttl=ttl)
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import time
 import traceback
 
-from .. import records, reassembly
-from ..smtp import events as sev
-from . import api
+from sensor import records
+from sensor.rules import api
+from sensor.smtp import events as sev
+from sensor.stream import reassembly
 
 __all__ = ["RuleEngine", "RuleFlow", "ContentStream"]
 

@@ -23,8 +23,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SensorError
-from . import api
+from sensor.errors import SensorError
+from sensor.rules import api
 
 __all__ = ["RuleSet", "LoadError", "CONFIG_FILE", "MODULE_PREFIX"]
 

@@ -12,14 +12,28 @@ Modules, one job each:
   extraction.
 """
 
-from . import anomalies
-from .connection import KNOWN_VERBS, SMTPConnection
-from .events import (
-    CLIENT, SERVER, Anomaly, AuthEvent, Command, Event, Greeting, MailContent, MailFrom,
-    MessageEnd, MessageHeaders, RcptTo, Reply, ServerCapabilities, StartTLS, Step,
+from sensor.smtp import anomalies
+from sensor.smtp.connection import KNOWN_VERBS, SMTPConnection
+from sensor.smtp.events import (
+    CLIENT,
+    SERVER,
+    Anomaly,
+    AuthEvent,
+    Command,
+    Event,
+    Greeting,
+    MailContent,
+    MailFrom,
+    MessageEnd,
+    MessageHeaders,
+    RcptTo,
+    Reply,
+    ServerCapabilities,
+    StartTLS,
+    Step,
     Transaction,
 )
-from .limits import Limits
+from sensor.smtp.limits import Limits
 
 __all__ = [
     "SMTPConnection", "Limits", "anomalies", "KNOWN_VERBS", "CLIENT", "SERVER",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import anomalies as A
+from sensor.smtp import anomalies as A
 
 __all__ = ["ParsedPath", "parse_path"]
 

@@ -49,17 +49,29 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from . import anomalies as A
-from .address import parse_path
-from .dotdata import DotDecoder
-from .events import (
-    CLIENT, SERVER, Anomaly, AuthEvent, Command, Greeting, MailFrom, MessageEnd,
-    RcptTo, Reply, ServerCapabilities, StartTLS, Step, Transaction,
+from sensor.smtp import anomalies as A
+from sensor.smtp.address import parse_path
+from sensor.smtp.dotdata import DotDecoder
+from sensor.smtp.events import (
+    CLIENT,
+    SERVER,
+    Anomaly,
+    AuthEvent,
+    Command,
+    Greeting,
+    MailFrom,
+    MessageEnd,
+    RcptTo,
+    Reply,
+    ServerCapabilities,
+    StartTLS,
+    Step,
+    Transaction,
 )
-from .limits import Limits
-from .lines import LineBuffer
-from .message import MessageAssembler
-from .replies import parse_ehlo_keywords, parse_enhanced, parse_reply_line
+from sensor.smtp.limits import Limits
+from sensor.smtp.lines import LineBuffer
+from sensor.smtp.message import MessageAssembler
+from sensor.smtp.replies import parse_ehlo_keywords, parse_enhanced, parse_reply_line
 
 __all__ = ["SMTPConnection", "KNOWN_VERBS"]
 

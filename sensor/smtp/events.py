@@ -12,7 +12,7 @@ line answers ``"AUTH_ANSWER"``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "Event", "Greeting", "Command", "Reply", "ServerCapabilities", "MailFrom",

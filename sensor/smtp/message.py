@@ -9,10 +9,10 @@ content is bounded by the header limit plus one chunk plus one input segment.
 
 from __future__ import annotations
 
-from . import anomalies as A
-from .events import CLIENT, Anomaly, MailContent, MessageHeaders
-from .headers import HeaderCollector
-from .limits import Limits
+from sensor.smtp import anomalies as A
+from sensor.smtp.events import CLIENT, Anomaly, MailContent, MessageHeaders
+from sensor.smtp.headers import HeaderCollector
+from sensor.smtp.limits import Limits
 
 __all__ = ["MessageAssembler"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sensor import reassembly, smtp
-from sensor.config import (Config, ConfigError, LimitsConfig, SensorConfig, SpamStatsConfig, load,
-                           loads, parse_duration)
+from sensor import smtp
+from sensor.config import Config, ConfigError, LimitsConfig, SensorConfig, SpamStatsConfig, load, loads, parse_duration
 from sensor.errors import SensorError
+from sensor.stream import reassembly
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "config.example.toml"
 
@@ -217,5 +217,5 @@ def test_loads_without_a_source_names_no_file():
 
 
 def test_the_default_pin_dir_is_the_datapaths():
-    from sensor.datapath import DatapathConfig
+    from sensor.kernel.datapath import DatapathConfig
     assert SensorConfig().pin_dir == DatapathConfig().pin_dir

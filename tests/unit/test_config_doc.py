@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor import reassembly, smtp
+from sensor import smtp
 from sensor.config import NOTICE_TYPES, LimitsConfig, SensorConfig, SpamStatsConfig
+from sensor.stream import reassembly
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 ROW = re.compile(r"^\| `(?P<key>[^`]+)` \| (?P<type>[^|]+) \| (?P<default>[^|]+) \| (?P<meaning>.+) \|$")

@@ -1,9 +1,9 @@
 """The replay's verdict table decides like the kernel: flow drops both ways,
 bans on the SMTP ports only, expiry on the caller's clock."""
 
-from sensor.flowid import pack_addr
-from sensor.packet import ACK, Segment
 from sensor.rules.enforce import Verdicts
+from sensor.stream.flowid import pack_addr
+from sensor.stream.packet import ACK, Segment
 
 
 def seg(src, sport, dst, dport):

@@ -1,10 +1,10 @@
-"""sensor.flowid: Community ID v1 against the spec's published vectors; stable uids."""
+"""sensor.stream.flowid: Community ID v1 against the spec's published vectors; stable uids."""
 
 import re
 
 import pytest
 
-from sensor.flowid import UidGenerator, community_id, pack_addr
+from sensor.stream.flowid import UidGenerator, community_id, pack_addr
 
 # Vectors copied from corelight/community-id-spec, baseline/baseline_deflt.json
 # (seed 0) and baseline/baseline_seed1.json (seed 1).  For ICMP/ICMPv6 the spec's

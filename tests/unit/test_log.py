@@ -13,9 +13,9 @@ import warnings
 import pytest
 import structlog
 
-from sensor import log as sensor_log
 from sensor.errors import SensorError
-from sensor.output import JsonLinesSink
+from sensor.records.sinks import JsonLinesSink
+from sensor.service import log as sensor_log
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import require_module
-
-from sensor import metrics
 from sensor.errors import SensorError
-from sensor.metrics import MetricsServer, parse_address
+from sensor.service import metrics
+from sensor.service.metrics import MetricsServer, parse_address
+from support.prereqs import require_module
 
 
 @pytest.mark.parametrize("text,expected", [

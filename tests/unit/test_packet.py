@@ -1,20 +1,18 @@
-"""sensor.packet: one frame in, one TCP segment (or None + a counted reason) out."""
+"""sensor.stream.packet: one frame in, one TCP segment (or None + a counted reason) out."""
 
 import struct
-from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
-from scapy.all import ARP, Dot1AD, Dot1Q, Ether, IP, IPv6, Raw, TCP, UDP, raw
-from scapy.layers.inet6 import (IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw, raw
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2
 
-from sensor.packet import (ACK, FIN, PSH, REASONS, RST, SYN, Decoder, Segment, addr_str,
-                           decode, mark_cut)
-from sensor.pcapfile import read_packets
+from sensor.inputs.pcapfile import read_packets
+from sensor.stream.packet import ACK, FIN, PSH, REASONS, RST, SYN, Decoder, Segment, addr_str, decode, mark_cut
+from support.captures import PCAPS_DIR as PCAPS
 
-from captures import PCAPS_DIR as PCAPS
 V4A, V4B = "192.0.2.10", "198.51.100.25"
 V6A, V6B = "2001:db8::10", "2001:db8:1::25"
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

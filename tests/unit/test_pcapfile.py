@@ -1,20 +1,20 @@
-"""sensor.pcapfile: pcap and pcapng in, (ts, linktype, frame, wirelen) out, or CaptureError."""
+"""sensor.inputs.pcapfile: pcap and pcapng in, (ts, linktype, frame, wirelen) out, or CaptureError."""
 
 import gzip
 import io
 import struct
-from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
-from scapy.all import Ether, IP, TCP, raw, wrpcap
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import IP, TCP, Ether, raw, wrpcap
 from scapy.utils import PcapNgWriter
 
-from sensor import pcapfile
-from sensor.packet import decode
-from sensor.pcapfile import CaptureError, CaptureReader, open_capture, read_packets
+from sensor.inputs import pcapfile
+from sensor.inputs.pcapfile import CaptureError, CaptureReader, open_capture, read_packets
+from sensor.stream.packet import decode
+from support.captures import PCAPS_DIR as PCAPS
 
-from captures import PCAPS_DIR as PCAPS
 FRAME = raw(Ether() / IP(src="192.0.2.1", dst="198.51.100.2") / TCP(sport=4242, dport=25)
             / b"EHLO x\r\n")
 RAWIP = raw(IP(src="192.0.2.1", dst="198.51.100.2") / TCP(sport=4242, dport=25) / b"QUIT\r\n")

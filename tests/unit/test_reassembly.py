@@ -1,19 +1,31 @@
-"""sensor.reassembly: segments in any order in, each direction's bytes exactly once out."""
+"""sensor.stream.reassembly: segments in any order in, each direction's bytes exactly once out."""
 
 import random
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sensor.flowid import community_id, pack_addr
-from sensor.packet import ACK, FIN, PSH, RST, SYN, Segment, decode
-from sensor.pcapfile import read_packets
-from sensor.reassembly import (ANOMALY_BUFFER_FULL, ANOMALY_ISN_CHANGED, ANOMALY_OVERLAP,
-                               ORIG, RESP, Anomaly, Data, FlowEnd, FlowStart, Gap, Limits,
-                               Reassembler)
+from sensor.inputs.pcapfile import read_packets
+from sensor.stream.flowid import community_id, pack_addr
+from sensor.stream.packet import ACK, FIN, PSH, RST, SYN, Segment, decode
+from sensor.stream.reassembly import (
+    ANOMALY_BUFFER_FULL,
+    ANOMALY_ISN_CHANGED,
+    ANOMALY_OVERLAP,
+    ORIG,
+    RESP,
+    Anomaly,
+    Data,
+    FlowEnd,
+    FlowStart,
+    Gap,
+    Limits,
+    Reassembler,
+)
+from support.captures import PCAPS_DIR as PCAPS
 
-from captures import PCAPS_DIR as PCAPS
 CLI, SRV = pack_addr("192.0.2.10"), pack_addr("198.51.100.25")
 CPORT, SPORT = 40000, 25
 MASK = 0xFFFFFFFF

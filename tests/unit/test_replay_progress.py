@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.pcapfile import CaptureReader
-from sensor.replay import PROGRESS_EVERY, TtyProgress
+from sensor.inputs.pcapfile import CaptureReader
+from sensor.inputs.replay import PROGRESS_EVERY, TtyProgress
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,12 +10,10 @@ import time
 
 import pytest
 
-from record_schemas import check
-from rules_helpers import CLIENT_IP, SERVER_IP, StaticRules, run, write
-
 from sensor.rules import MATCH_LIMIT, SEVERITIES, Hook, RuleError, alert, api, hooks, rule, search
 from sensor.rules.loader import RuleSet
-
+from support.record_schemas import check
+from support.rules_helpers import CLIENT_IP, SERVER_IP, StaticRules, run, write
 
 # ---------------------------------------------------------------- @rule and hooks
 

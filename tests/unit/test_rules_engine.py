@@ -11,16 +11,27 @@ import sys
 import time
 import tracemalloc
 
-from hypothesis import given, settings, strategies as st
-from record_schemas import check
-from rules_helpers import (CLIENT_IP, CONTENT, DIALOGUE, SERVER_IP, RecordingEnforcer, Run,
-                           StaticRules, message_dialogue, run, session_segments, write)
-from test_pipeline import DIALOGUE as PIPELINED_DIALOGUE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sensor.rules import alert, hooks, rule
 from sensor.rules.engine import RuleFlow
 from sensor.rules.loader import RuleSet
-
+from support.record_schemas import check
+from support.rules_helpers import (
+    CLIENT_IP,
+    CONTENT,
+    DIALOGUE,
+    SERVER_IP,
+    RecordingEnforcer,
+    Run,
+    StaticRules,
+    message_dialogue,
+    run,
+    session_segments,
+    write,
+)
+from support.sessions import DIALOGUE as PIPELINED_DIALOGUE
 
 # ---------------------------------------------------------------- hooks
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rules_helpers import RecordingLogger, write
-
 from sensor.errors import SensorError
 from sensor.rules import hooks
 from sensor.rules.loader import LoadError, RuleSet
+from support.rules_helpers import RecordingLogger, write
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,7 @@ import base64
 
 from sensor.smtp import AuthEvent, Command, Limits, SMTPConnection, StartTLS, Transaction
 from sensor.smtp import anomalies as A
-
-from smtp_helpers import EHLO_REPLY, GREETING, commands, dialogue, feed, names, of, replies
+from support.smtp_helpers import EHLO_REPLY, GREETING, commands, dialogue, feed, names, of, replies
 
 SECRET = b"s3cr3t-Pa55"
 PLAIN = base64.b64encode(b"\0alice\0" + SECRET)

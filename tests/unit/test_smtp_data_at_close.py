@@ -15,8 +15,7 @@ import pytest
 from sensor.smtp import MessageEnd
 from sensor.smtp import anomalies as A
 from sensor.smtp.dotdata import DotDecoder
-
-from smtp_helpers import GREETING, content, feed, names, of
+from support.smtp_helpers import GREETING, content, feed, names, of
 
 ENVELOPE = b"HELO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"
 SERVER = GREETING + b"250 hi\r\n250 ok\r\n250 ok\r\n354 go\r\n"

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from sensor.smtp import (Command, Greeting, Limits, MailFrom, RcptTo, Reply,
-                         ServerCapabilities, SMTPConnection, Transaction)
+from sensor.smtp import (
+    Command,
+    Greeting,
+    Limits,
+    MailFrom,
+    RcptTo,
+    Reply,
+    ServerCapabilities,
+    SMTPConnection,
+)
 from sensor.smtp import anomalies as A
-
-from smtp_helpers import (EHLO_REPLY, GREETING, commands, content, dialogue, feed, names,
-                          of, replies, transactions)
+from support.smtp_helpers import (
+    EHLO_REPLY,
+    GREETING,
+    commands,
+    content,
+    dialogue,
+    feed,
+    names,
+    of,
+    replies,
+    transactions,
+)
 
 # The Haka sample capture (haka__smtp.pcap), written out as literal bytes:
 # client commands end in a bare LF, the message lines in CRLF.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sensor.smtp import CLIENT, SERVER, Command, Limits, MessageEnd, SMTPConnection
 from sensor.smtp import anomalies as A
-
-from smtp_helpers import GREETING, content, names, of, replies, transactions
+from support.smtp_helpers import GREETING, content, names, of, replies, transactions
 
 ENVELOPE = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n"
 OKS = GREETING + b"250 hi\r\n250 ok\r\n250 ok\r\n"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from sensor.smtp import (Limits, MailContent, MessageEnd, MessageHeaders, SMTPConnection)
+from sensor.smtp import Limits, MailContent, MessageEnd, MessageHeaders, SMTPConnection
 from sensor.smtp import anomalies as A
-
-from smtp_helpers import GREETING, EHLO_REPLY, content, feed, names, of, replies, transactions
+from support.smtp_helpers import EHLO_REPLY, GREETING, content, feed, names, of, replies, transactions
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n"
 OKS = GREETING + EHLO_REPLY + b"250 ok\r\n250 ok\r\n"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sensor.smtp import Limits, anomalies as A, events
+from sensor.smtp import Limits, events
+from sensor.smtp import anomalies as A
 
 
 def test_suricata_decoder_event_names_are_reused_verbatim():

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import base64
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sensor.smtp import CLIENT, SERVER, Limits, SMTPConnection
 from sensor.smtp import anomalies as A
-
-from smtp_helpers import (EHLO_REPLY, GREETING, commands, content, feed, names, replies,
-                          strip_ts, transactions)
+from support.smtp_helpers import EHLO_REPLY, GREETING, commands, content, feed, names, replies, strip_ts, transactions
 
 ENV = b"EHLO c.example\r\nMAIL FROM:<a@x.example> SIZE=99\r\nRCPT TO:<b@y.example>\r\n"
 ENV_OK = GREETING + EHLO_REPLY + b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n"

@@ -11,8 +11,7 @@ import pytest
 
 from sensor.smtp import Command, MailFrom, MessageEnd
 from sensor.smtp import anomalies as A
-
-from smtp_helpers import GREETING, content, feed, names, of, transactions
+from support.smtp_helpers import GREETING, content, feed, names, of, transactions
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"
 SERVER = GREETING + b"250 hi\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n"

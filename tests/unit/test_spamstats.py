@@ -15,15 +15,25 @@ import os
 import msgpack
 import pytest
 
-from record_schemas import check as check_schema
-from sensor import abi
 from sensor.config import SpamStatsConfig
-from sensor.output import ListSink
+from sensor.kernel import abi
 from sensor.pipeline import Pipeline
+from sensor.records.sinks import ListSink
 from sensor.rules.enforce import ReplayEnforcer
-from sensor.spamstats import (POSSIBLE_INTERNAL_SPAM, POSSIBLE_SPAM, STRANGE_REJECT_BEHAVIOR,
-                              ConnState, RejectStats, RejectStatsListener, SnapshotError,
-                              SpamStatsActor, notice_record, read_snapshot, write_snapshot)
+from sensor.spamstats import (
+    POSSIBLE_INTERNAL_SPAM,
+    POSSIBLE_SPAM,
+    STRANGE_REJECT_BEHAVIOR,
+    ConnState,
+    RejectStats,
+    RejectStatsListener,
+    SnapshotError,
+    SpamStatsActor,
+    notice_record,
+    read_snapshot,
+    write_snapshot,
+)
+from support.record_schemas import check as check_schema
 
 T0 = 1_700_000_000.0       # a wall-clock epoch; the windows below start here
 REMOTE = "203.0.113.9"
@@ -570,7 +580,7 @@ SERVER = "198.51.100.1"
 
 def session_segments(dialogue, client, cport, server=SERVER):
     """One TCP session carrying ``dialogue`` (tests/unit/test_pipeline.py's helper)."""
-    from test_pipeline import session_segments as segments
+    from support.sessions import session_segments as segments
     return segments(dialogue, client=client, server=server, cport=cport)
 
 
@@ -688,7 +698,8 @@ def test_a_replay_ending_right_after_a_burst_gives_the_notice(tmp_path):
     import json
     import subprocess
     import sys
-    from sensor.pcapwriter import PcapWriter
+
+    from sensor.inputs.pcapwriter import PcapWriter
 
     pcap = tmp_path / "burst.pcap"
     writer = PcapWriter(pcap, 1)
@@ -713,7 +724,8 @@ def test_a_replay_ending_right_after_a_burst_gives_the_notice(tmp_path):
     assert "spam stats: 1 notices, 1 bans" in result.stderr
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _events = st.lists(st.tuples(st.integers(0, 3),          # host
                              st.floats(0, 400),           # seconds since the previous event

@@ -1,0 +1,1 @@
+"""Where frames come from: the live event ring, pcap files (replay), and the pcap writer."""

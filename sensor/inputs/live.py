@@ -1,0 +1,78 @@
+"""Live input: the datapath's events through the same pipeline as a capture.
+
+    kernel (XDP ingress / TC egress) --event ring--> EventReader.poll()
+      -> LiveFeed.step(): each event's frame, timestamp and wire length
+      -> Pipeline.feed_frame(LINKTYPE_ETHERNET, ...)
+
+Kernel timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns); records carry wall
+clock time, so the offset between the two clocks is taken once at start.
+Idle flows are expired on the wall clock, so a quiet link still ends them.
+An encrypted flow (STARTTLS accepted) is bypassed in the kernel: its packets
+pass without being pushed any more.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sensor.kernel import maps as kernelmaps
+from sensor.pipeline import Pipeline
+
+__all__ = ["LiveFeed", "LINKTYPE_ETHERNET", "STARTTLS_BYPASS_TTL"]
+
+LINKTYPE_ETHERNET = 1
+#: how long a STARTTLS flow stays bypassed in the kernel (seconds).  Bounded
+#: so that a later connection reusing the same 4-tuple is inspected again.
+STARTTLS_BYPASS_TTL = 3600.0
+
+
+class LiveFeed:
+    """Pump events from ``reader`` (a ``perfring.EventReader``) into ``pipeline``."""
+
+    def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps | None = None,
+                 expire_every: float = 1.0):
+        self.reader = reader
+        self.pipeline = pipeline
+        self.maps = maps
+        self.events = 0
+        self.bypassed = 0
+        self.bypass_errors = 0
+        self._offset = time.time() - time.monotonic()
+        self._expire_every = expire_every
+        self._next_expire = time.monotonic() + expire_every
+        if maps is not None and pipeline.on_starttls is None:
+            pipeline.on_starttls = self._bypass
+
+    def kernel_ts(self, ts_ns: int) -> float:
+        """Wall-clock seconds of a kernel (CLOCK_MONOTONIC) timestamp."""
+        return ts_ns / 1e9 + self._offset
+
+    def step(self, timeout_ms: int = 50) -> int:
+        """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
+        events = self.reader.poll(timeout_ms)
+        feed = self.pipeline.feed_frame
+        offset = self._offset
+        for ev in events:
+            h = ev.header
+            feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+        self.events += len(events)
+        now = time.monotonic()
+        if now >= self._next_expire:
+            self._next_expire = now + self._expire_every
+            self.pipeline.expire(now + offset)
+        return len(events)
+
+    def drain(self, rounds: int = 3, timeout_ms: int = 20) -> None:
+        """Read what is left in the ring (e.g. before shutdown)."""
+        for _ in range(rounds):
+            if not self.step(timeout_ms):
+                break
+
+    def _bypass(self, session) -> None:
+        flow = session.flow
+        try:
+            self.maps.bypass_flow(kernelmaps.Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
+                                  ttl=STARTTLS_BYPASS_TTL)
+            self.bypassed += 1
+        except OSError:
+            self.bypass_errors += 1

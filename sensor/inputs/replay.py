@@ -1,0 +1,165 @@
+"""Offline input: a pcap or pcapng file through the same pipeline as live traffic."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sensor.errors import SensorError
+from sensor.inputs.pcapfile import CaptureError, CaptureReader
+from sensor.pipeline import Pipeline
+
+__all__ = ["replay", "ReplayResult", "ReplayError", "TtyProgress", "PROGRESS_EVERY"]
+
+#: packets between two calls of the progress callback (the loop tests n & 0xFFF)
+PROGRESS_EVERY = 4096
+
+
+def _open_writer(path, linktype):
+    from sensor.inputs.pcapwriter import PcapWriter
+    try:
+        return PcapWriter(path, linktype)
+    except OSError as exc:
+        raise ReplayError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+class ReplayError(SensorError):
+    """The capture cannot be read (missing, not a capture, corrupt, truncated)."""
+
+
+@dataclass
+class ReplayResult:
+    path: str
+    packets: int = 0
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = self.stats
+        skipped = sum(s["not_segments"].values())
+        mb = s["payload_bytes"] / 1e6
+        rate = mb / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.path}: {self.packets} packets ({skipped} not TCP on our ports or "
+                f"undecodable), {s['flows']} SMTP flows, {s['transactions']} transactions, "
+                f"{s['anomalies']} anomalies, {s['starttls']} STARTTLS, "
+                f"{mb:.2f} MB payload in {self.seconds:.2f} s ({rate:.1f} MB/s)")
+
+
+def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
+           enforcer=None, write_passed=None, tickers=()) -> ReplayResult:
+    """Feed every packet of ``path`` to ``pipeline`` and finish it.
+
+    ``strict``: a truncated capture is an error (else a warning and what could
+    be read is used).  ``progress(packets, reader)`` is called every
+    ``PROGRESS_EVERY`` packets (the reader's ``offset`` and ``size`` say how
+    far into the file it is; see ``TtyProgress``).
+    ``write_passed``: a path; the packets that the verdicts of ``enforcer`` (a
+    ``rules.enforce.ReplayEnforcer``) let pass are written there as a pcap,
+    the packet that triggered a verdict included in what is dropped (inline).
+    ``tickers``: callables ``(ts)`` run each time capture time passes a whole
+    second, and at the end (the reject statistics' clock is the capture's).
+    """
+    started = time.perf_counter()
+    try:
+        reader = CaptureReader(path, strict=strict)
+    except CaptureError as exc:
+        raise ReplayError(str(exc)) from None
+    feed = pipeline.feed_frame
+    if enforcer is not None:
+        enforcer.verdicts.ports = frozenset(pipeline.ports)   # the kernel bans SMTP ports only
+    if enforcer is not None and pipeline.gate is None:
+        pipeline.gate = enforcer.passes      # dropped packets never reach the dissector, as live
+    last_ts = None
+    n = 0
+    writer = None
+    next_tick = None
+    try:
+        for ts, linktype, frame, wirelen in reader:
+            if tickers:
+                if next_tick is None:
+                    next_tick = ts + 1.0
+                elif ts >= next_tick:
+                    next_tick = ts + 1.0
+                    for tick in tickers:
+                        tick(ts)
+            seg = feed(linktype, frame, wirelen, ts)
+            last_ts = ts
+            n += 1
+            if write_passed is not None:
+                if writer is None:
+                    writer = _open_writer(write_passed, linktype)
+                elif linktype != writer.linktype:
+                    raise ReplayError(f"{path}: packets of link types {writer.linktype} and {linktype}: "
+                                      "--write-passed writes one pcap of one link type")
+                if enforcer is None or enforcer.passes(seg, ts):
+                    writer.write(ts, frame, wirelen)
+            if progress is not None and not n & 0xFFF:      # PROGRESS_EVERY - 1
+                progress(n, reader)
+    except CaptureError as exc:
+        raise ReplayError(f"{exc} (after {n} packets)") from None
+    finally:
+        reader.close()
+        if writer is not None:
+            writer.close()
+    pipeline.finish(last_ts)
+    if last_ts is not None:
+        for tick in tickers:
+            tick(last_ts)
+    return ReplayResult(path=str(path), packets=n, seconds=time.perf_counter() - started,
+                        stats=pipeline.stats.as_dict(), warnings=list(reader.warnings))
+
+
+class TtyProgress:
+    """A replay's progress on one terminal line (stderr), for ``replay(progress=...)``:
+
+        capture.pcap: 1200000 packets, 512.0 of 2048.0 MB (25.0%), 180.3 MB/s
+
+    redrawn at most every ``interval`` seconds (whatever the packet rate),
+    cut to the terminal's width (a wrapped line could not be redrawn), and
+    erased by ``close()``.  The file position is read here, at each redraw,
+    never in the packet loop."""
+
+    def __init__(self, stream, name: str = "", interval: float = 0.25, clock=time.monotonic):
+        self.stream = stream
+        self.name = name
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self.last = None
+        self.shown = False
+        self.redraws = 0
+
+    def __call__(self, packets: int, reader) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.interval:
+            return
+        self.last = now
+        self.draw(self.line(packets, reader.offset, reader.size, now - self.started))
+
+    @staticmethod
+    def line(packets: int, offset: int | None, size: int | None, elapsed: float) -> str:
+        mb = (offset or 0) / 1e6
+        rate = f", {mb / elapsed:.1f} MB/s" if elapsed > 0 and offset else ""
+        if offset is not None and size:
+            where = f"{mb:.1f} of {size / 1e6:.1f} MB ({min(100.0, 100.0 * offset / size):.1f}%)"
+        else:
+            where = f"{mb:.1f} MB"
+        return f"{packets} packets, {where}{rate}"
+
+    def draw(self, text: str) -> None:
+        import shutil
+        width = shutil.get_terminal_size((80, 24)).columns
+        if self.name:
+            text = f"{self.name}: {text}"
+        self.stream.write("\r" + text[:max(1, width - 1)] + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+        self.redraws += 1
+
+    def close(self) -> None:
+        """Erase the line (nothing is left of it on the terminal)."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False

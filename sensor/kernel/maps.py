@@ -1,0 +1,210 @@
+"""The control plane's API over the datapath's maps: the SMTP port set, the
+runtime configuration, source bans, flow drops, flow bypass and counters.
+
+Expiries are absolute CLOCK_MONOTONIC deadlines in ns, the clock of
+bpf_ktime_get_ns(); the kernel ignores an expired entry and sweep() removes it.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from sensor.kernel import abi
+
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LPM_TRIE = 11
+
+# name -> (map type, key size, value size, max entries): what a pinned map
+# must look like to be reused (sensor.kernel.datapath.check_pins).
+PINNED_MAPS = {
+    "ss_ban_v4": (BPF_MAP_TYPE_LPM_TRIE, ct.sizeof(abi.LpmV4), ct.sizeof(abi.Verdict), abi.BAN_MAX),
+    "ss_ban_v6": (BPF_MAP_TYPE_LPM_TRIE, ct.sizeof(abi.LpmV6), ct.sizeof(abi.Verdict), abi.BAN_MAX),
+    "ss_flow_drop": (BPF_MAP_TYPE_LRU_HASH, ct.sizeof(abi.FlowKey), ct.sizeof(abi.Verdict), abi.FLOW_MAX),
+    "ss_bypass": (BPF_MAP_TYPE_LRU_HASH, ct.sizeof(abi.FlowKey), ct.sizeof(abi.Verdict), abi.FLOW_MAX),
+}
+
+
+def monotonic_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def deadline(ttl: float | None) -> int:
+    """expires_ns for a TTL in seconds; None or 0 means no expiry."""
+    if not ttl:
+        return 0
+    if ttl < 0:
+        raise ValueError(f"TTL must be positive, got {ttl}")
+    return monotonic_ns() + int(ttl * 1e9)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ban, flow drop or bypass as userland reports it."""
+
+    target: str  # a prefix for bans, "src:sport > dst:dport" for flows
+    reason: abi.Reason
+    expires_ns: int
+    packets: int
+    bytes: int
+
+    def ttl_left(self, now_ns: int | None = None) -> float | None:
+        if not self.expires_ns:
+            return None
+        return max(0.0, (self.expires_ns - (now_ns or monotonic_ns())) / 1e9)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Both ends of a TCP connection; direction does not matter for verdicts."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    def keys(self) -> tuple[abi.FlowKey, abi.FlowKey]:
+        return (abi.flow_key(self.src, self.sport, self.dst, self.dport),
+                abi.flow_key(self.dst, self.dport, self.src, self.sport))
+
+
+def _flow_text(key: abi.FlowKey) -> str:
+    src = abi.address_text(key.family, bytes(key.saddr))
+    dst = abi.address_text(key.family, bytes(key.daddr))
+    return f"{src}:{key.sport} > {dst}:{key.dport}"
+
+
+class KernelMaps:
+    def __init__(self, bpf):
+        self._bpf = bpf
+        self.counters_map = bpf[b"ss_counters"]
+        self.ports_map = bpf[b"ss_ports"]
+        self.config_map = bpf[b"ss_config"]
+        self.ban_v4 = bpf[b"ss_ban_v4"]
+        self.ban_v6 = bpf[b"ss_ban_v6"]
+        self.flow_drop = bpf[b"ss_flow_drop"]
+        self.bypass_map = bpf[b"ss_bypass"]
+        self._ports: set[int] = set()
+        self._wake_batch = False
+
+    # ------------------------------------------------------------ configuration
+
+    def set_ports(self, ports) -> None:
+        wanted = set(ports)
+        bad = [p for p in wanted if not 0 < p < abi.PORT_MAX]
+        if bad:
+            raise ValueError(f"not TCP ports: {sorted(bad)}")
+        for port in self._ports - wanted:
+            self.ports_map[ct.c_int(port)] = ct.c_uint8(0)
+        for port in wanted - self._ports:
+            self.ports_map[ct.c_int(port)] = ct.c_uint8(1)
+        self._ports = wanted
+
+    @property
+    def ports(self) -> frozenset[int]:
+        return frozenset(self._ports)
+
+    def set_config(self, push: bool = True, enforce: bool = True, snaplen: int = 0,
+                   wake_batch: bool | None = None) -> None:
+        """wake_batch: wake the event reader every abi.WAKE_BATCH records per
+        CPU (False: on every record pushed after it had read all); None keeps
+        the current choice (Datapath.event_reader makes it)."""
+        if not 0 <= snaplen <= abi.SNAPLEN_MAX:
+            raise ValueError(f"snaplen must be 0..{abi.SNAPLEN_MAX}, got {snaplen}")
+        if wake_batch is not None:
+            self._wake_batch = wake_batch
+        flags = ((0 if push else abi.CFG_NO_PUSH) | (0 if enforce else abi.CFG_NO_ENFORCE)
+                 | (abi.CFG_WAKE_BATCH if self._wake_batch else 0))
+        self.config_map[ct.c_int(0)] = abi.Config(flags=flags, snaplen=snaplen)
+
+    # ------------------------------------------------------------ bans
+
+    def _ban_map(self, key):
+        return self.ban_v4 if isinstance(key, abi.LpmV4) else self.ban_v6
+
+    def ban(self, network: str, ttl: float | None = None, reason: abi.Reason = abi.Reason.MANUAL) -> None:
+        """Drop everything from a prefix (192.0.2.7, 192.0.2.0/24, 2001:db8::/48)."""
+        key = abi.lpm_key(ipaddress.ip_network(network, strict=False))
+        self._ban_map(key)[key] = abi.Verdict(expires_ns=deadline(ttl), reason=reason)
+
+    def unban(self, network: str) -> bool:
+        key = abi.lpm_key(ipaddress.ip_network(network, strict=False))
+        return _delete(self._ban_map(key), key)
+
+    def bans(self) -> list[Entry]:
+        return [Entry(str(abi.lpm_network(k)), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes)
+                for table in (self.ban_v4, self.ban_v6) for k, v in table.items()]
+
+    # ------------------------------------------------------------ flows
+
+    def drop_flow(self, flow: Flow, ttl: float | None = None, reason: abi.Reason = abi.Reason.RULE) -> None:
+        """Drop both directions of a connection."""
+        _set_both(self.flow_drop, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
+
+    def undrop_flow(self, flow: Flow) -> bool:
+        return _delete_both(self.flow_drop, flow)
+
+    def drops(self) -> list[Entry]:
+        return _flow_entries(self.flow_drop)
+
+    def bypass_flow(self, flow: Flow, ttl: float | None = None,
+                    reason: abi.Reason = abi.Reason.STARTTLS) -> None:
+        """Stop pushing a connection's packets (they still pass)."""
+        _set_both(self.bypass_map, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
+
+    def unbypass_flow(self, flow: Flow) -> bool:
+        return _delete_both(self.bypass_map, flow)
+
+    def bypassed(self) -> list[Entry]:
+        return _flow_entries(self.bypass_map)
+
+    def sweep(self, now_ns: int | None = None) -> int:
+        """Remove expired bans, drops and bypasses; returns how many."""
+        now_ns = now_ns or monotonic_ns()
+        removed = 0
+        for table in (self.ban_v4, self.ban_v6, self.flow_drop, self.bypass_map):
+            expired = [k for k, v in table.items() if v.expires_ns and v.expires_ns <= now_ns]
+            for key in expired:
+                removed += _delete(table, key)
+        return removed
+
+    # ------------------------------------------------------------ counters
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Counters summed over CPUs, per direction, plus the derived 'seen'."""
+        result = {}
+        for direction in abi.Direction:
+            values = {}
+            for counter in abi.Counter:
+                idx = direction * abi.COUNTER_COUNT + counter
+                values[counter.name.lower()] = int(self.counters_map.sum(ct.c_int(idx)).value)
+            values["seen"] = sum(values[c.name.lower()] for c in abi.Counter if c < abi.VERDICT_COUNTERS)
+            result[direction.name.lower()] = values
+        return result
+
+    def reset_counters(self) -> None:
+        self.counters_map.clear()
+
+
+def _set_both(table, flow: Flow, verdict: abi.Verdict) -> None:
+    for key in flow.keys():
+        table[key] = verdict
+
+
+def _delete_both(table, flow: Flow) -> bool:
+    return any([_delete(table, key) for key in flow.keys()])
+
+
+def _flow_entries(table) -> list[Entry]:
+    return [Entry(_flow_text(k), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes)
+            for k, v in table.items()]
+
+
+def _delete(table, key) -> bool:
+    try:
+        del table[key]
+        return True
+    except KeyError:
+        return False

@@ -1,0 +1,1 @@
+"""Test and demo infrastructure: network-namespace lab, its SMTP server and client, the demo."""

@@ -1,0 +1,1 @@
+"""The long-running sensor: its loop, control socket, metrics and logs."""

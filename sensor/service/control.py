@@ -1,0 +1,464 @@
+"""The control socket: msgpack requests to a running sensor, over a Unix socket.
+
+Wire format, both ways: a 4-byte big-endian length, then a msgpack map.
+Request ``{"cmd": NAME, ...arguments}``; reply ``{"ok": true, "result": ...}``
+or ``{"ok": false, "error": "one line"}``.  The socket is created mode 0600
+(root only).  The server is served from the sensor's own loop, never blocks
+it: connections are non-blocking, read incrementally, and a request larger
+than ``MAX_REQUEST`` bytes, malformed, naming an unknown command or giving
+arguments of the wrong type gets an error reply and the connection is closed.
+Replies are written without blocking (a client that does not read its reply
+cannot stall the loop); a client that does not finish its request, or does
+not take its reply, within ``IDLE_TIMEOUT`` seconds is dropped.  With
+``MAX_CLIENTS`` connections open, a new one replaces the oldest that has not
+sent a whole request yet (idle connections cannot lock the operator out).  No
+request, however malformed, and no command's failure can raise into the
+sensor's loop.
+
+Commands: status, flows, stats, bans, ban_add, ban_del, reload, stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import ipaddress
+import math
+import os
+import selectors
+import socket
+import struct
+import time
+
+import msgpack
+
+from sensor.errors import SensorError
+
+__all__ = ["ControlServer", "ControlClient", "DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "NotRunning",
+           "ControlUsageError", "BadArgument", "check_prefix", "check_ttl"]
+
+DEFAULT_SOCKET = "/run/smtp-sensor/control.sock"
+MAX_REQUEST = 64 * 1024
+MAX_CLIENTS = 16
+IDLE_TIMEOUT = 5.0
+#: longest TTL a ban takes (the kernel's deadline is a u64 of nanoseconds)
+MAX_TTL = 10 * 365 * 86400.0
+_ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 128
+_LEN = struct.Struct(">I")
+
+
+class ControlError(SensorError):
+    """The control socket cannot be reached or answered with an error."""
+
+    exit_code = 1
+
+
+class NotRunning(ControlError):
+    """No sensor listens on the control socket."""
+
+    exit_code = 2
+
+
+class ControlUsageError(ControlError):
+    """The request was refused as malformed (the caller's mistake)."""
+
+    exit_code = 2
+
+
+class BadArgument(SensorError):
+    """An argument of a control request has the wrong type or value."""
+
+
+def check_prefix(prefix) -> str:
+    """The network of an address or prefix, as text; BadArgument otherwise."""
+    if not isinstance(prefix, str):
+        raise BadArgument(f"prefix must be a string such as 198.51.100.0/24, got {type(prefix).__name__}")
+    try:
+        return str(ipaddress.ip_network(prefix.strip(), strict=False))
+    except ValueError:
+        raise BadArgument(f"not an address or prefix: {prefix!r} (e.g. 198.51.100.7, 198.51.100.0/24, "
+                          "2001:db8::/48)") from None
+
+
+def check_ttl(ttl) -> float | None:
+    """A ban's TTL: None (no expiry) or a finite number of seconds > 0."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise BadArgument(f"ttl must be a number of seconds, got {type(ttl).__name__}")
+    if not math.isfinite(ttl) or not 0 < ttl <= MAX_TTL:
+        raise BadArgument(f"ttl must be more than 0 and at most {MAX_TTL:.0f} seconds, got {ttl}")
+    return float(ttl)
+
+
+def _limit(limit) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise BadArgument(f"limit must be a whole number of at least 1, got {limit!r}")
+    return limit
+
+
+def _frame(obj) -> bytes:
+    data = msgpack.packb(obj, use_bin_type=True, default=str)
+    return _LEN.pack(len(data)) + data
+
+
+class _Conn:
+    __slots__ = ("sock", "fd", "buf", "since", "out")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = bytearray()
+        self.since = time.monotonic()
+        self.out = None          # the reply being written (a memoryview), once there is one
+
+
+class ControlServer:
+    def __init__(self, path, sensor):
+        self.path = str(path)
+        self.sensor = sensor
+        self.requests = 0
+        self.refused = 0
+        self.errors = 0          # commands that raised something unexpected (logged)
+        self.bans_added = 0
+        self.ban_notes: dict[str, str] = {}     # prefix -> the operator's reason (ban add --reason)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        if os.path.exists(self.path):
+            if _alive(self.path):
+                raise SensorError(f"another sensor answers on {self.path}: stop it first "
+                                  "(smtp-sensor unload) or give --control-socket another path")
+            os.unlink(self.path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self.sock.listen(LISTEN_BACKLOG)
+        self.sock.setblocking(False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ, None)
+        self.conns: dict = {}
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._drop(conn)
+        self.sel.close()
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------ serving
+    def serve_pending(self, timeout: float = 0.0) -> None:
+        """Handle whatever is ready now (called from the sensor's loop; never raises
+        for anything a client did)."""
+        for key, events in self.sel.select(timeout):
+            if key.data is None:
+                self._accept()
+            elif events & selectors.EVENT_WRITE:
+                self._write(key.data)
+            else:
+                self._read(key.data)
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if now - conn.since > IDLE_TIMEOUT:
+                self.refused += 1
+                self._drop(conn)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE (out of descriptors) or ECONNABORTED: try next turn
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED, errno.ENOBUFS, errno.ENOMEM):
+                    self.errors += 1
+                return
+            if len(self.conns) >= MAX_CLIENTS and not self._evict_idle():
+                self.refused += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock)
+            self.conns[conn.fd] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict_idle(self) -> bool:
+        """Make room: drop the oldest connection still waiting for its request."""
+        waiting = [c for c in self.conns.values() if c.out is None]
+        if not waiting:
+            return False
+        self.refused += 1
+        self._drop(min(waiting, key=lambda c: c.since))
+        return True
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        conn.buf += data
+        if len(conn.buf) >= 4:
+            (size,) = _LEN.unpack_from(conn.buf)
+            if size > MAX_REQUEST:
+                self.requests += 1
+                self.refused += 1
+                self._reply(conn, {"ok": False, "error": f"request of {size} bytes is larger than {MAX_REQUEST}"})
+                return
+            if len(conn.buf) >= 4 + size:
+                body = bytes(conn.buf[4:4 + size])
+                conn.buf = bytearray()
+                self._reply(conn, self.handle_bytes(body))
+
+    def handle_bytes(self, body: bytes) -> dict:
+        """The reply to one request's msgpack body (never raises)."""
+        self.requests += 1
+        try:
+            request = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except Exception as exc:   # msgpack raises several types on garbage
+            self.refused += 1
+            return {"ok": False, "error": f"malformed request: {type(exc).__name__}", "usage": True}
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            self.refused += 1
+            return {"ok": False, "error": "a request is a map with a 'cmd' string", "usage": True}
+        name = request["cmd"]
+        handler = getattr(self, "cmd_" + name, None) if name.isidentifier() else None
+        if handler is None:
+            self.refused += 1
+            return {"ok": False, "error": f"unknown command {name[:64]!r}", "usage": True}
+        args = {k: v for k, v in request.items() if k != "cmd"}
+        if not all(isinstance(k, str) and k.isidentifier() for k in args):
+            self.refused += 1
+            return {"ok": False, "error": f"bad arguments for {name}: names must be identifiers", "usage": True}
+        try:
+            inspect.signature(handler).bind(**args)
+        except TypeError as exc:
+            self.refused += 1
+            return {"ok": False, "error": f"bad arguments for {name}: {exc}", "usage": True}
+        try:
+            return {"ok": True, "result": handler(**args)}
+        except BadArgument as exc:
+            self.refused += 1
+            return {"ok": False, "error": f"bad arguments for {name}: {exc}", "usage": True}
+        except (SensorError, ValueError, OSError) as exc:
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
+        except Exception as exc:  # noqa: BLE001 - a command's bug must not end the sensor
+            self.errors += 1
+            _log().error("control command failed", cmd=name, error=f"{type(exc).__name__}: {exc}")
+            return {"ok": False, "error": f"{name} failed: {type(exc).__name__}: {exc}"}
+
+    def _reply(self, conn: _Conn, reply: dict) -> None:
+        """Start writing the reply; the rest goes out as the client reads it."""
+        try:
+            data = _frame(reply)
+        except Exception as exc:  # noqa: BLE001 - e.g. an integer msgpack cannot hold
+            self.errors += 1
+            data = _frame({"ok": False, "error": f"the reply could not be encoded: {type(exc).__name__}"})
+        conn.out = memoryview(data)
+        conn.since = time.monotonic()   # IDLE_TIMEOUT now bounds the reply's writing
+        try:
+            self.sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        except (KeyError, ValueError, OSError):
+            self._drop(conn)
+            return
+        self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        if conn.out is None:
+            self._drop(conn)
+            return
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    # ------------------------------------------------------------ commands
+    def cmd_status(self) -> dict:
+        return self.sensor.status()
+
+    def cmd_flows(self, limit: int = 1000) -> list:
+        out = []
+        for sess in self.sensor.pipeline.sessions[: _limit(limit)]:
+            f = sess.flow
+            rf = sess.scratch.get("rules")
+            out.append({"uid": f.uid, "orig": f"{f.orig_h}:{f.orig_p}", "resp": f"{f.resp_h}:{f.resp_p}",
+                        "community_id": f.community_id, "state": sess.conn.state, "helo": sess.conn.helo,
+                        "transactions": sess.transactions, "tls": sess.tls,
+                        "dropped": bool(rf is not None and rf.dropped),
+                        "age": round(f.last_ts - f.start_ts, 3)})
+        return out
+
+    def cmd_stats(self, limit: int = 100) -> dict:
+        stats = self.sensor.stats
+        if stats is None:
+            raise SensorError("reject statistics are disabled ([spam_stats] enabled = false)")
+        return stats.report(limit=_limit(limit))
+
+    def cmd_bans(self) -> list:
+        out = []
+        bans = self.sensor.datapath.maps.bans()
+        for gone in set(self.ban_notes) - {e.target for e in bans}:   # expired and swept
+            del self.ban_notes[gone]
+        for e in bans:
+            row = {"target": e.target, "reason": e.reason.name.lower(), "ttl_left": e.ttl_left(),
+                   "packets": e.packets, "bytes": e.bytes}
+            if e.target in self.ban_notes:
+                row["note"] = self.ban_notes[e.target]
+            out.append(row)
+        return out
+
+    def cmd_ban_add(self, prefix: str, ttl: float | None = None, reason: str | None = None) -> dict:
+        """Ban a prefix in XDP; ``reason``: the operator's words, kept with the
+        ban (``ban list``: note) and in the drop record."""
+        from sensor.kernel import abi
+        network = check_prefix(prefix)
+        ttl = check_ttl(ttl)
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 200):
+            raise BadArgument("reason must be a string of at most 200 characters")
+        self.sensor.datapath.maps.ban(network, ttl=ttl, reason=abi.Reason.MANUAL)
+        self.sensor.enforcer.verdicts.add_ban(network, None if not ttl else time.time() + ttl)
+        self.bans_added += 1
+        if reason:
+            self.ban_notes[network] = reason
+        else:
+            self.ban_notes.pop(network, None)
+        rec = {"ts": time.time(), "event_type": "drop", "action": "ban_source", "target": network,
+               "reason": "manual", "enforced_by": self.sensor.enforcer.mode}
+        if ttl:
+            rec["ttl"] = ttl
+        if reason:
+            rec["note"] = reason
+        self.sensor.sink(rec)
+        return {"banned": network, "ttl": ttl, **({"note": reason} if reason else {})}
+
+    def cmd_ban_del(self, prefix: str) -> dict:
+        network = check_prefix(prefix)
+        removed = self.sensor.datapath.maps.unban(network)
+        self.sensor.enforcer.verdicts.bans.pop(ipaddress.ip_network(network), None)
+        self.ban_notes.pop(network, None)
+        if not removed:
+            raise SensorError(f"{network} is not banned")
+        return {"unbanned": network}
+
+    def cmd_reload(self) -> dict:
+        if self.sensor.engine is None:
+            raise SensorError("this sensor runs without rules (start it with --rules DIR)")
+        changed = self.sensor.reload_rules(force=True)
+        rs = self.sensor.engine.ruleset
+        return {"changed": changed, "rules": [r.id for r in rs.rules],
+                "errors": {str(k): v for k, v in rs.errors.items()}}
+
+    def cmd_stop(self) -> dict:
+        self.sensor.stop_requested = True
+        return {"stopping": True}
+
+
+def _log():
+    import structlog
+    return structlog.get_logger("sensor.service.control")
+
+
+def _alive(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class ControlClient:
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 10.0):
+        self.path = str(path)
+        self.timeout = timeout
+
+    def call(self, cmd: str, **args):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            try:
+                _connect(s, self.path, self.timeout)
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise NotRunning(f"no sensor is running (no control socket at {self.path}): "
+                                   "start one with smtp-sensor run") from None
+            except PermissionError:
+                raise ControlUsageError(f"cannot open {self.path}: the control socket is root's (run as root)") \
+                    from None
+            except OSError as exc:
+                raise ControlError(f"cannot reach the sensor at {self.path}: {exc.strerror or exc}") from None
+            s.sendall(_frame({"cmd": cmd, **{k: v for k, v in args.items() if v is not None}}))
+            head = _recv_exact(s, 4)
+            (size,) = _LEN.unpack(head)
+            body = _recv_exact(s, size)
+        except ControlError:
+            raise
+        except socket.timeout:
+            raise ControlError(f"the sensor did not answer within {self.timeout} s") from None
+        except OSError as exc:
+            raise ControlError(f"the control connection to {self.path} failed: {exc.strerror or exc}") from None
+        finally:
+            s.close()
+        try:
+            reply = msgpack.unpackb(body, raw=False)
+        except Exception:  # noqa: BLE001 - msgpack raises several types
+            reply = None
+        if not isinstance(reply, dict):
+            raise ControlError(f"the sensor's reply on {self.path} is not a msgpack map")
+        if not reply.get("ok"):
+            error = ControlUsageError if reply.get("usage") else ControlError
+            raise error(str(reply.get("error", "the sensor refused the request")))
+        return reply.get("result")
+
+
+def _connect(s, path: str, timeout: float) -> None:
+    """connect(), waiting while the listen queue is full (a Unix socket with
+    a timeout fails at once with EAGAIN then, instead of waiting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise socket.timeout() from None
+            time.sleep(0.01)
+
+
+def _recv_exact(s, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ControlError("the sensor closed the control connection")
+        buf += chunk
+    return bytes(buf)

@@ -1,0 +1,351 @@
+"""The long-running sensor: datapath, pipeline, rules and reject statistics
+put together from one ``Config``, and the loop that drives them.
+
+    Sensor(config).run()              attach, loop, detach on every exit path
+
+    sensor = Sensor(config, sink=records.append)   # or driven by the caller:
+    sensor.start()                    # build, load, attach, rules, statistics
+    while ...: sensor.step()          # one turn of the loop (e.g. in a thread)
+    sensor.stop()                     # drain, snapshot, detach (idempotent)
+
+The loop (one thread): read perf events into the pipeline; every second tick
+the reject statistics (notices, bans) and sweep expired kernel entries; poll
+the rule files (or reload at once after SIGHUP / a control request); write a
+statistics snapshot every ``snapshot_interval`` and at shutdown; log a stats
+line every ``stats_interval``.  ``status()`` is what ``smtp-sensor status``
+shows through the control socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from sensor.config import Config
+from sensor.errors import SensorError
+
+__all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
+
+# Samples per wakeup of the live consumer.  Batched wakeups (64) cost less CPU
+# per event, but on a quiet link the consumer then only wakes at the poll
+# timeout (50 ms): with rules, a client's whole dialogue (MAIL, RCPT, DATA, the
+# message) was over before its MAIL FROM verdict reached the kernel, and a
+# banned sender's mail was delivered.  Rules therefore get a wakeup per sample.
+RULES_WAKEUP, PASSIVE_WAKEUP = 1, 64
+
+
+@dataclass
+class RunOptions:
+    duration: float | None = None
+    stats_interval: float = 10.0
+    reload_interval: float = 1.0
+    wakeup: int | None = None
+    control_socket: str | None = None
+    metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
+
+
+class Sensor:
+    def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
+        """sink: where records go (a callable taking one record dict); default:
+        JSON lines to ``[sensor] output``."""
+        self.config = config
+        self.options = options or RunOptions()
+        self.log = logger or structlog.get_logger("sensor")
+        self.reload_requested = False
+        self.stop_requested = False
+        self.started = None
+        self.last_reload = None
+        self.datapath = self.pipeline = self.feed = self.engine = None
+        self.stats = self.actor = None
+        self.sink = sink
+        self.control = None
+        self.metrics = None
+        self.reopen_requested = False   # SIGUSR1: reopen the log and record files (logrotate)
+        self.reopens = 0
+        self._out = None
+        self._out_path = None
+        self._stack = None          # what stop() undoes, set by start()
+        self._last_tick = self._last_stats = self._last_snapshot = 0.0
+
+    # ------------------------------------------------------------ building
+    def _build(self):
+        from sensor.kernel.datapath import Datapath, DatapathConfig
+        from sensor.pipeline import Pipeline
+        from sensor.records.sinks import JsonLinesSink
+
+        cfg = self.config.sensor
+        if not cfg.interfaces:
+            raise SensorError("no interface given: use -i IFACE or [sensor] interfaces in the config")
+        dp_config = DatapathConfig(ports=tuple(cfg.ports), enforce=cfg.enforce)
+        dp_config.pin_dir = cfg.pin_dir
+        self.datapath = Datapath(dp_config)
+        if self.sink is None:
+            path = cfg.output_path
+            if path is not None:
+                try:
+                    self._out = open(path, "a", encoding="utf-8")
+                except OSError as exc:
+                    raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
+                self._out_path = path
+            self.sink = JsonLinesSink(self._out or sys.stdout)
+        limits = self.config.limits
+        self.pipeline = Pipeline(self.sink, ports=cfg.ports, uid_seed=os.urandom(12),
+                                 reassembly_limits=limits.reassembly, smtp_limits=limits.smtp)
+
+    def _start_rules_and_stats(self):
+        from sensor.rules.enforce import KernelEnforcer
+
+        enforcer = KernelEnforcer(self.datapath.maps)
+        enforcer.verdicts.ports = frozenset(self.config.sensor.ports)
+        cfg = self.config.sensor
+        if cfg.rules is not None:
+            from sensor.rules.engine import RuleEngine
+            from sensor.rules.loader import RuleSet
+            logger = structlog.get_logger("rules")
+            ruleset = RuleSet(cfg.rules, logger)
+            if ruleset.errors:
+                raise SensorError(f"rules not loaded: {next(iter(ruleset.errors.values()))}")
+            self.engine = RuleEngine(ruleset, self.sink, enforcer, logger)
+            self.pipeline.listeners.append(self.engine)
+        if cfg.enforce:
+            self.pipeline.gate = enforcer.passes   # stragglers of dropped flows: counted, not dissected
+        else:
+            enforcer.mode = "monitor"              # the kernel ignores the maps: say so in the records
+        self.enforcer = enforcer
+        st = self.config.spam_stats
+        if st.enabled:
+            from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
+            self.stats = RejectStats(st)
+            self.actor = SpamStatsActor(self.stats, self.sink, enforcer, st)
+            self.pipeline.listeners.append(RejectStatsListener(self.stats, self.actor))
+            if cfg.state_file is not None:
+                restored = self.actor.restore(cfg.state_file)
+                level = "info" if restored.ok else "error"
+                getattr(self.log, level)("statistics snapshot", message=restored.message)
+
+    # ------------------------------------------------------------ running
+    def run(self) -> int:
+        """start(), step() until stopped (or ``duration``), stop() on every exit path."""
+        self.start()
+        try:
+            duration = self.options.duration
+            while not self.stop_requested and (duration is None or time.monotonic() - self.started < duration):
+                self.step()
+        finally:
+            self.stop()
+        return 0
+
+    def start(self) -> "Sensor":
+        """Build, load the programs, attach, start rules and statistics.  On an
+        error everything done so far is undone; after it, stop() undoes it."""
+        from sensor.inputs.live import LiveFeed
+
+        self._build()
+        cfg, opt = self.config.sensor, self.options
+        stack = contextlib.ExitStack()
+        try:
+            stack.callback(self._close_output)          # undone last, as in run() before
+            stack.callback(self._close_control)
+            if opt.metrics:                             # first: a port in use fails before any loading
+                from sensor.service.metrics import MetricsServer
+                self.metrics = MetricsServer(opt.metrics, self)
+                stack.callback(self._close_metrics)
+            stack.enter_context(self.datapath.load())
+            for ifname in cfg.interfaces:
+                self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
+            self._start_rules_and_stats()
+            wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
+            self.feed = LiveFeed(self.datapath.event_reader(wakeup_events=wakeup), self.pipeline,
+                                 self.datapath.maps)
+            if opt.control_socket:
+                from sensor.service.control import ControlServer
+                self.control = ControlServer(opt.control_socket, self)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        self.started = now = time.monotonic()
+        self._last_tick = self._last_stats = self._last_snapshot = self.last_reload = now
+        self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
+                      rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
+                      spam_stats=self.stats is not None,
+                      control_socket=opt.control_socket,
+                      **({"metrics": self.metrics.url} if self.metrics is not None else {}))
+        return self
+
+    def step(self, timeout_ms: int | None = None) -> int:
+        """One turn of the loop: wait up to timeout_ms (default 50, 20 with a
+        control socket) for kernel events and dissect them; serve the control
+        socket; reload rules, tick the statistics and sweep, snapshot and log
+        stats when due.  Returns the events read."""
+        opt, control = self.options, self.control
+        if timeout_ms is None:
+            timeout_ms = 50 if control is None else 20
+        events = self.feed.step(timeout_ms)
+        if control is not None:
+            control.serve_pending()
+        if self.reopen_requested:
+            self.reopen_files()
+        now = time.monotonic()
+        if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
+            self.reload_rules(force=bool(self.reload_requested))
+        if now - self._last_tick >= 1.0:
+            self._last_tick = now
+            self._tick()
+        if (self.actor is not None and self.config.sensor.state_file
+                and now - self._last_snapshot >= self.config.sensor.snapshot_interval):
+            self._last_snapshot = now
+            self._snapshot()
+        if now - self._last_stats >= opt.stats_interval:
+            self._last_stats = now
+            self.log.info("stats", **self.counters())
+        return events
+
+    def stop(self) -> None:
+        """Drain the ring, end the flows, tick and snapshot the statistics,
+        then detach, unload and close.  Idempotent; a no-op before start()."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        with stack:                      # detaches even when the shutdown fails
+            self._shutdown()
+
+    def _close_control(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+    def reopen_files(self) -> None:
+        """Open the log file and the records file again (SIGUSR1, after
+        logrotate renamed them): the next lines go to new files at the same
+        paths.  A file that cannot be opened is logged and the old one kept."""
+        from sensor.service import log as sensor_log
+
+        self.reopen_requested = False
+        reopened, failed = [], {}
+        try:
+            reopened += sensor_log.reopen()
+        except OSError as exc:
+            failed["log"] = exc.strerror or str(exc)
+        if self._out is not None and self._out_path is not None:
+            try:
+                new = open(self._out_path, "a", encoding="utf-8")
+            except OSError as exc:
+                failed[str(self._out_path)] = exc.strerror or str(exc)
+            else:
+                old, self._out = self._out, new
+                if getattr(self.sink, "stream", None) is old:
+                    self.sink.set_stream(new)
+                old.close()
+                reopened.append(str(self._out_path))
+        self.reopens += 1
+        if failed:
+            self.log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
+        else:
+            self.log.info("files reopened", files=reopened)
+
+    def _close_output(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def reload_rules(self, force: bool = False) -> bool:
+        if self.engine is None:
+            return False
+        if force:
+            why = self.reload_requested if isinstance(self.reload_requested, str) else "control socket"
+            self.log.info(f"reload requested ({why})")
+        changed = self.engine.ruleset.reload(force=True) if force else self.engine.ruleset.poll()
+        self.reload_requested = False
+        self.last_reload = time.monotonic()
+        return changed
+
+    def _tick(self) -> None:
+        wall = time.time()
+        if self.actor is not None:
+            self.actor.tick(wall)
+        try:
+            removed = self.datapath.maps.sweep()
+        except OSError as exc:
+            self.log.error("sweeping expired kernel entries failed", error=str(exc))
+            return
+        if removed:
+            self.log.info("expired kernel entries swept", removed=removed)
+
+    def _snapshot(self) -> None:
+        try:
+            self.actor.snapshot(self.config.sensor.state_file)
+        except SensorError as exc:
+            self.log.error("statistics snapshot not written", error=str(exc))
+
+    def _shutdown(self) -> None:
+        feed = self.feed
+        if feed is not None:
+            feed.drain()
+        self.pipeline.finish()
+        if self.actor is not None:
+            self.actor.tick(time.time())
+            if self.config.sensor.state_file:
+                self._snapshot()
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
+        self.log.info("stopped", **self.counters())
+
+    # ------------------------------------------------------------ queries
+    def counters(self) -> dict:
+        out = {"events": self.feed.events if self.feed else 0,
+               "lost": self.feed.reader.lost if self.feed else 0,
+               "pipeline": self.pipeline.stats.as_dict() if self.pipeline else {}}
+        if self.datapath is not None and self.datapath.bpf is not None:
+            out["counters"] = self.datapath.maps.counters()
+        if self.engine is not None:
+            out["rules"] = {"alerts": self.engine.alerts, "errors": self.engine.errors,
+                            "slow_calls": self.engine.slow_calls, "drops": self.engine.drops,
+                            "bans": self.engine.bans, "late_events": self.engine.late_events,
+                            "reload_errors": self.engine.ruleset.reload_errors}
+        if self.stats is not None:
+            out["spam_stats"] = {"hosts": len(self.stats), **self.stats.counters.as_dict(),
+                                 "bans": self.actor.banned}
+        return out
+
+    def status(self) -> dict:
+        cfg = self.config.sensor
+        dp = self.datapath
+        attachments = []
+        if dp is not None and dp.bpf is not None:
+            from sensor.kernel.bpfsys import prog_id
+            ids = {"xdp_prog_id": prog_id(dp.xdp_fd), "tc_prog_id": prog_id(dp.tc_fd)}
+            for a in dp.attachments:
+                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids})
+        rules = []
+        if self.engine is not None:
+            rules = [{"id": r.id, "rev": r.rev, "hook": r.hook.name, "file": r.file, "calls": r.calls,
+                      "errors": r.errors, "alerts": r.alerts, "over_budget": r.over_budget,
+                      "ms": round(r.seconds * 1000, 3)} for r in self.engine.ruleset.rules]
+        counters = self.counters()
+        # the rule engine's totals: its own key (was: counters()'s "rules" replaced the list of rules)
+        rule_engine = counters.pop("rules", {})
+        return {
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self.started, 3) if self.started else 0.0,
+            "interfaces": attachments,
+            "ports": list(cfg.ports),
+            "active_flows": len(self.pipeline.sessions) if self.pipeline else 0,
+            "rules": rules,
+            "rule_errors": {str(k): v for k, v in self.engine.ruleset.errors.items()} if self.engine else {},
+            "last_reload_age": round(time.monotonic() - self.last_reload, 3) if self.last_reload else None,
+            "metrics": self.metrics.url if self.metrics is not None else None,
+            "rule_engine": rule_engine,
+            **counters,
+        }

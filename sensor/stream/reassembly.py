@@ -1,0 +1,605 @@
+"""TCP reassembly, independent of where segments come from.
+
+``Reassembler.feed(segment, ts)`` takes one ``sensor.stream.packet.Segment`` (a tuple of
+those 11 fields; payload as bytes) and returns the events it causes, in order:
+
+    FlowStart(flow, ts)             a connection was seen for the first time
+    Data(flow, direction, data, ts) the next bytes of one direction, in order
+    Gap(flow, direction, length, ts) ``length`` bytes of that direction are missing
+    FlowEnd(flow, reason, ts)       no more events for this flow
+    Anomaly(flow, name, detail, ts) something odd at the TCP level
+
+``direction`` is ``ORIG`` ('orig', the connection's originator) or ``RESP``.
+FlowEnd reasons: fin, rst, timeout, evicted (flow table full), reused (a new
+SYN on the same 4-tuple), flush (``flush_all`` at the end of the input).
+``flow`` is the ``Flow``: uid, community_id, key, orig_h/orig_p, resp_h/resp_p,
+partial, and ``ctx``, a free slot for the caller's per-flow state.
+Every byte position of a direction is delivered exactly once, as Data or as Gap;
+missing bytes are never silently skipped.  ``expire(now)`` ends idle flows
+(the caller owns the clock), ``flush_all(ts)`` ends every flow.
+
+Rules, per direction:
+- SYN sets the ISN; the SYN's sender is the originator.  A flow whose
+  handshake was not seen (the sensor started mid-session) is picked up at its
+  first segment with payload; the originator is the side whose peer's port is
+  in ``ports`` (default {25, 587}), else the sender.  ``flow.partial`` says so.
+- Sequence numbers are compared modulo 2**32 (wrap-around safe); positions
+  inside a direction are plain integers from 0.
+- Out-of-order data is buffered.  Overlaps: the bytes received first win; if a
+  later copy disagrees, Anomaly STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA.
+- A segment whose payload was cut (``len(payload) < wire_paylen``) delivers its
+  bytes, then a Gap for the missing tail.
+- Buffered bytes are capped per flow and globally, and buffered chunks per
+  direction: over a cap, the hole in front of the buffer becomes a Gap.
+- When the peer acknowledges bytes behind which data is already buffered, and
+  still does ``ack_gap_delay`` seconds later, the hole was lost by the capture:
+  it becomes a Gap (``Limits.ack_gaps``).  The delay lets a segment that was
+  only reordered across directions (a SPAN port, two CPUs' rings) arrive.
+- FIN in both directions ends the flow ('fin') once everything before the FINs
+  is delivered; holes left are waited for ``close_timeout`` then become Gaps.
+  RST ends the flow at once ('rst'): contiguous data, then Gap + buffered data.
+- Stray segments of a flow that ended with FIN or RST (final ACK, retransmitted
+  FIN) are ignored for ``closed_linger`` seconds unless a new SYN starts a new
+  flow.  A flow ended by timeout or eviction is picked up again mid-stream if it
+  sends more data.  A RST further than ``rst_window`` bytes from the expected
+  sequence number is ignored (Anomaly TCP_RST_OUT_OF_WINDOW).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import NamedTuple
+
+from sensor.stream.flowid import UidGenerator, community_id
+from sensor.stream.packet import ACK, FIN, RST, SYN, addr_str
+
+__all__ = [
+    "Reassembler", "Limits", "Flow", "FlowStart", "Data", "Gap", "FlowEnd", "Anomaly",
+    "ORIG", "RESP", "DEFAULT_PORTS",
+    "ANOMALY_OVERLAP", "ANOMALY_BUFFER_FULL", "ANOMALY_ISN_CHANGED", "ANOMALY_RST_OUT_OF_WINDOW",
+]
+
+ORIG = "orig"
+RESP = "resp"
+DEFAULT_PORTS = frozenset((25, 587))
+
+# Anomaly names.  The first is Suricata's stream event of the same meaning.
+ANOMALY_OVERLAP = "STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA"
+ANOMALY_BUFFER_FULL = "TCP_REASSEMBLY_BUFFER_FULL"     # a cap forced a gap
+ANOMALY_ISN_CHANGED = "TCP_SYN_DIFFERENT_ISN"          # a new SYN replaced an unused ISN
+ANOMALY_RST_OUT_OF_WINDOW = "TCP_RST_OUT_OF_WINDOW"    # RST far from the expected sequence
+
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+_start = itemgetter(0)
+_new = tuple.__new__
+_NO_CHUNKS = ()     # _Stream.chunks while nothing is buffered (a list only while something is)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit of the reassembler, by name."""
+
+    idle_timeout: float = 300.0        # seconds without a segment before a flow ends
+    close_timeout: float = 10.0        # after both FINs, how long to wait for holes
+    closed_linger: float = 30.0        # how long stray segments of an ended flow are ignored
+    flow_buffer: int = 4 << 20         # out-of-order bytes buffered per flow
+    global_buffer: int = 256 << 20     # out-of-order bytes buffered over all flows
+    max_chunks: int = 4096             # out-of-order chunks buffered per direction
+    max_flows: int = 200_000           # flows tracked at once; the oldest is evicted
+    ack_gaps: bool = True              # a peer's ACK past a hole makes it a gap ...
+    ack_gap_delay: float = 0.2         # ... once the hole has been acked this long (seconds)
+    rst_window: int = 1 << 20          # RST further than this from the expected seq: ignored
+
+
+class FlowStart(NamedTuple):
+    flow: "Flow"
+    ts: float
+
+    key = property(lambda self: self.flow.key)
+    uid = property(lambda self: self.flow.uid)
+    community_id = property(lambda self: self.flow.community_id)
+    orig = property(lambda self: (self.flow.orig_h, self.flow.orig_p))
+    resp = property(lambda self: (self.flow.resp_h, self.flow.resp_p))
+
+
+class Data(NamedTuple):
+    flow: "Flow"
+    direction: str
+    data: bytes
+    ts: float
+
+
+class Gap(NamedTuple):
+    flow: "Flow"
+    direction: str
+    length: int
+    ts: float
+
+
+class FlowEnd(NamedTuple):
+    flow: "Flow"
+    reason: str            # fin, rst, timeout, evicted, reused, flush
+    ts: float
+
+
+class Anomaly(NamedTuple):
+    flow: "Flow"
+    name: str
+    detail: str
+    ts: float
+
+
+class _Stream:
+    """One direction of a flow.
+
+    ``pos`` is the position (from 0) of the next byte to deliver and ``nxt`` its
+    TCP sequence number (None until the first SYN or segment is seen).
+    ``chunks`` holds buffered out-of-order ranges, sorted and disjoint:
+    (start, end, bytes) or (start, end, None) for bytes known to be missing;
+    a list only while something is buffered, else the shared empty tuple (one
+    stream per direction of every open flow: bench/bench_memory.py).
+    """
+
+    __slots__ = ("direction", "nxt", "isn", "pos", "chunks", "buffered", "fin",
+                 "last", "last_pos", "gaps", "hole_acked")
+
+    def __init__(self, direction):
+        self.direction = direction
+        self.nxt = None
+        self.isn = None
+        self.pos = 0
+        self.chunks = _NO_CHUNKS
+        self.buffered = 0
+        self.fin = None           # position of the FIN, once seen
+        self.last = b""           # the last bytes delivered (to check retransmissions)
+        self.last_pos = 0         # ... and where they start
+        self.gaps = 0             # bytes delivered as Gap
+        self.hole_acked = None    # (pos, ts): the hole at pos was first seen acked at ts
+
+    @property
+    def delivered(self) -> int:
+        """Bytes delivered as Data."""
+        return self.pos - self.gaps
+
+
+class Flow:
+    """A TCP connection.  ``ctx`` is free for the caller (e.g. its dissector)."""
+
+    __slots__ = ("key", "uid", "_cid", "family", "orig_addr", "orig_p",
+                 "resp_addr", "resp_p", "start_ts", "last_ts", "partial", "orig",
+                 "resp", "closing_since", "ended", "ctx")
+
+    def __init__(self, uid, cid, family, oa, op, ra, rp, ts, partial):
+        """``cid``: the Community ID, or its seed (an int): then computed on first use."""
+        self.uid = uid
+        self._cid = cid
+        self.family = family
+        self.orig_addr, self.orig_p, self.resp_addr, self.resp_p = oa, op, ra, rp
+        a, b = (oa, op), (ra, rp)
+        self.key = a + b if a <= b else b + a
+        self.start_ts = self.last_ts = ts
+        self.partial = partial
+        self.orig = _Stream(ORIG)
+        self.resp = _Stream(RESP)
+        self.closing_since = None
+        self.ended = None
+        self.ctx = None
+
+    @property
+    def community_id(self) -> str:
+        cid = self._cid
+        if cid.__class__ is not str:
+            # made on first use: most open flows have not been written out yet
+            cid = self._cid = community_id(self.orig_addr, self.resp_addr, 6, self.orig_p, self.resp_p, cid)
+        return cid
+
+    @property
+    def orig_h(self) -> str:
+        return addr_str(self.orig_addr)
+
+    @property
+    def resp_h(self) -> str:
+        return addr_str(self.resp_addr)
+
+    @property
+    def buffered(self) -> int:
+        return self.orig.buffered + self.resp.buffered
+
+    def __repr__(self):
+        return (f"<Flow {self.uid} {self.orig_h}:{self.orig_p} -> "
+                f"{self.resp_h}:{self.resp_p}{' partial' if self.partial else ''}>")
+
+
+class Reassembler:
+    """Reassemble TCP flows; see the module documentation.
+
+    ``ports``: server ports that decide who is the originator of a flow picked
+    up mid-stream, and (with ``only_ports``, the default) which flows are
+    tracked at all.  ``uid_seed`` makes uids reproducible.
+    """
+
+    def __init__(self, ports=DEFAULT_PORTS, limits: Limits | None = None,
+                 uid_seed=0, only_ports: bool = True, community_id_seed: int = 0):
+        self.ports = frozenset(ports)
+        self.limits = limits or Limits()
+        self.only_ports = only_ports
+        self.cid_seed = community_id_seed
+        self._uids = UidGenerator(uid_seed)
+        self._ack_gaps = self.limits.ack_gaps
+        self._table: dict = {}       # (src, sport, dst, dport) -> (flow, sender, receiver)
+        self._flows: dict = {}       # flow.key -> flow, oldest first
+        self._closed: dict = {}      # flow.key -> ts it ended
+        self.buffered = 0            # out-of-order bytes over all flows
+        self.stats: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ API
+    @property
+    def flows(self):
+        """The flows being tracked (a view; do not modify)."""
+        return self._flows.values()
+
+    def feed(self, seg, ts: float) -> list:
+        """Process one ``Segment`` seen at time ``ts``; return the events it causes."""
+        out = []
+        _fam, src, dst, sport, dport, seq, ack, flags, payload, wlen, _wl = seg
+        ent = self._table.get((src, sport, dst, dport))
+        if ent is None:
+            ent = self._new_flow(seg, ts, out)
+            if ent is None:
+                return out
+        flow, st, peer = ent
+        flow.last_ts = ts
+        if flags & 0x07:                        # SYN, FIN or RST
+            if flags & SYN:
+                if st.nxt is None:
+                    st.isn = seq
+                    st.nxt = (seq + 1) & _MASK
+                elif st.isn is not None and seq != st.isn and not flags & ACK:
+                    if st.pos or st.chunks or st.fin is not None or peer.nxt is not None:
+                        # same 4-tuple, new connection
+                        self._end(flow, "reused", ts, out)
+                        return out + self.feed(seg, ts)
+                    st.isn = seq
+                    st.nxt = (seq + 1) & _MASK
+                    self._anomaly(flow, ANOMALY_ISN_CHANGED, "SYN with a new ISN", ts, out)
+                seq = (seq + 1) & _MASK
+            return self._slow(flow, st, peer, seg, seq, flags, ts, out)
+        if wlen:
+            nxt = st.nxt
+            if nxt is None:
+                st.nxt = nxt = seq
+            if seq == nxt and not st.chunks and len(payload) == wlen:
+                # fast path: the next bytes, nothing buffered, nothing cut
+                out.append(_new(Data, (flow, st.direction, payload, ts)))
+                st.last = payload
+                pos = st.pos
+                st.last_pos = pos
+                st.pos = pos + wlen
+                st.nxt = (nxt + wlen) & _MASK
+            else:
+                off = st.pos + ((seq - nxt + _HALF) & _MASK) - _HALF
+                self._add(flow, st, off, payload, wlen, ts, out)
+        if peer.chunks and flags & ACK and self._ack_gaps:
+            self._ack(flow, peer, ack, ts, out)
+        if flow.closing_since is not None:
+            self._maybe_close(flow, ts, out)
+        return out
+
+    def expire(self, now: float) -> list:
+        """End flows idle for ``idle_timeout`` and closing flows past ``close_timeout``."""
+        out = []
+        lim = self.limits
+        idle = now - lim.idle_timeout
+        closing = now - lim.close_timeout
+        for flow in list(self._flows.values()):
+            if flow.last_ts <= idle:
+                self._end(flow, "timeout", now, out)
+            elif flow.closing_since is not None and flow.closing_since <= closing:
+                self._end(flow, "fin", now, out)
+        linger = now - lim.closed_linger
+        if self._closed:
+            self._closed = {k: t for k, t in self._closed.items() if t > linger}
+        return out
+
+    def flush_all(self, ts: float | None = None) -> list:
+        """End every flow (e.g. at the end of a capture): 'fin' if both sides had
+        sent FIN, else 'flush'."""
+        out = []
+        for flow in list(self._flows.values()):
+            t = flow.last_ts if ts is None else ts
+            self._end(flow, "fin" if flow.closing_since is not None else "flush", t, out)
+        return out
+
+    # ------------------------------------------------------------ internals
+    def _count(self, what, n=1):
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    def _new_flow(self, seg, ts, out):
+        sport, dport, flags = seg.sport, seg.dport, seg.flags
+        ports = self.ports
+        if self.only_ports and sport not in ports and dport not in ports:
+            self._count("not_tracked")
+            return None
+        a, b = (seg.src, sport), (seg.dst, dport)
+        key = a + b if a <= b else b + a
+        syn_only = flags & (SYN | ACK | RST) == SYN
+        if key in self._closed:
+            if not syn_only:
+                self._count("after_close")
+                return None
+            del self._closed[key]
+        if flags & RST or not (flags & SYN or seg.wire_paylen):
+            self._count("no_flow")            # lone RST, pure ACK or FIN: nothing to follow
+            return None
+        if flags & SYN:
+            sender_is_orig = not flags & ACK
+            partial = not sender_is_orig
+        else:
+            partial = True
+            sender_is_orig = dport in ports or sport not in ports
+        if len(self._flows) >= self.limits.max_flows:
+            self._end(next(iter(self._flows.values())), "evicted", ts, out)
+            self._count("flows_evicted")
+        if sender_is_orig:
+            oa, op, ra, rp = seg.src, sport, seg.dst, dport
+        else:
+            oa, op, ra, rp = seg.dst, dport, seg.src, sport
+        flow = Flow(self._uids.next(), self.cid_seed, seg.family, oa, op, ra, rp, ts, partial)
+        # One key object per flow: flow.key is also the table's key of one
+        # direction (the one whose endpoints are in order).
+        key = flow.key
+        self._flows[key] = flow
+        fwd = (flow, flow.orig, flow.resp)
+        rev = (flow, flow.resp, flow.orig)
+        if (oa, op) <= (ra, rp):
+            self._table[key] = fwd
+            self._table[(ra, rp, oa, op)] = rev
+        else:
+            self._table[(oa, op, ra, rp)] = fwd
+            self._table[key] = rev
+        self._count("flows")
+        out.append(FlowStart(flow, ts))
+        return fwd if sender_is_orig else rev
+
+    def _slow(self, flow, st, peer, seg, seq, flags, ts, out):
+        """Segments with SYN, FIN or RST."""
+        wlen = seg.wire_paylen
+        if st.nxt is None:
+            st.nxt = seq
+        off = st.pos + ((seq - st.nxt + _HALF) & _MASK) - _HALF
+        if flags & RST and abs(off - st.pos) > self.limits.rst_window:
+            # A stack would drop this RST; honouring it would let anyone blind us.
+            self._anomaly(flow, ANOMALY_RST_OUT_OF_WINDOW, f"{st.direction} RST "
+                          f"{off - st.pos} bytes from the expected sequence", ts, out)
+            return out
+        if wlen:
+            self._add(flow, st, off, seg.payload, wlen, ts, out)
+        if flags & RST:
+            self._end(flow, "rst", ts, out)
+            return out
+        if flags & ACK and peer.chunks and self._ack_gaps:
+            self._ack(flow, peer, seg.ack, ts, out)
+        if flags & FIN and st.fin is None:
+            st.fin = max(off + wlen, st.pos)
+        if st.fin is not None and peer.fin is not None:
+            if flow.closing_since is None:
+                flow.closing_since = ts
+            self._maybe_close(flow, ts, out)
+        return out
+
+    def _maybe_close(self, flow, ts, out):
+        """Both sides sent FIN: end the flow once everything before the FINs is in."""
+        o, r = flow.orig, flow.resp
+        if o.pos >= o.fin and r.pos >= r.fin:
+            self._end(flow, "fin", ts, out)
+
+    def _add(self, flow, st, off, payload, wlen, ts, out):
+        """Put [off, off+wlen) into the buffer (filling holes only), then deliver."""
+        end = off + wlen
+        pos = st.pos
+        if end <= pos:
+            self._count("retransmitted")
+            self._check_delivered(flow, st, off, payload, ts, out)
+            return
+        if off < pos:
+            self._check_delivered(flow, st, off, payload, ts, out)
+        if st.fin is not None and end > st.fin:
+            end = max(st.fin, off)       # nothing after a FIN belongs to the stream
+            payload = payload[:end - off]
+        plen = len(payload)
+        self._insert(flow, st, off, off + plen, payload, ts, out)
+        if plen < end - off:
+            self._insert(flow, st, off + plen, end, None, ts, out)
+        self._drain(flow, st, ts, out)
+        if st.chunks:
+            self._enforce_caps(flow, st, ts, out)
+
+    def _check_delivered(self, flow, st, off, payload, ts, out):
+        """Compare a retransmission with the last delivered bytes, where they overlap."""
+        last, lp = st.last, st.last_pos
+        a = max(off, lp)
+        b = min(off + len(payload), lp + len(last))
+        if a < b and payload[a - off:b - off] != last[a - lp:b - lp]:
+            self._anomaly(flow, ANOMALY_OVERLAP, f"{st.direction} bytes {a}-{b} "
+                          "retransmitted with different content", ts, out)
+
+    def _insert(self, flow, st, s, e, data, ts, out):
+        """Insert [s, e) (``data`` or None for missing bytes) where nothing is buffered yet."""
+        if s < st.pos:
+            if data is not None:
+                data = data[st.pos - s:]
+            s = st.pos
+        if s >= e:
+            return
+        chunks = st.chunks
+        if chunks is _NO_CHUNKS:
+            st.chunks = chunks = []
+        if not chunks or chunks[-1][1] <= s:          # common case: append at the end
+            chunks.append((s, e, data))
+            if data is not None:
+                st.buffered += e - s
+                self.buffered += e - s
+            return
+        i = bisect_right(chunks, s, key=_start) - 1
+        if i < 0:
+            i = 0
+        new = []
+        cur = s
+        n = len(chunks)
+        while cur < e and i < n:
+            cs, ce, cd = chunks[i]
+            if ce <= cur:
+                i += 1
+                continue
+            if cs >= e:
+                break
+            if cs > cur:
+                new.append((cur, cs))
+                cur = cs
+            oe = ce if ce < e else e
+            if data is not None and cd is not None and \
+                    data[cur - s:oe - s] != cd[cur - cs:oe - cs]:
+                self._anomaly(flow, ANOMALY_OVERLAP, f"{st.direction} bytes {cur}-{oe} "
+                              "received twice with different content", ts, out)
+            cur = oe
+            i += 1
+        if cur < e:
+            new.append((cur, e))
+        for a, b in new:
+            piece = data[a - s:b - s] if data is not None else None
+            j = bisect_right(chunks, a, key=_start)
+            chunks.insert(j, (a, b, piece))
+            if piece is not None:
+                st.buffered += b - a
+                self.buffered += b - a
+
+    def _drain(self, flow, st, ts, out):
+        """Deliver buffered chunks that start where delivery stands."""
+        chunks = st.chunks
+        if not chunks or chunks[0][0] != st.pos:
+            return
+        parts = []
+        pos = start = st.pos
+        k = 0
+        for s, e, d in chunks:
+            if s != pos:
+                break
+            k += 1
+            if d is None:
+                if parts:
+                    self._deliver(flow, st, start, parts, ts, out)
+                    parts = []
+                out.append(Gap(flow, st.direction, e - s, ts))
+                st.gaps += e - s
+                start = e
+            else:
+                parts.append(d)
+                st.buffered -= e - s
+                self.buffered -= e - s
+            pos = e
+        if k == len(chunks):
+            st.chunks = _NO_CHUNKS
+        else:
+            del chunks[:k]
+        if parts:
+            self._deliver(flow, st, start, parts, ts, out)
+        st.nxt = (st.nxt + pos - st.pos) & _MASK
+        st.pos = pos
+
+    def _deliver(self, flow, st, start, parts, ts, out):
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        out.append(Data(flow, st.direction, data, ts))
+        st.last = data
+        st.last_pos = start
+
+    def _gap(self, flow, st, length, ts, out):
+        out.append(Gap(flow, st.direction, length, ts))
+        st.gaps += length
+        st.pos += length
+        st.nxt = (st.nxt + length) & _MASK
+        self._count("gap_bytes", length)
+
+    def _skip(self, flow, st, ts, out):
+        """Give up on the hole in front of the buffer: Gap up to the first chunk."""
+        s = st.chunks[0][0]
+        if s > st.pos:
+            self._gap(flow, st, s - st.pos, ts, out)
+        self._drain(flow, st, ts, out)
+
+    def _enforce_caps(self, flow, st, ts, out):
+        lim = self.limits
+        if len(st.chunks) > lim.max_chunks:
+            self._anomaly(flow, ANOMALY_BUFFER_FULL, f"{st.direction}: more than "
+                          f"{lim.max_chunks} out-of-order chunks", ts, out)
+            while len(st.chunks) > lim.max_chunks:
+                self._skip(flow, st, ts, out)
+        if st.buffered + (flow.orig.buffered if st is flow.resp else flow.resp.buffered) \
+                > lim.flow_buffer:
+            self._anomaly(flow, ANOMALY_BUFFER_FULL, f"more than {lim.flow_buffer} "
+                          "out-of-order bytes buffered in the flow", ts, out)
+            self._count("buffer_full_flow")
+            while flow.buffered > lim.flow_buffer:
+                self._skip(flow, st if st.chunks else
+                           (flow.orig if flow.orig.chunks else flow.resp), ts, out)
+        if self.buffered > lim.global_buffer:
+            self._count("buffer_full_global")
+            while self.buffered > lim.global_buffer:
+                if st.chunks:
+                    victim, vs = flow, st
+                else:
+                    victim = max(self._flows.values(), key=lambda f: f.buffered)
+                    vs = victim.orig if victim.orig.buffered >= victim.resp.buffered \
+                        else victim.resp
+                    if not vs.chunks:
+                        break
+                self._anomaly(victim, ANOMALY_BUFFER_FULL, f"more than "
+                              f"{lim.global_buffer} out-of-order bytes buffered "
+                              "over all flows", ts, out)
+                self._skip(victim, vs, ts, out)
+
+    def _ack(self, flow, peer, ack, ts, out):
+        """The peer's receiver acknowledged up to ``ack``: holes before that,
+        with data buffered behind them, were lost by the capture."""
+        if peer.nxt is None:
+            return
+        ack_pos = peer.pos + ((ack - peer.nxt + _HALF) & _MASK) - _HALF
+        delay = self.limits.ack_gap_delay
+        while peer.chunks and peer.chunks[0][0] <= ack_pos and peer.chunks[0][0] > peer.pos:
+            seen = peer.hole_acked
+            if seen is None or seen[0] != peer.pos:
+                peer.hole_acked = (peer.pos, ts)
+                if delay > 0:
+                    return
+            elif ts - seen[1] < delay:
+                return
+            self._count("ack_gaps")
+            self._skip(flow, peer, ts, out)
+
+    def _flush(self, flow, st, ts, out):
+        """Deliver everything buffered, holes becoming Gaps."""
+        while st.chunks:
+            self._skip(flow, st, ts, out)
+
+    def _end(self, flow, reason, ts, out):
+        for st in (flow.orig, flow.resp):
+            if st.nxt is None:
+                continue
+            self._flush(flow, st, ts, out)
+            if st.fin is not None and st.pos < st.fin:
+                self._gap(flow, st, st.fin - st.pos, ts, out)
+        flow.ended = reason
+        out.append(FlowEnd(flow, reason, ts))
+        self._count("end_" + reason)
+        del self._flows[flow.key]
+        self._table.pop((flow.orig_addr, flow.orig_p, flow.resp_addr, flow.resp_p), None)
+        self._table.pop((flow.resp_addr, flow.resp_p, flow.orig_addr, flow.orig_p), None)
+        if reason in ("fin", "rst", "reused"):
+            # the connection is over: its stragglers must not start a new flow
+            self._closed[flow.key] = ts
+
+    def _anomaly(self, flow, name, detail, ts, out):
+        self._count("anomaly_" + name)
+        out.append(Anomaly(flow, name, detail, ts))

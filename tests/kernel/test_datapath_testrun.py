@@ -1,0 +1,359 @@
+"""The kernel programs run by BPF_PROG_TEST_RUN on crafted packets: every
+path through bpf/datapath.c, with the event it emits and the counter it bumps."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
+
+from sensor.errors import SensorError
+from sensor.kernel import abi, bpfsys
+from sensor.kernel.datapath import Datapath, DatapathConfig
+from sensor.kernel.maps import Flow
+
+XDP_DROP, XDP_PASS = 1, 2
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+
+CLIENT4, SERVER4 = "198.51.100.7", "192.0.2.25"
+CLIENT6, SERVER6 = "2001:db8:1::7", "2001:db8:2::25"
+ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
+def smtp4(payload=b"EHLO client.example\r\n", sport=40000, dport=25, flags="PA", src=CLIENT4,
+          dst=SERVER4, ip_options=None, **tcp):
+    ip = IP(src=src, dst=dst, options=ip_options) if ip_options else IP(src=src, dst=dst)
+    pkt = ETH / ip / TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000, **tcp)
+    return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
+
+
+def smtp6(payload=b"EHLO client.example\r\n", ext=(), sport=40000, dport=25, flags="PA",
+          src=CLIENT6, dst=SERVER6):
+    layer = IPv6(src=src, dst=dst)
+    for header in ext:
+        layer = layer / header
+    pkt = ETH / layer / TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000)
+    return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
+
+
+@pytest.fixture(scope="module")
+def loaded(kernel_prereqs, test_pin_root):
+    dp = Datapath(DatapathConfig(pin_dir=test_pin_root / "testrun" / f"v{abi.ABI_VERSION}")).load()
+    reader = dp.event_reader(wakeup_events=1)
+    yield dp, reader
+    dp.close()
+
+
+@pytest.fixture
+def dp(loaded):
+    """The loaded datapath with empty enforcement maps, zero counters and the
+    default configuration, its ring drained."""
+    datapath, reader = loaded
+    maps = datapath.maps
+    for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map):
+        table.clear()
+    maps.reset_counters()
+    maps.set_ports((25, 587))
+    maps.set_config()
+    reader.poll(0)
+    return datapath
+
+
+@pytest.fixture
+def reader(loaded):
+    return loaded[1]
+
+
+def xdp(dp, frame: bytes) -> int:
+    return bpfsys.prog_test_run(dp.xdp_fd, frame).retval
+
+
+def tc(dp, frame: bytes) -> int:
+    return bpfsys.prog_test_run(dp.tc_fd, frame).retval
+
+
+def ingress(dp) -> dict[str, int]:
+    return dp.maps.counters()["ingress"]
+
+
+def only(counts: dict[str, int], **expected) -> None:
+    """The counters hold exactly `expected` (others zero; seen is their sum)."""
+    nonzero = {k: v for k, v in counts.items() if v and k != "seen"}
+    assert nonzero == expected
+    assert counts["seen"] == sum(v for k, v in expected.items() if k not in ("cut", "expired"))
+
+
+# ------------------------------------------------------------------ pushing
+
+def test_ipv4_smtp_payload_is_pushed_with_metadata_and_bytes(dp, reader):
+    frame = smtp4(b"MAIL FROM:<a@example.org>\r\n")
+    assert xdp(dp, frame) == XDP_PASS
+    [event] = reader.poll(100)
+    h = event.header
+    assert (h.version, h.direction, h.flags) == (abi.ABI_VERSION, abi.Direction.INGRESS, 0)
+    assert (h.wire_len, h.cap_len) == (len(frame), len(frame))
+    assert event.frame == frame
+    assert (event.src, event.dst, h.sport, h.dport) == (CLIENT4, SERVER4, 40000, 25)
+    assert (h.seq, h.ack, h.family) == (1000, 2000, abi.AF_INET)
+    assert h.tcp_flags == abi.TCP_PSH | abi.TCP_ACK
+    assert (h.l3_off, h.payload_off) == (14, 14 + 20 + 20)
+    assert event.payload == b"MAIL FROM:<a@example.org>\r\n"
+    assert h.ts_ns > 0
+    only(ingress(dp), pushed=1)
+
+
+def test_ipv4_options_move_the_payload_offset(dp, reader):
+    frame = smtp4(b"DATA\r\n", ip_options=[b"\x01\x01\x01\x00", b"\x01\x01\x01\x00"])
+    assert xdp(dp, frame) == XDP_PASS
+    [event] = reader.poll(100)
+    assert event.header.payload_off == 14 + 28 + 20
+    assert event.payload == b"DATA\r\n"
+
+
+def test_tcp_options_are_skipped_by_data_offset(dp, reader):
+    frame = smtp4(b"QUIT\r\n", options=[("MSS", 1460), ("NOP", None), ("WScale", 7)])
+    xdp(dp, frame)
+    [event] = reader.poll(100)
+    assert event.header.payload_off == 14 + 20 + 28
+    assert event.payload == b"QUIT\r\n"
+
+
+def test_ipv6_smtp_payload_is_pushed(dp, reader):
+    frame = smtp6(b"RCPT TO:<b@example.net>\r\n")
+    assert xdp(dp, frame) == XDP_PASS
+    [event] = reader.poll(100)
+    assert (event.src, event.dst, event.header.family) == (CLIENT6, SERVER6, abi.AF_INET6)
+    assert event.payload == b"RCPT TO:<b@example.net>\r\n"
+    assert event.header.payload_off == 14 + 40 + 20
+
+
+def test_ipv6_extension_headers_are_skipped(dp, reader):
+    ext = (IPv6ExtHdrHopByHop(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt(), IPv6ExtHdrFragment(offset=0))
+    frame = smtp6(b"NOOP\r\n", ext=ext)
+    assert xdp(dp, frame) == XDP_PASS
+    [event] = reader.poll(100)
+    assert event.payload == b"NOOP\r\n"
+    assert event.header.payload_off == 14 + 40 + 8 + 8 + 8 + 8 + 20
+
+
+@pytest.mark.parametrize("tags", [(Dot1Q(vlan=10),), (Dot1AD(vlan=100), Dot1Q(vlan=10))],
+                         ids=["802.1Q", "802.1ad+802.1Q"])
+def test_vlan_tags_are_looked_through(dp, reader, tags):
+    pkt = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    for tag in tags:
+        pkt = pkt / tag
+    frame = bytes(pkt / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=25, flags="PA") / Raw(b"HELO x\r\n"))
+    assert xdp(dp, frame) == XDP_PASS
+    [event] = reader.poll(100)
+    assert event.header.l3_off == 14 + 4 * len(tags)
+    assert event.payload == b"HELO x\r\n"
+
+
+def test_three_vlan_tags_pass_as_not_ip(dp, reader):
+    frame = bytes(ETH / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / IP(src=CLIENT4, dst=SERVER4)
+                  / TCP(dport=25) / Raw(b"x"))
+    assert xdp(dp, frame) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), not_ip=1)
+
+
+@pytest.mark.parametrize("port", [25, 587])
+def test_server_replies_from_an_smtp_port_are_pushed(dp, reader, port):
+    xdp(dp, smtp4(b"250 OK\r\n", sport=port, dport=40000, src=SERVER4, dst=CLIENT4))
+    [event] = reader.poll(100)
+    assert event.payload == b"250 OK\r\n"
+
+
+@pytest.mark.parametrize("flags", ["S", "F", "R", "FA", "SA"])
+def test_syn_fin_rst_without_payload_are_pushed(dp, reader, flags):
+    assert xdp(dp, smtp4(b"", flags=flags)) == XDP_PASS
+    [event] = reader.poll(100)
+    assert event.header.payload_len == 0
+
+
+def test_pure_ack_is_not_pushed_even_with_ethernet_padding(dp, reader):
+    frame = smtp4(b"", flags="A")
+    padded = frame + b"\x00" * (60 - len(frame))
+    assert xdp(dp, padded) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), pure_ack=1)
+
+
+# ------------------------------------------------------------------ passing uncounted-for traffic
+
+def test_other_traffic_passes_counted(dp, reader):
+    assert xdp(dp, smtp4(dport=80)) == XDP_PASS
+    assert xdp(dp, bytes(ETH / IP(src=CLIENT4, dst=SERVER4) / UDP(dport=25) / Raw(b"x"))) == XDP_PASS
+    assert xdp(dp, bytes(ETH / ARP())) == XDP_PASS
+    frag = bytes(ETH / IP(src=CLIENT4, dst=SERVER4, frag=100, proto=6) / Raw(b"x" * 40))
+    assert xdp(dp, frag) == XDP_PASS
+    frag6 = smtp6(ext=(IPv6ExtHdrFragment(offset=10),))
+    assert xdp(dp, frag6) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), not_smtp=1, not_tcp=1, not_ip=1, fragment=2)
+
+
+@pytest.mark.parametrize("make", [smtp4, smtp6, lambda p: smtp6(p, ext=(IPv6ExtHdrHopByHop(),))],
+                         ids=["ipv4", "ipv6", "ipv6-hbh"])
+def test_truncation_at_every_header_byte_is_a_parse_error(dp, reader, make):
+    frame = make(b"DATA\r\n")
+    for cut in range(14, len(frame)):  # XDP test runs need a whole Ethernet header
+        assert xdp(dp, frame[:cut]) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), parse_error=len(frame) - 14)
+
+
+def test_ipv4_header_length_below_five_words_is_a_parse_error(dp, reader):
+    frame = bytearray(smtp4())
+    frame[14] = 0x44  # version 4, IHL 4
+    xdp(dp, bytes(frame))
+    only(ingress(dp), parse_error=1)
+
+
+def test_tcp_data_offset_below_five_words_is_a_parse_error(dp, reader):
+    frame = bytearray(smtp4())
+    frame[14 + 20 + 12] = 0x40
+    xdp(dp, bytes(frame))
+    only(ingress(dp), parse_error=1)
+
+
+# ------------------------------------------------------------------ runtime configuration
+
+def test_port_set_changes_at_run_time(dp, reader):
+    dp.maps.set_ports({2525})
+    xdp(dp, smtp4(dport=25))
+    xdp(dp, smtp4(dport=2525))
+    [event] = reader.poll(100)
+    assert event.header.dport == 2525
+    only(ingress(dp), not_smtp=1, pushed=1)
+
+
+def test_snaplen_cuts_and_marks_the_event(dp, reader):
+    dp.maps.set_config(snaplen=100)
+    frame = smtp4(b"x" * 1400)
+    xdp(dp, frame)
+    [event] = reader.poll(100)
+    assert event.cut and event.header.cap_len == 100 and event.header.wire_len == len(frame)
+    assert event.frame == frame[:100]
+    only(ingress(dp), pushed=1, cut=1)
+
+
+def test_push_can_be_switched_off(dp, reader):
+    dp.maps.set_config(push=False)
+    xdp(dp, smtp4())
+    assert reader.poll(10) == []
+    only(ingress(dp), no_push=1)
+
+
+# ------------------------------------------------------------------ enforcement
+
+@pytest.mark.parametrize("prefix,frame", [
+    (f"{CLIENT4}/32", smtp4()),
+    ("198.51.100.0/24", smtp4()),
+    ("2001:db8:1::/48", smtp6()),
+], ids=["v4/32", "v4/24", "v6/48"])
+def test_banned_source_is_dropped_and_counted(dp, reader, prefix, frame):
+    dp.maps.ban(prefix, ttl=600)
+    assert xdp(dp, frame) == XDP_DROP
+    assert xdp(dp, frame) == XDP_DROP
+    assert reader.poll(10) == []
+    only(ingress(dp), drop_ban=2)
+    [entry] = dp.maps.bans()
+    assert (entry.target, entry.packets, entry.bytes) == (prefix, 2, 2 * len(frame))
+    assert 590 < entry.ttl_left() <= 600
+
+
+def test_ban_of_another_prefix_does_not_drop(dp, reader):
+    dp.maps.ban("203.0.113.0/24")
+    assert xdp(dp, smtp4()) == XDP_PASS
+    only(ingress(dp), pushed=1)
+
+
+def test_expired_ban_passes(dp, reader):
+    key = abi.lpm_key(f"{CLIENT4}/32")
+    dp.maps.ban_v4[key] = abi.Verdict(expires_ns=1, reason=abi.Reason.TEST)
+    assert xdp(dp, smtp4()) == XDP_PASS
+    assert len(reader.poll(100)) == 1
+    only(ingress(dp), pushed=1, expired=1)
+    assert dp.maps.sweep() == 1
+    assert dp.maps.bans() == []
+
+
+def test_flow_drop_drops_both_directions_and_nothing_else(dp, reader):
+    dp.maps.drop_flow(Flow(CLIENT4, 40000, SERVER4, 25))
+    assert xdp(dp, smtp4()) == XDP_DROP
+    assert xdp(dp, smtp4(b"250 OK\r\n", sport=25, dport=40000, src=SERVER4, dst=CLIENT4)) == XDP_DROP
+    assert xdp(dp, smtp4(sport=40001)) == XDP_PASS
+    only(ingress(dp), drop_flow=2, pushed=1)
+    assert sorted(e.packets for e in dp.maps.drops()) == [1, 1]
+    assert dp.maps.undrop_flow(Flow(SERVER4, 25, CLIENT4, 40000))
+    assert xdp(dp, smtp4()) == XDP_PASS
+
+
+def test_bypassed_flow_passes_without_events(dp, reader):
+    dp.maps.bypass_flow(Flow(CLIENT6, 40000, SERVER6, 25))
+    assert xdp(dp, smtp6()) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), bypassed=1)
+
+
+def test_enforcement_can_be_switched_off(dp, reader):
+    dp.maps.ban(CLIENT4)
+    dp.maps.set_config(enforce=False)
+    assert xdp(dp, smtp4()) == XDP_PASS
+    only(ingress(dp), pushed=1)
+
+
+# ------------------------------------------------------------------ TC egress
+
+def test_tc_egress_pushes_with_egress_direction(dp, reader):
+    frame = smtp4(b"220 mx ESMTP\r\n", sport=25, dport=40000, src=SERVER4, dst=CLIENT4)
+    assert tc(dp, frame) == TC_ACT_OK
+    [event] = reader.poll(100)
+    assert event.header.direction == abi.Direction.EGRESS
+    assert event.payload == b"220 mx ESMTP\r\n"
+    counts = dp.maps.counters()
+    assert counts["egress"]["pushed"] == 1 and counts["ingress"]["seen"] == 0
+
+
+def test_tc_egress_drops_towards_a_banned_peer(dp, reader):
+    dp.maps.ban(CLIENT4)
+    frame = smtp4(b"220 mx\r\n", sport=25, dport=40000, src=SERVER4, dst=CLIENT4)
+    assert tc(dp, frame) == TC_ACT_SHOT
+    assert dp.maps.counters()["egress"]["drop_ban"] == 1
+
+
+# ------------------------------------------------------------------ pins
+
+def test_bans_survive_a_reload_through_the_pinned_maps(dp, test_pin_root):
+    dp.maps.ban("203.0.113.0/24", ttl=300, reason=abi.Reason.SPAM_STATS)
+    with Datapath(DatapathConfig(pin_dir=dp.config.pin_dir)) as second:
+        [entry] = second.maps.bans()
+        assert entry.target == "203.0.113.0/24" and entry.reason == abi.Reason.SPAM_STATS
+
+
+def test_pinned_map_of_another_layout_is_refused(kernel_prereqs, test_pin_root):
+    import bcc
+    pin_dir = test_pin_root / "stale-layout" / f"v{abi.ABI_VERSION}"  # not test_lab_stale_programs' folder
+    pin_dir.mkdir(parents=True)
+    # a map where ss_ban_v4 belongs, with a key of another size
+    stale = bcc.BPF(text=(f'BPF_TABLE_PINNED("lpm_trie", struct {{ u32 p; u8 a[8]; }}, u64, ss_ban_v4, '
+                         f'16, "{pin_dir}/ss_ban_v4", BPF_F_NO_PREALLOC);').encode())
+    stale.cleanup()
+    with pytest.raises(SensorError, match="another layout"):
+        Datapath(DatapathConfig(pin_dir=pin_dir)).load()
+
+
+def test_verdict_layout_matches_what_the_kernel_map_holds(dp):
+    fd = dp.maps.ban_v4.map_fd
+    info = bpfsys.map_info(fd)
+    assert (info.key_size, info.value_size) == (ct.sizeof(abi.LpmV4), ct.sizeof(abi.Verdict))
+
+
+def test_test_run_reports_a_duration(dp):
+    result = bpfsys.prog_test_run(dp.xdp_fd, smtp4(dport=80), repeat=1000)
+    assert result.retval == XDP_PASS and result.duration_ns > 0

@@ -1,0 +1,103 @@
+"""The Haka seed's rules on the Haka seed's capture: the alert it intends,
+the 25 of 48 packets that pass when the flow is dropped at MAIL FROM (its
+reference pcap, packet for packet), and the streamed content dump."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sensor.inputs.pcapfile import read_packets
+from sensor.inputs.replay import replay
+from sensor.pipeline import Pipeline
+from sensor.records.sinks import ListSink
+from sensor.rules.enforce import ReplayEnforcer
+from sensor.rules.engine import RuleEngine
+from sensor.rules.loader import RuleSet
+from support.record_schemas import check
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "rules"
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    """A copy of the shipped rules, to edit their settings."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES, target)
+    return target
+
+
+def run_rules(capture, rules_dir, write_passed=None):
+    sink = ListSink()
+    enforcer = ReplayEnforcer()
+    engine = RuleEngine(RuleSet(rules_dir), sink, enforcer)
+    result = replay(capture, Pipeline(sink, listeners=[engine]), enforcer=enforcer, write_passed=write_passed)
+    for rec in sink:
+        check(rec)
+    return sink, engine, result
+
+
+def test_mail_from_a_banned_domain_alerts_and_drops_like_the_seed_intends(pcaps_dir, tmp_path):
+    passed = tmp_path / "passed.pcap"
+    sink, engine, _ = run_rules(pcaps_dir / "haka__smtp.pcap", RULES, passed)
+    (alert,) = sink.of("alert")
+    assert alert["alert"]["signature"] == "forbidden mail domain"
+    assert alert["alert"]["severity"] == "low"
+    assert alert["alert"]["signature_id"] == "spam_filter.mail_from"
+    assert alert["smtp"] == {"helo": "some_domain", "mail_from": "hacker@suspicious.org"}
+    (drop,) = sink.of("drop")
+    assert drop["action"] == "drop_flow" and drop["uid"] == alert["uid"]
+    assert engine.errors == 0
+
+
+def _records(path):
+    return [(round(ts, 6), bytes(frame), wirelen) for ts, _lt, frame, wirelen in read_packets(path)]
+
+
+def test_passed_capture_equals_hakas_reference_packet_for_packet(pcaps_dir, tmp_path):
+    passed = tmp_path / "passed.pcap"
+    run_rules(pcaps_dir / "haka__smtp.pcap", RULES, passed)
+    ours, reference = _records(passed), _records(pcaps_dir / "expected/haka/smtp_spam_filter-ref.pcap")
+    assert len(ours) == len(reference) == 25
+    assert ours == reference
+    assert len(_records(pcaps_dir / "haka__smtp.pcap")) == 48
+
+
+def test_an_allowed_domain_passes_every_packet(pcaps_dir, rules_dir, tmp_path):
+    toml = rules_dir / "rules.toml"
+    toml.write_text(toml.read_text().replace('"suspicious.org", ', ""))
+    passed = tmp_path / "passed.pcap"
+    sink, _, _ = run_rules(pcaps_dir / "haka__smtp.pcap", rules_dir, passed)
+    assert sink.of("alert") == [] and sink.of("drop") == []
+    assert len(_records(passed)) == 48
+    (smtp,) = sink.of("smtp")
+    assert smtp["delivered"] is True          # the seed dropped every MAIL: we do not
+
+
+def test_dropped_flow_is_not_dissected_further(pcaps_dir):
+    sink, engine, result = run_rules(pcaps_dir / "haka__smtp.pcap", RULES)
+    (smtp,) = sink.of("smtp")
+    # the MAIL was seen (it triggered the verdict); nothing after it was
+    assert [s["verb"] for s in smtp["steps"]] == ["MAIL"] and "code" not in smtp["steps"][0]
+    # 23 packets do not pass: the MAIL that triggered the verdict (dissected)
+    # and the 22 after it (kept from the dissector, as the kernel would)
+    assert result.stats["gated"] == 22
+
+
+def test_content_dump_matches_hakas_reference(pcaps_dir, rules_dir, tmp_path):
+    dump = tmp_path / "content.txt"
+    toml = rules_dir / "rules.toml"
+    text = toml.read_text().replace('"suspicious.org", ', "").replace("enabled = false", "enabled = true")
+    toml.write_text(text.replace('# path = "/var/log/smtp-sensor/mail-content.txt"', f'path = "{dump}"'))
+    run_rules(pcaps_dir / "haka__smtp.pcap", rules_dir)
+    reference = (pcaps_dir / "expected/haka/smtp_mail_content-ref.txt").read_bytes()
+    start = reference.index(b"== Mail Content ==\n")
+    end = reference.index(b"== End Mail Content ==\n") + len(b"== End Mail Content ==\n")
+    expected = reference[start:end]
+    # Haka counts the last line's CRLF as part of the end marker and its print()
+    # adds "\n"; RFC 5321 4.1.1.4 says that CRLF is content.  So ours is the
+    # reference with print's "\n" replaced by the content's own CRLF.
+    assert dump.read_bytes() == expected.replace(b"...\n== End", b"...\r\n== End")
