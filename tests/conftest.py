@@ -71,3 +71,18 @@ def test_pin_root():
 def pcaps_dir() -> Path:
     """The public captures folder (``tests/data/pcaps``, in the repository)."""
     return PCAPS_DIR
+
+
+@pytest.fixture(scope="module")
+def lab(lab_prereqs, tmp_path_factory):
+    """The usual lab of a test module: client and server namespaces, aiosmtpd on
+    port 25 writing what it accepted to ``lab.journal``.  A module that needs
+    another (Postfix, more client addresses) defines its own ``lab``."""
+    from sensor.lab.network import Lab
+
+    journal = tmp_path_factory.mktemp("lab") / "journal.jsonl"
+    with Lab() as lab:
+        lab.journal = journal
+        lab.start_server(journal=journal)
+        yield lab
+

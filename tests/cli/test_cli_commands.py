@@ -245,15 +245,6 @@ def _has_prometheus() -> bool:
 
 
 @pytest.fixture(scope="module")
-def lab(lab_prereqs, tmp_path_factory):
-    journal = tmp_path_factory.mktemp("cli-lab") / "journal.jsonl"
-    with Lab() as lab:
-        lab.journal = journal
-        lab.start_server(journal=journal)
-        yield lab
-
-
-@pytest.fixture(scope="module")
 def pin_dir(test_pin_root):
     return test_pin_root / "cli" / f"v{abi.ABI_VERSION}"
 

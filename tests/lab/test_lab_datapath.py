@@ -11,16 +11,7 @@ import pytest
 
 from sensor.kernel import abi
 from sensor.kernel.datapath import Datapath, DatapathConfig
-from sensor.lab.network import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Lab
-
-
-@pytest.fixture(scope="module")
-def lab(lab_prereqs, tmp_path_factory):
-    journal = tmp_path_factory.mktemp("lab") / "journal.jsonl"
-    with Lab() as lab:
-        lab.journal = journal
-        lab.start_server(journal=journal)
-        yield lab
+from sensor.lab.network import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6
 
 
 @pytest.fixture

@@ -44,15 +44,6 @@ BANNED_SENDER = "alice@spam.example"
 # ---------------------------------------------------------------- the sensor process
 
 @pytest.fixture(scope="module")
-def lab(lab_prereqs, tmp_path_factory):
-    journal = tmp_path_factory.mktemp("rules-lab") / "journal.jsonl"
-    with Lab() as lab:
-        lab.journal = journal
-        lab.start_server(journal=journal)
-        yield lab
-
-
-@pytest.fixture(scope="module")
 def sensor(lab, test_pin_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("rules-sensor")
     rules = work / "rules"
