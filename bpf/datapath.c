@@ -4,17 +4,20 @@
  * One packet: parse (parsing.h) -> not SMTP? pass -> banned source? drop ->
  * dropped flow? drop -> bypassed flow? pass -> pure ACK? pass -> push the
  * metadata (smtp_sensor.h: struct ss_event_hdr) and the frame bytes into the
- * ring buffer -> pass. Every path returns a counter index from ss_process()
+ * event ring -> pass. Every path returns a counter index from ss_process()
  * and leaves through ss_xdp_ingress()/ss_tc_egress(), which count it.
  *
- * Events go through a BPF ring buffer (one for all CPUs), not a perf buffer:
- * on the project's VM bpf_perf_event_output() cost ~350 ns per sample whatever
- * its size, a ring reserve + copy + submit ~70 ns (bench/xdp_profile.py).
+ * The event ring is a BPF ring buffer, one for all CPUs: a record is reserved,
+ * filled in place and submitted, which costs a fraction of a perf buffer's
+ * bpf_perf_event_output() per event (docs/benchmarks.md, section 1).
  *
- * Compiled by bcc at start (sensor/datapath.py). Build parameters arrive as
- * -D cflags:
+ * Compiled by bcc at start (sensor/kernel/datapath.py; `smtp-sensor run
+ * --ebpf` prints what it compiles). Build parameters arrive as -D cflags,
+ * both required:
  *   SS_PIN_DIR     "/sys/fs/bpf/smtp-sensor/v1": where enforcement maps are pinned
  *   SS_RING_PAGES  size of the event ring in pages (a power of two)
+ *
+ * Read next: sensor/kernel/ring.py, the reader of the event ring.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -27,7 +30,7 @@
 #endif
 
 #ifndef SS_RING_PAGES
-#define SS_RING_PAGES 2048
+#error "SS_RING_PAGES must be set (-DSS_RING_PAGES=2048)"
 #endif
 
 /* Records: struct ss_event_hdr followed by the frame bytes (padded). */

@@ -21,7 +21,7 @@ examples:
   smtp-sensor run -i eth1 --rules /etc/smtp-sensor/rules --ports 25,587,2525
   smtp-sensor run -i veth0 --netns mail --xdp-mode generic
   smtp-sensor run -c config.toml --log-file /var/log/smtp-sensor/sensor.log --metrics 127.0.0.1:9325
-  smtp-sensor run --ebpf                # print the kernel C source and exit
+  smtp-sensor run --ebpf                # print exactly the C that bcc compiles, and exit
   smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
   smtp-sensor replay smtp.pcap --rules rules/ --write-passed passed.pcap
   smtp-sensor status                    # ask the running sensor (control socket)
@@ -203,9 +203,10 @@ def resolve_run_config(args):
 def cmd_run(args) -> int:
     from sensor.service.loop import RunOptions, Sensor
 
-    if args.ebpf:
+    if args.ebpf:   # what this run would compile (the pin folder is a build parameter)
         from sensor.kernel.datapath import Datapath, DatapathConfig
-        print(Datapath(DatapathConfig(ports=args.ports or (25, 587))).source())
+        pin_dir = resolve_run_config(args).sensor.pin_dir
+        print(Datapath(DatapathConfig(pin_dir=pin_dir)).listing(), end="")
         return EXIT_OK
     config = resolve_run_config(args)
     socket_path = args.control_socket or _default_socket()

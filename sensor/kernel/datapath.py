@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,47 @@ def check_pins(pin_dir: Path) -> None:
                 f"Remove it to start (this forgets the bans and drops it holds): rm {path}")
 
 
+_LOCAL_INCLUDE = re.compile(r'\s*#\s*include\s+"([^"]+)"')
+
+
+def expand_includes(path: Path) -> str:
+    """The text of the C file ``path`` with each quoted include (a header
+    beside it, in bpf/) replaced by that header's text, expanded alike.
+
+    Each header of bpf/ has an include guard, so its second inclusion adds
+    nothing: it is expanded once, and a later include of it becomes a comment.
+    #line markers keep the compiler's messages at the original file and line.
+    Angle-bracket includes (the kernel's headers) are left to the compiler."""
+    expanded: set[Path] = set()
+
+    def expand(path: Path) -> list[str]:
+        out = [f'#line 1 "{path}"\n']
+        for number, line in enumerate(path.read_text().splitlines(keepends=True), 1):
+            match = _LOCAL_INCLUDE.match(line)
+            if match is None:
+                out.append(line)
+                continue
+            header = path.parent / match.group(1)
+            if header in expanded:
+                out.append(f"/* {line.strip()}: expanded above */\n")
+                continue
+            if not header.is_file():
+                raise SensorError(f"{path}:{number} includes {header}, which does not exist")
+            expanded.add(header)
+            out += [f"/* {line.strip()} */\n", *expand(header), f'#line {number + 1} "{path}"\n']
+        if out[-1][-1:] != "\n":
+            out[-1] += "\n"
+        return out
+
+    return "".join(expand(path))
+
+
+def define_line(flag: str) -> str:
+    """The #define line of a -D compiler flag (-DNAME=value, or -DNAME: 1)."""
+    name, _, value = flag[2:].partition("=")
+    return f"#define {name} {value or 1}"
+
+
 class Datapath:
     """The compiled programs, their maps, and where they are attached."""
 
@@ -175,13 +217,31 @@ class Datapath:
     # ------------------------------------------------------------ loading
 
     def cflags(self) -> list[str]:
+        """The flags bcc compiles source() with: the build parameters as -D
+        (bpf/datapath.c says what each is), in this order."""
         pages = self.config.ring_pages
         if pages < 1 or pages & (pages - 1):
             raise SensorError(f"ring_pages must be a power of two, got {pages}")
-        return [f"-I{BPF_DIR}", f'-DSS_PIN_DIR="{self.config.pin_dir}"', f"-DSS_RING_PAGES={pages}", "-w"]
+        return [f'-DSS_PIN_DIR="{self.config.pin_dir}"', f"-DSS_RING_PAGES={pages}", "-w"]
 
     def source(self) -> str:
-        return (BPF_DIR / "datapath.c").read_text()
+        """The C text bcc compiles: bpf/datapath.c with the headers of bpf/
+        expanded where they are included."""
+        return expand_includes(BPF_DIR / "datapath.c")
+
+    def listing(self) -> str:
+        """What bcc compiles, as one file (``smtp-sensor run --ebpf``): the
+        cflags, their -D values as #define lines in the order bcc gets them,
+        then source(). Compiled without the -D flags it gives the same
+        programs."""
+        flags = self.cflags()
+        head = ["// smtp-sensor: the C that bcc compiles, as one file.",
+                f"// cflags: {' '.join(flags)}",
+                "// The -D values as #define lines, in the order bcc gets them; then",
+                f"// {BPF_DIR / 'datapath.c'} with the headers of {BPF_DIR} expanded where it",
+                "// includes them (#line markers name each file and line).",
+                *(define_line(flag) for flag in flags if flag.startswith("-D"))]
+        return "\n".join(head) + "\n" + self.source()
 
     def load(self) -> "Datapath":
         check_privileges()
@@ -191,7 +251,7 @@ class Datapath:
         self.config.pin_dir.mkdir(parents=True, exist_ok=True)
         check_pins(self.config.pin_dir)
         try:
-            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "datapath.c").encode(), cflags=self.cflags())
+            self.bpf = bcc.BPF(text=self.source().encode(), cflags=self.cflags())
             self._xdp_fn = self.bpf.load_func(b"ss_xdp_ingress", bcc.BPF.XDP)
             self._tc_fn = self.bpf.load_func(b"ss_tc_egress", bcc.BPF.SCHED_CLS)
         except Exception as exc:  # bcc raises bare Exception; clang printed the details

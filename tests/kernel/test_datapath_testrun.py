@@ -357,3 +357,33 @@ def test_verdict_layout_matches_what_the_kernel_map_holds(dp):
 def test_test_run_reports_a_duration(dp):
     result = bpfsys.prog_test_run(dp.xdp_fd, smtp4(dport=80), repeat=1000)
     assert result.retval == XDP_PASS and result.duration_ns > 0
+
+
+# ------------------------------------------------------------------ what `run --ebpf` prints
+
+def without_map_fds(bytecode: bytes) -> bytes:
+    """The instructions with the map fds of their 64-bit loads zeroed
+    (BPF_PSEUDO_MAP_FD / _VALUE): two compiles get fds of their own."""
+    code = bytearray(bytecode)
+    for at in range(0, len(code), 8):
+        if code[at] == 0x18 and code[at + 1] >> 4 in (1, 2):   # BPF_LD | BPF_DW | BPF_IMM
+            code[at + 4:at + 8] = bytes(4)
+    return bytes(code)
+
+
+def test_the_printed_listing_compiles_to_the_loaded_programs_and_maps(dp):
+    """The listing alone, without the -D flags, is what the datapath compiled:
+    the same instructions, maps of the same layouts, the same pinned maps."""
+    import bcc
+    other = bcc.BPF(text=dp.listing().encode(), cflags=[f for f in dp.cflags() if not f.startswith("-D")])
+    try:
+        for name in (b"ss_xdp_ingress", b"ss_tc_egress"):
+            assert without_map_fds(other.dump_func(name)) == without_map_fds(dp.bpf.dump_func(name))
+        for name in (b"ss_events", b"ss_counters", b"ss_ports", b"ss_config",
+                     b"ss_ban_v4", b"ss_ban_v6", b"ss_flow_drop", b"ss_bypass"):
+            ours, theirs = bpfsys.map_info(dp.bpf[name].map_fd), bpfsys.map_info(other[name].map_fd)
+            assert (theirs.type, theirs.key_size, theirs.value_size, theirs.max_entries) == \
+                   (ours.type, ours.key_size, ours.value_size, ours.max_entries), name
+            assert (theirs.id == ours.id) == name.startswith((b"ss_ban", b"ss_flow", b"ss_bypass")), name
+    finally:
+        other.cleanup()
