@@ -68,8 +68,7 @@ enum ss_reason {
 	SS_REASON_RULE = 2,       /* a rule called flow.drop() / ban_source() */
 	SS_REASON_SPAM_STATS = 3, /* reject statistics notice */
 	SS_REASON_STARTTLS = 4,   /* bypass: the session went encrypted */
-	SS_REASON_TEST = 5,       /* tests and benchmarks */
-	SS_REASON__MAX = 6,
+	SS_REASON__MAX = 5,
 };
 
 /* ss_event_hdr.flags */

@@ -72,10 +72,9 @@ class Reason(enum.IntEnum):
     RULE = 2
     SPAM_STATS = 3
     STARTTLS = 4
-    TEST = 5
 
 
-REASON_COUNT = 6  # SS_REASON__MAX
+REASON_COUNT = 5  # SS_REASON__MAX
 
 
 class Config(ct.Structure):

@@ -275,7 +275,7 @@ def test_ban_of_another_prefix_does_not_drop(dp, reader):
 
 def test_expired_ban_passes(dp, reader):
     key = abi.lpm_key(f"{CLIENT4}/32")
-    dp.maps.ban_v4[key] = abi.Verdict(expires_ns=1, reason=abi.Reason.TEST)
+    dp.maps.ban_v4[key] = abi.Verdict(expires_ns=1, reason=abi.Reason.MANUAL)
     assert xdp(dp, smtp4()) == XDP_PASS
     assert len(reader.poll(100)) == 1
     only(ingress(dp), pushed=1, expired=1)
