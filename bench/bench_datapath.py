@@ -67,7 +67,7 @@ def testrun_table(dp: Datapath, empty_fd: int) -> dict[str, float]:
     # adaptive wakeups with a reader that reads only between runs: one wakeup
     # per run, so the rows are the program's own cost (a wakeup, an irq_work,
     # costs ~3.4 us on this VM: bench/xdp_profile.py)
-    reader = dp.event_reader(wakeup_events=1)
+    reader = dp.event_reader(wake_batch=False)
     drain = lambda: reader.poll_raw(0)  # noqa: E731
     # 400 x 1.6 KB records fit the ring many times over: every push succeeds
     results["SMTP pushed, 64 B payload"] = ns_per_packet(dp.xdp_fd, frame(64), 400, 25, drain)
@@ -116,8 +116,8 @@ def consume_at(dp: Datapath, lab: Lab, rate: int, seconds: float, wakeup: int = 
     # after XDP instead of answering with an RST
     data = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:99") / IP(src=CLIENT_V4, dst=SERVER_V4)
                  / TCP(sport=40000, dport=25, flags="PA") / Raw(b"x" * 1400))
-    reader = dp.event_reader(wakeup_events=wakeup)
-    dp.maps.reset_counters()
+    reader = dp.event_reader(wake_batch=wakeup > 1)
+    dp.maps.counters_map.clear()
     if pktsend is not None:
         argv = [str(pktsend), lab.client_if, data.hex(), str(seconds), str(rate)]
     else:

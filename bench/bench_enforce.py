@@ -237,7 +237,7 @@ def live(lab: Lab, pin_dir: Path, wakeup: int, args) -> dict:
         dp.attach(lab.server_if, netns=lab.server_ns)
         sink = Sink()
         pipeline = Pipeline(sink, uid_seed=os.urandom(12))
-        feed = LiveFeed(dp.event_reader(wakeup_events=wakeup), pipeline, dp.maps)
+        feed = LiveFeed(dp.event_reader(wake_batch=wakeup > 1), pipeline, dp.maps)
         engine, enforcer = engine_for(pipeline, sink, dp.maps)
         enforcer._keep = args.sessions + 10
         gated = Counter()
@@ -318,7 +318,7 @@ def wakeup_floor(lab: Lab, pin_dir: Path, wakeup: int, samples: int = 200) -> di
     waits before userland even sees the packet."""
     with Datapath(DatapathConfig(pin_dir=pin_dir)) as dp:
         dp.attach(lab.server_if, netns=lab.server_ns)
-        reader = dp.event_reader(wakeup_events=wakeup)
+        reader = dp.event_reader(wake_batch=wakeup > 1)
         client = subprocess.Popen(lab.exec_argv(lab.client_ns, sys.executable, "-c", NOOP_CLIENT, SERVER_V4,
                                                 str(samples), "0.01"))
         waits = []

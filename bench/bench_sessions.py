@@ -136,7 +136,7 @@ def run(server: str = "aiosmtpd", concurrencies=(1, 4, 16), seconds: float = 4.0
                 dp.attach(lab.server_if, netns=lab.server_ns)
                 sink = Sink()
                 pipeline = Pipeline(sink, uid_seed=os.urandom(12))
-                feed = LiveFeed(dp.event_reader(wakeup_events=1 if rules else 64), pipeline, dp.maps)
+                feed = LiveFeed(dp.event_reader(wake_batch=not rules), pipeline, dp.maps)
                 if rules:
                     from sensor.rules.engine import RuleEngine
                     from sensor.rules.enforce import KernelEnforcer

@@ -233,7 +233,7 @@ def lpm_network(key: LpmV4 | LpmV6) -> ipaddress.IPv4Network | ipaddress.IPv6Net
 # ---------------------------------------------------------------- events
 
 class Event:
-    """One perf sample decoded: the metadata and the captured frame bytes."""
+    """One record of the event ring decoded: the metadata and the captured frame bytes."""
 
     __slots__ = ("header", "frame")
 
@@ -260,19 +260,18 @@ class Event:
 
 
 class EventFormatError(ValueError):
-    """A sample that cannot be one of our events (wrong version or length)."""
+    """A record that cannot be one of our events (wrong version or length)."""
 
 
-def decode_event(sample: bytes) -> Event:
-    """Decode one raw perf sample. The sample size is padded by the kernel:
-    the captured length in the header is what counts."""
-    if len(sample) < EVENT_HEADER_SIZE:
-        raise EventFormatError(f"sample of {len(sample)} bytes is shorter than the event header")
-    header = EventHeader.from_buffer_copy(sample, 0)
+def decode_event(record: bytes) -> Event:
+    """Decode one record of the event ring. The record is padded to its size
+    class: the captured length in the header is what counts."""
+    if len(record) < EVENT_HEADER_SIZE:
+        raise EventFormatError(f"record of {len(record)} bytes is shorter than the event header")
+    header = EventHeader.from_buffer_copy(record, 0)
     if header.version != ABI_VERSION:
         raise EventFormatError(f"event version {header.version}, expected {ABI_VERSION}")
     end = EVENT_HEADER_SIZE + header.cap_len
-    if end > len(sample):
-        raise EventFormatError(f"event claims {header.cap_len} bytes, sample holds {len(sample) - EVENT_HEADER_SIZE}")
-    return Event(header, sample[EVENT_HEADER_SIZE:end])
-
+    if end > len(record):
+        raise EventFormatError(f"event claims {header.cap_len} bytes, record holds {len(record) - EVENT_HEADER_SIZE}")
+    return Event(header, record[EVENT_HEADER_SIZE:end])

@@ -272,22 +272,22 @@ class Datapath:
     def tc_fd(self) -> int:
         return self._tc_fn.fd
 
-    def event_reader(self, wakeup_events: int = 64, **kwargs):
+    def event_reader(self, wake_batch: bool = True):
         """The reader of the event ring. There is one ring: a new reader
         replaces (closes) the previous one.
 
-        wakeup_events 1: the reader is woken for every record it has not seen
-        coming (lowest latency: what rules need, so a verdict is not late);
-        more: every abi.WAKE_BATCH (64) records per CPU, as the perf buffer's
-        wakeup_events did (each wakeup costs the sending CPU an irq_work); a
-        quiet link's last records then wait for the reader's poll timeout."""
+        wake_batch False: the reader is woken for every record pushed after it
+        has read everything (lowest latency: what rules need, so a verdict is
+        not late). True: every abi.WAKE_BATCH records per CPU (each wakeup
+        costs the sending CPU an irq_work); a quiet link's last records then
+        wait for the reader's poll timeout."""
         from sensor.kernel.ring import EventReader
         if self._reader is not None:
             self._reader.close()
         cfg = self.config
         self.maps.set_config(push=cfg.push, enforce=cfg.enforce, snaplen=cfg.snaplen,
-                             wake_batch=wakeup_events > 1)
-        self._reader = EventReader(self.bpf, **kwargs)
+                             wake_batch=wake_batch)
+        self._reader = EventReader(self.bpf)
         return self._reader
 
     # ------------------------------------------------------------ attaching

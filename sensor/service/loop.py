@@ -160,7 +160,7 @@ class Sensor:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._start_rules_and_stats()
             wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
-            self.feed = LiveFeed(self.datapath.event_reader(wakeup_events=wakeup), self.pipeline,
+            self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
                                  self.datapath.maps)
             if opt.control_socket:
                 from sensor.service.control import ControlServer

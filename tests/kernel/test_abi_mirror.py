@@ -71,14 +71,14 @@ def test_a_wrong_mirror_value_is_caught(tmp_path, monkeypatch):
     assert result.returncode != 0 and "SS_CNT_PUSHED is 99" in result.stderr
 
 
-def test_event_decoding_trusts_the_captured_length_not_the_padded_sample():
+def test_event_decoding_trusts_the_captured_length_not_the_padded_record():
     header = abi.EventHeader(version=abi.ABI_VERSION, cap_len=5, payload_off=0, payload_len=5)
-    sample = bytes(header) + b"HELLO" + b"\0\0\0"  # perf pads samples to 8 bytes
-    event = abi.decode_event(sample)
+    record = bytes(header) + b"HELLO" + b"\0\0\0"  # the ring pads records to their size class
+    event = abi.decode_event(record)
     assert event.frame == b"HELLO" and event.payload == b"HELLO"
 
 
-def test_event_of_another_version_or_short_sample_is_refused():
+def test_event_of_another_version_or_short_record_is_refused():
     header = abi.EventHeader(version=abi.ABI_VERSION + 1)
     with pytest.raises(abi.EventFormatError, match="version"):
         abi.decode_event(bytes(header))

@@ -43,7 +43,7 @@ def smtp6(payload=b"EHLO client.example\r\n", ext=(), sport=40000, dport=25, fla
 @pytest.fixture(scope="module")
 def loaded(kernel_prereqs, test_pin_root):
     dp = Datapath(DatapathConfig(pin_dir=test_pin_root / "testrun" / f"v{abi.ABI_VERSION}")).load()
-    reader = dp.event_reader(wakeup_events=1)
+    reader = dp.event_reader(wake_batch=False)
     yield dp, reader
     dp.close()
 
