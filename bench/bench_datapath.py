@@ -27,16 +27,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.testrun
 
 from scapy.layers.inet import IP, TCP  # noqa: E402
 from scapy.layers.l2 import Dot1Q, Ether  # noqa: E402
 from scapy.layers.inet6 import IPv6  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from sensor.kernel import abi, bpfsys  # noqa: E402
+from sensor.kernel import abi  # noqa: E402
 from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
 from sensor.kernel.maps import Flow  # noqa: E402
 from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab  # noqa: E402
+from support.testrun import prog_test_run  # noqa: E402
 
 CLIENT, SERVER = "198.51.100.7", "192.0.2.25"
 
@@ -54,7 +56,7 @@ def ns_per_packet(fd: int, data: bytes, repeat: int = 200_000, rounds: int = 5, 
     the event ring between rounds so pushes measure success, not a full ring."""
     durations = []
     for _ in range(rounds):
-        durations.append(bpfsys.prog_test_run(fd, data, repeat=repeat).duration_ns)
+        durations.append(prog_test_run(fd, data, repeat=repeat).duration_ns)
         if drain:
             drain()
     return statistics.median(durations)
@@ -81,7 +83,7 @@ def testrun_table(dp: Datapath, empty_fd: int) -> dict[str, float]:
     maps.unban("198.51.100.0/24")
     maps.drop_flow(Flow(CLIENT, 40000, SERVER, 25))
     results["dropped flow"] = ns_per_packet(dp.xdp_fd, frame(64))
-    maps.undrop_flow(Flow(CLIENT, 40000, SERVER, 25))
+    maps.flow_drop.clear()
     return results
 
 

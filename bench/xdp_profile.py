@@ -25,9 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # support.testrun
 
 from bench_datapath import frame  # noqa: E402
-from sensor.kernel import abi, bpfsys  # noqa: E402
+from sensor.kernel import abi  # noqa: E402
+from support.testrun import prog_test_run  # noqa: E402
 
 HEADER = r"""
 #include <uapi/linux/bpf.h>
@@ -117,10 +119,10 @@ def measure(rounds: int = 5) -> dict[str, float]:
             for fd, (name, (_, size, pushes)) in zip(fds, PIECES.items()):
                 if pushes:  # 400 records fit either buffer: every push succeeds
                     for _ in range(5):
-                        runs[name].append(bpfsys.prog_test_run(fd, frames[size], repeat=400).duration_ns)
+                        runs[name].append(prog_test_run(fd, frames[size], repeat=400).duration_ns)
                         drain()
                 else:
-                    runs[name].append(bpfsys.prog_test_run(fd, frames[size], repeat=100_000).duration_ns)
+                    runs[name].append(prog_test_run(fd, frames[size], repeat=100_000).duration_ns)
         return {name: float(statistics.median(v)) for name, v in runs.items()}
     finally:
         bpf.cleanup()

@@ -17,20 +17,22 @@ import time
 
 from sensor.kernel import maps as kernelmaps
 from sensor.pipeline import Pipeline
+from sensor.stream.packet import LINKTYPE_ETHERNET
 
-__all__ = ["LiveFeed", "LINKTYPE_ETHERNET", "STARTTLS_BYPASS_TTL"]
+__all__ = ["LiveFeed", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
 
-LINKTYPE_ETHERNET = 1
 #: how long a STARTTLS flow stays bypassed in the kernel (seconds).  Bounded
 #: so that a later connection reusing the same 4-tuple is inspected again.
 STARTTLS_BYPASS_TTL = 3600.0
+#: seconds of wall clock between two passes that end idle flows
+EXPIRE_EVERY = 1.0
 
 
 class LiveFeed:
-    """Pump events from ``reader`` (a ``perfring.EventReader``) into ``pipeline``."""
+    """Pump events from ``reader`` (a sensor.kernel.ring.EventReader) into
+    ``pipeline``; STARTTLS flows are bypassed through ``maps``."""
 
-    def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps | None = None,
-                 expire_every: float = 1.0):
+    def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps):
         self.reader = reader
         self.pipeline = pipeline
         self.maps = maps
@@ -38,14 +40,9 @@ class LiveFeed:
         self.bypassed = 0
         self.bypass_errors = 0
         self._offset = time.time() - time.monotonic()
-        self._expire_every = expire_every
-        self._next_expire = time.monotonic() + expire_every
-        if maps is not None and pipeline.on_starttls is None:
+        self._next_expire = time.monotonic() + EXPIRE_EVERY
+        if pipeline.on_starttls is None:
             pipeline.on_starttls = self._bypass
-
-    def kernel_ts(self, ts_ns: int) -> float:
-        """Wall-clock seconds of a kernel (CLOCK_MONOTONIC) timestamp."""
-        return ts_ns / 1e9 + self._offset
 
     def step(self, timeout_ms: int = 50) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
@@ -58,7 +55,7 @@ class LiveFeed:
         self.events += len(events)
         now = time.monotonic()
         if now >= self._next_expire:
-            self._next_expire = now + self._expire_every
+            self._next_expire = now + EXPIRE_EVERY
             self.pipeline.expire(now + offset)
         return len(events)
 

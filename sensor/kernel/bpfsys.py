@@ -1,5 +1,7 @@
 """The few bpf(2) commands bcc's Python API does not expose: get a pinned
-object, read a map's or program's info, and BPF_PROG_TEST_RUN."""
+object, read a map's or program's info, a program's fd by its id. bpf() and
+bpf_attr() make any other command (the kernel tests run the programs with
+BPF_PROG_TEST_RUN through them: tests/support/testrun.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from dataclasses import dataclass
 
 _NR_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
-BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_GET_FD_BY_ID = 13
@@ -28,7 +29,8 @@ def _nr_bpf() -> int:
         raise OSError(f"bpf(2) syscall number unknown for {machine}") from None
 
 
-def _bpf(cmd: int, attr: ct.Array) -> int:
+def bpf(cmd: int, attr: ct.Array) -> int:
+    """bpf(2) with a bpf_attr() buffer, which the kernel may write back into."""
     ret = _libc.syscall(_nr_bpf(), cmd, ct.byref(attr), ct.sizeof(attr))
     if ret < 0:
         err = ct.get_errno()
@@ -46,26 +48,6 @@ class _InfoAttr(ct.Structure):
 
 class _IdAttr(ct.Structure):
     _fields_ = [("id", ct.c_uint32), ("next_id", ct.c_uint32), ("open_flags", ct.c_uint32)]
-
-
-class _TestRunAttr(ct.Structure):
-    _fields_ = [
-        ("prog_fd", ct.c_uint32),
-        ("retval", ct.c_uint32),
-        ("data_size_in", ct.c_uint32),
-        ("data_size_out", ct.c_uint32),
-        ("data_in", ct.c_uint64),
-        ("data_out", ct.c_uint64),
-        ("repeat", ct.c_uint32),
-        ("duration", ct.c_uint32),
-        ("ctx_size_in", ct.c_uint32),
-        ("ctx_size_out", ct.c_uint32),
-        ("ctx_in", ct.c_uint64),
-        ("ctx_out", ct.c_uint64),
-        ("flags", ct.c_uint32),
-        ("cpu", ct.c_uint32),
-        ("batch_size", ct.c_uint32),
-    ]
 
 
 class _MapInfo(ct.Structure):
@@ -97,7 +79,8 @@ class _ProgInfo(ct.Structure):
     ]
 
 
-def _attr(struct: ct.Structure) -> ct.Array:
+def bpf_attr(struct: ct.Structure) -> ct.Array:
+    """The union bpf_attr holding ``struct``, zero-padded."""
     buf = (ct.c_uint8 * _ATTR_SIZE)()
     ct.memmove(buf, ct.byref(struct), ct.sizeof(struct))
     return buf
@@ -124,12 +107,12 @@ class ProgInfo:
 def obj_get(path: str) -> int:
     """fd of the object pinned at path (OSError if none)."""
     raw = ct.create_string_buffer(os.fsencode(path))
-    return _bpf(BPF_OBJ_GET, _attr(_ObjGetAttr(pathname=ct.addressof(raw))))
+    return bpf(BPF_OBJ_GET, bpf_attr(_ObjGetAttr(pathname=ct.addressof(raw))))
 
 
 def _info(fd: int, info: ct.Structure) -> None:
-    attr = _attr(_InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    attr = bpf_attr(_InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
 
 
 def map_info(fd: int) -> MapInfo:
@@ -141,7 +124,7 @@ def map_info(fd: int) -> MapInfo:
 
 def prog_fd_by_id(prog_id: int) -> int:
     """A new fd of the program with this id (the caller closes it)."""
-    return _bpf(BPF_PROG_GET_FD_BY_ID, _attr(_IdAttr(id=prog_id)))
+    return bpf(BPF_PROG_GET_FD_BY_ID, bpf_attr(_IdAttr(id=prog_id)))
 
 
 def prog_info_by_id(prog_id: int) -> ProgInfo:
@@ -158,23 +141,3 @@ def prog_id(fd: int) -> int:
     info = _ProgInfo()
     _info(fd, info)
     return info.id
-
-
-@dataclass(frozen=True)
-class TestRunResult:
-    retval: int
-    duration_ns: int  # mean per repetition, as the kernel reports it
-    data_out: bytes
-
-
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRunResult:
-    """Run a loaded program on one packet with BPF_PROG_TEST_RUN."""
-    data_in = ct.create_string_buffer(data, len(data))
-    out_size = len(data) + 512
-    data_out = ct.create_string_buffer(out_size)
-    attr = _attr(_TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=out_size,
-                              data_in=ct.addressof(data_in), data_out=ct.addressof(data_out),
-                              repeat=repeat))
-    _bpf(BPF_PROG_TEST_RUN, attr)
-    result = _TestRunAttr.from_buffer_copy(bytes(attr[:ct.sizeof(_TestRunAttr)]))
-    return TestRunResult(result.retval, result.duration, data_out.raw[:result.data_size_out])

@@ -78,7 +78,6 @@ def _flow_text(key: abi.FlowKey) -> str:
 
 class KernelMaps:
     def __init__(self, bpf):
-        self._bpf = bpf
         self.counters_map = bpf[b"ss_counters"]
         self.ports_map = bpf[b"ss_ports"]
         self.config_map = bpf[b"ss_config"]
@@ -101,10 +100,6 @@ class KernelMaps:
         for port in wanted - self._ports:
             self.ports_map[ct.c_int(port)] = ct.c_uint8(1)
         self._ports = wanted
-
-    @property
-    def ports(self) -> frozenset[int]:
-        return frozenset(self._ports)
 
     def set_config(self, push: bool = True, enforce: bool = True, snaplen: int = 0,
                    wake_batch: bool | None = None) -> None:
@@ -143,9 +138,6 @@ class KernelMaps:
         """Drop both directions of a connection."""
         _set_both(self.flow_drop, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
 
-    def undrop_flow(self, flow: Flow) -> bool:
-        return _delete_both(self.flow_drop, flow)
-
     def drops(self) -> list[Entry]:
         return _flow_entries(self.flow_drop)
 
@@ -153,12 +145,6 @@ class KernelMaps:
                     reason: abi.Reason = abi.Reason.STARTTLS) -> None:
         """Stop pushing a connection's packets (they still pass)."""
         _set_both(self.bypass_map, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
-
-    def unbypass_flow(self, flow: Flow) -> bool:
-        return _delete_both(self.bypass_map, flow)
-
-    def bypassed(self) -> list[Entry]:
-        return _flow_entries(self.bypass_map)
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Remove expired bans, drops and bypasses; returns how many."""
@@ -184,17 +170,10 @@ class KernelMaps:
             result[direction.name.lower()] = values
         return result
 
-    def reset_counters(self) -> None:
-        self.counters_map.clear()
-
 
 def _set_both(table, flow: Flow, verdict: abi.Verdict) -> None:
     for key in flow.keys():
         table[key] = verdict
-
-
-def _delete_both(table, flow: Flow) -> bool:
-    return any([_delete(table, key) for key in flow.keys()])
 
 
 def _flow_entries(table) -> list[Entry]:

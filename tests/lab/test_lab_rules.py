@@ -133,7 +133,7 @@ def flow_drop_entry(pin_dir: Path, src: str, sport: int, dst: str, dport: int) -
     fd = bpfsys.obj_get(str(pin_dir / "ss_flow_drop"))
     try:
         key, value = abi.flow_key(src, sport, dst, dport), abi.Verdict()
-        bpfsys._bpf(BPF_MAP_LOOKUP_ELEM, bpfsys._attr(_MapElemAttr(
+        bpfsys.bpf(BPF_MAP_LOOKUP_ELEM, bpfsys.bpf_attr(_MapElemAttr(
             map_fd=fd, key=ct.addressof(key), value=ct.addressof(value))))
         return value
     except OSError as exc:
