@@ -127,10 +127,9 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	void *rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
 	long err;
 
-	/* One more try: besides a full ring, the reservation's lock (shared by
-	 * all CPUs) gives up now and then under contention on this kernel
-	 * (6.18, a VM): a few records in 10^4 under load, most of them taken by
-	 * the second try (docs/benchmarks.md). */
+	/* One more try: besides a full ring, a reservation fails now and then
+	 * under contention for the ring's lock (shared by all CPUs); a second
+	 * try takes most of those (docs/benchmarks.md, section 1). */
 	if (!rec)
 		rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
 	if (!rec)
@@ -224,8 +223,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	ev.payload_len = pkt.payload_len;
 	ev.family = pkt.key.family;
 	ev.tcp_flags = pkt.tcp_flags;
-	/* A wakeup costs the sending CPU an irq_work (a self-IPI: microseconds in
-	 * a VM). Batched: every SS_WAKE_BATCH-th record pushed on this CPU. */
+	/* A wakeup costs the sending CPU an irq_work (a self-IPI). Batched:
+	 * every SS_WAKE_BATCH-th record pushed on this CPU. */
 	if (flags & SS_CFG_WAKE_BATCH) {
 		__u32 idx = dir * SS_CNT__MAX + SS_CNT_PUSHED;
 		__u64 *pushed = ss_counters.lookup(&idx);

@@ -6,6 +6,8 @@
  * advances the cursor past its header and returns the next protocol, or a
  * negative SS_PARSE_* code. Sizes always come from the headers themselves
  * (IHL, IPv6 extension lengths, TCP data offset); nothing assumes a fixed size.
+ *
+ * Read next: datapath.c, the programs that call them.
  */
 #ifndef SS_PARSING_H
 #define SS_PARSING_H

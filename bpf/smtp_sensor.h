@@ -6,10 +6,12 @@
  * here: the event header, map keys and values, counter indexes, reason codes,
  * configuration bits.
  *
- * CHANGE TOGETHER: this file, sensor/abi.py (the Python mirror), and bump
- * SS_ABI_VERSION when a layout changes (pinned maps live in a folder named
- * after it). tests/test_abi_mirror.py compiles this header against the mirror
- * and fails when they disagree.
+ * CHANGE TOGETHER: this file, sensor/kernel/abi.py (the Python mirror), and
+ * bump SS_ABI_VERSION when a layout changes (pinned maps live in a folder
+ * named after it). tests/kernel/test_abi_mirror.py compiles this header
+ * against the mirror and fails when they disagree.
+ *
+ * Read next: parsing.h, the header parsers that fill a flow key.
  */
 #ifndef SMTP_SENSOR_H
 #define SMTP_SENSOR_H

@@ -1,8 +1,14 @@
-"""Python mirror of bpf/smtp_sensor.h: the layouts userland shares with the kernel.
+"""Python mirror of bpf/smtp_sensor.h: the layouts userland shares with the
+kernel (event header, map keys and values, counters, reasons, configuration
+bits), the packing of addresses into keys, and the decoding of one record of
+the event ring into an Event.
 
 CHANGE TOGETHER with bpf/smtp_sensor.h. tests/kernel/test_abi_mirror.py compiles the C
 header with static assertions generated from this module (sizes, offsets,
 constants), and checks that every constant of the header is mirrored here.
+
+Read next: the events go to sensor/inputs/live.py (LiveFeed, into the
+pipeline); verdicts come back through sensor/kernel/maps.py.
 """
 
 from __future__ import annotations
@@ -180,9 +186,9 @@ _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 def packed_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, bytes]:
     """(family tag, 16 bytes) the way the kernel stores an address."""
-    # text goes through inet_pton first, ~10x faster than ipaddress: flow.drop()
-    # packs four addresses per verdict, and parsing them was two thirds of the
-    # verdict-to-kernel time; anything inet_pton refuses goes to ipaddress
+    # text goes through inet_pton first, far cheaper than ipaddress: flow.drop()
+    # packs four addresses per verdict, on the verdict-to-kernel path
+    # (docs/benchmarks.md, section 4); anything inet_pton refuses goes to ipaddress
     if isinstance(address, str):
         try:
             return AF_INET, _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, address)
@@ -209,7 +215,7 @@ def flow_key(src: str, sport: int, dst: str, dport: int) -> FlowKey:
     family_d, daddr = packed_address(dst)
     if family != family_d:
         raise ValueError(f"mixed address families: {src} and {dst}")
-    # one pack instead of field-by-field ctypes assignment (4x faster; see packed_address)
+    # one pack instead of field-by-field ctypes assignment: the same path as packed_address
     return FlowKey.from_buffer_copy(_FLOW_KEY_LAYOUT.pack(saddr, daddr, sport, dport, family))
 
 
