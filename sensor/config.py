@@ -31,6 +31,7 @@ import difflib
 import ipaddress
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +40,14 @@ from sensor.errors import SensorError
 from sensor.kernel import abi
 from sensor.smtp.limits import Limits as SmtpLimits
 from sensor.stream.reassembly import Limits as ReassemblyLimits
+
+# The one TOML reader of the product (this config, the rules' rules.toml):
+# the standard library's from Python 3.11, the tomli package before (the same
+# parser and API; pyproject.toml requires it there).
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 __all__ = [
     "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "ConfigError",
@@ -456,11 +465,6 @@ def load(path) -> Config:
 
 def loads(text: str, source=None) -> Config:
     """Parse TOML text (``source``: the name errors give, and the folder relative paths start from)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:      # Python 3.10
-        raise ConfigError(None, None, "reading TOML needs Python 3.11 or later (tomllib)",
-                          str(source) if source else None) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

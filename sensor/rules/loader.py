@@ -18,11 +18,11 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import sys
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sensor.config import tomllib
 from sensor.errors import SensorError
 from sensor.rules import api
 

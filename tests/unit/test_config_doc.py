@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from sensor import smtp
-from sensor.config import NOTICE_TYPES, LimitsConfig, SensorConfig, SpamStatsConfig
+from sensor.config import NOTICE_TYPES, LimitsConfig, SensorConfig, SpamStatsConfig, tomllib
 from sensor.stream import reassembly
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
