@@ -8,7 +8,7 @@ put together from one ``Config``, and the loop that drives them.
     while ...: sensor.step()          # one turn of the loop (e.g. in a thread)
     sensor.stop()                     # drain, snapshot, detach (idempotent)
 
-The loop (one thread): read perf events into the pipeline; every second tick
+The loop (one thread): read the event ring into the pipeline; every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
 the rule files (or reload at once after SIGHUP / a control request); write a
 statistics snapshot every ``snapshot_interval`` and at shutdown; log a stats
@@ -31,11 +31,11 @@ from sensor.errors import SensorError
 
 __all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
 
-# Samples per wakeup of the live consumer.  Batched wakeups (64) cost less CPU
+# Events per wakeup of the live consumer.  Batched wakeups (64) cost less CPU
 # per event, but on a quiet link the consumer then only wakes at the poll
 # timeout (50 ms): with rules, a client's whole dialogue (MAIL, RCPT, DATA, the
 # message) was over before its MAIL FROM verdict reached the kernel, and a
-# banned sender's mail was delivered.  Rules therefore get a wakeup per sample.
+# banned sender's mail was delivered.  Rules therefore get a wakeup per event.
 RULES_WAKEUP, PASSIVE_WAKEUP = 1, 64
 
 

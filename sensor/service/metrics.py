@@ -6,7 +6,7 @@ scrape calls :class:`SensorCollector`, which reads
 
 * the kernel's counters from the BPF map at that moment
   (``KernelMaps.counters()``: per direction, per verdict), and
-* the userland counters of the sensor: perf events and lost samples, the
+* the userland counters of the sensor: events read from the event ring and lost, the
   pipeline (frames, flows, transactions, anomalies, ...), the rules (alerts,
   calls, errors, time and over-budget calls per rule id; reload errors), the
   reject statistics (notices, ...), bans (by who asked for them, and how many
@@ -112,10 +112,10 @@ class SensorCollector:
         g.add_metric([], time.monotonic() - s.started if s.started else 0.0)
         yield g
         feed = s.feed
-        c = C(PREFIX + "events", "perf events read from the kernel")
+        c = C(PREFIX + "events", "events read from the kernel's event ring")
         c.add_metric([], feed.events if feed else 0)
         yield c
-        c = C(PREFIX + "lost_samples", "perf samples the kernel could not write (ring full)")
+        c = C(PREFIX + "lost_samples", "events the kernel could not write into the event ring (ring full)")
         c.add_metric([], feed.reader.lost if feed else 0)
         yield c
         c = C(PREFIX + "starttls_bypassed_flows", "STARTTLS flows whose packets the kernel stopped pushing")
