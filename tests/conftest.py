@@ -4,8 +4,10 @@ but FAILS in CI (CI=true), with a message naming what is missing."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,18 @@ def lab_prereqs(kernel_prereqs):
             missing(f"{tool} (installed by ./run setup)")
     if not Path("/proc/self/ns/net").exists():
         missing("network namespaces")
+
+
+@functools.cache
+def _swaks_speaks_ipv6() -> bool:
+    return subprocess.run(["perl", "-MIO::Socket::INET6", "-e", "1"], capture_output=True, check=False).returncode == 0
+
+
+def require_swaks_ipv6() -> None:
+    """For a swaks session over IPv6: swaks connects over IPv6 only with the
+    Perl module IO::Socket::INET6 (else '*** IPv6 not available', exit 10)."""
+    if not _swaks_speaks_ipv6():
+        missing("IO::Socket::INET6 for swaks over IPv6 (libio-socket-inet6-perl, installed by ./run setup)")
 
 
 @pytest.fixture(scope="session")

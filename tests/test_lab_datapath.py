@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import require_swaks_ipv6
 
 from sensor import abi
 from sensor.datapath import Datapath, DatapathConfig
@@ -45,6 +46,8 @@ def send_mail(lab, server=SERVER_V4, timeout=20):
 
 @pytest.mark.parametrize("server,client", [(SERVER_V4, CLIENT_V4), (SERVER_V6, CLIENT_V6)], ids=["ipv4", "ipv6"])
 def test_a_real_session_shows_both_directions_in_the_consumer(lab, datapath, server, client):
+    if server == SERVER_V6:
+        require_swaks_ipv6()
     reader = datapath.event_reader()
     result = send_mail(lab, server=server)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -19,6 +19,7 @@ from sensor.pcapfile import read_packets
 from sensor.pipeline import Pipeline
 from sensor.replay import replay
 
+from conftest import require_swaks_ipv6
 from lab_capture import Capture
 from record_schemas import check
 
@@ -80,6 +81,7 @@ def run_session(lab, feed, *swaks_args, source=None, server=SERVER_V4, expect_rc
 
 
 def test_plain_sessions_live_equal_replay(lab, live):
+    require_swaks_ipv6()                                # its third session
     feed, sink, capture = live
     run_session(lab, feed, "--from", "alice@example.org", "--to", "bob@example.net",
                 "--header", "Subject: live and replay", source=CLIENT_V4)
