@@ -439,8 +439,15 @@ def main(argv=None) -> int:
     except BrokenPipeError:           # e.g. piped into head
         sys.stderr.close()
         return EXIT_OK
-    except (KeyboardInterrupt, _Terminate):
-        return EXIT_OK
+    except (KeyboardInterrupt, _Terminate) as exc:
+        if args.command != "demo":
+            return EXIT_OK
+        # the demo, interrupted before run_demo() took SIGINT and SIGTERM over
+        # (while importing it): nothing was set up; the status it gives later,
+        # and nothing may interrupt the exit
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminate) else signal.SIGINT)
     return EXIT_USAGE
 
 

@@ -23,8 +23,13 @@ control socket, and the server's journal.
 
 Everything is torn down on every exit path (end, error, Ctrl-C, SIGTERM): the
 sensor detaches, its pin folder (this process's own, never the production
-one) is removed, the namespaces and servers go.  A second Ctrl-C during the
-teardown is ignored, so it cannot cut it short.
+one) is removed, the namespaces and servers go.  A Ctrl-C (or SIGTERM) at any
+moment of the demo gives that teardown, complete, and exit status 130 (143):
+during the story it unwinds through the teardown; once the teardown has begun
+it is only noted, so it cannot cut the teardown short.  From the first one on,
+and after the demo, both are ignored: a second Ctrl-C changes nothing, nor
+does one while the interpreter exits.  The story is printed line by line,
+also into a pipe (`./run demo | tee demo.txt`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -187,7 +193,7 @@ class SensorThread:
 
     def stop(self) -> None:
         self._halt.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():  # never started: start() was interrupted
             self._thread.join()
         self.sensor.stop()
 
@@ -239,76 +245,108 @@ def send(lab: Lab, attempts: Counter, source: str, sender: str, recipients, *ext
 # ------------------------------------------------------------------ the story
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: unwinds through every finally: block (the teardown)."""
+    """Ctrl-C or SIGTERM during the story: unwinds through every finally: block (the teardown)."""
 
 
-def _interrupted(signum, frame):
-    for sig in (signal.SIGINT, signal.SIGTERM):      # a second one must not cut the teardown short
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _restore(handlers: dict) -> None:
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
+class StopSignals:
+    """SIGINT and SIGTERM, from run_demo()'s start to the process's exit.
+
+    The first one makes both ignored (SIG_IGN) from then on.  Before the
+    teardown it raises Interrupted; once the teardown has begun
+    (``teardown()``) it is only noted in ``received``: raised there, it would
+    skip the rest of a finally: block.  ``ignore()`` after the demo: SIG_IGN
+    until the exit (a Python handler does not last through the interpreter's
+    finalisation, SIG_IGN does)."""
+
+    def __init__(self):
+        self.received: signal.Signals | None = None
+        self.tearing_down = False
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.ignore()
+        if self.received is not None:       # both arrived at once: the first one is being handled
+            return
+        self.received = signal.Signals(signum)
+        if not self.tearing_down:
+            raise Interrupted(self.received.name)
+
+    def teardown(self) -> None:
+        self.tearing_down = True
+
+    @staticmethod
+    def ignore() -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def run_demo(args) -> int:
-    if getattr(args, "log_level", None) is None:
-        logging.getLogger().setLevel(logging.WARNING)  # the story is printed; warnings still show
-    if not (RULES_DIR / "spam_filter.py").is_file():
-        raise SensorError(f"the shipped rules are not in {RULES_DIR}: run the demo from the repository")
-    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
+    stop = StopSignals()                    # first: a Ctrl-C from here on tears down what was made
     pin_root = Path(f"/sys/fs/bpf/smtp-sensor-demo-{os.getpid()}")   # the demo's own, removed at the end
-    records = Records()
-    print("smtp-sensor demo: a mail server in a network namespace lab, the sensor on its interface")
     try:
-        demo_in_lab(pin_root, records)
-    except Interrupted as exc:             # the signals stay ignored: we are on our way out
-        print(f"\ninterrupted ({exc}): the sensor detached, the lab is torn down, "
-              f"pin folder {pin_root} {'removed' if not pin_root.exists() else 'STILL PRESENT'}")
-        return 130
-    except BaseException:
-        _restore(previous)
-        raise
-    _restore(previous)
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)  # into a pipe too, each line when it happens
+        if getattr(args, "log_level", None) is None:
+            logging.getLogger().setLevel(logging.WARNING)  # the story is printed; warnings still show
+        if not (RULES_DIR / "spam_filter.py").is_file():
+            raise SensorError(f"the shipped rules are not in {RULES_DIR}: run the demo from the repository")
+        records = Records()
+        print("smtp-sensor demo: a mail server in a network namespace lab, the sensor on its interface")
+        demo_in_lab(pin_root, records, stop)
+    except Interrupted:
+        pass                                # stop.received says which
+    finally:
+        stop.ignore()                       # the status is decided: nothing may interrupt the exit
     gone = "removed" if not pin_root.exists() else "STILL PRESENT"
+    if stop.received is not None:
+        print(f"\ninterrupted ({stop.received.name}): the sensor detached, the lab is torn down, "
+              f"pin folder {pin_root} {gone}")
+        return 128 + stop.received
     print(f"lab torn down (namespaces, server, veth), pin folder {pin_root} {gone} "
           f"({time.monotonic() - started:.1f} s)")
     return 0
 
 
-def demo_in_lab(pin_root: Path, records: Records) -> None:
+def demo_in_lab(pin_root: Path, records: Records, stop: StopSignals) -> None:
     from sensor.service.loop import RunOptions, Sensor
 
-    with Lab(client_addrs=(CLIENT_V4, SPAMMER_V4, FORGER_V4)) as lab:
-        try:
-            journal = lab.workdir / "server-journal.jsonl"
-            lab.start_server(journal=journal, reject_rcpt=REJECT_OTHERS, addresses=(SERVER_V4,))
-            print(f"  lab     namespaces {lab.client_ns} (clients {CLIENT_V4} legitimate, {FORGER_V4} forged "
-                  f"senders, {SPAMMER_V4} spam host) and {lab.server_ns}, one veth pair, TEST-NET-1 only")
-            print(f"  server  {SERVER_V4}:25 (aiosmtpd) in {lab.server_ns}: mailboxes "
-                  f"{', '.join(u + '@' + LAB_DOMAIN for u in USERS)}; any other recipient gets 550 5.1.1")
-            config = demo_config(lab, pin_root / f"v{abi.ABI_VERSION}")
-            options = RunOptions(stats_interval=3600.0, control_socket=str(lab.workdir / "control.sock"))
-            runner = SensorThread(Sensor(config, options, sink=records))
-            try:
-                runner.start()
-                show_setup(runner.sensor, config)
-                attempts = story(lab, runner, records)
-                operator_view(options.control_socket)
-                show_kernel(runner.sensor)
-            finally:
-                runner.stop()                  # drain, detach, unload: before the lab goes
-            late = show_records(records, indent="  ", skip=("smtp", "anomaly"))
-            kinds = Counter(r["event_type"] for r in records)
-            print(f"\nsensor stopped, XDP and TC detached: {len(records)} records "
-                  f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
-                  f"{len(late)} written at shutdown for the flows still open")
-            show_journal(journal, attempts)
-        finally:
-            shutil.rmtree(pin_root, ignore_errors=True)
+    lab = Lab(client_addrs=(CLIENT_V4, SPAMMER_V4, FORGER_V4))
+    runner = None
+    try:
+        lab.up()
+        journal = lab.workdir / "server-journal.jsonl"
+        lab.start_server(journal=journal, reject_rcpt=REJECT_OTHERS, addresses=(SERVER_V4,))
+        print(f"  lab     namespaces {lab.client_ns} (clients {CLIENT_V4} legitimate, {FORGER_V4} forged "
+              f"senders, {SPAMMER_V4} spam host) and {lab.server_ns}, one veth pair, TEST-NET-1 only")
+        print(f"  server  {SERVER_V4}:25 (aiosmtpd) in {lab.server_ns}: mailboxes "
+              f"{', '.join(u + '@' + LAB_DOMAIN for u in USERS)}; any other recipient gets 550 5.1.1")
+        config = demo_config(lab, pin_root / f"v{abi.ABI_VERSION}")
+        options = RunOptions(stats_interval=3600.0, control_socket=str(lab.workdir / "control.sock"))
+        runner = SensorThread(Sensor(config, options, sink=records))
+        runner.start()
+        show_setup(runner.sensor, config)
+        attempts = story(lab, runner, records)
+        operator_view(options.control_socket)
+        show_kernel(runner.sensor)
+        stop.teardown()
+        runner.stop()                      # drain, detach, unload: before the lab goes
+        late = show_records(records, indent="  ", skip=("smtp", "anomaly"))
+        kinds = Counter(r["event_type"] for r in records)
+        print(f"\nsensor stopped, XDP and TC detached: {len(records)} records "
+              f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+              f"{len(late)} written at shutdown for the flows still open")
+        show_journal(journal, attempts)
+    finally:
+        stop.teardown()
+        if runner is not None:
+            runner.stop()                  # idempotent: a no-op after the one above
+        shutil.rmtree(pin_root, ignore_errors=True)
+        lab.close()                        # idempotent: also finishes a clean-up of Lab.up() cut short
 
 
 def show_setup(sensor, config: Config) -> None:

@@ -348,7 +348,7 @@ _QUEUE_DIRS = [(name, 0o700, "root") for name in
                 "saved", "trace")] + [("maildrop", 0o730, "postdrop"), ("public", 0o710, "postdrop")]
 
 _REJECT_ACTION = "550 5.1.1 User unknown in the lab"
-_LOG_LINE = re.compile(r"^\S+ +\d+ [\d:]+ \S+ postfix/(?P<daemon>[\w/-]+)\[\d+\]: (?P<text>.*)$")
+_LOG_LINE = re.compile(r"^\S+ +\d+ [\d:]+ \S+ postfix/(?P<daemon>[\w/-]+)\[(?P<pid>\d+)\]: (?P<text>.*)$")
 
 
 @dataclass
@@ -564,11 +564,13 @@ class PostfixServer:
     # ------------------------------------------------------------ the log
 
     def log_lines(self) -> list[str]:
-        """The instance's maillog (written by postlogd), one string per line."""
+        """The instance's maillog (written by postlogd), one string per
+        complete line (not a last one being written)."""
         try:
-            return self.maillog.read_text(errors="replace").splitlines()
+            text = self.maillog.read_text(errors="replace")
         except FileNotFoundError:
             return []
+        return text.split("\n")[:-1]
 
     def mark(self) -> int:
         """A position in the log: wait_for_log(..., since=mark) sees only later lines."""
@@ -588,10 +590,13 @@ class PostfixServer:
                 raise SensorError(f"no Postfix log line matching {pattern!r} within {timeout} s{self._log_tail()}")
             time.sleep(0.02)
 
+    def _records(self, since: int = 0) -> list[tuple[str, str, str]]:
+        found = (_LOG_LINE.match(line) for line in self.log_lines()[since:])
+        return [(m["daemon"], m["pid"], m["text"]) for m in found if m]
+
     def entries(self, since: int = 0) -> list[tuple[str, str]]:
         """(daemon, text) of every log line, e.g. ("smtpd", "connect from ...")."""
-        found = (_LOG_LINE.match(line) for line in self.log_lines()[since:])
-        return [(m["daemon"], m["text"]) for m in found if m]
+        return [(daemon, text) for daemon, _, text in self._records(since)]
 
     def deliveries(self, since: int = 0) -> list[dict[str, str]]:
         """Recipients delivered (here: discarded): queue_id, to, status, dsn."""
@@ -603,23 +608,61 @@ class PostfixServer:
                 out.append(m.groupdict())
         return out
 
-    def rejections(self, since: int = 0) -> list[dict[str, str]]:
-        """smtpd's refusals: stage (RCPT, ...), code, text, from, to, client."""
+    def rejections(self, since: int = 0, mail_from: str | None = None) -> list[dict[str, str]]:
+        """smtpd's refusals: stage (RCPT, ...), code, text, from, to, client;
+        only those of the sender `mail_from` when given (a test's own sender
+        tells its refusals from any other session's)."""
         out = []
         for daemon, text in self.entries(since):
             m = re.match(r"(?:NOQUEUE|[0-9A-F]+): reject: (?P<stage>\S+) from (?P<client>\S+): "
                          r"(?P<code>\d{3}) (?P<text>.*?); from=<(?P<from>[^>]*)> to=<(?P<to>[^>]*)>", text)
-            if m and daemon == "smtpd":
+            if m and daemon == "smtpd" and mail_from in (None, m["from"]):
                 out.append(m.groupdict())
         return out
 
-    def sessions(self, since: int = 0) -> list[dict[str, str]]:
-        """smtpd's per-session command counts from its 'disconnect' lines:
-        {"client": ..., "ehlo": "1", "bdat": "3", "commands": "6", ...}."""
-        out = []
-        for daemon, text in self.entries(since):
-            m = re.match(r"disconnect from (?P<client>\S+) (?P<counts>.*)$", text)
-            if m and daemon == "smtpd":
-                counts = dict(item.split("=", 1) for item in m["counts"].split() if "=" in item)
-                out.append({"client": m["client"], **counts})
-        return out
+    def session_log(self, queue_id: str, timeout: float = 5) -> list[str]:
+        """smtpd's lines of the session in which `queue_id` was queued, from
+        its 'connect from' to its 'disconnect from', waited for (that one is
+        logged once the client has quit, possibly after the delivery).  An
+        smtpd process serves one session at a time: the session is that of
+        the process that logged '<queue_id>: client=...', between its connect
+        and disconnect lines, so no other session (an earlier one logged late,
+        one at the same time) can be taken for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = _smtpd_session(self._records(), queue_id)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise SensorError(f"no complete smtpd session for queue id {queue_id} within {timeout} s"
+                                  f"{self._log_tail()}")
+            time.sleep(0.02)
+
+    def session(self, queue_id: str, timeout: float = 5) -> dict[str, str]:
+        """smtpd's command counts for the session in which `queue_id` was
+        queued, from its 'disconnect' line: {"client": ..., "ehlo": "1",
+        "bdat": "3", "commands": "6", ...}."""
+        m = re.match(r"disconnect from (?P<client>\S+) (?P<counts>.*)$", self.session_log(queue_id, timeout)[-1])
+        counts = dict(item.split("=", 1) for item in m["counts"].split() if "=" in item)
+        return {"client": m["client"], **counts}
+
+
+def _smtpd_session(records: list[tuple[str, str, str]], queue_id: str) -> list[str] | None:
+    """The texts of the smtpd session that logged '<queue_id>: client=', or
+    None while it is not in the log up to its 'disconnect from' line."""
+    queued = f"{queue_id}: client="
+    pid = next((pid for daemon, pid, text in records if daemon == "smtpd" and text.startswith(queued)), None)
+    if pid is None:
+        return None
+    session: list[str] = []
+    for daemon, line_pid, text in records:
+        if daemon != "smtpd" or line_pid != pid:
+            continue
+        if text.startswith("connect from "):
+            session = []
+        session.append(text)
+        if text.startswith("disconnect from "):
+            if any(t.startswith(queued) for t in session):
+                return session
+            session = []
+    return None

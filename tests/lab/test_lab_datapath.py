@@ -12,6 +12,7 @@ import pytest
 from sensor.kernel import abi
 from sensor.kernel.datapath import Datapath, DatapathConfig
 from sensor.lab.network import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6
+from support.prereqs import require_swaks_ipv6
 
 
 @pytest.fixture
@@ -36,6 +37,8 @@ def send_mail(lab, server=SERVER_V4, timeout=20):
 
 @pytest.mark.parametrize("server,client", [(SERVER_V4, CLIENT_V4), (SERVER_V6, CLIENT_V6)], ids=["ipv4", "ipv6"])
 def test_a_real_session_shows_both_directions_in_the_consumer(lab, datapath, server, client):
+    if server == SERVER_V6:
+        require_swaks_ipv6()
     reader = datapath.event_reader()
     result = send_mail(lab, server=server)
     assert result.returncode == 0, result.stdout + result.stderr

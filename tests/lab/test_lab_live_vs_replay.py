@@ -19,6 +19,7 @@ from sensor.lab.network import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, SPAMM
 from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
 from support.lab_capture import Capture
+from support.prereqs import require_swaks_ipv6
 from support.record_schemas import check
 
 
@@ -77,6 +78,7 @@ def run_session(lab, feed, *swaks_args, source=None, server=SERVER_V4, expect_rc
 
 
 def test_plain_sessions_live_equal_replay(lab, live):
+    require_swaks_ipv6()                                # its third session
     feed, sink, capture = live
     run_session(lab, feed, "--from", "alice@example.org", "--to", "bob@example.net",
                 "--header", "Subject: live and replay", source=CLIENT_V4)

@@ -31,11 +31,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import tshark_smtp as ts
 
 from sensor.smtp import SMTPConnection
 from sensor.smtp import events as sev
 from sensor.stream import reassembly
+from support import tshark_smtp as ts
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 from support.captures import PCAPS_DIR as PCAPS
