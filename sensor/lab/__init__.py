@@ -1,1 +1,4 @@
-"""Test and demo infrastructure: network-namespace lab, its SMTP server and client, the demo."""
+"""Test and demo infrastructure, not the product: the network-namespace lab
+(network.py: namespaces, veth, addresses, clients; postfix.py: a real Postfix
+in the server namespace), its aiosmtpd server (server.py) and BDAT client
+(client.py), and the demo (demo.py, ``smtp-sensor demo``)."""
