@@ -11,9 +11,10 @@ the client namespace (swaks; sensor.lab.client for BDAT).
         postfix.wait_for_log(r"status=sent")
 
 Postfix instances are sensor.lab.postfix's. Everything the lab creates
-(namespaces, and with them the veth pair; processes; Postfix instances; its temporary folder with the TLS certificate and the
-Postfix configuration, queue and log) is removed by close(), which the
-context manager calls on every exit path.
+(namespaces, and with them the veth pair; processes; Postfix instances; its
+temporary folder with the TLS certificate and the Postfix configuration,
+queue and log) is removed by close(), which the context manager calls on
+every exit path.
 """
 
 from __future__ import annotations
