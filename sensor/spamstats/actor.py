@@ -35,10 +35,8 @@ class Ban:
 
 
 class SpamStatsActor:
-    """Acts on notices: a ``notice`` record each, and, when the notice type has
-    a ban TTL (``[spam_stats.ban]``) and the host is not in ``allow``, a ban of
-    the host (/32 or /128) through ``enforcer`` (reason SPAM_STATS) and a
-    ``drop`` record.  Keeps the bans it made, to sweep and to snapshot."""
+    """Acts on the notices of ``stats`` (records to ``sink``, bans through
+    ``enforcer``: see the module); keeps the bans it made."""
 
     def __init__(self, stats: RejectStats, sink, enforcer=None, config: SpamStatsConfig | None = None):
         self.stats = stats

@@ -1,11 +1,10 @@
-"""What the reject statistics keep per host and per connection.
+"""What the reject statistics keep per host and per connection, bounded.
 
-The seed keeps a set of connection ids per host and a recipient string that
-grows forever.  Here the once-per-connection flags live in the connection's
-own state (``ConnState``, in ``session.scratch``: gone with the flow), and a
-host keeps its window counts, at most ``max_recipients`` recipients of its
-rejected connections and ``max_samples`` distinct reject replies; what does
-not fit is counted, not kept.
+The once-per-connection flags live in the connection's own state
+(``ConnState``, in ``session.scratch``: gone with the flow), not in per-host
+sets of connection ids.  A host keeps its window counts, at most
+``max_recipients`` recipients of its rejected connections and ``max_samples``
+distinct reject replies; what does not fit is counted, not kept.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ When a window is judged
 -----------------------
 At every periodic check (every ``check_interval``) *and* when it ends: a
 fixed window when it closes, a sliding window each time a bucket slides out,
-and any window before its host is evicted.  (The seed's checker runs every
-``period`` while each host's entry expires ``period`` after its creation, so a
-host is looked at once, with partial data, and what it did after that check
-is never looked at.)  Due closes and checks run in time order before each
+and any window before its host is evicted, so no window escapes being judged
+whole (a checker that only runs every ``period``, as the seed's, looks at a
+host once, with partial data).  Due closes and checks run in time order before each
 observation is counted, so the outcome depends on the event timestamps only,
 not on how often ``tick`` is called: a replay gives the notices a live run
 gave.  A window is judged only when its counts changed since it was last
