@@ -16,8 +16,8 @@ from sensor.config import SpamStatsConfig
 from sensor.kernel import abi
 from sensor.records.drop import BAN_SOURCE, SPAM_STATS, drop_record
 from sensor.records.notice import notice_record
-from sensor.spamstats.snapshot import Restored, read_snapshot, write_snapshot
 from sensor.spamstats.hosts import in_networks
+from sensor.spamstats.snapshot import Restored, read_snapshot, write_snapshot
 from sensor.spamstats.stats import Notice, RejectStats
 
 __all__ = ["SpamStatsActor", "Ban"]

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import jsonschema
 import pytest
+from support.record_schemas import check
+from support.rules_helpers import StaticRules, run
 
 from sensor.config import SpamStatsConfig
 from sensor.kernel import abi
@@ -18,8 +20,6 @@ from sensor.rules import hooks, rule
 from sensor.rules.enforce import KernelEnforcer, ReplayEnforcer
 from sensor.service.control import ControlServer
 from sensor.spamstats import ConnState, RejectStats, SpamStatsActor
-from support.record_schemas import check
-from support.rules_helpers import StaticRules, run
 
 #: every field a drop record may have, in the order the builder writes them
 ORDER = ["ts", "event_type", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "community_id",
