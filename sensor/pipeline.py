@@ -34,7 +34,7 @@ _decode = packet.decode
 class Session:
     """One SMTP connection being dissected."""
 
-    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions")
+    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions", "record")
 
     def __init__(self, flow, conn):
         self.flow = flow
@@ -42,6 +42,9 @@ class Session:
         self.tls = False
         self._scratch: dict | None = None
         self.transactions = 0
+        #: while listeners see a Transaction or an Anomaly: the record written
+        #: for it (built once, for the sink and the listeners); None otherwise
+        self.record = None
 
     @property
     def scratch(self) -> dict:
@@ -195,18 +198,29 @@ class Pipeline:
             if kind is sev.Transaction:
                 self.stats.transactions += 1
                 sess.transactions += 1
-                self.sink(records.smtp_record(sess.flow, ev))
-            elif kind is sev.Anomaly:
+                self._write(sess, ev, records.smtp_record(sess.flow, ev))
+                continue
+            if kind is sev.Anomaly:
                 self.stats.anomalies += 1
-                self.sink(records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name,
-                                                 ev.direction, ev.detail))
-            elif kind is sev.StartTLS:
+                self._write(sess, ev, records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name,
+                                                             ev.direction, ev.detail))
+                continue
+            if kind is sev.StartTLS:
                 sess.tls = True
                 self.stats.starttls += 1
                 if self.on_starttls is not None:
                     self.on_starttls(sess)
             if self.listeners:
                 self._notify(sess, ev)
+
+    def _write(self, sess: Session, ev, record: dict) -> None:
+        """Write the record of ``ev``, then show ``ev`` to the listeners with
+        the same record in ``sess.record``."""
+        self.sink(record)
+        if self.listeners:
+            sess.record = record
+            self._notify(sess, ev)
+            sess.record = None
 
     def _notify(self, sess: Session, ev) -> None:
         for listener in self.listeners:

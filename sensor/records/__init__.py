@@ -1,176 +1,28 @@
-"""The output records, built from dissector events: one function per record type.
+"""The output records: one builder per record type, each beside its JSON Schema.
 
 Every record is a plain dict, JSON-ready, whose first keys are ``ts`` (epoch
-seconds, float) and ``event_type``; its shape is pinned by the JSON Schema of the
-same name in ``sensor/records/schemas/`` (checked by the tests).
+seconds, float) and ``event_type``; its shape is pinned by the JSON Schema of
+the same name in ``sensor/records/schemas/`` (checked by the tests).
 
-* ``smtp``: one per mail transaction.  Zeek's smtp.log field names and meanings
-  (``id.orig_h`` ...), plus what neither Zeek nor Suricata logs: every MAIL,
-  RCPT, DATA and BDAT with the reply it got (``steps``), ``msg_size``,
-  ``delivered``.  Like Zeek's JSON writer, a field with no value is left out.
-* ``anomaly``: something odd at the TCP or SMTP level, with a stable ``name``.
+* ``smtp`` (``smtp.py``): one per mail transaction; written by the pipeline.
+* ``anomaly`` (``anomaly.py``): something odd at the TCP or SMTP level; the pipeline.
+* ``alert`` (``alert.py``): a rule's ``alert()``; the rule engine.
+* ``drop`` (``drop.py``): a verdict put in force or lifted; the rule engine,
+  the reject statistics and the control socket, in one shape.
+* ``notice`` (``notice.py``): a host found by the reject statistics.
+
+``common.conn_fields``: the connection fields the flow records share.  Where
+records go: ``sensor.records.sinks``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
+from sensor.records.alert import alert_record
+from sensor.records.anomaly import anomaly_record
+from sensor.records.common import conn_fields
+from sensor.records.drop import drop_record, flow_target
+from sensor.records.notice import notice_record
+from sensor.records.smtp import extract_ips, received_path, smtp_record, split_addresses
 
-__all__ = ["conn_fields", "smtp_record", "anomaly_record", "received_path",
-           "split_addresses"]
-
-
-def conn_fields(flow) -> dict:
-    """The connection part every flow record shares (Zeek's ``uid`` and ``id``)."""
-    return {
-        "uid": flow.uid,
-        "id.orig_h": flow.orig_h,
-        "id.orig_p": flow.orig_p,
-        "id.resp_h": flow.resp_h,
-        "id.resp_p": flow.resp_p,
-        "community_id": flow.community_id,
-    }
-
-
-def _step(step) -> dict:
-    out = {"verb": step.verb, "parameter": step.parameter}
-    if step.code is not None:
-        out["code"] = step.code
-    if step.enhanced is not None:
-        out["enhanced"] = step.enhanced
-    if step.text is not None:
-        out["text"] = step.text
-    return out
-
-
-def smtp_record(flow, txn) -> dict:
-    """The ``smtp`` record of one ``sensor.smtp.Transaction`` of ``flow``."""
-    rec = {"ts": txn.first_ts or txn.ts, "event_type": "smtp"}
-    rec.update(conn_fields(flow))
-    rec["trans_depth"] = txn.trans_depth
-    if txn.helo is not None:
-        rec["helo"] = txn.helo
-    if txn.mailfrom is not None:
-        rec["mailfrom"] = txn.mailfrom
-    if txn.rcptto:
-        rec["rcptto"] = list(dict.fromkeys(txn.rcptto))   # Zeek: a set, kept in order
-    h = txn.headers
-    path = [flow.resp_h, flow.orig_h]
-    if h is not None:
-        _put(rec, "date", h.date)
-        _put(rec, "from", h.from_)
-        _put(rec, "to", _addresses(h.to))
-        _put(rec, "cc", _addresses(h.cc))
-        _put(rec, "reply_to", h.reply_to)
-        _put(rec, "msg_id", h.message_id)
-        _put(rec, "in_reply_to", h.in_reply_to)
-        _put(rec, "subject", h.subject)
-        _put(rec, "x_originating_ip", _first_ip(h.x_originating_ip))
-        # Zeek overwrites first_received with each Received header it reads
-        # (top to bottom), so "first" is the bottom one: the first hop.
-        if h.received:
-            rec["first_received"] = h.received[-1]
-            if len(h.received) > 1:
-                rec["second_received"] = h.received[-2]
-        path = received_path(path, h.received)
-    _put(rec, "last_reply", txn.last_reply)
-    rec["path"] = path
-    _put(rec, "user_agent", h.user_agent if h is not None else None)
-    rec["tls"] = txn.tls
-    rec["steps"] = [_step(s) for s in txn.steps]
-    if txn.message_size is not None:
-        rec["msg_size"] = txn.message_size
-    rec["delivered"] = txn.delivered
-    return rec
-
-
-def anomaly_record(flow, ts: float, layer: str, name: str, direction: str | None = None,
-                   detail: str = "") -> dict:
-    """An ``anomaly`` record.  ``layer`` is ``tcp`` or ``smtp``; ``flow`` may be None."""
-    rec = {"ts": ts, "event_type": "anomaly"}
-    if flow is not None:
-        rec.update(conn_fields(flow))
-    rec["layer"] = layer
-    rec["name"] = name
-    if direction is not None:
-        rec["direction"] = direction
-    if detail:
-        rec["detail"] = detail
-    return rec
-
-
-def _put(rec: dict, key: str, value) -> None:
-    if value is not None and value != []:
-        rec[key] = value
-
-
-# ------------------------------------------------------------- header helpers
-
-def split_addresses(value: str) -> list[str]:
-    """Split an address-list header value at top-level commas (not inside
-    quotes, angle brackets or comments), stripped, empties dropped: Zeek's
-    ``split_mime_email_addresses``."""
-    parts, cur, depth, quoted, esc = [], [], 0, False, False
-    for ch in value:
-        if esc:
-            esc = False
-        elif ch == "\\" and quoted:
-            esc = True
-        elif ch == '"':
-            quoted = not quoted
-        elif not quoted and ch in "<(":
-            depth += 1
-        elif not quoted and ch in ">)" and depth:
-            depth -= 1
-        elif ch == "," and not quoted and not depth:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _addresses(values) -> list[str]:
-    out: dict[str, None] = {}
-    for value in values:
-        for part in split_addresses(value):
-            out[part] = None
-    return list(out)
-
-
-_IP_TOKEN = re.compile(r"(?<![\w.:])(?:IPv6:)?([0-9A-Fa-f:.]*[:.][0-9A-Fa-f:.]*)(?![\w.:])")
-
-
-def extract_ips(text: str) -> list[str]:
-    """IP addresses in ``text``, in order (Zeek's ``extract_ip_addresses``)."""
-    found = []
-    for m in _IP_TOKEN.finditer(text):
-        token = m.group(1).strip(".:") if "::" not in m.group(1) else m.group(1)
-        try:
-            found.append(str(ipaddress.ip_address(token)))
-        except ValueError:
-            continue
-    return found
-
-
-def _first_ip(value: str | None) -> str | None:
-    if not value:
-        return None
-    ips = extract_ips(value)
-    return ips[0] if ips else None
-
-
-def received_path(path: list[str], received) -> list[str]:
-    """Zeek's smtp ``path``: the responder, the originator, then for each
-    Received header from the top the address it names (the second one when it
-    names several: "from host [client] by ..."), consecutive repeats dropped."""
-    path = list(path)
-    for value in received:
-        ips = extract_ips(value)
-        if not ips:
-            continue
-        ip = ips[1] if len(ips) > 1 else ips[0]
-        if path[-1] != ip:
-            path.append(ip)
-    return path
+__all__ = ["conn_fields", "smtp_record", "anomaly_record", "alert_record", "drop_record",
+           "flow_target", "notice_record", "received_path", "split_addresses", "extract_ips"]

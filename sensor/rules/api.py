@@ -59,9 +59,10 @@ class hooks:
     mail_content = Hook("mail_content", "bytes / async iterator of bytes", streamable=True)
     #: the end of a message; ``fn(flow, end)``: ``sensor.smtp.MessageEnd`` (size, smuggling evidence).
     message_end = Hook("message_end", "sensor.smtp.MessageEnd")
-    #: a finished transaction; ``fn(flow, record)``: the ``smtp`` record (a dict, Zeek's fields).
+    #: a finished transaction; ``fn(flow, record)``: the ``smtp`` record (a dict, Zeek's fields),
+    #: the very one written to the records (read it, do not change it).
     transaction = Hook("transaction", "the smtp record (dict)")
-    #: an anomaly; ``fn(flow, record)``: the ``anomaly`` record (dict with ``name``).
+    #: an SMTP anomaly; ``fn(flow, record)``: the ``anomaly`` record written (dict with ``name``).
     anomaly = Hook("anomaly", "the anomaly record (dict)")
     #: the end of the connection; ``fn(flow)``.
     connection_end = Hook("connection_end", "nothing (the flow only)")

@@ -6,10 +6,16 @@ which packets an inline sensor would have let pass (``passes``).
 
 * ``KernelEnforcer``: ``drop_flow`` writes the kernel's flow-drop entry (both
   directions) with one map update before it returns; ``ban`` writes a prefix
-  into the LPM ban trie; ``bypass`` stops pushing an encrypted flow.
+  into the LPM ban trie, ``unban`` removes it; ``bypass`` stops pushing an
+  encrypted flow; ``bans`` lists the kernel's bans with the operator's notes.
 * ``ReplayEnforcer``: the same verdicts, applied to the packets that follow
   in the capture (the packet that triggered a verdict is dropped too: that is
   what an inline sensor such as Haka does).
+
+Every verdict goes through an enforcer, whoever decides it: the rule engine,
+the reject statistics, the operator through the control socket.  The
+enforcer applies it; the ``drop`` record is the decider's (``sensor.records.drop``),
+with the enforcer's ``mode`` as ``enforced_by``.
 
 ``passes(segment, ts)`` is the pipeline's gate in both modes: live, it keeps
 the stragglers of a dropped flow (already in the ring when the kernel entry
@@ -60,6 +66,10 @@ class Verdicts:
     def add_ban(self, network, expires=None) -> None:
         self.bans[ipaddress.ip_network(network, strict=False)] = expires
         self._expiring(expires)
+
+    def remove_ban(self, network) -> bool:
+        """Lift a ban; False if there was none."""
+        return self.bans.pop(ipaddress.ip_network(network, strict=False), False) is not False
 
     def flow_dropped(self, src: str, sport: int, dst: str, dport: int, now: float | None = None) -> bool:
         return self._flow_dropped(pack_addr(src), sport, pack_addr(dst), dport, now)
@@ -127,6 +137,7 @@ class KernelEnforcer:
         self.passes = self.verdicts.passes
         self.latencies_ns: list[int] = []          # verdict -> map written, last N
         self._keep = 10_000
+        self.notes: dict[str, str] = {}            # prefix -> the operator's words (ban add --reason)
 
     def _timed(self, fn, *args, **kw):
         t0 = time.perf_counter_ns()
@@ -143,9 +154,31 @@ class KernelEnforcer:
                     ttl=ttl, reason=abi.Reason.RULE)
         self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl), now)
 
-    def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE) -> None:
+    def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE,
+            note: str | None = None) -> None:
+        """Ban ``network`` for ``ttl`` seconds (None: until lifted).  The ban
+        replaces any entry of the same prefix, its note with it: ``note`` (the
+        operator's words) is what ``bans()`` shows with it."""
         self._timed(self.maps.ban, network, ttl=ttl, reason=reason)
         self.verdicts.add_ban(network, _expiry(now, ttl))
+        if note:
+            self.notes[network] = note
+        else:
+            self.notes.pop(network, None)
+
+    def unban(self, network: str) -> bool:
+        """Lift the ban of ``network``; False if the kernel had none."""
+        removed = self.maps.unban(network)
+        self.verdicts.remove_ban(network)
+        self.notes.pop(network, None)
+        return removed
+
+    def bans(self) -> list[tuple]:
+        """The kernel's bans (``sensor.kernel.maps.Entry``), each with its note or None."""
+        entries = self.maps.bans()
+        for gone in set(self.notes) - {e.target for e in entries}:   # expired and swept
+            del self.notes[gone]
+        return [(e, self.notes.get(e.target)) for e in entries]
 
     def bypass(self, flow, ttl: float | None, now: float) -> None:
         from sensor.kernel.maps import Flow
@@ -165,8 +198,13 @@ class ReplayEnforcer:
     def drop_flow(self, flow, ttl: float | None, now: float) -> None:
         self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl))
 
-    def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE) -> None:
+    def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE,
+            note: str | None = None) -> None:
+        """As ``KernelEnforcer.ban``; a replay lists no bans, so ``note`` is in the record only."""
         self.verdicts.add_ban(network, _expiry(now, ttl))
+
+    def unban(self, network: str) -> bool:
+        return self.verdicts.remove_ban(network)
 
     def bypass(self, flow, ttl: float | None, now: float) -> None:
         self.bypassed.add((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p))

@@ -25,6 +25,7 @@ import time
 import traceback
 
 from sensor import records
+from sensor.records.drop import BAN_SOURCE, DROP_FLOW, RULE, flow_target
 from sensor.rules import api
 from sensor.smtp import events as sev
 from sensor.stream import reassembly
@@ -262,7 +263,7 @@ class RuleEngine:
         elif kind is sev.Transaction:
             rules = by_hook["transaction"]
             if rules:
-                self._run_list(rules, flow, records.smtp_record(session.flow, ev))
+                self._run_list(rules, flow, session.record)
             # with pipelining or a nested MAIL the next transaction may already
             # be under way (a higher depth): keep it.  (Was: compared by
             # sender and recipients, so a nested MAIL from the same sender
@@ -272,8 +273,7 @@ class RuleEngine:
         elif kind is sev.Anomaly:
             rules = by_hook["anomaly"]
             if rules:
-                self._run_list(rules, flow, records.anomaly_record(
-                    session.flow, ev.ts, "smtp", ev.name, ev.direction, ev.detail))
+                self._run_list(rules, flow, session.record)
         elif kind is reassembly.FlowEnd:
             self._end_streams(flow, abort=True)
             self._run(api.hooks.connection_end, flow)
@@ -426,46 +426,19 @@ class RuleEngine:
                     targets, ref, extra) -> dict:
         self.alerts += 1
         r.alerts += 1
-        rec = {"ts": self._now, "event_type": "alert", "uid": flow.uid,
-               "src_ip": flow.orig_h, "src_port": flow.orig_p,
-               "dest_ip": flow.resp_h, "dest_port": flow.resp_p, "proto": "TCP",
-               "community_id": flow.community_id}
-        alert = {"signature_id": r.id, "rev": r.rev, "signature": description,
-                 "severity": severity}
-        if confidence is not None:
-            alert["confidence"] = confidence
-        if method is not None:
-            alert["method"] = method
-        alert["sources"] = sources or [flow.orig_h]
-        alert["targets"] = targets or [flow.resp_h]
-        if ref:
-            alert["ref"] = ref
-        if extra:
-            alert["metadata"] = {k: v for k, v in extra.items()}
-        rec["alert"] = alert
-        smtp = {}
-        if flow.helo is not None:
-            smtp["helo"] = flow.helo
-        if flow.transaction.mailfrom is not None:
-            smtp["mail_from"] = flow.transaction.mailfrom
-        if flow.transaction.rcptto:
-            smtp["rcpt_to"] = list(flow.transaction.rcptto)
-        rec["smtp"] = smtp
+        txn = flow.transaction
+        rec = records.alert_record(
+            self._now, flow, signature_id=r.id, rev=r.rev, signature=description, severity=severity,
+            confidence=confidence, method=method, sources=sources, targets=targets, ref=ref,
+            metadata=extra, helo=flow.helo, mail_from=txn.mailfrom, rcpt_to=txn.rcptto)
         self.sink(rec)
         return rec
 
     def _verdict_record(self, flow, action: str, target: str, ttl) -> None:
         cur = api._current.get()
-        rec = {"ts": self._now, "event_type": "drop", "uid": flow.uid,
-               "id.orig_h": flow.orig_h, "id.orig_p": flow.orig_p,
-               "id.resp_h": flow.resp_h, "id.resp_p": flow.resp_p,
-               "community_id": flow.community_id, "action": action, "target": target,
-               "reason": "rule", "enforced_by": self.enforcer.mode}
-        if cur is not None:
-            rec["rule_id"] = cur[1].id
-        if ttl:
-            rec["ttl"] = ttl
-        self.sink(rec)
+        self.sink(records.drop_record(self._now, action, target, RULE, self.enforcer.mode,
+                                      flow=flow, rule_id=cur[1].id if cur is not None else None,
+                                      ttl=ttl))
 
     def drop(self, flow, ttl) -> None:
         if flow.dropped:
@@ -473,7 +446,7 @@ class RuleEngine:
         self.enforcer.drop_flow(flow, ttl, self._now)
         flow.dropped = True
         self.drops += 1
-        self._verdict_record(flow, "drop_flow", f"{flow.orig_h}:{flow.orig_p} <> {flow.resp_h}:{flow.resp_p}", ttl)
+        self._verdict_record(flow, DROP_FLOW, flow_target(flow), ttl)
 
     def ban(self, flow, ttl, prefix) -> None:
         import ipaddress
@@ -483,7 +456,7 @@ class RuleEngine:
         self.enforcer.ban(network, ttl, self._now)
         self.bans += 1
         flow.dropped = True
-        self._verdict_record(flow, "ban_source", network, ttl)
+        self._verdict_record(flow, BAN_SOURCE, network, ttl)
 
     def bypass(self, flow) -> None:
         if flow.bypassed:

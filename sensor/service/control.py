@@ -15,7 +15,9 @@ sent a whole request yet (idle connections cannot lock the operator out).  No
 request, however malformed, and no command's failure can raise into the
 sensor's loop.
 
-Commands: status, flows, stats, bans, ban_add, ban_del, reload, stop.
+Commands: status, flows, stats, bans, ban_add, ban_del, reload, stop.  The
+server is transport: bans and unbans go through the sensor's enforcer, their
+``drop`` records through ``sensor.records.drop``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import time
 import msgpack
 
 from sensor.errors import SensorError
+from sensor.kernel import abi
+from sensor.records import drop
 
 __all__ = ["ControlServer", "ControlClient", "DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "NotRunning",
            "ControlUsageError", "BadArgument", "check_prefix", "check_ttl"]
@@ -122,7 +126,6 @@ class ControlServer:
         self.refused = 0
         self.errors = 0          # commands that raised something unexpected (logged)
         self.bans_added = 0
-        self.ban_notes: dict[str, str] = {}     # prefix -> the operator's reason (ban add --reason)
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
             if _alive(self.path):
@@ -323,48 +326,35 @@ class ControlServer:
 
     def cmd_bans(self) -> list:
         out = []
-        bans = self.sensor.datapath.maps.bans()
-        for gone in set(self.ban_notes) - {e.target for e in bans}:   # expired and swept
-            del self.ban_notes[gone]
-        for e in bans:
+        for e, note in self.sensor.enforcer.bans():
             row = {"target": e.target, "reason": e.reason.name.lower(), "ttl_left": e.ttl_left(),
                    "packets": e.packets, "bytes": e.bytes}
-            if e.target in self.ban_notes:
-                row["note"] = self.ban_notes[e.target]
+            if note:
+                row["note"] = note
             out.append(row)
         return out
 
     def cmd_ban_add(self, prefix: str, ttl: float | None = None, reason: str | None = None) -> dict:
         """Ban a prefix in XDP; ``reason``: the operator's words, kept with the
         ban (``ban list``: note) and in the drop record."""
-        from sensor.kernel import abi
         network = check_prefix(prefix)
         ttl = check_ttl(ttl)
         if reason is not None and (not isinstance(reason, str) or len(reason) > 200):
             raise BadArgument("reason must be a string of at most 200 characters")
-        self.sensor.datapath.maps.ban(network, ttl=ttl, reason=abi.Reason.MANUAL)
-        self.sensor.enforcer.verdicts.add_ban(network, None if not ttl else time.time() + ttl)
+        enforcer, now = self.sensor.enforcer, time.time()
+        enforcer.ban(network, ttl, now, abi.Reason.MANUAL, note=reason)
         self.bans_added += 1
-        if reason:
-            self.ban_notes[network] = reason
-        else:
-            self.ban_notes.pop(network, None)
-        rec = {"ts": time.time(), "event_type": "drop", "action": "ban_source", "target": network,
-               "reason": "manual", "enforced_by": self.sensor.enforcer.mode}
-        if ttl:
-            rec["ttl"] = ttl
-        if reason:
-            rec["note"] = reason
-        self.sensor.sink(rec)
+        self.sensor.sink(drop.drop_record(now, drop.BAN_SOURCE, network, drop.MANUAL, enforcer.mode,
+                                          ttl=ttl, note=reason))
         return {"banned": network, "ttl": ttl, **({"note": reason} if reason else {})}
 
     def cmd_ban_del(self, prefix: str) -> dict:
         network = check_prefix(prefix)
-        removed = self.sensor.datapath.maps.unban(network)
-        self.sensor.enforcer.verdicts.bans.pop(ipaddress.ip_network(network), None)
-        self.ban_notes.pop(network, None)
-        if not removed:
+        enforcer = self.sensor.enforcer
+        if not enforcer.unban(network):
             raise SensorError(f"{network} is not banned")
+        self.sensor.sink(drop.drop_record(time.time(), drop.UNBAN_SOURCE, network, drop.MANUAL,
+                                          enforcer.mode))
         return {"unbanned": network}
 
     def cmd_reload(self) -> dict:

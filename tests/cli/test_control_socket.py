@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import msgpack
 import pytest
 
+from sensor.rules.enforce import KernelEnforcer
 from sensor.service import control
 from sensor.service.control import MAX_CLIENTS, MAX_REQUEST, ControlClient, ControlError, ControlServer
 
@@ -60,8 +61,7 @@ class FakeSensor:
     def __init__(self):
         self.maps = FakeMaps()
         self.datapath = SimpleNamespace(maps=self.maps)
-        self.enforcer = SimpleNamespace(mode="kernel",
-                                        verdicts=SimpleNamespace(bans={}, add_ban=lambda net, exp: None))
+        self.enforcer = KernelEnforcer(self.maps)
         self.pipeline = SimpleNamespace(sessions=[])
         self.stats = None
         self.engine = None
@@ -332,6 +332,7 @@ def test_good_commands_still_work(served):
         {"banned": "192.0.2.7/32", "ttl": 60.0, "note": "test"}
     assert client.call("bans")[0]["note"] == "test"
     assert client.call("ban_del", prefix="192.0.2.7") == {"unbanned": "192.0.2.7/32"}
+    assert served.sensor.maps.banned == {}
     with pytest.raises(ControlError, match="is not banned") as err:
         client.call("ban_del", prefix="192.0.2.7")
     assert err.value.exit_code == 1
@@ -343,6 +344,33 @@ def test_good_commands_still_work(served):
     with pytest.raises(control.ControlUsageError) as err:
         client.call("flows", limit="five")
     assert err.value.exit_code == 2
+
+
+def test_ban_and_unban_go_through_the_enforcer_and_write_drop_records(served):
+    from support.record_schemas import check as check_schema
+
+    client = ControlClient(served.server.path)
+    client.call("ban_add", prefix="198.51.100.0/24", ttl=600, reason="scanner")
+    client.call("ban_add", prefix="2001:db8::/48")
+    enforcer = served.sensor.enforcer
+    assert enforcer.verdicts.banned("198.51.100.9") and enforcer.verdicts.banned("2001:db8::1")
+    assert served.sensor.maps.banned == {"198.51.100.0/24": 600.0, "2001:db8::/48": None}
+    assert client.call("ban_del", prefix="198.51.100.0/24") == {"unbanned": "198.51.100.0/24"}
+    assert not enforcer.verdicts.banned("198.51.100.9") and "198.51.100.0/24" not in enforcer.notes
+    shapes = [{k: v for k, v in r.items() if k != "ts"} for r in served.sensor.records]
+    assert shapes == [
+        {"event_type": "drop", "action": "ban_source", "target": "198.51.100.0/24", "reason": "manual",
+         "enforced_by": "kernel", "ttl": 600.0, "note": "scanner"},
+        {"event_type": "drop", "action": "ban_source", "target": "2001:db8::/48", "reason": "manual",
+         "enforced_by": "kernel"},
+        {"event_type": "drop", "action": "unban_source", "target": "198.51.100.0/24", "reason": "manual",
+         "enforced_by": "kernel"},
+    ]
+    for rec in served.sensor.records:
+        check_schema(rec)
+    with pytest.raises(ControlError, match="is not banned"):
+        client.call("ban_del", prefix="198.51.100.0/24")
+    assert len(served.sensor.records) == 3          # no record for a ban that was not there
 
 
 def test_many_idle_connections_do_not_lock_the_operator_out(served):

@@ -102,6 +102,25 @@ def test_every_hook_fires_in_connection_order_with_its_argument():
     ]
 
 
+def test_transaction_and_anomaly_rules_get_the_very_records_written():
+    given = []
+
+    @rule(hooks.transaction, id="t.transaction")
+    def on_transaction(flow, record):
+        given.append(record)
+
+    @rule(hooks.anomaly, id="t.anomaly")
+    def on_anomaly(flow, record):
+        given.append(record)
+
+    dialogue = DIALOGUE[:3] + [(True, b"XYZZY\r\n"), (False, b"502 5.5.2 what?\r\n")] + DIALOGUE[3:]
+    r = run(StaticRules(on_transaction, on_anomaly), dialogue)
+    written = r.sink.of("anomaly") + r.sink.of("smtp")
+    assert [rec["event_type"] for rec in given] == ["anomaly", "smtp"]
+    # built once: the rules get the dicts the sink got, not copies built again
+    assert all(a is b for a, b in zip(given, written)) and len(given) == len(written)
+
+
 def test_mail_and_rcpt_rules_see_the_parsed_address_in_the_transaction_even_pipelined():
     seen = []
 

@@ -18,6 +18,7 @@ import pytest
 from sensor.config import SpamStatsConfig
 from sensor.kernel import abi
 from sensor.pipeline import Pipeline
+from sensor.records.notice import notice_record
 from sensor.records.sinks import ListSink
 from sensor.rules.enforce import ReplayEnforcer
 from sensor.spamstats import (
@@ -29,7 +30,6 @@ from sensor.spamstats import (
     RejectStatsListener,
     SnapshotError,
     SpamStatsActor,
-    notice_record,
     read_snapshot,
     write_snapshot,
 )
@@ -462,6 +462,39 @@ def test_snapshot_round_trip_keeps_windows_in_wall_clock_terms(tmp_path):
     assert stats2.counters.connections == 19 + 2 and stats2.counters.notices == 2
 
 
+def test_a_restore_replaces_the_statistics_in_place(tmp_path):
+    stats = make(threshold=3)
+    burst(stats, REMOTE, T0, 3, 3)
+    write_snapshot(tmp_path / "s", stats)
+    live = make(threshold=3)
+    counters = live.counters
+    burst(live, LOCAL, T0, 5, 5)
+    live.check(T0 + 1)
+    burst(live, LOCAL, T0 + 2, 1, 1)
+    assert read_snapshot(tmp_path / "s", live).ok
+    assert LOCAL not in live and live.counts(REMOTE) == (3, 3)
+    # the counters object others hold stays, with the snapshot's values
+    assert live.counters is counters and counters.as_dict() == stats.counters.as_dict()
+    # what the snapshot held as not judged yet is judged at the next check
+    (n,) = live.check(T0 + 3)
+    assert (n.src, n.total) == (REMOTE, 3)
+
+
+def test_a_snapshot_restores_into_the_other_window(tmp_path):
+    clock = Clock(900 * 2_000_000.0)
+    fixed = make(clock)
+    burst(fixed, REMOTE, clock.t, 4, 2)
+    write_snapshot(tmp_path / "fixed", fixed)
+    sliding = make(Clock(clock.t), window="sliding", sliding_buckets=4)
+    assert read_snapshot(tmp_path / "fixed", sliding).ok
+    assert sliding.counts(REMOTE, clock.t + 10) == (4, 2)           # one bucket
+    write_snapshot(tmp_path / "sliding", sliding)
+    again = make(Clock(clock.t))
+    assert read_snapshot(tmp_path / "sliding", again).ok
+    assert again.counts(REMOTE, clock.t + 10) == (4, 2)
+    assert again.counts(REMOTE, clock.t + 3600) == (0, 0)           # from its oldest bucket
+
+
 def test_snapshot_of_a_sliding_window(tmp_path):
     clock = Clock(900 * 2_000_000.0)
     stats = make(clock, window="sliding", sliding_buckets=4)
@@ -519,8 +552,17 @@ def test_snapshot_write_syncs_file_and_folder(tmp_path, monkeypatch):
     msgpack.packb({"format": "smtp-sensor/spam-stats", "version": 99}),
     msgpack.packb({"format": "smtp-sensor/spam-stats", "version": 1, "saved_at": 1.0,
                    "hosts": [], "suppressed": [], "bans": [["192.0.2.1/32", "x", 1, "soon", 5]]}),
+    msgpack.packb({"format": "smtp-sensor/spam-stats", "version": 1, "saved_at": 1.0,
+                   "hosts": [["192.0.2.1", 1, 1, 0, 0, [[1, 2]], [], 0, [], 0, True]],
+                   "suppressed": [], "bans": []}),
+    msgpack.packb({"format": "smtp-sensor/spam-stats", "version": 1, "saved_at": 1.0,
+                   "hosts": [], "suppressed": [["SMTP_PossibleSpam", "192.0.2.1"]], "bans": []}),
+    msgpack.packb({"format": "smtp-sensor/spam-stats", "version": 1, "saved_at": 1.0,
+                   "hosts": [], "suppressed": [], "bans": [], "counters": [1, 2]}),
+    msgpack.packb({"format": "other-tool/state", "version": 1}),
     b"",
-], ids=["garbage", "wrong-shape", "bad-host", "future-version", "bad-ban", "empty"])
+], ids=["garbage", "wrong-shape", "bad-host", "future-version", "bad-ban", "bad-bucket", "bad-suppression",
+        "counters-not-a-map", "foreign", "empty"])
 def test_a_corrupt_snapshot_is_reported_and_set_aside(tmp_path, content):
     path = tmp_path / "spam.msgpack"
     path.write_bytes(content)
