@@ -13,7 +13,7 @@
    (MAIL FROM a banned domain, RCPT, DATA, a message of --message-bytes,
    ".", QUIT) right behind the EHLO: per dropped flow, how many of its
    segments still came out of the perf ring after the drop (kept from the
-   dissector by the pipeline's gate: ``pipeline.stats.gated``), how many the
+   dissector by the pipeline's gate: ``pipeline.counters.gated``), how many the
    kernel dropped (the flow-drop entry's packet count, client -> server, and
    XDP's drop_flow counter), and how many of those messages the server
    accepted anyway (its journal).
@@ -53,10 +53,10 @@ from sensor.service import log as sensor_log  # noqa: E402
 from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
 from sensor.lab.network import SERVER_V4, Lab  # noqa: E402
 from sensor.inputs.live import LiveFeed  # noqa: E402
-from sensor.pipeline import Pipeline  # noqa: E402
-from sensor.rules.engine import RuleEngine  # noqa: E402
+from sensor.assembly import Userland  # noqa: E402
+from sensor.config import Config, SensorConfig, SpamStatsConfig  # noqa: E402
+from sensor.errors import SensorError  # noqa: E402
 from sensor.rules.enforce import KernelEnforcer  # noqa: E402
-from sensor.rules.loader import RuleSet  # noqa: E402
 
 RULES = REPO / "rules"
 SYN, ACK, PSH = 0x02, 0x10, 0x08
@@ -87,14 +87,14 @@ class TimedEnforcer(KernelEnforcer):
                            self.latencies_ns[-1]))
 
 
-def engine_for(pipeline, sink, maps):
-    ruleset = RuleSet(RULES)
-    if ruleset.errors:
-        raise SystemExit(f"bench_enforce: the rules in {RULES} do not load: {ruleset.errors}")
-    enforcer = TimedEnforcer(maps)
-    engine = RuleEngine(ruleset, sink, enforcer)
-    pipeline.listeners.append(engine)
-    return engine, enforcer
+def userland_for(sink, maps, uid_seed) -> Userland:
+    """The sensor's userland with the shipped rules (no reject statistics),
+    its verdicts onto the real maps."""
+    config = Config(sensor=SensorConfig(rules=RULES), spam_stats=SpamStatsConfig(enabled=False))
+    try:
+        return Userland(config, sink, TimedEnforcer(maps), uid_seed=uid_seed)
+    except SensorError as exc:
+        raise SystemExit(f"bench_enforce: {exc}") from None
 
 
 def pct(values, q: float) -> float:
@@ -118,8 +118,8 @@ def synthetic(dp: Datapath, flows: int) -> dict:
     """``flows`` connections (handshake, banner, EHLO, MAIL FROM a banned
     domain) fed as segments through pipeline + engine; every MAIL is a drop."""
     sink = Sink()
-    pipeline = Pipeline(sink, uid_seed=1)
-    engine, enforcer = engine_for(pipeline, sink, dp.maps)
+    userland = userland_for(sink, dp.maps, uid_seed=1)
+    pipeline, engine, enforcer = userland.pipeline, userland.engine, userland.enforcer
     enforcer._keep = flows + 10
     server = ipaddress.ip_address(SERVER_V4).packed
     feed = pipeline.feed_segment
@@ -151,7 +151,7 @@ def synthetic(dp: Datapath, flows: int) -> dict:
         feed(mail, ts)
         userland_ns.append(time.perf_counter_ns() - t0)
     pipeline.finish()
-    assert engine.drops == flows, (engine.drops, flows, sink.counts, engine.errors)
+    assert engine.counters.drops == flows, (engine.counters.drops, flows, sink.counts, engine.counters.errors)
     result = {"flows": flows, "map_write": summary_us(enforcer.latencies_ns),
               "mail_segment_to_drop": summary_us(userland_ns), "records": dict(sink.counts)}
     dp.maps.flow_drop.clear()
@@ -236,14 +236,14 @@ def live(lab: Lab, pin_dir: Path, wakeup: int, args) -> dict:
         dp.maps.flow_drop.clear()
         dp.attach(lab.server_if, netns=lab.server_ns)
         sink = Sink()
-        pipeline = Pipeline(sink, uid_seed=os.urandom(12))
+        userland = userland_for(sink, dp.maps, uid_seed=os.urandom(12))
+        pipeline, engine, enforcer = userland.pipeline, userland.engine, userland.enforcer
         feed = LiveFeed(dp.event_reader(wake_batch=wakeup > 1), pipeline, dp.maps)
-        engine, enforcer = engine_for(pipeline, sink, dp.maps)
         enforcer._keep = args.sessions + 10
         gated = Counter()
         passes = enforcer.passes
 
-        def gate(seg, ts):                  # the CLI's gate, counting per flow (by the client's port)
+        def gate(seg, ts):                  # the userland's gate, counting per flow (by the client's port)
             ok = passes(seg, ts)
             if not ok:
                 gated[seg.sport if seg.dport == 25 else seg.dport] += 1
@@ -276,11 +276,11 @@ def live(lab: Lab, pin_dir: Path, wakeup: int, args) -> dict:
         errors = [s for s in sessions if "error" in s]
         result = {
             "wakeup": wakeup, "sessions": args.sessions, "ok_sessions": len(sessions) - len(errors),
-            "client_errors": len(errors), "elapsed_s": round(elapsed, 2), "drops": engine.drops,
-            "alerts": sink.counts.get("alert", 0), "rule_errors": engine.errors,
+            "client_errors": len(errors), "elapsed_s": round(elapsed, 2), "drops": engine.counters.drops,
+            "alerts": sink.counts.get("alert", 0), "rule_errors": engine.counters.errors,
             "map_write": summary_us(enforcer.latencies_ns),
             "event_to_map": summary_us(e2e),
-            "gated_per_flow": _dist(per_flow_gated), "gated_total": pipeline.stats.gated,
+            "gated_per_flow": _dist(per_flow_gated), "gated_total": pipeline.counters.gated,
             "kernel_dropped_per_flow_ingress": _dist(per_flow_kernel),
             "kernel_dropped_per_flow_egress": _dist(per_flow_kernel_egress),
             "xdp_drop_flow": counters["ingress"]["drop_flow"], "tc_drop_flow": counters["egress"]["drop_flow"],

@@ -6,8 +6,10 @@
 Generates the capture with bench/gen_capture.py (or reuses it when its sidecar
 JSON matches), then, each in a fresh process so peak RSS and CPU time are its own:
 
-* our replay (``sensor.inputs.replay.replay`` through ``Pipeline``) with records going
-  to a counting sink, ``--runs`` times;
+* our replay (``sensor.inputs.replay.replay`` through the sensor's userland,
+  ``sensor.assembly.Userland``, without rules or reject statistics: the
+  dissection tshark also does) with records going to a counting sink,
+  ``--runs`` times;
 * the same with records rendered by ``JsonLinesSink`` to /dev/null (the
   ``smtp-sensor replay`` output path), ``--json-runs`` times;
 * ``tshark -r CAP -Y smtp -T fields -e smtp.req.command`` (TCP and SMTP
@@ -15,7 +17,7 @@ JSON matches), then, each in a fresh process so peak RSS and CPU time are its ow
   frame fully), ``--tshark-runs`` times.
 
 Prints medians: wall time, CPU time, SMTP payload MB/s (TCP payload of SMTP
-flows, ``pipeline.stats.payload_bytes``) per wall second and per CPU second
+flows, ``pipeline.counters.payload_bytes``) per wall second and per CPU second
 (both are single-threaded: per CPU second is per core, and is what to compare
 on a shared machine), transactions/s, peak RSS, and tshark's time over ours.  Checks the replay against what the
 generator says the capture holds (transactions, messages, bytes, recipients,
@@ -73,9 +75,10 @@ class CountingSink:
 
 
 def child(mode: str, path: str, profile: bool) -> None:
-    from sensor.records.sinks import JsonLinesSink
-    from sensor.pipeline import Pipeline
+    from sensor.assembly import Userland
+    from sensor.config import Config, SpamStatsConfig
     from sensor.inputs.replay import replay
+    from sensor.records.sinks import JsonLinesSink
 
     counting = CountingSink()
     devnull = None
@@ -88,14 +91,14 @@ def child(mode: str, path: str, profile: bool) -> None:
             jsink(rec)
     else:
         sink = counting
-    pipeline = Pipeline(sink)
+    userland = Userland(Config(spam_stats=SpamStatsConfig(enabled=False)), sink)
     prof = None
     if profile:
         import cProfile
         prof = cProfile.Profile()
         prof.enable()
     t = time.perf_counter()
-    res = replay(path, pipeline)
+    res = replay(path, userland)
     wall = time.perf_counter() - t
     if prof is not None:
         prof.disable()
@@ -106,10 +109,10 @@ def child(mode: str, path: str, profile: bool) -> None:
         sys.stderr.write(buf.getvalue())
     if devnull is not None:
         devnull.close()
-    s = res.stats
+    c = res.counters
     print(json.dumps({
-        "wall": wall, "packets": res.packets, "payload_bytes": s["payload_bytes"],
-        "transactions": s["transactions"], "flows": s["flows"], "stats": s,
+        "wall": wall, "packets": res.packets, "payload_bytes": c["payload_bytes"],
+        "transactions": c["transactions"], "flows": c["flows"], "counters": c,
         "sink": vars(counting),
     }))
 
@@ -146,19 +149,19 @@ def ensure_capture(path, size_mb, seed, regen):
 
 
 def check(expect, res):
-    sink, st = res["sink"], res["stats"]
+    sink, counters = res["sink"], res["counters"]
     pairs = [
         ("transactions (smtp records)", expect["transactions"], sink["smtp"]),
-        ("transactions (stats)", expect["transactions"], st["transactions"]),
-        ("flows", expect["sessions"], st["flows"]),
+        ("transactions (counters)", expect["transactions"], counters["transactions"]),
+        ("flows", expect["sessions"], counters["flows"]),
         ("messages", expect["messages"], sink["messages"]),
         ("message bytes", expect["message_bytes"], sink["message_bytes"]),
         ("delivered", expect["delivered"], sink["delivered"]),
         ("recipients", expect["recipients"], sink["recipients"]),
         ("tls transactions", expect["starttls"], sink["tls"]),
-        ("TCP payload bytes", expect["payload_bytes"], st["payload_bytes"]),
+        ("TCP payload bytes", expect["payload_bytes"], counters["payload_bytes"]),
         ("anomalies", expect["anomalies"], sink["anomalies"]),
-        ("gap bytes", 0, st["gap_bytes"]),
+        ("gap bytes", 0, counters["gap_bytes"]),
     ]
     bad = [(n, e, g) for n, e, g in pairs if e != g]
     for n, e, g in bad:

@@ -9,7 +9,8 @@ QUIT, waiting for every reply), from --concurrency threads for --seconds per
 step, against a real server in the server namespace (aiosmtpd through
 sensor.lab.server, or Postfix through lab.start_postfix). The sensor is the
 `run` loop in this process (datapath on the server's veth, LiveFeed.step(50),
-Pipeline, the shipped rules unless --no-rules; wakeups as `run` chooses: every
+the userland (sensor.assembly, the shipped rules unless --no-rules, no reject
+statistics); wakeups as `run` chooses: every
 record with rules, batched without). A step counts when no event was lost
 (ring full) and the sensor saw as many mail transactions as the client
 completed sessions. Also reported: the sensor's CPU time per session (this
@@ -98,7 +99,7 @@ class Sink:
 
 def step(lab: Lab, sensor, concurrency: int, seconds: float) -> dict:
     feed, pipeline, sink = sensor
-    tx0, lost0, cpu0 = pipeline.stats.transactions, feed.reader.lost, time.process_time()
+    tx0, lost0, cpu0 = pipeline.counters.transactions, feed.reader.lost, time.process_time()
     client = subprocess.Popen(lab.exec_argv(lab.client_ns, sys.executable, "-c", CLIENT, SERVER_V4,
                                             str(seconds), str(concurrency)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,7 +109,7 @@ def step(lab: Lab, sensor, concurrency: int, seconds: float) -> dict:
     out, err = client.communicate()
     cpu = time.process_time() - cpu0
     res = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"sessions": 0, "errors": -1, "seconds": 0}
-    seen = pipeline.stats.transactions - tx0
+    seen = pipeline.counters.transactions - tx0
     lost = feed.reader.lost - lost0
     rate = res["sessions"] / res["seconds"] if res["seconds"] else 0
     return {"concurrency": concurrency, "sessions": res["sessions"], "client_errors": res["errors"],
@@ -120,9 +121,11 @@ def step(lab: Lab, sensor, concurrency: int, seconds: float) -> dict:
 
 
 def run(server: str = "aiosmtpd", concurrencies=(1, 4, 16), seconds: float = 4.0, rules: bool = True) -> dict:
-    from sensor.kernel.datapath import Datapath, DatapathConfig
+    from sensor.assembly import Userland
+    from sensor.config import Config, SensorConfig, SpamStatsConfig
     from sensor.inputs.live import LiveFeed
-    from sensor.pipeline import Pipeline
+    from sensor.kernel.datapath import Datapath, DatapathConfig
+    from sensor.rules.enforce import KernelEnforcer
 
     pin_root = Path(tempfile.mkdtemp(prefix="ss-bench-sessions-", dir="/sys/fs/bpf"))
     steps = []
@@ -135,14 +138,11 @@ def run(server: str = "aiosmtpd", concurrencies=(1, 4, 16), seconds: float = 4.0
             with Datapath(DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}")) as dp:
                 dp.attach(lab.server_if, netns=lab.server_ns)
                 sink = Sink()
-                pipeline = Pipeline(sink, uid_seed=os.urandom(12))
+                # the sensor's userland, with the shipped rules or none, no reject statistics
+                config = Config(sensor=SensorConfig(rules=REPO / "rules" if rules else None),
+                                spam_stats=SpamStatsConfig(enabled=False))
+                pipeline = Userland(config, sink, KernelEnforcer(dp.maps), uid_seed=os.urandom(12)).pipeline
                 feed = LiveFeed(dp.event_reader(wake_batch=not rules), pipeline, dp.maps)
-                if rules:
-                    from sensor.rules.engine import RuleEngine
-                    from sensor.rules.enforce import KernelEnforcer
-                    from sensor.rules.loader import RuleSet
-                    engine = RuleEngine(RuleSet(REPO / "rules"), sink, KernelEnforcer(dp.maps))
-                    pipeline.listeners.append(engine)
                 for c in concurrencies:
                     steps.append(step(lab, (feed, pipeline, sink), c, seconds))
     finally:

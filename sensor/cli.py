@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import structlog
-
 from sensor.errors import SensorError
 from sensor.service import log as sensor_log
 
@@ -138,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("capture", type=Path, help="pcap or pcapng file")
     rep.add_argument("-o", "--output", type=Path, help="write records here (default stdout)")
-    rep.add_argument("-c", "--config", type=Path, help="TOML config: ports, limits, spam_stats, rules")
+    rep.add_argument("-c", "--config", type=Path,
+                     help="TOML config (a live sensor's own): ports, rules, enforce, limits, spam_stats")
     rep.add_argument("--ports", type=parse_ports, help="SMTP ports (default 25,587)")
     rep.add_argument("--lenient", action="store_true",
                      help="read what can be read of a truncated capture (a warning, exit 0)")
@@ -147,18 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--write-passed", type=Path, metavar="OUT.pcap",
                      help="write the packets the rules' verdicts let pass (inline semantics)")
     return parser
-
-
-def _rule_engine(directory, sink, enforcer):
-    from sensor.rules.engine import RuleEngine
-    from sensor.rules.loader import RuleSet
-
-    logger = structlog.get_logger("rules")
-    ruleset = RuleSet(directory, logger)
-    if ruleset.errors:
-        first = next(iter(ruleset.errors.values()))
-        raise SensorError(f"rules not loaded: {first}")
-    return RuleEngine(ruleset, sink, enforcer, logger)
 
 
 def _open_output(path, mode="a"):
@@ -186,7 +173,7 @@ def resolve_run_config(args):
 
     cfg = _load_config(getattr(args, "config", None))
     over = {}
-    if args.interface:
+    if getattr(args, "interface", None):
         over["interfaces"] = tuple(args.interface)
     for flag, key in (("netns", "netns"), ("ports", "ports"), ("xdp_mode", "xdp_mode"), ("pin_dir", "pin_dir"),
                       ("rules", "rules"), ("state_file", "state_file")):
@@ -345,56 +332,29 @@ def _metrics_address(text: str) -> str:
 
 
 def cmd_replay(args) -> int:
+    from sensor.assembly import Userland
     from sensor.inputs.replay import replay
-    from sensor.pipeline import Pipeline
     from sensor.records.sinks import JsonLinesSink
 
+    config = resolve_run_config(args)
     out = _open_output(args.output, "w")
     try:
-        from sensor.rules.enforce import ReplayEnforcer
-
-        config = _load_config(args.config)
         sink = JsonLinesSink(out or sys.stdout)
-        pipeline = Pipeline(sink, ports=args.ports or config.sensor.ports, uid_seed=args.uid_seed,
-                            reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp)
-        enforcer = ReplayEnforcer()
-        engine = actor = None
-        rules_dir = args.rules or config.sensor.rules
-        if rules_dir is not None:
-            engine = _rule_engine(rules_dir, sink, enforcer)
-            pipeline.listeners.append(engine)
-        tickers = []
-        if config.spam_stats.enabled:
-            from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
-            stats = RejectStats(config.spam_stats)
-            actor = SpamStatsActor(stats, sink, enforcer, config.spam_stats)
-            pipeline.listeners.append(RejectStatsListener(stats, actor))
-            tickers.append(actor.tick)
+        userland = Userland(config, sink, uid_seed=args.uid_seed)
         progress = _replay_progress(args)
         try:
-            result = replay(args.capture, pipeline, strict=not args.lenient, enforcer=enforcer,
-                            write_passed=args.write_passed, tickers=tickers, progress=progress)
+            result = replay(args.capture, userland, strict=not args.lenient,
+                            write_passed=args.write_passed, progress=progress)
         finally:
             if progress is not None:
                 progress.close()
-        if actor is not None:
-            # the capture's clock stops at its last packet, a live sensor's goes
-            # on to its next check: judge what the last connections changed
-            # (without it, a capture ending within check_interval of a burst
-            # gave no notice where the live sensor gave one)
-            actor.finish()
         sink.flush()
     finally:
         if out is not None:
             out.close()
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
-    summary = result.summary()
-    if engine is not None:
-        summary += (f"; rules: {engine.alerts} alerts, {engine.drops} flows dropped, {engine.bans} bans, "
-                    f"{engine.errors} rule errors")
-    if actor is not None and (actor.stats.counters.as_dict().get("notices") or actor.banned):
-        summary += f"; spam stats: {actor.stats.counters.as_dict().get('notices', 0)} notices, {actor.banned} bans"
+    summary = result.summary() + userland.summary()
     if args.write_passed is not None:
         summary += f"; passed packets written to {args.write_passed}"
     print(summary, file=sys.stderr)

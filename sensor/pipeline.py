@@ -20,10 +20,11 @@ kernel to bypass an encrypted flow.
 from __future__ import annotations
 
 from sensor import records, smtp
+from sensor.counters import Counters, counter
 from sensor.smtp import events as sev
 from sensor.stream import packet, reassembly
 
-__all__ = ["Pipeline", "Session", "Stats"]
+__all__ = ["Pipeline", "Session", "PipelineCounters"]
 
 _CLIENT_OF = {reassembly.ORIG: smtp.CLIENT, reassembly.RESP: smtp.SERVER}
 _Data = reassembly.Data
@@ -63,27 +64,20 @@ class Session:
         return f"<Session {self.flow!r}>"
 
 
-class Stats:
-    """What the pipeline saw, for the summary line and metrics."""
+class PipelineCounters(Counters):
+    """What the pipeline saw, for the summary line, status and metrics."""
 
-    __slots__ = ("frames", "segments", "not_segments", "flows", "transactions",
-                 "anomalies", "payload_bytes", "gap_bytes", "starttls", "listener_errors", "gated")
-
-    def __init__(self):
-        self.frames = 0
-        self.segments = 0
-        self.not_segments: dict[str, int] = {}   # decode reason -> count
-        self.flows = 0
-        self.transactions = 0
-        self.anomalies = 0
-        self.payload_bytes = 0
-        self.gap_bytes = 0
-        self.starttls = 0
-        self.listener_errors = 0
-        self.gated = 0             # segments kept from dissection by the gate (dropped)
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__slots__}
+    frames = counter("frames dissected")
+    segments = counter("TCP segments of SMTP flows")
+    not_segments = counter("frames not dissected, by reason", by="reason")
+    flows = counter("SMTP flows seen")
+    transactions = counter("SMTP transactions")
+    anomalies = counter("protocol anomalies")
+    payload_bytes = counter("TCP payload bytes of SMTP flows")
+    gap_bytes = counter("bytes missing from SMTP flows (gaps)")
+    starttls = counter("STARTTLS flows")
+    listener_errors = counter("exceptions raised by listeners (rules, statistics)")
+    gated = counter("segments of dropped flows kept from the dissector")
 
 
 class Pipeline:
@@ -95,7 +89,7 @@ class Pipeline:
                  listeners=(), on_starttls=None, expire_every: float = 1.0):
         self.sink = sink
         self.ports = frozenset(ports)
-        self.stats = Stats()
+        self.counters = PipelineCounters()
         self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed)
         self.smtp_limits = smtp_limits or smtp.Limits()
         self.listeners = list(listeners)
@@ -111,7 +105,7 @@ class Pipeline:
     def feed_frame(self, linktype: int, frame, wirelen: int, ts: float):
         """One captured frame (link type as in pcap: 1 Ethernet, 113 SLL, ...);
         returns its Segment, or None when it is not TCP over IP."""
-        st = self.stats
+        st = self.counters
         st.frames += 1
         seg = _decode(linktype, frame, wirelen, st.not_segments)
         if seg is not None:
@@ -134,7 +128,7 @@ class Pipeline:
         return seg
 
     def feed_segment(self, seg: packet.Segment, ts: float) -> None:
-        self.stats.segments += 1
+        self.counters.segments += 1
         self._handle(self.reassembler.feed(seg, ts))
         if self._next_expire is None:
             self._next_expire = ts + self._expire_every
@@ -163,7 +157,7 @@ class Pipeline:
             if kind is _Data:
                 flow, direction, data, ts = ev
                 sess = flow.ctx
-                self.stats.payload_bytes += len(data)
+                self.counters.payload_bytes += len(data)
                 if sess is None:
                     continue
                 if direction == _ORIG:
@@ -173,12 +167,12 @@ class Pipeline:
                 if out:
                     self._smtp(sess, out)
             elif kind is reassembly.FlowStart:
-                self.stats.flows += 1
+                self.counters.flows += 1
                 sess = ev.flow.ctx = Session(ev.flow, smtp.SMTPConnection(self.smtp_limits))
                 if self.listeners:
                     self._notify(sess, ev)
             elif kind is reassembly.Gap:
-                self.stats.gap_bytes += ev.length
+                self.counters.gap_bytes += ev.length
                 sess = ev.flow.ctx
                 if sess is not None:
                     self._smtp(sess, sess.conn.gap(_CLIENT_OF[ev.direction], ev.length, ev.ts))
@@ -189,25 +183,25 @@ class Pipeline:
                     self._notify(sess, ev)
                     ev.flow.ctx = None
             elif kind is reassembly.Anomaly:
-                self.stats.anomalies += 1
+                self.counters.anomalies += 1
                 self.sink(records.anomaly_record(ev.flow, ev.ts, "tcp", ev.name, None, ev.detail))
 
     def _smtp(self, sess: Session, events) -> None:
         for ev in events:
             kind = type(ev)
             if kind is sev.Transaction:
-                self.stats.transactions += 1
+                self.counters.transactions += 1
                 sess.transactions += 1
                 self._write(sess, ev, records.smtp_record(sess.flow, ev))
                 continue
             if kind is sev.Anomaly:
-                self.stats.anomalies += 1
+                self.counters.anomalies += 1
                 self._write(sess, ev, records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name,
                                                              ev.direction, ev.detail))
                 continue
             if kind is sev.StartTLS:
                 sess.tls = True
-                self.stats.starttls += 1
+                self.counters.starttls += 1
                 if self.on_starttls is not None:
                     self.on_starttls(sess)
             if self.listeners:
@@ -227,4 +221,4 @@ class Pipeline:
             try:
                 listener(sess, ev)
             except Exception:      # a listener's bug must not stop dissection
-                self.stats.listener_errors += 1
+                self.counters.listener_errors += 1

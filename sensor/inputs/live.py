@@ -15,17 +15,34 @@ from __future__ import annotations
 
 import time
 
+from sensor.counters import Counters, counter
 from sensor.kernel import maps as kernelmaps
 from sensor.pipeline import Pipeline
 from sensor.stream.packet import LINKTYPE_ETHERNET
 
-__all__ = ["LiveFeed", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
+__all__ = ["LiveFeed", "FeedCounters", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
 
 #: how long a STARTTLS flow stays bypassed in the kernel (seconds).  Bounded
 #: so that a later connection reusing the same 4-tuple is inspected again.
 STARTTLS_BYPASS_TTL = 3600.0
 #: seconds of wall clock between two passes that end idle flows
 EXPIRE_EVERY = 1.0
+
+
+class FeedCounters(Counters):
+    """``owner``: the LiveFeed (``lost`` is the kernel's count, read from its
+    map; the ring's own counts are read from its reader)."""
+
+    events = counter("events read from the kernel's event ring")
+    lost = counter("events the kernel could not write into the event ring (ring full)", metric="lost_samples",
+                   read=lambda feed: feed.reader.lost)
+    starttls_bypassed = counter("STARTTLS flows whose packets the kernel stopped pushing",
+                                metric="starttls_bypassed_flows")
+    starttls_bypass_errors = counter("STARTTLS flows the kernel's bypass map refused")
+    ring_bad_records = counter("event ring records that are not our events",
+                               read=lambda feed: feed.reader.bad_records)
+    ring_callback_errors = counter("event ring records the read callback failed to copy",
+                                   read=lambda feed: feed.reader.callback_errors)
 
 
 class LiveFeed:
@@ -36,9 +53,7 @@ class LiveFeed:
         self.reader = reader
         self.pipeline = pipeline
         self.maps = maps
-        self.events = 0
-        self.bypassed = 0
-        self.bypass_errors = 0
+        self.counters = FeedCounters(self)
         self._offset = time.time() - time.monotonic()
         self._next_expire = time.monotonic() + EXPIRE_EVERY
         if pipeline.on_starttls is None:
@@ -52,7 +67,7 @@ class LiveFeed:
         for ev in events:
             h = ev.header
             feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
-        self.events += len(events)
+        self.counters.events += len(events)
         now = time.monotonic()
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY
@@ -70,6 +85,6 @@ class LiveFeed:
         try:
             self.maps.bypass_flow(kernelmaps.Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
                                   ttl=STARTTLS_BYPASS_TTL)
-            self.bypassed += 1
+            self.counters.starttls_bypassed += 1
         except OSError:
-            self.bypass_errors += 1
+            self.counters.starttls_bypass_errors += 1

@@ -1,13 +1,14 @@
-"""Offline input: a pcap or pcapng file through the same pipeline as live traffic."""
+"""Offline input: a pcap or pcapng file through the same userland as live traffic
+(``sensor.assembly.Userland``, built from the same config)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+from sensor.assembly import Userland
 from sensor.errors import SensorError
 from sensor.inputs.pcapfile import CaptureError, CaptureReader
-from sensor.pipeline import Pipeline
 
 __all__ = ["replay", "ReplayResult", "ReplayError", "TtyProgress", "PROGRESS_EVERY"]
 
@@ -32,44 +33,44 @@ class ReplayResult:
     path: str
     packets: int = 0
     seconds: float = 0.0
-    stats: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)     # the pipeline's (PipelineCounters.as_dict())
     warnings: list = field(default_factory=list)
 
     def summary(self) -> str:
-        s = self.stats
-        skipped = sum(s["not_segments"].values())
-        mb = s["payload_bytes"] / 1e6
+        c = self.counters
+        skipped = sum(c["not_segments"].values())
+        mb = c["payload_bytes"] / 1e6
         rate = mb / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.path}: {self.packets} packets ({skipped} not TCP on our ports or "
-                f"undecodable), {s['flows']} SMTP flows, {s['transactions']} transactions, "
-                f"{s['anomalies']} anomalies, {s['starttls']} STARTTLS, "
+                f"undecodable), {c['flows']} SMTP flows, {c['transactions']} transactions, "
+                f"{c['anomalies']} anomalies, {c['starttls']} STARTTLS, "
                 f"{mb:.2f} MB payload in {self.seconds:.2f} s ({rate:.1f} MB/s)")
 
 
-def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
-           enforcer=None, write_passed=None, tickers=()) -> ReplayResult:
-    """Feed every packet of ``path`` to ``pipeline`` and finish it.
+def replay(path, userland: Userland, *, strict: bool = True, progress=None,
+           write_passed=None) -> ReplayResult:
+    """Feed every packet of ``path`` to the userland's pipeline, then ``userland.finish()``.
 
     ``strict``: a truncated capture is an error (else a warning and what could
     be read is used).  ``progress(packets, reader)`` is called every
     ``PROGRESS_EVERY`` packets (the reader's ``offset`` and ``size`` say how
     far into the file it is; see ``TtyProgress``).
-    ``write_passed``: a path; the packets that the verdicts of ``enforcer`` (a
-    ``rules.enforce.ReplayEnforcer``) let pass are written there as a pcap,
-    the packet that triggered a verdict included in what is dropped (inline).
-    ``tickers``: callables ``(ts)`` run each time capture time passes a whole
-    second, and at the end (the reject statistics' clock is the capture's).
+    ``write_passed``: a path; the packets that the pipeline's gate (the
+    verdicts) lets pass are written there as a pcap, the packet that
+    triggered a verdict included in what is dropped (inline).  Monitor only
+    (no gate): every packet.
+    The userland's ``tickers`` run each time capture time passes a whole
+    second (the reject statistics' clock is the capture's).
     """
     started = time.perf_counter()
     try:
         reader = CaptureReader(path, strict=strict)
     except CaptureError as exc:
         raise ReplayError(str(exc)) from None
+    pipeline = userland.pipeline
     feed = pipeline.feed_frame
-    if enforcer is not None:
-        enforcer.verdicts.ports = frozenset(pipeline.ports)   # the kernel bans SMTP ports only
-    if enforcer is not None and pipeline.gate is None:
-        pipeline.gate = enforcer.passes      # dropped packets never reach the dissector, as live
+    gate = pipeline.gate
+    tickers = userland.tickers
     last_ts = None
     n = 0
     writer = None
@@ -92,7 +93,7 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
                 elif linktype != writer.linktype:
                     raise ReplayError(f"{path}: packets of link types {writer.linktype} and {linktype}: "
                                       "--write-passed writes one pcap of one link type")
-                if enforcer is None or enforcer.passes(seg, ts):
+                if gate is None or gate(seg, ts):
                     writer.write(ts, frame, wirelen)
             if progress is not None and not n & 0xFFF:      # PROGRESS_EVERY - 1
                 progress(n, reader)
@@ -102,12 +103,9 @@ def replay(path, pipeline: Pipeline, *, strict: bool = True, progress=None,
         reader.close()
         if writer is not None:
             writer.close()
-    pipeline.finish(last_ts)
-    if last_ts is not None:
-        for tick in tickers:
-            tick(last_ts)
+    userland.finish(last_ts)
     return ReplayResult(path=str(path), packets=n, seconds=time.perf_counter() - started,
-                        stats=pipeline.stats.as_dict(), warnings=list(reader.warnings))
+                        counters=pipeline.counters.as_dict(), warnings=list(reader.warnings))
 
 
 class TtyProgress:

@@ -170,13 +170,13 @@ class SensorThread:
         event for `quiet` seconds), at most `limit` seconds."""
         feed = self.sensor.feed
         deadline = time.monotonic() + limit
-        seen, since = feed.events, time.monotonic()
+        seen, since = feed.counters.events, time.monotonic()
         while time.monotonic() < deadline:
             if self.error is not None:
                 raise SensorError(f"the sensor stopped: {self.error!r}")
             time.sleep(0.03)
-            if feed.events != seen:
-                seen, since = feed.events, time.monotonic()
+            if feed.counters.events != seen:
+                seen, since = feed.counters.events, time.monotonic()
             elif time.monotonic() - since >= quiet:
                 return
 
@@ -200,7 +200,7 @@ class SensorThread:
 
 # ------------------------------------------------------------------ clients
 
-class Session:
+class SwaksRun:
     """What a swaks run saw: the replies to each command, or that it gave up."""
 
     def __init__(self, result):
@@ -236,9 +236,9 @@ class Session:
         return f"not delivered (swaks exit {self.code}; last reply {self.replies[-1][1] if self.replies else '-'})"
 
 
-def send(lab: Lab, attempts: Counter, source: str, sender: str, recipients, *extra: str) -> Session:
+def send(lab: Lab, attempts: Counter, source: str, sender: str, recipients, *extra: str) -> SwaksRun:
     attempts[source] += 1
-    return Session(lab.swaks("--from", sender, "--to", ",".join(recipients), "--timeout",
+    return SwaksRun(lab.swaks("--from", sender, "--to", ",".join(recipients), "--timeout",
                              str(DEAD_SESSION_TIMEOUT), *extra, source=source, timeout=20))
 
 
@@ -362,13 +362,13 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
     """The mail of the demo; returns the connections tried per client address."""
     attempts: Counter = Counter()
 
-    def step(title: str, source: str, sender: str, recipients, *extra: str, skip=()) -> Session:
+    def step(title: str, source: str, sender: str, recipients, *extra: str, skip=()) -> SwaksRun:
         print(f"\n{title}\n   client: {source} MAIL FROM:<{sender}> RCPT TO:{','.join(recipients)}")
-        session = send(lab, attempts, source, sender, recipients, *extra)
+        run = send(lab, attempts, source, sender, recipients, *extra)
         runner.settle()
-        print(f"   client: {session.summary()}")
+        print(f"   client: {run.summary()}")
         show_records(records, skip=skip)
-        return session
+        return run
 
     bob, carol = (f"{u}@{LAB_DOMAIN}" for u in USERS)
     step("1. legitimate mail", CLIENT_V4, "alice@example.org", [bob],
@@ -382,10 +382,10 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
     # a dictionary sweep, then a mix: most connections hit a guessed mailbox (550), some only bob
     plans = [[*GUESSES[:6], bob]] + [[g, bob] if i % 3 else [bob] for i, g in enumerate(GUESSES[6:] + GUESSES, 1)]
     for n, rcpts in enumerate(plans[:DEMO_SPAM_STATS["threshold"]], 1):
-        session = send(lab, attempts, SPAMMER_V4, SPAM_FROM, rcpts)
+        run = send(lab, attempts, SPAMMER_V4, SPAM_FROM, rcpts)
         runner.settle(quiet=0.05)
-        said = ", ".join(f"{r.split('@')[0]}@ {code}" for r, code in session.rcpts)
-        print(f"   #{n} {said} -> {'delivered' if session.summary().startswith('delivered') else 'nothing delivered'}")
+        said = ", ".join(f"{r.split('@')[0]}@ {code}" for r, code in run.rcpts)
+        print(f"   #{n} {said} -> {'delivered' if run.summary().startswith('delivered') else 'nothing delivered'}")
         show_records(records, indent="      sensor: ", skip=("smtp",))
     print("   (the statistics are checked every second)")
     found = runner.wait_for(records, "drop", limit=5.0, action="ban_source", reason="spam_stats")
@@ -393,9 +393,9 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
     if not found:
         print("   sensor: no ban yet (the check did not run in 5 s)")
     print(f"   #{DEMO_SPAM_STATS['threshold'] + 1} the spam host connects again")
-    session = send(lab, attempts, SPAMMER_V4, SPAM_FROM, [bob])
+    run = send(lab, attempts, SPAMMER_V4, SPAM_FROM, [bob])
     runner.settle()
-    print(f"   client: {session.summary()}")
+    print(f"   client: {run.summary()}")
     show_records(records, skip=("smtp",))
     step("5. the legitimate host still gets through", CLIENT_V4, "alice@example.org", [carol])
     return attempts

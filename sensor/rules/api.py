@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextvars
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from sensor.rules.counters import RuleCounters
 
 __all__ = ["rule", "hooks", "Hook", "alert", "config", "search", "Rule", "RuleError",
            "SEVERITIES", "MATCH_LIMIT"]
@@ -86,12 +88,8 @@ class Rule:
     module: str = ""
     file: str = ""
     line: int = 0
-    # measured by the engine
-    calls: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    over_budget: int = 0
-    alerts: int = 0
+    #: measured by the engine
+    counters: RuleCounters = field(default_factory=RuleCounters, compare=False, repr=False)
 
     @property
     def name(self) -> str:

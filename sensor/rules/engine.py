@@ -27,6 +27,7 @@ import traceback
 from sensor import records
 from sensor.records.drop import BAN_SOURCE, DROP_FLOW, RULE, flow_target
 from sensor.rules import api
+from sensor.rules.counters import RuleEngineCounters
 from sensor.smtp import events as sev
 from sensor.stream import reassembly
 
@@ -181,12 +182,7 @@ class RuleEngine:
         self.enforcer = enforcer
         self.logger = logger
         self.clock = clock
-        self.alerts = 0
-        self.errors = 0
-        self.slow_calls = 0
-        self.late_events = 0
-        self.drops = 0
-        self.bans = 0
+        self.counters = RuleEngineCounters()
         self._now = 0.0           # ts of the event being handled
 
     # ------------------------------------------------------------ listener
@@ -208,7 +204,7 @@ class RuleEngine:
             # capture still holds it); only a dropped flow's events are late
             if flow.dropped:
                 flow.late_events += 1
-                self.late_events += 1
+                self.counters.late_events += 1
             if kind is reassembly.FlowEnd:
                 self._end_streams(flow, abort=True)
             return
@@ -307,18 +303,19 @@ class RuleEngine:
             self._account(r, flow, dt, r.budget_ms)
 
     def _account(self, r, flow, dt, budget_ms):
-        r.calls += 1
-        r.seconds += dt
+        c = r.counters
+        c.calls += 1
+        c.seconds += dt
         if dt * 1000.0 > budget_ms:
-            r.over_budget += 1
-            self.slow_calls += 1
-            if r.over_budget == 1 or r.over_budget % 1000 == 0:
+            c.over_budget += 1
+            self.counters.slow_calls += 1
+            if c.over_budget == 1 or c.over_budget % 1000 == 0:
                 self._log("warning", "rule over its time budget", rule=r.id, uid=flow.uid,
-                          ms=round(dt * 1000, 3), budget_ms=budget_ms, times=r.over_budget)
+                          ms=round(dt * 1000, 3), budget_ms=budget_ms, times=c.over_budget)
 
     def _error(self, r, flow) -> None:
-        r.errors += 1
-        self.errors += 1
+        r.counters.errors += 1
+        self.counters.errors += 1
         self._log("error", "rule raised", rule=r.id, uid=flow.uid, file=r.file,
                   traceback=traceback.format_exc(limit=-8))
 
@@ -424,8 +421,8 @@ class RuleEngine:
     # ------------------------------------------------------------ verdicts
     def raise_alert(self, r, flow, *, description, severity, confidence, method, sources,
                     targets, ref, extra) -> dict:
-        self.alerts += 1
-        r.alerts += 1
+        self.counters.alerts += 1
+        r.counters.alerts += 1
         txn = flow.transaction
         rec = records.alert_record(
             self._now, flow, signature_id=r.id, rev=r.rev, signature=description, severity=severity,
@@ -445,7 +442,7 @@ class RuleEngine:
             return
         self.enforcer.drop_flow(flow, ttl, self._now)
         flow.dropped = True
-        self.drops += 1
+        self.counters.drops += 1
         self._verdict_record(flow, DROP_FLOW, flow_target(flow), ttl)
 
     def ban(self, flow, ttl, prefix) -> None:
@@ -454,7 +451,7 @@ class RuleEngine:
         bits = addr.max_prefixlen if prefix is None else int(prefix)
         network = str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
         self.enforcer.ban(network, ttl, self._now)
-        self.bans += 1
+        self.counters.bans += 1
         flow.dropped = True
         self._verdict_record(flow, BAN_SOURCE, network, ttl)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from sensor.config import tomllib
 from sensor.errors import SensorError
 from sensor.rules import api
+from sensor.rules.counters import RuleSetCounters
 
 __all__ = ["RuleSet", "LoadError", "CONFIG_FILE", "MODULE_PREFIX"]
 
@@ -74,7 +75,7 @@ class RuleSet:
         self.config: dict = {}
         self.generation = 0
         self.reloads = 0
-        self.reload_errors = 0
+        self.counters = RuleSetCounters(self)
         self.by_hook: dict[str, list] = {h.name: [] for h in api.hooks.ALL}
         self.reload(force=True)
 
@@ -99,7 +100,7 @@ class RuleSet:
             message = (f"rules directory {self.directory} does not exist any more or is not a "
                        "directory; keeping the loaded rules")
             if self.errors.get(self.directory) != message:
-                self.reload_errors += 1
+                self.counters.reload_errors += 1
                 self.errors[self.directory] = message
                 self._log("error", "rules directory missing", error=message)
             return False
@@ -149,7 +150,7 @@ class RuleSet:
             try:
                 new = tomllib.loads(path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-                self.reload_errors += 1
+                self.counters.reload_errors += 1
                 self.errors[path] = f"{path}: {exc}; keeping the previous settings"
                 self._log("error", "rules config not loaded", error=self.errors[path])
                 return False
@@ -222,7 +223,7 @@ class RuleSet:
             sys.modules.pop(name, None)
 
     def _fail(self, path: Path, message: str) -> None:
-        self.reload_errors += 1
+        self.counters.reload_errors += 1
         kept = " ; keeping the previous version" if path in self.files else " ; not loaded"
         self.errors[path] = message + kept
         self._log("error", "rule file not loaded", error=self.errors[path])

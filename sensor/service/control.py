@@ -34,11 +34,12 @@ import time
 
 import msgpack
 
+from sensor.counters import Counters, counter
 from sensor.errors import SensorError
 from sensor.kernel import abi
 from sensor.records import drop
 
-__all__ = ["ControlServer", "ControlClient", "DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "NotRunning",
+__all__ = ["ControlServer", "ControlCounters", "ControlClient", "DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "NotRunning",
            "ControlUsageError", "BadArgument", "check_prefix", "check_ttl"]
 
 DEFAULT_SOCKET = "/run/smtp-sensor/control.sock"
@@ -118,14 +119,19 @@ class _Conn:
         self.out = None          # the reply being written (a memoryview), once there is one
 
 
+class ControlCounters(Counters):
+    METRIC_PREFIX = "control_"
+    requests = counter("control socket requests")
+    refused = counter("control socket requests or connections refused")
+    errors = counter("control commands that raised something unexpected (logged)")
+    bans_added = counter("source bans asked for, by who asked", metric="bans", labels={"by": "manual"})
+
+
 class ControlServer:
     def __init__(self, path, sensor):
         self.path = str(path)
         self.sensor = sensor
-        self.requests = 0
-        self.refused = 0
-        self.errors = 0          # commands that raised something unexpected (logged)
-        self.bans_added = 0
+        self.counters = ControlCounters()
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
             if _alive(self.path):
@@ -169,7 +175,7 @@ class ControlServer:
         now = time.monotonic()
         for conn in list(self.conns.values()):
             if now - conn.since > IDLE_TIMEOUT:
-                self.refused += 1
+                self.counters.refused += 1
                 self._drop(conn)
 
     def _accept(self) -> None:
@@ -181,10 +187,10 @@ class ControlServer:
             except OSError as exc:
                 # EMFILE/ENFILE (out of descriptors) or ECONNABORTED: try next turn
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED, errno.ENOBUFS, errno.ENOMEM):
-                    self.errors += 1
+                    self.counters.errors += 1
                 return
             if len(self.conns) >= MAX_CLIENTS and not self._evict_idle():
-                self.refused += 1
+                self.counters.refused += 1
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -197,7 +203,7 @@ class ControlServer:
         waiting = [c for c in self.conns.values() if c.out is None]
         if not waiting:
             return False
-        self.refused += 1
+        self.counters.refused += 1
         self._drop(min(waiting, key=lambda c: c.since))
         return True
 
@@ -216,8 +222,8 @@ class ControlServer:
         if len(conn.buf) >= 4:
             (size,) = _LEN.unpack_from(conn.buf)
             if size > MAX_REQUEST:
-                self.requests += 1
-                self.refused += 1
+                self.counters.requests += 1
+                self.counters.refused += 1
                 self._reply(conn, {"ok": False, "error": f"request of {size} bytes is larger than {MAX_REQUEST}"})
                 return
             if len(conn.buf) >= 4 + size:
@@ -227,38 +233,38 @@ class ControlServer:
 
     def handle_bytes(self, body: bytes) -> dict:
         """The reply to one request's msgpack body (never raises)."""
-        self.requests += 1
+        self.counters.requests += 1
         try:
             request = msgpack.unpackb(body, raw=False, strict_map_key=True)
         except Exception as exc:   # msgpack raises several types on garbage
-            self.refused += 1
+            self.counters.refused += 1
             return {"ok": False, "error": f"malformed request: {type(exc).__name__}", "usage": True}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            self.refused += 1
+            self.counters.refused += 1
             return {"ok": False, "error": "a request is a map with a 'cmd' string", "usage": True}
         name = request["cmd"]
         handler = getattr(self, "cmd_" + name, None) if name.isidentifier() else None
         if handler is None:
-            self.refused += 1
+            self.counters.refused += 1
             return {"ok": False, "error": f"unknown command {name[:64]!r}", "usage": True}
         args = {k: v for k, v in request.items() if k != "cmd"}
         if not all(isinstance(k, str) and k.isidentifier() for k in args):
-            self.refused += 1
+            self.counters.refused += 1
             return {"ok": False, "error": f"bad arguments for {name}: names must be identifiers", "usage": True}
         try:
             inspect.signature(handler).bind(**args)
         except TypeError as exc:
-            self.refused += 1
+            self.counters.refused += 1
             return {"ok": False, "error": f"bad arguments for {name}: {exc}", "usage": True}
         try:
             return {"ok": True, "result": handler(**args)}
         except BadArgument as exc:
-            self.refused += 1
+            self.counters.refused += 1
             return {"ok": False, "error": f"bad arguments for {name}: {exc}", "usage": True}
         except (SensorError, ValueError, OSError) as exc:
             return {"ok": False, "error": str(exc) or type(exc).__name__}
         except Exception as exc:  # noqa: BLE001 - a command's bug must not end the sensor
-            self.errors += 1
+            self.counters.errors += 1
             _log().error("control command failed", cmd=name, error=f"{type(exc).__name__}: {exc}")
             return {"ok": False, "error": f"{name} failed: {type(exc).__name__}: {exc}"}
 
@@ -267,7 +273,7 @@ class ControlServer:
         try:
             data = _frame(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an integer msgpack cannot hold
-            self.errors += 1
+            self.counters.errors += 1
             data = _frame({"ok": False, "error": f"the reply could not be encoded: {type(exc).__name__}"})
         conn.out = memoryview(data)
         conn.since = time.monotonic()   # IDLE_TIMEOUT now bounds the reply's writing
@@ -319,7 +325,7 @@ class ControlServer:
         return out
 
     def cmd_stats(self, limit: int = 100) -> dict:
-        stats = self.sensor.stats
+        stats = self.sensor.reject_stats
         if stats is None:
             raise SensorError("reject statistics are disabled ([spam_stats] enabled = false)")
         return stats.report(limit=_limit(limit))
@@ -343,7 +349,7 @@ class ControlServer:
             raise BadArgument("reason must be a string of at most 200 characters")
         enforcer, now = self.sensor.enforcer, time.time()
         enforcer.ban(network, ttl, now, abi.Reason.MANUAL, note=reason)
-        self.bans_added += 1
+        self.counters.bans_added += 1
         self.sensor.sink(drop.drop_record(now, drop.BAN_SOURCE, network, drop.MANUAL, enforcer.mode,
                                           ttl=ttl, note=reason))
         return {"banned": network, "ttl": ttl, **({"note": reason} if reason else {})}

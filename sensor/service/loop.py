@@ -1,5 +1,6 @@
-"""The long-running sensor: datapath, pipeline, rules and reject statistics
-put together from one ``Config``, and the loop that drives them.
+"""The long-running sensor: the datapath and the userland (``sensor.assembly``:
+pipeline, rules, reject statistics, built from one ``Config`` as a replay
+builds it), and the loop that drives them.
 
     Sensor(config).run()              attach, loop, detach on every exit path
 
@@ -13,7 +14,9 @@ the reject statistics (notices, bans) and sweep expired kernel entries; poll
 the rule files (or reload at once after SIGHUP / a control request); write a
 statistics snapshot every ``snapshot_interval`` and at shutdown; log a stats
 line every ``stats_interval``.  ``status()`` is what ``smtp-sensor status``
-shows through the control socket.
+shows through the control socket; it, ``counters()`` (the stats line) and the
+Prometheus families (``sensor.service.metrics``) read ``counter_groups()``:
+every component's counters, the kernel's as read from its map.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from dataclasses import dataclass
 import structlog
 
 from sensor.config import Config
+from sensor.counters import Counters, Group, as_tree, counter, gauge
 from sensor.errors import SensorError
+from sensor.kernel import abi
 
 __all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
 
@@ -47,6 +52,39 @@ class RunOptions:
     wakeup: int | None = None
     control_socket: str | None = None
     metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
+    uid_seed: bytes | int | None = None   # seed of the connection uids; None: random per run
+
+
+class SensorCounters(Counters):
+    """The sensor's own (``owner``: the Sensor)."""
+
+    uptime = gauge("seconds since the sensor started its loop", metric="uptime_seconds",
+                   read=lambda s: round(time.monotonic() - s.started, 3) if s.started else 0.0)
+    active_flows = gauge("SMTP flows followed now",
+                         read=lambda s: len(s.pipeline.sessions) if s.pipeline is not None else 0)
+    log_reopens = counter("log and record files reopened (SIGUSR1)")
+
+
+class KernelMapCounters(Counters):
+    """``owner``: the KernelMaps."""
+
+    bans_active = gauge("source bans the kernel holds now", read=lambda maps: len(maps.bans()))
+
+
+def _kernel_field(c: abi.Counter):
+    name = c.name.lower()
+    if c < abi.VERDICT_COUNTERS:
+        return counter("packets by the kernel's verdict (exclusive), read from the map",
+                       metric="kernel_packets", labels={"verdict": name})
+    return counter("packets also counted under a mark (cut, expired entry)",
+                   metric="kernel_marked_packets", labels={"mark": name})
+
+
+#: one direction of the kernel's counters (``KernelMaps.counters()``), with the verdicts' sum
+KernelCounters = type(Counters)("KernelCounters", (Counters,), {
+    **{c.name.lower(): _kernel_field(c) for c in abi.Counter},
+    "seen": counter("packets the kernel's program saw (the verdicts' sum)", metric="kernel_seen_packets"),
+})
 
 
 class Sensor:
@@ -60,22 +98,27 @@ class Sensor:
         self.stop_requested = False
         self.started = None
         self.last_reload = None
-        self.datapath = self.pipeline = self.feed = self.engine = None
-        self.stats = self.actor = None
+        self.datapath = self.feed = self.userland = None
         self.sink = sink
         self.control = None
         self.metrics = None
         self.reopen_requested = False   # SIGUSR1: reopen the log and record files (logrotate)
-        self.reopens = 0
+        self.own_counters = SensorCounters(self)
         self._out = None
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_stats = self._last_snapshot = 0.0
 
+    # ------------------------------------------------------------ the userland's parts
+    pipeline = property(lambda self: self.userland.pipeline if self.userland else None)
+    engine = property(lambda self: self.userland.engine if self.userland else None)
+    enforcer = property(lambda self: self.userland.enforcer if self.userland else None)
+    reject_stats = property(lambda self: self.userland.reject_stats if self.userland else None)
+    actor = property(lambda self: self.userland.actor if self.userland else None)
+
     # ------------------------------------------------------------ building
     def _build(self):
         from sensor.kernel.datapath import Datapath, DatapathConfig
-        from sensor.pipeline import Pipeline
         from sensor.records.sinks import JsonLinesSink
 
         cfg = self.config.sensor
@@ -93,40 +136,20 @@ class Sensor:
                     raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
                 self._out_path = path
             self.sink = JsonLinesSink(self._out or sys.stdout)
-        limits = self.config.limits
-        self.pipeline = Pipeline(self.sink, ports=cfg.ports, uid_seed=os.urandom(12),
-                                 reassembly_limits=limits.reassembly, smtp_limits=limits.smtp)
 
-    def _start_rules_and_stats(self):
+    def _build_userland(self):
+        from sensor.assembly import Userland
         from sensor.rules.enforce import KernelEnforcer
 
-        enforcer = KernelEnforcer(self.datapath.maps)
-        enforcer.verdicts.ports = frozenset(self.config.sensor.ports)
-        cfg = self.config.sensor
-        if cfg.rules is not None:
-            from sensor.rules.engine import RuleEngine
-            from sensor.rules.loader import RuleSet
-            logger = structlog.get_logger("rules")
-            ruleset = RuleSet(cfg.rules, logger)
-            if ruleset.errors:
-                raise SensorError(f"rules not loaded: {next(iter(ruleset.errors.values()))}")
-            self.engine = RuleEngine(ruleset, self.sink, enforcer, logger)
-            self.pipeline.listeners.append(self.engine)
-        if cfg.enforce:
-            self.pipeline.gate = enforcer.passes   # stragglers of dropped flows: counted, not dissected
-        else:
-            enforcer.mode = "monitor"              # the kernel ignores the maps: say so in the records
-        self.enforcer = enforcer
-        st = self.config.spam_stats
-        if st.enabled:
-            from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
-            self.stats = RejectStats(st)
-            self.actor = SpamStatsActor(self.stats, self.sink, enforcer, st)
-            self.pipeline.listeners.append(RejectStatsListener(self.stats, self.actor))
-            if cfg.state_file is not None:
-                restored = self.actor.restore(cfg.state_file)
-                level = "info" if restored.ok else "error"
-                getattr(self.log, level)("statistics snapshot", message=restored.message)
+        seed = self.options.uid_seed
+        self.userland = Userland(self.config, self.sink, KernelEnforcer(self.datapath.maps),
+                                 uid_seed=os.urandom(12) if seed is None else seed)
+        state_file = self.config.sensor.state_file
+        if state_file is not None:
+            restored = self.userland.restore(state_file)
+            if restored is not None:
+                getattr(self.log, "info" if restored.ok else "error")("statistics snapshot",
+                                                                       message=restored.message)
 
     # ------------------------------------------------------------ running
     def run(self) -> int:
@@ -158,7 +181,7 @@ class Sensor:
             stack.enter_context(self.datapath.load())
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
-            self._start_rules_and_stats()
+            self._build_userland()
             wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
             self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
                                  self.datapath.maps)
@@ -173,7 +196,7 @@ class Sensor:
         self._last_tick = self._last_stats = self._last_snapshot = self.last_reload = now
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
-                      spam_stats=self.stats is not None,
+                      spam_stats=self.actor is not None,
                       control_socket=opt.control_socket,
                       **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
@@ -248,7 +271,7 @@ class Sensor:
                     self.sink.set_stream(new)
                 old.close()
                 reopened.append(str(self._out_path))
-        self.reopens += 1
+        self.own_counters.log_reopens += 1
         if failed:
             self.log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
         else:
@@ -271,9 +294,7 @@ class Sensor:
         return changed
 
     def _tick(self) -> None:
-        wall = time.time()
-        if self.actor is not None:
-            self.actor.tick(wall)
+        self.userland.tick(time.time())
         try:
             removed = self.datapath.maps.sweep()
         except OSError as exc:
@@ -284,7 +305,7 @@ class Sensor:
 
     def _snapshot(self) -> None:
         try:
-            self.actor.snapshot(self.config.sensor.state_file)
+            self.userland.snapshot(self.config.sensor.state_file)
         except SensorError as exc:
             self.log.error("statistics snapshot not written", error=str(exc))
 
@@ -292,32 +313,34 @@ class Sensor:
         feed = self.feed
         if feed is not None:
             feed.drain()
-        self.pipeline.finish()
-        if self.actor is not None:
-            self.actor.tick(time.time())
-            if self.config.sensor.state_file:
-                self._snapshot()
+        self.userland.shutdown(time.time())
+        if self.actor is not None and self.config.sensor.state_file:
+            self._snapshot()
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
             flush()
         self.log.info("stopped", **self.counters())
 
     # ------------------------------------------------------------ queries
+    def counter_groups(self):
+        """Every counter of the sensor, for ``counters()``, ``status()`` and the metrics."""
+        yield Group((), self.own_counters)
+        if self.feed is not None:
+            yield Group((), self.feed.counters)
+        if self.userland is not None:
+            yield from self.userland.counter_groups()
+        if self.control is not None:
+            yield Group(("control",), self.control.counters)
+        if self.metrics is not None:
+            yield Group(("metrics_endpoint",), self.metrics.collector.counters)
+        dp = self.datapath
+        if dp is not None and dp.bpf is not None:
+            yield Group((), KernelMapCounters(dp.maps))
+            for direction, values in dp.maps.counters().items():
+                yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+
     def counters(self) -> dict:
-        out = {"events": self.feed.events if self.feed else 0,
-               "lost": self.feed.reader.lost if self.feed else 0,
-               "pipeline": self.pipeline.stats.as_dict() if self.pipeline else {}}
-        if self.datapath is not None and self.datapath.bpf is not None:
-            out["counters"] = self.datapath.maps.counters()
-        if self.engine is not None:
-            out["rules"] = {"alerts": self.engine.alerts, "errors": self.engine.errors,
-                            "slow_calls": self.engine.slow_calls, "drops": self.engine.drops,
-                            "bans": self.engine.bans, "late_events": self.engine.late_events,
-                            "reload_errors": self.engine.ruleset.reload_errors}
-        if self.stats is not None:
-            out["spam_stats"] = {"hosts": len(self.stats), **self.stats.counters.as_dict(),
-                                 "bans": self.actor.banned}
-        return out
+        return as_tree(self.counter_groups())
 
     def status(self) -> dict:
         cfg = self.config.sensor
@@ -330,22 +353,17 @@ class Sensor:
                 attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids})
         rules = []
         if self.engine is not None:
-            rules = [{"id": r.id, "rev": r.rev, "hook": r.hook.name, "file": r.file, "calls": r.calls,
-                      "errors": r.errors, "alerts": r.alerts, "over_budget": r.over_budget,
-                      "ms": round(r.seconds * 1000, 3)} for r in self.engine.ruleset.rules]
-        counters = self.counters()
-        # the rule engine's totals: its own key (was: counters()'s "rules" replaced the list of rules)
-        rule_engine = counters.pop("rules", {})
+            for r in self.engine.ruleset.rules:
+                counts = r.counters.as_dict()
+                ms = round(counts.pop("seconds") * 1000, 3)
+                rules.append({"id": r.id, "rev": r.rev, "hook": r.hook.name, "file": r.file, **counts, "ms": ms})
         return {
             "pid": os.getpid(),
-            "uptime": round(time.monotonic() - self.started, 3) if self.started else 0.0,
             "interfaces": attachments,
             "ports": list(cfg.ports),
-            "active_flows": len(self.pipeline.sessions) if self.pipeline else 0,
             "rules": rules,
             "rule_errors": {str(k): v for k, v in self.engine.ruleset.errors.items()} if self.engine else {},
             "last_reload_age": round(time.monotonic() - self.last_reload, 3) if self.last_reload else None,
             "metrics": self.metrics.url if self.metrics is not None else None,
-            "rule_engine": rule_engine,
-            **counters,
+            **self.counters(),
         }

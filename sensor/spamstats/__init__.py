@@ -50,15 +50,15 @@ Using it
 from __future__ import annotations
 
 from sensor.config import NOTICE_TYPES, POSSIBLE_INTERNAL_SPAM, POSSIBLE_SPAM, STRANGE_REJECT_BEHAVIOR
-from sensor.spamstats.actor import Ban, SpamStatsActor
+from sensor.spamstats.actor import ActorCounters, Ban, SpamStatsActor
 from sensor.spamstats.hosts import ConnState
 from sensor.spamstats.listener import RejectStatsListener
 from sensor.spamstats.snapshot import Restored, SnapshotError, read_snapshot, write_snapshot
-from sensor.spamstats.stats import Counters, Notice, RejectStats, Sample
+from sensor.spamstats.stats import Notice, RejectStats, RejectStatsCounters, Sample
 
 __all__ = [
     "RejectStats", "RejectStatsListener", "SpamStatsActor", "ConnState", "Notice", "Sample",
-    "Counters", "Ban", "Restored", "SnapshotError", "write_snapshot", "read_snapshot",
+    "RejectStatsCounters", "ActorCounters", "Ban", "Restored", "SnapshotError", "write_snapshot", "read_snapshot",
     "NOTICE_TYPES", "POSSIBLE_SPAM", "POSSIBLE_INTERNAL_SPAM",
     "STRANGE_REJECT_BEHAVIOR",
 ]

@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from sensor.config import SpamStatsConfig
+from sensor.counters import Counters, counter, gauge
 from sensor.kernel import abi
 from sensor.records.drop import BAN_SOURCE, SPAM_STATS, drop_record
 from sensor.records.notice import notice_record
@@ -20,7 +21,7 @@ from sensor.spamstats.hosts import in_networks
 from sensor.spamstats.snapshot import Restored, read_snapshot, write_snapshot
 from sensor.spamstats.stats import Notice, RejectStats
 
-__all__ = ["SpamStatsActor", "Ban"]
+__all__ = ["SpamStatsActor", "ActorCounters", "Ban"]
 
 
 @dataclass(slots=True)
@@ -34,6 +35,16 @@ class Ban:
     ttl: float
 
 
+class ActorCounters(Counters):
+    """``owner``: the SpamStatsActor."""
+
+    METRIC_PREFIX = "spam_stats_"
+    hosts = gauge("hosts the reject statistics track now", read=lambda actor: len(actor.stats))
+    bans = counter("source bans asked for, by who asked", metric="bans", labels={"by": "spam_stats"})
+    allow_listed = counter("bans not made: the host is in [spam_stats] allow")
+    ban_errors = counter("bans the enforcer failed to write")
+
+
 class SpamStatsActor:
     """Acts on the notices of ``stats`` (records to ``sink``, bans through
     ``enforcer``: see the module); keeps the bans it made."""
@@ -44,9 +55,7 @@ class SpamStatsActor:
         self.enforcer = enforcer
         self.config = config if config is not None else stats.config
         self.bans: dict[str, Ban] = {}
-        self.banned = 0            # bans made
-        self.allowed = 0           # bans not made: the host is in the allow list
-        self.ban_errors = 0        # bans the enforcer failed to write
+        self.counters = ActorCounters(self)
         self.last_error: str | None = None
 
     def tick(self, now: float | None = None) -> list[Notice]:
@@ -85,20 +94,20 @@ class SpamStatsActor:
         actions, ban_ttl, network = [], None, None
         if ttl > 0 and self.enforcer is not None:
             if in_networks(notice.src, self.config.allow):
-                self.allowed += 1
+                self.counters.allow_listed += 1
             else:
                 ip = ipaddress.ip_address(notice.src)
                 network = f"{ip}/{ip.max_prefixlen}"
                 try:
                     self.enforcer.ban(network, ttl, now, abi.Reason.SPAM_STATS)
                 except Exception as exc:       # bcc raises plain Exception; a ban must not stop us
-                    self.ban_errors += 1
+                    self.counters.ban_errors += 1
                     self.last_error = f"ban of {network} failed: {exc}"
                     network = None
                 else:
                     actions, ban_ttl = ["ban"], ttl
                     self.bans[network] = Ban(network, notice.note, now, now + ttl, ttl)
-                    self.banned += 1
+                    self.counters.bans += 1
         rec = notice_record(notice, actions=actions, ban_ttl=ban_ttl)
         self.sink(rec)
         if network is not None:
@@ -133,6 +142,6 @@ class SpamStatsActor:
                 try:
                     self.enforcer.ban(ban.network, ban.expires - now, now, abi.Reason.SPAM_STATS)
                 except Exception as exc:       # bcc raises plain Exception; a ban must not stop us
-                    self.ban_errors += 1
+                    self.counters.ban_errors += 1
                     self.last_error = f"ban of {ban.network} failed: {exc}"
         return len(self.bans)

@@ -30,7 +30,7 @@ import msgpack
 
 from sensor.errors import SensorError
 from sensor.spamstats.hosts import Host
-from sensor.spamstats.stats import Counters, StatsState
+from sensor.spamstats.stats import RejectStatsCounters, StatsState
 
 __all__ = ["write_snapshot", "read_snapshot", "Restored", "SnapshotError",
            "SNAPSHOT_FORMAT", "SNAPSHOT_VERSION"]
@@ -220,7 +220,7 @@ def _decode_stats(state: dict, stats, off: float) -> StatsState:
                   for note, addr, until in sorted(state["suppressed"], key=lambda r: r[2])}
     nc = state.get("next_check")
     counters = {name: int(value) for name, value in state.get("counters", {}).items()
-                if name in Counters.__slots__}
+                if name in RejectStatsCounters.FIELDS}
     return StatsState(hosts=hosts, dirty=dirty, suppressed=suppressed,
                       next_check=None if nc is None else nc - off, counters=counters)
 

@@ -23,7 +23,7 @@ Bounds
 Hosts are capped at ``max_hosts`` (past it, the least active of the
 ``EVICTION_SAMPLE`` least recently active is judged, then evicted), and so are
 the suppression entries; recipients and samples per host as ``hosts.py``
-says.  Every eviction and every item not kept is counted (``Counters``).
+says.  Every eviction and every item not kept is counted (``RejectStatsCounters``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sensor.config import POSSIBLE_INTERNAL_SPAM, POSSIBLE_SPAM, STRANGE_REJECT_BEHAVIOR, SpamStatsConfig
+from sensor.counters import Counters, counter
 from sensor.spamstats.hosts import ConnState, Host, in_networks
 from sensor.spamstats.window import window_for
 
-__all__ = ["RejectStats", "Counters", "Notice", "Sample", "StatsState", "EVICTION_SAMPLE"]
+__all__ = ["RejectStats", "RejectStatsCounters", "Notice", "Sample", "StatsState", "EVICTION_SAMPLE"]
 
 #: hosts looked at (from the least recently active) to choose which to evict
 EVICTION_SAMPLE = 8
@@ -77,19 +78,22 @@ class Notice:
     samples: tuple[Sample, ...] = ()
 
 
-class Counters:
+class RejectStatsCounters(Counters):
     """What the statistics did, for metrics and the stats line."""
 
-    __slots__ = ("replies", "connections", "rejected", "checks", "evaluations", "windows_closed",
-                 "notices", "suppressed", "hosts_evicted", "recipients_dropped", "samples_dropped",
-                 "suppressions_evicted")
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__slots__}
+    METRIC_PREFIX = "spam_stats_"
+    replies = counter("server replies counted")
+    connections = counter("connections counted (once per window, at their first reply there)")
+    rejected = counter("connections counted as rejected")
+    checks = counter("periodic checks run")
+    evaluations = counter("windows evaluated against the thresholds")
+    windows_closed = counter("windows (sliding: buckets) that ended")
+    notices = counter("reject statistics notices raised", metric="notices")
+    suppressed = counter("notices not raised: the same type for the host within suppress_for")
+    hosts_evicted = counter("hosts evicted (max_hosts)")
+    recipients_dropped = counter("recipients not kept (max_recipients)")
+    samples_dropped = counter("reject samples not kept (max_samples)")
+    suppressions_evicted = counter("suppression entries evicted (max_hosts)")
 
 
 @dataclass
@@ -101,7 +105,7 @@ class StatsState:
     dirty: list                    #: hosts changed since they were last judged, in that order
     suppressed: dict               #: (note, host) -> until, in expiry order
     next_check: float | None       #: the next periodic check (None: not scheduled yet)
-    counters: dict                 #: ``Counters`` by name
+    counters: dict                 #: ``RejectStatsCounters`` by name
 
 
 class RejectStats:
@@ -111,7 +115,7 @@ class RejectStats:
         self.config = config if config is not None else SpamStatsConfig()
         self.clock = clock
         self.wall = wall
-        self.counters = Counters()
+        self.counters = RejectStatsCounters()
         cfg = self.config
         #: the inspection window: ``window.FixedWindow`` or ``window.SlidingWindow``
         self.window = window_for(cfg)
@@ -265,8 +269,7 @@ class RejectStats:
         self._next_check = state.next_check
         self._pending = []
         self._now = -math.inf
-        for name in Counters.__slots__:
-            setattr(self.counters, name, int(state.counters.get(name, 0)))
+        self.counters.update({name: int(state.counters.get(name, 0)) for name in RejectStatsCounters.FIELDS})
 
     # ------------------------------------------------------------ internals
     def _advance(self, ts: float) -> float:

@@ -52,11 +52,12 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
 
+from sensor.counters import Counters, counter
 from sensor.stream.flowid import UidGenerator, community_id
 from sensor.stream.packet import ACK, FIN, RST, SYN, addr_str
 
 __all__ = [
-    "Reassembler", "Limits", "Flow", "FlowStart", "Data", "Gap", "FlowEnd", "Anomaly",
+    "Reassembler", "ReassemblyCounters", "Limits", "Flow", "FlowStart", "Data", "Gap", "FlowEnd", "Anomaly",
     "ORIG", "RESP", "DEFAULT_PORTS",
     "ANOMALY_OVERLAP", "ANOMALY_BUFFER_FULL", "ANOMALY_ISN_CHANGED", "ANOMALY_RST_OUT_OF_WINDOW",
 ]
@@ -213,6 +214,24 @@ class Flow:
                 f"{self.resp_h}:{self.resp_p}{' partial' if self.partial else ''}>")
 
 
+class ReassemblyCounters(Counters):
+    """What the reassembler did, beyond the events it returned."""
+
+    METRIC_PREFIX = "tcp_"
+    flows = counter("TCP flows followed")
+    not_tracked = counter("segments of neither SMTP port, not followed")
+    no_flow = counter("segments that start nothing to follow (a lone RST, ACK or FIN)")
+    after_close = counter("stray segments of a flow that ended (ignored)")
+    retransmitted = counter("segments holding only bytes already delivered")
+    flows_evicted = counter("flows ended because the flow table was full")
+    gap_bytes = counter("bytes delivered as gaps")
+    buffer_full_flow = counter("gaps forced by a flow's buffer cap")
+    buffer_full_global = counter("gaps forced by the global buffer cap")
+    ack_gaps = counter("holes acknowledged by the peer, made gaps")
+    ends = counter("flows ended, by reason", by="reason")
+    anomalies = counter("TCP anomalies, by name", by="name")
+
+
 class Reassembler:
     """Reassemble TCP flows; see the module documentation.
 
@@ -233,7 +252,7 @@ class Reassembler:
         self._flows: dict = {}       # flow.key -> flow, oldest first
         self._closed: dict = {}      # flow.key -> ts it ended
         self.buffered = 0            # out-of-order bytes over all flows
-        self.stats: dict[str, int] = {}
+        self.counters = ReassemblyCounters()
 
     # ------------------------------------------------------------------ API
     @property
@@ -314,25 +333,22 @@ class Reassembler:
         return out
 
     # ------------------------------------------------------------ internals
-    def _count(self, what, n=1):
-        self.stats[what] = self.stats.get(what, 0) + n
-
     def _new_flow(self, seg, ts, out):
         sport, dport, flags = seg.sport, seg.dport, seg.flags
         ports = self.ports
         if self.only_ports and sport not in ports and dport not in ports:
-            self._count("not_tracked")
+            self.counters.not_tracked += 1
             return None
         a, b = (seg.src, sport), (seg.dst, dport)
         key = a + b if a <= b else b + a
         syn_only = flags & (SYN | ACK | RST) == SYN
         if key in self._closed:
             if not syn_only:
-                self._count("after_close")
+                self.counters.after_close += 1
                 return None
             del self._closed[key]
         if flags & RST or not (flags & SYN or seg.wire_paylen):
-            self._count("no_flow")            # lone RST, pure ACK or FIN: nothing to follow
+            self.counters.no_flow += 1            # lone RST, pure ACK or FIN: nothing to follow
             return None
         if flags & SYN:
             sender_is_orig = not flags & ACK
@@ -342,7 +358,7 @@ class Reassembler:
             sender_is_orig = dport in ports or sport not in ports
         if len(self._flows) >= self.limits.max_flows:
             self._end(next(iter(self._flows.values())), "evicted", ts, out)
-            self._count("flows_evicted")
+            self.counters.flows_evicted += 1
         if sender_is_orig:
             oa, op, ra, rp = seg.src, sport, seg.dst, dport
         else:
@@ -360,7 +376,7 @@ class Reassembler:
         else:
             self._table[(oa, op, ra, rp)] = fwd
             self._table[key] = rev
-        self._count("flows")
+        self.counters.flows += 1
         out.append(FlowStart(flow, ts))
         return fwd if sender_is_orig else rev
 
@@ -401,7 +417,7 @@ class Reassembler:
         end = off + wlen
         pos = st.pos
         if end <= pos:
-            self._count("retransmitted")
+            self.counters.retransmitted += 1
             self._check_delivered(flow, st, off, payload, ts, out)
             return
         if off < pos:
@@ -520,7 +536,7 @@ class Reassembler:
         st.gaps += length
         st.pos += length
         st.nxt = (st.nxt + length) & _MASK
-        self._count("gap_bytes", length)
+        self.counters.gap_bytes += length
 
     def _skip(self, flow, st, ts, out):
         """Give up on the hole in front of the buffer: Gap up to the first chunk."""
@@ -540,12 +556,12 @@ class Reassembler:
                 > lim.flow_buffer:
             self._anomaly(flow, ANOMALY_BUFFER_FULL, f"more than {lim.flow_buffer} "
                           "out-of-order bytes buffered in the flow", ts, out)
-            self._count("buffer_full_flow")
+            self.counters.buffer_full_flow += 1
             while flow.buffered > lim.flow_buffer:
                 self._skip(flow, st if st.chunks else
                            (flow.orig if flow.orig.chunks else flow.resp), ts, out)
         if self.buffered > lim.global_buffer:
-            self._count("buffer_full_global")
+            self.counters.buffer_full_global += 1
             while self.buffered > lim.global_buffer:
                 if st.chunks:
                     victim, vs = flow, st
@@ -575,7 +591,7 @@ class Reassembler:
                     return
             elif ts - seen[1] < delay:
                 return
-            self._count("ack_gaps")
+            self.counters.ack_gaps += 1
             self._skip(flow, peer, ts, out)
 
     def _flush(self, flow, st, ts, out):
@@ -592,7 +608,8 @@ class Reassembler:
                 self._gap(flow, st, st.fin - st.pos, ts, out)
         flow.ended = reason
         out.append(FlowEnd(flow, reason, ts))
-        self._count("end_" + reason)
+        ends = self.counters.ends
+        ends[reason] = ends.get(reason, 0) + 1
         del self._flows[flow.key]
         self._table.pop((flow.orig_addr, flow.orig_p, flow.resp_addr, flow.resp_p), None)
         self._table.pop((flow.resp_addr, flow.resp_p, flow.orig_addr, flow.orig_p), None)
@@ -601,5 +618,6 @@ class Reassembler:
             self._closed[flow.key] = ts
 
     def _anomaly(self, flow, name, detail, ts, out):
-        self._count("anomaly_" + name)
+        anomalies = self.counters.anomalies
+        anomalies[name] = anomalies.get(name, 0) + 1
         out.append(Anomaly(flow, name, detail, ts))

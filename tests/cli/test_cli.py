@@ -201,3 +201,31 @@ def test_replay_to_an_unwritable_output_is_one_line_error(tmp_path):
     result = smtp_sensor("replay", str(PCAPS / "haka__smtp.pcap"), "-o", str(tmp_path / "no" / "dir" / "x.json"))
     assert result.returncode == 2 and result.stderr.startswith("smtp-sensor: cannot write")
     assert "Traceback" not in result.stderr
+
+
+def test_replay_follows_the_configs_monitor_only_mode(tmp_path):
+    """A SPAN sensor's own config (``enforce = false``) replayed: its drop
+    records say monitor, as the live sensor's, and --write-passed keeps every
+    packet; the same config enforcing gives the replay's verdicts."""
+    import json
+
+    from sensor.inputs.pcapfile import read_packets
+
+    rules = PCAPS.parents[2] / "rules"
+    records = {}
+    for enforce in ("false", "true"):
+        config = tmp_path / f"{enforce}.toml"
+        config.write_text(f'[sensor]\nrules = "{rules}"\nenforce = {enforce}\n')
+        out, passed = tmp_path / f"{enforce}.json", tmp_path / f"{enforce}.pcap"
+        result = smtp_sensor("replay", str(PCAPS / "haka__smtp.pcap"), "-c", str(config), "-o", str(out),
+                             "--write-passed", str(passed))
+        assert result.returncode == 0, result.stderr
+        assert "rules: 1 alerts, 1 flows dropped" in result.stderr
+        records[enforce] = [json.loads(line) for line in out.read_text().splitlines()]
+        records[enforce + " passed"] = sum(1 for _ in read_packets(passed))
+    (drop,) = [r for r in records["false"] if r["event_type"] == "drop"]
+    assert drop["enforced_by"] == "monitor"
+    (smtp,) = [r for r in records["false"] if r["event_type"] == "smtp"]
+    assert smtp["delivered"] is True and [s["verb"] for s in smtp["steps"]][-1] == "."
+    assert records["false passed"] == 48 and records["true passed"] == 25
+    assert [r["enforced_by"] for r in records["true"] if r["event_type"] == "drop"] == ["replay"]

@@ -63,7 +63,7 @@ class FakeSensor:
         self.datapath = SimpleNamespace(maps=self.maps)
         self.enforcer = KernelEnforcer(self.maps)
         self.pipeline = SimpleNamespace(sessions=[])
-        self.stats = None
+        self.reject_stats = None
         self.engine = None
         self.records: list[dict] = []
         self.stop_requested = False
@@ -311,7 +311,7 @@ def test_a_failing_command_is_an_error_reply(served):
     served.sensor.status_raises = OverflowError("cannot convert float infinity to integer")
     assert request(served.server.path, {"cmd": "status"})["ok"] is False
     served.sensor.status_raises = None
-    assert served.server.errors == 2
+    assert served.server.counters.errors == 2
     assert_healthy(served)
 
 

@@ -1,26 +1,36 @@
 """Live and offline give the same records: real SMTP sessions in the netns
-lab (swaks plain, pipelined to Postfix, BDAT to Postfix, AUTH, STARTTLS) are
-dissected live (datapath events -> pipeline) while a capture records the wire; a replay of that capture must log the same smtp and anomaly records
-(all fields but ts, which differ by the kernel-vs-capture clock)."""
+lab (swaks plain, pipelined to Postfix, BDAT to Postfix, AUTH, STARTTLS, a
+forbidden sender under a monitor-only config) are dissected by the live
+sensor (``sensor.service.loop.Sensor``, the real assembly, in this process,
+its records written as ``smtp-sensor run -o`` writes them) while a capture
+records the wire; ``smtp-sensor replay`` of that capture with the same config
+file must write the same records (all fields but ts, which differ by the
+kernel-vs-capture clock)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from sensor.inputs.live import LiveFeed
+from sensor.config import load
 from sensor.inputs.pcapfile import read_packets
-from sensor.inputs.replay import replay
 from sensor.kernel import abi
-from sensor.kernel.datapath import Datapath, DatapathConfig
 from sensor.lab.network import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, SPAMMER_V4, Lab
-from sensor.pipeline import Pipeline
-from sensor.records.sinks import ListSink
+from sensor.service.loop import RunOptions, Sensor
 from support.lab_capture import Capture
 from support.prereqs import require_swaks_ipv6
 from support.record_schemas import check
+
+REPO = Path(__file__).resolve().parents[2]
+UID_SEED = 7
 
 
 @pytest.fixture(scope="module")
@@ -33,59 +43,92 @@ def lab(lab_prereqs):
         yield lab
 
 
+class LiveRun:
+    """The live sensor built from ``config`` (a TOML file) on the server's
+    veth, and a capture of the same wire."""
+
+    def __init__(self, lab, config: Path, pin_dir: Path, work: Path):
+        self.config, self.work = config, work
+        self.records_path = work / "live.json"
+        cfg = load(config)
+        cfg = replace(cfg, sensor=replace(cfg.sensor, interfaces=(lab.server_if,), netns=lab.server_ns,
+                                          pin_dir=pin_dir, output=str(self.records_path)))
+        self.sensor = Sensor(cfg, RunOptions(uid_seed=UID_SEED, stats_interval=3600.0))
+        self.sensor.start()
+        self.capture = Capture(lab, lab.server_ns, lab.server_if, work / "wire.pcap")
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Run the sensor's loop until the ring has been quiet for a few turns."""
+        deadline, quiet = time.monotonic() + timeout, 0
+        while quiet < 3 and time.monotonic() < deadline:
+            quiet = 0 if self.sensor.step(50) else quiet + 1
+
+    def stop(self) -> None:
+        self.capture.stop()
+        self.sensor.stop()
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.records_path.read_text().splitlines()]
+
+
 @pytest.fixture
-def live(lab, test_pin_root, tmp_path):
-    """The datapath on the server's veth, a live pipeline, and a capture of the same wire."""
-    dp = Datapath(DatapathConfig(pin_dir=test_pin_root / "live" / f"v{abi.ABI_VERSION}")).load()
-    try:
-        dp.attach(lab.server_if, netns=lab.server_ns)
-        sink = ListSink()
-        feed = LiveFeed(dp.event_reader(), Pipeline(sink, uid_seed=7), dp.maps)
-        capture = Capture(lab, lab.server_ns, lab.server_if, tmp_path / "wire.pcap")
-        try:
-            yield feed, sink, capture
-        finally:
-            capture.stop()
-    finally:
-        for table in (dp.maps.ban_v4, dp.maps.ban_v6, dp.maps.flow_drop, dp.maps.bypass_map):
-            table.clear()
-        dp.close()
+def start_live(lab, test_pin_root, tmp_path, request):
+    """``start_live(config_text)``: a LiveRun with that config file (the default config if empty)."""
+    runs = []
+
+    def start(config_text: str = "") -> LiveRun:
+        config = tmp_path / "sensor.toml"
+        config.write_text(config_text)
+        name = re.sub(r"\W", "_", request.node.name)
+        run = LiveRun(lab, config, test_pin_root / "live-vs-replay" / name / f"v{abi.ABI_VERSION}", tmp_path)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.stop()
 
 
 def without_ts(records):
     return [{k: v for k, v in r.items() if k != "ts"} for r in records]
 
 
-def finish_and_compare(feed, sink, capture):
-    feed.drain(rounds=10, timeout_ms=50)
-    feed.pipeline.finish()
-    assert feed.reader.lost == 0
-    offline = ListSink()
-    replay(capture.stop(), Pipeline(offline, uid_seed=7))
-    for rec in sink:
+def finish_and_compare(live: LiveRun) -> list[dict]:
+    """Stop the live sensor, replay its capture with its config file; the records must agree."""
+    live.settle()
+    assert live.sensor.feed.counters.lost == 0
+    live.stop()
+    online = live.records()
+    offline_path = live.work / "replay.json"
+    result = subprocess.run([sys.executable, "-m", "sensor.cli", "replay", str(live.capture.path),
+                             "-c", str(live.config), "--uid-seed", str(UID_SEED), "-o", str(offline_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    offline = [json.loads(line) for line in offline_path.read_text().splitlines()]
+    for rec in online:
         check(rec)
-    assert without_ts(sink) == without_ts(offline)
-    for a, b in zip(sink, offline):
+    assert without_ts(online) == without_ts(offline)
+    for a, b in zip(online, offline):
         assert abs(a["ts"] - b["ts"]) < 0.5, (a, b)
-    return sink
+    return online
 
 
-def run_session(lab, feed, *swaks_args, source=None, server=SERVER_V4, expect_rc=0):
+def run_session(lab, live, *swaks_args, source=None, server=SERVER_V4, expect_rc=0):
     result = lab.swaks(*swaks_args, source=source, server=server, timeout=20)
     assert result.returncode == expect_rc, result.stdout[-1500:] + result.stderr[-500:]
-    feed.drain(rounds=5, timeout_ms=50)
+    live.settle()
     return result
 
 
-def test_plain_sessions_live_equal_replay(lab, live):
+def test_plain_sessions_live_equal_replay(lab, start_live):
     require_swaks_ipv6()                                # its third session
-    feed, sink, capture = live
-    run_session(lab, feed, "--from", "alice@example.org", "--to", "bob@example.net",
+    live = start_live()
+    run_session(lab, live, "--from", "alice@example.org", "--to", "bob@example.net",
                 "--header", "Subject: live and replay", source=CLIENT_V4)
-    run_session(lab, feed, "--from", "promo@spam.example", "--to", "spamtrap@example.net",
+    run_session(lab, live, "--from", "promo@spam.example", "--to", "spamtrap@example.net",
                 source=SPAMMER_V4, expect_rc=24)       # swaks: 24 = no recipient accepted
-    run_session(lab, feed, "--from", "alice@example.org", "--to", "bob@example.net", server=SERVER_V6)
-    records = finish_and_compare(feed, sink, capture)
+    run_session(lab, live, "--from", "alice@example.org", "--to", "bob@example.net", server=SERVER_V6)
+    records = finish_and_compare(live)
     smtp = [r for r in records if r["event_type"] == "smtp"]
     assert [r["id.orig_h"] for r in smtp] == [CLIENT_V4, SPAMMER_V4, CLIENT_V6]
     assert smtp[0]["subject"] == "live and replay" and smtp[0]["delivered"] is True
@@ -93,11 +136,11 @@ def test_plain_sessions_live_equal_replay(lab, live):
     assert len({r["uid"] for r in smtp}) == 3
 
 
-def test_pipelined_session_to_postfix_live_equals_replay(lab, live):
-    feed, sink, capture = live
-    run_session(lab, feed, "--port", "587", "--pipeline", "--from", "alice@example.org",
+def test_pipelined_session_to_postfix_live_equals_replay(lab, start_live):
+    live = start_live()
+    run_session(lab, live, "--port", "587", "--pipeline", "--from", "alice@example.org",
                 "--to", "user@lab.example,spam@lab.example,other@lab.example", source=CLIENT_V4)
-    records = finish_and_compare(feed, sink, capture)
+    records = finish_and_compare(live)
     (smtp,) = [r for r in records if r["event_type"] == "smtp"]
     assert [(s["verb"], s.get("code")) for s in smtp["steps"]] == [
         ("MAIL", 250), ("RCPT", 250), ("RCPT", 550), ("RCPT", 250), ("DATA", 354), (".", 250)]
@@ -107,12 +150,12 @@ def test_pipelined_session_to_postfix_live_equals_replay(lab, live):
 
 
 @pytest.mark.parametrize("mode", ["last", "zero_last", "pipelined"])
-def test_bdat_session_to_postfix_live_equals_replay(lab, live, mode):
-    feed, sink, capture = live
+def test_bdat_session_to_postfix_live_equals_replay(lab, start_live, mode):
+    live = start_live()
     result = lab.bdat_client("--size", "3000", port=587, chunk_size=700, zero_last=mode == "zero_last",
                              pipeline=mode == "pipelined", source=CLIENT_V4)
     assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-500:]
-    records = finish_and_compare(feed, sink, capture)
+    records = finish_and_compare(live)
     (smtp,) = [r for r in records if r["event_type"] == "smtp"]
     verbs = [s["verb"] for s in smtp["steps"]]
     assert verbs[:2] == ["MAIL", "RCPT"] and set(verbs[2:]) == {"BDAT"}
@@ -121,13 +164,13 @@ def test_bdat_session_to_postfix_live_equals_replay(lab, live, mode):
     assert smtp["delivered"] is True and smtp["msg_size"] >= 3000
 
 
-def test_auth_session_live_equals_replay_and_never_logs_credentials(lab, live):
+def test_auth_session_live_equals_replay_and_never_logs_credentials(lab, start_live):
     from sensor.lab.server import LAB_PASSWORD, LAB_USER
-    feed, sink, capture = live
+    live = start_live()
     for mech in ("PLAIN", "LOGIN"):
-        run_session(lab, feed, "--auth", mech, "--auth-user", LAB_USER, "--auth-password", LAB_PASSWORD,
+        run_session(lab, live, "--auth", mech, "--auth-user", LAB_USER, "--auth-password", LAB_PASSWORD,
                     "--from", "alice@example.org", "--to", "bob@example.net", source=CLIENT_V4)
-    records = finish_and_compare(feed, sink, capture)
+    records = finish_and_compare(live)
     assert len([r for r in records if r["event_type"] == "smtp"]) == 2
     text = json.dumps(records)
     for secret in (LAB_PASSWORD, base64.b64encode(LAB_PASSWORD.encode()).decode(),
@@ -135,15 +178,33 @@ def test_auth_session_live_equals_replay_and_never_logs_credentials(lab, live):
         assert secret not in text
 
 
-def test_starttls_session_live_equals_replay_and_is_bypassed(lab, live):
-    feed, sink, capture = live
-    before = feed.events
-    run_session(lab, feed, "--tls", "--from", "alice@example.org", "--to", "bob@example.net",
+def test_starttls_session_live_equals_replay_and_is_bypassed(lab, start_live):
+    live = start_live()
+    feed = live.sensor.feed
+    before = feed.counters.events
+    run_session(lab, live, "--tls", "--from", "alice@example.org", "--to", "bob@example.net",
                 source=CLIENT_V4)
-    records = finish_and_compare(feed, sink, capture)
+    records = finish_and_compare(live)
     (smtp,) = [r for r in records if r["event_type"] == "smtp"]
     assert smtp["tls"] is True
-    assert feed.bypassed == 1
+    assert feed.counters.starttls_bypassed == 1
     # the kernel stopped pushing the encrypted rest: fewer events than packets on the wire
-    wire = sum(1 for _ in read_packets(capture.path))
-    assert feed.events - before < wire
+    wire = sum(1 for _ in read_packets(live.capture.path))
+    assert feed.counters.events - before < wire
+
+
+def test_a_monitor_only_sensor_and_the_replay_of_its_capture_agree(lab, start_live):
+    """A SPAN sensor's config: rules that drop, ``enforce = false``.  Live, the
+    verdict is recorded as what would have been done and nothing is dropped
+    or gated; the replay with the same config writes the same records."""
+    live = start_live(f'[sensor]\nrules = "{REPO / "rules"}"\nenforce = false\n')
+    run_session(lab, live, "--from", "mallory@spam.example", "--to", "bob@example.net", source=CLIENT_V4)
+    pipeline = live.sensor.pipeline
+    kernel = live.sensor.datapath.maps.counters()
+    records = finish_and_compare(live)
+    (drop,) = [r for r in records if r["event_type"] == "drop"]
+    assert drop["action"] == "drop_flow" and drop["enforced_by"] == "monitor"
+    (smtp,) = [r for r in records if r["event_type"] == "smtp"]
+    assert smtp["mailfrom"] == "mallory@spam.example" and smtp["delivered"] is True
+    assert pipeline.counters.gated == 0
+    assert kernel["ingress"]["drop_flow"] == kernel["egress"]["drop_flow"] == 0

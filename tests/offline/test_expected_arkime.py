@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pytest
 
+from sensor.assembly import Userland
+from sensor.config import Config, SensorConfig
 from sensor.inputs.replay import replay
-from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
 from sensor.stream.flowid import community_id
 from sensor.stream.reassembly import DEFAULT_PORTS
@@ -160,7 +161,7 @@ def our_view(records: list[dict]) -> dict:
 
 def smtp_records(pcaps_dir: Path, name: str, ports=DEFAULT_PORTS) -> list[dict]:
     sink = ListSink()
-    replay(pcaps_dir / f"arkime__{name}.pcap", Pipeline(sink, ports=ports, uid_seed=0))
+    replay(pcaps_dir / f"arkime__{name}.pcap", Userland(Config(sensor=SensorConfig(ports=tuple(ports))), sink))
     return sink.of("smtp")
 
 

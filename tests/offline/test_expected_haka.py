@@ -14,8 +14,9 @@ import re
 
 import pytest
 
+from sensor.assembly import Userland
+from sensor.config import Config
 from sensor.inputs.replay import replay
-from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
 from sensor.smtp.events import Command, MailContent, MessageEnd, Reply
 
@@ -61,7 +62,9 @@ def haka_connections(text: str) -> list[tuple[str, int, str, int]]:
 def dissected(pcaps_dir):
     events: list = []
     sink = ListSink()
-    replay(pcaps_dir / CAPTURE, Pipeline(sink, listeners=[lambda s, e: events.append(e)]))
+    userland = Userland(Config(), sink)
+    userland.pipeline.listeners.append(lambda s, e: events.append(e))
+    replay(pcaps_dir / CAPTURE, userland)
     return events, sink
 
 

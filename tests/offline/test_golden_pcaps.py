@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from sensor.assembly import Userland
+from sensor.config import Config
 from sensor.inputs.replay import replay
-from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
 from support.captures import PCAPS_DIR
 
@@ -58,9 +59,9 @@ def normalise(value):
     return value
 
 
-def records_of(path: Path, **pipeline_args) -> list[dict]:
+def records_of(path: Path) -> list[dict]:
     sink = ListSink()
-    replay(path, Pipeline(sink, uid_seed=0, **pipeline_args))
+    replay(path, Userland(Config(), sink, uid_seed=0))
     return [normalise(r) for r in sink]
 
 

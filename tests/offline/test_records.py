@@ -9,8 +9,9 @@ import jsonschema
 import pytest
 
 from sensor import records
+from sensor.assembly import Userland
+from sensor.config import Config
 from sensor.inputs.replay import replay
-from sensor.pipeline import Pipeline
 from sensor.records.sinks import JsonLinesSink, ListSink
 from sensor.smtp import anomalies as smtp_anomalies
 from sensor.stream import reassembly
@@ -31,14 +32,14 @@ def test_every_schema_is_a_valid_json_schema():
 @pytest.mark.parametrize("capture", _captures(), ids=lambda p: p.stem)
 def test_every_record_of_every_capture_matches_its_schema(capture):
     sink = ListSink()
-    replay(capture, Pipeline(sink))
+    replay(capture, Userland(Config(), sink))
     for record in sink:
         check(record)
 
 
 def test_schema_rejects_a_record_missing_a_zeek_field():
     sink = ListSink()
-    replay(PCAPS / "haka__smtp.pcap", Pipeline(sink))
+    replay(PCAPS / "haka__smtp.pcap", Userland(Config(), sink))
     rec = dict(sink.of("smtp")[0])
     del rec["id.resp_p"]
     with pytest.raises(jsonschema.ValidationError):
@@ -52,7 +53,7 @@ def test_anomaly_names_are_the_documented_ones():
     tcp_names = {getattr(reassembly, n) for n in dir(reassembly) if n.startswith("ANOMALY_")}
     sink = ListSink()
     for capture in _captures():
-        replay(capture, Pipeline(sink))
+        replay(capture, Userland(Config(), sink))
     for rec in sink.of("anomaly"):
         allowed = smtp_anomalies.ALL if rec["layer"] == "smtp" else tcp_names
         assert rec["name"] in allowed
@@ -60,7 +61,7 @@ def test_anomaly_names_are_the_documented_ones():
 
 def test_haka_capture_gives_one_transaction_with_each_step_and_its_reply():
     sink = ListSink()
-    replay(PCAPS / "haka__smtp.pcap", Pipeline(sink))
+    replay(PCAPS / "haka__smtp.pcap", Userland(Config(), sink))
     (rec,) = sink.of("smtp")
     assert rec["helo"] == "some_domain"
     assert rec["mailfrom"] == "hacker@suspicious.org"
@@ -76,7 +77,7 @@ def test_haka_capture_gives_one_transaction_with_each_step_and_its_reply():
 
 def test_single_received_header_is_first_received_and_no_second():
     sink = ListSink()
-    replay(PCAPS / "arkime__smtp-originating.pcap", Pipeline(sink))
+    replay(PCAPS / "arkime__smtp-originating.pcap", Userland(Config(), sink))
     (rec,) = sink.of("smtp")
     assert rec["first_received"].startswith("from [10.000.000.002]")
     assert "second_received" not in rec
@@ -86,7 +87,7 @@ def test_single_received_header_is_first_received_and_no_second():
 
 def test_starttls_transaction_is_marked_tls():
     sink = ListSink()
-    replay(PCAPS / "arkime__smtp-starttls.pcap", Pipeline(sink))
+    replay(PCAPS / "arkime__smtp-starttls.pcap", Userland(Config(), sink))
     (rec,) = sink.of("smtp")
     assert rec["tls"] is True
 
@@ -110,7 +111,7 @@ def test_json_lines_sink_writes_one_parseable_line_per_record(tmp_path):
     out = tmp_path / "records.json"
     with open(out, "w") as f:
         sink = JsonLinesSink(f)
-        replay(PCAPS / "haka__smtp.pcap", Pipeline(sink))
+        replay(PCAPS / "haka__smtp.pcap", Userland(Config(), sink))
     lines = out.read_text().splitlines()
     assert len(lines) == sink.written > 0
     parsed = [json.loads(line) for line in lines]

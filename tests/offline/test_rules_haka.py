@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from sensor.assembly import Userland
+from sensor.config import Config, SensorConfig
 from sensor.inputs.pcapfile import read_packets
 from sensor.inputs.replay import replay
-from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
-from sensor.rules.enforce import ReplayEnforcer
-from sensor.rules.engine import RuleEngine
-from sensor.rules.loader import RuleSet
 from support.record_schemas import check
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,14 +28,14 @@ def rules_dir(tmp_path):
     return target
 
 
-def run_rules(capture, rules_dir, write_passed=None):
+def run_rules(capture, rules_dir, write_passed=None, enforce=True):
+    """The sensor's userland with the rules of ``rules_dir`` on ``capture``."""
     sink = ListSink()
-    enforcer = ReplayEnforcer()
-    engine = RuleEngine(RuleSet(rules_dir), sink, enforcer)
-    result = replay(capture, Pipeline(sink, listeners=[engine]), enforcer=enforcer, write_passed=write_passed)
+    userland = Userland(Config(sensor=SensorConfig(rules=rules_dir, enforce=enforce)), sink)
+    result = replay(capture, userland, write_passed=write_passed)
     for rec in sink:
         check(rec)
-    return sink, engine, result
+    return sink, userland.engine, result
 
 
 def test_mail_from_a_banned_domain_alerts_and_drops_like_the_seed_intends(pcaps_dir, tmp_path):
@@ -50,7 +48,7 @@ def test_mail_from_a_banned_domain_alerts_and_drops_like_the_seed_intends(pcaps_
     assert alert["smtp"] == {"helo": "some_domain", "mail_from": "hacker@suspicious.org"}
     (drop,) = sink.of("drop")
     assert drop["action"] == "drop_flow" and drop["uid"] == alert["uid"]
-    assert engine.errors == 0
+    assert engine.counters.errors == 0
 
 
 def _records(path):
@@ -84,7 +82,26 @@ def test_dropped_flow_is_not_dissected_further(pcaps_dir):
     assert [s["verb"] for s in smtp["steps"]] == ["MAIL"] and "code" not in smtp["steps"][0]
     # 23 packets do not pass: the MAIL that triggered the verdict (dissected)
     # and the 22 after it (kept from the dissector, as the kernel would)
-    assert result.stats["gated"] == 22
+    assert result.counters["gated"] == 22
+
+
+def test_monitor_only_replay_records_the_verdict_and_keeps_every_packet(pcaps_dir, tmp_path):
+    """``[sensor] enforce = false`` (a SPAN port's config): what the live sensor
+    in monitor mode writes -- the drop says ``enforced_by: monitor``, nothing
+    is gated, the whole dialogue is dissected -- and every packet passes."""
+    passed = tmp_path / "passed.pcap"
+    sink, engine, result = run_rules(pcaps_dir / "haka__smtp.pcap", RULES, passed, enforce=False)
+    (drop,) = sink.of("drop")
+    assert drop["action"] == "drop_flow" and drop["enforced_by"] == "monitor"
+    assert result.counters["gated"] == 0
+    (smtp,) = sink.of("smtp")
+    assert [s["verb"] for s in smtp["steps"]] == ["MAIL", "RCPT", "DATA", "."] and smtp["delivered"] is True
+    assert engine.counters.drops == 1 and engine.counters.late_events > 0
+    assert _records(passed) == _records(pcaps_dir / "haka__smtp.pcap")
+    # the verdicts are those of an enforcing replay, said as monitor
+    enforcing, _, _ = run_rules(pcaps_dir / "haka__smtp.pcap", RULES)
+    assert sink.of("alert") == enforcing.of("alert")
+    assert [dict(d, enforced_by="replay") for d in sink.of("drop")] == enforcing.of("drop")
 
 
 def test_content_dump_matches_hakas_reference(pcaps_dir, rules_dir, tmp_path):

@@ -117,7 +117,7 @@ class Run:
     def finish(self) -> "Run":
         self.pipe.finish()
         # the engine's own bugs would be hidden by the pipeline's listener guard
-        assert self.pipe.stats.listener_errors == 0
+        assert self.pipe.counters.listener_errors == 0
         return self
 
     def alerts(self) -> list[dict]:

@@ -36,8 +36,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from sensor.assembly import Userland
+from sensor.config import Config
 from sensor.inputs.replay import replay
-from sensor.pipeline import Pipeline
 from sensor.smtp import events as sev
 
 TSHARK = "tshark"
@@ -222,8 +223,8 @@ class OurConn:
 _KEEP = (sev.Command, sev.Reply, sev.MessageEnd, sev.StartTLS)
 
 
-def run_ours(path) -> tuple[list[OurConn], Pipeline]:
-    """Our reading of ``path`` through the production pipeline: events per connection."""
+def run_ours(path) -> tuple[list[OurConn], Userland]:
+    """Our reading of ``path`` through the sensor's userland: events per connection."""
     conns: dict = {}   # keyed by the Session itself (kept alive: ids are not reused)
 
     def listener(session, event):
@@ -236,10 +237,11 @@ def run_ours(path) -> tuple[list[OurConn], Pipeline]:
                                                 (_norm_ip(fl.resp_h), fl.resp_p))
         conn.events.append(event)
 
-    pipeline = Pipeline(lambda record: None, listeners=[listener])
-    replay(path, pipeline)
-    assert pipeline.stats.listener_errors == 0, "the cross-check listener raised"
-    return list(conns.values()), pipeline
+    userland = Userland(Config(), lambda record: None)
+    userland.pipeline.listeners.append(listener)
+    replay(path, userland)
+    assert userland.pipeline.counters.listener_errors == 0, "the cross-check listener raised"
+    return list(conns.values()), userland
 
 
 # -------------------------------------------------------------- normalisation

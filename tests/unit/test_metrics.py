@@ -42,28 +42,34 @@ def test_address_mistakes(text, problem):
         parse_address(text)
 
 
-class _Stats:
-    def __init__(self, counters):
-        self.counters = counters
-
-    def __len__(self):
-        return 1
-
-
 def fake_sensor():
-    rule = SimpleNamespace(id="spam_filter.mail_from", alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25)
-    ruleset = SimpleNamespace(rules=[rule], errors={}, reload_errors=2)
-    engine = SimpleNamespace(ruleset=ruleset, alerts=3, errors=1, slow_calls=0, drops=2, late_events=5, bans=1)
-    stats = _Stats(SimpleNamespace(as_dict=lambda: {"notices": 4, "replies": 9}))
-    pipeline = SimpleNamespace(
-        stats=SimpleNamespace(frames=11, segments=10, flows=2, transactions=1, anomalies=0, payload_bytes=99,
-                              gap_bytes=0, starttls=0, listener_errors=0, gated=0,
-                              not_segments={"not_tcp": 3}),
-        reassembler=SimpleNamespace(flows=[SimpleNamespace(ctx=object()), SimpleNamespace(ctx=None)]))
-    return SimpleNamespace(started=None, feed=SimpleNamespace(events=20, bypassed=0, reader=SimpleNamespace(lost=0)),
-                           pipeline=pipeline, engine=engine, stats=stats, actor=SimpleNamespace(banned=1),
-                           control=SimpleNamespace(requests=5, refused=1, bans_added=2), datapath=None,
-                           reopens=0)
+    """What the collector reads of a Sensor without BPF: the real components'
+    counter objects, their values set here."""
+    from sensor.counters import Group
+    from sensor.inputs.live import FeedCounters
+    from sensor.pipeline import PipelineCounters
+    from sensor.rules.counters import RuleCounters, RuleEngineCounters, RuleSetCounters
+    from sensor.service.control import ControlCounters
+    from sensor.service.loop import SensorCounters
+    from sensor.spamstats import ActorCounters, RejectStatsCounters
+
+    rule = RuleCounters().update(dict(alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25))
+    ruleset = SimpleNamespace(rules=[object()], errors={})
+    flows = [SimpleNamespace(ctx=object())]
+    groups = [
+        Group((), SensorCounters(SimpleNamespace(started=None, pipeline=SimpleNamespace(sessions=flows)))),
+        Group((), FeedCounters(SimpleNamespace(reader=SimpleNamespace(lost=0))).update(dict(events=20))),
+        Group(("pipeline",), PipelineCounters().update(dict(frames=11, segments=10, flows=2, transactions=1,
+                                                            payload_bytes=99, not_segments={"not_tcp": 3}))),
+        Group(("rule_engine",), RuleEngineCounters().update(dict(alerts=3, errors=1, drops=2, late_events=5,
+                                                                 bans=1))),
+        Group(("rule_engine",), RuleSetCounters(ruleset).update(dict(reload_errors=2))),
+        Group(None, rule, (("rule", "spam_filter.mail_from"),)),
+        Group(("spam_stats",), RejectStatsCounters().update(dict(notices=4, replies=9))),
+        Group(("spam_stats",), ActorCounters(SimpleNamespace(stats=[object()])).update(dict(bans=1))),
+        Group(("control",), ControlCounters().update(dict(requests=5, refused=1, bans_added=2))),
+    ]
+    return SimpleNamespace(counter_groups=lambda: iter(groups))
 
 
 def samples(sensor) -> dict:
@@ -89,6 +95,9 @@ def test_a_scrape_of_a_fake_sensor():
     assert got[("smtp_sensor_notices_total", ())] == 4
     assert got[("smtp_sensor_bans_total", (("by", "manual"),))] == 2
     assert got[("smtp_sensor_bans_total", (("by", "rules"),))] == 1
+    assert got[("smtp_sensor_bans_total", (("by", "spam_stats"),))] == 1
+    assert got[("smtp_sensor_spam_stats_hosts", ())] == 1
+    assert got[("smtp_sensor_rules_loaded", ())] == 1
     assert got[("smtp_sensor_control_requests_total", ())] == 5
     assert not any(name.startswith("smtp_sensor_kernel") for name, _ in got)   # no datapath loaded
 

@@ -44,7 +44,7 @@ def test_one_session_gives_one_smtp_record_with_zeek_fields():
                                "code": 550, "enhanced": "5.1.1", "text": "5.1.1 No such user"}
     assert rec["msg_size"] == len(DIALOGUE[5][1]) - len(b".\r\n") - 1   # one stuffed dot removed
     assert rec["delivered"] is True
-    assert pipe.stats.flows == 1 and pipe.stats.transactions == 1
+    assert pipe.counters.flows == 1 and pipe.counters.transactions == 1
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -82,7 +82,7 @@ def test_starttls_asks_for_a_bypass_once_and_ignores_what_follows():
     (rec,) = sink.of("smtp")
     assert rec["tls"] is True and rec["helo"] == "c"
     assert sink.of("anomaly") == []
-    assert pipe.stats.starttls == 1
+    assert pipe.counters.starttls == 1
 
 
 def test_lost_client_bytes_become_a_content_gap_anomaly():
@@ -106,7 +106,7 @@ def test_a_failing_listener_is_counted_and_dissection_goes_on():
 
     sink, pipe = run(session_segments(DIALOGUE), listeners=[broken, lambda s, e: seen.append(type(e).__name__)])
     assert len(sink.of("smtp")) == 1
-    assert pipe.stats.listener_errors == len(seen) > 0
+    assert pipe.counters.listener_errors == len(seen) > 0
     assert "Transaction" in seen and "FlowEnd" in seen
 
 
@@ -125,4 +125,4 @@ def test_idle_flow_is_ended_by_expire_and_its_transaction_logged():
 def test_segments_on_other_ports_are_not_dissected():
     segs = [s._replace(sport=8080) if s.sport == 25 else s._replace(dport=8080) for s in session_segments(DIALOGUE)]
     sink, pipe = run(segs)
-    assert list(sink) == [] and pipe.stats.flows == 0
+    assert list(sink) == [] and pipe.counters.flows == 0

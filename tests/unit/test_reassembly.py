@@ -76,7 +76,7 @@ def test_handshake_data_and_fins():
         (RESP, b"220 hi\r\n", 2.0), (ORIG, b"QUIT\r\n", 3.0), (RESP, b"221 bye\r\n", 4.0)]
     assert end.reason == "fin" and end.ts == 5.0 and end.flow is start.flow
     assert r.feed(seg(False, 5019, flags=ACK), 5.1) == []      # final ACK: ignored
-    assert r.stats["after_close"] == 1 and not list(r.flows)
+    assert r.counters.after_close == 1 and not list(r.flows)
 
 
 def test_out_of_order_is_buffered_then_delivered_in_order():
@@ -95,7 +95,7 @@ def test_retransmission_is_not_delivered_twice():
     ev += r.feed(seg(True, 1004, b"defgh"), 4)
     assert streams(ev)[ORIG] == b"abcdefgh"
     assert not [e for e in ev if isinstance(e, Anomaly)]
-    assert r.stats["retransmitted"] == 1
+    assert r.counters.retransmitted == 1
 
 
 def test_overlap_with_different_bytes_first_data_wins_and_is_reported():
@@ -143,7 +143,7 @@ def test_pure_acks_and_lone_rst_do_not_create_flows():
     assert r.feed(seg(True, 1, flags=ACK), 1) == []
     assert r.feed(seg(True, 1, flags=RST), 1) == []
     assert r.feed(seg(True, 1, flags=FIN | ACK), 1) == []
-    assert r.stats["no_flow"] == 3
+    assert r.counters.no_flow == 3
 
 
 def test_flows_without_a_tracked_port_are_ignored_unless_asked():
@@ -263,7 +263,7 @@ def test_ack_past_a_hole_with_data_behind_it_is_capture_loss():
     ev = r.feed(seg(False, 5001, flags=ACK, ack=1013), 4.1)
     assert kinds(ev) == []             # still within ack_gap_delay (0.2 s)
     ev = r.feed(seg(False, 5001, flags=ACK, ack=1013), 4.25)
-    assert kinds(ev) == ["Gap", "Data"] and ev[0].length == 6 and r.stats["ack_gaps"] == 1
+    assert kinds(ev) == ["Gap", "Data"] and ev[0].length == 6 and r.counters.ack_gaps == 1
 
 
 def test_hole_filled_within_the_ack_gap_delay_is_no_gap():
@@ -274,7 +274,7 @@ def test_hole_filled_within_the_ack_gap_delay_is_no_gap():
     ev += r.feed(seg(False, 5001, flags=ACK, ack=1013), 3.0)  # the ACK overtook the data
     ev += r.feed(seg(True, 1004, b"123456"), 3.01)
     ev += r.feed(seg(False, 5001, flags=ACK, ack=1013), 3.5)
-    assert "Gap" not in kinds(ev) and "ack_gaps" not in r.stats
+    assert "Gap" not in kinds(ev) and r.counters.ack_gaps == 0
     assert b"".join(e.data for e in ev if isinstance(e, Data)) == b"abc123456xyz"
 
 

@@ -100,8 +100,8 @@ def test_alert_with_a_bad_severity_or_confidence_is_a_rule_error_and_the_others_
         ran.append(command.verb)
 
     r = run(StaticRules(bad_alert, after))
-    assert r.sink.of("alert") == [] and r.engine.alerts == 0
-    assert r.engine.errors == 1 and bad_alert.__rule__.errors == 1
+    assert r.sink.of("alert") == [] and r.engine.counters.alerts == 0
+    assert r.engine.counters.errors == 1 and bad_alert.__rule__.counters.errors == 1
     ((_, logged),) = r.logger.of("error")
     assert "RuleError: " in logged["traceback"] and logged["rule"] == "api.bad_alert"
     assert "MAIL" in ran
@@ -138,7 +138,7 @@ def test_the_alert_record_is_an_eve_alert_with_hakas_fields():
     assert second["smtp"]["rcpt_to"] == ["bob@example.net", "nobody@example.net"]
     # ts: the moment of the event the rule was called for (the RCPT's segment)
     assert 100.0 < first["ts"] < second["ts"] < smtp["ts"] + 1
-    assert r.engine.alerts == full.__rule__.alerts == 2
+    assert r.engine.counters.alerts == full.__rule__.counters.alerts == 2
 
 
 def test_a_minimal_alert_defaults_to_the_client_and_the_server():

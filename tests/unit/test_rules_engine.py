@@ -75,7 +75,7 @@ def test_every_hook_fires_in_connection_order_with_its_argument():
     dialogue = DIALOGUE[:3] + [(True, b"XYZZY\r\n"), (False, b"502 5.5.2 what?\r\n")] + DIALOGUE[3:]
     r = run(StaticRules(on_connection, on_command, on_response, on_content, on_end,
                         on_transaction, on_anomaly, on_connection_end), dialogue)
-    assert r.engine.errors == 0
+    assert r.engine.counters.errors == 0
     assert seen == [
         ("connection", "RuleFlow"),
         ("response", 220, ">"),
@@ -225,7 +225,7 @@ def test_flow_transaction_is_the_transaction_the_dissector_reports(commands, pip
     flush()
     dialogue += [(True, b"QUIT\r\n"), (False, b"221 bye\r\n")]
     r = run(StaticRules(on_command, on_message_end, on_transaction), dialogue)
-    assert r.engine.errors == 0
+    assert r.engine.counters.errors == 0
     for depth, mailfrom, rcptto in records:
         if depth in seen:
             sender, recipients = seen[depth]
@@ -294,7 +294,7 @@ def test_a_streamed_rule_reads_the_content_as_chunks():
             chunks.append((content.offset, chunk))
 
     r = run(StaticRules(stream), content_chunk=256, cut=100)
-    assert r.engine.errors == 0
+    assert r.engine.counters.errors == 0
     assert b"".join(c for _, c in chunks) == CONTENT
     assert [len(c) for _, c in chunks[:-1]] == [256] * (len(chunks) - 1) and len(chunks) > 3
     # offset: octets read so far, this chunk included
@@ -312,7 +312,7 @@ def test_a_streamed_rule_that_stops_early_is_not_started_again_in_the_same_messa
 
     body = b"Subject: x\r\n\r\n" + b"y" * 2000 + b"\r\n"
     r = run(StaticRules(first_chunk), message_dialogue(body, messages=2), content_chunk=256, cut=300)
-    assert r.engine.errors == 0
+    assert r.engine.counters.errors == 0
     # once per message, each time from the start of the message
     assert starts == [body[:256], body[:256]]
 
@@ -396,8 +396,8 @@ def test_a_rule_that_raises_is_logged_with_id_uid_and_traceback_counted_and_the_
 
     r = run(StaticRules(broken, fine))
     assert ran == ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]
-    assert r.engine.errors == 1
-    assert broken.__rule__.errors == 1 and fine.__rule__.errors == 0
+    assert r.engine.counters.errors == 1
+    assert broken.__rule__.counters.errors == 1 and fine.__rule__.counters.errors == 0
     ((message, kw),) = r.logger.of("error")
     (smtp,) = r.sink.of("smtp")
     assert message == "rule raised" and kw["rule"] == "t.broken" and kw["uid"] == smtp["uid"]
@@ -412,7 +412,7 @@ def test_a_rule_that_calls_sys_exit_is_a_rule_error_not_the_end_of_the_sensor():
         sys.exit(3)
 
     r = run(StaticRules(leaves))
-    assert r.engine.errors == 6 and len(r.sink.of("smtp")) == 1
+    assert r.engine.counters.errors == 6 and len(r.sink.of("smtp")) == 1
 
 
 def test_a_streamed_rule_that_raises_mid_message_is_counted_and_stopped():
@@ -426,7 +426,7 @@ def test_a_streamed_rule_that_raises_mid_message_is_counted_and_stopped():
                 raise ValueError("stream bug")
 
     r = run(StaticRules(broken_stream), content_chunk=256, cut=100)
-    assert len(chunks) == 2 and r.engine.errors == 1
+    assert len(chunks) == 2 and r.engine.counters.errors == 1
     ((message, kw),) = r.logger.of("error")
     assert kw["rule"] == "t.broken_stream" and "ValueError: stream bug" in kw["traceback"]
 
@@ -453,8 +453,8 @@ def test_a_streamed_rule_awaiting_something_else_is_an_error_not_a_hang():
     started = time.perf_counter()
     r = run(StaticRules(awaits, sleeps), content_chunk=256, cut=100)
     assert time.perf_counter() - started < 5
-    assert after == [] and r.engine.errors == 2
-    assert awaits.__rule__.errors == 1 and sleeps.__rule__.errors == 1
+    assert after == [] and r.engine.counters.errors == 2
+    assert awaits.__rule__.counters.errors == 1 and sleeps.__rule__.counters.errors == 1
     tracebacks = [kw["traceback"] for _, kw in r.logger.of("error")]
     assert all("may only await its content" in tb for tb in tracebacks)
 
@@ -469,10 +469,10 @@ def test_a_slow_rule_is_counted_over_its_budget_and_warned_about_once():
         pass
 
     r = run(StaticRules(slow, quick))
-    assert slow.__rule__.calls == slow.__rule__.over_budget == 6
-    assert slow.__rule__.seconds >= 6 * 0.005
-    assert quick.__rule__.over_budget == 0 and quick.__rule__.calls == 6
-    assert r.engine.slow_calls == 6
+    assert slow.__rule__.counters.calls == slow.__rule__.counters.over_budget == 6
+    assert slow.__rule__.counters.seconds >= 6 * 0.005
+    assert quick.__rule__.counters.over_budget == 0 and quick.__rule__.counters.calls == 6
+    assert r.engine.counters.slow_calls == 6
     ((message, kw),) = r.logger.of("warning")
     assert message == "rule over its time budget" and kw["rule"] == "t.slow" and kw["budget_ms"] == 1
 
@@ -485,7 +485,7 @@ def test_each_step_of_a_streamed_rule_is_held_to_its_budget():
 
     r = run(StaticRules(slow_stream), content_chunk=256, cut=100)
     chunks = -(-len(CONTENT) // 256)
-    assert slow_stream.__rule__.over_budget == chunks and r.engine.slow_calls == chunks
+    assert slow_stream.__rule__.counters.over_budget == chunks and r.engine.counters.slow_calls == chunks
 
 
 # ---------------------------------------------------------------- verdicts
@@ -519,7 +519,7 @@ def test_flow_drop_reaches_the_enforcer_before_it_returns_and_later_events_are_o
     assert drop["action"] == "drop_flow" and drop["rule_id"] == "t.dropper" and drop["uid"] == smtp["uid"]
     assert drop["target"] == f"{CLIENT_IP}:40000 <> {SERVER_IP}:25" and drop["enforced_by"] == "replay"
     assert "ttl" not in drop
-    assert r.engine.drops == 1 and r.engine.late_events > 10
+    assert r.engine.counters.drops == 1 and r.engine.counters.late_events > 10
     assert enforcer.verdicts.flow_dropped(SERVER_IP, 25, CLIENT_IP, 40000)   # both directions
 
 
@@ -553,7 +553,7 @@ def test_ban_source_bans_the_client_prefix_and_stops_the_flow():
     (drop,) = r.sink.of("drop")
     check(drop)
     assert (drop["action"], drop["target"], drop["ttl"], drop["rule_id"]) == ("ban_source", "192.0.2.0/24", 600, "t.banner")
-    assert seen == ["EHLO", "MAIL"] and r.engine.bans == 1
+    assert seen == ["EHLO", "MAIL"] and r.engine.counters.bans == 1
     v = r.enforcer.verdicts
     assert v.banned("192.0.2.200", drop["ts"]) and not v.banned("192.0.3.1", drop["ts"])
     assert not v.banned("192.0.2.200", drop["ts"] + 601)
@@ -635,7 +635,7 @@ def test_a_stream_cut_short_by_a_drop_is_closed_in_its_rule_context():
     r = run(StaticRules(dropper, last_words, broken_finally), content_chunk=256, cut=100)
     (a,) = r.sink.of("alert")
     assert a["alert"]["signature_id"] == "t.last_words" and a["alert"]["metadata"] == {"read": 0}
-    assert r.engine.errors == 1 and broken_finally.__rule__.errors == 1
+    assert r.engine.counters.errors == 1 and broken_finally.__rule__.counters.errors == 1
 
 
 # ---------------------------------------------------------------- reload
@@ -667,7 +667,7 @@ def test_a_stream_running_during_a_reload_finishes_on_the_code_it_started_with(t
     r.feed(segments[first + 5:]).finish()
     assert [(a["signature"], a["rev"], a["metadata"]["octets"]) for a in r.alerts()] == [
         ("v1", 1, len(body)), ("v2", 2, len(body))]
-    assert r.engine.errors == 0
+    assert r.engine.counters.errors == 0
 
 
 def test_flow_state_survives_a_reload(tmp_path):

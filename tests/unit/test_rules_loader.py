@@ -182,11 +182,11 @@ def test_a_syntax_error_keeps_the_last_good_version_and_names_file_and_line(rule
     line = rule_text().count("\n") + 2
     assert error.startswith(f"{path}:{line}: SyntaxError") and "keeping the previous version" in error
     assert "\n" not in error
-    assert rs.reload_errors == 1
+    assert rs.counters.reload_errors == 1
     ((message, kw),) = logger.of("error")
     assert kw["error"] == error
     # the broken version is not tried again until it changes
-    assert rs.poll() is False and rs.reload_errors == 1
+    assert rs.poll() is False and rs.counters.reload_errors == 1
     write(path, rule_text(rev=3))
     assert rs.poll() and ids(rs) == [("a.cmd", 3)] and rs.errors == {}
 
@@ -322,7 +322,7 @@ def test_a_bad_rules_toml_keeps_the_previous_settings_and_names_the_line(rules):
     assert rs.poll() is False
     assert module.settings() == {"limit": 5}
     assert str(toml) in rs.errors[toml] and "line 3" in rs.errors[toml]
-    assert "keeping the previous settings" in rs.errors[toml] and rs.reload_errors == 1
+    assert "keeping the previous settings" in rs.errors[toml] and rs.counters.reload_errors == 1
     assert [m for m, _ in logger.of("error")] == ["rules config not loaded"]
     write(toml, '[cfg]\nlimit = 8\n')
     assert rs.poll() and module.settings() == {"limit": 8} and rs.errors == {}

@@ -388,7 +388,7 @@ def test_allow_list_is_never_banned():
     actor, sink, enforcer = actor_with(stats)
     burst(stats, REMOTE, T0, 10, 10)
     actor.act(stats.check(T0 + 1), T0 + 1)
-    assert enforcer.calls == [] and actor.allowed == 1
+    assert enforcer.calls == [] and actor.counters.allow_listed == 1
     (notice,) = sink                                     # still noticed
     assert notice["note"] == POSSIBLE_SPAM and notice["actions"] == []
 
@@ -419,7 +419,7 @@ def test_a_failing_enforcer_still_logs_the_notice():
     burst(stats, REMOTE, T0, 10, 10)
     actor.act(stats.check(T0 + 1), T0 + 1)
     assert [r["event_type"] for r in sink] == ["notice"] and sink[0]["actions"] == []
-    assert actor.ban_errors == 1 and "Operation not permitted" in actor.last_error
+    assert actor.counters.ban_errors == 1 and "Operation not permitted" in actor.last_error
 
 
 # ---------------------------------------------------------------- snapshots
@@ -655,7 +655,7 @@ def test_pipeline_sessions_give_the_counts_and_the_notice():
                 pipe.feed_segment(seg, ts)
                 ts += 0.01
     pipe.finish(ts)
-    assert pipe.stats.listener_errors == 0
+    assert pipe.counters.listener_errors == 0
     assert stats.counts(CLIENTS["remote"]) == (6, 3)
     assert stats.counts(CLIENTS["local"]) == (6, 6)
     assert stats.recipients(CLIENTS["remote"]) == [f"user{i}@example.org" for i in range(3)]

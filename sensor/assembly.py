@@ -1,0 +1,142 @@
+"""The sensor's userland, built once from a ``Config``: the same assembly for
+the live sensor, a replay, the demo, the tests and the benchmarks.
+
+    userland = Userland(config, sink, enforcer, uid_seed=...)
+
+``config.sensor`` gives the ports, the rules folder and ``enforce``;
+``config.limits`` the reassembler's and the dissector's limits;
+``config.spam_stats`` the reject statistics.  The caller passes where records
+go (``sink``, a callable taking one record) and where verdicts go
+(``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
+default).  What is built:
+
+* the ``Pipeline`` (ports, limits, uid seed), with its listeners in this
+  order: the rule engine (when a rules folder is given; rules that do not
+  load are a one-line ``SensorError``) and the reject statistics (listener
+  and actor, when enabled);
+* the enforcer's ban ports (the kernel bans on the SMTP ports only);
+* enforcing (``enforce = true``): the pipeline's gate is ``enforcer.passes``,
+  so a dropped flow's packets are not dissected, as the kernel drops them;
+  monitor only (``enforce = false``, a SPAN port): no gate, every packet is
+  dissected, and the enforcer's mode is ``monitor``, so drop records say what
+  would have been done (``enforced_by: "monitor"``).
+
+The caller feeds frames to ``pipeline``, calls ``tick(now)`` about every
+second of its clock (a capture's own in a replay: ``tickers``), and at the end
+``finish(ts)`` when the input ended (a capture) or ``shutdown(now)`` when the
+live sensor stops.  ``counter_groups()`` is every counter of the userland, for
+status and metrics; ``summary()`` the verdicts in one line.
+"""
+
+from __future__ import annotations
+
+from sensor.config import Config
+from sensor.counters import Group
+from sensor.errors import SensorError
+from sensor.pipeline import Pipeline
+
+__all__ = ["Userland"]
+
+
+class Userland:
+    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, logger=None):
+        cfg = config.sensor
+        self.config = config
+        self.sink = sink
+        if enforcer is None:
+            from sensor.rules.enforce import ReplayEnforcer
+            enforcer = ReplayEnforcer()
+        self.enforcer = enforcer
+        self.pipeline = Pipeline(sink, ports=cfg.ports, uid_seed=uid_seed,
+                                 reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp)
+        self.engine = self.reject_stats = self.actor = None
+        if cfg.rules is not None:
+            self.engine = _rule_engine(cfg.rules, sink, enforcer, logger)
+            self.pipeline.listeners.append(self.engine)
+        st = config.spam_stats
+        if st.enabled:
+            from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
+            self.reject_stats = RejectStats(st)
+            self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
+            self.pipeline.listeners.append(RejectStatsListener(self.reject_stats, self.actor))
+        enforcer.verdicts.ports = frozenset(cfg.ports)
+        if cfg.enforce:
+            self.pipeline.gate = enforcer.passes
+        else:
+            enforcer.mode = "monitor"
+
+    # ------------------------------------------------------------ the clock
+    @property
+    def tickers(self) -> tuple:
+        """What to call with the time about every second (nothing without statistics)."""
+        return (self.tick,) if self.actor is not None else ()
+
+    def tick(self, now: float) -> None:
+        if self.actor is not None:
+            self.actor.tick(now)
+
+    def finish(self, ts: float | None = None) -> None:
+        """The input ended at ``ts`` (a capture's last packet): end every flow,
+        tick, and judge what the last connections changed.  A live sensor's
+        clock goes on to its next check; a capture's stops at its last
+        packet, so the statistics are checked once more at that time (no
+        notice is raised twice)."""
+        self.pipeline.finish(ts)
+        if ts is not None:
+            self.tick(ts)
+        if self.actor is not None:
+            self.actor.finish()
+
+    def shutdown(self, now: float) -> None:
+        """The live sensor stops at ``now``: end every flow, tick once more.
+        Its statistics go on after a restart (the snapshot): no last check."""
+        self.pipeline.finish()
+        self.tick(now)
+
+    # ------------------------------------------------------------ snapshots
+    def restore(self, path):
+        """Read the statistics snapshot at ``path``; a ``Restored``, or None without statistics."""
+        return self.actor.restore(path) if self.actor is not None else None
+
+    def snapshot(self, path) -> None:
+        if self.actor is not None:
+            self.actor.snapshot(path)
+
+    # ------------------------------------------------------------ counters
+    def counter_groups(self):
+        yield Group(("pipeline",), self.pipeline.counters)
+        yield Group(("reassembly",), self.pipeline.reassembler.counters)
+        if self.engine is not None:
+            yield Group(("rule_engine",), self.engine.counters)
+            yield Group(("rule_engine",), self.engine.ruleset.counters)
+            for r in list(self.engine.ruleset.rules):
+                yield Group(None, r.counters, (("rule", r.id),))
+        if self.actor is not None:
+            yield Group(("spam_stats",), self.reject_stats.counters)
+            yield Group(("spam_stats",), self.actor.counters)
+
+    def summary(self) -> str:
+        """The verdicts, for the end of a replay's summary line ("" without any)."""
+        text = ""
+        if self.engine is not None:
+            c = self.engine.counters
+            text += (f"; rules: {c.alerts} alerts, {c.drops} flows dropped, {c.bans} bans, "
+                     f"{c.errors} rule errors")
+        if self.actor is not None:
+            notices, bans = self.reject_stats.counters.notices, self.actor.counters.bans
+            if notices or bans:
+                text += f"; spam stats: {notices} notices, {bans} bans"
+        return text
+
+
+def _rule_engine(directory, sink, enforcer, logger=None):
+    import structlog
+
+    from sensor.rules.engine import RuleEngine
+    from sensor.rules.loader import RuleSet
+
+    logger = logger or structlog.get_logger("rules")
+    ruleset = RuleSet(directory, logger)
+    if ruleset.errors:
+        raise SensorError(f"rules not loaded: {next(iter(ruleset.errors.values()))}")
+    return RuleEngine(ruleset, sink, enforcer, logger)

@@ -1,0 +1,145 @@
+"""Counters: declared once with a help text each, cheap to increment, read by one walk.
+
+A component declares what it counts::
+
+    class PipelineCounters(Counters):
+        frames = counter("frames dissected")
+        not_segments = counter("frames not dissected, by reason", by="reason")
+
+and keeps one instance (``self.counters = PipelineCounters()``).  On the hot
+path a counter is a plain ``__slots__`` attribute, ``counters.frames += 1``:
+the cheapest increment CPython has.  ``by``: the counter is a dict, label
+value -> count.  ``read``: a value computed when it is read, ``read(owner)``
+(``owner`` given to the constructor), for what the component already holds
+(a length, a kernel reading); ``gauge`` declares a value that goes up and
+down.
+
+Whoever shows counters walks ``Group``s (a counters object and where it goes)
+and reads each through ``as_dict()`` (``as_tree``: the status, the stats log
+line) or ``readings()`` (the Prometheus families, ``sensor.service.metrics``):
+no counter is listed a second time.  A field's metric name is the class's
+``METRIC_PREFIX`` + its name unless it names its own (``metric``); ``labels``
+are constant labels of its samples, so counters of several components can
+share one family (``bans{by="rules"}``, ``bans{by="manual"}``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+__all__ = ["Counters", "Field", "Group", "counter", "gauge", "as_tree"]
+
+
+class Field:
+    """One declared counter or gauge (the class attribute, until the class is made)."""
+
+    __slots__ = ("name", "help", "kind", "by", "metric", "labels", "read")
+
+    def __init__(self, help: str, kind: str, *, by: str | None = None, metric: str | None = None,
+                 labels: dict | None = None, read: Callable | None = None):
+        self.name = ""                       # set by the class that declares it
+        self.help = help
+        self.kind = kind                     # "counter" or "gauge"
+        self.by = by
+        self.metric = metric
+        self.labels = dict(labels or {})
+        self.read = read
+
+    def __repr__(self):
+        return f"<{self.kind} {self.name}>"
+
+
+def counter(help: str, *, by: str | None = None, metric: str | None = None,
+            labels: dict | None = None, read: Callable | None = None) -> Field:
+    """A count that only goes up (a dict of counts with ``by``)."""
+    return Field(help, "counter", by=by, metric=metric, labels=labels, read=read)
+
+
+def gauge(help: str, *, metric: str | None = None, labels: dict | None = None,
+          read: Callable | None = None) -> Field:
+    """A value that goes up and down (``read`` it, or set it)."""
+    return Field(help, "gauge", metric=metric, labels=labels, read=read)
+
+
+class _Declared(type):
+    """Turns the ``Field`` class attributes into slots (those with ``read``:
+    properties) and ``FIELDS``, name -> Field in declaration order, inherited
+    ones first."""
+
+    def __new__(mcs, name, bases, ns):
+        fields: dict[str, Field] = {}
+        for base in bases:
+            fields.update(getattr(base, "FIELDS", {}))
+        own = {k: v for k, v in ns.items() if isinstance(v, Field)}
+        for key, field in own.items():
+            field.name = key
+            fields[key] = field
+            if field.read is None:
+                del ns[key]
+            else:
+                ns[key] = property(lambda self, read=field.read: read(self._owner), doc=field.help)
+        ns["__slots__"] = tuple(ns.get("__slots__", ())) + tuple(k for k, f in own.items() if f.read is None)
+        ns["FIELDS"] = fields
+        return super().__new__(mcs, name, bases, ns)
+
+
+class Counters(metaclass=_Declared):
+    """Base of every component's counters: subclasses declare ``counter()`` and ``gauge()`` fields."""
+
+    __slots__ = ("_owner",)
+    #: the metric name of a field that does not name its own: this + its name
+    METRIC_PREFIX = ""
+
+    def __init__(self, owner=None):
+        self._owner = owner
+        for field in self.FIELDS.values():
+            if field.read is None:
+                setattr(self, field.name, {} if field.by else 0)
+
+    def readings(self):
+        """(field, value) of every field; a ``by`` field's value is a dict."""
+        for field in self.FIELDS.values():
+            yield field, getattr(self, field.name)
+
+    def as_dict(self) -> dict:
+        return {f.name: dict(v) if f.by else v for f, v in self.readings()}
+
+    def update(self, values) -> "Counters":
+        """Set the stored fields named in ``values`` (a mapping; other names are
+        ignored): a snapshot restored, a reading taken elsewhere (the kernel's)."""
+        for name, value in values.items():
+            field = self.FIELDS.get(name)
+            if field is not None and field.read is None:
+                setattr(self, name, dict(value) if field.by else value)
+        return self
+
+    @classmethod
+    def metric_name(cls, field: Field) -> str:
+        return field.metric or cls.METRIC_PREFIX + field.name
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.as_dict()}>"
+
+
+class Group(NamedTuple):
+    """One counters object in a walk: where its values go in a status tree
+    (``path``: () the top level, ("pipeline",) a key of it; None: not in the
+    tree) and the labels every one of its metrics carries (e.g. a rule id)."""
+
+    path: tuple | None
+    counters: Counters
+    labels: tuple = ()          # ((name, value), ...)
+
+
+def as_tree(groups) -> dict:
+    """The values of ``groups`` as nested dicts, by their paths (groups on the
+    same path share its dict)."""
+    tree: dict = {}
+    for group in groups:
+        if group.path is None:
+            continue
+        node = tree
+        for key in group.path:
+            node = node.setdefault(key, {})
+        node.update(group.counters.as_dict())
+    return tree

@@ -1,0 +1,38 @@
+"""What the rules did: the engine's totals, the rule set's loads, each rule's own."""
+
+from __future__ import annotations
+
+from sensor.counters import Counters, counter, gauge
+
+__all__ = ["RuleEngineCounters", "RuleSetCounters", "RuleCounters"]
+
+
+class RuleEngineCounters(Counters):
+    METRIC_PREFIX = "rule_"
+    alerts = counter("alerts raised by rules", metric="alerts")
+    errors = counter("exceptions raised by rules")
+    slow_calls = counter("rule calls over their budget")
+    drops = counter("flows dropped by rules", metric="rule_flow_drops")
+    bans = counter("source bans asked for, by who asked", metric="bans", labels={"by": "rules"})
+    late_events = counter("events of flows already dropped")
+
+
+class RuleSetCounters(Counters):
+    """``owner``: the RuleSet."""
+
+    METRIC_PREFIX = "rule_"
+    reload_errors = counter("rule files or settings that failed to load")
+    rules_loaded = gauge("rules loaded", metric="rules_loaded", read=lambda rs: len(rs.rules))
+    files_in_error = gauge("rule files (or rules.toml) whose last change did not load",
+                           read=lambda rs: len(rs.errors))
+
+
+class RuleCounters(Counters):
+    """One rule's, since its file was loaded."""
+
+    METRIC_PREFIX = "rule_"
+    calls = counter("calls per rule")
+    errors = counter("exceptions per rule", metric="rule_exceptions")
+    alerts = counter("alerts per rule (since its file was loaded)")
+    over_budget = counter("calls over budget per rule")
+    seconds = counter("time spent in each rule")
