@@ -12,9 +12,10 @@ builds it), and the loop that drives them.
 The loop (one thread): read the event ring into the pipeline; every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
 the rule files (or reload at once after SIGHUP / a control request); write a
-statistics snapshot every ``snapshot_interval`` and at shutdown; log a stats
-line every ``stats_interval``.  ``status()`` is what ``smtp-sensor status``
-shows through the control socket; it, ``counters()`` (the stats line) and the
+statistics snapshot every ``snapshot_interval`` and at shutdown; log the
+counters (a line named ``stats``) every ``stats_interval``.  ``status()`` is
+what ``smtp-sensor status`` shows through the control socket; it,
+``counters()`` (that line) and the
 Prometheus families (``sensor.service.metrics``) read ``counter_groups()``:
 every component's counters, the kernel's as read from its map.
 """
@@ -107,7 +108,7 @@ class Sensor:
         self._out = None
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
-        self._last_tick = self._last_stats = self._last_snapshot = 0.0
+        self._last_tick = self._last_counters = self._last_snapshot = 0.0
 
     # ------------------------------------------------------------ the userland's parts
     pipeline = property(lambda self: self.userland.pipeline if self.userland else None)
@@ -148,8 +149,8 @@ class Sensor:
         if state_file is not None:
             restored = self.userland.restore(state_file)
             if restored is not None:
-                getattr(self.log, "info" if restored.ok else "error")("statistics snapshot",
-                                                                       message=restored.message)
+                level = "info" if restored.ok else "error"
+                getattr(self.log, level)("statistics snapshot", message=restored.message)
 
     # ------------------------------------------------------------ running
     def run(self) -> int:
@@ -193,7 +194,7 @@ class Sensor:
             raise
         self._stack = stack
         self.started = now = time.monotonic()
-        self._last_tick = self._last_stats = self._last_snapshot = self.last_reload = now
+        self._last_tick = self._last_counters = self._last_snapshot = self.last_reload = now
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.actor is not None,
@@ -205,7 +206,7 @@ class Sensor:
         """One turn of the loop: wait up to timeout_ms (default 50, 20 with a
         control socket) for kernel events and dissect them; serve the control
         socket; reload rules, tick the statistics and sweep, snapshot and log
-        stats when due.  Returns the events read."""
+        the counters when due.  Returns the events read."""
         opt, control = self.options, self.control
         if timeout_ms is None:
             timeout_ms = 50 if control is None else 20
@@ -224,8 +225,8 @@ class Sensor:
                 and now - self._last_snapshot >= self.config.sensor.snapshot_interval):
             self._last_snapshot = now
             self._snapshot()
-        if now - self._last_stats >= opt.stats_interval:
-            self._last_stats = now
+        if now - self._last_counters >= opt.stats_interval:
+            self._last_counters = now
             self.log.info("stats", **self.counters())
         return events
 

@@ -1,7 +1,11 @@
-"""Helpers for the rules tests (tests/unit/test_rules_*.py): a synthetic SMTP
-session through a Pipeline with a RuleEngine, rules declared in the test
-itself or written to a tmp rules directory, a logger that keeps what it is
-told, and an enforcer that keeps the verdicts in order."""
+"""Helpers for the rule engine's unit tests (tests/unit/test_rules_*.py): a
+synthetic SMTP session through a bare Pipeline with a RuleEngine as its only
+listener, rules declared in the test itself or written to a tmp rules
+directory, a logger that keeps what it is told, and an enforcer that keeps
+the verdicts in order.  The pipeline has no gate on purpose: the engine's
+own handling of a dropped flow's later events (late_events) is what these
+tests pin.  The sensor's userland, gate and statistics included, is
+sensor.assembly.Userland (tests/unit/test_assembly.py, tests/offline)."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def fake_sensor():
     flows = [SimpleNamespace(ctx=object())]
     groups = [
         Group((), SensorCounters(SimpleNamespace(started=None, pipeline=SimpleNamespace(sessions=flows)))),
-        Group((), FeedCounters(SimpleNamespace(reader=SimpleNamespace(lost=0))).update(dict(events=20))),
+        Group((), FeedCounters(SimpleNamespace(reader=SimpleNamespace(lost=0, bad_samples=0, callback_errors=0))).update(dict(events=20))),
         Group(("pipeline",), PipelineCounters().update(dict(frames=11, segments=10, flows=2, transactions=1,
                                                             payload_bytes=99, not_segments={"not_tcp": 3}))),
         Group(("rule_engine",), RuleEngineCounters().update(dict(alerts=3, errors=1, drops=2, late_events=5,
