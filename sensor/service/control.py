@@ -39,8 +39,8 @@ from sensor.errors import SensorError
 from sensor.kernel import abi
 from sensor.records import drop
 
-__all__ = ["ControlServer", "ControlCounters", "ControlClient", "DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "NotRunning",
-           "ControlUsageError", "BadArgument", "check_prefix", "check_ttl"]
+__all__ = ["ControlServer", "ControlCounters", "ControlClient", "DEFAULT_SOCKET", "MAX_REQUEST", "ControlError",
+           "NotRunning", "ControlUsageError", "BadArgument", "check_prefix", "check_ttl"]
 
 DEFAULT_SOCKET = "/run/smtp-sensor/control.sock"
 MAX_REQUEST = 64 * 1024

@@ -56,9 +56,10 @@ def fake_sensor():
     rule = RuleCounters().update(dict(alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25))
     ruleset = SimpleNamespace(rules=[object()], errors={})
     flows = [SimpleNamespace(ctx=object())]
+    reader = SimpleNamespace(lost=0, bad_samples=0, callback_errors=0)
     groups = [
         Group((), SensorCounters(SimpleNamespace(started=None, pipeline=SimpleNamespace(sessions=flows)))),
-        Group((), FeedCounters(SimpleNamespace(reader=SimpleNamespace(lost=0, bad_samples=0, callback_errors=0))).update(dict(events=20))),
+        Group((), FeedCounters(SimpleNamespace(reader=reader)).update(dict(events=20))),
         Group(("pipeline",), PipelineCounters().update(dict(frames=11, segments=10, flows=2, transactions=1,
                                                             payload_bytes=99, not_segments={"not_tcp": 3}))),
         Group(("rule_engine",), RuleEngineCounters().update(dict(alerts=3, errors=1, drops=2, late_events=5,
