@@ -39,10 +39,8 @@ __all__ = ["Userland"]
 
 
 class Userland:
-    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, logger=None):
+    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0):
         cfg = config.sensor
-        self.config = config
-        self.sink = sink
         if enforcer is None:
             from sensor.rules.enforce import ReplayEnforcer
             enforcer = ReplayEnforcer()
@@ -51,7 +49,7 @@ class Userland:
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp)
         self.engine = self.reject_stats = self.actor = None
         if cfg.rules is not None:
-            self.engine = _rule_engine(cfg.rules, sink, enforcer, logger)
+            self.engine = _rule_engine(cfg.rules, sink, enforcer)
             self.pipeline.listeners.append(self.engine)
         st = config.spam_stats
         if st.enabled:
@@ -129,13 +127,13 @@ class Userland:
         return text
 
 
-def _rule_engine(directory, sink, enforcer, logger=None):
+def _rule_engine(directory, sink, enforcer):
     import structlog
 
     from sensor.rules.engine import RuleEngine
     from sensor.rules.loader import RuleSet
 
-    logger = logger or structlog.get_logger("rules")
+    logger = structlog.get_logger("rules")
     ruleset = RuleSet(directory, logger)
     if ruleset.errors:
         raise SensorError(f"rules not loaded: {next(iter(ruleset.errors.values()))}")
