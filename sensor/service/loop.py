@@ -336,7 +336,8 @@ class Sensor:
             yield Group(("metrics_endpoint",), self.metrics.collector.counters)
         dp = self.datapath
         if dp is not None and dp.bpf is not None:
-            yield Group((), KernelMapCounters(dp.maps))
+            # the metrics only: counting the bans walks the tries, not for every stats line
+            yield Group(None, KernelMapCounters(dp.maps))
             for direction, values in dp.maps.counters().items():
                 yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
 
