@@ -56,7 +56,7 @@ def fake_sensor():
     rule = RuleCounters().update(dict(alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25))
     ruleset = SimpleNamespace(rules=[object()], errors={})
     flows = [SimpleNamespace(ctx=object())]
-    reader = SimpleNamespace(lost=0, bad_samples=0, callback_errors=0)
+    reader = SimpleNamespace(lost=0, bad_records=0, callback_errors=0)
     groups = [
         Group((), SensorCounters(SimpleNamespace(started=None, pipeline=SimpleNamespace(sessions=flows)))),
         Group((), FeedCounters(SimpleNamespace(reader=reader)).update(dict(events=20))),
