@@ -36,7 +36,7 @@ from scapy.packet import Raw  # noqa: E402
 
 from sensor.kernel import abi  # noqa: E402
 from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
-from sensor.kernel.maps import Flow  # noqa: E402
+from sensor.kernel.maps import FlowEnds  # noqa: E402
 from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab  # noqa: E402
 from support.testrun import prog_test_run  # noqa: E402
 
@@ -81,7 +81,7 @@ def testrun_table(dp: Datapath, empty_fd: int) -> dict[str, float]:
     maps.ban("198.51.100.0/24")
     results["banned source (/24), dropped"] = ns_per_packet(dp.xdp_fd, frame(64))
     maps.unban("198.51.100.0/24")
-    maps.drop_flow(Flow(CLIENT, 40000, SERVER, 25))
+    maps.drop_flow(FlowEnds(CLIENT, 40000, SERVER, 25))
     results["dropped flow"] = ns_per_packet(dp.xdp_fd, frame(64))
     maps.flow_drop.clear()
     return results

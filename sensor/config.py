@@ -8,7 +8,7 @@ Tables (``docs/config.example.toml`` documents every key):
 * ``[sensor]``: interfaces, namespace, ports, XDP mode, pin folder, rules
   folder, output, state file and snapshot interval.
 * ``[limits.smtp]`` / ``[limits.reassembly]``: overrides of the fields of
-  :class:`sensor.smtp.Limits` and :class:`sensor.stream.reassembly.Limits`, by name.
+  :class:`sensor.smtp.SmtpLimits` and :class:`sensor.stream.reassembly.ReassemblyLimits`, by name.
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
@@ -38,8 +38,8 @@ from types import MappingProxyType
 
 from sensor.errors import SensorError
 from sensor.kernel import abi
-from sensor.smtp.limits import Limits as SmtpLimits
-from sensor.stream.reassembly import Limits as ReassemblyLimits
+from sensor.smtp.limits import SmtpLimits
+from sensor.stream.reassembly import ReassemblyLimits
 
 # The one TOML reader of the product (this config, the rules' rules.toml):
 # the standard library's from Python 3.11, the tomli package before (the same
@@ -352,8 +352,8 @@ class LimitsConfig:
 
     def __post_init__(self):
         _validate(self, "limits", {
-            "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.Limits"),
-            "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.stream.reassembly.Limits"),
+            "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.SmtpLimits"),
+            "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.stream.reassembly.ReassemblyLimits"),
         })
 
 

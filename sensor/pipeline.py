@@ -4,7 +4,7 @@ One code path for live traffic and for captures::
 
     frame (datapath event or pcap packet)
       -> sensor.stream.packet.decode         a Segment, or a counted reason it is not one
-      -> sensor.stream.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / Anomaly
+      -> sensor.stream.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / TcpAnomaly
       -> sensor.smtp.SMTPConnection   typed SMTP events, one connection per flow
       -> sensor.records               smtp and anomaly records, handed to ``sink``
 
@@ -23,12 +23,11 @@ from sensor import records, smtp
 from sensor.counters import Counters, counter
 from sensor.smtp import events as sev
 from sensor.stream import packet, reassembly
+from sensor.stream.direction import CLIENT
 
 __all__ = ["Pipeline", "Session", "PipelineCounters"]
 
-_CLIENT_OF = {reassembly.ORIG: smtp.CLIENT, reassembly.RESP: smtp.SERVER}
 _Data = reassembly.Data
-_ORIG = reassembly.ORIG
 _decode = packet.decode
 
 
@@ -84,14 +83,14 @@ class Pipeline:
     """Dissect SMTP flows from frames or segments; records go to ``sink``."""
 
     def __init__(self, sink, *, ports=reassembly.DEFAULT_PORTS,
-                 reassembly_limits: reassembly.Limits | None = None,
-                 smtp_limits: smtp.Limits | None = None, uid_seed=0,
+                 reassembly_limits: reassembly.ReassemblyLimits | None = None,
+                 smtp_limits: smtp.SmtpLimits | None = None, uid_seed=0,
                  listeners=(), on_starttls=None, expire_every: float = 1.0):
         self.sink = sink
         self.ports = frozenset(ports)
         self.counters = PipelineCounters()
         self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed)
-        self.smtp_limits = smtp_limits or smtp.Limits()
+        self.smtp_limits = smtp_limits or smtp.SmtpLimits()
         self.listeners = list(listeners)
         self.on_starttls = on_starttls
         #: ``gate(segment, ts) -> bool``: False keeps a segment from being
@@ -160,7 +159,7 @@ class Pipeline:
                 self.counters.payload_bytes += len(data)
                 if sess is None:
                     continue
-                if direction == _ORIG:
+                if direction == CLIENT:
                     out = sess.conn.receive_client(data, ts)
                 else:
                     out = sess.conn.receive_server(data, ts)
@@ -175,14 +174,14 @@ class Pipeline:
                 self.counters.gap_bytes += ev.length
                 sess = ev.flow.ctx
                 if sess is not None:
-                    self._smtp(sess, sess.conn.gap(_CLIENT_OF[ev.direction], ev.length, ev.ts))
+                    self._smtp(sess, sess.conn.gap(ev.direction, ev.length, ev.ts))
             elif kind is reassembly.FlowEnd:
                 sess = ev.flow.ctx
                 if sess is not None:
                     self._smtp(sess, sess.conn.close(ev.ts))
                     self._notify(sess, ev)
                     ev.flow.ctx = None
-            elif kind is reassembly.Anomaly:
+            elif kind is reassembly.TcpAnomaly:
                 self.counters.anomalies += 1
                 self.sink(records.anomaly_record(ev.flow, ev.ts, "tcp", ev.name, None, ev.detail))
 
@@ -194,7 +193,7 @@ class Pipeline:
                 sess.transactions += 1
                 self._write(sess, ev, records.smtp_record(sess.flow, ev))
                 continue
-            if kind is sev.Anomaly:
+            if kind is sev.SmtpAnomaly:
                 self.counters.anomalies += 1
                 self._write(sess, ev, records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name,
                                                              ev.direction, ev.detail))

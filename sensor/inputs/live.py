@@ -83,7 +83,7 @@ class LiveFeed:
     def _bypass(self, session) -> None:
         flow = session.flow
         try:
-            self.maps.bypass_flow(kernelmaps.Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
+            self.maps.bypass_flow(kernelmaps.FlowEnds(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
                                   ttl=STARTTLS_BYPASS_TTL)
             self.counters.starttls_bypassed += 1
         except OSError:

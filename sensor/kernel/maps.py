@@ -57,7 +57,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Flow:
+class FlowEnds:
     """Both ends of a TCP connection; direction does not matter for verdicts."""
 
     src: str
@@ -134,14 +134,14 @@ class KernelMaps:
 
     # ------------------------------------------------------------ flows
 
-    def drop_flow(self, flow: Flow, ttl: float | None = None, reason: abi.Reason = abi.Reason.RULE) -> None:
+    def drop_flow(self, flow: FlowEnds, ttl: float | None = None, reason: abi.Reason = abi.Reason.RULE) -> None:
         """Drop both directions of a connection."""
         _set_both(self.flow_drop, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
 
     def drops(self) -> list[Entry]:
         return _flow_entries(self.flow_drop)
 
-    def bypass_flow(self, flow: Flow, ttl: float | None = None,
+    def bypass_flow(self, flow: FlowEnds, ttl: float | None = None,
                     reason: abi.Reason = abi.Reason.STARTTLS) -> None:
         """Stop pushing a connection's packets (they still pass)."""
         _set_both(self.bypass_map, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
@@ -171,7 +171,7 @@ class KernelMaps:
         return result
 
 
-def _set_both(table, flow: Flow, verdict: abi.Verdict) -> None:
+def _set_both(table, flow: FlowEnds, verdict: abi.Verdict) -> None:
     for key in flow.keys():
         table[key] = verdict
 

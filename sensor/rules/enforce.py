@@ -149,8 +149,8 @@ class KernelEnforcer:
             del lat[: len(lat) - self._keep]
 
     def drop_flow(self, flow, ttl: float | None, now: float) -> None:
-        from sensor.kernel.maps import Flow
-        self._timed(self.maps.drop_flow, Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
+        from sensor.kernel.maps import FlowEnds
+        self._timed(self.maps.drop_flow, FlowEnds(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
                     ttl=ttl, reason=abi.Reason.RULE)
         self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl), now)
 
@@ -181,8 +181,8 @@ class KernelEnforcer:
         return [(e, self.notes.get(e.target)) for e in entries]
 
     def bypass(self, flow, ttl: float | None, now: float) -> None:
-        from sensor.kernel.maps import Flow
-        self._timed(self.maps.bypass_flow, Flow(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), ttl=ttl)
+        from sensor.kernel.maps import FlowEnds
+        self._timed(self.maps.bypass_flow, FlowEnds(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), ttl=ttl)
 
 
 class ReplayEnforcer:

@@ -71,7 +71,7 @@ class ContentStream:
         return chunk
 
 
-class _Stream:
+class _StreamedRule:
     __slots__ = ("rule", "coro", "content")
 
     def __init__(self, rule, coro, content):
@@ -266,7 +266,7 @@ class RuleEngine:
             # lost its sender when the transaction it closed was reported.)
             if ev.trans_depth >= flow.transaction.depth:
                 flow.transaction = Transaction(ev.trans_depth + 1)
-        elif kind is sev.Anomaly:
+        elif kind is sev.SmtpAnomaly:
             rules = by_hook["anomaly"]
             if rules:
                 self._run_list(rules, flow, session.record)
@@ -339,7 +339,7 @@ class RuleEngine:
                 continue
             finally:
                 api._current.reset(token)
-            st = _Stream(r, coro, content)
+            st = _StreamedRule(r, coro, content)
             flow._streams.append(st)
             self._resume(flow, st)
             if flow.dropped:        # dropped by this rule: the others are not started

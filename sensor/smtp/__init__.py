@@ -4,7 +4,7 @@ Modules, one job each:
 
 * :mod:`.connection`: :class:`SMTPConnection`, the state machine (read its docstring first).
 * :mod:`.events`: the event dataclasses.
-* :mod:`.limits`: :class:`Limits`, every limit with its default.
+* :mod:`.limits`: :class:`SmtpLimits`, every limit with its default.
 * :mod:`.anomalies`: stable anomaly names.
 * :mod:`.lines`, :mod:`.replies`, :mod:`.address`, :mod:`.dotdata`, :mod:`.message`,
   :mod:`.headers`: line framing, reply syntax and EHLO keywords, MAIL/RCPT
@@ -17,7 +17,7 @@ from sensor.smtp.connection import KNOWN_VERBS, SMTPConnection
 from sensor.smtp.events import (
     CLIENT,
     SERVER,
-    Anomaly,
+    SmtpAnomaly,
     AuthEvent,
     Command,
     Event,
@@ -33,11 +33,11 @@ from sensor.smtp.events import (
     Step,
     Transaction,
 )
-from sensor.smtp.limits import Limits
+from sensor.smtp.limits import SmtpLimits
 
 __all__ = [
-    "SMTPConnection", "Limits", "anomalies", "KNOWN_VERBS", "CLIENT", "SERVER",
+    "SMTPConnection", "SmtpLimits", "anomalies", "KNOWN_VERBS", "CLIENT", "SERVER",
     "Event", "Greeting", "Command", "Reply", "ServerCapabilities", "MailFrom", "RcptTo",
     "MailContent", "MessageHeaders", "MessageEnd", "Step", "Transaction", "AuthEvent",
-    "StartTLS", "Anomaly",
+    "StartTLS", "SmtpAnomaly",
 ]

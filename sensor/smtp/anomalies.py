@@ -2,7 +2,7 @@
 
 Names are part of the output schema: never rename one.  Where Suricata's SMTP
 decoder events (``src/app-layer-smtp.c``, ``smtp_decoder_event_table``) mean the
-same thing, the same name is used; the others are ours.  ``Anomaly.detail``
+same thing, the same name is used; the others are ours.  ``SmtpAnomaly.detail``
 carries the specifics (which pattern, which limit, which reading was followed).
 """
 
@@ -86,9 +86,9 @@ UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
 
 # --- ours: limits ------------------------------------------------------------------
 TOO_MANY_RECIPIENTS = "TOO_MANY_RECIPIENTS"
-#: past Limits.invalid_transactions: the connection is no longer parsed.
+#: past SmtpLimits.invalid_transactions: the connection is no longer parsed.
 TOO_MANY_INVALID_TRANSACTIONS = "TOO_MANY_INVALID_TRANSACTIONS"
-#: past Limits.unknown_commands: the connection is no longer parsed.
+#: past SmtpLimits.unknown_commands: the connection is no longer parsed.
 TOO_MANY_UNKNOWN_COMMANDS = "TOO_MANY_UNKNOWN_COMMANDS"
 DATA_LINE_TOO_LONG = "DATA_LINE_TOO_LONG"
 HEADER_SECTION_TOO_LONG = "HEADER_SECTION_TOO_LONG"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    conn = SMTPConnection(Limits())
+    conn = SMTPConnection(SmtpLimits())
     for ev in conn.receive_client(data, ts): ...   # octets the client sent
     for ev in conn.receive_server(data, ts): ...   # octets the server sent
     for ev in conn.gap(CLIENT, 1460, ts): ...       # octets lost in one direction
@@ -20,7 +20,7 @@ that arrive before the command they answer is known are held (bounded) until
 it is.  The client direction is read greedily, except after a command whose
 reply decides how to read what follows (DATA: message or commands? AUTH: SASL
 answer or command? STARTTLS: TLS or commands?): there the client's octets are
-held (bounded) until that reply is known.  Past ``Limits.unreplied_client_bytes``
+held (bounded) until that reply is known.  Past ``SmtpLimits.unreplied_client_bytes``
 (or at close), the positive reply is assumed and REPLY_ASSUMED says so, which
 lets a capture holding only the client direction be dissected.
 
@@ -55,7 +55,7 @@ from sensor.smtp.dotdata import DotDecoder
 from sensor.smtp.events import (
     CLIENT,
     SERVER,
-    Anomaly,
+    SmtpAnomaly,
     AuthEvent,
     Command,
     Greeting,
@@ -68,14 +68,14 @@ from sensor.smtp.events import (
     Step,
     Transaction,
 )
-from sensor.smtp.limits import Limits
+from sensor.smtp.limits import SmtpLimits
 from sensor.smtp.lines import LineBuffer
 from sensor.smtp.message import MessageAssembler
 from sensor.smtp.replies import parse_ehlo_keywords, parse_enhanced, parse_reply_line
 
 __all__ = ["SMTPConnection", "KNOWN_VERBS"]
 
-#: verbs that are not counted against Limits.unknown_commands.
+#: verbs that are not counted against SmtpLimits.unknown_commands.
 KNOWN_VERBS = frozenset({
     "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY",
     "EXPN", "HELP", "QUIT", "AUTH", "STARTTLS", "ETRN", "TURN", "ATRN", "BURL",
@@ -190,8 +190,8 @@ class SMTPConnection:
                  "_replies", "_server_resync", "_pending", "_txn", "_waiting", "_depth", "_activity",
                  "_invalid", "_unknown", "_first_cmd_ts", "_said", "helo", "capabilities", "tls")
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits if limits is not None else Limits()
+    def __init__(self, limits: SmtpLimits | None = None) -> None:
+        self.limits = limits if limits is not None else SmtpLimits()
         lim = self.limits
         self._mode = COMMAND
         # client side
@@ -338,7 +338,7 @@ class SMTPConnection:
     # ------------------------------------------------------------ plumbing
 
     def _anomaly(self, out: list, ts: float, name: str, direction: str, detail: str = "") -> None:
-        out.append(Anomaly(ts, name, direction, detail))
+        out.append(SmtpAnomaly(ts, name, direction, detail))
 
     def _once(self, out: list, ts: float, name: str, direction: str, detail: str = "") -> None:
         said = self._said

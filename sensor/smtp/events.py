@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sensor.stream.direction import CLIENT, SERVER
+
 __all__ = [
     "Event", "Greeting", "Command", "Reply", "ServerCapabilities", "MailFrom",
     "RcptTo", "MailContent", "MessageHeaders", "MessageEnd", "Step", "Transaction",
-    "AuthEvent", "StartTLS", "Anomaly", "CLIENT", "SERVER",
+    "AuthEvent", "StartTLS", "SmtpAnomaly", "CLIENT", "SERVER",
 ]
 
-#: direction names used in events and by :meth:`SMTPConnection.gap`.
-CLIENT = "client"   # originator -> responder
-SERVER = "server"   # responder -> originator
+# CLIENT and SERVER (sensor.stream.direction) name the direction of an
+# anomaly and of SMTPConnection.gap(): the same two the reassembler delivers.
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class Command(Event):
     raw_verb: str        #: verb as sent
     parameter: str       #: rest of the line after the first space, raw; for AUTH the mechanism only
     bare_lf: bool = False     #: the line ended with a bare LF instead of CRLF
-    truncated: bool = False   #: the line exceeded Limits.command_line; the prefix was parsed
+    truncated: bool = False   #: the line exceeded SmtpLimits.command_line; the prefix was parsed
     known: bool = True        #: the verb is a known SMTP verb
 
 
@@ -99,7 +100,7 @@ class RcptTo(Event):
 class MailContent(Event):
     """A chunk of message content (DATA already dot-unstuffed, or BDAT bytes).
 
-    Chunks are exactly ``Limits.content_chunk`` octets except the last of a
+    Chunks are exactly ``SmtpLimits.content_chunk`` octets except the last of a
     message, and only start after the message's :class:`MessageHeaders`, so
     the sequence does not depend on how the stream was segmented.
     """
@@ -122,7 +123,7 @@ class MessageHeaders(Event):
     received: tuple[str, ...] = ()   #: every Received value, top (newest) first
     user_agent: str | None = None    #: User-Agent, else X-Mailer (Zeek's user_agent)
     x_mailer: str | None = None
-    truncated: bool = False       #: the header section exceeded Limits.header_section
+    truncated: bool = False       #: the header section exceeded SmtpLimits.header_section
     complete: bool = True         #: the blank line ending the header section was seen
 
 
@@ -188,7 +189,7 @@ class StartTLS(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Anomaly(Event):
+class SmtpAnomaly(Event):
     name: str                     #: one of sensor.smtp.anomalies.ALL
     direction: str                #: CLIENT or SERVER
     detail: str = ""

@@ -2,7 +2,7 @@
 
 :class:`HeaderCollector` is fed the (dot-unstuffed) message content as it
 arrives, keeps only the header section (up to the first empty line, capped by
-``Limits.header_section``) and parses it with
+``SmtpLimits.header_section``) and parses it with
 :class:`email.parser.BytesHeaderParser`.  The body never reaches it.
 """
 

@@ -1,6 +1,6 @@
 """Named limits of the SMTP dissector.
 
-Every limit is a field of :class:`Limits` with a documented default.  Exceeding
+Every limit is a field of :class:`SmtpLimits` with a documented default.  Exceeding
 one never raises: the dissector emits the named anomaly given in the comment
 and goes on (or, for the two connection budgets, stops parsing the connection
 and says so with an anomaly).
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits"]
+__all__ = ["SmtpLimits"]
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class SmtpLimits:
     #: octets of one client command line, CRLF included.
     command_line: int = 512
     #: octets of one server reply line, CRLF included.

@@ -1,7 +1,7 @@
 """One message's content: header extraction and fixed-size content chunks.
 
 Shared by DATA (fed dot-unstuffed content) and BDAT (fed chunk octets).
-Content is emitted as MailContent chunks of exactly ``Limits.content_chunk``
+Content is emitted as MailContent chunks of exactly ``SmtpLimits.content_chunk``
 octets (the last one shorter), and only after the message's MessageHeaders,
 so the event sequence is the same however the stream was segmented.  Held
 content is bounded by the header limit plus one chunk plus one input segment.
@@ -10,9 +10,9 @@ content is bounded by the header limit plus one chunk plus one input segment.
 from __future__ import annotations
 
 from sensor.smtp import anomalies as A
-from sensor.smtp.events import CLIENT, Anomaly, MailContent, MessageHeaders
+from sensor.smtp.events import CLIENT, SmtpAnomaly, MailContent, MessageHeaders
 from sensor.smtp.headers import HeaderCollector
-from sensor.smtp.limits import Limits
+from sensor.smtp.limits import SmtpLimits
 
 __all__ = ["MessageAssembler"]
 
@@ -20,7 +20,7 @@ __all__ = ["MessageAssembler"]
 class MessageAssembler:
     __slots__ = ("_limits", "_hdr", "_pend", "_offset", "size", "headers", "gap")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: SmtpLimits) -> None:
         self._limits = limits
         self._hdr = HeaderCollector(limits.header_section)
         self._pend = bytearray()
@@ -50,10 +50,10 @@ class MessageAssembler:
         fields, dups = self._hdr.fields()
         self.headers = MessageHeaders(ts=ts, **fields)
         if self._hdr.truncated:
-            out.append(Anomaly(ts, A.HEADER_SECTION_TOO_LONG, CLIENT,
+            out.append(SmtpAnomaly(ts, A.HEADER_SECTION_TOO_LONG, CLIENT,
                                f"header section longer than {self._limits.header_section} octets"))
         if dups:
-            out.append(Anomaly(ts, A.DUPLICATE_FIELDS, CLIENT, ", ".join(dups)))
+            out.append(SmtpAnomaly(ts, A.DUPLICATE_FIELDS, CLIENT, ", ".join(dups)))
         out.append(self.headers)
 
     def _emit_chunks(self, ts: float, out: list, final: bool) -> None:

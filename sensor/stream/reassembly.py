@@ -3,16 +3,17 @@
 ``Reassembler.feed(segment, ts)`` takes one ``sensor.stream.packet.Segment`` (a tuple of
 those 11 fields; payload as bytes) and returns the events it causes, in order:
 
-    FlowStart(flow, ts)             a connection was seen for the first time
-    Data(flow, direction, data, ts) the next bytes of one direction, in order
-    Gap(flow, direction, length, ts) ``length`` bytes of that direction are missing
-    FlowEnd(flow, reason, ts)       no more events for this flow
-    Anomaly(flow, name, detail, ts) something odd at the TCP level
+    FlowStart(flow, ts)                 a connection was seen for the first time
+    Data(flow, direction, data, ts)     the next bytes of one direction, in order
+    Gap(flow, direction, length, ts)    ``length`` bytes of that direction are missing
+    FlowEnd(flow, reason, ts)           no more events for this flow
+    TcpAnomaly(flow, name, detail, ts)  something odd at the TCP level
 
-``direction`` is ``ORIG`` ('orig', the connection's originator) or ``RESP``.
+``direction`` is ``CLIENT`` (octets from the connection's originator) or ``SERVER``
+(sensor.stream.direction).
 FlowEnd reasons: fin, rst, timeout, evicted (flow table full), reused (a new
 SYN on the same 4-tuple), flush (``flush_all`` at the end of the input).
-``flow`` is the ``Flow``: uid, community_id, key, orig_h/orig_p, resp_h/resp_p,
+``flow`` is the ``TcpFlow``: uid, community_id, key, orig_h/orig_p, resp_h/resp_p,
 partial, and ``ctx``, a free slot for the caller's per-flow state.
 Every byte position of a direction is delivered exactly once, as Data or as Gap;
 missing bytes are never silently skipped.  ``expire(now)`` ends idle flows
@@ -26,14 +27,14 @@ Rules, per direction:
 - Sequence numbers are compared modulo 2**32 (wrap-around safe); positions
   inside a direction are plain integers from 0.
 - Out-of-order data is buffered.  Overlaps: the bytes received first win; if a
-  later copy disagrees, Anomaly STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA.
+  later copy disagrees, TcpAnomaly STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA.
 - A segment whose payload was cut (``len(payload) < wire_paylen``) delivers its
   bytes, then a Gap for the missing tail.
 - Buffered bytes are capped per flow and globally, and buffered chunks per
   direction: over a cap, the hole in front of the buffer becomes a Gap.
 - When the peer acknowledges bytes behind which data is already buffered, and
   still does ``ack_gap_delay`` seconds later, the hole was lost by the capture:
-  it becomes a Gap (``Limits.ack_gaps``).  The delay lets a segment that was
+  it becomes a Gap (``ReassemblyLimits.ack_gaps``).  The delay lets a segment that was
   only reordered across directions (a SPAN port, two CPUs' rings) arrive.
 - FIN in both directions ends the flow ('fin') once everything before the FINs
   is delivered; holes left are waited for ``close_timeout`` then become Gaps.
@@ -42,7 +43,7 @@ Rules, per direction:
   FIN) are ignored for ``closed_linger`` seconds unless a new SYN starts a new
   flow.  A flow ended by timeout or eviction is picked up again mid-stream if it
   sends more data.  A RST further than ``rst_window`` bytes from the expected
-  sequence number is ignored (Anomaly TCP_RST_OUT_OF_WINDOW).
+  sequence number is ignored (TcpAnomaly TCP_RST_OUT_OF_WINDOW).
 """
 
 from __future__ import annotations
@@ -53,17 +54,16 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from sensor.counters import Counters, counter
+from sensor.stream.direction import CLIENT, SERVER
 from sensor.stream.flowid import UidGenerator, community_id
 from sensor.stream.packet import ACK, FIN, RST, SYN, addr_str
 
 __all__ = [
-    "Reassembler", "ReassemblyCounters", "Limits", "Flow", "FlowStart", "Data", "Gap", "FlowEnd", "Anomaly",
-    "ORIG", "RESP", "DEFAULT_PORTS",
+    "Reassembler", "ReassemblyCounters", "ReassemblyLimits", "TcpFlow", "FlowStart", "Data", "Gap",
+    "FlowEnd", "TcpAnomaly", "DEFAULT_PORTS",
     "ANOMALY_OVERLAP", "ANOMALY_BUFFER_FULL", "ANOMALY_ISN_CHANGED", "ANOMALY_RST_OUT_OF_WINDOW",
 ]
 
-ORIG = "orig"
-RESP = "resp"
 DEFAULT_PORTS = frozenset((25, 587))
 
 # Anomaly names.  The first is Suricata's stream event of the same meaning.
@@ -76,11 +76,11 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _start = itemgetter(0)
 _new = tuple.__new__
-_NO_CHUNKS = ()     # _Stream.chunks while nothing is buffered (a list only while something is)
+_NO_CHUNKS = ()     # _HalfStream.chunks while nothing is buffered (a list only while something is)
 
 
 @dataclass(frozen=True)
-class Limits:
+class ReassemblyLimits:
     """Every limit of the reassembler, by name."""
 
     idle_timeout: float = 300.0        # seconds without a segment before a flow ends
@@ -96,7 +96,7 @@ class Limits:
 
 
 class FlowStart(NamedTuple):
-    flow: "Flow"
+    flow: "TcpFlow"
     ts: float
 
     key = property(lambda self: self.flow.key)
@@ -107,33 +107,33 @@ class FlowStart(NamedTuple):
 
 
 class Data(NamedTuple):
-    flow: "Flow"
+    flow: "TcpFlow"
     direction: str
     data: bytes
     ts: float
 
 
 class Gap(NamedTuple):
-    flow: "Flow"
+    flow: "TcpFlow"
     direction: str
     length: int
     ts: float
 
 
 class FlowEnd(NamedTuple):
-    flow: "Flow"
+    flow: "TcpFlow"
     reason: str            # fin, rst, timeout, evicted, reused, flush
     ts: float
 
 
-class Anomaly(NamedTuple):
-    flow: "Flow"
+class TcpAnomaly(NamedTuple):
+    flow: "TcpFlow"
     name: str
     detail: str
     ts: float
 
 
-class _Stream:
+class _HalfStream:
     """One direction of a flow.
 
     ``pos`` is the position (from 0) of the next byte to deliver and ``nxt`` its
@@ -166,7 +166,7 @@ class _Stream:
         return self.pos - self.gaps
 
 
-class Flow:
+class TcpFlow:
     """A TCP connection.  ``ctx`` is free for the caller (e.g. its dissector)."""
 
     __slots__ = ("key", "uid", "_cid", "family", "orig_addr", "orig_p",
@@ -183,8 +183,8 @@ class Flow:
         self.key = a + b if a <= b else b + a
         self.start_ts = self.last_ts = ts
         self.partial = partial
-        self.orig = _Stream(ORIG)
-        self.resp = _Stream(RESP)
+        self.orig = _HalfStream(CLIENT)
+        self.resp = _HalfStream(SERVER)
         self.closing_since = None
         self.ended = None
         self.ctx = None
@@ -210,7 +210,7 @@ class Flow:
         return self.orig.buffered + self.resp.buffered
 
     def __repr__(self):
-        return (f"<Flow {self.uid} {self.orig_h}:{self.orig_p} -> "
+        return (f"<TcpFlow {self.uid} {self.orig_h}:{self.orig_p} -> "
                 f"{self.resp_h}:{self.resp_p}{' partial' if self.partial else ''}>")
 
 
@@ -240,10 +240,10 @@ class Reassembler:
     tracked at all.  ``uid_seed`` makes uids reproducible.
     """
 
-    def __init__(self, ports=DEFAULT_PORTS, limits: Limits | None = None,
+    def __init__(self, ports=DEFAULT_PORTS, limits: ReassemblyLimits | None = None,
                  uid_seed=0, only_ports: bool = True, community_id_seed: int = 0):
         self.ports = frozenset(ports)
-        self.limits = limits or Limits()
+        self.limits = limits or ReassemblyLimits()
         self.only_ports = only_ports
         self.cid_seed = community_id_seed
         self._uids = UidGenerator(uid_seed)
@@ -363,7 +363,7 @@ class Reassembler:
             oa, op, ra, rp = seg.src, sport, seg.dst, dport
         else:
             oa, op, ra, rp = seg.dst, dport, seg.src, sport
-        flow = Flow(self._uids.next(), self.cid_seed, seg.family, oa, op, ra, rp, ts, partial)
+        flow = TcpFlow(self._uids.next(), self.cid_seed, seg.family, oa, op, ra, rp, ts, partial)
         # One key object per flow: flow.key is also the table's key of one
         # direction (the one whose endpoints are in order).
         key = flow.key
@@ -620,4 +620,4 @@ class Reassembler:
     def _anomaly(self, flow, name, detail, ts, out):
         anomalies = self.counters.anomalies
         anomalies[name] = anomalies.get(name, 0) + 1
-        out.append(Anomaly(flow, name, detail, ts))
+        out.append(TcpAnomaly(flow, name, detail, ts))

@@ -14,7 +14,7 @@ from scapy.packet import Raw
 from sensor.errors import SensorError
 from sensor.kernel import abi, bpfsys
 from sensor.kernel.datapath import Datapath, DatapathConfig
-from sensor.kernel.maps import Flow
+from sensor.kernel.maps import FlowEnds
 from support.testrun import prog_test_run
 
 XDP_DROP, XDP_PASS = 1, 2
@@ -285,7 +285,7 @@ def test_expired_ban_passes(dp, reader):
 
 
 def test_flow_drop_drops_both_directions_and_nothing_else(dp, reader):
-    dp.maps.drop_flow(Flow(CLIENT4, 40000, SERVER4, 25))
+    dp.maps.drop_flow(FlowEnds(CLIENT4, 40000, SERVER4, 25))
     assert xdp(dp, smtp4()) == XDP_DROP
     assert xdp(dp, smtp4(b"250 OK\r\n", sport=25, dport=40000, src=SERVER4, dst=CLIENT4)) == XDP_DROP
     assert xdp(dp, smtp4(sport=40001)) == XDP_PASS
@@ -296,7 +296,7 @@ def test_flow_drop_drops_both_directions_and_nothing_else(dp, reader):
 
 
 def test_bypassed_flow_passes_without_events(dp, reader):
-    dp.maps.bypass_flow(Flow(CLIENT6, 40000, SERVER6, 25))
+    dp.maps.bypass_flow(FlowEnds(CLIENT6, 40000, SERVER6, 25))
     assert xdp(dp, smtp6()) == XDP_PASS
     assert reader.poll(10) == []
     only(ingress(dp), bypassed=1)

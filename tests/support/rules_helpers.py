@@ -109,7 +109,7 @@ class Run:
         self.enforcer = enforcer if enforcer is not None else RecordingEnforcer()
         self.logger = logger if logger is not None else RecordingLogger()
         self.engine = RuleEngine(ruleset, self.sink, self.enforcer, self.logger, **engine_kw)
-        limits = smtp.Limits(content_chunk=content_chunk) if content_chunk else None
+        limits = smtp.SmtpLimits(content_chunk=content_chunk) if content_chunk else None
         self.pipe = Pipeline(self.sink, listeners=[self.engine], smtp_limits=limits)
         self._ts = itertools.count()
 

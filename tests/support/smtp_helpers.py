@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from sensor.smtp import Limits, SMTPConnection  # noqa: F401
-from sensor.smtp.events import Anomaly, Command, MailContent, Reply, Transaction
+from sensor.smtp import SmtpLimits, SMTPConnection  # noqa: F401
+from sensor.smtp.events import SmtpAnomaly, Command, MailContent, Reply, Transaction
 
 TS = 1.0
 
 
 def feed(client: bytes | list = b"", server: bytes | list = b"", *, order: str = "client",
-         limits: Limits | None = None, close: bool = True, ts: float = TS) -> list:
+         limits: SmtpLimits | None = None, close: bool = True, ts: float = TS) -> list:
     """Feed both directions (each a bytes or a list of chunks), in ``order``, then close.
 
     ``order``: "client" (client stream first), "server" (server first) or
     "lines" (alternating line by line, like a live lock-step dialogue).
     """
-    conn = SMTPConnection(limits or Limits())
+    conn = SMTPConnection(limits or SmtpLimits())
     cl = [client] if isinstance(client, (bytes, bytearray)) else list(client)
     sv = [server] if isinstance(server, (bytes, bytearray)) else list(server)
     out: list = []
@@ -38,10 +38,10 @@ def feed(client: bytes | list = b"", server: bytes | list = b"", *, order: str =
     return out
 
 
-def dialogue(*turns: tuple[str, bytes], limits: Limits | None = None, close: bool = True,
+def dialogue(*turns: tuple[str, bytes], limits: SmtpLimits | None = None, close: bool = True,
              conn: SMTPConnection | None = None) -> list:
     """Feed ("S"|"C", bytes) turns in this order, with increasing ts."""
-    conn = conn or SMTPConnection(limits or Limits())
+    conn = conn or SMTPConnection(limits or SmtpLimits())
     out: list = []
     for i, (who, data) in enumerate(turns):
         if who == "S":
@@ -58,7 +58,7 @@ def of(events: list, cls: type) -> list:
 
 
 def names(events: list) -> list[str]:
-    return [e.name for e in events if isinstance(e, Anomaly)]
+    return [e.name for e in events if isinstance(e, SmtpAnomaly)]
 
 
 def content(events: list) -> bytes:

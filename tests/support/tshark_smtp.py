@@ -217,7 +217,7 @@ def _last_line_before(pairs, tree, key="smtp.command_line"):
 class OurConn:
     client: tuple
     server: tuple
-    events: list = field(default_factory=list)   #: Command, Reply, MessageEnd, StartTLS, Anomaly
+    events: list = field(default_factory=list)   #: Command, Reply, MessageEnd, StartTLS, SmtpAnomaly
 
 
 _KEEP = (sev.Command, sev.Reply, sev.MessageEnd, sev.StartTLS)

@@ -27,7 +27,7 @@ def test_defaults_need_no_file_and_hold_the_seeds_constants():
                            "SMTP_StrangeRejectBehavior": 0.0}
     assert c.sensor.ports == (25, 587) and c.sensor.output == "-" and c.sensor.output_path is None
     assert c.sensor.state_file is None and c.sensor.xdp_mode == "auto"
-    assert c.limits.smtp == smtp.Limits() and c.limits.reassembly == reassembly.Limits()
+    assert c.limits.smtp == smtp.SmtpLimits() and c.limits.reassembly == reassembly.ReassemblyLimits()
 
 
 def test_the_example_loads_and_states_the_true_defaults():
@@ -37,7 +37,7 @@ def test_the_example_loads_and_states_the_true_defaults():
 
 def test_the_example_documents_every_key():
     text = EXAMPLE.read_text()
-    sections = [SensorConfig, SpamStatsConfig, smtp.Limits, reassembly.Limits]
+    sections = [SensorConfig, SpamStatsConfig, smtp.SmtpLimits, reassembly.ReassemblyLimits]
     for cls in sections:
         for f in dataclasses.fields(cls):
             if f.name == "ban":

@@ -39,8 +39,8 @@ def tables() -> dict[str, dict[str, dict]]:
 
 SECTIONS = {
     "sensor": (SensorConfig, lambda k, v: getattr(SensorConfig(**{k: v}), k)),
-    "limits.smtp": (smtp.Limits, lambda k, v: getattr(LimitsConfig(smtp={k: v}).smtp, k)),
-    "limits.reassembly": (reassembly.Limits, lambda k, v: getattr(LimitsConfig(reassembly={k: v}).reassembly, k)),
+    "limits.smtp": (smtp.SmtpLimits, lambda k, v: getattr(LimitsConfig(smtp={k: v}).smtp, k)),
+    "limits.reassembly": (reassembly.ReassemblyLimits, lambda k, v: getattr(LimitsConfig(reassembly={k: v}).reassembly, k)),
     "spam_stats": (SpamStatsConfig, lambda k, v: getattr(SpamStatsConfig(**{k: v}), k)),
 }
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
-from sensor.stream.reassembly import Limits as ReassemblyLimits
+from sensor.stream.reassembly import ReassemblyLimits
 from support.sessions import CPORT, DIALOGUE, session_segments  # noqa: F401
 
 

@@ -14,16 +14,15 @@ from sensor.stream.reassembly import (
     ANOMALY_BUFFER_FULL,
     ANOMALY_ISN_CHANGED,
     ANOMALY_OVERLAP,
-    ORIG,
-    RESP,
-    Anomaly,
     Data,
     FlowEnd,
     FlowStart,
     Gap,
-    Limits,
     Reassembler,
+    ReassemblyLimits,
+    TcpAnomaly,
 )
+from sensor.stream.direction import CLIENT, SERVER
 from support.captures import PCAPS_DIR as PCAPS
 
 CLI, SRV = pack_addr("192.0.2.10"), pack_addr("198.51.100.25")
@@ -46,7 +45,7 @@ def handshake(r, cisn=1000, sisn=5000, ts=1.0, cport=CPORT):
 
 def streams(events):
     """Per direction: the byte string with gaps as b'?' * n, plus the event kinds."""
-    out = {ORIG: b"", RESP: b""}
+    out = {CLIENT: b"", SERVER: b""}
     for e in events:
         if isinstance(e, Data):
             out[e.direction] += e.data
@@ -73,7 +72,7 @@ def test_handshake_data_and_fins():
     assert start.community_id == community_id(CLI, SRV, 6, CPORT, 25)
     assert not start.flow.partial
     assert [(e.direction, e.data, e.ts) for e in ev[1:4]] == [
-        (RESP, b"220 hi\r\n", 2.0), (ORIG, b"QUIT\r\n", 3.0), (RESP, b"221 bye\r\n", 4.0)]
+        (SERVER, b"220 hi\r\n", 2.0), (CLIENT, b"QUIT\r\n", 3.0), (SERVER, b"221 bye\r\n", 4.0)]
     assert end.reason == "fin" and end.ts == 5.0 and end.flow is start.flow
     assert r.feed(seg(False, 5019, flags=ACK), 5.1) == []      # final ACK: ignored
     assert r.counters.after_close == 1 and not list(r.flows)
@@ -93,8 +92,8 @@ def test_retransmission_is_not_delivered_twice():
     ev = r.feed(seg(True, 1001, b"abcdef"), 2)
     ev += r.feed(seg(True, 1001, b"abcdef"), 3)
     ev += r.feed(seg(True, 1004, b"defgh"), 4)
-    assert streams(ev)[ORIG] == b"abcdefgh"
-    assert not [e for e in ev if isinstance(e, Anomaly)]
+    assert streams(ev)[CLIENT] == b"abcdefgh"
+    assert not [e for e in ev if isinstance(e, TcpAnomaly)]
     assert r.counters.retransmitted == 1
 
 
@@ -103,10 +102,10 @@ def test_overlap_with_different_bytes_first_data_wins_and_is_reported():
     handshake(r)
     ev = r.feed(seg(True, 1005, b"EFGH"), 2)                  # buffered
     ev += r.feed(seg(True, 1001, b"ABCDxxGH"), 3)             # disagrees on 2 bytes
-    assert streams(ev)[ORIG] == b"ABCDEFGH"
-    anomalies = [e for e in ev if isinstance(e, Anomaly)]
+    assert streams(ev)[CLIENT] == b"ABCDEFGH"
+    anomalies = [e for e in ev if isinstance(e, TcpAnomaly)]
     assert [a.name for a in anomalies] == [ANOMALY_OVERLAP]
-    assert "orig" in anomalies[0].detail
+    assert "client" in anomalies[0].detail
 
 
 def test_retransmission_of_delivered_bytes_with_different_content_is_reported():
@@ -114,8 +113,8 @@ def test_retransmission_of_delivered_bytes_with_different_content_is_reported():
     handshake(r)
     ev = r.feed(seg(True, 1001, b"MAIL FROM:<a@b>\r\n"), 2)
     ev += r.feed(seg(True, 1001, b"MAIL FROM:<x@y>\r\n"), 3)
-    assert streams(ev)[ORIG] == b"MAIL FROM:<a@b>\r\n"
-    assert [e.name for e in ev if isinstance(e, Anomaly)] == [ANOMALY_OVERLAP]
+    assert streams(ev)[CLIENT] == b"MAIL FROM:<a@b>\r\n"
+    assert [e.name for e in ev if isinstance(e, TcpAnomaly)] == [ANOMALY_OVERLAP]
 
 
 def test_sequence_wrap_around():
@@ -124,8 +123,8 @@ def test_sequence_wrap_around():
     handshake(r, cisn=isn)
     ev = r.feed(seg(True, isn + 1 + 6, b"GHIJ"), 2)           # wrapped past 2**32
     ev += r.feed(seg(True, isn + 1, b"ABCDEF"), 3)
-    assert streams(ev)[ORIG] == b"ABCDEFGHIJ"
-    assert not [e for e in ev if isinstance(e, (Gap, Anomaly))]
+    assert streams(ev)[CLIENT] == b"ABCDEFGHIJ"
+    assert not [e for e in ev if isinstance(e, (Gap, TcpAnomaly))]
 
 
 def test_mid_stream_pickup_guesses_the_originator_from_the_server_port():
@@ -134,8 +133,8 @@ def test_mid_stream_pickup_guesses_the_originator_from_the_server_port():
     ev += r.feed(seg(True, 99, b"RCPT TO:<a@b>\r\n"), 2)
     assert kinds(ev) == ["FlowStart", "Data", "Data"]
     assert ev[0].flow.partial and ev[0].orig == ("192.0.2.10", CPORT)
-    assert [(e.direction, e.data) for e in ev[1:]] == [(RESP, b"250 OK\r\n"),
-                                                        (ORIG, b"RCPT TO:<a@b>\r\n")]
+    assert [(e.direction, e.data) for e in ev[1:]] == [(SERVER, b"250 OK\r\n"),
+                                                        (CLIENT, b"RCPT TO:<a@b>\r\n")]
 
 
 def test_pure_acks_and_lone_rst_do_not_create_flows():
@@ -180,7 +179,7 @@ def test_rst_flushes_contiguous_then_gap_then_buffered():
 
 
 def test_fin_with_a_hole_waits_then_closes_with_a_gap():
-    r = Reassembler(limits=Limits(close_timeout=5, ack_gaps=False))
+    r = Reassembler(limits=ReassemblyLimits(close_timeout=5, ack_gaps=False))
     handshake(r)
     ev = r.feed(seg(True, 1001, b"abc"), 2)
     ev += r.feed(seg(True, 1010, b"xyz", flags=FIN | ACK), 3)
@@ -192,7 +191,7 @@ def test_fin_with_a_hole_waits_then_closes_with_a_gap():
 
 
 def test_fin_with_a_hole_filled_late_closes_normally():
-    r = Reassembler(limits=Limits(ack_gaps=False))
+    r = Reassembler(limits=ReassemblyLimits(ack_gaps=False))
     handshake(r)
     ev = r.feed(seg(True, 1004, b"def", flags=FIN | ACK), 2)
     ev += r.feed(seg(False, 5001, flags=FIN | ACK), 2)
@@ -201,7 +200,7 @@ def test_fin_with_a_hole_filled_late_closes_normally():
 
 
 def test_idle_timeout():
-    r = Reassembler(limits=Limits(idle_timeout=60))
+    r = Reassembler(limits=ReassemblyLimits(idle_timeout=60))
     handshake(r, ts=100)
     r.feed(seg(True, 1001, b"x"), 110)
     r.feed(seg(True, 1003, b"z"), 111)                       # 1-byte hole
@@ -222,34 +221,34 @@ def test_flush_all_ends_every_flow():
 
 
 def test_per_flow_buffer_cap_forces_a_gap():
-    r = Reassembler(limits=Limits(flow_buffer=100, ack_gaps=False))
+    r = Reassembler(limits=ReassemblyLimits(flow_buffer=100, ack_gaps=False))
     handshake(r)
     ev = r.feed(seg(True, 1011, b"a" * 60), 2)
     ev += r.feed(seg(True, 1071, b"b" * 60), 3)               # 120 buffered > 100
-    assert kinds(ev) == ["Anomaly", "Gap", "Data"]
+    assert kinds(ev) == ["TcpAnomaly", "Gap", "Data"]
     assert ev[0].name == ANOMALY_BUFFER_FULL and ev[1].length == 10
     assert ev[2].data == b"a" * 60 + b"b" * 60
     assert r.buffered == 0
 
 
 def test_global_buffer_cap_forces_a_gap():
-    r = Reassembler(limits=Limits(global_buffer=100, ack_gaps=False))
+    r = Reassembler(limits=ReassemblyLimits(global_buffer=100, ack_gaps=False))
     handshake(r)
     handshake(r, cport=40001)
     r.feed(seg(True, 1011, b"a" * 60), 2)
     ev = r.feed(seg(True, 1011, b"b" * 60, cport=40001), 3)
-    assert kinds(ev) == ["Anomaly", "Gap", "Data"] and ev[2].data == b"b" * 60
+    assert kinds(ev) == ["TcpAnomaly", "Gap", "Data"] and ev[2].data == b"b" * 60
     assert r.buffered == 60
 
 
 def test_chunk_cap_forces_a_gap():
-    r = Reassembler(limits=Limits(max_chunks=3, ack_gaps=False))
+    r = Reassembler(limits=ReassemblyLimits(max_chunks=3, ack_gaps=False))
     handshake(r)
     ev = []
     for i in range(4):
         ev += r.feed(seg(True, 1003 + 2 * i, b"x"), 2)
     assert "Gap" in kinds(ev) and ANOMALY_BUFFER_FULL in [e.name for e in ev
-                                                          if isinstance(e, Anomaly)]
+                                                          if isinstance(e, TcpAnomaly)]
 
 
 def test_ack_past_a_hole_with_data_behind_it_is_capture_loss():
@@ -279,7 +278,7 @@ def test_hole_filled_within_the_ack_gap_delay_is_no_gap():
 
 
 def test_ack_gap_delay_zero_makes_the_gap_at_once():
-    r = Reassembler(limits=Limits(ack_gap_delay=0))
+    r = Reassembler(limits=ReassemblyLimits(ack_gap_delay=0))
     handshake(r)
     r.feed(seg(True, 1001, b"abc"), 2)
     r.feed(seg(True, 1010, b"xyz"), 3)
@@ -309,12 +308,12 @@ def test_syn_with_new_isn_before_any_data_replaces_the_isn():
     r.feed(seg(True, 1000, flags=SYN), 1)
     ev = r.feed(seg(True, 3000, flags=SYN), 2)
     ev += r.feed(seg(True, 3001, b"hi"), 3)
-    assert [e.name for e in ev if isinstance(e, Anomaly)] == [ANOMALY_ISN_CHANGED]
-    assert streams(ev)[ORIG] == b"hi"
+    assert [e.name for e in ev if isinstance(e, TcpAnomaly)] == [ANOMALY_ISN_CHANGED]
+    assert streams(ev)[CLIENT] == b"hi"
 
 
 def test_flow_cap_evicts_the_oldest():
-    r = Reassembler(limits=Limits(max_flows=2))
+    r = Reassembler(limits=ReassemblyLimits(max_flows=2))
     ev = []
     for p in (40001, 40002, 40003):
         ev += handshake(r, cport=p)
@@ -326,7 +325,7 @@ def test_flow_cap_evicts_the_oldest():
 def test_syn_payload_starts_the_stream():
     r = Reassembler()
     ev = r.feed(seg(True, 10, b"EHLO", flags=SYN), 1)
-    assert streams(ev)[ORIG] == b"EHLO"
+    assert streams(ev)[CLIENT] == b"EHLO"
 
 
 def test_uids_are_reproducible_with_a_seed():
@@ -363,11 +362,11 @@ def test_haka_capture_one_smtp_flow_client_starts_with_helo():
     assert isinstance(start, FlowStart) and start.resp == ("192.168.20.1", 25)
     assert start.orig == ("192.168.10.10", 41155) and not start.flow.partial
     s = streams(fev)
-    assert s[ORIG].startswith(b"HELO some_domain\n")
-    assert s[ORIG].endswith(b"QUIT\n") and b"MAIL FROM: hacker@suspicious.org\n" in s[ORIG]
-    assert s[RESP].startswith(b"220 ") and s[RESP].endswith(b"221 2.0.0 Bye\r\n")
+    assert s[CLIENT].startswith(b"HELO some_domain\n")
+    assert s[CLIENT].endswith(b"QUIT\n") and b"MAIL FROM: hacker@suspicious.org\n" in s[CLIENT]
+    assert s[SERVER].startswith(b"220 ") and s[SERVER].endswith(b"221 2.0.0 Bye\r\n")
     assert end.reason == "fin"
-    assert not [e for e in fev if isinstance(e, (Gap, Anomaly))]
+    assert not [e for e in fev if isinstance(e, (Gap, TcpAnomaly))]
 
 
 def test_ndpi_starttls_capture_ipv6_flow_has_a_capture_loss_gap():
@@ -375,7 +374,7 @@ def test_ndpi_starttls_capture_ipv6_flow_has_a_capture_loss_gap():
     assert len(flows) == 2
     v6 = [f for f in flows.values() if f[0].flow.family == 6][0]
     assert [e.length for e in v6 if isinstance(e, Gap)] == [5760]      # 4 lost segments
-    assert streams(v6)[ORIG].startswith(b"EHLO [IPv6:")
+    assert streams(v6)[CLIENT].startswith(b"EHLO [IPv6:")
     assert v6[-1].reason == "rst"
 
 
@@ -383,14 +382,14 @@ def test_port_587_capture_is_tracked():
     flows = by_flow(replay(PCAPS / "arkime__smtp-data-250.pcap"))
     assert len(flows) == 1
     (fev,) = flows.values()
-    assert fev[0].resp[1] == 587 and streams(fev)[RESP].startswith(b"220")
+    assert fev[0].resp[1] == 587 and streams(fev)[SERVER].startswith(b"220")
 
 
 def test_client_first_capture_keeps_both_directions():
     flows = by_flow(replay(PCAPS / "arkime__smtp-moloch-bof.pcap"))
     (fev,) = flows.values()
     s = streams(fev)
-    assert s[ORIG].startswith(b"HELO ADCDTEST\r\n") and s[RESP].startswith(b"220 ")
+    assert s[CLIENT].startswith(b"HELO ADCDTEST\r\n") and s[SERVER].startswith(b"220 ")
 
 
 @pytest.mark.parametrize("path", sorted(PCAPS.glob("*.pcap")), ids=lambda p: p.name)
@@ -399,7 +398,7 @@ def test_every_shared_capture_gives_well_formed_flows(path):
         assert isinstance(fev[0], FlowStart) and isinstance(fev[-1], FlowEnd)
         assert sum(isinstance(e, (FlowStart, FlowEnd)) for e in fev) == 2
         fl = fev[0].flow
-        for d, stm in ((ORIG, fl.orig), (RESP, fl.resp)):
+        for d, stm in ((CLIENT, fl.orig), (SERVER, fl.resp)):
             got = streams(fev)[d]
             assert len(got) == stm.pos == stm.delivered + stm.gaps
 
@@ -447,8 +446,8 @@ def test_any_segmentation_order_and_duplication_gives_the_original_streams(
         ev += r.feed(s, 1 + i)
     if not fins:
         ev += r.flush_all(999)
-    assert streams(ev) == {ORIG: client, RESP: server}
-    assert not [e for e in ev if isinstance(e, (Gap, Anomaly))]
+    assert streams(ev) == {CLIENT: client, SERVER: server}
+    assert not [e for e in ev if isinstance(e, (Gap, TcpAnomaly))]
     assert kinds(ev)[0] == "FlowStart" and kinds(ev)[-1] == "FlowEnd"
     assert ev[-1].reason == ("fin" if fins else "flush")
     assert r.buffered == 0
@@ -473,16 +472,16 @@ def test_lost_segments_become_gaps_of_the_right_length(data, cuts, lost, isn, se
     for i, (off, piece) in enumerate(pieces):
         if i in lost:
             expect[off:off + len(piece)] = b"?" * len(piece)
-    assert streams(ev)[ORIG] == bytes(expect)
+    assert streams(ev)[CLIENT] == bytes(expect)
 
 
 def test_rst_far_outside_the_window_is_ignored_and_reported():
     r = Reassembler()
     handshake(r)
     ev = r.feed(seg(False, 5001 + (50 << 20), flags=RST), 2)
-    assert kinds(ev) == ["Anomaly"] and ev[0].name == "TCP_RST_OUT_OF_WINDOW"
+    assert kinds(ev) == ["TcpAnomaly"] and ev[0].name == "TCP_RST_OUT_OF_WINDOW"
     ev = r.feed(seg(True, 1001, b"still here"), 3)
-    assert streams(ev)[ORIG] == b"still here"
+    assert streams(ev)[CLIENT] == b"still here"
 
 
 def test_rst_answering_a_syn_ends_the_flow():
@@ -493,7 +492,7 @@ def test_rst_answering_a_syn_ends_the_flow():
 
 
 def test_flow_ended_by_timeout_is_picked_up_again_when_it_talks():
-    r = Reassembler(limits=Limits(idle_timeout=10))
+    r = Reassembler(limits=ReassemblyLimits(idle_timeout=10))
     handshake(r)
     r.feed(seg(True, 1001, b"NOOP\r\n"), 2)
     assert kinds(r.expire(100)) == ["FlowEnd"]

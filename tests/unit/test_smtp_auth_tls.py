@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from sensor.smtp import AuthEvent, Command, Limits, SMTPConnection, StartTLS, Transaction
+from sensor.smtp import AuthEvent, Command, SmtpLimits, SMTPConnection, StartTLS, Transaction
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import EHLO_REPLY, GREETING, commands, dialogue, feed, names, of, replies
 
@@ -68,7 +68,7 @@ def test_auth_answers_are_not_read_as_commands_at_close_without_server():
 
 def test_auth_answers_one_sided_capture_past_the_hold_limit():
     ev = feed(b"AUTH LOGIN\r\n" + USER + b"\r\n" + PASS + b"\r\nNOOP\r\n" + b"NOOP\r\n" * 20,
-              b"", limits=Limits(unreplied_client_bytes=16))
+              b"", limits=SmtpLimits(unreplied_client_bytes=16))
     assert A.REPLY_ASSUMED in names(ev)
     assert not leaks(ev)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sensor.smtp import (
     Command,
     Greeting,
-    Limits,
+    SmtpLimits,
     MailFrom,
     RcptTo,
     Reply,
@@ -301,7 +301,7 @@ def test_transaction_waits_for_the_replies_of_its_pipelined_steps():
 
 
 def test_unknown_verbs_are_counted_and_past_the_budget_parsing_stops():
-    lim = Limits(unknown_commands=3)
+    lim = SmtpLimits(unknown_commands=3)
     ev = feed(b"FOO\r\nBAR x\r\n\r\nBAZ\r\nNOOP\r\n", b"", limits=lim)
     got = names(ev)
     assert got.count(A.UNKNOWN_COMMAND) == 4
@@ -326,7 +326,7 @@ def test_reply_line_too_long_is_reported():
 
 def test_reply_with_too_many_lines_is_capped():
     ev = feed(b"EHLO x\r\n", GREETING + b"250-x\r\n" * 10 + b"250 x\r\n",
-              limits=Limits(reply_lines=4))
+              limits=SmtpLimits(reply_lines=4))
     assert A.REPLY_TOO_MANY_LINES in names(ev)
     assert len(of(ev, Reply)[1].lines) == 4
 
@@ -346,7 +346,7 @@ def test_unanswered_commands_and_cut_lines_are_reported_at_close():
 
 def test_too_many_recipients_is_reported_once():
     rcpts = b"".join(b"RCPT TO:<u%d@x.y>\r\n" % i for i in range(5))
-    ev = feed(b"MAIL FROM:<a@b.c>\r\n" + rcpts, b"", limits=Limits(recipients=3))
+    ev = feed(b"MAIL FROM:<a@b.c>\r\n" + rcpts, b"", limits=SmtpLimits(recipients=3))
     assert names(ev).count(A.TOO_MANY_RECIPIENTS) == 1
     assert len(transactions(ev)[0].rcptto) == 5
 
@@ -356,14 +356,14 @@ def test_past_the_invalid_transaction_limit_the_connection_is_no_longer_parsed()
     for _ in range(5):
         turns += [("C", b"RCPT TO:<a@b.c>\r\n"), ("S", b"503 5.5.1 need MAIL\r\n"),
                   ("C", b"RSET\r\n"), ("S", b"250 ok\r\n")]
-    ev = dialogue(*turns, ("C", b"MAIL FROM:<z@z.z>\r\n"), limits=Limits(invalid_transactions=2))
+    ev = dialogue(*turns, ("C", b"MAIL FROM:<z@z.z>\r\n"), limits=SmtpLimits(invalid_transactions=2))
     got = names(ev)
     assert got.count(A.TOO_MANY_INVALID_TRANSACTIONS) == 1
     assert "z@z.z" not in [m.address for m in of(ev, MailFrom)]
 
 
 def test_pending_command_fifo_is_bounded():
-    ev = feed(b"NOOP\r\n" * 20, b"", limits=Limits(pending_commands=5))
+    ev = feed(b"NOOP\r\n" * 20, b"", limits=SmtpLimits(pending_commands=5))
     assert names(ev).count(A.TOO_MANY_PENDING_COMMANDS) == 1
 
 

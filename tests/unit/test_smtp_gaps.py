@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensor.smtp import CLIENT, SERVER, Command, Limits, MessageEnd, SMTPConnection
+from sensor.smtp import CLIENT, SERVER, Command, SmtpLimits, MessageEnd, SMTPConnection
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import GREETING, content, names, of, replies, transactions
 
@@ -69,7 +69,7 @@ def test_server_gap_that_ate_the_354_assumes_the_message_was_sent():
 
 
 def test_client_only_capture_is_dissected_past_the_hold_limit():
-    conn = SMTPConnection(Limits(unreplied_client_bytes=64))
+    conn = SMTPConnection(SmtpLimits(unreplied_client_bytes=64))
     ev = conn.receive_client(ENVELOPE + b"DATA\r\n" + b"line\r\n" * 30 + b".\r\nQUIT\r\n", 1)
     ev += conn.close(2)
     assert A.REPLY_ASSUMED in names(ev)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensor.smtp import Limits, MailContent, MessageEnd, MessageHeaders, SMTPConnection
+from sensor.smtp import SmtpLimits, MailContent, MessageEnd, MessageHeaders, SMTPConnection
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import EHLO_REPLY, GREETING, content, feed, names, of, replies, transactions
 
@@ -10,7 +10,7 @@ ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\
 OKS = GREETING + EHLO_REPLY + b"250 ok\r\n250 ok\r\n"
 
 
-def send_data(body: bytes, limits: Limits | None = None, after: bytes = b"QUIT\r\n") -> list:
+def send_data(body: bytes, limits: SmtpLimits | None = None, after: bytes = b"QUIT\r\n") -> list:
     return feed(ENVELOPE + b"DATA\r\n" + body + after,
                 OKS + b"354 go\r\n250 2.0.0 queued\r\n221 bye\r\n", limits=limits)
 
@@ -83,7 +83,7 @@ def test_user_agent_wins_over_x_mailer():
 
 def test_headers_come_before_content_and_content_is_chunked_exactly():
     body = HEADERS + b"".join(b"line %05d\r\n" % i for i in range(3000))
-    ev = send_data(body + b".\r\n", limits=Limits(content_chunk=1000))
+    ev = send_data(body + b".\r\n", limits=SmtpLimits(content_chunk=1000))
     kinds = [type(e).__name__ for e in ev if isinstance(e, (MailContent, MessageHeaders))]
     assert kinds[0] == "MessageHeaders" and set(kinds[1:]) == {"MailContent"}
     chunks = of(ev, MailContent)
@@ -94,7 +94,7 @@ def test_headers_come_before_content_and_content_is_chunked_exactly():
 
 def test_header_section_is_capped():
     big = b"X-Junk: " + b"j" * 5000 + b"\r\nSubject: late\r\n\r\nbody\r\n"
-    ev = send_data(big + b".\r\n", limits=Limits(header_section=1024))
+    ev = send_data(big + b".\r\n", limits=SmtpLimits(header_section=1024))
     assert A.HEADER_SECTION_TOO_LONG in names(ev)
     h = of(ev, MessageHeaders)[0]
     assert h.truncated and h.subject is None
@@ -181,7 +181,7 @@ def test_bdat_content_is_not_dot_unstuffed_nor_ended_by_a_dot():
 
 def test_invalid_bdat_and_chunk_limit():
     ev = feed(ENVELOPE + b"BDAT ten\r\nBDAT 5 LAST\r\nhello", OKS + b"501 bad\r\n250 ok\r\n",
-              limits=Limits(bdat_chunk=4))
+              limits=SmtpLimits(bdat_chunk=4))
     got = names(ev)
     assert A.INVALID_BDAT in got and A.BDAT_CHUNK_LEN_EXCEEDED in got
     assert content(ev) == b"hello"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sensor.smtp import Limits, events
+from sensor.smtp import SmtpLimits, events
 from sensor.smtp import anomalies as A
 
 
@@ -22,20 +22,20 @@ def test_anomaly_names_equal_their_constant_names():
 
 
 def test_limits_have_the_documented_defaults_and_are_immutable():
-    lim = Limits()
+    lim = SmtpLimits()
     assert (lim.command_line, lim.reply_line, lim.data_line, lim.recipients) == (512, 2048, 1002, 100)
     try:
         lim.command_line = 1
     except dataclasses.FrozenInstanceError:
         pass
     else:
-        raise AssertionError("Limits must be frozen")
+        raise AssertionError("SmtpLimits must be frozen")
 
 
 def test_every_event_is_a_frozen_slotted_dataclass():
     for cls in (events.Greeting, events.Command, events.Reply, events.ServerCapabilities,
                 events.MailFrom, events.RcptTo, events.MailContent, events.MessageHeaders,
                 events.MessageEnd, events.Transaction, events.AuthEvent, events.StartTLS,
-                events.Anomaly):
+                events.SmtpAnomaly):
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
         assert "__slots__" in cls.__dict__

@@ -15,7 +15,7 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor.smtp import CLIENT, SERVER, Limits, SMTPConnection
+from sensor.smtp import CLIENT, SERVER, SmtpLimits, SMTPConnection
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import EHLO_REPLY, GREETING, commands, content, feed, names, replies, strip_ts, transactions
 
@@ -52,7 +52,7 @@ DIALOGUES = {
                      b"DATA\r\nSubject: 2\r\n\r\nx\r\n.\r\n",
                      ENV_OK + b"354 go\r\n250 q\r\n250 ok\r\n250 ok\r\n354 go\r\n250 q\r\n"),
 }
-SMALL = Limits(command_line=24, reply_line=32, reply_lines=3, data_line=10, header_section=40,
+SMALL = SmtpLimits(command_line=24, reply_line=32, reply_lines=3, data_line=10, header_section=40,
                content_chunk=7, unreplied_client_bytes=50, unmatched_replies=2, recipients=1)
 
 
@@ -108,7 +108,7 @@ ITEM = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(items=st.lists(ITEM, max_size=25), small=st.booleans(), close=st.booleans())
 def test_arbitrary_input_never_raises(items, small, close):
-    conn = SMTPConnection(SMALL if small else Limits())
+    conn = SMTPConnection(SMALL if small else SmtpLimits())
     out = []
     for i, (kind, data) in enumerate(items):
         if kind == "C":
