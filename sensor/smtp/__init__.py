@@ -17,7 +17,6 @@ from sensor.smtp.connection import KNOWN_VERBS, SMTPConnection
 from sensor.smtp.events import (
     CLIENT,
     SERVER,
-    SmtpAnomaly,
     AuthEvent,
     Command,
     Event,
@@ -29,6 +28,7 @@ from sensor.smtp.events import (
     RcptTo,
     Reply,
     ServerCapabilities,
+    SmtpAnomaly,
     StartTLS,
     Step,
     Transaction,

@@ -55,7 +55,6 @@ from sensor.smtp.dotdata import DotDecoder
 from sensor.smtp.events import (
     CLIENT,
     SERVER,
-    SmtpAnomaly,
     AuthEvent,
     Command,
     Greeting,
@@ -64,6 +63,7 @@ from sensor.smtp.events import (
     RcptTo,
     Reply,
     ServerCapabilities,
+    SmtpAnomaly,
     StartTLS,
     Step,
     Transaction,

@@ -10,7 +10,7 @@ content is bounded by the header limit plus one chunk plus one input segment.
 from __future__ import annotations
 
 from sensor.smtp import anomalies as A
-from sensor.smtp.events import CLIENT, SmtpAnomaly, MailContent, MessageHeaders
+from sensor.smtp.events import CLIENT, MailContent, MessageHeaders, SmtpAnomaly
 from sensor.smtp.headers import HeaderCollector
 from sensor.smtp.limits import SmtpLimits
 
@@ -51,7 +51,7 @@ class MessageAssembler:
         self.headers = MessageHeaders(ts=ts, **fields)
         if self._hdr.truncated:
             out.append(SmtpAnomaly(ts, A.HEADER_SECTION_TOO_LONG, CLIENT,
-                               f"header section longer than {self._limits.header_section} octets"))
+                                   f"header section longer than {self._limits.header_section} octets"))
         if dups:
             out.append(SmtpAnomaly(ts, A.DUPLICATE_FIELDS, CLIENT, ", ".join(dups)))
         out.append(self.headers)

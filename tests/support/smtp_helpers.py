@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sensor.smtp import SmtpLimits, SMTPConnection  # noqa: F401
-from sensor.smtp.events import SmtpAnomaly, Command, MailContent, Reply, Transaction
+from sensor.smtp import SMTPConnection, SmtpLimits  # noqa: F401
+from sensor.smtp.events import Command, MailContent, Reply, SmtpAnomaly, Transaction
 
 TS = 1.0
 

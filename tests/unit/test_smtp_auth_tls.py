@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from sensor.smtp import AuthEvent, Command, SmtpLimits, SMTPConnection, StartTLS, Transaction
+from sensor.smtp import AuthEvent, Command, SMTPConnection, SmtpLimits, StartTLS, Transaction
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import EHLO_REPLY, GREETING, commands, dialogue, feed, names, of, replies
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from sensor.smtp import (
     Command,
     Greeting,
-    SmtpLimits,
     MailFrom,
     RcptTo,
     Reply,
     ServerCapabilities,
     SMTPConnection,
+    SmtpLimits,
 )
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import (

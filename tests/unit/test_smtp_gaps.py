@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensor.smtp import CLIENT, SERVER, Command, SmtpLimits, MessageEnd, SMTPConnection
+from sensor.smtp import CLIENT, SERVER, Command, MessageEnd, SMTPConnection, SmtpLimits
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import GREETING, content, names, of, replies, transactions
 

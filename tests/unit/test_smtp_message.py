@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensor.smtp import SmtpLimits, MailContent, MessageEnd, MessageHeaders, SMTPConnection
+from sensor.smtp import MailContent, MessageEnd, MessageHeaders, SMTPConnection, SmtpLimits
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import EHLO_REPLY, GREETING, content, feed, names, of, replies, transactions
 

@@ -15,7 +15,7 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor.smtp import CLIENT, SERVER, SmtpLimits, SMTPConnection
+from sensor.smtp import CLIENT, SERVER, SMTPConnection, SmtpLimits
 from sensor.smtp import anomalies as A
 from support.smtp_helpers import EHLO_REPLY, GREETING, commands, content, feed, names, replies, strip_ts, transactions
 
