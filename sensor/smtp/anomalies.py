@@ -8,7 +8,7 @@ carries the specifics (which pattern, which limit, which reading was followed).
 
 from __future__ import annotations
 
-__all__ = ["ALL", "SURICATA"]
+__all__ = ["ALL", "SURICATA", "excerpt"]
 
 # --- Suricata's names, same meaning -------------------------------------------
 #: a server line that is not ``[2-5]dd[ -]text`` (or a multi-line reply whose
@@ -103,3 +103,12 @@ ALL = frozenset(
     value for name, value in dict(globals()).items()
     if name.isupper() and isinstance(value, str)
 )
+
+_EXCERPT = 64   # characters of wire text quoted in a detail
+
+
+def excerpt(text: str | bytes) -> str:
+    """Wire text as quoted in a detail: decoded, cut to 64 characters."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."

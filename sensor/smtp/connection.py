@@ -14,29 +14,24 @@ caught at the boundary, reported as an INTERNAL_ERROR anomaly, and the
 connection is no longer parsed).
 
 Both directions are fed independently, in any interleaving.  Replies are
-matched to commands through a FIFO of commands waiting for their reply (RFC
-2920 pipelining); the greeting answers the pseudo-command ``">"``.  Replies
-that arrive before the command they answer is known are held (bounded) until
-it is.  The client direction is read greedily, except after a command whose
+matched to commands in order (:mod:`.pending`, RFC 2920 pipelining); replies
+that arrive before the command they answer is known wait (bounded) until it
+is.  The client direction is read greedily, except after a command whose
 reply decides how to read what follows (DATA: message or commands? AUTH: SASL
 answer or command? STARTTLS: TLS or commands?): there the client's octets are
 held (bounded) until that reply is known.  Past ``SmtpLimits.unreplied_client_bytes``
 (or at close), the positive reply is assumed and REPLY_ASSUMED says so, which
 lets a capture holding only the client direction be dissected.
 
-Client modes (``SMTPConnection.state``) and what leads into each:
+The parts, one job each: :class:`~.replies.ReplyReader` reads the server's
+octets into replies, :class:`~.pending.PendingQueue` holds the commands and
+replies waiting for each other, :class:`~.transaction.Transactions` builds
+the transactions, :class:`~.message.MessageAssembler` a message's content.
+This class reads the client's octets and holds what each command and each
+reply does (``_ON_COMMAND``, ``_ON_REPLY``: per verb).
 
-* ``COMMAND``: start; after a message ends; after a non-354 reply to DATA,
-  a final reply to AUTH, a non-220 reply to STARTTLS.
-* ``DATA``: 354 reply to DATA.  Only CRLF.CRLF ends it (strict reading).
-* ``BDAT``: a valid ``BDAT n [LAST]`` command; for n octets (the reply is
-  not needed to frame a chunk, RFC 3030).
-* ``AUTH_RESPONSE``: a 334 reply to AUTH or to a SASL answer: the next client
-  line is a SASL answer; it never appears in any event.
-* ``TLS``: 220 reply to STARTTLS; all further input is ignored and the caller
-  should bypass the flow (StartTLS event).
-* ``STOPPED``: a connection budget was exhausted or a bug was caught.
-* ``CLOSED``: after close().
+The client modes (``SMTPConnection.state``) are the constants below, each
+with what leads into it.
 
 Determinism: for a given order of feeding the two directions (e.g. the whole
 client stream, then the whole server stream), the events do not depend on how
@@ -65,13 +60,13 @@ from sensor.smtp.events import (
     ServerCapabilities,
     SmtpAnomaly,
     StartTLS,
-    Step,
-    Transaction,
 )
 from sensor.smtp.limits import SmtpLimits
 from sensor.smtp.lines import LineBuffer
 from sensor.smtp.message import MessageAssembler
-from sensor.smtp.replies import parse_ehlo_keywords, parse_enhanced, parse_reply_line
+from sensor.smtp.pending import Pending, PendingQueue, plausible
+from sensor.smtp.replies import ReplyReader, parse_ehlo_keywords
+from sensor.smtp.transaction import Transactions, TransactionState
 
 __all__ = ["SMTPConnection", "KNOWN_VERBS"]
 
@@ -82,87 +77,35 @@ KNOWN_VERBS = frozenset({
     "XCLIENT", "XFORWARD", "SEND", "SOML", "SAML", "VERB", "ONEX", "XEXCH50",
 })
 
-COMMAND, DATA, BDAT, AUTH_RESPONSE, TLS, STOPPED, CLOSED = (
-    "COMMAND", "DATA", "BDAT", "AUTH_RESPONSE", "TLS", "STOPPED", "CLOSED")
+# Client modes, and what leads into each:
+#: the start; the end of a message; a non-354 reply to DATA, a final reply to
+#: AUTH, a non-220 reply to STARTTLS.
+COMMAND = "COMMAND"
+#: a 354 reply to DATA.  Only CRLF.CRLF ends it (strict reading).
+DATA = "DATA"
+#: a valid ``BDAT n [LAST]`` command, for n octets (the reply is not needed to
+#: frame a chunk, RFC 3030).
+BDAT = "BDAT"
+#: a 334 reply to AUTH or to a SASL answer: the next client line is a SASL
+#: answer; it never appears in any event.
+AUTH_RESPONSE = "AUTH_RESPONSE"
+#: a 220 reply to STARTTLS: all further input is ignored and the caller should
+#: bypass the flow (StartTLS event).
+TLS = "TLS"
+#: a connection budget was exhausted or a bug was caught.
+STOPPED = "STOPPED"
+#: close().
+CLOSED = "CLOSED"
 _TERMINAL = (TLS, STOPPED, CLOSED)
 
 _BDAT_RE = re.compile(r"[ \t]*(\d{1,19})(?:[ \t]+(LAST))?[ \t]*\Z", re.I)
-_REPLY_START = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\r?\Z)")
 _VERB_START = re.compile(rb"([A-Za-z]{4,8})(?: |\r?\Z)")
-
-
-def _looks_like_reply(line: bytes) -> bool:
-    return _REPLY_START.match(line) is not None
+_SASL_RE = re.compile(rb"[A-Za-z0-9+/=]*\Z|\*\Z")
 
 
 def _looks_like_command(line: bytes) -> bool:
     m = _VERB_START.match(line)
     return m is not None and m.group(1).upper().decode() in KNOWN_VERBS
-
-
-_SASL_RE = re.compile(rb"[A-Za-z0-9+/=]*\Z|\*\Z")
-_DETAIL = 64
-
-
-def _short(text: str | bytes) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "backslashreplace")
-    return text if len(text) <= _DETAIL else text[:_DETAIL] + "..."
-
-
-def _plausible(verb: str, code: int) -> bool:
-    """Could ``code`` answer ``verb``?  Used only to resynchronise after a server gap."""
-    if code == 354:
-        return verb == "DATA"
-    if code in (334, 235):
-        return verb in ("AUTH", "AUTH_ANSWER")
-    if code == 221:
-        return verb == "QUIT"
-    if code == 220:
-        return verb in (">", "STARTTLS")
-    if verb == ">":
-        return code in (421, 554)
-    if verb == "DATA":
-        return code >= 400
-    return True
-
-
-class _Pending:
-    """A command waiting for its reply."""
-    __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last")
-
-    def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False):
-        self.verb = verb
-        self.command = command
-        self.txn = txn
-        self.step = step          # index in txn.steps
-        self.blocking = blocking  # the client's next octets wait for this reply
-        self.assumed = False      # the positive reply was assumed (REPLY_ASSUMED)
-        self.last = last          # BDAT ... LAST
-
-
-class _Txn:
-    """Mutable state of one mail transaction (becomes a Transaction event)."""
-    __slots__ = ("depth", "first_ts", "helo", "mailfrom", "has_mail", "rcptto", "steps",
-                 "headers", "size", "last_reply", "tls", "delivered", "pending",
-                 "invalid", "too_many")
-
-    def __init__(self, depth: int, ts: float, helo: str | None) -> None:
-        self.depth = depth
-        self.first_ts = ts
-        self.helo = helo
-        self.mailfrom = None
-        self.has_mail = False
-        self.rcptto: list[str] = []
-        self.steps: list[list] = []   # [verb, parameter, code, enhanced, text]
-        self.headers = None
-        self.size = None
-        self.last_reply = None
-        self.tls = False
-        self.delivered = False
-        self.pending = 0
-        self.invalid = False
-        self.too_many = False
 
 
 class _Auth:
@@ -174,21 +117,17 @@ class _Auth:
 
 
 _NO_HELD = ()  # SMTPConnection._cq holding nothing
-# _pending, _replies, _waiting and _r_lines holding nothing: a list only while
-# they hold something (an empty list is 56-72 bytes, one set per open flow)
-_NONE = ()
 
 
 class SMTPConnection:
     """Sans-IO dissector of one SMTP connection (both directions)."""
 
-    # Slots, and lists rather than deques for the short bounded queues (a
-    # deque starts with a 64-slot block, ~760 bytes): one connection is kept
+    # Slots, and the held client octets a deque only while it holds something
+    # (a deque starts with a 64-slot block, ~760 bytes): one connection is kept
     # per open flow (bench/bench_memory.py).
-    __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_blocked_ts", "_auth", "_dot",
-                 "_msg", "_msg_method", "_bdat_left", "_bdat_last", "_sl", "_r_code", "_r_lines", "_r_dropped",
-                 "_replies", "_server_resync", "_pending", "_txn", "_waiting", "_depth", "_activity",
-                 "_invalid", "_unknown", "_first_cmd_ts", "_said", "helo", "capabilities", "tls")
+    __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_blocked_ts", "_auth",
+                 "_dot", "_msg", "_bdat_left", "_bdat_last", "_server", "_queue", "_txns",
+                 "_activity", "_unknown", "_first_cmd_ts", "_said", "helo", "capabilities", "tls")
 
     def __init__(self, limits: SmtpLimits | None = None) -> None:
         self.limits = limits if limits is not None else SmtpLimits()
@@ -200,28 +139,18 @@ class SMTPConnection:
         # holds something (an empty deque is ~760 bytes per open flow)
         self._cq: deque | tuple = _NO_HELD
         self._cq_bytes = 0
-        self._blocked: _Pending | None = None
+        self._blocked: Pending | None = None   # the command whose reply the client waits for
         self._blocked_ts: float | None = None
         self._auth: _Auth | None = None
         self._dot: DotDecoder | None = None
         self._msg: MessageAssembler | None = None
-        self._msg_method = ""
         self._bdat_left = 0
         self._bdat_last = False
-        # server side
-        self._sl = LineBuffer(lim.reply_line)
-        self._r_code: int | None = None
-        self._r_lines: list[str] | tuple = _NONE
-        self._r_dropped = 0
-        self._replies: list | tuple = _NONE   # complete replies waiting for a command (<= unmatched_replies + 1)
-        self._server_resync = False
-        # matching and transactions
-        self._pending: list[_Pending] = [_Pending(">")]     # <= pending_commands + 1
-        self._txn: _Txn | None = None
-        self._waiting: list[_Txn] | tuple = _NONE
-        self._depth = 0
+        # server side, matching, transactions
+        self._server = ReplyReader(lim.reply_line, lim.reply_lines)
+        self._queue = PendingQueue()
+        self._txns = Transactions(lim)
         self._activity = False             # non-QUIT command since the last transaction began
-        self._invalid = 0
         self._unknown = 0
         self._first_cmd_ts: float | None = None
         self._said: set[str] | tuple = ()  # once-per-connection anomalies already raised (a set from the first)
@@ -281,13 +210,15 @@ class SMTPConnection:
         if not data or self._mode in _TERMINAL:
             return out
         try:
-            self._sl.feed(data)
+            server = self._server
+            push_reply = self._queue.push_reply
+            server.feed(data)
             while self._mode not in _TERMINAL:
-                got = self._sl.take_line()
-                if got is None:
+                reply = server.next_reply(ts, out)
+                if reply is None:
                     break
-                if self._reply_line(got, ts, out):
-                    self._run(ts, out)
+                push_reply(reply)
+                self._run(ts, out)
             if self._mode not in _TERMINAL:
                 self._run(ts, out)
         except Exception as exc:
@@ -301,7 +232,11 @@ class SMTPConnection:
             return out
         try:
             if direction == SERVER:
-                self._server_gap(length, ts, out)
+                self._server.lost(ts, out)
+                self._queue.after_gap = True
+                self._anomaly(out, ts, A.CONTENT_GAP, SERVER,
+                              f"{length} octets lost; resync at next line, replies lost in the gap "
+                              "are skipped by plausibility of the next reply")
                 self._run(ts, out)
             else:
                 if self._cq is _NO_HELD:
@@ -318,18 +253,19 @@ class SMTPConnection:
         if self._mode == CLOSED:
             return out
         try:
+            txns = self._txns
             if self._mode not in _TERMINAL:
                 self._close_streams(ts, out)
             self._close_txn(ts, out)
-            while self._waiting:
-                self._emit_txn(self._waiting.pop(0), ts, out)
+            if txns.flush(ts, out):
+                self._stop()
             # Zeek logs a record for a session with client activity but no
             # transaction (EHLO then QUIT, a scanner): so do we, once.
-            if self._activity and self._depth == 0 and self._mode != TLS:
+            if self._activity and txns.depth == 0 and self._mode != TLS:
                 self._new_txn(ts)
                 self._close_txn(ts, out)
-                while self._waiting:
-                    self._emit_txn(self._waiting.pop(0), ts, out)
+                if txns.flush(ts, out):
+                    self._stop()
         except Exception as exc:
             self._internal(exc, CLIENT, ts, out)
         self._mode = CLOSED
@@ -349,28 +285,33 @@ class SMTPConnection:
             self._anomaly(out, ts, name, direction, detail)
 
     def _internal(self, exc: Exception, direction: str, ts: float, out: list) -> None:
-        self._anomaly(out, ts, A.INTERNAL_ERROR, direction, _short(f"{type(exc).__name__}: {exc}"))
+        self._anomaly(out, ts, A.INTERNAL_ERROR, direction, A.excerpt(f"{type(exc).__name__}: {exc}"))
         self._stop()
 
     def _stop(self) -> None:
         self._mode = STOPPED
         self._cl.clear()
-        self._sl.clear()
+        self._server.clear()
         self._cq = _NO_HELD
         self._cq_bytes = 0
-        self._replies = _NONE
+        self._queue.clear_replies()
         self._blocked = None
+        self._txns.counting = False
 
     def _held(self) -> int:
         return len(self._cl) + self._cq_bytes
 
     def _run(self, ts: float, out: list) -> None:
         """Read the client as far as possible, then match one reply; repeat."""
+        queue = self._queue
         while self._mode not in _TERMINAL:
-            self._pump_client(ts, out)
-            if self._mode in _TERMINAL:
-                return
-            if self._match_one(ts, out):
+            # something to read: client octets held or buffered, or the end of
+            # a BDAT chunk (which needs none: BDAT 0)
+            if self._cq or self._mode == BDAT or len(self._cl):
+                self._pump_client(ts, out)
+                if self._mode in _TERMINAL:
+                    return
+            if queue.replies and self._match_one(ts, out):
                 continue
             if self._blocked is not None and self._held() > self.limits.unreplied_client_bytes:
                 self._assume(ts, out)
@@ -452,27 +393,23 @@ class SMTPConnection:
             how = f"{length} octets lost; resync at next line"
         self._anomaly(out, ts, A.CONTENT_GAP, CLIENT, how)
 
-    def _push(self, p: _Pending, ts: float, out: list) -> None:
-        if self._pending:
-            self._pending.append(p)
-        else:
-            self._pending = [p]
+    def _push(self, p: Pending, ts: float, out: list) -> None:
+        waiting = self._queue.push(p)
         if p.txn is not None:
             p.txn.pending += 1
         if p.blocking:
             self._blocked = p
             self._blocked_ts = ts if (len(self._cl) or self._cq_bytes) else None
-        if len(self._pending) > self.limits.pending_commands:
-            old = self._pending.pop(0)
+        if waiting > self.limits.pending_commands:
+            old = self._queue.pop_command()
             self._once(out, ts, A.TOO_MANY_PENDING_COMMANDS, CLIENT,
                        f"more than {self.limits.pending_commands} commands without reply; "
                        "the oldest are dropped unanswered")
             self._unanswered(old, ts, out)
 
-    def _unanswered(self, p: _Pending, ts: float, out: list) -> None:
-        if p.txn is not None:
-            p.txn.pending -= 1
-            self._maybe_emit(ts, out)
+    def _unanswered(self, p: Pending, ts: float, out: list) -> None:
+        if p.txn is not None and self._txns.unanswered(p.txn, ts, out):
+            self._stop()
 
     def _command(self, got: tuple, ts: float, out: list) -> None:
         line, bare_lf, truncated = got
@@ -483,10 +420,10 @@ class SMTPConnection:
         if truncated:
             self._anomaly(out, ts, A.MAX_COMMAND_LINE_LEN_EXCEEDED, CLIENT,
                           f"command line longer than {self.limits.command_line} octets: "
-                          f"{_short(text)!r}")
+                          f"{A.excerpt(text)!r}")
         if bare_lf:
             self._once(out, ts, A.BARE_LF_COMMAND_LINE, CLIENT,
-                       f"command {_short(raw_verb)!r} ended with a bare LF; parsed anyway")
+                       f"command {A.excerpt(raw_verb)!r} ended with a bare LF; parsed anyway")
         if self._first_cmd_ts is None:
             self._first_cmd_ts = ts
         shown = param
@@ -496,40 +433,41 @@ class SMTPConnection:
         out.append(cmd)
         if not known:
             self._unknown += 1
-            self._anomaly(out, ts, A.UNKNOWN_COMMAND, CLIENT, _short(raw_verb))
+            self._anomaly(out, ts, A.UNKNOWN_COMMAND, CLIENT, A.excerpt(raw_verb))
             if self._unknown > self.limits.unknown_commands:
                 self._anomaly(out, ts, A.TOO_MANY_UNKNOWN_COMMANDS, CLIENT,
                               f"more than {self.limits.unknown_commands} unknown commands; "
                               "connection no longer parsed")
                 self._stop()
                 return
-        handler = _HANDLERS.get(verb)
+        handler = _ON_COMMAND.get(verb)
         if handler is not None:
             handler(self, cmd, param, ts, out)
         else:
-            self._push(_Pending(verb, cmd), ts, out)
+            self._push(Pending(verb, cmd), ts, out)
         if verb != "QUIT":
             self._activity = True
 
-    # --- command handlers (verb -> method) -----------------------------------
+    # --- what each command does (_ON_COMMAND: verb -> method) ---------------
 
     def _cmd_helo(self, cmd, param, ts, out):
         self._close_txn(ts, out)        # HELO/EHLO mid-session resets the transaction
         self.helo = param.strip()
-        self._push(_Pending(cmd.verb, cmd), ts, out)
+        self._push(Pending(cmd.verb, cmd), ts, out)
 
     def _cmd_reset(self, cmd, param, ts, out):   # RSET, QUIT
         self._close_txn(ts, out)
-        self._push(_Pending(cmd.verb, cmd), ts, out)
+        self._push(Pending(cmd.verb, cmd), ts, out)
 
     def _cmd_mail(self, cmd, param, ts, out):
         parsed = parse_path(param, "FROM")
         out.append(MailFrom(ts, parsed.address, parsed.params, param))
-        nested = self._txn is not None and self._txn.has_mail
+        current = self._txns.current
+        nested = current is not None and current.has_mail
         if nested:
             self._anomaly(out, ts, A.NESTED_MAIL, CLIENT, "MAIL inside an open transaction")
             self._close_txn(ts, out)
-        txn = self._txn or self._new_txn(ts)
+        txn = self._txns.current or self._new_txn(ts)
         txn.has_mail = True
         txn.mailfrom = parsed.address
         txn.invalid |= nested or bool(parsed.problems)
@@ -540,7 +478,7 @@ class SMTPConnection:
     def _cmd_rcpt(self, cmd, param, ts, out):
         parsed = parse_path(param, "TO")
         out.append(RcptTo(ts, parsed.address, parsed.params, param))
-        txn = self._txn
+        txn = self._txns.current
         if txn is None or not txn.has_mail:
             self._anomaly(out, ts, A.RCPT_BEFORE_MAIL, CLIENT, "RCPT without a MAIL")
             txn = txn or self._new_txn(ts)
@@ -557,8 +495,8 @@ class SMTPConnection:
                           f"more than {self.limits.recipients} recipients")
         self._step(txn, cmd, param, ts, out)
 
-    def _txn_for_message(self, verb: str, ts: float, out: list) -> _Txn:
-        txn = self._txn
+    def _txn_for_message(self, verb: str, ts: float, out: list) -> TransactionState:
+        txn = self._txns.current
         if txn is None or not txn.rcptto:
             if self._msg is None:   # a later BDAT chunk of the same message is not reported again
                 self._anomaly(out, ts, A.DATA_BEFORE_RCPT, CLIENT, f"{verb} without a RCPT")
@@ -573,10 +511,10 @@ class SMTPConnection:
     def _cmd_bdat(self, cmd, param, ts, out):
         m = _BDAT_RE.match(param)
         if m is None:
-            self._anomaly(out, ts, A.INVALID_BDAT, CLIENT, f"BDAT {_short(param)!r}")
-            if self._txn is not None:
-                self._txn.invalid = True
-            self._push(_Pending("BDAT", cmd), ts, out)
+            self._anomaly(out, ts, A.INVALID_BDAT, CLIENT, f"BDAT {A.excerpt(param)!r}")
+            if self._txns.current is not None:
+                self._txns.current.invalid = True
+            self._push(Pending("BDAT", cmd), ts, out)
             return
         size, last = int(m.group(1)), m.group(2) is not None
         if size > self.limits.bdat_chunk:
@@ -584,8 +522,7 @@ class SMTPConnection:
                           f"BDAT chunk of {size} octets > {self.limits.bdat_chunk}")
         txn = self._txn_for_message("BDAT", ts, out)
         if self._msg is None:
-            self._msg = MessageAssembler(self.limits)
-            self._msg_method = "BDAT"
+            self._msg = MessageAssembler(self.limits, "BDAT")
         self._step(txn, cmd, param, ts, out, last=last)
         self._mode = BDAT
         self._bdat_left = size
@@ -593,28 +530,27 @@ class SMTPConnection:
 
     def _cmd_auth(self, cmd, param, ts, out):
         self._auth = _Auth(cmd.parameter.upper())
-        self._push(_Pending("AUTH", cmd, blocking=True), ts, out)
+        self._push(Pending("AUTH", cmd, blocking=True), ts, out)
 
     def _cmd_starttls(self, cmd, param, ts, out):
-        self._push(_Pending("STARTTLS", cmd, blocking=True), ts, out)
+        self._push(Pending("STARTTLS", cmd, blocking=True), ts, out)
 
     def _step(self, txn, cmd, param, ts, out, blocking=False, last=False):
         txn.steps.append([cmd.verb, param, None, None, None])
-        self._push(_Pending(cmd.verb, cmd, txn, len(txn.steps) - 1, blocking, last), ts, out)
+        self._push(Pending(cmd.verb, cmd, txn, len(txn.steps) - 1, blocking, last), ts, out)
 
     def _auth_answer(self, line: bytes, ts: float, out: list) -> None:
         # The line is a SASL answer (credentials): it never leaves this method.
         if self._auth is not None:
             self._auth.rounds += 1
         self._mode = COMMAND
-        self._push(_Pending("AUTH_ANSWER", blocking=True), ts, out)
+        self._push(Pending("AUTH_ANSWER", blocking=True), ts, out)
 
     # --- messages ---------------------------------------------------------------
 
     def _start_data(self) -> None:
         self._dot = DotDecoder(self.limits.data_line)
-        self._msg = MessageAssembler(self.limits)
-        self._msg_method = "DATA"
+        self._msg = MessageAssembler(self.limits, "DATA")
         self._mode = DATA
 
     def _finish_message(self, ts: float, out: list, complete: bool) -> None:
@@ -647,8 +583,8 @@ class SMTPConnection:
         if caps is not None and caps.size and msg.size > caps.size:
             self._anomaly(out, ts, A.MESSAGE_SIZE_EXCEEDED, CLIENT,
                           f"message of {msg.size} octets > advertised SIZE {caps.size}")
-        out.append(MessageEnd(ts, msg.size, self._msg_method, complete, msg.gap, **extra))
-        txn = self._txn
+        out.append(MessageEnd(ts, msg.size, msg.method, complete, msg.gap, **extra))
+        txn = self._txns.current
         if txn is not None:
             txn.size = msg.size
             txn.headers = msg.headers
@@ -656,12 +592,12 @@ class SMTPConnection:
     def _end_data(self, ts: float, out: list) -> None:
         self._mode = COMMAND
         self._finish_message(ts, out, True)
-        txn = self._txn
+        txn = self._txns.current
         if txn is not None:
             txn.steps.append([".", "", None, None, None])
-            self._push(_Pending(".", None, txn, len(txn.steps) - 1), ts, out)
+            self._push(Pending(".", None, txn, len(txn.steps) - 1), ts, out)
         else:
-            self._push(_Pending("."), ts, out)
+            self._push(Pending("."), ts, out)
         self._close_txn(ts, out)
 
     def _end_bdat_chunk(self, ts: float, out: list) -> None:
@@ -671,76 +607,39 @@ class SMTPConnection:
             self._finish_message(ts, out, True)
             self._close_txn(ts, out)
 
+    # -------------------------------------------------------- transactions
+
+    def _new_txn(self, ts: float) -> TransactionState:
+        self._activity = False
+        return self._txns.begin(ts, self.helo)
+
+    def _close_txn(self, ts: float, out: list) -> None:
+        if self._txns.current is None:
+            return
+        if self._msg is not None and self._msg.method == "BDAT":
+            self._finish_message(ts, out, False)   # BDAT message abandoned (RSET, ...)
+            self._mode = COMMAND if self._mode == BDAT else self._mode
+        if self._txns.end(ts, out):
+            self._stop()
+
     # -------------------------------------------------------------- server
 
-    def _reply_line(self, got: tuple, ts: float, out: list) -> bool:
-        """Add one server line; True when it completed a reply."""
-        line, _bare_lf, truncated = got
-        if truncated:
-            self._anomaly(out, ts, A.MAX_REPLY_LINE_LEN_EXCEEDED, SERVER,
-                          f"reply line longer than {self.limits.reply_line} octets")
-        parsed = parse_reply_line(line)
-        if parsed is None:
-            self._anomaly(out, ts, A.INVALID_REPLY, SERVER, repr(_short(line)))
-            return False
-        code, last, text = parsed
-        if self._r_code is None:
-            self._r_code = code
-            self._r_lines = [text]
-            self._r_dropped = 0
-        else:
-            if code != self._r_code:
-                self._anomaly(out, ts, A.INVALID_REPLY, SERVER,
-                              f"code {code} inside a multi-line {self._r_code} reply")
-            if len(self._r_lines) < self.limits.reply_lines:
-                self._r_lines.append(text)
-            else:
-                self._r_dropped += 1
-        if not last:
-            return False
-        if self._r_dropped:
-            self._anomaly(out, ts, A.REPLY_TOO_MANY_LINES, SERVER,
-                          f"{self._r_dropped} lines past {self.limits.reply_lines} dropped")
-        code = self._r_code
-        lines = tuple(self._r_lines)
-        reply = (code, parse_enhanced(code, lines[0]), lines, len(lines) > 1 or self._r_dropped > 0)
-        if self._replies:
-            self._replies.append(reply)
-        else:
-            self._replies = [reply]
-        self._r_code = None
-        self._r_lines = _NONE
-        return True
-
-    def _server_gap(self, length: int, ts: float, out: list) -> None:
-        if self._sl.partial or self._r_code is not None:
-            self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "reply cut by a gap")
-        self._sl.gap(_looks_like_reply)
-        self._r_code = None
-        self._r_lines = _NONE
-        self._server_resync = True
-        self._anomaly(out, ts, A.CONTENT_GAP, SERVER,
-                      f"{length} octets lost; resync at next line, replies lost in the gap "
-                      "are skipped by plausibility of the next reply")
-
     def _match_one(self, ts: float, out: list) -> bool:
-        if not self._replies:
-            return False
-        if not self._pending:
-            if len(self._replies) > self.limits.unmatched_replies:
-                self._unmatched(self._replies.pop(0), ts, out)
+        """Match the oldest reply (there is one) to the oldest command; False if it must wait."""
+        queue = self._queue
+        if not queue.commands:
+            if len(queue.replies) > self.limits.unmatched_replies:
+                self._unmatched(queue.pop_reply(), ts, out)
                 return True
             return False
-        reply = self._replies.pop(0)
-        if not self._replies:
-            self._replies = _NONE
-        if self._server_resync:
-            self._server_resync = False
+        if queue.after_gap:
+            queue.after_gap = False
+            reply = queue.pop_reply()
             if self._resync(reply, ts, out):
                 return True
-        p = self._pending.pop(0)
-        if not self._pending:
-            self._pending = _NONE
+            self._answer(queue.pop_command(), reply, ts, out)
+            return True
+        p, reply = queue.take()
         self._answer(p, reply, ts, out)
         return True
 
@@ -750,31 +649,28 @@ class SMTPConnection:
         Returns True when the reply was put back to be matched again.
         """
         code = reply[0]
-        pending = self._pending
-        head = pending[0]
-        if not _plausible(head.verb, code):
-            k = next((i for i, p in enumerate(pending) if _plausible(p.verb, code)), None)
-            if k is not None:
-                lost = [pending.pop(0) for _ in range(k)]
-                self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
-                              "lost in a gap: replies to " + ", ".join(p.verb for p in lost))
-                for p in lost:
-                    self._unanswered(p, ts, out)
-                    if p is self._blocked:
-                        self._blocked = None
-            elif head is self._blocked and head.verb == "DATA":
-                # The 354 was lost: the message was sent; read it, then match again.
-                pending.pop(0)
-                self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
-                              "reply to DATA lost in a gap; assumed 354")
-                self._unanswered(head, ts, out)
-                self._blocked = None
-                self._start_data()
-                if self._replies:
-                    self._replies.insert(0, reply)
-                else:
-                    self._replies = [reply]
-                return True
+        queue = self._queue
+        head = queue.commands[0]
+        if plausible(head.verb, code):
+            return False
+        lost = queue.lost_before(code)
+        if lost is not None:
+            self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
+                          "lost in a gap: replies to " + ", ".join(p.verb for p in lost))
+            for p in lost:
+                self._unanswered(p, ts, out)
+                if p is self._blocked:
+                    self._blocked = None
+        elif head is self._blocked and head.verb == "DATA":
+            # The 354 was lost: the message was sent; read it, then match again.
+            queue.pop_command()
+            self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
+                          "reply to DATA lost in a gap; assumed 354")
+            self._unanswered(head, ts, out)
+            self._blocked = None
+            self._start_data()
+            queue.put_back_reply(reply)
+            return True
         return False
 
     def _unmatched(self, reply: tuple, ts: float, out: list) -> None:
@@ -782,42 +678,30 @@ class SMTPConnection:
         out.append(Reply(ts, code, enh, lines, None, None, multi, 300 <= code < 400))
         if code != 421:   # 421 may be sent unsolicited before closing (RFC 5321 3.8)
             self._anomaly(out, ts, A.UNABLE_TO_MATCH_REPLY_WITH_REQUEST, SERVER,
-                          f"{code} {_short(lines[0])}")
+                          f"{code} {A.excerpt(lines[0])}")
 
-    def _answer(self, p: _Pending, reply: tuple, ts: float, out: list) -> None:
+    def _answer(self, p: Pending, reply: tuple, ts: float, out: list) -> None:
         code, enh, lines, multi = reply
-        out.append(Reply(ts, code, enh, lines, p.verb, p.command, multi, 300 <= code < 400))
         verb = p.verb
+        out.append(Reply(ts, code, enh, lines, verb, p.command, multi, 300 <= code < 400))
         # RFC 2920: without PIPELINING, each command waits for the previous reply.
-        nxt = self._pending[0].command if self._pending else None
+        commands = self._queue.commands
+        nxt = commands[0].command if commands else None
         if verb != ">" and nxt is not None and nxt.ts < ts and not (
                 self.capabilities is not None and self.capabilities.pipelining):
             self._once(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
                        f"{nxt.verb} sent before the reply to {verb} without PIPELINING")
-        if verb == ">":
-            self._greeting(code, lines, ts, out)
-        elif verb in ("EHLO", "LHLO") and code == 250:
-            self.capabilities = ServerCapabilities(ts, **parse_ehlo_keywords(lines[1:]))
-            out.append(self.capabilities)
-        elif verb == "DATA":
-            self._data_reply(p, code, ts, out)
-        elif verb in ("AUTH", "AUTH_ANSWER"):
-            self._auth_reply(p, code, ts, out)
-        elif verb == "STARTTLS":
-            self._starttls_reply(p, code, ts, out)
+        handler = _ON_REPLY.get(verb)
+        if handler is not None:
+            handler(self, p, code, lines, ts, out)
         txn = p.txn
-        if txn is not None:
-            step = txn.steps[p.step]
-            step[2], step[3], step[4] = code, enh, "\n".join(lines)
-            txn.last_reply = f"{code} {lines[-1]}" if lines[-1] else str(code)
-            if 500 <= code <= 504:
-                txn.invalid = True
-            if verb == "." or (verb == "BDAT" and p.last):
-                txn.delivered = 200 <= code < 300
-            txn.pending -= 1
-            self._maybe_emit(ts, out)
+        if txn is not None and self._txns.answered(
+                txn, p.step, code, enh, lines, verb == "." or (verb == "BDAT" and p.last), ts, out):
+            self._stop()
 
-    def _greeting(self, code: int, lines: tuple, ts: float, out: list) -> None:
+    # --- what each reply does (_ON_REPLY: verb answered -> method) ----------------
+
+    def _greeting(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if code not in (220, 421, 554):
             self._anomaly(out, ts, A.NO_SERVER_WELCOME_MESSAGE, SERVER,
                           f"first reply is {code}, not a greeting")
@@ -827,7 +711,12 @@ class SMTPConnection:
             self._anomaly(out, ts, A.CLIENT_SPOKE_BEFORE_GREETING, CLIENT,
                           "a command was sent before the server greeting")
 
-    def _data_reply(self, p: _Pending, code: int, ts: float, out: list) -> None:
+    def _ehlo_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
+        if code == 250:
+            self.capabilities = ServerCapabilities(ts, **parse_ehlo_keywords(lines[1:]))
+            out.append(self.capabilities)
+
+    def _data_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p.assumed:
             if code != 354:
                 self._anomaly(out, ts, A.DATA_COMMAND_REJECTED, SERVER,
@@ -846,7 +735,7 @@ class SMTPConnection:
             self._anomaly(out, ts, A.DATA_COMMAND_REJECTED, SERVER,
                           f"DATA got {code}; the client's next lines are commands")
 
-    def _auth_reply(self, p: _Pending, code: int, ts: float, out: list) -> None:
+    def _auth_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p is self._blocked:
             self._blocked = None
         if p.assumed:
@@ -860,7 +749,7 @@ class SMTPConnection:
             out.append(AuthEvent(ts, auth.mechanism, 200 <= code < 300, code, auth.rounds))
         self._auth = None
 
-    def _starttls_reply(self, p: _Pending, code: int, ts: float, out: list) -> None:
+    def _starttls_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p is self._blocked:
             self._blocked = None
         if code != 220:
@@ -874,14 +763,14 @@ class SMTPConnection:
             held = next((b for b in self._cq if isinstance(b, bytes) and b), b"")
         if held and held[:1] != b"\x16":
             self._anomaly(out, ts, A.STARTTLS_PLAINTEXT_INJECTION, CLIENT,
-                          f"plaintext after STARTTLS: {_short(held[:32])!r}")
+                          f"plaintext after STARTTLS: {A.excerpt(held[:32])!r}")
         self.tls = True
-        if self._txn is None:
+        if self._txns.current is None:
             self._new_txn(ts)
-        self._txn.tls = True
+        self._txns.current.tls = True
         self._close_txn(ts, out)
-        while self._waiting:
-            self._emit_txn(self._waiting.pop(0), ts, out)
+        if self._txns.flush(ts, out):
+            self._stop()
         self._activity = False
         out.append(StartTLS(ts))
         self._stop()
@@ -943,49 +832,6 @@ class SMTPConnection:
             self._cq_bytes -= len(item)
             self._cl.feed(item)
 
-    # -------------------------------------------------------- transactions
-
-    def _new_txn(self, ts: float) -> _Txn:
-        self._depth += 1
-        self._txn = _Txn(self._depth, ts, self.helo)
-        self._activity = False
-        return self._txn
-
-    def _close_txn(self, ts: float, out: list) -> None:
-        txn = self._txn
-        if txn is None:
-            return
-        if self._msg is not None and self._msg_method == "BDAT":
-            self._finish_message(ts, out, False)   # BDAT message abandoned (RSET, ...)
-            self._mode = COMMAND if self._mode == BDAT else self._mode
-        self._txn = None
-        if self._waiting:
-            self._waiting.append(txn)
-        else:
-            self._waiting = [txn]
-        self._maybe_emit(ts, out)
-
-    def _maybe_emit(self, ts: float, out: list) -> None:
-        while self._waiting and self._waiting[0].pending <= 0:
-            self._emit_txn(self._waiting.pop(0), ts, out)
-        if not self._waiting:
-            self._waiting = _NONE
-
-    def _emit_txn(self, txn: _Txn, ts: float, out: list) -> None:
-        out.append(Transaction(
-            ts=ts, trans_depth=txn.depth, helo=txn.helo, mailfrom=txn.mailfrom,
-            rcptto=tuple(txn.rcptto), headers=txn.headers, message_size=txn.size,
-            last_reply=txn.last_reply, tls=txn.tls,
-            steps=tuple(Step(*s) for s in txn.steps), delivered=txn.delivered,
-            first_ts=txn.first_ts))
-        if txn.invalid and self._mode not in _TERMINAL:
-            self._invalid += 1
-            if self._invalid > self.limits.invalid_transactions:
-                self._anomaly(out, ts, A.TOO_MANY_INVALID_TRANSACTIONS, CLIENT,
-                              f"more than {self.limits.invalid_transactions} invalid "
-                              "transactions; connection no longer parsed")
-                self._stop()
-
     # --------------------------------------------------------------- close
 
     def _close_streams(self, ts: float, out: list) -> None:
@@ -1006,23 +852,23 @@ class SMTPConnection:
             self._mode = COMMAND
         if self._cl.partial:
             self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "connection ended inside a line")
-        if self._sl.partial or self._r_code is not None:
+        if self._server.in_reply:
             self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "connection ended inside a reply")
-        while self._replies:
-            self._unmatched(self._replies.pop(0), ts, out)
-        lost = list(self._pending)
-        self._pending = _NONE
+        queue = self._queue
+        while queue.replies:
+            self._unmatched(queue.pop_reply(), ts, out)
+        lost = queue.take_commands()
         silent = len(lost) == 1 and lost[0].verb == ">" and self._first_cmd_ts is None
         if lost and not silent:
             verbs = [p.verb for p in lost]
             self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
-                          f"{len(verbs)} command(s) never answered: " + _short(", ".join(verbs)))
+                          f"{len(verbs)} command(s) never answered: " + A.excerpt(", ".join(verbs)))
         for p in lost:
             if p.txn is not None:
                 p.txn.pending -= 1
 
 
-_HANDLERS = {
+_ON_COMMAND = {
     "HELO": SMTPConnection._cmd_helo,
     "EHLO": SMTPConnection._cmd_helo,
     "LHLO": SMTPConnection._cmd_helo,
@@ -1034,4 +880,14 @@ _HANDLERS = {
     "BDAT": SMTPConnection._cmd_bdat,
     "AUTH": SMTPConnection._cmd_auth,
     "STARTTLS": SMTPConnection._cmd_starttls,
+}
+
+_ON_REPLY = {
+    ">": SMTPConnection._greeting,
+    "EHLO": SMTPConnection._ehlo_reply,
+    "LHLO": SMTPConnection._ehlo_reply,
+    "DATA": SMTPConnection._data_reply,
+    "AUTH": SMTPConnection._auth_reply,
+    "AUTH_ANSWER": SMTPConnection._auth_reply,
+    "STARTTLS": SMTPConnection._starttls_reply,
 }

@@ -60,7 +60,9 @@ class LineBuffer:
             i = buf.find(b"\n", pos)
             if i < 0:
                 n = len(buf) - pos
-                if n and (self._resync or self._over is not None):
+                if not n:
+                    return None       # nothing buffered (and so nothing to compact)
+                if self._resync or self._over is not None:
                     self._last = buf[-1]
                     self._pos = len(buf)
                 elif n >= self._limit:

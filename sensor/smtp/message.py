@@ -18,10 +18,11 @@ __all__ = ["MessageAssembler"]
 
 
 class MessageAssembler:
-    __slots__ = ("_limits", "_hdr", "_pend", "_offset", "size", "headers", "gap")
+    __slots__ = ("_limits", "method", "_hdr", "_pend", "_offset", "size", "headers", "gap")
 
-    def __init__(self, limits: SmtpLimits) -> None:
+    def __init__(self, limits: SmtpLimits, method: str) -> None:
         self._limits = limits
+        self.method = method          # "DATA" or "BDAT": how the message is framed
         self._hdr = HeaderCollector(limits.header_section)
         self._pend = bytearray()
         self._offset = 0

@@ -1,18 +1,104 @@
-"""Server reply lines: syntax, enhanced status codes, EHLO extensions.
+"""Server replies: reading them from the server's octets, their syntax,
+enhanced status codes and EHLO extensions.
 
-Pure functions on already-split lines; no state but a bounded cache of
-parsed EHLO extension lists (most servers send one of a few, and one is kept
-per open flow: bench/bench_memory.py).
+:class:`ReplyReader` frames the server's direction into lines and assembles
+them into complete replies.  The functions parse already-split lines; they
+keep no state but a bounded cache of parsed EHLO extension lists (most
+servers send one of a few, and one is kept per open flow: bench/bench_memory.py).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["parse_reply_line", "parse_enhanced", "parse_ehlo_keywords"]
+from sensor.smtp import anomalies as A
+from sensor.smtp.events import SERVER, SmtpAnomaly
+from sensor.smtp.lines import LineBuffer
+
+__all__ = ["ReplyReader", "parse_reply_line", "parse_enhanced", "parse_ehlo_keywords"]
 
 # RFC 5321 4.2: Reply-code [ SP / "-" text ].  We accept any code 200-599.
 _REPLY_RE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?\Z", re.S)
+_REPLY_START = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\r?\Z)")
+_NONE = ()   # ReplyReader._lines between replies (a list only while a reply is read)
+
+
+class ReplyReader(LineBuffer):
+    """The server's direction: its lines (a LineBuffer of ``SmtpLimits.reply_line``
+    octets), assembled into complete replies.
+
+    A reply is a tuple (code, enhanced, lines, multiline): the code, the RFC
+    3463 enhanced code of its first line, the text of its lines (at most
+    ``SmtpLimits.reply_lines``: more are counted and dropped) and whether it
+    had several.  Line-level problems are anomalies (MAX_REPLY_LINE_LEN_EXCEEDED,
+    INVALID_REPLY, REPLY_TOO_MANY_LINES); a line that is not a reply line is
+    left out.
+    """
+
+    __slots__ = ("_max_lines", "_code", "_lines", "_dropped")
+
+    def __init__(self, line_limit: int, max_lines: int) -> None:
+        super().__init__(line_limit)
+        self._max_lines = max_lines
+        self._code: int | None = None      # code of the reply being read
+        self._lines: list[str] | tuple = _NONE
+        self._dropped = 0
+
+    @property
+    def in_reply(self) -> bool:
+        """A reply was begun and is not complete (a partial line or its first lines)."""
+        return self.partial or self._code is not None
+
+    def next_reply(self, ts: float, out: list) -> tuple | None:
+        """The next complete reply in the octets fed so far, or None."""
+        while True:
+            got = self.take_line()
+            if got is None:
+                return None
+            line, _bare_lf, truncated = got
+            if truncated:
+                out.append(SmtpAnomaly(ts, A.MAX_REPLY_LINE_LEN_EXCEEDED, SERVER,
+                                       f"reply line longer than {self._limit} octets"))
+            parsed = parse_reply_line(line)
+            if parsed is None:
+                out.append(SmtpAnomaly(ts, A.INVALID_REPLY, SERVER, repr(A.excerpt(line))))
+                continue
+            code, last, text = parsed
+            if self._code is None:
+                self._code = code
+                self._lines = [text]
+                self._dropped = 0
+            else:
+                if code != self._code:
+                    out.append(SmtpAnomaly(ts, A.INVALID_REPLY, SERVER,
+                                           f"code {code} inside a multi-line {self._code} reply"))
+                if len(self._lines) < self._max_lines:
+                    self._lines.append(text)
+                else:
+                    self._dropped += 1
+            if not last:
+                continue
+            if self._dropped:
+                out.append(SmtpAnomaly(ts, A.REPLY_TOO_MANY_LINES, SERVER,
+                                       f"{self._dropped} lines past {self._max_lines} dropped"))
+            code = self._code
+            lines = tuple(self._lines)
+            self._code = None
+            self._lines = _NONE
+            return code, parse_enhanced(code, lines[0]), lines, len(lines) > 1 or self._dropped > 0
+
+    def lost(self, ts: float, out: list) -> None:
+        """Server octets were lost after those fed: the reply being read is
+        dropped, reading resumes at the next line that looks like a reply."""
+        if self.in_reply:
+            out.append(SmtpAnomaly(ts, A.TRUNCATED_LINE, SERVER, "reply cut by a gap"))
+        self.gap(_looks_like_reply)
+        self._code = None
+        self._lines = _NONE
+
+
+def _looks_like_reply(line: bytes) -> bool:
+    return _REPLY_START.match(line) is not None
 # RFC 3463: class "." subject "." detail, class 2, 4 or 5, 1-3 digits each.
 _ENHANCED_RE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|\Z)")
 

@@ -1,0 +1,136 @@
+"""Commands waiting for their reply, and replies waiting for their command.
+
+A server answers commands in the order it got them, and a client may send
+several before the first reply (RFC 2920 pipelining): replies are matched to
+commands first in, first out.  The greeting answers the pseudo-command ``">"``.
+The two directions are fed independently, so a complete reply may also wait
+for the command it answers (bounded by ``SmtpLimits.unmatched_replies``).
+
+After a gap in the server's octets, replies were lost: the first reply after
+it is matched by plausibility, and the commands in front of the first one it
+could answer are the ones whose replies were lost (:meth:`PendingQueue.lost_before`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Pending", "PendingQueue", "plausible"]
+
+# commands and replies while they hold nothing: a list only while they hold
+# something (an empty list is 56-72 bytes, one queue per open flow)
+_NONE = ()
+
+
+class Pending:
+    """A command waiting for its reply."""
+
+    __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last")
+
+    def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False):
+        self.verb = verb
+        self.command = command
+        self.txn = txn
+        self.step = step          # index in txn.steps
+        self.blocking = blocking  # the client's next octets wait for this reply
+        self.assumed = False      # the positive reply was assumed (REPLY_ASSUMED)
+        self.last = last          # BDAT ... LAST
+
+
+def plausible(verb: str, code: int) -> bool:
+    """Could ``code`` answer ``verb``?  Used only to resynchronise after a server gap."""
+    if code == 354:
+        return verb == "DATA"
+    if code in (334, 235):
+        return verb in ("AUTH", "AUTH_ANSWER")
+    if code == 221:
+        return verb == "QUIT"
+    if code == 220:
+        return verb in (">", "STARTTLS")
+    if verb == ">":
+        return code in (421, 554)
+    if verb == "DATA":
+        return code >= 400
+    return True
+
+
+class PendingQueue:
+    """The commands without a reply yet and the replies without a command yet, in order.
+
+    A reply is a tuple (code, enhanced, lines, multiline).  ``after_gap``: the
+    server's octets had a gap since the last reply matched.
+    """
+
+    __slots__ = ("commands", "replies", "after_gap")
+
+    def __init__(self) -> None:
+        self.commands: list[Pending] | tuple = [Pending(">")]   # <= pending_commands + 1
+        self.replies: list[tuple] | tuple = _NONE                # <= unmatched_replies + 1
+        self.after_gap = False
+
+    def push(self, p: Pending) -> int:
+        """Queue a command; returns how many wait now."""
+        commands = self.commands
+        if commands:
+            commands.append(p)
+            return len(commands)
+        self.commands = [p]
+        return 1
+
+    def pop_command(self) -> Pending:
+        commands = self.commands
+        p = commands.pop(0)
+        if not commands:
+            self.commands = _NONE
+        return p
+
+    def take(self) -> tuple[Pending, tuple]:
+        """The oldest reply and the oldest command (both are there): it answers it."""
+        replies = self.replies
+        reply = replies.pop(0)
+        if not replies:
+            self.replies = _NONE
+        commands = self.commands
+        p = commands.pop(0)
+        if not commands:
+            self.commands = _NONE
+        return p, reply
+
+    def take_commands(self) -> list[Pending]:
+        """Every command still waiting, oldest first; the queue holds none after."""
+        commands = list(self.commands)
+        self.commands = _NONE
+        return commands
+
+    def push_reply(self, reply: tuple) -> None:
+        if self.replies:
+            self.replies.append(reply)
+        else:
+            self.replies = [reply]
+
+    def pop_reply(self) -> tuple:
+        replies = self.replies
+        reply = replies.pop(0)
+        if not replies:
+            self.replies = _NONE
+        return reply
+
+    def put_back_reply(self, reply: tuple) -> None:
+        """Make ``reply`` the next one to match again."""
+        if self.replies:
+            self.replies.insert(0, reply)
+        else:
+            self.replies = [reply]
+
+    def clear_replies(self) -> None:
+        self.replies = _NONE
+
+    def lost_before(self, code: int) -> list[Pending] | None:
+        """The first reply after a gap has ``code``, and the oldest command could
+        not get it: take off the commands in front of the first one that could
+        (their replies were lost) and return them; None if no command could."""
+        commands = self.commands
+        k = next((i for i, p in enumerate(commands) if plausible(p.verb, code)), None)
+        if k is None:
+            return None
+        lost = commands[:k]
+        del commands[:k]
+        return lost

@@ -1,0 +1,136 @@
+"""The mail transactions of one connection, and their Transaction events.
+
+A transaction (Zeek's smtp.log meaning) is begun by a MAIL, RCPT, DATA or
+BDAT outside one (or by STARTTLS, or at close for a session with commands but
+no transaction) and ends at RSET, HELO/EHLO, a MAIL inside one that had its
+MAIL, STARTTLS, QUIT, the end of its message or the end of the connection.
+Once ended it waits until each of its steps (MAIL, RCPT, DATA, BDAT and the
+end of a DATA message) has had its reply, or is known never to get one; then
+it becomes a :class:`~sensor.smtp.events.Transaction` event.  Transactions
+are emitted in the order they began.
+
+A transaction with a protocol error (``TransactionState.invalid``) counts
+against ``SmtpLimits.invalid_transactions``; past it the connection is no
+longer parsed (TOO_MANY_INVALID_TRANSACTIONS), which the methods that emit
+tell their caller by returning True.
+"""
+
+from __future__ import annotations
+
+from sensor.smtp import anomalies as A
+from sensor.smtp.events import CLIENT, SmtpAnomaly, Step, Transaction
+from sensor.smtp.limits import SmtpLimits
+
+__all__ = ["TransactionState", "Transactions"]
+
+# waiting while it holds nothing: a list only while it holds something
+_NONE = ()
+
+
+class TransactionState:
+    """One mail transaction being built (becomes a Transaction event)."""
+
+    __slots__ = ("depth", "first_ts", "helo", "mailfrom", "has_mail", "rcptto", "steps",
+                 "headers", "size", "last_reply", "tls", "delivered", "pending",
+                 "invalid", "too_many")
+
+    def __init__(self, depth: int, ts: float, helo: str | None) -> None:
+        self.depth = depth
+        self.first_ts = ts
+        self.helo = helo
+        self.mailfrom = None
+        self.has_mail = False         # a MAIL was seen (its address may be None: unparsable)
+        self.rcptto: list[str] = []
+        self.steps: list[list] = []   # [verb, parameter, code, enhanced, text]
+        self.headers = None
+        self.size = None
+        self.last_reply = None
+        self.tls = False
+        self.delivered = False
+        self.pending = 0              # steps still waiting for their reply
+        self.invalid = False
+        self.too_many = False         # TOO_MANY_RECIPIENTS was raised
+
+
+class Transactions:
+    """The transaction under way (``current``), the ended ones waiting for
+    replies, and the numbering (``depth``: transactions begun so far)."""
+
+    __slots__ = ("limits", "current", "waiting", "depth", "invalid", "counting")
+
+    def __init__(self, limits: SmtpLimits) -> None:
+        self.limits = limits
+        self.current: TransactionState | None = None
+        self.waiting: list[TransactionState] | tuple = _NONE
+        self.depth = 0
+        self.invalid = 0         # invalid transactions emitted
+        #: invalid transactions are counted (False once the connection is no longer parsed)
+        self.counting = True
+
+    def begin(self, ts: float, helo: str | None) -> TransactionState:
+        self.depth += 1
+        txn = self.current = TransactionState(self.depth, ts, helo)
+        return txn
+
+    def end(self, ts: float, out: list) -> bool:
+        """End the transaction under way (there is one); emit what is ready."""
+        txn = self.current
+        self.current = None
+        if self.waiting:
+            self.waiting.append(txn)
+        else:
+            self.waiting = [txn]
+        return self._emit_ready(ts, out)
+
+    def answered(self, txn: TransactionState, step: int, code: int, enhanced, lines: tuple,
+                 delivers: bool, ts: float, out: list) -> bool:
+        """The reply to ``txn.steps[step]``; ``delivers``: it is the final reply to the message."""
+        s = txn.steps[step]
+        s[2], s[3], s[4] = code, enhanced, "\n".join(lines)
+        txn.last_reply = f"{code} {lines[-1]}" if lines[-1] else str(code)
+        if 500 <= code <= 504:
+            txn.invalid = True
+        if delivers:
+            txn.delivered = 200 <= code < 300
+        txn.pending -= 1
+        return self._emit_ready(ts, out) if self.waiting else False
+
+    def unanswered(self, txn: TransactionState, ts: float, out: list) -> bool:
+        """A step of ``txn`` will never get its reply."""
+        txn.pending -= 1
+        return self._emit_ready(ts, out)
+
+    def flush(self, ts: float, out: list) -> bool:
+        """Emit every ended transaction, replies or not (STARTTLS, close)."""
+        over = False
+        while self.waiting:
+            over |= self._emit(self.waiting.pop(0), ts, out)
+        self.waiting = _NONE
+        return over
+
+    def _emit_ready(self, ts: float, out: list) -> bool:
+        over = False
+        waiting = self.waiting
+        while waiting and waiting[0].pending <= 0:
+            over |= self._emit(waiting.pop(0), ts, out)
+        if not waiting:
+            self.waiting = _NONE
+        return over
+
+    def _emit(self, txn: TransactionState, ts: float, out: list) -> bool:
+        out.append(Transaction(
+            ts=ts, trans_depth=txn.depth, helo=txn.helo, mailfrom=txn.mailfrom,
+            rcptto=tuple(txn.rcptto), headers=txn.headers, message_size=txn.size,
+            last_reply=txn.last_reply, tls=txn.tls,
+            steps=tuple(Step(*s) for s in txn.steps), delivered=txn.delivered,
+            first_ts=txn.first_ts))
+        if txn.invalid and self.counting:
+            self.invalid += 1
+            limit = self.limits.invalid_transactions
+            if self.invalid > limit:
+                out.append(SmtpAnomaly(ts, A.TOO_MANY_INVALID_TRANSACTIONS, CLIENT,
+                                       f"more than {limit} invalid transactions; "
+                                       "connection no longer parsed"))
+                self.counting = False
+                return True
+        return False
