@@ -2,9 +2,15 @@
 
 ``RuleEngine`` is a pipeline listener (``Pipeline(listeners=[engine])``): for
 each SMTP event of a session it calls the rules of the matching hook with a
-``RuleFlow`` (the flow as rules see it) and the event.  A rule that raises is
-logged (rule id, flow uid, traceback) and counted, and the other rules go on.
-Every call is timed; a call over the rule's budget is counted and reported.
+``RuleFlow`` (the flow as rules see it) and the event; what each event type
+does is one method each (``RuleEngine._on``).  A rule that raises is logged
+(rule id, flow uid, traceback) and counted, and the other rules go on.  Every
+call is timed; a call over the rule's budget is counted and reported.
+
+``flow.transaction`` is the transaction of the event being handled: the
+dissector numbers it (``trans_depth`` on commands, replies, addresses,
+content and transactions) and the engine keeps, per transaction not yet
+reported, the sender and recipients its MailFrom and RcptTo events gave.
 
 Streamed mail_content rules are ``async def`` functions reading
 ``async for chunk in content``.  The engine drives each such coroutine by
@@ -31,7 +37,7 @@ from sensor.rules.counters import RuleEngineCounters
 from sensor.smtp import events as sev
 from sensor.stream import reassembly
 
-__all__ = ["RuleEngine", "RuleFlow", "ContentStream"]
+__all__ = ["RuleEngine", "RuleFlow", "RuleTransaction", "ContentStream"]
 
 
 class _Waiting:
@@ -72,53 +78,36 @@ class ContentStream:
 
 
 class _StreamedRule:
+    """A streamed rule running on one message: its coroutine and what it reads."""
+
     __slots__ = ("rule", "coro", "content")
 
     def __init__(self, rule, coro, content):
         self.rule, self.coro, self.content = rule, coro, content
 
 
-_FRESH, _OPEN, _CLOSED = 0, 1, 2
-#: commands that end the transaction under way (as the dissector does)
-_CLOSING_VERBS = frozenset(("HELO", "EHLO", "LHLO", "RSET", "QUIT"))
+class RuleTransaction:
+    """A transaction as rules see it (``flow.transaction``): built from the
+    events that carry its ``trans_depth`` (the dissector's numbering)."""
 
+    __slots__ = ("depth", "mailfrom", "rcptto")
 
-class Transaction:
-    """The transaction under way, as rules see it."""
-
-    __slots__ = ("mailfrom", "rcptto", "depth", "_has_mail", "_state")
-
-    def __init__(self, depth: int = 1):
-        self.mailfrom: str | None = None
-        self.rcptto: list[str] = []
+    def __init__(self, depth: int):
         self.depth = depth
-        self._has_mail = False     # a MAIL was seen (its address may be None: unparsable)
-        # the dissector's view: _FRESH (not begun), _OPEN (a MAIL, RCPT, DATA
-        # or BDAT began it), _CLOSED (RSET, HELO, QUIT or the end of its
-        # message ended it; still shown until its record or the next one)
-        self._state = _FRESH
-
-    def _next(self, flow) -> "Transaction":
-        """The transaction the next MAIL, RCPT, DATA or BDAT belongs to."""
-        if self._state == _CLOSED:
-            flow.transaction = Transaction(self.depth + 1)
-            return flow.transaction
-        return self
-
-    def _close(self) -> None:
-        if self._state == _OPEN:
-            self._state = _CLOSED
+        self.mailfrom: str | None = None     # address of its MAIL
+        self.rcptto: list[str] = []          # address of each of its RCPT, as sent
 
     def __repr__(self):
-        return f"<Transaction {self.depth} from={self.mailfrom!r} to={self.rcptto!r}>"
+        return f"<RuleTransaction {self.depth} from={self.mailfrom!r} to={self.rcptto!r}>"
 
 
 class RuleFlow:
     """A connection as rules see it: who, what so far, and what to do with it."""
 
     __slots__ = ("_engine", "_session", "uid", "community_id", "orig_h", "orig_p", "resp_h",
-                 "resp_p", "transaction", "scratch", "dropped", "bypassed", "_streams",
-                 "_content", "_content_cap", "_in_message", "late_events", "scratch_cmd")
+                 "resp_p", "transaction", "_transactions", "scratch", "dropped", "bypassed",
+                 "_streams", "_content", "_content_cap", "_in_message", "late_events",
+                 "_held_command")
 
     def __init__(self, engine, session):
         f = session.flow
@@ -127,13 +116,18 @@ class RuleFlow:
         self.uid = f.uid
         self.community_id = f.community_id
         self.orig_h, self.orig_p, self.resp_h, self.resp_p = f.orig_h, f.orig_p, f.resp_h, f.resp_p
-        self.transaction = Transaction()
+        #: the transaction of the event being handled (see docs/rules.md)
+        self.transaction = RuleTransaction(1)
+        # by depth, the transactions not reported yet (a Transaction event)
+        # and the last one reported: with pipelining, events of several come
+        # interleaved, and the reply to a NOOP sent inside one may follow it
+        self._transactions = {1: self.transaction}
         #: free storage for rules, per flow (e.g. counters across commands).
         self.scratch: dict = {}
         self.dropped = False
         self.bypassed = False
         self.late_events = 0
-        self.scratch_cmd = None
+        self._held_command = None       # a MAIL or RCPT waiting for its parsed address
         self._streams: list = []
         self._content = None
         self._content_cap = 0
@@ -141,6 +135,20 @@ class RuleFlow:
         # yet its MessageEnd): its streams were started, even if all of them
         # have returned since, and must not be started again mid-message
         self._in_message = False
+
+    def _show(self, depth: int) -> RuleTransaction:
+        """Make transaction ``depth`` the one rules see, and return it."""
+        t = self._transactions.get(depth)
+        if t is None:
+            t = self._transactions[depth] = RuleTransaction(depth)
+        self.transaction = t
+        return t
+
+    def _reported(self, depth: int) -> None:
+        """Transaction ``depth`` had its Transaction event: rules see the next one."""
+        self._transactions = {d: t for d, t in self._transactions.items() if d >= depth}
+        if self.transaction.depth <= depth:
+            self._show(depth + 1)
 
     # the client and server under Haka's names too
     src = property(lambda self: self.orig_h)
@@ -184,6 +192,19 @@ class RuleEngine:
         self.clock = clock
         self.counters = RuleEngineCounters()
         self._now = 0.0           # ts of the event being handled
+        # what each event does: type -> method(flow, event)
+        self._on = {
+            sev.Command: self._on_command,
+            sev.Reply: self._on_reply,
+            sev.MailFrom: self._on_mail_from,
+            sev.RcptTo: self._on_rcpt_to,
+            sev.MessageHeaders: self._on_message_headers,
+            sev.MailContent: self._on_mail_content,
+            sev.MessageEnd: self._on_message_end,
+            sev.Transaction: self._on_transaction,
+            sev.SmtpAnomaly: self._on_anomaly,
+            reassembly.FlowEnd: self._on_flow_end,
+        }
 
     # ------------------------------------------------------------ listener
     def __call__(self, session, ev) -> None:
@@ -208,76 +229,82 @@ class RuleEngine:
             if kind is reassembly.FlowEnd:
                 self._end_streams(flow, abort=True)
             return
-        by_hook = self.ruleset.by_hook
-        if kind is sev.Command:
-            if ev.verb in ("MAIL", "RCPT"):
-                # the dissector follows MAIL/RCPT with the parsed address
-                # (MailFrom/RcptTo): rules see the command once it is known
-                flow.scratch_cmd = ev
-            else:
-                if ev.verb in ("DATA", "BDAT"):
-                    flow.transaction._next(flow)._state = _OPEN
-                self._run_list(by_hook["command"], flow, ev)
-                if ev.verb in _CLOSING_VERBS:
-                    flow.transaction._close()
-        elif kind is sev.Reply:
-            self._run_list(by_hook["response"], flow, ev)
-        elif kind is sev.MailFrom:
-            # the dissector's transactions (was: a new one at every MAIL, and
-            # the transaction ended by RSET or HELO kept taking recipients
-            # until its record came): a MAIL opens a new one after the last
-            # one ended or inside one that had its MAIL (nested); recipients
-            # sent before any MAIL belong to the transaction the MAIL joins
-            cur = flow.transaction._next(flow)
-            if cur._has_mail:
-                cur = flow.transaction = Transaction(cur.depth + 1)
-            cur.mailfrom = ev.address
-            cur._has_mail = True
-            cur._state = _OPEN
-            self._pending_command(flow, by_hook)
-        elif kind is sev.RcptTo:
-            cur = flow.transaction._next(flow)
-            cur._state = _OPEN
-            if ev.address is not None:
-                cur.rcptto.append(ev.address)
-            self._pending_command(flow, by_hook)
-        elif kind is sev.MessageHeaders:
-            self._start_content(flow)
-        elif kind is sev.MailContent:
-            # was: started again whenever no stream was running and nothing
-            # was buffered, i.e. on every chunk after a streamed rule returned
-            # early, which re-ran it mid-message
-            if not flow._in_message:
-                self._start_content(flow)
-            self._content(flow, ev.data)
-        elif kind is sev.MessageEnd:
-            if not flow._in_message:
-                self._start_content(flow)
-            self._end_content(flow)
-            self._run_list(by_hook["message_end"], flow, ev)
-            flow.transaction._close()       # the end of its message ends it
-        elif kind is sev.Transaction:
-            rules = by_hook["transaction"]
-            if rules:
-                self._run_list(rules, flow, session.record)
-            # with pipelining or a nested MAIL the next transaction may already
-            # be under way (a higher depth): keep it.  (Was: compared by
-            # sender and recipients, so a nested MAIL from the same sender
-            # lost its sender when the transaction it closed was reported.)
-            if ev.trans_depth >= flow.transaction.depth:
-                flow.transaction = Transaction(ev.trans_depth + 1)
-        elif kind is sev.SmtpAnomaly:
-            rules = by_hook["anomaly"]
-            if rules:
-                self._run_list(rules, flow, session.record)
-        elif kind is reassembly.FlowEnd:
-            self._end_streams(flow, abort=True)
-            self._run(api.hooks.connection_end, flow)
+        handler = self._on.get(kind)
+        if handler is not None:
+            handler(flow, ev)
 
-    def _pending_command(self, flow, by_hook) -> None:
-        cmd, flow.scratch_cmd = flow.scratch_cmd, None
+    # --- what each event does (self._on) ------------------------------------
+    def _on_command(self, flow, ev) -> None:
+        if flow.transaction.depth != ev.trans_depth:
+            flow._show(ev.trans_depth)
+        if ev.verb == "MAIL" or ev.verb == "RCPT":
+            # the dissector follows MAIL/RCPT with the parsed address
+            # (MailFrom/RcptTo): rules see the command once it is known
+            flow._held_command = ev
+        else:
+            self._run_list(self.ruleset.by_hook["command"], flow, ev)
+
+    def _on_reply(self, flow, ev) -> None:
+        if flow.transaction.depth != ev.trans_depth:
+            flow._show(ev.trans_depth)
+        self._run_list(self.ruleset.by_hook["response"], flow, ev)
+
+    def _on_mail_from(self, flow, ev) -> None:
+        t = flow.transaction
+        if t.depth != ev.trans_depth:
+            t = flow._show(ev.trans_depth)
+        t.mailfrom = ev.address
+        self._held(flow)
+
+    def _on_rcpt_to(self, flow, ev) -> None:
+        t = flow.transaction
+        if t.depth != ev.trans_depth:
+            t = flow._show(ev.trans_depth)
+        if ev.address is not None:
+            t.rcptto.append(ev.address)
+        self._held(flow)
+
+    def _held(self, flow) -> None:
+        cmd, flow._held_command = flow._held_command, None
         if cmd is not None:
-            self._run_list(by_hook["command"], flow, cmd)
+            self._run_list(self.ruleset.by_hook["command"], flow, cmd)
+
+    def _on_message_headers(self, flow, ev) -> None:
+        if flow.transaction.depth != ev.trans_depth:
+            flow._show(ev.trans_depth)
+        self._start_content(flow)
+
+    def _on_mail_content(self, flow, ev) -> None:
+        if flow.transaction.depth != ev.trans_depth:
+            flow._show(ev.trans_depth)
+        if not flow._in_message:
+            self._start_content(flow)
+        self._content(flow, ev.data)
+
+    def _on_message_end(self, flow, ev) -> None:
+        if flow.transaction.depth != ev.trans_depth:
+            flow._show(ev.trans_depth)
+        if not flow._in_message:
+            self._start_content(flow)
+        self._end_content(flow)
+        self._run_list(self.ruleset.by_hook["message_end"], flow, ev)
+
+    def _on_transaction(self, flow, ev) -> None:
+        if flow.transaction.depth != ev.trans_depth:
+            flow._show(ev.trans_depth)
+        rules = self.ruleset.by_hook["transaction"]
+        if rules:
+            self._run_list(rules, flow, flow._session.record)
+        flow._reported(ev.trans_depth)
+
+    def _on_anomaly(self, flow, ev) -> None:
+        rules = self.ruleset.by_hook["anomaly"]
+        if rules:
+            self._run_list(rules, flow, flow._session.record)
+
+    def _on_flow_end(self, flow, ev) -> None:
+        self._end_streams(flow, abort=True)
+        self._run(api.hooks.connection_end, flow)
 
     # ------------------------------------------------------------ calling rules
     def _run(self, hook, flow, *args) -> None:
@@ -405,10 +432,9 @@ class RuleEngine:
         flow._content = None
 
     def _close(self, flow, st) -> None:
-        """Close a stream's coroutine as its rule: its ``finally`` may alert
-        (was: outside any rule, so alert() raised RuleError), and what it
-        raises (or an await in it) is a rule error, not an engine failure
-        (was: it escaped the listener, skipping the rest of the event)."""
+        """Close a stream's coroutine as its rule: its ``finally`` may alert,
+        and what it raises (or an await in it) is that rule's error, not the
+        engine's (the rest of the event still runs)."""
         r = st.rule
         token = api._current.set((self, r, flow))
         try:

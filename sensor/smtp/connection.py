@@ -261,7 +261,7 @@ class SMTPConnection:
                 self._stop()
             # Zeek logs a record for a session with client activity but no
             # transaction (EHLO then QUIT, a scanner): so do we, once.
-            if self._activity and txns.depth == 0 and self._mode != TLS:
+            if self._activity and txns.begun == 0 and self._mode != TLS:
                 self._new_txn(ts)
                 self._close_txn(ts, out)
                 if txns.flush(ts, out):
@@ -395,8 +395,12 @@ class SMTPConnection:
 
     def _push(self, p: Pending, ts: float, out: list) -> None:
         waiting = self._queue.push(p)
-        if p.txn is not None:
-            p.txn.pending += 1
+        txn = p.txn
+        if txn is not None:
+            txn.pending += 1
+            p.trans_depth = txn.depth
+        else:
+            p.trans_depth = self._txns.depth
         if p.blocking:
             self._blocked = p
             self._blocked_ts = ts if (len(self._cl) or self._cq_bytes) else None
@@ -429,7 +433,11 @@ class SMTPConnection:
         shown = param
         if verb == "AUTH":   # never expose an initial response
             shown = param.strip().split(" ", 1)[0] if param.strip() else ""
-        cmd = Command(ts, verb, raw_verb, shown, bare_lf, truncated, known)
+        txns = self._txns
+        depth = txns.depth
+        if verb == "MAIL" and txns.current is not None and txns.current.has_mail:
+            depth += 1      # it ends the transaction under way and begins the next
+        cmd = Command(ts, verb, raw_verb, shown, bare_lf, truncated, known, trans_depth=depth)
         out.append(cmd)
         if not known:
             self._unknown += 1
@@ -461,7 +469,7 @@ class SMTPConnection:
 
     def _cmd_mail(self, cmd, param, ts, out):
         parsed = parse_path(param, "FROM")
-        out.append(MailFrom(ts, parsed.address, parsed.params, param))
+        out.append(MailFrom(ts, parsed.address, parsed.params, param, trans_depth=cmd.trans_depth))
         current = self._txns.current
         nested = current is not None and current.has_mail
         if nested:
@@ -477,7 +485,7 @@ class SMTPConnection:
 
     def _cmd_rcpt(self, cmd, param, ts, out):
         parsed = parse_path(param, "TO")
-        out.append(RcptTo(ts, parsed.address, parsed.params, param))
+        out.append(RcptTo(ts, parsed.address, parsed.params, param, trans_depth=cmd.trans_depth))
         txn = self._txns.current
         if txn is None or not txn.has_mail:
             self._anomaly(out, ts, A.RCPT_BEFORE_MAIL, CLIENT, "RCPT without a MAIL")
@@ -522,7 +530,7 @@ class SMTPConnection:
                           f"BDAT chunk of {size} octets > {self.limits.bdat_chunk}")
         txn = self._txn_for_message("BDAT", ts, out)
         if self._msg is None:
-            self._msg = MessageAssembler(self.limits, "BDAT")
+            self._msg = MessageAssembler(self.limits, "BDAT", txn.depth)
         self._step(txn, cmd, param, ts, out, last=last)
         self._mode = BDAT
         self._bdat_left = size
@@ -550,7 +558,7 @@ class SMTPConnection:
 
     def _start_data(self) -> None:
         self._dot = DotDecoder(self.limits.data_line)
-        self._msg = MessageAssembler(self.limits, "DATA")
+        self._msg = MessageAssembler(self.limits, "DATA", self._txns.depth)
         self._mode = DATA
 
     def _finish_message(self, ts: float, out: list, complete: bool) -> None:
@@ -583,7 +591,8 @@ class SMTPConnection:
         if caps is not None and caps.size and msg.size > caps.size:
             self._anomaly(out, ts, A.MESSAGE_SIZE_EXCEEDED, CLIENT,
                           f"message of {msg.size} octets > advertised SIZE {caps.size}")
-        out.append(MessageEnd(ts, msg.size, msg.method, complete, msg.gap, **extra))
+        out.append(MessageEnd(ts, msg.size, msg.method, complete, msg.gap, **extra,
+                              trans_depth=msg.trans_depth))
         txn = self._txns.current
         if txn is not None:
             txn.size = msg.size
@@ -675,7 +684,8 @@ class SMTPConnection:
 
     def _unmatched(self, reply: tuple, ts: float, out: list) -> None:
         code, enh, lines, multi = reply
-        out.append(Reply(ts, code, enh, lines, None, None, multi, 300 <= code < 400))
+        out.append(Reply(ts, code, enh, lines, None, None, multi, 300 <= code < 400,
+                         trans_depth=self._txns.depth))
         if code != 421:   # 421 may be sent unsolicited before closing (RFC 5321 3.8)
             self._anomaly(out, ts, A.UNABLE_TO_MATCH_REPLY_WITH_REQUEST, SERVER,
                           f"{code} {A.excerpt(lines[0])}")
@@ -683,7 +693,8 @@ class SMTPConnection:
     def _answer(self, p: Pending, reply: tuple, ts: float, out: list) -> None:
         code, enh, lines, multi = reply
         verb = p.verb
-        out.append(Reply(ts, code, enh, lines, verb, p.command, multi, 300 <= code < 400))
+        out.append(Reply(ts, code, enh, lines, verb, p.command, multi, 300 <= code < 400,
+                         trans_depth=p.trans_depth))
         # RFC 2920: without PIPELINING, each command waits for the previous reply.
         commands = self._queue.commands
         nxt = commands[0].command if commands else None

@@ -8,11 +8,27 @@ text (JSON-safe); raw bytes are only found in :class:`MailContent`.
 Pseudo-verbs (Zeek's): a reply to the greeting answers ``">"``, the reply
 after a message sent with DATA answers ``"."``, a reply to a SASL response
 line answers ``"AUTH_ANSWER"``.
+
+``trans_depth`` (commands, replies, MAIL/RCPT addresses, message content and
+end, transactions) numbers the transaction an event belongs to, as the
+Transaction event of that transaction does (1-based):
+
+* a command: the transaction under way, or if none the next one to begin
+  (RSET, HELO/EHLO and QUIT carry the one they end; a MAIL inside a
+  transaction that had its MAIL carries the one it begins);
+* a reply: a reply to a step of a transaction (MAIL, RCPT, DATA, BDAT, the
+  end of a DATA message) that transaction; any other, the transaction under
+  way once its command took effect, or the next one (the reply to RSET
+  carries the next one).  A transaction is emitted once its steps are
+  answered, so the reply to another command sent inside it (NOOP) may come
+  after it;
+* MailFrom, RcptTo: the transaction their command is a step of;
+* MailContent, MessageHeaders, MessageEnd: the transaction of the message.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sensor.stream.direction import CLIENT, SERVER
 
@@ -40,6 +56,7 @@ class Command(Event):
     bare_lf: bool = False     #: the line ended with a bare LF instead of CRLF
     truncated: bool = False   #: the line exceeded SmtpLimits.command_line; the prefix was parsed
     known: bool = True        #: the verb is a known SMTP verb
+    trans_depth: int = field(kw_only=True)   #: the transaction it belongs to (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,7 @@ class Reply(Event):
     request: Command | None       #: the command answered, if any (None for ">" and ".")
     multiline: bool = False       #: the reply had continuation lines ("250-...")
     intermediate: bool = False    #: 3xx: the server waits for more from the client (334, 354)
+    trans_depth: int = field(kw_only=True)   #: the transaction it belongs to (see above)
 
     @property
     def text(self) -> str:
@@ -86,6 +104,7 @@ class MailFrom(Event):
     address: str | None           #: without brackets; "" for the null sender <>; None if none found
     params: tuple[tuple[str, str | None], ...]   #: ESMTP parameters, keyword upper-cased
     raw: str                      #: the raw parameter of the command
+    trans_depth: int = field(kw_only=True)   #: the transaction of the MAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +113,7 @@ class RcptTo(Event):
     address: str | None
     params: tuple[tuple[str, str | None], ...]
     raw: str
+    trans_depth: int = field(kw_only=True)   #: the transaction of the RCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +126,7 @@ class MailContent(Event):
     """
     data: bytes
     offset: int                   #: offset of ``data`` in the message content
+    trans_depth: int = field(kw_only=True)   #: the transaction of the message
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +146,7 @@ class MessageHeaders(Event):
     x_mailer: str | None = None
     truncated: bool = False       #: the header section exceeded SmtpLimits.header_section
     complete: bool = True         #: the blank line ending the header section was seen
+    trans_depth: int = field(kw_only=True)   #: the transaction of the message
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +159,7 @@ class MessageEnd(Event):
     bare_lf: int = 0              #: bare LF seen in DATA content
     bare_cr: int = 0              #: bare CR seen in DATA content
     smuggled_terminators: tuple[str, ...] = ()   #: e.g. ("<LF>.<LF>",), in order of appearance
+    trans_depth: int = field(kw_only=True)   #: the transaction of the message
 
 
 @dataclass(frozen=True, slots=True)

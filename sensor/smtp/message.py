@@ -18,11 +18,13 @@ __all__ = ["MessageAssembler"]
 
 
 class MessageAssembler:
-    __slots__ = ("_limits", "method", "_hdr", "_pend", "_offset", "size", "headers", "gap")
+    __slots__ = ("_limits", "method", "trans_depth", "_hdr", "_pend", "_offset", "size",
+                 "headers", "gap")
 
-    def __init__(self, limits: SmtpLimits, method: str) -> None:
+    def __init__(self, limits: SmtpLimits, method: str, trans_depth: int) -> None:
         self._limits = limits
-        self.method = method          # "DATA" or "BDAT": how the message is framed
+        self.method = method              # "DATA" or "BDAT": how the message is framed
+        self.trans_depth = trans_depth    # of the message's transaction
         self._hdr = HeaderCollector(limits.header_section)
         self._pend = bytearray()
         self._offset = 0
@@ -49,7 +51,7 @@ class MessageAssembler:
 
     def _emit_headers(self, ts: float, out: list) -> None:
         fields, dups = self._hdr.fields()
-        self.headers = MessageHeaders(ts=ts, **fields)
+        self.headers = MessageHeaders(ts=ts, **fields, trans_depth=self.trans_depth)
         if self._hdr.truncated:
             out.append(SmtpAnomaly(ts, A.HEADER_SECTION_TOO_LONG, CLIENT,
                                    f"header section longer than {self._limits.header_section} octets"))
@@ -64,7 +66,7 @@ class MessageAssembler:
         with memoryview(pend) as view:          # one copy per piece, not two
             while len(pend) - start >= size or (final and len(pend) > start):
                 piece = bytes(view[start:start + size])
-                out.append(MailContent(ts, piece, self._offset))
+                out.append(MailContent(ts, piece, self._offset, trans_depth=self.trans_depth))
                 self._offset += len(piece)
                 start += len(piece)
         if start:

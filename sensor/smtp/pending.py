@@ -23,7 +23,7 @@ _NONE = ()
 class Pending:
     """A command waiting for its reply."""
 
-    __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last")
+    __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last", "trans_depth")
 
     def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False):
         self.verb = verb
@@ -33,6 +33,7 @@ class Pending:
         self.blocking = blocking  # the client's next octets wait for this reply
         self.assumed = False      # the positive reply was assumed (REPLY_ASSUMED)
         self.last = last          # BDAT ... LAST
+        self.trans_depth = 1      # what its reply carries (set when it is queued)
 
 
 def plausible(verb: str, code: int) -> bool:
@@ -62,6 +63,7 @@ class PendingQueue:
     __slots__ = ("commands", "replies", "after_gap")
 
     def __init__(self) -> None:
+        # the greeting's: before any transaction, its reply carries the first one's depth
         self.commands: list[Pending] | tuple = [Pending(">")]   # <= pending_commands + 1
         self.replies: list[tuple] | tuple = _NONE                # <= unmatched_replies + 1
         self.after_gap = False

@@ -54,7 +54,9 @@ class TransactionState:
 
 class Transactions:
     """The transaction under way (``current``), the ended ones waiting for
-    replies, and the numbering (``depth``: transactions begun so far)."""
+    replies, and the numbering: ``depth`` is the depth of the transaction
+    under way, or if none of the next one to begin (what an event that
+    happens now carries as its ``trans_depth``)."""
 
     __slots__ = ("limits", "current", "waiting", "depth", "invalid", "counting")
 
@@ -62,13 +64,18 @@ class Transactions:
         self.limits = limits
         self.current: TransactionState | None = None
         self.waiting: list[TransactionState] | tuple = _NONE
-        self.depth = 0
+        self.depth = 1
         self.invalid = 0         # invalid transactions emitted
         #: invalid transactions are counted (False once the connection is no longer parsed)
         self.counting = True
 
+    @property
+    def begun(self) -> int:
+        """Transactions begun so far."""
+        return self.depth if self.current is not None else self.depth - 1
+
     def begin(self, ts: float, helo: str | None) -> TransactionState:
-        self.depth += 1
+        """Begin a transaction (none is under way)."""
         txn = self.current = TransactionState(self.depth, ts, helo)
         return txn
 
@@ -76,6 +83,7 @@ class Transactions:
         """End the transaction under way (there is one); emit what is ready."""
         txn = self.current
         self.current = None
+        self.depth += 1
         if self.waiting:
             self.waiting.append(txn)
         else:

@@ -180,22 +180,27 @@ _COMMANDS = [b"MAIL FROM:<a@x.example>", b"MAIL FROM:<b@x.example>", b"MAIL FROM
 def test_flow_transaction_is_the_transaction_the_dissector_reports(commands, pipelined, rejects):
     """Whatever the order of MAIL, RCPT, DATA, RSET and EHLO (nested MAIL,
     RCPT before MAIL, unparsable addresses, rejections, pipelining), the
-    sender, recipients and depth a command or message_end rule sees are
-    those of the transaction record that follows."""
+    sender, recipients and depth a command, response or message_end rule
+    sees are those of the transaction record of its event."""
     seen, records = {}, []
 
-    def remember(flow):
+    def remember(flow, event):
         t = flow.transaction
+        assert t.depth == event.trans_depth
         if t.mailfrom is not None or t.rcptto:
             seen[t.depth] = (t.mailfrom, list(t.rcptto))
 
     @rule(hooks.command, id="t.command")
     def on_command(flow, command):
-        remember(flow)
+        remember(flow, command)
+
+    @rule(hooks.response, id="t.response")
+    def on_response(flow, reply):
+        remember(flow, reply)
 
     @rule(hooks.message_end, id="t.message_end")
     def on_message_end(flow, end):
-        remember(flow)
+        remember(flow, end)
 
     @rule(hooks.transaction, id="t.transaction")
     def on_transaction(flow, record):
@@ -224,14 +229,101 @@ def test_flow_transaction_is_the_transaction_the_dissector_reports(commands, pip
             flush()
     flush()
     dialogue += [(True, b"QUIT\r\n"), (False, b"221 bye\r\n")]
-    r = run(StaticRules(on_command, on_message_end, on_transaction), dialogue)
+    r = run(StaticRules(on_command, on_response, on_message_end, on_transaction), dialogue)
     assert r.engine.counters.errors == 0
+    assert set(seen) <= {depth for depth, _, _ in records}
     for depth, mailfrom, rcptto in records:
         if depth in seen:
             sender, recipients = seen[depth]
             # the record's rcptto is Zeek's set (each address once); the
             # flow's is every RCPT as sent
             assert (sender, list(dict.fromkeys(recipients))) == (mailfrom, rcptto), (depth, records, seen)
+
+
+def test_rules_see_the_records_transaction_numbering_with_pipelining_rset_and_a_rejected_ehlo():
+    """Pipelined: a transaction ended by RSET, one ended by an EHLO the server
+    rejects, and a third with a message, all sent before any reply.  Every
+    command, reply and message_end rule sees the transaction of its event,
+    numbered as the smtp records number them: the replies to the first
+    transaction's steps come after the client began the third, and still
+    see the first."""
+    seen = []
+
+    def see(what, flow, depth):
+        t = flow.transaction
+        assert t.depth == depth, (what, t, depth)
+        seen.append((what, t.depth, t.mailfrom, list(t.rcptto)))
+
+    @rule(hooks.command, id="t.command")
+    def on_command(flow, command):
+        see(command.verb, flow, command.trans_depth)
+
+    @rule(hooks.response, id="t.response")
+    def on_response(flow, reply):
+        see(f"{reply.code} {reply.command}", flow, reply.trans_depth)
+
+    @rule(hooks.message_end, id="t.message_end")
+    def on_message_end(flow, end):
+        see("message_end", flow, end.trans_depth)
+
+    @rule(hooks.transaction, id="t.transaction")
+    def on_transaction(flow, record):
+        see("transaction", flow, record["trans_depth"])
+
+    dialogue = [
+        (False, b"220 mx\r\n"), (True, b"EHLO c.example\r\n"), (False, b"250-mx\r\n250 PIPELINING\r\n"),
+        (True, b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRSET\r\n"
+               b"MAIL FROM:<c@x.example>\r\nRCPT TO:<d@y.example>\r\nEHLO again.example\r\n"
+               b"MAIL FROM:<e@x.example>\r\nRCPT TO:<f@y.example>\r\nDATA\r\n"),
+        (False, b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n501 no\r\n"
+                b"250 ok\r\n250 ok\r\n354 go\r\n"),
+        (True, b"Subject: s\r\n\r\nhi\r\n.\r\n"), (False, b"250 queued\r\n"),
+        (True, b"QUIT\r\n"), (False, b"221 bye\r\n"),
+    ]
+    r = run(StaticRules(on_command, on_response, on_message_end, on_transaction), dialogue)
+    assert r.engine.counters.errors == 0
+    records = {rec["trans_depth"]: (rec.get("mailfrom"), rec.get("rcptto", []))
+               for rec in r.sink.of("smtp")}
+    assert records == {1: ("a@x.example", ["b@y.example"]), 2: ("c@x.example", ["d@y.example"]),
+                       3: ("e@x.example", ["f@y.example"])}
+    a, c, e = ("a@x.example", ["b@y.example"]), ("c@x.example", ["d@y.example"]), \
+        ("e@x.example", ["f@y.example"])
+    assert seen == [
+        ("220 >", 1, None, []),
+        ("EHLO", 1, None, []),
+        ("250 EHLO", 1, None, []),
+        ("MAIL", 1, "a@x.example", []),
+        ("RCPT", 1, *a),
+        ("RSET", 1, *a),                 # RSET ends the transaction it belongs to
+        ("MAIL", 2, "c@x.example", []),
+        ("RCPT", 2, *c),
+        ("EHLO", 2, *c),                 # so does EHLO, whatever its reply
+        ("MAIL", 3, "e@x.example", []),
+        ("RCPT", 3, *e),
+        ("DATA", 3, *e),
+        ("250 MAIL", 1, *a),             # the first transaction's replies: still the first
+        ("250 RCPT", 1, *a),
+        ("transaction", 1, *a),
+        ("250 RSET", 2, *c),             # after RSET: the next transaction
+        ("250 MAIL", 2, *c),
+        ("250 RCPT", 2, *c),
+        ("transaction", 2, *c),
+        ("501 EHLO", 3, *e),
+        ("250 MAIL", 3, *e),
+        ("250 RCPT", 3, *e),
+        ("354 DATA", 3, *e),
+        ("message_end", 3, *e),
+        ("250 .", 3, *e),
+        ("transaction", 3, *e),
+        ("QUIT", 4, None, []),
+        ("221 QUIT", 4, None, []),
+    ]
+    # the reply to each step (and the message's end) saw the whole transaction
+    # that its record holds the step in
+    for what, depth, mailfrom, rcptto in seen:
+        if what.split()[-1] in ("MAIL", "RCPT", "DATA", ".") and what[0].isdigit() or \
+                what == "message_end":
+            assert records[depth] == (mailfrom, list(dict.fromkeys(rcptto))), what
 
 
 def test_the_flow_names_the_connection_like_the_records_do():

@@ -702,9 +702,9 @@ def test_the_listener_keeps_its_flags_in_the_session_scratch():
     stats = make()
     listener = RejectStatsListener(stats)
     s = Session()
-    listener(s, Reply(T0, 220, None, ("mx",), ">", None))
-    listener(s, RcptTo(T0, "a@example.org", (), "TO:<a@example.org>"))
-    listener(s, Reply(T0, 550, "5.1.1", ("5.1.1 no", "more"), "RCPT", None))
+    listener(s, Reply(T0, 220, None, ("mx",), ">", None, trans_depth=1))
+    listener(s, RcptTo(T0, "a@example.org", (), "TO:<a@example.org>", trans_depth=1))
+    listener(s, Reply(T0, 550, "5.1.1", ("5.1.1 no", "more"), "RCPT", None, trans_depth=1))
     conn = s.scratch[RejectStatsListener.KEY]
     assert isinstance(conn, ConnState) and conn.recipients == ["a@example.org"]
     assert stats.counts(REMOTE) == (1, 1) and stats.recipients(REMOTE) == ["a@example.org"]

@@ -1,0 +1,130 @@
+"""SMTP dissector: trans_depth on commands, replies, addresses and message
+events numbers the transaction they belong to, as its Transaction event does."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.smtp_helpers import EHLO_REPLY, GREETING, dialogue, feed, of, transactions
+
+from sensor.smtp import (
+    Command,
+    MailContent,
+    MailFrom,
+    MessageEnd,
+    MessageHeaders,
+    RcptTo,
+    Reply,
+)
+
+MESSAGE = b"Subject: s\r\n\r\nhi\r\n.\r\n"
+
+
+def depths(events, cls) -> list[tuple]:
+    """(what, trans_depth) of each event of ``cls``."""
+    if cls is Command:
+        return [(e.verb, e.trans_depth) for e in events if isinstance(e, Command)]
+    if cls is Reply:
+        return [(e.command, e.trans_depth) for e in events if isinstance(e, Reply)]
+    return [(getattr(e, "address", None), e.trans_depth) for e in of(events, cls)]
+
+
+def test_two_transactions_lock_step_every_event_carries_its_transaction():
+    turns = [("S", GREETING), ("C", b"EHLO c.example\r\n"), ("S", EHLO_REPLY)]
+    for sender in (b"a@x.example", b"b@x.example"):
+        turns += [("C", b"MAIL FROM:<" + sender + b">\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"RCPT TO:<r@y.example>\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"DATA\r\n"), ("S", b"354 go\r\n"), ("C", MESSAGE), ("S", b"250 queued\r\n")]
+    turns += [("C", b"QUIT\r\n"), ("S", b"221 bye\r\n")]
+    ev = dialogue(*turns)
+    assert [(t.trans_depth, t.mailfrom) for t in transactions(ev)] == [(1, "a@x.example"),
+                                                                       (2, "b@x.example")]
+    assert depths(ev, Command) == [("EHLO", 1), ("MAIL", 1), ("RCPT", 1), ("DATA", 1),
+                                   ("MAIL", 2), ("RCPT", 2), ("DATA", 2), ("QUIT", 3)]
+    # the reply to the end of a message belongs to the message's transaction
+    assert depths(ev, Reply) == [(">", 1), ("EHLO", 1), ("MAIL", 1), ("RCPT", 1), ("DATA", 1),
+                                 (".", 1), ("MAIL", 2), ("RCPT", 2), ("DATA", 2), (".", 2),
+                                 ("QUIT", 3)]
+    assert depths(ev, MailFrom) == [("a@x.example", 1), ("b@x.example", 2)]
+    assert depths(ev, RcptTo) == [("r@y.example", 1), ("r@y.example", 2)]
+    for cls in (MessageHeaders, MailContent, MessageEnd):
+        assert [d for _, d in depths(ev, cls)] == [1, 2], cls
+
+
+def test_rset_helo_and_quit_carry_the_transaction_they_end_and_their_replies_the_next():
+    client = (b"EHLO c\r\nMAIL FROM:<a@x>\r\nRSET\r\nNOOP\r\nRCPT TO:<b@y>\r\nEHLO again\r\n"
+              b"MAIL FROM:<c@x>\r\nQUIT\r\n")
+    server = GREETING + EHLO_REPLY + b"250 ok\r\n" * 4 + b"501 no\r\n250 ok\r\n221 bye\r\n"
+    ev = feed(client, server)
+    assert [(t.trans_depth, t.mailfrom, t.rcptto) for t in transactions(ev)] == [
+        (1, "a@x", ()), (2, None, ("b@y",)), (3, "c@x", ())]
+    assert depths(ev, Command) == [("EHLO", 1), ("MAIL", 1), ("RSET", 1), ("NOOP", 2),
+                                   ("RCPT", 2), ("EHLO", 2), ("MAIL", 3), ("QUIT", 3)]
+    assert depths(ev, Reply) == [(">", 1), ("EHLO", 1), ("MAIL", 1), ("RSET", 2), ("NOOP", 2),
+                                 ("RCPT", 2), ("EHLO", 3), ("MAIL", 3), ("QUIT", 4)]
+
+
+def test_a_nested_mail_and_its_address_carry_the_transaction_it_begins():
+    ev = feed(b"MAIL FROM:<a@x>\r\nMAIL FROM:<b@x>\r\nRCPT TO:<c@y>\r\n",
+              GREETING + b"250 ok\r\n250 ok\r\n250 ok\r\n")
+    assert [(t.trans_depth, t.mailfrom) for t in transactions(ev)] == [(1, "a@x"), (2, "b@x")]
+    assert depths(ev, Command) == [("MAIL", 1), ("MAIL", 2), ("RCPT", 2)]
+    assert depths(ev, MailFrom) == [("a@x", 1), ("b@x", 2)]
+    assert depths(ev, Reply) == [(">", 1), ("MAIL", 1), ("MAIL", 2), ("RCPT", 2)]
+
+
+def test_a_bdat_message_carries_its_transaction():
+    client = b"EHLO c\r\nRSET\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 3\r\nabcBDAT 2 LAST\r\nde"
+    ev = feed(client, GREETING + EHLO_REPLY + b"250 ok\r\n" * 5)
+    assert [t.trans_depth for t in transactions(ev)] == [1]
+    for cls in (MessageHeaders, MailContent, MessageEnd):
+        assert [d for _, d in depths(ev, cls)] == [1], cls
+
+
+_COMMANDS = [b"MAIL FROM:<a@x.example>", b"MAIL FROM:<b@x.example>", b"MAIL FROM:garbage",
+             b"RCPT TO:<c@y.example>", b"RCPT TO:<d@y.example>", b"RSET", b"EHLO again.example",
+             b"NOOP", b"DATA", b"BDAT 2 LAST"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(commands=st.lists(st.sampled_from(_COMMANDS), min_size=1, max_size=14),
+       rejects=st.lists(st.booleans(), min_size=14, max_size=14),
+       server_first=st.booleans())
+def test_addresses_and_messages_carry_the_depth_of_the_transaction_that_reports_them(
+        commands, rejects, server_first):
+    client, server = [b"EHLO c.example\r\n"], [GREETING, EHLO_REPLY]
+    for command, rejected in zip(commands, rejects):
+        client.append(command + b"\r\n")
+        if command == b"DATA":
+            server.append(b"554 no\r\n" if rejected else b"354 go\r\n")
+            if not rejected:
+                client.append(MESSAGE)
+                server.append(b"250 queued\r\n")
+        elif command.startswith(b"BDAT"):
+            client.append(b"xy")
+            server.append(b"250 ok\r\n")
+        else:
+            server.append(b"550 no\r\n" if rejected else b"250 ok\r\n")
+    client.append(b"QUIT\r\n")
+    server.append(b"221 bye\r\n")
+    ev = feed(b"".join(client), b"".join(server), order="server" if server_first else "client")
+    reported = {t.trans_depth: t for t in transactions(ev)}
+    assert sorted(reported) == list(range(1, len(reported) + 1))
+    for e in of(ev, MailFrom):
+        assert reported[e.trans_depth].mailfrom == e.address
+    for e in of(ev, RcptTo):
+        if e.address is not None:
+            assert e.address in reported[e.trans_depth].rcptto
+    for e in of(ev, MessageEnd):
+        assert reported[e.trans_depth].message_size == e.size
+    # no event belongs to a transaction already reported, but the reply to a
+    # command sent inside the last one that is not one of its steps (NOOP)
+    last = 0
+    for e in ev:
+        if type(e).__name__ == "Transaction":
+            last = e.trans_depth
+        elif isinstance(e, (Command, MailFrom, RcptTo, MailContent, MessageHeaders, MessageEnd)):
+            assert e.trans_depth > last, (e, last)
+        elif isinstance(e, Reply) and e.command is not None:
+            assert e.trans_depth > last or e.trans_depth == last and e.command not in (
+                "MAIL", "RCPT", "DATA", "BDAT", "."), (e, last)
