@@ -125,9 +125,10 @@ class SMTPConnection:
     # Slots, and the held client octets a deque only while it holds something
     # (a deque starts with a 64-slot block, ~760 bytes): one connection is kept
     # per open flow (bench/bench_memory.py).
-    __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_blocked_ts", "_auth",
+    __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_auth",
                  "_dot", "_msg", "_bdat_left", "_bdat_last", "_server", "_queue", "_txns",
-                 "_activity", "_unknown", "_first_cmd_ts", "_said", "helo", "capabilities", "tls")
+                 "_activity", "_unknown", "_first_cmd_ts", "_said", "_pipelining", "_max_size",
+                 "helo", "tls")
 
     def __init__(self, limits: SmtpLimits | None = None) -> None:
         self.limits = limits if limits is not None else SmtpLimits()
@@ -140,7 +141,6 @@ class SMTPConnection:
         self._cq: deque | tuple = _NO_HELD
         self._cq_bytes = 0
         self._blocked: Pending | None = None   # the command whose reply the client waits for
-        self._blocked_ts: float | None = None
         self._auth: _Auth | None = None
         self._dot: DotDecoder | None = None
         self._msg: MessageAssembler | None = None
@@ -156,8 +156,10 @@ class SMTPConnection:
         self._said: set[str] | tuple = ()  # once-per-connection anomalies already raised (a set from the first)
         #: parameter of the last HELO/EHLO.
         self.helo: str | None = None
-        #: capabilities of the last positive EHLO reply.
-        self.capabilities: ServerCapabilities | None = None
+        # of the last positive EHLO reply (its ServerCapabilities event): the
+        # server offers PIPELINING; the SIZE it announced (0: none)
+        self._pipelining = False
+        self._max_size = 0
         #: STARTTLS was accepted: the rest of the flow is encrypted.
         self.tls = False
 
@@ -193,8 +195,8 @@ class SMTPConnection:
                 self._cl.push_front(rest)
                 self._end_data(ts, out)
             else:
-                if self._blocked is not None and self._blocked_ts is None:
-                    self._blocked_ts = ts
+                if self._blocked is not None and self._blocked.held_since is None:
+                    self._blocked.held_since = ts
                 if self._cq is _NO_HELD:
                     self._cq = deque()
                 self._cq.append(bytes(data))
@@ -403,7 +405,7 @@ class SMTPConnection:
             p.trans_depth = self._txns.depth
         if p.blocking:
             self._blocked = p
-            self._blocked_ts = ts if (len(self._cl) or self._cq_bytes) else None
+            p.held_since = ts if (len(self._cl) or self._cq_bytes) else None
         if waiting > self.limits.pending_commands:
             old = self._queue.pop_command()
             self._once(out, ts, A.TOO_MANY_PENDING_COMMANDS, CLIENT,
@@ -587,10 +589,9 @@ class SMTPConnection:
                               f"a line longer than {self.limits.data_line} octets")
             extra = dict(bare_lf=dot.bare_lf, bare_cr=dot.bare_cr,
                          smuggled_terminators=tuple(dot.terminators[:32]))
-        caps = self.capabilities
-        if caps is not None and caps.size and msg.size > caps.size:
+        if self._max_size and msg.size > self._max_size:
             self._anomaly(out, ts, A.MESSAGE_SIZE_EXCEEDED, CLIENT,
-                          f"message of {msg.size} octets > advertised SIZE {caps.size}")
+                          f"message of {msg.size} octets > advertised SIZE {self._max_size}")
         out.append(MessageEnd(ts, msg.size, msg.method, complete, msg.gap, **extra,
                               trans_depth=msg.trans_depth))
         txn = self._txns.current
@@ -698,8 +699,7 @@ class SMTPConnection:
         # RFC 2920: without PIPELINING, each command waits for the previous reply.
         commands = self._queue.commands
         nxt = commands[0].command if commands else None
-        if verb != ">" and nxt is not None and nxt.ts < ts and not (
-                self.capabilities is not None and self.capabilities.pipelining):
+        if verb != ">" and nxt is not None and nxt.ts < ts and not self._pipelining:
             self._once(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
                        f"{nxt.verb} sent before the reply to {verb} without PIPELINING")
         handler = _ON_REPLY.get(verb)
@@ -724,8 +724,10 @@ class SMTPConnection:
 
     def _ehlo_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if code == 250:
-            self.capabilities = ServerCapabilities(ts, **parse_ehlo_keywords(lines[1:]))
-            out.append(self.capabilities)
+            caps = ServerCapabilities(ts, **parse_ehlo_keywords(lines[1:]))
+            out.append(caps)
+            self._pipelining = caps.pipelining
+            self._max_size = caps.size or 0
 
     def _data_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p.assumed:
@@ -738,7 +740,7 @@ class SMTPConnection:
             self._blocked = None
         if code == 354:
             # RFC 2920 3.1: DATA ends a pipelined group; content must wait for the 354.
-            if self._blocked_ts is not None and self._blocked_ts < ts:
+            if p.held_since is not None and p.held_since < ts:
                 self._anomaly(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
                               "message content sent before the 354 reply to DATA")
             self._start_data()

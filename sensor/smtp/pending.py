@@ -23,7 +23,8 @@ _NONE = ()
 class Pending:
     """A command waiting for its reply."""
 
-    __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last", "trans_depth")
+    __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last", "trans_depth",
+                 "held_since")
 
     def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False):
         self.verb = verb
@@ -34,6 +35,7 @@ class Pending:
         self.assumed = False      # the positive reply was assumed (REPLY_ASSUMED)
         self.last = last          # BDAT ... LAST
         self.trans_depth = 1      # what its reply carries (set when it is queued)
+        self.held_since = None    # blocking: ts the client's octets began to wait for the reply
 
 
 def plausible(verb: str, code: int) -> bool:
