@@ -183,11 +183,13 @@ class SMTPConnection:
             return out
         try:
             if mode == DATA and self._blocked is None and not self._cq and \
-                    type(data) is bytes and not len(self._cl):
+                    type(data) is bytes and not self._cl._buf:
                 # Message content, nothing held: straight to the decoder, as
                 # _run would do it, without the queue and the line buffer.
                 # (Nothing was left to match when the last call returned, and
-                # content alone does not change that.)
+                # content alone does not change that.)  An empty storage means
+                # nothing is buffered: tested without calling len() on the
+                # per-segment path.
                 content, rest = self._dot.feed(data)
                 self._msg.feed(content, ts, out)
                 if rest is None:
@@ -307,9 +309,10 @@ class SMTPConnection:
         """Read the client as far as possible, then match one reply; repeat."""
         queue = self._queue
         while self._mode not in _TERMINAL:
-            # something to read: client octets held or buffered, or the end of
-            # a BDAT chunk (which needs none: BDAT 0)
-            if self._cq or self._mode == BDAT or len(self._cl):
+            # something to read: client octets held or buffered (the line
+            # buffer's storage is empty when nothing is), or the end of a BDAT
+            # chunk (which needs none: BDAT 0)
+            if self._cq or self._mode == BDAT or self._cl._buf:
                 self._pump_client(ts, out)
                 if self._mode in _TERMINAL:
                     return
