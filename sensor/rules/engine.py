@@ -86,6 +86,11 @@ class _StreamedRule:
         self.rule, self.coro, self.content = rule, coro, content
 
 
+#: the events that carry the trans_depth of the transaction they belong to
+_NUMBERED = frozenset((sev.Command, sev.Reply, sev.MailFrom, sev.RcptTo, sev.MessageHeaders,
+                       sev.MailContent, sev.MessageEnd, sev.Transaction))
+
+
 class RuleTransaction:
     """A transaction as rules see it (``flow.transaction``): built from the
     events that carry its ``trans_depth`` (the dissector's numbering)."""
@@ -231,12 +236,12 @@ class RuleEngine:
             return
         handler = self._on.get(kind)
         if handler is not None:
+            if kind in _NUMBERED and flow.transaction.depth != ev.trans_depth:
+                flow._show(ev.trans_depth)
             handler(flow, ev)
 
-    # --- what each event does (self._on) ------------------------------------
+    # --- what each event does (self._on); flow.transaction is the event's -----
     def _on_command(self, flow, ev) -> None:
-        if flow.transaction.depth != ev.trans_depth:
-            flow._show(ev.trans_depth)
         if ev.verb == "MAIL" or ev.verb == "RCPT":
             # the dissector follows MAIL/RCPT with the parsed address
             # (MailFrom/RcptTo): rules see the command once it is known
@@ -245,23 +250,15 @@ class RuleEngine:
             self._run_list(self.ruleset.by_hook["command"], flow, ev)
 
     def _on_reply(self, flow, ev) -> None:
-        if flow.transaction.depth != ev.trans_depth:
-            flow._show(ev.trans_depth)
         self._run_list(self.ruleset.by_hook["response"], flow, ev)
 
     def _on_mail_from(self, flow, ev) -> None:
-        t = flow.transaction
-        if t.depth != ev.trans_depth:
-            t = flow._show(ev.trans_depth)
-        t.mailfrom = ev.address
+        flow.transaction.mailfrom = ev.address
         self._held(flow)
 
     def _on_rcpt_to(self, flow, ev) -> None:
-        t = flow.transaction
-        if t.depth != ev.trans_depth:
-            t = flow._show(ev.trans_depth)
         if ev.address is not None:
-            t.rcptto.append(ev.address)
+            flow.transaction.rcptto.append(ev.address)
         self._held(flow)
 
     def _held(self, flow) -> None:
@@ -270,28 +267,20 @@ class RuleEngine:
             self._run_list(self.ruleset.by_hook["command"], flow, cmd)
 
     def _on_message_headers(self, flow, ev) -> None:
-        if flow.transaction.depth != ev.trans_depth:
-            flow._show(ev.trans_depth)
         self._start_content(flow)
 
     def _on_mail_content(self, flow, ev) -> None:
-        if flow.transaction.depth != ev.trans_depth:
-            flow._show(ev.trans_depth)
         if not flow._in_message:
             self._start_content(flow)
         self._content(flow, ev.data)
 
     def _on_message_end(self, flow, ev) -> None:
-        if flow.transaction.depth != ev.trans_depth:
-            flow._show(ev.trans_depth)
         if not flow._in_message:
             self._start_content(flow)
         self._end_content(flow)
         self._run_list(self.ruleset.by_hook["message_end"], flow, ev)
 
     def _on_transaction(self, flow, ev) -> None:
-        if flow.transaction.depth != ev.trans_depth:
-            flow._show(ev.trans_depth)
         rules = self.ruleset.by_hook["transaction"]
         if rules:
             self._run_list(rules, flow, flow._session.record)
