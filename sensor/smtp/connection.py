@@ -126,7 +126,7 @@ class SMTPConnection:
     # (a deque starts with a 64-slot block, ~760 bytes): one connection is kept
     # per open flow (bench/bench_memory.py).
     __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_auth",
-                 "_dot", "_msg", "_bdat_left", "_bdat_last", "_server", "_queue", "_txns",
+                 "_dot", "_msg", "_bdat_left", "_bdat_last", "_server", "_pending", "_txns",
                  "_activity", "_unknown", "_first_cmd_ts", "_said", "_pipelining", "_max_size",
                  "helo", "tls")
 
@@ -148,7 +148,7 @@ class SMTPConnection:
         self._bdat_last = False
         # server side, matching, transactions
         self._server = ReplyReader(lim.reply_line, lim.reply_lines)
-        self._queue = PendingQueue()
+        self._pending = PendingQueue()
         self._txns = Transactions(lim)
         self._activity = False             # non-QUIT command since the last transaction began
         self._unknown = 0
@@ -185,7 +185,7 @@ class SMTPConnection:
             if mode == DATA and self._blocked is None and not self._cq and \
                     type(data) is bytes and not self._cl._buf:
                 # Message content, nothing held: straight to the decoder, as
-                # _run would do it, without the queue and the line buffer.
+                # _run would do it, without the held octets and the line buffer.
                 # (Nothing was left to match when the last call returned, and
                 # content alone does not change that.)  An empty storage means
                 # nothing is buffered: tested without calling len() on the
@@ -215,7 +215,7 @@ class SMTPConnection:
             return out
         try:
             server = self._server
-            push_reply = self._queue.push_reply
+            push_reply = self._pending.push_reply
             server.feed(data)
             while self._mode not in _TERMINAL:
                 reply = server.next_reply(ts, out)
@@ -237,7 +237,7 @@ class SMTPConnection:
         try:
             if direction == SERVER:
                 self._server.lost(ts, out)
-                self._queue.after_gap = True
+                self._pending.after_gap = True
                 self._anomaly(out, ts, A.CONTENT_GAP, SERVER,
                               f"{length} octets lost; resync at next line, replies lost in the gap "
                               "are skipped by plausibility of the next reply")
@@ -298,7 +298,7 @@ class SMTPConnection:
         self._server.clear()
         self._cq = _NO_HELD
         self._cq_bytes = 0
-        self._queue.clear_replies()
+        self._pending.clear_replies()
         self._blocked = None
         self._txns.counting = False
 
@@ -307,7 +307,7 @@ class SMTPConnection:
 
     def _run(self, ts: float, out: list) -> None:
         """Read the client as far as possible, then match one reply; repeat."""
-        queue = self._queue
+        pending = self._pending
         while self._mode not in _TERMINAL:
             # something to read: client octets held or buffered (the line
             # buffer's storage is empty when nothing is), or the end of a BDAT
@@ -316,7 +316,7 @@ class SMTPConnection:
                 self._pump_client(ts, out)
                 if self._mode in _TERMINAL:
                     return
-            if queue.replies and self._match_one(ts, out):
+            if pending.replies and self._match_one(ts, out):
                 continue
             if self._blocked is not None and self._held() > self.limits.unreplied_client_bytes:
                 self._assume(ts, out)
@@ -399,7 +399,7 @@ class SMTPConnection:
         self._anomaly(out, ts, A.CONTENT_GAP, CLIENT, how)
 
     def _push(self, p: Pending, ts: float, out: list) -> None:
-        waiting = self._queue.push(p)
+        waiting = self._pending.push(p)
         txn = p.txn
         if txn is not None:
             txn.pending += 1
@@ -410,7 +410,7 @@ class SMTPConnection:
             self._blocked = p
             p.held_since = ts if (len(self._cl) or self._cq_bytes) else None
         if waiting > self.limits.pending_commands:
-            old = self._queue.pop_command()
+            old = self._pending.pop_command()
             self._once(out, ts, A.TOO_MANY_PENDING_COMMANDS, CLIENT,
                        f"more than {self.limits.pending_commands} commands without reply; "
                        "the oldest are dropped unanswered")
@@ -639,20 +639,20 @@ class SMTPConnection:
 
     def _match_one(self, ts: float, out: list) -> bool:
         """Match the oldest reply (there is one) to the oldest command; False if it must wait."""
-        queue = self._queue
-        if not queue.commands:
-            if len(queue.replies) > self.limits.unmatched_replies:
-                self._unmatched(queue.pop_reply(), ts, out)
+        pending = self._pending
+        if not pending.commands:
+            if len(pending.replies) > self.limits.unmatched_replies:
+                self._unmatched(pending.pop_reply(), ts, out)
                 return True
             return False
-        if queue.after_gap:
-            queue.after_gap = False
-            reply = queue.pop_reply()
+        if pending.after_gap:
+            pending.after_gap = False
+            reply = pending.pop_reply()
             if self._resync(reply, ts, out):
                 return True
-            self._answer(queue.pop_command(), reply, ts, out)
+            self._answer(pending.pop_command(), reply, ts, out)
             return True
-        p, reply = queue.take()
+        p, reply = pending.take()
         self._answer(p, reply, ts, out)
         return True
 
@@ -662,11 +662,11 @@ class SMTPConnection:
         Returns True when the reply was put back to be matched again.
         """
         code = reply[0]
-        queue = self._queue
-        head = queue.commands[0]
+        pending = self._pending
+        head = pending.commands[0]
         if plausible(head.verb, code):
             return False
-        lost = queue.lost_before(code)
+        lost = pending.lost_before(code)
         if lost is not None:
             self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
                           "lost in a gap: replies to " + ", ".join(p.verb for p in lost))
@@ -676,13 +676,13 @@ class SMTPConnection:
                     self._blocked = None
         elif head is self._blocked and head.verb == "DATA":
             # The 354 was lost: the message was sent; read it, then match again.
-            queue.pop_command()
+            pending.pop_command()
             self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
                           "reply to DATA lost in a gap; assumed 354")
             self._unanswered(head, ts, out)
             self._blocked = None
             self._start_data()
-            queue.put_back_reply(reply)
+            pending.put_back_reply(reply)
             return True
         return False
 
@@ -700,7 +700,7 @@ class SMTPConnection:
         out.append(Reply(ts, code, enh, lines, verb, p.command, multi, 300 <= code < 400,
                          trans_depth=p.trans_depth))
         # RFC 2920: without PIPELINING, each command waits for the previous reply.
-        commands = self._queue.commands
+        commands = self._pending.commands
         nxt = commands[0].command if commands else None
         if verb != ">" and nxt is not None and nxt.ts < ts and not self._pipelining:
             self._once(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
@@ -870,10 +870,10 @@ class SMTPConnection:
             self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "connection ended inside a line")
         if self._server.in_reply:
             self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "connection ended inside a reply")
-        queue = self._queue
-        while queue.replies:
-            self._unmatched(queue.pop_reply(), ts, out)
-        lost = queue.take_commands()
+        pending = self._pending
+        while pending.replies:
+            self._unmatched(pending.pop_reply(), ts, out)
+        lost = pending.take_commands()
         silent = len(lost) == 1 and lost[0].verb == ">" and self._first_cmd_ts is None
         if lost and not silent:
             verbs = [p.verb for p in lost]
