@@ -134,7 +134,7 @@ class Lab:
         """aiosmtpd (sensor.lab.server) in the server namespace; returns once it listens.
 
         tls: offer STARTTLS with the lab certificate. auth: offer AUTH PLAIN/LOGIN,
-        also without TLS, for labserver.LAB_USER / LAB_PASSWORD."""
+        also without TLS, for sensor.lab.server.LAB_USER / LAB_PASSWORD."""
         argv = [sys.executable, "-m", "sensor.lab.server", "--port", str(port)]
         for address in addresses:
             argv += ["--listen", address]
@@ -205,7 +205,7 @@ class Lab:
         """One SMTP session with the message in BDAT chunks (sensor.lab.client)
         from the client namespace. Return code 0: every reply as expected; 1:
         an unexpected reply; 2: connection/protocol error; 124: timed out.
-        More labclient options can be passed in args."""
+        More sensor.lab.client options can be passed in args."""
         argv = [sys.executable, "-m", "sensor.lab.client", "--server", server, "--port", str(port),
                 "--from", mail_from]
         for address in to:
