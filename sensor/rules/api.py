@@ -105,9 +105,9 @@ _current: contextvars.ContextVar = contextvars.ContextVar("current_rule", defaul
 _config: dict = {}
 
 # Globals the loader gives every rule module before running it: the RuleSet
-# it belongs to (config() reads that set's rules.toml; was: whichever set was
-# loaded last, wrong with two sets in one process) and the file's stem (the
-# config() section and the default rule id prefix, even for a stem with dots).
+# it belongs to (config() reads that set's rules.toml, not the last loaded
+# set's: two sets may live in one process) and the file's stem (the config()
+# section and the default rule id prefix, even for a stem with dots).
 RULESET_GLOBAL = "__smtp_sensor_ruleset__"
 STEM_GLOBAL = "__smtp_sensor_rule_stem__"
 
@@ -140,8 +140,8 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
         if streamed and not inspect.iscoroutinefunction(fn):
             raise RuleError(f"streamed rule {fn.__name__} must be 'async def {fn.__name__}(flow, content)'")
         if not streamed and inspect.iscoroutinefunction(fn):
-            # was: accepted, and every call made a coroutine that never ran
-            # (the rule silently did nothing)
+            # every call would make a coroutine that never runs: the rule
+            # would silently do nothing
             raise RuleError(f"rule {fn.__name__} is 'async def': only a streamed mail_content rule "
                             "(streamed=True) may be")
         module = fn.__module__ or ""
@@ -200,8 +200,8 @@ def config(section: str | None = None) -> dict:
     return settings.get(section, {})
 
 
-# Compiled patterns, bounded: a rule may build patterns from what it sees
-# (was: an unbounded dict, which attacker-chosen text could grow forever).
+# Compiled patterns, bounded: a rule may build patterns from what it sees,
+# and attacker-chosen text must not grow this cache without end.
 _compiled: dict = {}
 _COMPILED_MAX = 256
 

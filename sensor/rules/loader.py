@@ -64,8 +64,8 @@ class RuleSet:
             what = "does not exist" if not self.directory.exists() else "is not a directory"
             raise LoadError(f"rules directory {self.directory} {what}: create it or point --rules at one")
         self.logger = logger
-        # was: every set imported <prefix>.<stem>, so two sets (tests, two
-        # sensors in one process) replaced and unloaded each other's modules
+        # a module namespace of this set's own: two sets in one process (tests,
+        # two sensors) must not replace or unload each other's modules
         self._namespace = f"{MODULE_PREFIX}.set{next(_namespaces)}"
         self.files: dict[Path, RuleFile] = {}
         self.errors: dict[Path, str] = {}        # file -> the error that kept its last good version
@@ -94,9 +94,9 @@ class RuleSet:
 
     def reload(self, force: bool = False) -> bool:
         if not self.directory.is_dir():
-            # was: every file looked deleted and every rule was dropped (and
-            # rules.toml with them) when the directory went away for a moment
-            # (an unmounted shared folder, a deploy swapping it)
+            # a directory gone for a moment (an unmounted shared folder, a
+            # deploy swapping it) is not every file deleted: keep every rule
+            # and rules.toml
             message = (f"rules directory {self.directory} does not exist any more or is not a "
                        "directory; keeping the loaded rules")
             if self.errors.get(self.directory) != message:
@@ -107,7 +107,7 @@ class RuleSet:
         self.errors.pop(self.directory, None)
         changed = self._load_config(force)
         present = {p for p in self.directory.glob("*.py") if not p.name.startswith(("_", "."))}
-        # files that failed and were deleted go too (was: their error stayed)
+        # files that failed and were deleted go too, and their errors with them
         for path in sorted((set(self.files) | set(self._failed)) - present):
             if path in self.files:
                 self._log("info", "rule file removed", file=str(path))
@@ -155,7 +155,7 @@ class RuleSet:
                 self._log("error", "rules config not loaded", error=self.errors[path])
                 return False
         # a fixed file after an error is reported as loaded even when it holds
-        # the settings kept all along (was: silence, the error looked current)
+        # the settings kept all along: otherwise the error would look current
         recovered = self.errors.pop(path, None) is not None
         if new == self.config and not force and not recovered:
             return False
@@ -178,9 +178,9 @@ class RuleSet:
             module = importlib.util.module_from_spec(spec)
             module.__dict__[api.RULESET_GLOBAL] = self     # config() reads this set's rules.toml
             module.__dict__[api.STEM_GLOBAL] = path.stem   # config() section, default rule ids
-            # in sys.modules while it runs, as an import would have it (was:
-            # only after, and dataclasses, typing.get_type_hints, pickle...
-            # failed at import for want of it)
+            # in sys.modules while it runs, as an import would have it:
+            # dataclasses, typing.get_type_hints, pickle... look the module up
+            # while it is being executed
             sys.modules[name] = module
             # compiled from the source, not through exec_module: the bytecode
             # cache (__pycache__) is keyed on the source's mtime in whole

@@ -40,8 +40,8 @@ __all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
 # Events per wakeup of the live consumer.  Batched wakeups (64) cost less CPU
 # per event, but on a quiet link the consumer then only wakes at the poll
 # timeout (50 ms): with rules, a client's whole dialogue (MAIL, RCPT, DATA, the
-# message) was over before its MAIL FROM verdict reached the kernel, and a
-# banned sender's mail was delivered.  Rules therefore get a wakeup per event.
+# message) could be over before its MAIL FROM verdict reached the kernel, and a
+# banned sender's mail delivered.  Rules therefore get a wakeup per event.
 RULES_WAKEUP, PASSIVE_WAKEUP = 1, 64
 
 

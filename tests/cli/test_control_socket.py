@@ -397,8 +397,8 @@ def test_a_client_that_never_sends_is_dropped(served, monkeypatch):
 
 def test_a_client_that_never_reads_its_reply_does_not_stall_the_loop(tmp_path):
     """Served by hand here: each serve_pending() must return without waiting
-    for a client to read (was: a blocking sendall with a 1 s timeout, after
-    which the reply was cut short)."""
+    for a client to read (a blocking send would stall the loop, and a timeout
+    would cut the reply short)."""
     sensor = FakeSensor()
     sensor.big_status = 4 << 20          # far more than a socket buffer
     server = ControlServer(tmp_path / "control.sock", sensor)
