@@ -7,6 +7,13 @@
  * event ring -> pass. Every path returns a counter index from ss_process()
  * and leaves through ss_xdp_ingress()/ss_tc_egress(), which count it.
  *
+ * The commit hold (SS_CFG_HOLD, XDP ingress only): a client -> server segment
+ * that can complete a message (ss_can_commit) is pushed but dropped, unless
+ * userland's ss_release entry covers it or it has been held hold_max_ms
+ * already; TCP retransmits it, and the copy after the release passes. So a
+ * verdict userland reaches while judging the message's bytes comes before
+ * the MTA can commit it (docs/architecture.md, "The commit hold").
+ *
  * The event ring is a BPF ring buffer, one for all CPUs: a record is reserved,
  * filled in place and submitted, which costs a fraction of a perf buffer's
  * bpf_perf_event_output() per event (docs/benchmarks.md, section 1).
@@ -49,6 +56,12 @@ BPF_TABLE_PINNED("lru_hash", struct ss_flow_key, struct ss_verdict, ss_flow_drop
 		 SS_PIN_DIR "/ss_flow_drop");
 BPF_TABLE_PINNED("lru_hash", struct ss_flow_key, struct ss_verdict, ss_bypass, SS_FLOW_MAX,
 		 SS_PIN_DIR "/ss_bypass");
+
+/* The commit hold, not pinned (a hold lives for milliseconds): the release
+ * point userland writes, and the hold the kernel keeps, both keyed by the
+ * client -> server direction. */
+BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_release, ss_release, SS_FLOW_MAX);
+BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_hold, ss_hold, SS_FLOW_MAX);
 
 static __always_inline void ss_count(int dir, int counter)
 {
@@ -98,6 +111,109 @@ static __always_inline int ss_is_smtp_port(__u32 port)
 	__u8 *member = ss_ports.lookup(&port);
 
 	return member && *member;
+}
+
+/* Byte masks of a little-endian word: the high bit of each byte that equals
+ * the byte of `pattern` (an exact test: no false positives from borrows). */
+#define SS_LOW7 0x7f7f7f7f7f7f7f7fULL
+static __always_inline __u64 ss_bytes_equal(__u64 word, __u64 pattern)
+{
+	__u64 t = word ^ pattern;
+
+	return ~(((t & SS_LOW7) + SS_LOW7) | t | SS_LOW7);
+}
+
+#define SS_DOTS 0x2e2e2e2e2e2e2e2eULL
+#define SS_CRS 0x0d0d0d0d0d0d0d0dULL
+#define SS_LFS 0x0a0a0a0a0a0a0a0aULL
+
+static __always_inline int ss_is_eol(__u8 c)
+{
+	return c == '\r' || c == '\n';
+}
+
+/* Can this client segment complete a message? Whatever the terminator an MTA
+ * honours (CRLF.CRLF, LF.LF, CR.CR and their mixes) and however it is split
+ * over segments, the segment holding its last byte either contains CR-dot or
+ * LF-dot, or begins with a dot, CR or LF. Reordering changes nothing: each
+ * segment is judged on its own bytes. The test reads 8 bytes at a time; a
+ * segment longer than SS_HOLD_SCAN_MAX is a candidate unread. (BDAT LAST is
+ * not seen here: see docs/architecture.md.)
+ *
+ * The loop counts words with i, which the verifier follows to the loop's
+ * end; `words` is opaque to clang, which would otherwise drop i. */
+static __always_inline int ss_xdp_can_commit(struct xdp_md *ctx, __u32 off, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 carry = 0; /* the previous word's CR/LF mask, moved to byte 0 */
+	__u32 i, words, tail;
+	__u8 *p;
+
+	/* headers end far below 2 KiB; the bound lets the verifier follow p */
+	if (len > SS_HOLD_SCAN_MAX || off >= 2048)
+		return 1;
+	p = data + (off & 2047);
+	if ((void *)(p + 1) > data_end)
+		return len > 0; /* payload not in the frame: hold what cannot be read */
+	if (*p == '.' || ss_is_eol(*p))
+		return 1;
+	words = len / 8;
+	tail = len % 8;
+	for (i = 0; i < SS_HOLD_SCAN_MAX / 8; i++) {
+		__u64 word, eol, dots;
+
+		/* kept opaque: clang would otherwise drop i for words, and the
+		 * verifier needs i to see the loop end */
+		asm volatile("" : "+r"(words));
+		if (i >= words || (void *)(p + 8) > data_end)
+			break;
+		word = *(__u64 *)p;
+		eol = ss_bytes_equal(word, SS_CRS) | ss_bytes_equal(word, SS_LFS);
+		dots = ss_bytes_equal(word, SS_DOTS);
+		if (((eol << 8) | carry) & dots)
+			return 1;
+		carry = eol >> 56;
+		p += 8;
+	}
+	/* the last 0..7 bytes; `carry` says whether the byte before p was CR/LF */
+	for (i = 0; i < 8; i++) {
+		asm volatile("" : "+r"(tail));
+		if (i >= tail || (void *)(p + 1) > data_end)
+			break;
+		if (*p == '.' && carry)
+			return 1;
+		carry = ss_is_eol(*p) ? 0x80 : 0;
+		p += 1;
+	}
+	return 0;
+}
+
+/* The hold of one candidate (SS_CFG_HOLD, client -> server, XDP ingress):
+ * returns SS_EVF_RELEASED or SS_EVF_HOLD_TIMEOUT when it passes, SS_EVF_HELD
+ * when it is held. */
+static __always_inline __u8 ss_hold_verdict(struct ss_pkt *pkt, __u32 hold_max_ms)
+{
+	__u32 end = pkt->seq + pkt->payload_len;
+	struct ss_release *rel = ss_release.lookup(&pkt->key);
+	struct ss_hold *held;
+	__u64 now;
+
+	if (rel && (__s32)(end - rel->seq) <= 0)
+		return SS_EVF_RELEASED;
+	now = bpf_ktime_get_ns();
+	held = ss_hold.lookup(&pkt->key);
+	if (held && held->seq == pkt->seq) {
+		if (now - held->since_ns >= (__u64)hold_max_ms * 1000000)
+			return SS_EVF_HOLD_TIMEOUT;
+		if ((__s32)(end - held->end) > 0)
+			held->end = end;
+		return SS_EVF_HELD;
+	}
+	struct ss_hold fresh = {.since_ns = now, .seq = pkt->seq, .end = end};
+
+	ss_hold.update(&pkt->key, &fresh);
+	return SS_EVF_HELD;
 }
 
 /* len clamped to [1, max] where the verifier sees it (clang would otherwise
@@ -153,7 +269,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	struct ss_pkt pkt = {}; /* zeroed: the key's padding is part of the hash */
 	struct ss_config *cfg;
 	struct ss_verdict *v;
-	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, cap_len;
+	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, hold_max_ms = SS_HOLD_MAX_MS_DEFAULT, cap_len;
+	__u8 hold = 0; /* SS_EVF_HELD / _RELEASED / _HOLD_TIMEOUT for a commit candidate */
 	__u64 wake = 0; /* adaptive: wake the reader if it has read everything before */
 	int proto, err;
 
@@ -182,6 +299,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		flags = cfg->flags;
 		if (cfg->snaplen && cfg->snaplen < SS_SNAPLEN_MAX)
 			snaplen = cfg->snaplen;
+		if (cfg->hold_max_ms)
+			hold_max_ms = cfg->hold_max_ms;
 	}
 
 	if (!(flags & SS_CFG_NO_ENFORCE)) {
@@ -198,6 +317,17 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		return SS_CNT_NO_PUSH;
 	if (pkt.payload_len == 0 && !(pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_FIN | SS_TCP_RST)))
 		return SS_CNT_PURE_ACK;
+	if (dir == SS_DIR_INGRESS && (flags & (SS_CFG_HOLD | SS_CFG_NO_ENFORCE)) == SS_CFG_HOLD &&
+	    ss_is_smtp_port(pkt.key.dport)) {
+		if ((pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN) {
+			/* a new connection: the release point of an old one on the
+			 * same ports means nothing in its sequence space */
+			ss_release.delete(&pkt.key);
+			ss_hold.delete(&pkt.key);
+		} else if (pkt.payload_len && ss_xdp_can_commit(ctx, pkt.payload_off, pkt.payload_len)) {
+			hold = ss_hold_verdict(&pkt, hold_max_ms);
+		}
+	}
 
 	struct ss_event_hdr ev = {};
 
@@ -206,6 +336,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		cap_len = snaplen;
 		ev.flags |= SS_EVF_CUT;
 	}
+	ev.flags |= hold;
 	ev.version = SS_ABI_VERSION;
 	ev.direction = dir;
 	ev.ifindex = ifindex;
@@ -254,6 +385,14 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
+	if (hold == SS_EVF_RELEASED)
+		ss_count(dir, SS_CNT_RELEASED);
+	else if (hold == SS_EVF_HOLD_TIMEOUT)
+		ss_count(dir, SS_CNT_HOLD_TIMEOUT);
+	/* held whether or not the push worked: without it, the retransmission
+	 * is pushed (and held) instead */
+	if (hold == SS_EVF_HELD)
+		return SS_CNT_HELD;
 	if (err < 0)
 		return SS_CNT_PUSH_FAILED;
 	if (ev.flags & SS_EVF_CUT)
@@ -263,7 +402,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 
 static __always_inline int ss_is_drop(int counter)
 {
-	return counter == SS_CNT_DROP_BAN || counter == SS_CNT_DROP_FLOW;
+	return counter == SS_CNT_DROP_BAN || counter == SS_CNT_DROP_FLOW || counter == SS_CNT_HELD;
 }
 
 int ss_xdp_ingress(struct xdp_md *ctx)

@@ -7,8 +7,9 @@
  * configuration bits.
  *
  * CHANGE TOGETHER: this file, sensor/kernel/abi.py (the Python mirror), and
- * bump SS_ABI_VERSION when a layout changes (pinned maps live in a folder
- * named after it). tests/kernel/test_abi_mirror.py compiles this header
+ * bump SS_ABI_VERSION when the layout of a pinned map or of the event header
+ * changes (pinned maps live in a folder named after it; the other maps and
+ * the counters are made anew by every load, with the userland that reads them). tests/kernel/test_abi_mirror.py compiles this header
  * against the mirror and fails when they disagree.
  *
  * Read next: parsing.h, the header parsers that fill a flow key.
@@ -57,10 +58,14 @@ enum ss_counter {
 	SS_CNT_NO_PUSH = 9,      /* passed: pushing disabled by configuration */
 	SS_CNT_DROP_FLOW = 10,   /* dropped: live flow drop entry */
 	SS_CNT_DROP_BAN = 11,    /* dropped: live source ban */
-	SS_CNT_VERDICT__MAX = 12,/* the exclusive verdicts end here */
-	SS_CNT_CUT = 12,         /* extra: pushed with bytes beyond snaplen cut */
-	SS_CNT_EXPIRED = 13,     /* extra: an expired ban/drop entry was ignored */
-	SS_CNT__MAX = 14,
+	SS_CNT_HELD = 12,        /* dropped: a client segment that can complete a message,
+				  * held until userland releases it (pushed, SS_EVF_HELD) */
+	SS_CNT_VERDICT__MAX = 13,/* the exclusive verdicts end here */
+	SS_CNT_CUT = 13,         /* extra: pushed with bytes beyond snaplen cut */
+	SS_CNT_EXPIRED = 14,     /* extra: an expired ban/drop entry was ignored */
+	SS_CNT_RELEASED = 15,    /* extra: a commit candidate passed, released by userland */
+	SS_CNT_HOLD_TIMEOUT = 16,/* extra: a commit candidate passed, its hold older than hold_max_ms */
+	SS_CNT__MAX = 17,
 };
 
 /* Why a flow is dropped or a source banned (ss_verdict.reason). */
@@ -74,7 +79,10 @@ enum ss_reason {
 };
 
 /* ss_event_hdr.flags */
-#define SS_EVF_CUT 0x1 /* cap_len < wire_len: the packet was cut */
+#define SS_EVF_CUT 0x1          /* cap_len < wire_len: the packet was cut */
+#define SS_EVF_HELD 0x2         /* a commit candidate, dropped until released */
+#define SS_EVF_RELEASED 0x4     /* a commit candidate passed: ss_release covers it */
+#define SS_EVF_HOLD_TIMEOUT 0x8 /* a commit candidate passed: its hold timed out */
 
 /* ss_config.flags: a zero config means defaults (everything on). */
 #define SS_CFG_NO_PUSH 0x1    /* do not push events (enforcement only) */
@@ -82,6 +90,15 @@ enum ss_reason {
 #define SS_CFG_WAKE_BATCH 0x4 /* wake the reader every SS_WAKE_BATCH records per CPU
 			       * (default: adaptive, on every record pushed after it read
 			       * all: the lowest latency, a wakeup per record when quiet) */
+#define SS_CFG_HOLD 0x8       /* the commit hold: hold client segments that can
+			       * complete a message until released (XDP ingress;
+			       * ignored with SS_CFG_NO_ENFORCE) */
+
+/* The commit hold looks for an end of data in client segments of at most
+ * this many payload bytes; a longer one (jumbo frames) is a candidate. */
+#define SS_HOLD_SCAN_MAX 1536
+/* hold_max_ms when the configuration says 0. */
+#define SS_HOLD_MAX_MS_DEFAULT 400
 
 /* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
 #define SS_WAKE_BATCH 64
@@ -99,8 +116,11 @@ enum ss_reason {
 
 /* Runtime configuration, slot 0 of the ss_config array. */
 struct ss_config {
-	__u32 flags;   /* SS_CFG_* */
-	__u32 snaplen; /* 0 = SS_SNAPLEN_MAX; larger values are clamped */
+	__u32 flags;       /* SS_CFG_* */
+	__u32 snaplen;     /* 0 = SS_SNAPLEN_MAX; larger values are clamped */
+	__u32 hold_max_ms; /* a hold older than this is released by the kernel (fail open);
+			    * 0 = SS_HOLD_MAX_MS_DEFAULT */
+	__u32 _pad;
 };
 
 /* Metadata in front of the packet bytes of every event record. The record is
@@ -147,6 +167,25 @@ struct ss_verdict {
 	__u64 bytes;      /* bytes matched while live */
 	__u32 reason;     /* enum ss_reason */
 	__u32 _pad;
+};
+
+/* Value of ss_release, written by userland (key: the client -> server
+ * direction): every client byte before seq has been judged by the rules, so
+ * a candidate segment that ends at or before seq passes. */
+struct ss_release {
+	__u32 seq;
+	__u32 _pad;
+	__u64 ts_ns; /* when userland wrote it (CLOCK_MONOTONIC) */
+};
+
+/* Value of ss_hold, written by the kernel (key: the client -> server
+ * direction): the candidate it holds, by its first sequence number, and when
+ * it first held it. A retransmission from the same sequence number passes
+ * once since_ns is hold_max_ms old. */
+struct ss_hold {
+	__u64 since_ns;
+	__u32 seq;
+	__u32 end; /* seq + payload length */
 };
 
 /* LPM trie keys for source bans. prefixlen counts bits of addr. */

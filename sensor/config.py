@@ -437,16 +437,47 @@ class SpamStatsConfig:
         return self.ban.get(note, 0.0)
 
 
+HOLD_MODES = ("commit", "off")
+
+
+@dataclass(frozen=True)
+class EnforceConfig:
+    """``[enforce]``: how verdicts are made to hold in the kernel."""
+
+    #: "commit": the kernel holds a client segment that can complete a message
+    #: (end of DATA) until userland has judged it, so a verdict stops the
+    #: message before the MTA commits it; "off": verdicts act on what follows
+    hold: str = "commit"
+    #: milliseconds after which the kernel lets a held segment pass by itself
+    #: (fail open: a slow or stopped control plane delays mail, never loses it)
+    hold_max_ms: int = 400
+
+    def __post_init__(self):
+        _validate(self, "enforce", {
+            "hold": lambda v: _str(v, HOLD_MODES),
+            "hold_max_ms": lambda v: _int(v, 1, 4000),
+        })
+
+
 @dataclass(frozen=True)
 class Config:
     sensor: SensorConfig = field(default_factory=SensorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     spam_stats: SpamStatsConfig = field(default_factory=SpamStatsConfig)
+    enforce: EnforceConfig = field(default_factory=EnforceConfig)
     #: the file it was read from (None: defaults or built in code)
     source: Path | None = None
 
+    @property
+    def holds_commits(self) -> bool:
+        """Whether the kernel holds commits: ``hold = "commit"``, enforcing,
+        and something that can drop a flow (rules, or the statistics' bans)."""
+        return (self.enforce.hold == "commit" and self.sensor.enforce
+                and (self.sensor.rules is not None or self.spam_stats.enabled))
 
-_SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamStatsConfig}
+
+_SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamStatsConfig,
+             "enforce": EnforceConfig}
 
 
 # ---------------------------------------------------------------- loading

@@ -8,7 +8,8 @@ Kernel timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns); records carry wall
 clock time, so the offset between the two clocks is taken once at start.
 Idle flows are expired on the wall clock, so a quiet link still ends them.
 An encrypted flow (STARTTLS accepted) is bypassed in the kernel: its packets
-pass without being pushed any more.
+pass without being pushed any more.  With the commit hold on, the segments
+the kernel held are answered after each batch (sensor.inputs.hold).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import time
 
 from sensor.counters import Counters, counter
+from sensor.inputs.hold import CommitHold
+from sensor.kernel import abi
 from sensor.kernel import maps as kernelmaps
 from sensor.pipeline import Pipeline
 from sensor.stream.packet import LINKTYPE_ETHERNET
@@ -27,6 +30,8 @@ __all__ = ["LiveFeed", "FeedCounters", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
 STARTTLS_BYPASS_TTL = 3600.0
 #: seconds of wall clock between two passes that end idle flows
 EXPIRE_EVERY = 1.0
+
+_HELD = abi.EVF_HELD
 
 
 class FeedCounters(Counters):
@@ -47,12 +52,15 @@ class FeedCounters(Counters):
 
 class LiveFeed:
     """Pump events from ``reader`` (a sensor.kernel.ring.EventReader) into
-    ``pipeline``; STARTTLS flows are bypassed through ``maps``."""
+    ``pipeline``; STARTTLS flows are bypassed through ``maps``; ``hold``
+    (a CommitHold, or None when the kernel holds nothing) releases held segments."""
 
-    def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps):
+    def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps,
+                 hold: CommitHold | None = None):
         self.reader = reader
         self.pipeline = pipeline
         self.maps = maps
+        self.hold = hold
         self.counters = FeedCounters(self)
         self._offset = time.time() - time.monotonic()
         self._next_expire = time.monotonic() + EXPIRE_EVERY
@@ -64,9 +72,14 @@ class LiveFeed:
         events = self.reader.poll(timeout_ms)
         feed = self.pipeline.feed_frame
         offset = self._offset
+        hold = self.hold
         for ev in events:
             h = ev.header
-            feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+            seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+            if h.flags & _HELD and seg is not None and hold is not None:
+                hold.held(seg, h)
+        if hold is not None:
+            hold.answer()
         self.counters.events += len(events)
         now = time.monotonic()
         if now >= self._next_expire:

@@ -26,10 +26,16 @@ BAN_MAX = 16384
 PORT_MAX = 65536
 
 EVF_CUT = 0x1
+EVF_HELD = 0x2
+EVF_RELEASED = 0x4
+EVF_HOLD_TIMEOUT = 0x8
 CFG_NO_PUSH = 0x1
 CFG_NO_ENFORCE = 0x2
 CFG_WAKE_BATCH = 0x4
+CFG_HOLD = 0x8
 WAKE_BATCH = 64
+HOLD_SCAN_MAX = 1536
+HOLD_MAX_MS_DEFAULT = 400
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -64,12 +70,15 @@ class Counter(enum.IntEnum):
     NO_PUSH = 9
     DROP_FLOW = 10
     DROP_BAN = 11
-    CUT = 12
-    EXPIRED = 13
+    HELD = 12
+    CUT = 13
+    EXPIRED = 14
+    RELEASED = 15
+    HOLD_TIMEOUT = 16
 
 
-VERDICT_COUNTERS = 12  # SS_CNT_VERDICT__MAX: counters below this are exclusive
-COUNTER_COUNT = 14  # SS_CNT__MAX
+VERDICT_COUNTERS = 13  # SS_CNT_VERDICT__MAX: counters below this are exclusive
+COUNTER_COUNT = 17  # SS_CNT__MAX
 
 
 class Reason(enum.IntEnum):
@@ -84,7 +93,8 @@ REASON_COUNT = 5  # SS_REASON__MAX
 
 
 class Config(ct.Structure):
-    _fields_ = [("flags", ct.c_uint32), ("snaplen", ct.c_uint32)]
+    _fields_ = [("flags", ct.c_uint32), ("snaplen", ct.c_uint32), ("hold_max_ms", ct.c_uint32),
+                ("_pad", ct.c_uint32)]
 
 
 class EventHeader(ct.Structure):
@@ -132,6 +142,14 @@ class Verdict(ct.Structure):
     ]
 
 
+class Release(ct.Structure):
+    _fields_ = [("seq", ct.c_uint32), ("_pad", ct.c_uint32), ("ts_ns", ct.c_uint64)]
+
+
+class Hold(ct.Structure):
+    _fields_ = [("since_ns", ct.c_uint64), ("seq", ct.c_uint32), ("end", ct.c_uint32)]
+
+
 class LpmV4(ct.Structure):
     _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 4)]
 
@@ -146,6 +164,8 @@ STRUCTS = {
     "ss_event_hdr": EventHeader,
     "ss_flow_key": FlowKey,
     "ss_verdict": Verdict,
+    "ss_release": Release,
+    "ss_hold": Hold,
     "ss_lpm_v4": LpmV4,
     "ss_lpm_v6": LpmV6,
 }
@@ -158,10 +178,16 @@ CONSTANTS = {
     "SS_BAN_MAX": BAN_MAX,
     "SS_PORT_MAX": PORT_MAX,
     "SS_EVF_CUT": EVF_CUT,
+    "SS_EVF_HELD": EVF_HELD,
+    "SS_EVF_RELEASED": EVF_RELEASED,
+    "SS_EVF_HOLD_TIMEOUT": EVF_HOLD_TIMEOUT,
     "SS_CFG_NO_PUSH": CFG_NO_PUSH,
     "SS_CFG_NO_ENFORCE": CFG_NO_ENFORCE,
     "SS_CFG_WAKE_BATCH": CFG_WAKE_BATCH,
+    "SS_CFG_HOLD": CFG_HOLD,
     "SS_WAKE_BATCH": WAKE_BATCH,
+    "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
+    "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,
     "SS_TCP_FIN": TCP_FIN,
     "SS_TCP_SYN": TCP_SYN,
     "SS_TCP_RST": TCP_RST,
@@ -250,6 +276,11 @@ class Event:
     @property
     def cut(self) -> bool:
         return bool(self.header.flags & EVF_CUT)
+
+    @property
+    def held(self) -> bool:
+        """A commit candidate the kernel dropped until userland releases it."""
+        return bool(self.header.flags & EVF_HELD)
 
     @property
     def payload(self) -> bytes:

@@ -59,6 +59,8 @@ class DatapathConfig:
     snaplen: int = 0  # 0 = abi.SNAPLEN_MAX
     push: bool = True  # push events to userland
     enforce: bool = True  # honour bans and flow drops
+    hold: bool = False  # the commit hold (with enforce only)
+    hold_max_ms: int = abi.HOLD_MAX_MS_DEFAULT
     pin_dir: Path = field(default_factory=lambda: PIN_ROOT / f"v{abi.ABI_VERSION}")
     # pages of the event ring (one BPF ring buffer for all CPUs), a power of
     # two: 8 MiB hold ~5000 1.4 KB events, 25 ms at 200 k/s
@@ -260,7 +262,8 @@ class Datapath:
         self.maps = KernelMaps(self.bpf)
         self.maps.set_ports(self.config.ports)
         self.maps.set_config(push=self.config.push, enforce=self.config.enforce,
-                             snaplen=self.config.snaplen)
+                             snaplen=self.config.snaplen, hold=self.config.hold,
+                             hold_max_ms=self.config.hold_max_ms)
         log.info("datapath loaded", pin_dir=str(self.config.pin_dir), ports=list(self.config.ports))
         return self
 
@@ -286,7 +289,7 @@ class Datapath:
             self._reader.close()
         cfg = self.config
         self.maps.set_config(push=cfg.push, enforce=cfg.enforce, snaplen=cfg.snaplen,
-                             wake_batch=wake_batch)
+                             wake_batch=wake_batch, hold=cfg.hold, hold_max_ms=cfg.hold_max_ms)
         self._reader = EventReader(self.bpf)
         return self._reader
 

@@ -1,5 +1,6 @@
 """The control plane's API over the datapath's maps: the SMTP port set, the
-runtime configuration, source bans, flow drops, flow bypass and counters.
+runtime configuration, source bans, flow drops, flow bypass, the commit
+hold's release points and counters.
 
 Expiries are absolute CLOCK_MONOTONIC deadlines in ns, the clock of
 bpf_ktime_get_ns(); the kernel ignores an expired entry and sweep() removes it.
@@ -85,6 +86,8 @@ class KernelMaps:
         self.ban_v6 = bpf[b"ss_ban_v6"]
         self.flow_drop = bpf[b"ss_flow_drop"]
         self.bypass_map = bpf[b"ss_bypass"]
+        self.release_map = bpf[b"ss_release"]
+        self.hold_map = bpf[b"ss_hold"]
         self._ports: set[int] = set()
         self._wake_batch = False
 
@@ -102,17 +105,21 @@ class KernelMaps:
         self._ports = wanted
 
     def set_config(self, push: bool = True, enforce: bool = True, snaplen: int = 0,
-                   wake_batch: bool | None = None) -> None:
+                   wake_batch: bool | None = None, hold: bool = False,
+                   hold_max_ms: int = abi.HOLD_MAX_MS_DEFAULT) -> None:
         """wake_batch: wake the event reader every abi.WAKE_BATCH records per
         CPU (False: on every record pushed after it had read all); None keeps
-        the current choice (Datapath.event_reader makes it)."""
+        the current choice (Datapath.event_reader makes it).  hold: the commit
+        hold (only with enforce), released by the kernel after hold_max_ms."""
         if not 0 <= snaplen <= abi.SNAPLEN_MAX:
             raise ValueError(f"snaplen must be 0..{abi.SNAPLEN_MAX}, got {snaplen}")
+        if not 0 < hold_max_ms < 2**32 // 1_000_000:
+            raise ValueError(f"hold_max_ms must be 1..{2**32 // 1_000_000 - 1}, got {hold_max_ms}")
         if wake_batch is not None:
             self._wake_batch = wake_batch
         flags = ((0 if push else abi.CFG_NO_PUSH) | (0 if enforce else abi.CFG_NO_ENFORCE)
-                 | (abi.CFG_WAKE_BATCH if self._wake_batch else 0))
-        self.config_map[ct.c_int(0)] = abi.Config(flags=flags, snaplen=snaplen)
+                 | (abi.CFG_WAKE_BATCH if self._wake_batch else 0) | (abi.CFG_HOLD if hold else 0))
+        self.config_map[ct.c_int(0)] = abi.Config(flags=flags, snaplen=snaplen, hold_max_ms=hold_max_ms)
 
     # ------------------------------------------------------------ bans
 
@@ -145,6 +152,22 @@ class KernelMaps:
                     reason: abi.Reason = abi.Reason.STARTTLS) -> None:
         """Stop pushing a connection's packets (they still pass)."""
         _set_both(self.bypass_map, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
+
+    # ------------------------------------------------------------ the commit hold
+
+    def release(self, key: abi.FlowKey, seq: int) -> None:
+        """Let the client's (``key``: client -> server) candidate segments
+        that end at or before ``seq`` pass: every byte before it is judged."""
+        self.release_map[key] = abi.Release(seq=seq & 0xFFFFFFFF, ts_ns=monotonic_ns())
+
+    def forget_hold(self, key: abi.FlowKey) -> None:
+        """The flow is over: its release point and hold go."""
+        _delete(self.release_map, key)
+        _delete(self.hold_map, key)
+
+    def holds(self) -> list[tuple[str, abi.Hold]]:
+        """The kernel's current holds (flow text, Hold), released or not."""
+        return [(_flow_text(k), v) for k, v in self.hold_map.items()]
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Remove expired bans, drops and bypasses; returns how many."""

@@ -125,7 +125,9 @@ class Sensor:
         cfg = self.config.sensor
         if not cfg.interfaces:
             raise SensorError("no interface given: use -i IFACE or [sensor] interfaces in the config")
-        dp_config = DatapathConfig(ports=tuple(cfg.ports), enforce=cfg.enforce)
+        dp_config = DatapathConfig(ports=tuple(cfg.ports), enforce=cfg.enforce,
+                                   hold=self.config.holds_commits,
+                                   hold_max_ms=self.config.enforce.hold_max_ms)
         dp_config.pin_dir = cfg.pin_dir
         self.datapath = Datapath(dp_config)
         if self.sink is None:
@@ -167,6 +169,7 @@ class Sensor:
     def start(self) -> "Sensor":
         """Build, load the programs, attach, start rules and statistics.  On an
         error everything done so far is undone; after it, stop() undoes it."""
+        from sensor.inputs.hold import CommitHold
         from sensor.inputs.live import LiveFeed
 
         self._build()
@@ -184,8 +187,10 @@ class Sensor:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
             wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
+            hold = (CommitHold(self.pipeline, self.datapath.maps, self.config.enforce.hold_max_ms)
+                    if self.config.holds_commits else None)
             self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
-                                 self.datapath.maps)
+                                 self.datapath.maps, hold)
             if opt.control_socket:
                 from sensor.service.control import ControlServer
                 self.control = ControlServer(opt.control_socket, self)
@@ -328,6 +333,8 @@ class Sensor:
         yield Group((), self.own_counters)
         if self.feed is not None:
             yield Group((), self.feed.counters)
+            if self.feed.hold is not None:
+                yield Group(("hold",), self.feed.hold.counters)
         if self.userland is not None:
             yield from self.userland.counter_groups()
         if self.control is not None:

@@ -260,6 +260,13 @@ class Reassembler:
         """The flows being tracked (a view; do not modify)."""
         return self._flows.values()
 
+    def next_seq(self, src: bytes, sport: int, dst: bytes, dport: int) -> int | None:
+        """The sequence number of the next byte the direction src:sport ->
+        dst:dport would deliver (every byte before it is delivered or a Gap);
+        None when no open flow has that direction or it has not started."""
+        ent = self._table.get((src, sport, dst, dport))
+        return None if ent is None else ent[1].nxt
+
     def feed(self, seg, ts: float) -> list:
         """Process one ``Segment`` seen at time ``ts``; return the events it causes."""
         out = []

@@ -4,6 +4,7 @@ path through bpf/datapath.c, with the event it emits and the counter it bumps.""
 from __future__ import annotations
 
 import ctypes as ct
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -26,9 +27,9 @@ ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
 
 def smtp4(payload=b"EHLO client.example\r\n", sport=40000, dport=25, flags="PA", src=CLIENT4,
-          dst=SERVER4, ip_options=None, **tcp):
+          dst=SERVER4, ip_options=None, seq=1000, **tcp):
     ip = IP(src=src, dst=dst, options=ip_options) if ip_options else IP(src=src, dst=dst)
-    pkt = ETH / ip / TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000, **tcp)
+    pkt = ETH / ip / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=2000, **tcp)
     return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
 
 
@@ -55,7 +56,7 @@ def dp(loaded):
     default configuration, its ring drained."""
     datapath, reader = loaded
     maps = datapath.maps
-    for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map):
+    for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map, maps.release_map, maps.hold_map):
         table.clear()
     maps.counters_map.clear()
     maps.set_ports((25, 587))
@@ -81,11 +82,14 @@ def ingress(dp) -> dict[str, int]:
     return dp.maps.counters()["ingress"]
 
 
+MARKS = {c.name.lower() for c in abi.Counter if c >= abi.VERDICT_COUNTERS}
+
+
 def only(counts: dict[str, int], **expected) -> None:
-    """The counters hold exactly `expected` (others zero; seen is their sum)."""
+    """The counters hold exactly `expected` (others zero; seen is the verdicts' sum)."""
     nonzero = {k: v for k, v in counts.items() if v and k != "seen"}
     assert nonzero == expected
-    assert counts["seen"] == sum(v for k, v in expected.items() if k not in ("cut", "expired"))
+    assert counts["seen"] == sum(v for k, v in expected.items() if k not in MARKS)
 
 
 # ------------------------------------------------------------------ pushing
@@ -307,6 +311,148 @@ def test_enforcement_can_be_switched_off(dp, reader):
     dp.maps.set_config(enforce=False)
     assert xdp(dp, smtp4()) == XDP_PASS
     only(ingress(dp), pushed=1)
+
+
+# ------------------------------------------------------------------ the commit hold
+
+# every way the last byte of an end of data can sit in a segment: the whole
+# terminator, each split of CRLF.CRLF, the lenient ones, and a dot after CR/LF
+# at every offset of the 8-byte words the scan reads (and across them)
+COMPLETING = [
+    b"Bye.\r\n.\r\n", b".\r\n", b"\r\n", b"\n", b"\r", b".", b"\n.\r\n", b"\r\n.", b"\n.",
+    b"text\n.\n", b"text\r.\r", b"text\r\n.\nQUIT\r\n", b"x" * 1400 + b"\r\n.\r\n",
+    *(b"y" * n + b"\n." + b"z" * 9 for n in range(1, 18)),
+    *(b"y" * n + b"\r." for n in range(1, 18)),
+]
+# what a message's body and commands look like: dots, CRs and LFs, never CR/LF-dot
+NOT_COMPLETING = [
+    b"MAIL FROM:<a@b.example>\r\n", b"Subject: hi.\r\nSee you. Bye\r\n", b"a.b.c.d\r\n" * 100,
+    b"x" * 1447 + b"\r", *(b"y" * n + b"\r\n" + b"z" * 9 for n in range(1, 18)),
+]
+
+
+def held_setup(dp, **config):
+    dp.maps.set_config(hold=True, **config)
+
+
+@pytest.mark.parametrize("payload", COMPLETING, ids=repr)
+def test_a_client_segment_that_can_complete_a_message_is_held_and_pushed(dp, reader, payload):
+    held_setup(dp)
+    frame = smtp4(payload)
+    assert xdp(dp, frame) == XDP_DROP
+    [event] = reader.poll(100)
+    assert event.held and event.frame == frame
+    only(ingress(dp), held=1)
+    [(flow, hold)] = dp.maps.holds()
+    assert flow == f"{CLIENT4}:40000 > {SERVER4}:25" and (hold.seq, hold.end) == (1000, 1000 + len(payload))
+
+
+@pytest.mark.parametrize("payload", NOT_COMPLETING, ids=lambda p: repr(p[:40]))
+def test_a_client_segment_that_cannot_complete_a_message_passes(dp, reader, payload):
+    held_setup(dp)
+    assert xdp(dp, smtp4(payload)) == XDP_PASS
+    [event] = reader.poll(100)
+    assert not event.held
+    only(ingress(dp), pushed=1)
+
+
+def test_a_segment_longer_than_the_scan_is_held_unread(dp, reader):
+    held_setup(dp)
+    assert xdp(dp, smtp4(b"x" * (abi.HOLD_SCAN_MAX + 1))) == XDP_DROP
+    only(ingress(dp), held=1)
+
+
+def test_an_ipv6_candidate_behind_extension_headers_is_held(dp, reader):
+    held_setup(dp)
+    assert xdp(dp, smtp6(b"body\r\n.\r\n", ext=(IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()))) == XDP_DROP
+    only(ingress(dp), held=1)
+
+
+def test_the_release_lets_the_candidate_pass_up_to_its_sequence_number(dp, reader):
+    held_setup(dp)
+    payload = b"body\r\n.\r\n"
+    key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)
+    dp.maps.release(key, 1000 + len(payload) - 1)       # one byte short
+    assert xdp(dp, smtp4(payload)) == XDP_DROP
+    dp.maps.release(key, 1000 + len(payload))
+    assert xdp(dp, smtp4(payload)) == XDP_PASS
+    events = reader.poll(100)
+    assert [e.header.flags & (abi.EVF_HELD | abi.EVF_RELEASED) for e in events] == [abi.EVF_HELD, abi.EVF_RELEASED]
+    only(ingress(dp), held=1, pushed=1, released=1)
+    # a release in another flow, or of the other direction, lets nothing pass
+    dp.maps.release_map.clear()
+    dp.maps.release(abi.flow_key(SERVER4, 25, CLIENT4, 40000), 2**31)
+    dp.maps.release(abi.flow_key(CLIENT4, 40001, SERVER4, 25), 2**31)
+    assert xdp(dp, smtp4(payload)) == XDP_DROP
+
+
+def test_a_new_connection_on_the_same_ports_starts_without_a_release(dp, reader):
+    held_setup(dp)
+    key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)
+    dp.maps.release(key, 2**31)
+    assert xdp(dp, smtp4(b".\r\n")) == XDP_PASS and dp.maps.holds() == []      # released: no hold
+    assert xdp(dp, smtp4(None, flags="S")) == XDP_PASS
+    assert len(dp.maps.release_map.items()) == 0
+    assert xdp(dp, smtp4(b".\r\n")) == XDP_DROP
+    only(ingress(dp), pushed=2, released=1, held=1)
+
+
+def test_the_release_compares_sequence_numbers_across_the_wrap(dp, reader):
+    held_setup(dp)
+    key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)
+    dp.maps.release(key, 20)                             # 2**32 - 10 + 12 bytes wraps to 2
+    assert xdp(dp, smtp4(b"body\r\n.\r\n", seq=2**32 - 10)) == XDP_PASS
+    dp.maps.release(key, 2**32 - 20)                     # before the segment
+    assert xdp(dp, smtp4(b"body\r\n.\r\n", seq=2**32 - 10)) == XDP_DROP
+
+
+def test_a_hold_older_than_hold_max_passes_its_retransmission(dp, reader):
+    held_setup(dp, hold_max_ms=1)
+    assert xdp(dp, smtp4(b".\r\n")) == XDP_DROP
+    time.sleep(0.005)
+    assert xdp(dp, smtp4(b"body.\r\n.\r\n", seq=1000)) == XDP_PASS     # same start, more bytes
+    events = reader.poll(100)
+    assert events[-1].header.flags & abi.EVF_HOLD_TIMEOUT
+    only(ingress(dp), held=1, pushed=1, hold_timeout=1)
+
+
+def test_a_hold_times_out_only_for_its_own_sequence_number(dp, reader):
+    held_setup(dp, hold_max_ms=1)
+    assert xdp(dp, smtp4(b".\r\n", seq=1000)) == XDP_DROP
+    time.sleep(0.005)
+    assert xdp(dp, smtp4(b".\r\n", seq=5000)) == XDP_DROP   # another candidate: a new hold
+    assert xdp(dp, smtp4(b".\r\n", seq=5000)) == XDP_DROP   # and it is young
+    only(ingress(dp), held=3)
+
+
+def test_the_hold_is_off_by_default_and_in_monitor_only_mode(dp, reader):
+    assert xdp(dp, smtp4(b".\r\n")) == XDP_PASS
+    dp.maps.set_config(hold=True, enforce=False)
+    assert xdp(dp, smtp4(b".\r\n")) == XDP_PASS
+    only(ingress(dp), pushed=2)
+
+
+def test_server_replies_and_egress_are_never_held(dp, reader):
+    held_setup(dp)
+    reply = smtp4(b"250 ok\r\n.\r\n", sport=25, dport=40000, src=SERVER4, dst=CLIENT4)
+    assert xdp(dp, reply) == XDP_PASS
+    assert tc(dp, smtp4(b"body\r\n.\r\n")) == TC_ACT_OK
+    counts = dp.maps.counters()
+    assert counts["ingress"]["pushed"] == 1 and counts["egress"]["pushed"] == 1
+    assert counts["ingress"]["held"] == counts["egress"]["held"] == 0
+
+
+def test_a_dropped_flow_is_dropped_before_any_hold(dp, reader):
+    held_setup(dp)
+    dp.maps.drop_flow(FlowEnds(CLIENT4, 40000, SERVER4, 25))
+    assert xdp(dp, smtp4(b".\r\n")) == XDP_DROP
+    assert reader.poll(10) == []
+    only(ingress(dp), drop_flow=1)
+
+
+def test_hold_max_must_fit_the_kernel_clock(dp):
+    with pytest.raises(ValueError, match="hold_max_ms"):
+        dp.maps.set_config(hold=True, hold_max_ms=0)
 
 
 # ------------------------------------------------------------------ TC egress

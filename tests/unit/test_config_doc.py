@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sensor import smtp
-from sensor.config import NOTICE_TYPES, LimitsConfig, SensorConfig, SpamStatsConfig, tomllib
+from sensor import config
+from sensor.config import NOTICE_TYPES, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig, tomllib
 from sensor.stream import reassembly
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
@@ -42,6 +43,7 @@ SECTIONS = {
     "limits.smtp": (smtp.SmtpLimits, lambda k, v: getattr(LimitsConfig(smtp={k: v}).smtp, k)),
     "limits.reassembly": (reassembly.ReassemblyLimits, lambda k, v: getattr(LimitsConfig(reassembly={k: v}).reassembly, k)),
     "spam_stats": (SpamStatsConfig, lambda k, v: getattr(SpamStatsConfig(**{k: v}), k)),
+    "enforce": (EnforceConfig, lambda k, v: getattr(EnforceConfig(**{k: v}), k)),
 }
 
 
@@ -67,6 +69,8 @@ def _type_fits(doc_type: str, value) -> bool:
 
 def test_the_doc_has_every_table():
     assert set(tables()) == {*SECTIONS, "spam_stats.ban"}
+    # a table the loader accepts is a table checked here ([limits] has its own two)
+    assert set(config._SECTIONS) - {"limits"} <= set(SECTIONS)
 
 
 @pytest.mark.parametrize("table", SECTIONS)
@@ -119,7 +123,7 @@ def test_every_run_flag_is_documented():
 def test_the_example_and_the_doc_agree_on_keys():
     example = tomllib.loads((DOC.parent / "config.example.toml").read_text())
     doc = tables()
-    for table in ("sensor", "spam_stats"):
+    for table in ("sensor", "spam_stats", "enforce"):
         assert set(example[table]) - {"ban"} <= set(doc[table])
     for table in ("smtp", "reassembly"):
         assert set(example["limits"][table]) <= set(doc[f"limits.{table}"])

@@ -1,0 +1,150 @@
+"""The commit hold's userland half: answer each held segment with a release.
+
+The datapath holds (drops, and pushes flagged ``held``) a client segment that
+can complete a message until the flow's release point covers it
+(bpf/datapath.c, ``ss_hold_verdict``).  After the live feed has dissected a
+batch of events, ``CommitHold.answer()`` looks at every flow with a held
+segment: once the client's stream has been delivered to the dissector (and
+so to the rules and the statistics) up to the held segment's end, it writes
+the release point -- the next sequence number the reassembly expects, so
+every byte before it has been judged -- unless a verdict dropped the flow
+meanwhile (counted: ``dropped_at_commit``); then the kernel's flow drop
+keeps the retransmission out and the MTA never commits the message.
+
+A held segment beyond a hole waits for the hole to be filled (the release
+point only moves over delivered bytes); the kernel releases a hold itself
+after ``hold_max_ms`` whatever userland does (fail open), and ``late``
+counts the answers that came after that.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sensor.counters import Counters, counter, gauge
+from sensor.kernel import abi
+from sensor.kernel.maps import monotonic_ns
+
+__all__ = ["CommitHold", "HoldCounters", "HOLD_TIME_BUCKETS_MS"]
+
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+
+#: upper bounds (ms) of the hold-time buckets: held (kernel time) -> released
+HOLD_TIME_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def _bucket(ms: float) -> str:
+    for bound in HOLD_TIME_BUCKETS_MS:
+        if ms <= bound:
+            return str(bound)
+    return "+Inf"
+
+
+def seq_ge(a: int, b: int) -> bool:
+    """a is at or after b in sequence space."""
+    return ((a - b) & _MASK) < _HALF
+
+
+class HoldCounters(Counters):
+    """What userland did with the kernel's held segments (``owner``: the
+    CommitHold; the kernel counts the held packets themselves: ``held``,
+    ``released``, ``hold_timeout``)."""
+
+    METRIC_PREFIX = "hold_"
+    max_ms = gauge("milliseconds after which the kernel lets a held segment pass by itself",
+                   read=lambda hold: hold.hold_max_ns // 1_000_000)
+    pending = gauge("flows with a held segment waiting for its release", read=lambda hold: len(hold.pending))
+
+    held_events = counter("held segments read from the event ring (first copies and retransmissions)")
+    releases = counter("release points written for held segments")
+    dropped_at_commit = counter("flows dropped while their end of data was held: the MTA never got it")
+    late = counter("releases written after the kernel's own timeout (hold_max_ms) had let the segment pass")
+    gone = counter("held segments of flows that ended before their release")
+    release_errors = counter("release points the kernel's map refused")
+    hold_time = counter("held segments released, by time from the hold to the release (ms, upper bound)",
+                        by="le_ms")
+
+
+class _Pending:
+    __slots__ = ("key", "end", "since_ns", "written")
+
+    def __init__(self, key, end, since_ns):
+        self.key = key              # abi.FlowKey of the client -> server direction
+        self.end = end              # sequence number after the held bytes
+        self.since_ns = since_ns    # kernel time of the first held copy
+        self.written = None         # the release point last written
+
+
+class CommitHold:
+    """Release the held segments of ``pipeline`` through ``maps`` (KernelMaps)."""
+
+    def __init__(self, pipeline, maps, hold_max_ms: int = abi.HOLD_MAX_MS_DEFAULT):
+        self.pipeline = pipeline
+        self.maps = maps
+        self.hold_max_ns = hold_max_ms * 1_000_000
+        self.counters = HoldCounters(self)
+        #: (src, sport, dst, dport) of the client -> server direction -> _Pending
+        self.pending: dict[tuple, _Pending] = {}
+
+    def held(self, seg, header) -> None:
+        """The feed dissected the held segment ``seg`` (its event header ``header``)."""
+        self.counters.held_events += 1
+        end = (seg.seq + seg.wire_paylen) & _MASK
+        tup = (seg.src, seg.sport, seg.dst, seg.dport)
+        p = self.pending.get(tup)
+        if p is None:
+            key = abi.FlowKey(family=header.family, sport=header.sport, dport=header.dport)
+            key.saddr[:] = header.saddr
+            key.daddr[:] = header.daddr
+            self.pending[tup] = _Pending(key, end, header.ts_ns)
+        elif not seq_ge(p.end, end):
+            p.end = end
+
+    def answer(self) -> None:
+        """Release what the dissector has judged; forget flows dropped or gone."""
+        if not self.pending:
+            return
+        next_seq = self.pipeline.reassembler.next_seq
+        gate = self.pipeline.gate
+        st = self.counters
+        now = time.time()
+        done = []
+        for tup, p in self.pending.items():
+            nxt = next_seq(*tup)
+            if gate is not None and not gate(_Probe(tup), now):
+                st.dropped_at_commit += 1
+                done.append(tup)
+                continue
+            if nxt is None:
+                st.gone += 1
+                done.append(tup)
+                continue
+            if p.written is not None and not seq_ge(nxt, p.written + 1):
+                continue                      # nothing new delivered
+            try:
+                self.maps.release(p.key, nxt)
+            except OSError:
+                st.release_errors += 1
+                continue
+            p.written = nxt
+            st.releases += 1
+            if seq_ge(nxt, p.end):
+                waited = monotonic_ns() - p.since_ns
+                if waited > self.hold_max_ns:
+                    st.late += 1
+                bucket = _bucket(waited / 1e6)
+                st.hold_time[bucket] = st.hold_time.get(bucket, 0) + 1
+                done.append(tup)
+        for tup in done:
+            del self.pending[tup]
+
+
+class _Probe:
+    """What the pipeline's gate reads of a segment (its addresses and ports):
+    asks whether a verdict dropped the flow or banned its client."""
+
+    __slots__ = ("src", "sport", "dst", "dport")
+
+    def __init__(self, tup):
+        self.src, self.sport, self.dst, self.dport = tup
