@@ -7,12 +7,10 @@
  * event ring -> pass. Every path returns a counter index from ss_process()
  * and leaves through ss_xdp_ingress()/ss_tc_egress(), which count it.
  *
- * The commit hold (SS_CFG_HOLD, XDP ingress only): a client -> server segment
- * that can complete a message (ss_can_commit) is pushed but dropped, unless
- * userland's ss_release entry covers it or it has been held hold_max_ms
- * already; TCP retransmits it, and the copy after the release passes. So a
- * verdict userland reaches while judging the message's bytes comes before
- * the MTA can commit it (docs/architecture.md, "The commit hold").
+ * The commit hold (SS_CFG_HOLD; hold.h): a client -> server segment on XDP
+ * ingress that can complete a message is pushed but dropped until userland
+ * releases it (or hold_max_ms pass); TCP retransmits it. So a verdict
+ * userland reaches while judging the message comes before the MTA commits it.
  *
  * The event ring is a BPF ring buffer, one for all CPUs: a record is reserved,
  * filled in place and submitted, which costs a fraction of a perf buffer's
@@ -46,6 +44,8 @@ BPF_PERCPU_ARRAY(ss_counters, __u64, SS_DIR__MAX * SS_CNT__MAX);
 /* The SMTP port set: ss_ports[port] != 0. Changed by userland at run time. */
 BPF_ARRAY(ss_ports, __u8, SS_PORT_MAX);
 BPF_ARRAY(ss_config, struct ss_config, 1);
+/* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
+BPF_PROG_ARRAY(ss_tail, 1);
 
 /* Enforcement state, pinned so it outlives the control plane. */
 BPF_TABLE_PINNED("lpm_trie", struct ss_lpm_v4, struct ss_verdict, ss_ban_v4, SS_BAN_MAX,
@@ -56,12 +56,6 @@ BPF_TABLE_PINNED("lru_hash", struct ss_flow_key, struct ss_verdict, ss_flow_drop
 		 SS_PIN_DIR "/ss_flow_drop");
 BPF_TABLE_PINNED("lru_hash", struct ss_flow_key, struct ss_verdict, ss_bypass, SS_FLOW_MAX,
 		 SS_PIN_DIR "/ss_bypass");
-
-/* The commit hold, not pinned (a hold lives for milliseconds): the release
- * point userland writes, and the hold the kernel keeps, both keyed by the
- * client -> server direction. */
-BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_release, ss_release, SS_FLOW_MAX);
-BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_hold, ss_hold, SS_FLOW_MAX);
 
 static __always_inline void ss_count(int dir, int counter)
 {
@@ -113,109 +107,6 @@ static __always_inline int ss_is_smtp_port(__u32 port)
 	return member && *member;
 }
 
-/* Byte masks of a little-endian word: the high bit of each byte that equals
- * the byte of `pattern` (an exact test: no false positives from borrows). */
-#define SS_LOW7 0x7f7f7f7f7f7f7f7fULL
-static __always_inline __u64 ss_bytes_equal(__u64 word, __u64 pattern)
-{
-	__u64 t = word ^ pattern;
-
-	return ~(((t & SS_LOW7) + SS_LOW7) | t | SS_LOW7);
-}
-
-#define SS_DOTS 0x2e2e2e2e2e2e2e2eULL
-#define SS_CRS 0x0d0d0d0d0d0d0d0dULL
-#define SS_LFS 0x0a0a0a0a0a0a0a0aULL
-
-static __always_inline int ss_is_eol(__u8 c)
-{
-	return c == '\r' || c == '\n';
-}
-
-/* Can this client segment complete a message? Whatever the terminator an MTA
- * honours (CRLF.CRLF, LF.LF, CR.CR and their mixes) and however it is split
- * over segments, the segment holding its last byte either contains CR-dot or
- * LF-dot, or begins with a dot, CR or LF. Reordering changes nothing: each
- * segment is judged on its own bytes. The test reads 8 bytes at a time; a
- * segment longer than SS_HOLD_SCAN_MAX is a candidate unread. (BDAT LAST is
- * not seen here: see docs/architecture.md.)
- *
- * The loop counts words with i, which the verifier follows to the loop's
- * end; `words` is opaque to clang, which would otherwise drop i. */
-static __always_inline int ss_xdp_can_commit(struct xdp_md *ctx, __u32 off, __u32 len)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u64 carry = 0; /* the previous word's CR/LF mask, moved to byte 0 */
-	__u32 i, words, tail;
-	__u8 *p;
-
-	/* headers end far below 2 KiB; the bound lets the verifier follow p */
-	if (len > SS_HOLD_SCAN_MAX || off >= 2048)
-		return 1;
-	p = data + (off & 2047);
-	if ((void *)(p + 1) > data_end)
-		return len > 0; /* payload not in the frame: hold what cannot be read */
-	if (*p == '.' || ss_is_eol(*p))
-		return 1;
-	words = len / 8;
-	tail = len % 8;
-	for (i = 0; i < SS_HOLD_SCAN_MAX / 8; i++) {
-		__u64 word, eol, dots;
-
-		/* kept opaque: clang would otherwise drop i for words, and the
-		 * verifier needs i to see the loop end */
-		asm volatile("" : "+r"(words));
-		if (i >= words || (void *)(p + 8) > data_end)
-			break;
-		word = *(__u64 *)p;
-		eol = ss_bytes_equal(word, SS_CRS) | ss_bytes_equal(word, SS_LFS);
-		dots = ss_bytes_equal(word, SS_DOTS);
-		if (((eol << 8) | carry) & dots)
-			return 1;
-		carry = eol >> 56;
-		p += 8;
-	}
-	/* the last 0..7 bytes; `carry` says whether the byte before p was CR/LF */
-	for (i = 0; i < 8; i++) {
-		asm volatile("" : "+r"(tail));
-		if (i >= tail || (void *)(p + 1) > data_end)
-			break;
-		if (*p == '.' && carry)
-			return 1;
-		carry = ss_is_eol(*p) ? 0x80 : 0;
-		p += 1;
-	}
-	return 0;
-}
-
-/* The hold of one candidate (SS_CFG_HOLD, client -> server, XDP ingress):
- * returns SS_EVF_RELEASED or SS_EVF_HOLD_TIMEOUT when it passes, SS_EVF_HELD
- * when it is held. */
-static __always_inline __u8 ss_hold_verdict(struct ss_pkt *pkt, __u32 hold_max_ms)
-{
-	__u32 end = pkt->seq + pkt->payload_len;
-	struct ss_release *rel = ss_release.lookup(&pkt->key);
-	struct ss_hold *held;
-	__u64 now;
-
-	if (rel && (__s32)(end - rel->seq) <= 0)
-		return SS_EVF_RELEASED;
-	now = bpf_ktime_get_ns();
-	held = ss_hold.lookup(&pkt->key);
-	if (held && held->seq == pkt->seq) {
-		if (now - held->since_ns >= (__u64)hold_max_ms * 1000000)
-			return SS_EVF_HOLD_TIMEOUT;
-		if ((__s32)(end - held->end) > 0)
-			held->end = end;
-		return SS_EVF_HELD;
-	}
-	struct ss_hold fresh = {.since_ns = now, .seq = pkt->seq, .end = end};
-
-	ss_hold.update(&pkt->key, &fresh);
-	return SS_EVF_HELD;
-}
-
 /* len clamped to [1, max] where the verifier sees it (clang would otherwise
  * hand the helper an unclamped copy). */
 static __always_inline __u64 ss_clamp(__u64 len, __u64 max)
@@ -224,6 +115,8 @@ static __always_inline __u64 ss_clamp(__u64 len, __u64 max)
 		     : [v] "+r"(len) : [m] "r"(max));
 	return len;
 }
+
+#include "hold.h" /* the commit hold: needs ss_clamp() */
 
 static __always_inline long ss_load_bytes(void *ctx, void *to, __u64 len, int dir)
 {
@@ -260,27 +153,20 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	return 0;
 }
 
-/* Decide what to do with one frame; returns the enum ss_counter it leaves
- * with. Pushes the event itself when that is the verdict. */
-static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u32 wire_len,
-				      __u32 ifindex, int dir)
+/* The headers of one frame into pkt: SS_PARSED_TCP for a TCP segment, else
+ * the counter (enum ss_counter) it leaves with. */
+#define SS_PARSED_TCP (-1)
+static __always_inline int ss_parse(void *data, void *data_end, __u32 wire_len, struct ss_pkt *pkt)
 {
 	struct hdr_cursor nh = {.pos = data};
-	struct ss_pkt pkt = {}; /* zeroed: the key's padding is part of the hash */
-	struct ss_config *cfg;
-	struct ss_verdict *v;
-	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, hold_max_ms = SS_HOLD_MAX_MS_DEFAULT, cap_len;
-	__u8 hold = 0; /* SS_EVF_HELD / _RELEASED / _HOLD_TIMEOUT for a commit candidate */
-	__u64 wake = 0; /* adaptive: wake the reader if it has read everything before */
-	int proto, err;
+	int proto = parse_ethhdr(&nh, data_end);
 
-	proto = parse_ethhdr(&nh, data_end);
 	if (proto < 0)
 		return SS_CNT_PARSE_ERROR;
 	if (proto == bpf_htons(ETH_P_IP))
-		proto = parse_ipv4(&nh, data, data_end, wire_len, &pkt);
+		proto = parse_ipv4(&nh, data, data_end, wire_len, pkt);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		proto = parse_ipv6(&nh, data, data_end, wire_len, &pkt);
+		proto = parse_ipv6(&nh, data, data_end, wire_len, pkt);
 	else
 		return SS_CNT_NOT_IP;
 	if (proto == SS_PARSE_FRAGMENT)
@@ -289,8 +175,28 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		return SS_CNT_PARSE_ERROR;
 	if (proto != IPPROTO_TCP)
 		return SS_CNT_NOT_TCP;
-	if (parse_tcphdr(&nh, data, data_end, &pkt) < 0)
+	if (parse_tcphdr(&nh, data, data_end, pkt) < 0)
 		return SS_CNT_PARSE_ERROR;
+	return SS_PARSED_TCP;
+}
+
+/* Decide what to do with one frame; returns the enum ss_counter it leaves
+ * with. Pushes the event itself when that is the verdict. ehlo: SS_EHLO_*,
+ * whether ss_tc_ehlo has looked at (and maybe rewritten) this packet. */
+static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u32 wire_len,
+				      __u32 ifindex, int dir, int ehlo)
+{
+	struct ss_pkt pkt = {}; /* zeroed: the key's padding is part of the hash */
+	struct ss_config *cfg;
+	struct ss_verdict *v;
+	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, hold_max_ms = SS_HOLD_MAX_MS_DEFAULT, cap_len;
+	__u8 hold = 0; /* SS_EVF_HELD / _RELEASED / _HOLD_TIMEOUT for a commit candidate */
+	__u64 wake = 0; /* adaptive: wake the reader if it has read everything before */
+	int proto, err;
+
+	proto = ss_parse(data, data_end, wire_len, &pkt);
+	if (proto != SS_PARSED_TCP)
+		return proto;
 	if (!ss_is_smtp_port(pkt.key.dport) && !ss_is_smtp_port(pkt.key.sport))
 		return SS_CNT_NOT_SMTP;
 
@@ -317,15 +223,14 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		return SS_CNT_NO_PUSH;
 	if (pkt.payload_len == 0 && !(pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_FIN | SS_TCP_RST)))
 		return SS_CNT_PURE_ACK;
-	if (dir == SS_DIR_INGRESS && (flags & (SS_CFG_HOLD | SS_CFG_NO_ENFORCE)) == SS_CFG_HOLD &&
-	    ss_is_smtp_port(pkt.key.dport)) {
-		if ((pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN) {
-			/* a new connection: the release point of an old one on the
-			 * same ports means nothing in its sequence space */
-			ss_release.delete(&pkt.key);
-			ss_hold.delete(&pkt.key);
-		} else if (pkt.payload_len && ss_xdp_can_commit(ctx, pkt.payload_off, pkt.payload_len)) {
-			hold = ss_hold_verdict(&pkt, hold_max_ms);
+	if ((flags & (SS_CFG_HOLD | SS_CFG_NO_ENFORCE)) == SS_CFG_HOLD) {
+		if (dir == SS_DIR_INGRESS && ss_is_smtp_port(pkt.key.dport))
+			hold = ss_hold_client(ctx, &pkt, hold_max_ms);
+		else if (ss_is_smtp_port(pkt.key.sport)) {
+			if (ehlo == SS_EHLO_REWRITTEN)
+				ss_count(dir, SS_CNT_EHLO_REWRITTEN);
+			else if (ss_hold_server(ctx, &pkt, dir) && ehlo == SS_EHLO_UNSEEN)
+				ss_tail.call(ctx, 0); /* ss_tc_ehlo; if the call fails, on unchanged */
 		}
 	}
 
@@ -410,7 +315,7 @@ int ss_xdp_ingress(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	int counter = ss_process(ctx, data, data_end, data_end - data, ctx->ingress_ifindex,
-				 SS_DIR_INGRESS);
+				 SS_DIR_INGRESS, SS_EHLO_UNSEEN);
 
 	ss_count(SS_DIR_INGRESS, counter);
 	return ss_is_drop(counter) ? XDP_DROP : XDP_PASS;
@@ -420,8 +325,27 @@ int ss_tc_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS);
+	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_UNSEEN);
 
+	ss_count(SS_DIR_EGRESS, counter);
+	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* Tail-called by ss_tc_egress for a segment that may be an EHLO reply with
+ * CHUNKING: mask it (hold.h), then the rest of the egress path on the
+ * rewritten packet. */
+int ss_tc_ehlo(struct __sk_buff *skb)
+{
+	struct ss_pkt pkt = {};
+	int ehlo, counter;
+
+	ehlo = ss_parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) == SS_PARSED_TCP &&
+			       ss_tc_mask_chunking(skb, &pkt)
+		       ? SS_EHLO_REWRITTEN
+		       : SS_EHLO_SEEN;
+	/* the store may have moved the packet: read its pointers anew */
+	counter = ss_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
+			     SS_DIR_EGRESS, ehlo);
 	ss_count(SS_DIR_EGRESS, counter);
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
 }

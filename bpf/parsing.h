@@ -53,6 +53,7 @@ struct ss_pkt {
 	__u32 l4_len;      /* bytes after the IP header(s), from the IP header */
 	__u32 payload_len; /* TCP payload bytes, from the IP header */
 	__u16 l3_off;
+	__u16 l4_off;      /* offset of the TCP header in the frame */
 	__u16 payload_off;
 	__u8 tcp_flags;
 };
@@ -199,6 +200,7 @@ static __always_inline int parse_tcphdr(struct hdr_cursor *nh, void *data, void 
 	pkt->seq = bpf_ntohl(th->seq);
 	pkt->ack = bpf_ntohl(th->ack_seq);
 	pkt->tcp_flags = ((__u8 *)th)[13];
+	pkt->l4_off = nh->pos - data;
 	nh->pos += len;
 	pkt->payload_off = nh->pos - data;
 	pkt->payload_len = pkt->l4_len - len;

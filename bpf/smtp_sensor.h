@@ -65,7 +65,8 @@ enum ss_counter {
 	SS_CNT_EXPIRED = 14,     /* extra: an expired ban/drop entry was ignored */
 	SS_CNT_RELEASED = 15,    /* extra: a commit candidate passed, released by userland */
 	SS_CNT_HOLD_TIMEOUT = 16,/* extra: a commit candidate passed, its hold older than hold_max_ms */
-	SS_CNT__MAX = 17,
+	SS_CNT_EHLO_REWRITTEN = 17, /* extra: a server's EHLO reply passed with CHUNKING masked */
+	SS_CNT__MAX = 18,
 };
 
 /* Why a flow is dropped or a source banned (ss_verdict.reason). */
@@ -174,8 +175,30 @@ struct ss_verdict {
  * a candidate segment that ends at or before seq passes. */
 struct ss_release {
 	__u32 seq;
-	__u32 _pad;
+	__u32 flags; /* SS_REL_* */
 	__u64 ts_ns; /* when userland wrote it (CLOCK_MONOTONIC) */
+};
+
+/* ss_release.flags */
+#define SS_REL_HOLD_ALL 0x1 /* every client segment beyond seq is a candidate (the
+			     * client used BDAT: its chunks end anywhere) */
+
+/* Value of ss_flow_state, written by the kernel (key: the client -> server
+ * direction), for flows it saw open (the client's SYN): where the client's
+ * next command line must start, and whether the server's last reply was
+ * 354 (the client sends message data) or another (the client sends
+ * commands). In the command phase a client segment is a candidate unless it
+ * is whole lines from that point on, none beginning with B (BDAT). */
+struct ss_flow_state {
+	__u32 line_seq;  /* the client's next line starts here, if line_known */
+	__u8 line_known;
+	__u8 phase;      /* SS_PHASE_* */
+	__u8 _pad[2];
+};
+
+enum ss_phase {
+	SS_PHASE_COMMAND = 0,
+	SS_PHASE_DATA = 1,
 };
 
 /* Value of ss_hold, written by the kernel (key: the client -> server

@@ -11,6 +11,9 @@ every byte before it has been judged -- unless a verdict dropped the flow
 meanwhile (counted: ``dropped_at_commit``); then the kernel's flow drop
 keeps the retransmission out and the MTA never commits the message.
 
+While the client is inside a BDAT chunk, the release says "hold all": the
+chunk's last octet, where the MTA commits, can be in any segment, so the
+kernel holds every segment beyond the release point until the chunk ends.
 A held segment beyond a hole waits for the hole to be filled (the release
 point only moves over delivered bytes); the kernel releases a hold itself
 after ``hold_max_ms`` whatever userland does (fail open), and ``late``
@@ -24,6 +27,7 @@ import time
 from sensor.counters import Counters, counter, gauge
 from sensor.kernel import abi
 from sensor.kernel.maps import monotonic_ns
+from sensor.smtp.connection import BDAT
 
 __all__ = ["CommitHold", "HoldCounters", "HOLD_TIME_BUCKETS_MS"]
 
@@ -105,7 +109,8 @@ class CommitHold:
         """Release what the dissector has judged; forget flows dropped or gone."""
         if not self.pending:
             return
-        next_seq = self.pipeline.reassembler.next_seq
+        reassembler = self.pipeline.reassembler
+        next_seq = reassembler.next_seq
         gate = self.pipeline.gate
         st = self.counters
         now = time.time()
@@ -122,8 +127,10 @@ class CommitHold:
                 continue
             if p.written is not None and not seq_ge(nxt, p.written + 1):
                 continue                      # nothing new delivered
+            flow = reassembler.flow_of(*tup)
+            in_chunk = flow is not None and flow.ctx is not None and flow.ctx.conn.state == BDAT
             try:
-                self.maps.release(p.key, nxt)
+                self.maps.release(p.key, nxt, hold_all=in_chunk)
             except OSError:
                 st.release_errors += 1
                 continue

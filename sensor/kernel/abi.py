@@ -75,10 +75,18 @@ class Counter(enum.IntEnum):
     EXPIRED = 14
     RELEASED = 15
     HOLD_TIMEOUT = 16
+    EHLO_REWRITTEN = 17
 
 
 VERDICT_COUNTERS = 13  # SS_CNT_VERDICT__MAX: counters below this are exclusive
-COUNTER_COUNT = 17  # SS_CNT__MAX
+COUNTER_COUNT = 18  # SS_CNT__MAX
+
+
+class Phase(enum.IntEnum):
+    """enum ss_phase: what the client of a flow sends, by the server's last reply."""
+
+    COMMAND = 0
+    DATA = 1
 
 
 class Reason(enum.IntEnum):
@@ -143,7 +151,15 @@ class Verdict(ct.Structure):
 
 
 class Release(ct.Structure):
-    _fields_ = [("seq", ct.c_uint32), ("_pad", ct.c_uint32), ("ts_ns", ct.c_uint64)]
+    _fields_ = [("seq", ct.c_uint32), ("flags", ct.c_uint32), ("ts_ns", ct.c_uint64)]
+
+
+REL_HOLD_ALL = 0x1
+
+
+class FlowState(ct.Structure):
+    _fields_ = [("line_seq", ct.c_uint32), ("line_known", ct.c_uint8), ("phase", ct.c_uint8),
+                ("_pad", ct.c_uint8 * 2)]
 
 
 class Hold(ct.Structure):
@@ -166,6 +182,7 @@ STRUCTS = {
     "ss_verdict": Verdict,
     "ss_release": Release,
     "ss_hold": Hold,
+    "ss_flow_state": FlowState,
     "ss_lpm_v4": LpmV4,
     "ss_lpm_v6": LpmV6,
 }
@@ -188,6 +205,8 @@ CONSTANTS = {
     "SS_WAKE_BATCH": WAKE_BATCH,
     "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
     "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,
+    "SS_REL_HOLD_ALL": REL_HOLD_ALL,
+    **{f"SS_PHASE_{p.name}": p.value for p in Phase},
     "SS_TCP_FIN": TCP_FIN,
     "SS_TCP_SYN": TCP_SYN,
     "SS_TCP_RST": TCP_RST,

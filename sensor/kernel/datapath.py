@@ -13,6 +13,7 @@ XDP program is refused, a clsact qdisc we did not create is left in place.
 
 from __future__ import annotations
 
+import ctypes as ct
 import errno
 import os
 import platform
@@ -185,13 +186,14 @@ def expand_includes(path: Path) -> str:
                 out.append(line)
                 continue
             header = path.parent / match.group(1)
+            directive = f'#include "{match.group(1)}"'      # without a trailing comment, which would end ours
             if header in expanded:
-                out.append(f"/* {line.strip()}: expanded above */\n")
+                out.append(f"/* {directive}: expanded above */\n")
                 continue
             if not header.is_file():
                 raise SensorError(f"{path}:{number} includes {header}, which does not exist")
             expanded.add(header)
-            out += [f"/* {line.strip()} */\n", *expand(header), f'#line {number + 1} "{path}"\n']
+            out += [f"/* {directive} */\n", *expand(header), f'#line {number + 1} "{path}"\n']
         if out[-1][-1:] != "\n":
             out[-1] += "\n"
         return out
@@ -256,6 +258,8 @@ class Datapath:
             self.bpf = bcc.BPF(text=self.source().encode(), cflags=self.cflags())
             self._xdp_fn = self.bpf.load_func(b"ss_xdp_ingress", bcc.BPF.XDP)
             self._tc_fn = self.bpf.load_func(b"ss_tc_egress", bcc.BPF.SCHED_CLS)
+            ehlo = self.bpf.load_func(b"ss_tc_ehlo", bcc.BPF.SCHED_CLS)
+            self.bpf[b"ss_tail"][ct.c_int(0)] = ct.c_int(ehlo.fd)
         except Exception as exc:  # bcc raises bare Exception; clang printed the details
             raise SensorError(f"the kernel programs in {BPF_DIR} failed to compile or load "
                               f"({exc}); the compiler or verifier output above says why") from None

@@ -88,6 +88,7 @@ class KernelMaps:
         self.bypass_map = bpf[b"ss_bypass"]
         self.release_map = bpf[b"ss_release"]
         self.hold_map = bpf[b"ss_hold"]
+        self.flow_state_map = bpf[b"ss_flow_state"]
         self._ports: set[int] = set()
         self._wake_batch = False
 
@@ -155,15 +156,18 @@ class KernelMaps:
 
     # ------------------------------------------------------------ the commit hold
 
-    def release(self, key: abi.FlowKey, seq: int) -> None:
+    def release(self, key: abi.FlowKey, seq: int, hold_all: bool = False) -> None:
         """Let the client's (``key``: client -> server) candidate segments
-        that end at or before ``seq`` pass: every byte before it is judged."""
-        self.release_map[key] = abi.Release(seq=seq & 0xFFFFFFFF, ts_ns=monotonic_ns())
+        that end at or before ``seq`` pass: every byte before it is judged.
+        hold_all: every segment beyond ``seq`` is a candidate (a BDAT client)."""
+        self.release_map[key] = abi.Release(seq=seq & 0xFFFFFFFF, flags=abi.REL_HOLD_ALL if hold_all else 0,
+                                            ts_ns=monotonic_ns())
 
     def forget_hold(self, key: abi.FlowKey) -> None:
         """The flow is over: its release point and hold go."""
         _delete(self.release_map, key)
         _delete(self.hold_map, key)
+        _delete(self.flow_state_map, key)
 
     def holds(self) -> list[tuple[str, abi.Hold]]:
         """The kernel's current holds (flow text, Hold), released or not."""

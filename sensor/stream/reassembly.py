@@ -267,6 +267,11 @@ class Reassembler:
         ent = self._table.get((src, sport, dst, dport))
         return None if ent is None else ent[1].nxt
 
+    def flow_of(self, src: bytes, sport: int, dst: bytes, dport: int):
+        """The open flow with the direction src:sport -> dst:dport, or None."""
+        ent = self._table.get((src, sport, dst, dport))
+        return None if ent is None else ent[0]
+
     def feed(self, seg, ts: float) -> list:
         """Process one ``Segment`` seen at time ``ts``; return the events it causes."""
         out = []

@@ -56,7 +56,8 @@ def dp(loaded):
     default configuration, its ring drained."""
     datapath, reader = loaded
     maps = datapath.maps
-    for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map, maps.release_map, maps.hold_map):
+    for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map, maps.release_map, maps.hold_map,
+                  maps.flow_state_map):
         table.clear()
     maps.counters_map.clear()
     maps.set_ports((25, 587))
@@ -419,10 +420,12 @@ def test_a_hold_older_than_hold_max_passes_its_retransmission(dp, reader):
 def test_a_hold_times_out_only_for_its_own_sequence_number(dp, reader):
     held_setup(dp, hold_max_ms=1)
     assert xdp(dp, smtp4(b".\r\n", seq=1000)) == XDP_DROP
+    [(_, first)] = dp.maps.holds()
     time.sleep(0.005)
     assert xdp(dp, smtp4(b".\r\n", seq=5000)) == XDP_DROP   # another candidate: a new hold
-    assert xdp(dp, smtp4(b".\r\n", seq=5000)) == XDP_DROP   # and it is young
-    only(ingress(dp), held=3)
+    [(_, second)] = dp.maps.holds()
+    assert second.seq == 5000 and second.since_ns > first.since_ns
+    only(ingress(dp), held=2)
 
 
 def test_the_hold_is_off_by_default_and_in_monitor_only_mode(dp, reader):
@@ -440,6 +443,117 @@ def test_server_replies_and_egress_are_never_held(dp, reader):
     counts = dp.maps.counters()
     assert counts["ingress"]["pushed"] == 1 and counts["egress"]["pushed"] == 1
     assert counts["ingress"]["held"] == counts["egress"]["held"] == 0
+
+
+# the command phase: a flow the kernel saw open (its SYN), the server's last reply not 354
+
+def opened(dp, seq=1000):
+    """Hold on, and the client's SYN seen: its first line starts at seq."""
+    held_setup(dp)
+    assert xdp(dp, smtp4(None, flags="S", seq=seq - 1)) == XDP_PASS
+
+
+def server_says(dp, reply: bytes, hook=None):
+    frame = smtp4(reply, sport=25, dport=40000, src=SERVER4, dst=CLIENT4)
+    return (hook or tc)(dp, frame)
+
+
+def test_whole_command_lines_from_the_line_start_pass(dp, reader):
+    opened(dp)
+    line = b"MAIL FROM:<a@b.example>\r\n"
+    assert xdp(dp, smtp4(line)) == XDP_PASS
+    assert xdp(dp, smtp4(b"RCPT TO:<c@d.example>\r\nRCPT TO:<e@f.example>\r\n", seq=1000 + len(line))) == XDP_PASS
+    assert xdp(dp, smtp4(line)) == XDP_PASS          # a retransmission of what passed
+    assert ingress(dp)["held"] == 0
+
+
+@pytest.mark.parametrize("payload,seq", [
+    (b"MAIL FROM:<a@b.example>", 1000),               # not a whole line
+    (b"MAIL FROM:<a@b.example>\r\n", 1003),           # not where the next line starts
+    (b"BDAT 5 LAST\r\n", 1000),                       # a BDAT line: its chunk ends anywhere
+    (b"NOOP\r\nbdat 12\r\n", 1000),
+    (b"B", 1000),
+], ids=["partial-line", "not-at-line-start", "bdat", "bdat-after-a-line", "b-alone"])
+def test_in_the_command_phase_anything_but_whole_lines_without_bdat_is_held(dp, reader, payload, seq):
+    opened(dp)
+    assert xdp(dp, smtp4(payload, seq=seq)) == XDP_DROP
+    assert ingress(dp)["held"] == 1
+
+
+def test_a_split_command_line_holds_until_the_line_is_whole_again(dp, reader):
+    opened(dp)
+    dp.maps.release(abi.flow_key(CLIENT4, 40000, SERVER4, 25), 1002)
+    assert xdp(dp, smtp4(b"BD", seq=1000)) == XDP_PASS           # released: passes, mid-line
+    assert xdp(dp, smtp4(b"AT 5 LAST\r\nhell\n", seq=1002)) == XDP_DROP  # after a partial line: held
+    dp.maps.release(abi.flow_key(CLIENT4, 40000, SERVER4, 25), 1002 + 16)
+    assert xdp(dp, smtp4(b"AT 5 LAST\r\nhell\n", seq=1002)) == XDP_PASS
+    assert xdp(dp, smtp4(b"NOOP\r\n", seq=1018)) == XDP_PASS    # whole lines again
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_after_a_354_message_data_passes_unless_it_can_end_the_message(dp, reader, hook):
+    opened(dp)
+    assert xdp(dp, smtp4(b"DATA\r\n")) == XDP_PASS
+    assert server_says(dp, b"250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n", globals()[hook]) in (
+        TC_ACT_OK, XDP_PASS)
+    assert xdp(dp, smtp4(b"Subject: hi\r\n\r\nBody without a line end", seq=1006)) == XDP_PASS
+    assert xdp(dp, smtp4(b"more body\r\n.\r\n", seq=1006 + 40)) == XDP_DROP
+    # the reply after the end of data: commands again
+    server_says(dp, b"250 2.0.0 Ok: queued\r\n", globals()[hook])
+    assert xdp(dp, smtp4(b"QUIT", seq=2000)) == XDP_DROP
+
+
+def test_a_flow_released_with_hold_all_holds_every_segment_beyond_the_release(dp, reader):
+    held_setup(dp)
+    key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)
+    dp.maps.release(key, 1000, hold_all=True)
+    assert xdp(dp, smtp4(b"plain chunk bytes\r\n", seq=1000)) == XDP_DROP
+    dp.maps.release(key, 1000 + 19, hold_all=True)
+    assert xdp(dp, smtp4(b"plain chunk bytes\r\n", seq=1000)) == XDP_PASS
+
+
+EHLO = (b"250-mx.lab.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n%s\r\n"
+        b"250-8BITMIME\r\n250 SMTPUTF8\r\n")
+
+
+def tcp_checksum_ok(frame: bytes) -> bool:
+    pkt = Ether(frame)
+    sent = pkt[TCP].chksum
+    del pkt[TCP].chksum
+    return Ether(bytes(pkt))[TCP].chksum == sent
+
+
+@pytest.mark.parametrize("line", [b"250-CHUNKING", b"250-chunking", b"250-X" + b"CHUNKING"[:0] + b"CHUNKING",
+                                  b"250-SMTPUTF8\r\n250 CHUNKING"],
+                         ids=["upper", "lower", "odd-offset", "last-line"])
+def test_the_ehlo_reply_leaving_through_tc_has_chunking_masked_with_a_valid_checksum(dp, reader, line):
+    held_setup(dp)
+    payload = (EHLO % line) if not line.endswith(b"250 CHUNKING") else b"250-mx\r\n" + line + b"\r\n"
+    frame = smtp4(payload, sport=25, dport=40000, src=SERVER4, dst=CLIENT4)
+    assert tcp_checksum_ok(frame)
+    run = prog_test_run(dp.tc_fd, frame)
+    keyword = line.rsplit(b"-", 1)[-1].rsplit(b" ", 1)[-1]
+    if keyword.upper() != b"CHUNKING":                       # "250-XCHUNKING": another keyword
+        assert run.data_out == frame
+        return
+    assert run.retval == TC_ACT_OK
+    assert Ether(run.data_out)[Raw].load == payload.replace(keyword, b"XXXXXXXX")
+    assert run.data_out[:50] == frame[:50]                   # only the payload and the checksum change
+    assert tcp_checksum_ok(run.data_out)
+    [event] = reader.poll(100)
+    assert b"XXXXXXXX" in event.payload and b"CHUNKING" not in event.payload.upper()
+    counts = dp.maps.counters()["egress"]
+    assert counts["ehlo_rewritten"] == 1 and counts["pushed"] == 1 and counts["seen"] == 1
+
+
+def test_the_ehlo_reply_is_left_alone_without_the_hold_and_on_xdp(dp, reader):
+    frame = smtp4(EHLO % b"250-CHUNKING", sport=25, dport=40000, src=SERVER4, dst=CLIENT4)
+    assert prog_test_run(dp.tc_fd, frame).data_out == frame
+    held_setup(dp)
+    assert prog_test_run(dp.xdp_fd, frame).data_out == frame
+    assert prog_test_run(dp.tc_fd, smtp4(b"250 CHUNKING is a word here\r\n" * 2, sport=25, dport=40000,
+                                         src=SERVER4, dst=CLIENT4)).retval == TC_ACT_OK
+    assert dp.maps.counters()["egress"]["ehlo_rewritten"] == 0
 
 
 def test_a_dropped_flow_is_dropped_before_any_hold(dp, reader):
