@@ -15,7 +15,8 @@
  *    with B (BDAT: its chunk ends where its count says, not at a dot);
  *  - every segment of a flow whose release says SS_REL_HOLD_ALL (userland
  *    saw BDAT: the client's chunks may end in any segment).
- * The server's replies set the phase (354: data; any other: commands), and,
+ * The server's replies set the phase (354: data; 220 to a STARTTLS: no holds
+ * from then on, the flow is encrypted; any other: commands), and,
  * leaving through TC egress, its EHLO reply has CHUNKING masked, so that
  * clients that keep to the protocol send DATA (docs/architecture.md, "The
  * commit hold", says what each piece closes).
@@ -67,6 +68,9 @@ static __always_inline __u64 ss_bytes_equal(__u64 word, __u64 pattern)
 #define SS_LFS 0x0a0a0a0a0a0a0a0aULL
 #define SS_LOWER_BS 0x6262626262626262ULL /* 'b'; a byte | 0x20 is 'b' for B and b */
 #define SS_CASE 0x2020202020202020ULL
+#define SS_UPPER 0xdfdfdfdfdfdfdfdfULL       /* a letter & 0xdf is its upper case */
+#define SS_STARTTLS 0x534c545452415453ULL    /* "STARTTLS", little-endian */
+#define SS_CHUNKING 0x474e494b4e554843ULL    /* "CHUNKING" */
 
 /* What ss_xdp_scan found in a client segment. */
 #define SS_SCAN_DOT 0x1     /* CR-dot or LF-dot, or a first byte dot, CR or LF */
@@ -145,6 +149,22 @@ static __always_inline int ss_xdp_scan(struct xdp_md *ctx, __u32 off, __u32 len)
 	       (lf_carry && len ? SS_SCAN_LAST_LF : 0);
 }
 
+/* Is the segment exactly "STARTTLS\r\n" (any case)? A client that keeps to
+ * the protocol sends it alone and waits for the reply. */
+static __always_inline int ss_xdp_is_starttls(struct xdp_md *ctx, struct ss_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *p;
+
+	if (pkt->payload_len != 10 || pkt->payload_off >= 2048)
+		return 0;
+	p = data + (pkt->payload_off & 2047);
+	if ((void *)(p + 10) > data_end)
+		return 0;
+	return (*(__u64 *)p & SS_UPPER) == SS_STARTTLS && p[8] == '\r' && p[9] == '\n';
+}
+
 /* A candidate not yet released: held, or passed if its hold (by its first
  * sequence number: a TCP retransmission starts where the lost segment did)
  * is hold_max_ms old. Returns SS_EVF_HELD or SS_EVF_HOLD_TIMEOUT. */
@@ -170,6 +190,8 @@ static __always_inline __u8 ss_hold_or_timeout(struct ss_pkt *pkt, __u32 end, __
 static __always_inline int ss_is_candidate(struct ss_pkt *pkt, __u32 end, int scan,
 					   struct ss_release *rel, struct ss_flow_state *st)
 {
+	if (st && st->phase == SS_PHASE_TLS)
+		return 0;
 	if (scan & SS_SCAN_DOT)
 		return 1;
 	if (rel && (rel->flags & SS_REL_HOLD_ALL))
@@ -217,6 +239,9 @@ static __always_inline __u8 ss_hold_client(struct xdp_md *ctx, struct ss_pkt *pk
 			verdict = ss_hold_or_timeout(pkt, end, hold_max_ms);
 	}
 	if (verdict != SS_EVF_HELD && st && (!st->line_known || (__s32)(end - st->line_seq) > 0)) {
+		if (st->phase == SS_PHASE_COMMAND && st->line_known && pkt->seq == st->line_seq &&
+		    ss_xdp_is_starttls(ctx, pkt))
+			st->phase = SS_PHASE_STARTTLS;
 		st->line_seq = end;
 		st->line_known = (scan & SS_SCAN_LAST_LF) ? 1 : 0;
 	}
@@ -232,10 +257,10 @@ static __always_inline long ss_load_at(void *ctx, __u32 off, void *to, __u32 len
 	return bpf_skb_load_bytes(ctx, off, to, len);
 }
 
-/* The last line of a server segment: is it a 354 (the client's data phase
- * begins)? A 354 ends its group of pipelined replies, so it is last. */
+/* The reply code of a server segment's last line (a 354 ends its group of
+ * pipelined replies, so it is last), or 0 when there is none to read. */
 #define SS_TAIL 64
-static __always_inline int ss_ends_with_354(void *ctx, struct ss_pkt *pkt, int dir)
+static __always_inline int ss_last_reply_code(void *ctx, struct ss_pkt *pkt, int dir)
 {
 	__u8 buf[SS_TAIL];
 	__u32 n = pkt->payload_len < SS_TAIL ? pkt->payload_len : SS_TAIL;
@@ -256,18 +281,14 @@ static __always_inline int ss_ends_with_354(void *ctx, struct ss_pkt *pkt, int d
 	}
 	if (start < 0) {
 		if (n != pkt->payload_len)
-			return 0; /* a last line longer than SS_TAIL: not a 354 */
+			return 0; /* a last line longer than SS_TAIL: not a 354 or 220 */
 		start = 0;
 	}
 	if (start > SS_TAIL - 4 || start + 3 > (int)n)
 		return 0;
-	return buf[start] == '3' && buf[(start + 1) & (SS_TAIL - 1)] == '5' &&
-	       buf[(start + 2) & (SS_TAIL - 1)] == '4';
+	return (buf[start] - '0') * 100 + (buf[(start + 1) & (SS_TAIL - 1)] - '0') * 10 +
+	       (buf[(start + 2) & (SS_TAIL - 1)] - '0');
 }
-
-/* "CHUNKING" as a little-endian word; a byte & 0xdf is its upper case. */
-#define SS_CHUNKING 0x474e494b4e554843ULL
-#define SS_UPPER 0xdfdfdfdfdfdfdfdfULL
 
 /* One's complement fold of a 32-bit sum to the 16 bits of a checksum. */
 static __always_inline __u16 ss_csum_fold(__u64 sum)
@@ -362,8 +383,16 @@ static __always_inline int ss_hold_server(void *ctx, struct ss_pkt *pkt, int dir
 	client.dport = pkt->key.sport;
 	client.family = pkt->key.family;
 	st = ss_flow_state.lookup(&client);
-	if (st)
-		st->phase = ss_ends_with_354(ctx, pkt, dir) ? SS_PHASE_DATA : SS_PHASE_COMMAND;
+	if (st && st->phase != SS_PHASE_TLS) {
+		int code = ss_last_reply_code(ctx, pkt, dir);
+
+		if (code == 354)
+			st->phase = SS_PHASE_DATA;
+		else if (code == 220 && st->phase == SS_PHASE_STARTTLS)
+			st->phase = SS_PHASE_TLS;
+		else
+			st->phase = SS_PHASE_COMMAND;
+	}
 	if (dir != SS_DIR_EGRESS || pkt->payload_len < 16 || pkt->payload_len > SS_EHLO_SCAN)
 		return 0;
 	if (ss_load_at(ctx, pkt->payload_off, head, 4, dir) < 0)

@@ -185,10 +185,10 @@ struct ss_release {
 
 /* Value of ss_flow_state, written by the kernel (key: the client -> server
  * direction), for flows it saw open (the client's SYN): where the client's
- * next command line must start, and whether the server's last reply was
- * 354 (the client sends message data) or another (the client sends
- * commands). In the command phase a client segment is a candidate unless it
- * is whole lines from that point on, none beginning with B (BDAT). */
+ * next command line must start, and what the client sends now, by the
+ * server's last reply (enum ss_phase). In the command phase a client segment
+ * is a candidate unless it is whole lines from that point on, none beginning
+ * with B (BDAT); once encrypted, none is (nothing there can be judged). */
 struct ss_flow_state {
 	__u32 line_seq;  /* the client's next line starts here, if line_known */
 	__u8 line_known;
@@ -197,8 +197,10 @@ struct ss_flow_state {
 };
 
 enum ss_phase {
-	SS_PHASE_COMMAND = 0,
-	SS_PHASE_DATA = 1,
+	SS_PHASE_COMMAND = 0,  /* the client sends commands */
+	SS_PHASE_DATA = 1,     /* the server said 354: the client sends a message */
+	SS_PHASE_STARTTLS = 2, /* the client sent STARTTLS, alone, awaiting the reply */
+	SS_PHASE_TLS = 3,      /* the server answered it 220: encrypted from here */
 };
 
 /* Value of ss_hold, written by the kernel (key: the client -> server

@@ -87,6 +87,8 @@ class Phase(enum.IntEnum):
 
     COMMAND = 0
     DATA = 1
+    STARTTLS = 2
+    TLS = 3
 
 
 class Reason(enum.IntEnum):

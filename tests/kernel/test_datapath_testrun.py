@@ -503,6 +503,17 @@ def test_after_a_354_message_data_passes_unless_it_can_end_the_message(dp, reade
     assert xdp(dp, smtp4(b"QUIT", seq=2000)) == XDP_DROP
 
 
+@pytest.mark.parametrize("reply,encrypted", [(b"220 2.0.0 Ready to start TLS\r\n", True),
+                                            (b"454 4.7.0 TLS not available\r\n", False)],
+                         ids=["accepted", "refused"])
+def test_after_an_accepted_starttls_nothing_is_held(dp, reader, reply, encrypted):
+    opened(dp)
+    assert xdp(dp, smtp4(b"starttls\r\n")) == XDP_PASS
+    server_says(dp, reply)
+    tls_record = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n.\x17junk"
+    assert xdp(dp, smtp4(tls_record, seq=1010)) == (XDP_PASS if encrypted else XDP_DROP)
+
+
 def test_a_flow_released_with_hold_all_holds_every_segment_beyond_the_release(dp, reader):
     held_setup(dp)
     key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)
