@@ -22,14 +22,16 @@ counts the answers that came after that.
 
 from __future__ import annotations
 
+import collections
 import time
+from typing import NamedTuple
 
 from sensor.counters import Counters, counter, gauge
 from sensor.kernel import abi
 from sensor.kernel.maps import monotonic_ns
 from sensor.smtp.connection import BDAT
 
-__all__ = ["CommitHold", "HoldCounters", "HOLD_TIME_BUCKETS_MS"]
+__all__ = ["CommitHold", "HoldCounters", "HoldOutcome", "HOLD_TIME_BUCKETS_MS"]
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -70,6 +72,15 @@ class HoldCounters(Counters):
                         by="le_ms")
 
 
+class HoldOutcome(NamedTuple):
+    """How one hold ended: ``released`` after ``ms`` (held -> release written),
+    or ``dropped`` (a verdict dropped the flow while it was held)."""
+
+    client: tuple            # (packed address, port) of the client
+    outcome: str             # "released" or "dropped"
+    ms: float
+
+
 class _Pending:
     __slots__ = ("key", "end", "since_ns", "written")
 
@@ -90,6 +101,9 @@ class CommitHold:
         self.counters = HoldCounters(self)
         #: (src, sport, dst, dport) of the client -> server direction -> _Pending
         self.pending: dict[tuple, _Pending] = {}
+        #: the last holds' outcomes (for the demo), and how many holds ended in all
+        self.recent: collections.deque[HoldOutcome] = collections.deque(maxlen=64)
+        self.ended = 0
 
     def held(self, seg, header) -> None:
         """The feed dissected the held segment ``seg`` (its event header ``header``)."""
@@ -119,6 +133,7 @@ class CommitHold:
             nxt = next_seq(*tup)
             if gate is not None and not gate(_Probe(tup), now):
                 st.dropped_at_commit += 1
+                self._ended(HoldOutcome(tup[:2], "dropped", (monotonic_ns() - p.since_ns) / 1e6))
                 done.append(tup)
                 continue
             if nxt is None:
@@ -142,9 +157,15 @@ class CommitHold:
                     st.late += 1
                 bucket = _bucket(waited / 1e6)
                 st.hold_time[bucket] = st.hold_time.get(bucket, 0) + 1
+                self._ended(HoldOutcome(tup[:2], "released", waited / 1e6))
                 done.append(tup)
         for tup in done:
             del self.pending[tup]
+
+
+    def _ended(self, outcome: HoldOutcome) -> None:
+        self.recent.append(outcome)
+        self.ended += 1
 
 
 class _Probe:

@@ -13,9 +13,11 @@ on a realistic mix of mail, in network namespaces, in well under a minute.
               checked every second, SMTP_PossibleSpam bans for 60 s);
               its records go to a sink of ours, printed for a person
 
-The story: a legitimate mail is delivered; a sender of a banned domain and a
-malformed sender are alerted and their connections dropped in XDP before the
-message reaches the server; a spam host guessing recipients collects 550s
+The story: a legitimate mail is delivered, its end of data held by the
+kernel until the sensor had judged it (the commit hold); a sender of a banned
+domain and a malformed sender are alerted and their connections dropped in
+XDP before the message reaches the server; one that writes its whole session
+at once has its end of data held, then dropped: the server never commits it; a spam host guessing recipients collects 550s
 until the reject statistics raise SMTP_PossibleSpam and ban it in XDP, and
 its next connection is dropped while the legitimate host still gets through.
 Then the kernel's counters, bans and flow drops, the operator's view over the
@@ -49,6 +51,7 @@ from pathlib import Path
 from sensor.config import POSSIBLE_SPAM, Config, SensorConfig, SpamStatsConfig
 from sensor.errors import SensorError
 from sensor.kernel import abi
+from sensor.kernel.netns import socket_in
 from sensor.lab.network import CLIENT_V4, LAB_DOMAIN, SERVER_V4, SPAMMER_V4, Lab
 
 FORGER_V4 = "192.0.2.77"
@@ -236,6 +239,52 @@ class SwaksRun:
         return f"not delivered (swaks exit {self.code}; last reply {self.replies[-1][1] if self.replies else '-'})"
 
 
+def pipelined(lab: Lab, attempts: Counter, source: str, sender: str, recipient: str) -> str:
+    """EHLO, then MAIL, RCPT, DATA, the message, its end and QUIT in one write,
+    without waiting for a reply (a client that ignores the protocol's turns);
+    says what came back."""
+    attempts[source] += 1
+    sock = socket_in(lab.client_ns)
+    replies = b""
+    try:
+        sock.settimeout(DEAD_SESSION_TIMEOUT)
+        sock.bind((source, 0))
+        sock.connect((SERVER_V4, 25))
+        replies += sock.recv(4096)                      # the greeting
+        sock.sendall(b"EHLO bulk.example\r\n")
+        replies += sock.recv(4096)
+        sock.sendall(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+                     "Subject: limited offer\r\n\r\nBuy now.\r\n.\r\nQUIT\r\n".encode())
+        while chunk := sock.recv(4096):
+            replies += chunk
+    except OSError:                                     # a timeout: the connection is dropped
+        pass
+    finally:
+        sock.close()
+    codes = [line[:3] for line in replies.decode("ascii", "replace").splitlines() if line[:3].isdigit()]
+    if "250" in codes[2:] and codes[-1:] == ["221"]:
+        return f"replies {' '.join(codes)}: delivered"
+    return (f"replies {' '.join(codes) or 'none'}, then nothing: gave up after {DEAD_SESSION_TIMEOUT} s "
+            "(the connection is dropped)")
+
+
+def show_holds(sensor, seen: list, quiet: bool = False) -> None:
+    """The commit holds that ended since the last call (``seen``: [how many
+    had ended then]); ``quiet``: only note them."""
+    hold = sensor.feed.hold if sensor.feed is not None else None
+    if hold is None:
+        return
+    new = list(hold.recent)[len(hold.recent) - min(hold.ended - seen[0], len(hold.recent)):]
+    seen[0] = hold.ended
+    for h in [] if quiet else new:
+        if h.outcome == "released":
+            print(f"   kernel: end of data held, released after {h.ms:.1f} ms: the server got it "
+                  "on the client's retransmission")
+        else:
+            print(f"   kernel: end of data held, then the flow dropped ({h.ms:.1f} ms): "
+                  "the server never got it")
+
+
 def send(lab: Lab, attempts: Counter, source: str, sender: str, recipients, *extra: str) -> SwaksRun:
     attempts[source] += 1
     return SwaksRun(lab.swaks("--from", sender, "--to", ",".join(recipients), "--timeout",
@@ -361,6 +410,7 @@ def show_setup(sensor, config: Config) -> None:
 def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
     """The mail of the demo; returns the connections tried per client address."""
     attempts: Counter = Counter()
+    holds = [0]
 
     def step(title: str, source: str, sender: str, recipients, *extra: str, skip=()) -> SwaksRun:
         print(f"\n{title}\n   client: {source} MAIL FROM:<{sender}> RCPT TO:{','.join(recipients)}")
@@ -368,6 +418,7 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
         runner.settle()
         print(f"   client: {run.summary()}")
         show_records(records, skip=skip)
+        show_holds(runner.sensor, holds)
         return run
 
     bob, carol = (f"{u}@{LAB_DOMAIN}" for u in USERS)
@@ -376,8 +427,14 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
     step("2. a sender of a banned domain (rules.toml: suspicious.org, packet-level.com, spam.example)",
          FORGER_V4, "offers@suspicious.org", [carol])
     step("3. a malformed sender", FORGER_V4, "offers.bulk-mail.example", [carol])
+    print("\n4. a banned domain that writes its whole transaction at once (MAIL, RCPT, DATA, message, QUIT)"
+          f"\n   client: {FORGER_V4} MAIL FROM:<deals@packet-level.com> RCPT TO:{carol}")
+    print(f"   client: {pipelined(lab, attempts, FORGER_V4, 'deals@packet-level.com', carol)}")
+    runner.settle()
+    show_records(records)
+    show_holds(runner.sensor, holds)
 
-    print(f"\n4. a spam host: {SPAMMER_V4} sends {SPAM_FROM} to guessed mailboxes, "
+    print(f"\n5. a spam host: {SPAMMER_V4} sends {SPAM_FROM} to guessed mailboxes, "
           f"{DEMO_SPAM_STATS['threshold']} connections")
     # a dictionary sweep, then a mix: most connections hit a guessed mailbox (550), some only bob
     plans = [[*GUESSES[:6], bob]] + [[g, bob] if i % 3 else [bob] for i, g in enumerate(GUESSES[6:] + GUESSES, 1)]
@@ -387,6 +444,7 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
         said = ", ".join(f"{r.split('@')[0]}@ {code}" for r, code in run.rcpts)
         print(f"   #{n} {said} -> {'delivered' if run.summary().startswith('delivered') else 'nothing delivered'}")
         show_records(records, indent="      sensor: ", skip=("smtp",))
+        show_holds(runner.sensor, holds, quiet=True)
     print("   (the statistics are checked every second)")
     found = runner.wait_for(records, "drop", limit=5.0, action="ban_source", reason="spam_stats")
     show_records(records, skip=("smtp",))
@@ -397,7 +455,7 @@ def story(lab: Lab, runner: SensorThread, records: Records) -> Counter:
     runner.settle()
     print(f"   client: {run.summary()}")
     show_records(records, skip=("smtp",))
-    step("5. the legitimate host still gets through", CLIENT_V4, "alice@example.org", [carol])
+    step("6. the legitimate host still gets through", CLIENT_V4, "alice@example.org", [carol])
     return attempts
 
 

@@ -116,11 +116,16 @@ def test_demo_runs_the_whole_story_and_tears_down(lab_prereqs):
     # 3. a malformed sender: alerted and dropped
     assert re.search(r"ALERT +malformed email address \(spam_filter\.mail_from .*offers\.bulk-mail\.example", story)
     drops = re.findall(r"DROP +flow (192\.0\.2\.77:\d+) <> 192\.0\.2\.25:25", story)
-    assert len(set(drops)) == 2, story
+    assert len(set(drops)) == 3, story
     dropped_in_xdp = re.findall(r"flow drop 192\.0\.2\.77:\d+ <> 192\.0\.2\.25:25: (\d+) client packets dropped in XDP",
                                 story)
-    assert len(dropped_in_xdp) == 2 and all(int(n) > 0 for n in dropped_in_xdp), story
-    # 4. the spam host: harvesting alert, the notice, the ban, its next connection dropped in XDP
+    assert len(dropped_in_xdp) == 3 and all(int(n) > 0 for n in dropped_in_xdp), story
+    # the commit hold: the legitimate message released, the pipelined banned one dropped while held
+    assert re.search(r"1\. legitimate mail.*?kernel: end of data held, released after [\d.]+ ms", story, re.S)
+    pipelined = story.partition("4. a banned domain that writes its whole transaction at once")[2]
+    assert "forbidden mail domain" in pipelined.partition("\n5. ")[0], story
+    assert "kernel: end of data held, then the flow dropped" in pipelined.partition("\n5. ")[0], story
+    # 5. the spam host: harvesting alert, the notice, the ban, its next connection dropped in XDP
     assert "recipients rejected in one connection (rcpt_rejects.harvest" in story
     assert re.search(r"NOTICE +SMTP_PossibleSpam: 192\.0\.2\.66 - sent: \d+ rejected: \d+ percent", story)
     assert re.search(r"BAN +192\.0\.2\.66/32 for 60 s", story)
@@ -128,11 +133,12 @@ def test_demo_runs_the_whole_story_and_tears_down(lab_prereqs):
     banned = re.search(r"ban 192\.0\.2\.66/32: (\d+) packets dropped, reason spam_stats", story)
     assert banned and int(banned.group(1)) > 0, story
     assert re.search(r"stats +192\.0\.2\.66 .*over the thresholds: SMTP_PossibleSpam", story)
-    # 5. the legitimate host still gets through after the ban
+    # 6. the legitimate host still gets through after the ban
     assert "sensor: smtp    alice@example.org -> carol@lab.example: delivered" in story
     # what reached the server: nothing from the dropped flows, not the banned host's last connection
     assert "offers@suspicious.org" not in journal and "offers.bulk-mail.example" not in journal
-    assert re.search(r"192\.0\.2\.77 +2 of +2 connections arrived, +0 messages", journal)
+    assert "packet-level.com" not in journal
+    assert re.search(r"192\.0\.2\.77 +3 of +3 connections arrived, +0 messages", journal)
     arrived, tried = map(int, re.search(r"192\.0\.2\.66 +(\d+) of +(\d+) connections arrived", journal).groups())
     assert arrived == tried - 1
     assert re.search(r"192\.0\.2\.10 +2 of +2 connections arrived, +2 messages", journal)
