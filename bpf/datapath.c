@@ -349,3 +349,11 @@ int ss_tc_ehlo(struct __sk_buff *skb)
 	ss_count(SS_DIR_EGRESS, counter);
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
 }
+
+/* Only XDP_PASS: run by userland with BPF_PROG_TEST_RUN in live-frames mode
+ * to put a released frame into the stack at once, as if it had just arrived
+ * (sensor/kernel/inject.py), instead of waiting for the client to resend it. */
+int ss_xdp_inject(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}

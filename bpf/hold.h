@@ -200,6 +200,8 @@ static __always_inline int ss_is_candidate(struct ss_pkt *pkt, __u32 end, int sc
 		return 0;
 	if (st->line_known && (__s32)(end - st->line_seq) <= 0)
 		return 0; /* bytes before the next line: a retransmission of what passed */
+	if (rel && (rel->flags & SS_REL_AT_LINE) && pkt->seq == rel->seq)
+		return (scan & SS_SCAN_BLINE) || !(scan & SS_SCAN_LAST_LF); /* a line starts here */
 	return !st->line_known || pkt->seq != st->line_seq || (scan & SS_SCAN_BLINE) ||
 	       !(scan & SS_SCAN_LAST_LF);
 }

@@ -182,6 +182,9 @@ struct ss_release {
 /* ss_release.flags */
 #define SS_REL_HOLD_ALL 0x1 /* every client segment beyond seq is a candidate (the
 			     * client used BDAT: its chunks end anywhere) */
+#define SS_REL_AT_LINE 0x2  /* a command line starts at seq (what userland judged ends
+			     * with LF): the released bytes may reach the MTA without
+			     * passing here (sensor/kernel/inject.py) */
 
 /* Value of ss_flow_state, written by the kernel (key: the client -> server
  * direction), for flows it saw open (the client's SYN): where the client's

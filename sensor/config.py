@@ -451,11 +451,15 @@ class EnforceConfig:
     #: milliseconds after which the kernel lets a held segment pass by itself
     #: (fail open: a slow or stopped control plane delays mail, never loses it)
     hold_max_ms: int = 400
+    #: put a released segment into the stack at once instead of waiting for
+    #: the client to resend it (Linux 5.18+; off: the client's retransmission)
+    inject: bool = True
 
     def __post_init__(self):
         _validate(self, "enforce", {
             "hold": lambda v: _str(v, HOLD_MODES),
             "hold_max_ms": lambda v: _int(v, 1, 4000),
+            "inject": _bool,
         })
 
 

@@ -15,7 +15,8 @@ While the client is inside a BDAT chunk, the release says "hold all": the
 chunk's last octet, where the MTA commits, can be in any segment, so the
 kernel holds every segment beyond the release point until the chunk ends.
 A held segment beyond a hole waits for the hole to be filled (the release
-point only moves over delivered bytes); the kernel releases a hold itself
+point only moves over delivered bytes); released frames are put into the stack at once (sensor.kernel.inject), so
+the MTA need not wait for the client's retransmission; the kernel releases a hold itself
 after ``hold_max_ms`` whatever userland does (fail open), and ``late``
 counts the answers that came after that.
 """
@@ -70,6 +71,8 @@ class HoldCounters(Counters):
     release_errors = counter("release points the kernel's map refused")
     hold_time = counter("held segments released, by time from the hold to the release (ms, upper bound)",
                         by="le_ms")
+    injected = counter("released frames put into the stack at once, not waiting for the client to resend")
+    inject_errors = counter("released frames the kernel would not take (they pass on the client's retransmission)")
 
 
 class HoldOutcome(NamedTuple):
@@ -79,24 +82,32 @@ class HoldOutcome(NamedTuple):
     client: tuple            # (packed address, port) of the client
     outcome: str             # "released" or "dropped"
     ms: float
+    injected: bool = False   # the released frames were put into the stack at once
+
+
+#: held frames kept per flow for the injector (more wait for their retransmission)
+FRAMES_KEPT = 8
 
 
 class _Pending:
-    __slots__ = ("key", "end", "since_ns", "written")
+    __slots__ = ("key", "end", "since_ns", "written", "frames")
 
     def __init__(self, key, end, since_ns):
         self.key = key              # abi.FlowKey of the client -> server direction
         self.end = end              # sequence number after the held bytes
         self.since_ns = since_ns    # kernel time of the first held copy
         self.written = None         # the release point last written
+        self.frames: list[tuple[int, int, bytes, int]] = []   # (seq, end, frame, ifindex)
 
 
 class CommitHold:
     """Release the held segments of ``pipeline`` through ``maps`` (KernelMaps)."""
 
-    def __init__(self, pipeline, maps, hold_max_ms: int = abi.HOLD_MAX_MS_DEFAULT):
+    def __init__(self, pipeline, maps, hold_max_ms: int = abi.HOLD_MAX_MS_DEFAULT, injector=None):
         self.pipeline = pipeline
         self.maps = maps
+        #: a sensor.kernel.inject.Injector: released frames into the stack at once
+        self.injector = injector
         self.hold_max_ns = hold_max_ms * 1_000_000
         self.counters = HoldCounters(self)
         #: (src, sport, dst, dport) of the client -> server direction -> _Pending
@@ -105,8 +116,9 @@ class CommitHold:
         self.recent: collections.deque[HoldOutcome] = collections.deque(maxlen=64)
         self.ended = 0
 
-    def held(self, seg, header) -> None:
-        """The feed dissected the held segment ``seg`` (its event header ``header``)."""
+    def held(self, seg, header, frame: bytes | None = None) -> None:
+        """The feed dissected the held segment ``seg`` (its event header
+        ``header``; ``frame``: its bytes, whole, for the injector)."""
         self.counters.held_events += 1
         end = (seg.seq + seg.wire_paylen) & _MASK
         tup = (seg.src, seg.sport, seg.dst, seg.dport)
@@ -115,53 +127,76 @@ class CommitHold:
             key = abi.FlowKey(family=header.family, sport=header.sport, dport=header.dport)
             key.saddr[:] = header.saddr
             key.daddr[:] = header.daddr
-            self.pending[tup] = _Pending(key, end, header.ts_ns)
+            p = self.pending[tup] = _Pending(key, end, header.ts_ns)
         elif not seq_ge(p.end, end):
             p.end = end
+        if (frame is not None and self.injector is not None and len(p.frames) < FRAMES_KEPT
+                and not any(f[0] == seg.seq for f in p.frames)):
+            p.frames.append((seg.seq, end, frame, header.ifindex))
 
     def answer(self) -> None:
         """Release what the dissector has judged; forget flows dropped or gone."""
         if not self.pending:
             return
         reassembler = self.pipeline.reassembler
-        next_seq = reassembler.next_seq
+        position = reassembler.position
         gate = self.pipeline.gate
         st = self.counters
         now = time.time()
         done = []
         for tup, p in self.pending.items():
-            nxt = next_seq(*tup)
+            pos = position(*tup)
             if gate is not None and not gate(_Probe(tup), now):
                 st.dropped_at_commit += 1
                 self._ended(HoldOutcome(tup[:2], "dropped", (monotonic_ns() - p.since_ns) / 1e6))
                 done.append(tup)
                 continue
-            if nxt is None:
+            if pos is None:
                 st.gone += 1
                 done.append(tup)
                 continue
+            nxt, at_line = pos
             if p.written is not None and not seq_ge(nxt, p.written + 1):
                 continue                      # nothing new delivered
             flow = reassembler.flow_of(*tup)
             in_chunk = flow is not None and flow.ctx is not None and flow.ctx.conn.state == BDAT
             try:
-                self.maps.release(p.key, nxt, hold_all=in_chunk)
+                self.maps.release(p.key, nxt, hold_all=in_chunk, at_line=at_line)
             except OSError:
                 st.release_errors += 1
                 continue
             p.written = nxt
             st.releases += 1
+            injected = self._inject(p, nxt)
             if seq_ge(nxt, p.end):
                 waited = monotonic_ns() - p.since_ns
                 if waited > self.hold_max_ns:
                     st.late += 1
                 bucket = _bucket(waited / 1e6)
                 st.hold_time[bucket] = st.hold_time.get(bucket, 0) + 1
-                self._ended(HoldOutcome(tup[:2], "released", waited / 1e6))
+                self._ended(HoldOutcome(tup[:2], "released", waited / 1e6, injected))
                 done.append(tup)
         for tup in done:
             del self.pending[tup]
 
+
+    def _inject(self, p: _Pending, released: int) -> bool:
+        """The held frames the release covers, into the stack now; True if all went."""
+        if not p.frames:
+            return False
+        st = self.counters
+        keep, ok = [], True
+        for f in p.frames:
+            if seq_ge(released, f[1]):
+                if self.injector.inject(f[2], f[3]):
+                    st.injected += 1
+                else:
+                    st.inject_errors += 1
+                    ok = False
+            else:
+                keep.append(f)
+        p.frames = keep
+        return ok
 
     def _ended(self, outcome: HoldOutcome) -> None:
         self.recent.append(outcome)

@@ -32,6 +32,7 @@ STARTTLS_BYPASS_TTL = 3600.0
 EXPIRE_EVERY = 1.0
 
 _HELD = abi.EVF_HELD
+_CUT = abi.EVF_CUT
 
 
 class FeedCounters(Counters):
@@ -77,7 +78,7 @@ class LiveFeed:
             h = ev.header
             seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
             if h.flags & _HELD and seg is not None and hold is not None:
-                hold.held(seg, h)
+                hold.held(seg, h, None if h.flags & _CUT else ev.frame)
         if hold is not None:
             hold.answer()
         self.counters.events += len(events)

@@ -157,6 +157,7 @@ class Release(ct.Structure):
 
 
 REL_HOLD_ALL = 0x1
+REL_AT_LINE = 0x2
 
 
 class FlowState(ct.Structure):
@@ -208,6 +209,7 @@ CONSTANTS = {
     "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
     "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,
     "SS_REL_HOLD_ALL": REL_HOLD_ALL,
+    "SS_REL_AT_LINE": REL_AT_LINE,
     **{f"SS_PHASE_{p.name}": p.value for p in Phase},
     "SS_TCP_FIN": TCP_FIN,
     "SS_TCP_SYN": TCP_SYN,

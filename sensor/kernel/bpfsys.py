@@ -15,6 +15,8 @@ _NR_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361,
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_TEST_RUN = 10
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 _ATTR_SIZE = 128
 _libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -141,3 +143,34 @@ def prog_id(fd: int) -> int:
     info = _ProgInfo()
     _info(fd, info)
     return info.id
+
+
+class TestRunAttr(ct.Structure):
+    """union bpf_attr for BPF_PROG_TEST_RUN."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+    _fields_ = [
+        ("prog_fd", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("data_in", ct.c_uint64),
+        ("data_out", ct.c_uint64),
+        ("repeat", ct.c_uint32),
+        ("duration", ct.c_uint32),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_uint64),
+        ("ctx_out", ct.c_uint64),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    ]
+
+
+class XdpMd(ct.Structure):
+    """struct xdp_md, the context of an XDP program (BPF_PROG_TEST_RUN's ctx_in)."""
+
+    _fields_ = [("data", ct.c_uint32), ("data_end", ct.c_uint32), ("data_meta", ct.c_uint32),
+                ("ingress_ifindex", ct.c_uint32), ("rx_queue_index", ct.c_uint32),
+                ("egress_ifindex", ct.c_uint32)]

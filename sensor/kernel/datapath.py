@@ -215,7 +215,7 @@ class Datapath:
         self.bpf = None
         self.maps: KernelMaps | None = None
         self.attachments: list[Attachment] = []
-        self._xdp_fn = self._tc_fn = None
+        self._xdp_fn = self._tc_fn = self._inject_fn = None
         self._reader = None
 
     # ------------------------------------------------------------ loading
@@ -258,6 +258,7 @@ class Datapath:
             self.bpf = bcc.BPF(text=self.source().encode(), cflags=self.cflags())
             self._xdp_fn = self.bpf.load_func(b"ss_xdp_ingress", bcc.BPF.XDP)
             self._tc_fn = self.bpf.load_func(b"ss_tc_egress", bcc.BPF.SCHED_CLS)
+            self._inject_fn = self.bpf.load_func(b"ss_xdp_inject", bcc.BPF.XDP)
             ehlo = self.bpf.load_func(b"ss_tc_ehlo", bcc.BPF.SCHED_CLS)
             self.bpf[b"ss_tail"][ct.c_int(0)] = ct.c_int(ehlo.fd)
         except Exception as exc:  # bcc raises bare Exception; clang printed the details
@@ -274,6 +275,12 @@ class Datapath:
     @property
     def xdp_fd(self) -> int:
         return self._xdp_fn.fd
+
+    def injector(self, netns: str | None = None):
+        """A sensor.kernel.inject.Injector into the stack of the interfaces
+        attached in ``netns``."""
+        from sensor.kernel.inject import Injector
+        return Injector(self._inject_fn.fd, netns)
 
     @property
     def tc_fd(self) -> int:

@@ -156,12 +156,13 @@ class KernelMaps:
 
     # ------------------------------------------------------------ the commit hold
 
-    def release(self, key: abi.FlowKey, seq: int, hold_all: bool = False) -> None:
+    def release(self, key: abi.FlowKey, seq: int, hold_all: bool = False, at_line: bool = False) -> None:
         """Let the client's (``key``: client -> server) candidate segments
         that end at or before ``seq`` pass: every byte before it is judged.
-        hold_all: every segment beyond ``seq`` is a candidate (a BDAT client)."""
-        self.release_map[key] = abi.Release(seq=seq & 0xFFFFFFFF, flags=abi.REL_HOLD_ALL if hold_all else 0,
-                                            ts_ns=monotonic_ns())
+        hold_all: every segment beyond ``seq`` is a candidate (a BDAT client);
+        at_line: a command line starts at ``seq`` (the byte before it is LF)."""
+        flags = (abi.REL_HOLD_ALL if hold_all else 0) | (abi.REL_AT_LINE if at_line else 0)
+        self.release_map[key] = abi.Release(seq=seq & 0xFFFFFFFF, flags=flags, ts_ns=monotonic_ns())
 
     def forget_hold(self, key: abi.FlowKey) -> None:
         """The flow is over: its release point and hold go."""

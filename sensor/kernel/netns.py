@@ -37,6 +37,17 @@ def socket_in(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_
     The calling thread enters the namespace (setns), creates the socket and
     comes back: a socket stays in the namespace it was created in.  No child
     process, no timeout, nothing created by mistake."""
+    with enter_netns(netns):
+        return socket.socket(family, kind, proto)
+
+
+@contextlib.contextmanager
+def enter_netns(netns: str | None):
+    """The calling thread inside the named network namespace for the block
+    (None: stays where it is), back in its own after it, whatever happens."""
+    if netns is None:
+        yield
+        return
     try:
         target = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY)
     except OSError as exc:
@@ -44,14 +55,15 @@ def socket_in(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_
                           f"(see 'ip netns list')") from None
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        _setns(target)
         try:
-            return socket.socket(family, kind, proto)
+            _setns(target)
+        except OSError as exc:
+            raise SensorError(f"cannot enter network namespace {netns!r}: {exc.strerror} "
+                              "(needs CAP_SYS_ADMIN)") from None
+        try:
+            yield
         finally:
             _setns(home)
-    except OSError as exc:
-        raise SensorError(f"cannot enter network namespace {netns!r}: {exc.strerror} "
-                          "(needs CAP_SYS_ADMIN)") from None
     finally:
         os.close(target)
         os.close(home)

@@ -278,8 +278,9 @@ def show_holds(sensor, seen: list, quiet: bool = False) -> None:
     seen[0] = hold.ended
     for h in [] if quiet else new:
         if h.outcome == "released":
-            print(f"   kernel: end of data held, released after {h.ms:.1f} ms: the server got it "
-                  "on the client's retransmission")
+            how = ("the sensor put it into the server's stack at once" if h.injected
+                   else "the server got it on the client's retransmission")
+            print(f"   kernel: end of data held, released after {h.ms:.1f} ms: {how}")
         else:
             print(f"   kernel: end of data held, then the flow dropped ({h.ms:.1f} ms): "
                   "the server never got it")

@@ -187,7 +187,8 @@ class Sensor:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
             wakeup = opt.wakeup or (RULES_WAKEUP if self.engine is not None else PASSIVE_WAKEUP)
-            hold = (CommitHold(self.pipeline, self.datapath.maps, self.config.enforce.hold_max_ms)
+            hold = (CommitHold(self.pipeline, self.datapath.maps, self.config.enforce.hold_max_ms,
+                               self.datapath.injector(cfg.netns) if self.config.enforce.inject else None)
                     if self.config.holds_commits else None)
             self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
                                  self.datapath.maps, hold)

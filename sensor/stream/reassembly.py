@@ -260,12 +260,16 @@ class Reassembler:
         """The flows being tracked (a view; do not modify)."""
         return self._flows.values()
 
-    def next_seq(self, src: bytes, sport: int, dst: bytes, dport: int) -> int | None:
-        """The sequence number of the next byte the direction src:sport ->
-        dst:dport would deliver (every byte before it is delivered or a Gap);
+    def position(self, src: bytes, sport: int, dst: bytes, dport: int) -> tuple[int, bool] | None:
+        """Where the direction src:sport -> dst:dport stands: the sequence
+        number of the next byte it would deliver (every byte before it is
+        delivered or a Gap), and whether the last byte delivered was LF;
         None when no open flow has that direction or it has not started."""
         ent = self._table.get((src, sport, dst, dport))
-        return None if ent is None else ent[1].nxt
+        if ent is None or ent[1].nxt is None:
+            return None
+        st = ent[1]
+        return st.nxt, st.last[-1:] == b"\n"
 
     def flow_of(self, src: bytes, sport: int, dst: bytes, dport: int):
         """The open flow with the direction src:sport -> dst:dport, or None."""

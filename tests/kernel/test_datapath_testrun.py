@@ -514,6 +514,19 @@ def test_after_an_accepted_starttls_nothing_is_held(dp, reader, reply, encrypted
     assert xdp(dp, smtp4(tls_record, seq=1010)) == (XDP_PASS if encrypted else XDP_DROP)
 
 
+def test_a_release_at_a_line_start_is_where_the_next_command_may_start(dp, reader):
+    # the released bytes reached the MTA without passing here (injected): the
+    # release point says where the client's next line starts
+    opened(dp)
+    assert xdp(dp, smtp4(b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n")) == XDP_DROP
+    key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)
+    dp.maps.release(key, 1030)
+    assert xdp(dp, smtp4(b"QUIT\r\n", seq=1030)) == XDP_DROP        # not known as a line start
+    dp.maps.release(key, 1030, at_line=True)
+    assert xdp(dp, smtp4(b"QUIT\r\n", seq=1030)) == XDP_PASS
+    assert xdp(dp, smtp4(b"NOOP", seq=1036)) == XDP_DROP             # and on: whole lines only
+
+
 def test_a_flow_released_with_hold_all_holds_every_segment_beyond_the_release(dp, reader):
     held_setup(dp)
     key = abi.flow_key(CLIENT4, 40000, SERVER4, 25)

@@ -8,27 +8,8 @@ from dataclasses import dataclass
 
 from sensor.kernel import bpfsys
 
-BPF_PROG_TEST_RUN = 10
-
-
-class _TestRunAttr(ct.Structure):
-    _fields_ = [
-        ("prog_fd", ct.c_uint32),
-        ("retval", ct.c_uint32),
-        ("data_size_in", ct.c_uint32),
-        ("data_size_out", ct.c_uint32),
-        ("data_in", ct.c_uint64),
-        ("data_out", ct.c_uint64),
-        ("repeat", ct.c_uint32),
-        ("duration", ct.c_uint32),
-        ("ctx_size_in", ct.c_uint32),
-        ("ctx_size_out", ct.c_uint32),
-        ("ctx_in", ct.c_uint64),
-        ("ctx_out", ct.c_uint64),
-        ("flags", ct.c_uint32),
-        ("cpu", ct.c_uint32),
-        ("batch_size", ct.c_uint32),
-    ]
+BPF_PROG_TEST_RUN = bpfsys.BPF_PROG_TEST_RUN
+_TestRunAttr = bpfsys.TestRunAttr
 
 
 @dataclass(frozen=True)
