@@ -109,6 +109,7 @@ class Sensor:
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
+        self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
 
     # ------------------------------------------------------------ the userland's parts
     pipeline = property(lambda self: self.userland.pipeline if self.userland else None)
@@ -302,6 +303,7 @@ class Sensor:
 
     def _tick(self) -> None:
         self.userland.tick(time.time())
+        self._check_holds()
         try:
             removed = self.datapath.maps.sweep()
         except OSError as exc:
@@ -309,6 +311,19 @@ class Sensor:
             return
         if removed:
             self.log.info("expired kernel entries swept", removed=removed)
+
+    def _check_holds(self) -> None:
+        """Say so when the commit hold failed open since the last tick: the
+        kernel let held segments pass before userland had judged them."""
+        hold = self.feed.hold if self.feed is not None else None
+        if hold is None:
+            return
+        late, timed_out = hold.counters.late, self.datapath.maps.counters()["ingress"]["hold_timeout"]
+        (seen_late, seen_timed_out), self._holds_seen = self._holds_seen, (late, timed_out)
+        if timed_out > seen_timed_out:
+            self.log.warning("held segments passed unjudged after hold_max_ms (the control plane was slow)",
+                             hold_timeouts=timed_out - seen_timed_out, late_releases=late - seen_late,
+                             hold_max_ms=self.config.enforce.hold_max_ms)
 
     def _snapshot(self) -> None:
         try:
