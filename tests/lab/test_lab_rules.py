@@ -79,8 +79,14 @@ class HandClient:
         self.port = self.sock.getsockname()[1]
         self._buf = b""
 
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode() + b"\r\n")
+    def send(self, line: str) -> bool:
+        """False when the connection is gone: a drop tears it down, and the
+        client's next packet after the verdict brings its RST back."""
+        try:
+            self.sock.sendall(line.encode() + b"\r\n")
+            return True
+        except ConnectionError:
+            return False
 
     def reply(self, timeout: float | None = None) -> int | None:
         """The code of the next whole reply, or None if none comes in time."""
