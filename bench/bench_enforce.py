@@ -80,8 +80,8 @@ class TimedEnforcer(KernelEnforcer):
         super().__init__(maps)
         self.drops: list[tuple] = []       # (flow tuple, event ts (wall s), done ns, write ns)
 
-    def drop_flow(self, flow, ttl, now):
-        super().drop_flow(flow, ttl, now)
+    def drop_flow(self, flow, ttl, now, reset=True):
+        super().drop_flow(flow, ttl, now, reset)
         done = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         self.drops.append(((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), now, done,
                            self.latencies_ns[-1]))

@@ -12,6 +12,12 @@
  * releases it (or hold_max_ms pass); TCP retransmits it. So a verdict
  * userland reaches while judging the message comes before the MTA commits it.
  *
+ * Teardown (SS_VF_RESET in a flow drop entry; teardown.h): a packet of the
+ * flow is not dropped silently but rewritten into the RST that one end
+ * accepts from exactly that packet; ss_reset_how() chooses which, and a
+ * client SYN after the server got its RST ends the drop (a new connection).
+ * docs/architecture.md, "Teardown".
+ *
  * The event ring is a BPF ring buffer, one for all CPUs: a record is reserved,
  * filled in place and submitted, which costs a fraction of a perf buffer's
  * bpf_perf_event_output() per event (docs/benchmarks.md, section 1).
@@ -29,6 +35,7 @@
 
 #include "smtp_sensor.h"
 #include "parsing.h"
+#include "teardown.h"
 
 #ifndef SS_PIN_DIR
 #error "SS_PIN_DIR must be set (-DSS_PIN_DIR=\"/sys/fs/bpf/...\")"
@@ -153,6 +160,109 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	return 0;
 }
 
+/* What a packet of a torn-down flow becomes (ss_reset_how). */
+enum ss_reset_how {
+	SS_RESET_DROP = 0,        /* dropped: nothing exact can be built from it */
+	SS_RESET_PASS = 1,        /* passed unchanged */
+	SS_RESET_NEW_CONN = 2,    /* a new connection: the drop entries are gone */
+	SS_RESET_TO_RECEIVER = 3, /* rewritten into an RST to its receiver */
+	SS_RESET_TO_SENDER = 4,   /* rewritten into an RST back to its sender */
+};
+
+static __always_inline void ss_reverse_key(struct ss_flow_key *rev, struct ss_flow_key *key)
+{
+	__builtin_memcpy(rev->saddr, key->daddr, 16);
+	__builtin_memcpy(rev->daddr, key->saddr, 16);
+	rev->sport = key->dport;
+	rev->dport = key->sport;
+	rev->family = key->family;
+}
+
+/* The choice for one packet of a flow whose drop entry says SS_VF_RESET
+ * (v: the entry of the packet's direction). The server must lose its socket
+ * first, and only an RST at exactly its rcv_nxt does that:
+ * - a packet from the server carries its rcv_nxt in its ACK field: it goes
+ *   back to the server as the RST (exact), whatever came before;
+ * - the client's first packet after the verdict (XDP) goes on to the server
+ *   as the RST, with its own seq: the server's rcv_nxt, since nothing of the
+ *   client's has passed since. A guess for the one case the server is silent
+ *   (it has acknowledged everything and waits); where it is wrong the server
+ *   answers with a challenge ACK, which is a server packet, above;
+ * - the client's later packets go back to the client as its RST (exact):
+ *   that it sends them at all says it has not had one yet;
+ * - an RST passes (it ends what is being ended: the stack's own, or one of
+ *   ours turned round into ingress that meets XDP again in generic mode);
+ * - a client SYN: after the server had its exact RST (SS_VF_TORN on the
+ *   server's direction) it is a new connection on the same ports, and the
+ *   drop ends; before, it passes, and what the server answers (a challenge
+ *   ACK from a live socket, a SYN-ACK from none) is a server packet, above.
+ * Nothing of the client's payload reaches the server, and nothing of the
+ * server's reaches the client. */
+static __always_inline int ss_reset_how(struct ss_pkt *pkt, struct ss_verdict *v, int dir)
+{
+	int from_client = ss_is_smtp_port(pkt->key.dport);
+	struct ss_flow_key rev = {};
+	struct ss_verdict *back;
+	__u32 other = 0;
+
+	if (pkt->tcp_flags & SS_TCP_RST)
+		return SS_RESET_PASS;
+	if (!from_client)
+		return pkt->tcp_flags & SS_TCP_ACK ? SS_RESET_TO_SENDER : SS_RESET_DROP;
+	ss_reverse_key(&rev, &pkt->key);
+	back = ss_flow_drop.lookup(&rev);
+	if (back)
+		other = back->flags;
+	if ((pkt->tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN) {
+		if (!(other & SS_VF_TORN))
+			return SS_RESET_PASS;
+		ss_flow_drop.delete(&pkt->key);
+		ss_flow_drop.delete(&rev);
+		return SS_RESET_NEW_CONN;
+	}
+	if (!(pkt->tcp_flags & SS_TCP_ACK))
+		return SS_RESET_DROP;
+	if (dir == SS_DIR_INGRESS && !(other & SS_VF_TORN) && !(v->flags & SS_VF_GUESSED)) {
+		v->flags |= SS_VF_GUESSED;
+		return SS_RESET_TO_RECEIVER;
+	}
+	return SS_RESET_TO_SENDER;
+}
+
+/* A packet of a torn-down flow: rewritten, passed or dropped as
+ * ss_reset_how() says. Returns 1 when it goes on as any packet (a new
+ * connection), 0 when it is done; *action is then the program's return
+ * value, or stays -1 (dropped). */
+static __always_inline int ss_reset(void *ctx, struct ss_pkt *pkt, struct ss_verdict *v, int dir,
+				    int *action)
+{
+	int how = ss_reset_how(pkt, v, dir);
+	int from_server = !ss_is_smtp_port(pkt->key.dport);
+	int act;
+
+	if (how == SS_RESET_NEW_CONN) {
+		ss_count(dir, SS_CNT_DROP_ENDED);
+		return 1;
+	}
+	if (how == SS_RESET_PASS) {
+		*action = dir == SS_DIR_INGRESS ? XDP_PASS : TC_ACT_OK;
+		return 0;
+	}
+	if (how == SS_RESET_DROP)
+		return 0;
+	if (dir == SS_DIR_INGRESS)
+		act = ss_rst_xdp(ctx, pkt, how == SS_RESET_TO_SENDER);
+	else
+		act = ss_rst_tc(ctx, pkt); /* TC sends RSTs to the sender only */
+	if (act < 0)
+		return 0;
+	if (from_server)
+		v->flags |= SS_VF_TORN; /* the server had its exact RST */
+	ss_count(dir, SS_CNT_RESET);
+	*action = act;
+	return 0;
+}
+
 /* The headers of one frame into pkt: SS_PARSED_TCP for a TCP segment, else
  * the counter (enum ss_counter) it leaves with. */
 #define SS_PARSED_TCP (-1)
@@ -182,9 +292,11 @@ static __always_inline int ss_parse(void *data, void *data_end, __u32 wire_len, 
 
 /* Decide what to do with one frame; returns the enum ss_counter it leaves
  * with. Pushes the event itself when that is the verdict. ehlo: SS_EHLO_*,
- * whether ss_tc_ehlo has looked at (and maybe rewritten) this packet. */
+ * whether ss_tc_ehlo has looked at (and maybe rewritten) this packet.
+ * *action: the program's return value when the packet was rewritten into an
+ * RST (teardown), else left -1 (the counter says drop or pass). */
 static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u32 wire_len,
-				      __u32 ifindex, int dir, int ehlo)
+				      __u32 ifindex, int dir, int ehlo, int *action)
 {
 	struct ss_pkt pkt = {}; /* zeroed: the key's padding is part of the hash */
 	struct ss_config *cfg;
@@ -213,7 +325,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		if (ss_banned(&pkt, wire_len, dir))
 			return SS_CNT_DROP_BAN;
 		v = ss_flow_drop.lookup(&pkt.key);
-		if (v && ss_verdict_live(v, wire_len, dir))
+		if (v && ss_verdict_live(v, wire_len, dir) &&
+		    (!(v->flags & SS_VF_RESET) || !ss_reset(ctx, &pkt, v, dir, action)))
 			return SS_CNT_DROP_FLOW;
 	}
 	v = ss_bypass.lookup(&pkt.key);
@@ -314,10 +427,13 @@ int ss_xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	int action = -1;
 	int counter = ss_process(ctx, data, data_end, data_end - data, ctx->ingress_ifindex,
-				 SS_DIR_INGRESS, SS_EHLO_UNSEEN);
+				 SS_DIR_INGRESS, SS_EHLO_UNSEEN, &action);
 
 	ss_count(SS_DIR_INGRESS, counter);
+	if (action >= 0)
+		return action;
 	return ss_is_drop(counter) ? XDP_DROP : XDP_PASS;
 }
 
@@ -325,9 +441,13 @@ int ss_tc_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_UNSEEN);
+	int action = -1;
+	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_UNSEEN,
+				 &action);
 
 	ss_count(SS_DIR_EGRESS, counter);
+	if (action >= 0)
+		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
@@ -337,7 +457,7 @@ int ss_tc_egress(struct __sk_buff *skb)
 int ss_tc_ehlo(struct __sk_buff *skb)
 {
 	struct ss_pkt pkt = {};
-	int ehlo, counter;
+	int ehlo, counter, action = -1;
 
 	ehlo = ss_parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) == SS_PARSED_TCP &&
 			       ss_tc_mask_chunking(skb, &pkt)
@@ -345,8 +465,10 @@ int ss_tc_ehlo(struct __sk_buff *skb)
 		       : SS_EHLO_SEEN;
 	/* the store may have moved the packet: read its pointers anew */
 	counter = ss_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
-			     SS_DIR_EGRESS, ehlo);
+			     SS_DIR_EGRESS, ehlo, &action);
 	ss_count(SS_DIR_EGRESS, counter);
+	if (action >= 0)
+		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 

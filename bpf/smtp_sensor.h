@@ -66,7 +66,11 @@ enum ss_counter {
 	SS_CNT_RELEASED = 15,    /* extra: a commit candidate passed, released by userland */
 	SS_CNT_HOLD_TIMEOUT = 16,/* extra: a commit candidate passed, its hold older than hold_max_ms */
 	SS_CNT_EHLO_REWRITTEN = 17, /* extra: a server's EHLO reply passed with CHUNKING masked */
-	SS_CNT__MAX = 18,
+	SS_CNT_RESET = 18,       /* extra: a packet of a torn-down flow (SS_VF_RESET) rewritten
+				  * into an RST to one of the ends, passed or sent back */
+	SS_CNT_DROP_ENDED = 19,  /* extra: a client SYN on the ports of a torn-down flow ended
+				  * its drop entries (a new connection, inspected as usual) */
+	SS_CNT__MAX = 20,
 };
 
 /* Why a flow is dropped or a source banned (ss_verdict.reason). */
@@ -161,13 +165,22 @@ struct ss_flow_key {
 	__u8 _pad[3];
 };
 
+/* ss_verdict.flags of a flow drop entry. SS_VF_RESET is userland's (the
+ * flow is torn down, not only silenced); the others are the kernel's record of
+ * what it sent, per direction (each direction's entry is its own). */
+#define SS_VF_RESET 0x1   /* tear the connection down: each packet becomes an RST */
+#define SS_VF_GUESSED 0x2 /* the client's packet was made into an RST to the server
+			   * (its sequence number a guess at the server's rcv_nxt) */
+#define SS_VF_TORN 0x4    /* an RST was sent (or passed) for this direction: a client
+			   * SYN afterwards is a new connection and ends the drop */
+
 /* Value of the flow drop, bypass and ban maps. */
 struct ss_verdict {
 	__u64 expires_ns; /* bpf_ktime_get_ns() deadline; 0 = never */
 	__u64 packets;    /* packets matched while live */
 	__u64 bytes;      /* bytes matched while live */
 	__u32 reason;     /* enum ss_reason */
-	__u32 _pad;
+	__u32 flags;      /* SS_VF_* (flow drops; 0 in bans and bypasses) */
 };
 
 /* Value of ss_release, written by userland (key: the client -> server

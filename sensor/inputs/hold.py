@@ -208,6 +208,7 @@ class _Probe:
     asks whether a verdict dropped the flow or banned its client."""
 
     __slots__ = ("src", "sport", "dst", "dport")
+    flags = 0         # no SYN, no RST: asks about the flow, not one packet's fate
 
     def __init__(self, tup):
         self.src, self.sport, self.dst, self.dport = tup

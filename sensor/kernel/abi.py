@@ -33,6 +33,9 @@ CFG_NO_PUSH = 0x1
 CFG_NO_ENFORCE = 0x2
 CFG_WAKE_BATCH = 0x4
 CFG_HOLD = 0x8
+VF_RESET = 0x1
+VF_GUESSED = 0x2
+VF_TORN = 0x4
 WAKE_BATCH = 64
 HOLD_SCAN_MAX = 1536
 HOLD_MAX_MS_DEFAULT = 400
@@ -76,10 +79,12 @@ class Counter(enum.IntEnum):
     RELEASED = 15
     HOLD_TIMEOUT = 16
     EHLO_REWRITTEN = 17
+    RESET = 18
+    DROP_ENDED = 19
 
 
 VERDICT_COUNTERS = 13  # SS_CNT_VERDICT__MAX: counters below this are exclusive
-COUNTER_COUNT = 18  # SS_CNT__MAX
+COUNTER_COUNT = 20  # SS_CNT__MAX
 
 
 class Phase(enum.IntEnum):
@@ -148,7 +153,7 @@ class Verdict(ct.Structure):
         ("packets", ct.c_uint64),
         ("bytes", ct.c_uint64),
         ("reason", ct.c_uint32),
-        ("_pad", ct.c_uint32),
+        ("flags", ct.c_uint32),
     ]
 
 
@@ -205,6 +210,9 @@ CONSTANTS = {
     "SS_CFG_NO_ENFORCE": CFG_NO_ENFORCE,
     "SS_CFG_WAKE_BATCH": CFG_WAKE_BATCH,
     "SS_CFG_HOLD": CFG_HOLD,
+    "SS_VF_RESET": VF_RESET,
+    "SS_VF_GUESSED": VF_GUESSED,
+    "SS_VF_TORN": VF_TORN,
     "SS_WAKE_BATCH": WAKE_BATCH,
     "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
     "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,

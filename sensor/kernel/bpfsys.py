@@ -1,5 +1,6 @@
 """The few bpf(2) commands bcc's Python API does not expose: get a pinned
-object, read a map's or program's info, a program's fd by its id. bpf() and
+object, read a map's or program's info, a program's fd by its id, load the
+two-instruction XDP program that passes everything (no compiler). bpf() and
 bpf_attr() make any other command (the kernel tests run the programs with
 BPF_PROG_TEST_RUN through them: tests/support/testrun.py)."""
 
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 
 _NR_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
+BPF_PROG_LOAD = 5
 BPF_OBJ_GET = 7
+BPF_PROG_TYPE_XDP = 6
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_PROG_TEST_RUN = 10
@@ -79,6 +82,25 @@ class _ProgInfo(ct.Structure):
         ("map_ids", ct.c_uint64),
         ("name", ct.c_char * 16),
     ]
+
+
+class _ProgLoadAttr(ct.Structure):
+    _fields_ = [
+        ("prog_type", ct.c_uint32),
+        ("insn_cnt", ct.c_uint32),
+        ("insns", ct.c_uint64),
+        ("license", ct.c_uint64),
+        ("log_level", ct.c_uint32),
+        ("log_size", ct.c_uint32),
+        ("log_buf", ct.c_uint64),
+        ("kern_version", ct.c_uint32),
+        ("prog_flags", ct.c_uint32),
+        ("prog_name", ct.c_char * 16),
+    ]
+
+
+# r0 = XDP_PASS (2); exit
+_XDP_PASS_INSNS = bytes.fromhex("b700000002000000" "9500000000000000")
 
 
 def bpf_attr(struct: ct.Structure) -> ct.Array:
@@ -174,3 +196,14 @@ class XdpMd(ct.Structure):
     _fields_ = [("data", ct.c_uint32), ("data_end", ct.c_uint32), ("data_meta", ct.c_uint32),
                 ("ingress_ifindex", ct.c_uint32), ("rx_queue_index", ct.c_uint32),
                 ("egress_ifindex", ct.c_uint32)]
+
+
+def load_xdp_pass(name: str = "xdp_pass") -> int:
+    """fd of a new XDP program that passes every frame (the caller closes it).
+    What it is for: a veth only takes the frames its peer's XDP sends back
+    (XDP_TX) when it runs an XDP program itself (its receive NAPI)."""
+    insns = ct.create_string_buffer(_XDP_PASS_INSNS, len(_XDP_PASS_INSNS))
+    license = ct.create_string_buffer(b"GPL")
+    return bpf(BPF_PROG_LOAD, bpf_attr(_ProgLoadAttr(
+        prog_type=BPF_PROG_TYPE_XDP, insn_cnt=len(_XDP_PASS_INSNS) // 8, insns=ct.addressof(insns),
+        license=ct.addressof(license), prog_name=name.encode()[:15])))

@@ -50,6 +50,12 @@ class Entry:
     expires_ns: int
     packets: int
     bytes: int
+    flags: int = 0  # abi.VF_* of a flow drop: torn down (VF_RESET), what the kernel sent
+
+    @property
+    def reset(self) -> bool:
+        """A flow drop that tears the connection down (not only silences it)."""
+        return bool(self.flags & abi.VF_RESET)
 
     def ttl_left(self, now_ns: int | None = None) -> float | None:
         if not self.expires_ns:
@@ -142,9 +148,14 @@ class KernelMaps:
 
     # ------------------------------------------------------------ flows
 
-    def drop_flow(self, flow: FlowEnds, ttl: float | None = None, reason: abi.Reason = abi.Reason.RULE) -> None:
-        """Drop both directions of a connection."""
-        _set_both(self.flow_drop, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason))
+    def drop_flow(self, flow: FlowEnds, ttl: float | None = None, reason: abi.Reason = abi.Reason.RULE,
+                  reset: bool = False) -> None:
+        """Drop both directions of a connection.  ``reset``: tear it down as
+        well -- the kernel makes the flow's next packets into the RSTs each
+        end accepts (bpf/teardown.h), and a new connection on the same ports
+        ends the drop once the server has had its RST."""
+        _set_both(self.flow_drop, flow, abi.Verdict(expires_ns=deadline(ttl), reason=reason,
+                                                    flags=abi.VF_RESET if reset else 0))
 
     def drops(self) -> list[Entry]:
         return _flow_entries(self.flow_drop)
@@ -205,7 +216,7 @@ def _set_both(table, flow: FlowEnds, verdict: abi.Verdict) -> None:
 
 
 def _flow_entries(table) -> list[Entry]:
-    return [Entry(_flow_text(k), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes)
+    return [Entry(_flow_text(k), abi.Reason(v.reason), v.expires_ns, v.packets, v.bytes, v.flags)
             for k, v in table.items()]
 
 

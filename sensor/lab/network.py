@@ -41,6 +41,7 @@ SERVER_V4, CLIENT_V4, SPAMMER_V4 = "192.0.2.25", "192.0.2.10", "192.0.2.66"
 SERVER_V6, CLIENT_V6 = "2001:db8:25::25", "2001:db8:25::10"
 PREFIX_V4, PREFIX_V6 = 24, 64
 LAB_DOMAIN, LAB_HOSTNAME = "lab.example", "mx.lab.example"
+_XDP_FLAGS_DRV_MODE = 1 << 2
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Lab:
                 ipr.link("set", index=ipr.link_lookup(ifname=self.server_if)[0], net_ns_fd=self.server_ns)
             self._configure(self.client_ns, self.client_if,
                             [(a, PREFIX_V4) for a in self.client_addrs] + [(CLIENT_V6, PREFIX_V6)])
+            self._pass_xdp(self.client_ns, self.client_if)
             self._configure(self.server_ns, self.server_if, [(SERVER_V4, PREFIX_V4), (SERVER_V6, PREFIX_V6)])
             # the clients' checksums computed in full, as frames from a real NIC
             # arrive: a veth leaves them to an offload that never happens, and the
@@ -98,6 +100,22 @@ class Lab:
                 extra = {"flags": 0x02} if ":" in address else {}  # IFA_F_NODAD: usable at once
                 ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **extra)
             ipr.link("set", index=index, state="up")
+
+    @staticmethod
+    def _pass_xdp(ns: str, ifname: str) -> None:
+        """A pass-everything XDP program on the client's veth: a veth drops
+        what its peer's XDP sends back (XDP_TX: the RSTs of a torn-down flow,
+        bpf/teardown.h) unless it runs XDP itself, which a real NIC needs
+        not. It goes with the namespace."""
+        from sensor.kernel import bpfsys
+
+        fd = bpfsys.load_xdp_pass("lab_xdp_pass")
+        try:
+            with iproute(ns) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0],
+                         xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", _XDP_FLAGS_DRV_MODE)]})
+        finally:
+            os.close(fd)
 
     def ifindex(self, ns: str, ifname: str) -> int:
         with iproute(ns) as ipr:

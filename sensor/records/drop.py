@@ -3,10 +3,12 @@
 One shape for every producer, in this order: ``ts``, ``event_type``; the
 connection fields (``uid`` ... ``community_id``) when a flow led to the
 verdict; ``action``, ``target``, ``reason``, ``enforced_by``; then, when they
-have a value, ``rule_id``, ``ttl`` and ``note``.  The producers:
+have a value, ``reset``, ``rule_id``, ``ttl`` and ``note``.  The producers:
 
-* a rule (``flow.drop()``, ``flow.ban_source()``): reason ``rule``, the flow
-  and ``rule_id``, ``ttl`` when the rule gave one;
+* a rule (``flow.drop()``, ``flow.reset()``, ``flow.ban_source()``): reason
+  ``rule``, the flow and ``rule_id``, ``ttl`` when the rule gave one; a flow
+  drop says with ``reset`` whether the connection is torn down (true: the
+  kernel makes its next packets into RSTs) or only silenced (false);
 * the reject statistics (a notice type with a ban TTL): reason
   ``spam_stats``, ``ttl``;
 * the operator through the control socket (``ban add``, ``ban del``): reason
@@ -28,9 +30,10 @@ RULE, SPAM_STATS, MANUAL = "rule", "spam_stats", "manual"
 
 def drop_record(ts: float, action: str, target: str, reason: str, enforced_by: str, *,
                 flow=None, rule_id: str | None = None, ttl: float | None = None,
-                note: str | None = None) -> dict:
+                note: str | None = None, reset: bool | None = None) -> dict:
     """A ``drop`` record.  ``enforced_by``: the enforcer's ``mode`` (kernel,
-    replay, monitor); ``ttl`` None or 0: no expiry (left out)."""
+    replay, monitor); ``ttl`` None or 0: no expiry (left out); ``reset``
+    (flow drops): the connection torn down, not only silenced."""
     rec = {"ts": ts, "event_type": "drop"}
     if flow is not None:
         rec.update(conn_fields(flow))
@@ -38,6 +41,8 @@ def drop_record(ts: float, action: str, target: str, reason: str, enforced_by: s
     rec["target"] = target
     rec["reason"] = reason
     rec["enforced_by"] = enforced_by
+    if reset is not None:
+        rec["reset"] = reset
     if rule_id is not None:
         rec["rule_id"] = rule_id
     if ttl:

@@ -5,7 +5,8 @@ of a dropped flow that still arrive from the ring, and a replay can decide
 which packets an inline sensor would have let pass (``passes``).
 
 * ``KernelEnforcer``: ``drop_flow`` writes the kernel's flow-drop entry (both
-  directions) with one map update before it returns; ``ban`` writes a prefix
+  directions) with one map update before it returns (``reset``: the kernel
+  also tears the connection down, bpf/teardown.h); ``ban`` writes a prefix
   into the LPM ban trie, ``unban`` removes it; ``bypass`` stops pushing an
   encrypted flow; ``bans`` lists the kernel's bans with the operator's notes.
 * ``ReplayEnforcer``: the same verdicts, applied to the packets that follow
@@ -31,6 +32,7 @@ import time
 
 from sensor.kernel import abi
 from sensor.stream.flowid import pack_addr
+from sensor.stream.packet import ACK, RST, SYN
 
 __all__ = ["Verdicts", "KernelEnforcer", "ReplayEnforcer"]
 
@@ -48,20 +50,36 @@ class Verdicts:
 
     def __init__(self, ports=(25, 587), keep: float | None = None):
         self.flows: dict[tuple, float | None] = {}      # (packed a, ap, packed b, bp), both orders -> expiry
+        #: the flows of ``flows`` torn down (``reset``), both orders, and those of them whose
+        #: server has had its RST (what the kernel's SS_VF_TORN says): see ``passes``
+        self.resets: set[tuple] = set()
+        self.torn: set[tuple] = set()
         self.bans: dict = {}                            # ip_network -> expiry ts or None
         #: the SMTP ports: like the kernel, bans apply only to packets to or from them
         self.ports = frozenset(ports)
         self.keep = keep
         self._prune_at = math.inf                       # the earliest expiry held
 
-    def add_flow(self, flow_tuple, expires=None, now: float | None = None) -> None:
+    def add_flow(self, flow_tuple, expires=None, now: float | None = None, reset: bool = False) -> None:
         a, ap, b, bp = flow_tuple
         if self.keep is not None and now is not None:
             expires = now + self.keep if expires is None else min(expires, now + self.keep)
         pa, pb = pack_addr(a), pack_addr(b)
-        self.flows[(pa, ap, pb, bp)] = expires
-        self.flows[(pb, bp, pa, ap)] = expires
+        for key in ((pa, ap, pb, bp), (pb, bp, pa, ap)):
+            self.flows[key] = expires
+            self.torn.discard(key)
+            if reset:
+                self.resets.add(key)
+            else:
+                self.resets.discard(key)
         self._expiring(expires)
+
+    def _end_flow(self, key) -> None:
+        src, sport, dst, dport = key
+        for k in (key, (dst, dport, src, sport)):
+            self.flows.pop(k, None)
+            self.resets.discard(k)
+            self.torn.discard(k)
 
     def add_ban(self, network, expires=None) -> None:
         self.bans[ipaddress.ip_network(network, strict=False)] = expires
@@ -87,7 +105,7 @@ class Verdicts:
         if ts >= self._prune_at:
             self._prune(ts)
         if self.flows and self._flow_dropped(seg.src, seg.sport, seg.dst, seg.dport, ts):
-            return False
+            return bool(self.resets) and self._torn_down_passes(seg)
         # the datapath checks bans on the source in XDP and on the destination in TC:
         # a banned host's packets are dropped whichever way they go -- on the
         # SMTP ports only, the other traffic is passed before any lookup
@@ -95,6 +113,28 @@ class Verdicts:
             return True
         return not (self._banned(ipaddress.ip_address(seg.src), ts)
                     or self._banned(ipaddress.ip_address(seg.dst), ts))
+
+    def _torn_down_passes(self, seg) -> bool:
+        """A segment of a dropped flow, as the kernel treats it when the flow
+        is torn down (bpf/datapath.c, ss_reset_how): RSTs pass; a client's
+        SYN without ACK passes, and ends the drop once the server has had its
+        RST (live: always -- the kernel let it through, so it ended there
+        too); everything else is made into an RST (not dissected), and a
+        server's packet is the server's RST."""
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        if key not in self.resets:
+            return False
+        flags = seg.flags
+        if flags & RST:
+            return True
+        from_client = seg.dport in self.ports
+        if from_client and flags & (SYN | ACK) == SYN:
+            if self.keep is not None or (seg.dst, seg.dport, seg.src, seg.sport) in self.torn:
+                self._end_flow(key)
+            return True
+        if not from_client and flags & ACK:
+            self.torn.add(key)
+        return False
 
     def banned(self, addr: str, now: float | None = None) -> bool:
         return bool(self.bans) and self._banned(ipaddress.ip_address(addr), now)
@@ -111,6 +151,8 @@ class Verdicts:
 
     def _prune(self, now: float) -> None:
         self.flows = {k: e for k, e in self.flows.items() if e is None or e > now}
+        self.resets &= self.flows.keys()
+        self.torn &= self.flows.keys()
         self.bans = {k: e for k, e in self.bans.items() if e is None or e > now}
         held = [e for e in (*self.flows.values(), *self.bans.values()) if e is not None]
         self._prune_at = min(held, default=math.inf)
@@ -148,11 +190,13 @@ class KernelEnforcer:
         if len(lat) > self._keep:
             del lat[: len(lat) - self._keep]
 
-    def drop_flow(self, flow, ttl: float | None, now: float) -> None:
+    def drop_flow(self, flow, ttl: float | None, now: float, reset: bool = True) -> None:
+        """Drop the flow in the kernel; ``reset``: tear it down too."""
         from sensor.kernel.maps import FlowEnds
         self._timed(self.maps.drop_flow, FlowEnds(flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p),
-                    ttl=ttl, reason=abi.Reason.RULE)
-        self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl), now)
+                    ttl=ttl, reason=abi.Reason.RULE, reset=reset)
+        self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl), now,
+                               reset=reset)
 
     def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE,
             note: str | None = None) -> None:
@@ -195,8 +239,9 @@ class ReplayEnforcer:
         self.passes = self.verdicts.passes
         self.bypassed: set = set()
 
-    def drop_flow(self, flow, ttl: float | None, now: float) -> None:
-        self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl))
+    def drop_flow(self, flow, ttl: float | None, now: float, reset: bool = True) -> None:
+        self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl),
+                               reset=reset)
 
     def ban(self, network: str, ttl: float | None, now: float, reason=abi.Reason.RULE,
             note: str | None = None) -> None:

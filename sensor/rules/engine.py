@@ -169,10 +169,19 @@ class RuleFlow:
     def tls(self) -> bool:
         return self._session.tls
 
-    def drop(self, ttl: float | None = None) -> None:
+    def drop(self, ttl: float | None = None, reset: bool = True) -> None:
         """Drop the rest of this connection, both directions, in the kernel
-        (in place when this returns).  ``ttl``: seconds, default for good."""
-        self._engine.drop(self, ttl)
+        (in place when this returns), and tear it down: the kernel makes the
+        next packet each way into the RST that end accepts, so the MTA's
+        smtpd is freed at once.  ``reset=False``: silent from now on (Haka's
+        drop; the MTA waits out its own timeout).  ``ttl``: seconds, default
+        for as long as the connection lives."""
+        self._engine.drop(self, ttl, reset)
+
+    def reset(self, ttl: float | None = None) -> None:
+        """Tear this connection down now (Haka's ``flow:reset()``): ``drop()``
+        with the reset said out loud."""
+        self._engine.drop(self, ttl, True)
 
     def ban_source(self, ttl: float | None = 3600.0, prefix: int | None = None) -> None:
         """Ban the client's address (``prefix``: e.g. 24 for its /24; default the
@@ -446,19 +455,19 @@ class RuleEngine:
         self.sink(rec)
         return rec
 
-    def _verdict_record(self, flow, action: str, target: str, ttl) -> None:
+    def _verdict_record(self, flow, action: str, target: str, ttl, reset: bool | None = None) -> None:
         cur = api._current.get()
         self.sink(records.drop_record(self._now, action, target, RULE, self.enforcer.mode,
                                       flow=flow, rule_id=cur[1].id if cur is not None else None,
-                                      ttl=ttl))
+                                      ttl=ttl, reset=reset))
 
-    def drop(self, flow, ttl) -> None:
+    def drop(self, flow, ttl, reset: bool = True) -> None:
         if flow.dropped:
             return
-        self.enforcer.drop_flow(flow, ttl, self._now)
+        self.enforcer.drop_flow(flow, ttl, self._now, reset=reset)
         flow.dropped = True
         self.counters.drops += 1
-        self._verdict_record(flow, DROP_FLOW, flow_target(flow), ttl)
+        self._verdict_record(flow, DROP_FLOW, flow_target(flow), ttl, reset=bool(reset))
 
     def ban(self, flow, ttl, prefix) -> None:
         import ipaddress

@@ -593,6 +593,225 @@ def test_hold_max_must_fit_the_kernel_clock(dp):
         dp.maps.set_config(hold=True, hold_max_ms=0)
 
 
+# ------------------------------------------------------------------ teardown
+
+XDP_TX, TC_ACT_REDIRECT = 3, 7
+ETH_C, ETH_S = "02:00:00:00:00:01", "02:00:00:00:00:02"      # client's and server's MACs
+
+
+def frame4(payload=b"RCPT TO:<b@example.net>\r\n", flags="PA", seq=1000, ack=2000, tags=(), from_client=True,
+           ip_options=None, **tcp):
+    """A client (or, from_client False, server) segment of the torn-down flow CLIENT4:40000 <> SERVER4:25."""
+    src, dst, sport, dport = (CLIENT4, SERVER4, 40000, 25) if from_client else (SERVER4, CLIENT4, 25, 40000)
+    eth = Ether(src=ETH_C, dst=ETH_S) if from_client else Ether(src=ETH_S, dst=ETH_C)
+    for tag in tags:
+        eth = eth / tag
+    ip = IP(src=src, dst=dst, ttl=50, options=ip_options) if ip_options else IP(src=src, dst=dst, ttl=50)
+    pkt = eth / ip / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, **tcp)
+    return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
+
+
+def frame6(payload=b"RCPT TO:<b@example.net>\r\n", flags="PA", seq=1000, ack=2000, ext=(), tags=(),
+           from_client=True):
+    src, dst, sport, dport = (CLIENT6, SERVER6, 40000, 25) if from_client else (SERVER6, CLIENT6, 25, 40000)
+    eth = Ether(src=ETH_C, dst=ETH_S) if from_client else Ether(src=ETH_S, dst=ETH_C)
+    for tag in tags:
+        eth = eth / tag
+    layer = IPv6(src=src, dst=dst, hlim=50)
+    for header in ext:
+        layer = layer / header
+    pkt = eth / layer / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
+    return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
+
+
+def torn_down(dp, six=False):
+    dp.maps.drop_flow(FlowEnds(CLIENT6 if six else CLIENT4, 40000, SERVER6 if six else SERVER4, 25), reset=True)
+
+
+def checksums_ok(frame: bytes) -> Ether:
+    """The frame parsed by scapy, after checking that its IPv4 and TCP
+    checksums are what scapy computes for the same bytes."""
+    pkt = Ether(frame)
+    again = pkt.copy()
+    if IP in again:
+        del again[IP].chksum
+    del again[TCP].chksum
+    again = Ether(bytes(again))
+    if IP in pkt:
+        assert pkt[IP].chksum == again[IP].chksum, "IPv4 header checksum"
+    assert pkt[TCP].chksum == again[TCP].chksum, "TCP checksum"
+    return pkt
+
+
+def rst_of(frame: bytes) -> tuple[Ether, TCP]:
+    pkt = checksums_ok(frame)
+    tcp = pkt[TCP]
+    assert tcp.dataofs == 5 and tcp.options == [] and bytes(tcp.payload) == b"", "no options, no payload"
+    assert (tcp.window, tcp.urgptr) == (0, 0)
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    if IP in pkt:
+        assert ip.len == ip.ihl * 4 + 20
+    else:
+        assert len(frame) == len(bytes(pkt)) and ip.plen == len(bytes(ip.payload))
+    return pkt, tcp
+
+
+def headers(ip6) -> list[str]:
+    return [type(h).__name__ for h in ip6.iterpayloads() if not isinstance(h, (TCP, Raw))]
+
+
+ENCAPSULATIONS = {
+    "ipv4": lambda **kw: frame4(**kw),
+    "ipv4-options": lambda **kw: frame4(ip_options=[b"\x01\x01\x01\x00"], **kw),
+    "tcp-options": lambda **kw: frame4(options=[("MSS", 1460), ("NOP", None), ("WScale", 7)], **kw),
+    "vlan": lambda **kw: frame4(tags=(Dot1Q(vlan=10),), **kw),
+    "qinq": lambda **kw: frame4(tags=(Dot1AD(vlan=100), Dot1Q(vlan=10)), **kw),
+    "ipv6": lambda **kw: frame6(**kw),
+    "ipv6-ext": lambda **kw: frame6(ext=(IPv6ExtHdrHopByHop(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt()), **kw),
+    "ipv6-vlan": lambda **kw: frame6(tags=(Dot1Q(vlan=20),), **kw),
+}
+
+
+@pytest.mark.parametrize("make", ENCAPSULATIONS.values(), ids=ENCAPSULATIONS.keys())
+def test_the_clients_next_packet_becomes_an_rst_to_the_server_at_its_own_seq(dp, reader, make):
+    frame = make(payload=b"DATA\r\n" * 100, seq=5000, ack=7000)
+    torn_down(dp, six=IPv6 in Ether(frame))
+    result = prog_test_run(dp.xdp_fd, frame)
+    assert result.retval == XDP_PASS
+    pkt, tcp = rst_of(result.data_out)
+    sent = Ether(frame)
+    ip, sent_ip = (pkt[IP], sent[IP]) if IP in pkt else (pkt[IPv6], sent[IPv6])
+    assert (pkt.src, pkt.dst, ip.src, ip.dst, tcp.sport, tcp.dport) == \
+           (sent.src, sent.dst, sent_ip.src, sent_ip.dst, 40000, 25)            # on to the server
+    assert (tcp.flags, tcp.seq, tcp.ack) == ("RA", 5000, 7000)
+    assert bytes(pkt)[:len(bytes(pkt)) - len(bytes(ip))] == frame[:len(bytes(pkt)) - len(bytes(ip))]  # tags kept
+    if IPv6 in pkt:                                                     # extension headers kept
+        assert headers(pkt[IPv6]) == headers(sent[IPv6])
+    assert reader.poll(10) == []
+    only(ingress(dp), drop_flow=1, reset=1)
+
+
+@pytest.mark.parametrize("make", ENCAPSULATIONS.values(), ids=ENCAPSULATIONS.keys())
+def test_the_clients_later_packets_go_back_to_the_client_as_its_rst(dp, reader, make):
+    torn_down(dp, six=IPv6 in Ether(make()))
+    assert xdp(dp, make(seq=5000, ack=7000)) == XDP_PASS                 # the server's
+    result = prog_test_run(dp.xdp_fd, make(payload=b"DATA\r\n", seq=5000, ack=7010))   # retransmitted
+    assert result.retval == XDP_TX
+    pkt, tcp = rst_of(result.data_out)
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    client, server = (CLIENT4, SERVER4) if IP in pkt else (CLIENT6, SERVER6)
+    assert (pkt.src, pkt.dst, ip.src, ip.dst, tcp.sport, tcp.dport) == (ETH_S, ETH_C, server, client, 25, 40000)
+    # RFC 793: the reset takes its sequence number from the segment's ACK field
+    assert (tcp.flags, tcp.seq, tcp.ack) == ("R", 7010, 0)
+    assert (ip.ttl if IP in pkt else ip.hlim) == 64
+    only(ingress(dp), drop_flow=2, reset=2)
+
+
+@pytest.mark.parametrize("make", [frame4, frame6, lambda **kw: frame4(tags=(Dot1Q(vlan=10),), **kw)],
+                         ids=["ipv4", "ipv6", "vlan"])
+def test_the_servers_packet_goes_back_to_the_server_as_its_rst_through_ingress(dp, reader, make):
+    torn_down(dp, six=IPv6 in Ether(make()))
+    reply = make(payload=b"250 2.1.5 Ok\r\n", from_client=False, seq=7000, ack=5123)
+    result = prog_test_run(dp.tc_fd, reply)
+    assert result.retval == TC_ACT_REDIRECT
+    pkt, tcp = rst_of(result.data_out)
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    client, server = (CLIENT4, SERVER4) if IP in pkt else (CLIENT6, SERVER6)
+    # as if the client sent it: the server's own MAC as destination, so its stack takes it
+    assert (pkt.src, pkt.dst, ip.src, ip.dst, tcp.sport, tcp.dport) == (ETH_C, ETH_S, client, server, 40000, 25)
+    assert (tcp.flags, tcp.seq) == ("R", 5123)                   # the server's rcv_nxt, from its ACK field
+    assert dp.maps.counters()["egress"]["reset"] == 1
+    # the server has had its exact RST: the client's next packet goes back to the client
+    assert xdp(dp, make(seq=5123, ack=7000)) == XDP_TX
+
+
+def test_a_tc_rewrite_of_a_large_server_segment_cuts_it_to_the_headers(dp, reader):
+    torn_down(dp)
+    reply = frame4(payload=b"x" * 1400, from_client=False, seq=7000, ack=5123)
+    result = prog_test_run(dp.tc_fd, reply)
+    assert result.retval == TC_ACT_REDIRECT and len(result.data_out) == 14 + 20 + 20
+    rst_of(result.data_out)
+
+
+def test_a_server_packet_on_xdp_goes_back_to_the_server(dp, reader):
+    """A remote server (the host is the client): XDP sends its RST back at once."""
+    torn_down(dp)
+    result = prog_test_run(dp.xdp_fd, frame4(payload=b"250 ok\r\n", from_client=False, seq=7000, ack=5123))
+    assert result.retval == XDP_TX
+    pkt, tcp = rst_of(result.data_out)
+    assert (pkt[IP].src, pkt[IP].dst, tcp.sport, tcp.dport, tcp.flags, tcp.seq) == \
+           (CLIENT4, SERVER4, 40000, 25, "R", 5123)
+
+
+def test_rsts_of_a_torn_down_flow_pass_unchanged(dp, reader):
+    torn_down(dp)
+    for frame in (frame4(None, flags="R", seq=5000), frame4(None, flags="RA", from_client=False)):
+        result = prog_test_run(dp.xdp_fd, frame)
+        assert result.retval == XDP_PASS and result.data_out == frame
+    assert tc(dp, frame4(None, flags="R", from_client=False)) == TC_ACT_OK
+    assert reader.poll(10) == []
+    only(ingress(dp), drop_flow=2)
+
+
+def test_a_silent_drop_makes_no_rst(dp, reader):
+    dp.maps.drop_flow(FlowEnds(CLIENT4, 40000, SERVER4, 25))
+    assert xdp(dp, frame4()) == XDP_DROP
+    assert tc(dp, frame4(from_client=False)) == TC_ACT_SHOT
+    assert xdp(dp, frame4(None, flags="R")) == XDP_DROP
+    only(ingress(dp), drop_flow=2)
+
+
+def test_a_torn_down_flow_without_ack_has_nothing_to_answer(dp, reader):
+    torn_down(dp)
+    assert xdp(dp, frame4(b"x", flags="P")) == XDP_DROP
+    assert xdp(dp, frame4(None, flags="SA", from_client=False)) == XDP_TX     # a SYN-ACK has an ACK field
+    only(ingress(dp), drop_flow=2, reset=1)
+
+
+# ------------------------------------------------------------------ a drop lives as long as its connection
+
+def flow_flags(dp) -> dict[str, int]:
+    return {e.target: e.flags for e in dp.maps.drops()}
+
+
+def test_a_new_connection_on_the_ports_ends_the_drop_once_the_server_had_its_rst(dp, reader):
+    torn_down(dp)
+    syn = frame4(None, flags="S", seq=90000, ack=0)
+    # before the server's RST: the SYN passes unchanged, the drop stays
+    result = prog_test_run(dp.xdp_fd, syn)
+    assert result.retval == XDP_PASS and result.data_out == syn
+    assert len(dp.maps.drops()) == 2
+    # the server answers (a challenge ACK, or a SYN-ACK if its socket is gone): its exact RST
+    assert tc(dp, frame4(None, flags="A", from_client=False, seq=7000, ack=5123)) == TC_ACT_REDIRECT
+    assert flow_flags(dp)[f"{SERVER4}:25 > {CLIENT4}:40000"] == abi.VF_RESET | abi.VF_TORN
+    # the SYN again: a new connection, inspected like any other
+    assert xdp(dp, syn) == XDP_PASS
+    [event] = reader.poll(100)
+    assert event.header.tcp_flags == abi.TCP_SYN
+    assert dp.maps.drops() == []
+    assert xdp(dp, frame4(b"EHLO again\r\n", seq=90001)) == XDP_PASS
+    counts = ingress(dp)
+    assert (counts["drop_ended"], counts["pushed"], counts["drop_flow"]) == (1, 2, 1)
+
+
+def test_a_guessed_rst_alone_does_not_end_the_drop(dp, reader):
+    """The client's packet made into the server's RST is a guess at its rcv_nxt:
+    a SYN after it still passes without ending the drop (the server's answer decides)."""
+    torn_down(dp)
+    assert xdp(dp, frame4(seq=5000)) == XDP_PASS
+    assert flow_flags(dp)[f"{CLIENT4}:40000 > {SERVER4}:25"] == abi.VF_RESET | abi.VF_GUESSED
+    assert xdp(dp, frame4(None, flags="S", seq=90000, ack=0)) == XDP_PASS
+    assert len(dp.maps.drops()) == 2 and reader.poll(10) == []
+    assert xdp(dp, frame4(seq=5000)) == XDP_TX                     # and the client still gets its RST
+
+
+def test_a_syn_ack_does_not_end_the_drop(dp, reader):
+    torn_down(dp)
+    assert tc(dp, frame4(None, flags="A", from_client=False)) == TC_ACT_REDIRECT
+    assert tc(dp, frame4(None, flags="SA", from_client=False)) == TC_ACT_REDIRECT
+    assert len(dp.maps.drops()) == 2
+
+
 # ------------------------------------------------------------------ TC egress
 
 def test_tc_egress_pushes_with_egress_direction(dp, reader):

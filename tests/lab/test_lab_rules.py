@@ -18,8 +18,6 @@ that race is).
 from __future__ import annotations
 
 import contextlib
-import ctypes as ct
-import errno
 import json
 import os
 import shutil
@@ -31,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from sensor.kernel import abi, bpfsys
+from sensor.kernel import abi
 from sensor.kernel.netns import socket_in
 from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab
-from support.lab_sensor import SensorProcess
+from support.lab_sensor import SensorProcess, flow_drop_entry
 
 REPO = Path(__file__).resolve().parents[2]
 RELOAD_INTERVAL = 0.2
@@ -81,8 +79,14 @@ class HandClient:
         self.port = self.sock.getsockname()[1]
         self._buf = b""
 
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode() + b"\r\n")
+    def send(self, line: str) -> bool:
+        """False when the connection is gone: a drop tears it down, and the
+        client's next packet after the verdict brings its RST back."""
+        try:
+            self.sock.sendall(line.encode() + b"\r\n")
+            return True
+        except ConnectionError:
+            return False
 
     def reply(self, timeout: float | None = None) -> int | None:
         """The code of the next whole reply, or None if none comes in time."""
@@ -118,30 +122,6 @@ def hand_client(lab, helo: str = "hand.lab.example"):
         yield client
     finally:
         client.close()
-
-
-class _MapElemAttr(ct.Structure):
-    _fields_ = [("map_fd", ct.c_uint32), ("_pad", ct.c_uint32), ("key", ct.c_uint64),
-                ("value", ct.c_uint64), ("flags", ct.c_uint64)]
-
-
-BPF_MAP_LOOKUP_ELEM = 1
-
-
-def flow_drop_entry(pin_dir: Path, src: str, sport: int, dst: str, dport: int) -> abi.Verdict | None:
-    """The kernel's flow-drop entry of one direction, read from the pinned map."""
-    fd = bpfsys.obj_get(str(pin_dir / "ss_flow_drop"))
-    try:
-        key, value = abi.flow_key(src, sport, dst, dport), abi.Verdict()
-        bpfsys.bpf(BPF_MAP_LOOKUP_ELEM, bpfsys.bpf_attr(_MapElemAttr(
-            map_fd=fd, key=ct.addressof(key), value=ct.addressof(value))))
-        return value
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    finally:
-        os.close(fd)
 
 
 def wait_dropped_packets(sensor, sport: int, at_least: int = 1, timeout: float = 5.0) -> int:

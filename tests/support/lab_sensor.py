@@ -3,7 +3,10 @@ that drive the sensor through its command line (rules, statistics)."""
 
 from __future__ import annotations
 
+import ctypes as ct
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sensor.kernel import abi, bpfsys
 from sensor.lab.network import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,3 +118,27 @@ class SensorProcess:
         for t in self._threads:
             t.join(timeout=5)
         return self.proc.returncode
+
+
+class _MapElemAttr(ct.Structure):
+    _fields_ = [("map_fd", ct.c_uint32), ("_pad", ct.c_uint32), ("key", ct.c_uint64),
+                ("value", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+BPF_MAP_LOOKUP_ELEM = 1
+
+
+def flow_drop_entry(pin_dir: Path, src: str, sport: int, dst: str, dport: int) -> abi.Verdict | None:
+    """The kernel's flow-drop entry of one direction, read from the pinned map."""
+    fd = bpfsys.obj_get(str(pin_dir / "ss_flow_drop"))
+    try:
+        key, value = abi.flow_key(src, sport, dst, dport), abi.Verdict()
+        bpfsys.bpf(BPF_MAP_LOOKUP_ELEM, bpfsys.bpf_attr(_MapElemAttr(
+            map_fd=fd, key=ct.addressof(key), value=ct.addressof(value))))
+        return value
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    finally:
+        os.close(fd)

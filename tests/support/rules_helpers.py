@@ -88,9 +88,9 @@ class RecordingEnforcer(ReplayEnforcer):
         super().__init__()
         self.calls: list[tuple] = []
 
-    def drop_flow(self, flow, ttl, now):
-        self.calls.append(("drop_flow", flow.uid, ttl))
-        super().drop_flow(flow, ttl, now)
+    def drop_flow(self, flow, ttl, now, reset=True):
+        self.calls.append(("drop_flow", flow.uid, ttl, reset))
+        super().drop_flow(flow, ttl, now, reset)
 
     def ban(self, network, ttl, now, **kw):
         self.calls.append(("ban", network, ttl))

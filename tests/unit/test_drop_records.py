@@ -23,7 +23,7 @@ from sensor.spamstats import ConnState, RejectStats, SpamStatsActor
 
 #: every field a drop record may have, in the order the builder writes them
 ORDER = ["ts", "event_type", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "community_id",
-         "action", "target", "reason", "enforced_by", "rule_id", "ttl", "note"]
+         "action", "target", "reason", "enforced_by", "reset", "rule_id", "ttl", "note"]
 
 
 def rule_drops() -> list[dict]:
@@ -88,6 +88,7 @@ def test_every_producer_writes_one_shape_in_one_order(tmp_path):
             assert list(rec) == [k for k in ORDER if k in rec], rec
     flow_drop, rule_ban = by_producer["rule"]
     assert (flow_drop["action"], rule_ban["action"]) == ("drop_flow", "ban_source")
+    assert flow_drop["reset"] is True and "reset" not in rule_ban      # a flow drop says whether it tears down
     assert "uid" in rule_ban and rule_ban["rule_id"] == "t.banner" and rule_ban["ttl"] == 600
     (spam_ban,) = by_producer["spam_stats"]
     assert spam_ban == {"ts": 1000.0, "event_type": "drop", "action": "ban_source",

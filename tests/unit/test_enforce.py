@@ -3,11 +3,11 @@ bans on the SMTP ports only, expiry on the caller's clock."""
 
 from sensor.rules.enforce import Verdicts
 from sensor.stream.flowid import pack_addr
-from sensor.stream.packet import ACK, Segment
+from sensor.stream.packet import ACK, RST, SYN, Segment
 
 
-def seg(src, sport, dst, dport):
-    return Segment(4, pack_addr(src), pack_addr(dst), sport, dport, 0, 0, ACK, b"", 0, 0)
+def seg(src, sport, dst, dport, flags=ACK):
+    return Segment(4, pack_addr(src), pack_addr(dst), sport, dport, 0, 0, flags, b"", 0, 0)
 
 
 def test_a_ban_drops_the_hosts_smtp_packets_both_ways_and_nothing_else():
@@ -52,3 +52,37 @@ def test_the_live_gate_keeps_a_flow_drop_only_while_stragglers_can_arrive():
     assert not v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 105.0)
     assert v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 111.0)          # the kernel's job now
     assert v.flows == {}
+
+
+CLIENT, SERVER = ("192.0.2.10", 40000), ("192.0.2.25", 25)
+
+
+def test_a_torn_down_flow_in_replay_passes_rsts_and_a_new_connection_once_the_server_had_its_rst():
+    """As the kernel (bpf/datapath.c, ss_reset_how): a client SYN before the
+    server's packet passes but keeps the drop; after it, ends the drop."""
+    v = Verdicts()
+    v.add_flow((*CLIENT, *SERVER), reset=True)
+    assert not v.passes(seg(*CLIENT, *SERVER), 1.0)                     # made into an RST: not dissected
+    assert v.passes(seg(*CLIENT, *SERVER, flags=RST), 1.0)              # an RST goes on
+    assert v.passes(seg(*CLIENT, *SERVER, flags=SYN), 1.0)              # passes, the drop stays
+    assert v.flow_dropped(*CLIENT, *SERVER)
+    assert not v.passes(seg(*SERVER, *CLIENT), 1.0)                     # the server gets its RST
+    assert v.passes(seg(*CLIENT, *SERVER, flags=SYN), 2.0)              # a new connection
+    assert not v.flow_dropped(*CLIENT, *SERVER) and not v.flow_dropped(*SERVER, *CLIENT)
+    assert v.passes(seg(*CLIENT, *SERVER), 2.0) and v.resets == v.torn == set()
+
+
+def test_a_silent_drop_passes_nothing_and_a_syn_does_not_end_it():
+    v = Verdicts()
+    v.add_flow((*CLIENT, *SERVER))
+    assert not v.passes(seg(*SERVER, *CLIENT), 1.0)
+    for flags in (RST, SYN, ACK):
+        assert not v.passes(seg(*CLIENT, *SERVER, flags=flags), 1.0)
+
+
+def test_the_live_gate_ends_a_torn_down_drop_on_the_syn_the_kernel_let_through():
+    v = Verdicts(keep=10.0)
+    v.add_flow((*CLIENT, *SERVER), now=100.0, reset=True)
+    assert not v.passes(seg(*CLIENT, *SERVER), 100.5)                   # a straggler
+    assert v.passes(seg(*CLIENT, *SERVER, flags=SYN), 101.0)           # in the ring: the kernel ended it
+    assert v.passes(seg(*CLIENT, *SERVER), 101.0) and v.flows == {}

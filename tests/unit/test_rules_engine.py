@@ -603,7 +603,7 @@ def test_flow_drop_reaches_the_enforcer_before_it_returns_and_later_events_are_o
 
     r = run(StaticRules(dropper, after, end), enforcer=enforcer)
     (smtp,) = r.sink.of("smtp")
-    assert at_return == [([("drop_flow", smtp["uid"], None)], True)]
+    assert at_return == [([("drop_flow", smtp["uid"], None, True)], True)]
     # the other rule of the same event is not called either
     assert seen == ["EHLO", "after:EHLO", "MAIL"]
     (drop,) = r.sink.of("drop")
@@ -629,6 +629,26 @@ def test_drop_with_a_ttl_expires_in_the_verdict_table():
     v = r.enforcer.verdicts
     assert v.flow_dropped(CLIENT_IP, 40000, SERVER_IP, 25, drop["ts"] + 29)
     assert not v.flow_dropped(CLIENT_IP, 40000, SERVER_IP, 25, drop["ts"] + 31)
+
+
+def test_drop_tears_down_by_default_reset_says_so_and_a_silent_drop_is_asked_for():
+    verbs = {"MAIL": lambda flow: flow.drop(), "RCPT": lambda flow: flow.reset(),
+             "DATA": lambda flow: flow.drop(reset=False)}
+    for verb, act in verbs.items():
+        enforcer = RecordingEnforcer()
+
+        @rule(hooks.command, id="t.verdict")
+        def verdict(flow, command):
+            if command.verb == verb:
+                act(flow)
+
+        r = run(StaticRules(verdict), enforcer=enforcer)
+        (drop,) = r.sink.of("drop")
+        check(drop)
+        silent = verb == "DATA"
+        assert drop["action"] == "drop_flow" and drop["reset"] is not silent, verb
+        assert enforcer.calls == [("drop_flow", drop["uid"], None, not silent)]
+        assert bool(enforcer.verdicts.resets) is not silent
 
 
 def test_ban_source_bans_the_client_prefix_and_stops_the_flow():
