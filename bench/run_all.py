@@ -16,6 +16,10 @@ Stages (each also runs alone, see its script):
             (bench_sessions.py): the highest rate with zero lost events
   enforce   bench_enforce.py: verdict -> kernel map (flow.drop()) p50/p99,
             packet -> map written, what passed after the verdict
+  hold      bench_hold.py: the commit hold on (with and without injecting
+            released frames) vs off, on an MTA host: banned pipelined messages
+            accepted, delivery latency p50/p99 and throughput of legitimate
+            mail
   drop      bench_drop.py: a SYN flood from a banned source, XDP ban vs an
             nftables rule: receiver CPU per dropped packet, ratio
   memory    bench_memory.py: userland RSS per open flow (100 k flows), the
@@ -44,7 +48,7 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-STAGES = ("xdp", "consumer", "replay", "sessions", "enforce", "drop", "memory")
+STAGES = ("xdp", "consumer", "replay", "sessions", "enforce", "hold", "drop", "memory")
 
 
 class Table:
@@ -233,6 +237,39 @@ def stage_enforce(table: Table, args, report: dict) -> None:
         table.add("4 end to end", "pipelined 32 KB messages accepted despite the drop",
                   f"{run['server_accepted']} of {run['sessions']}")
         table.add("4 end to end", "events lost (enforce run)", run["lost"])
+
+
+def stage_hold(table: Table, args, report: dict) -> None:
+    n = "100" if args.quick else "300"
+    argv = [sys.executable, str(BENCH / "bench_hold.py"), "--json", "--layouts", "host", "--sessions", n,
+            "--throughput-sessions", "200" if args.quick else "600"]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    try:
+        res = json.loads(out)
+    except ValueError:
+        table.add("4 hold", "bench_hold.py failed", out[-200:] or "no output")
+        return
+    report["hold"] = res
+    runs = {(r["case"], r["mode"], r["size"], r["hold"], r["inject"]): r for r in res["runs"]}
+    for (case, mode, size, hold, _inject), off in runs.items():
+        if hold:
+            continue
+        on, plain = runs.get((case, mode, size, True, True)), runs.get((case, mode, size, True, False))
+        if on is None or plain is None:
+            continue
+        what = f"{mode}, {size // 1024} KB"
+        if case == "banned":
+            table.add("4 hold", f"banned sender pipelining {size // 1024} KB: accepted, hold on / off",
+                      f"{on['server_accepted']} / {off['server_accepted']} of {off['sessions']}", "0 with the hold",
+                      on["server_accepted"] == 0)
+        elif case == "latency":
+            table.add("4 hold", f"{what}: delivery latency p50 / p99, hold on (no inject; off)",
+                      " ".join([f"{on['latency']['p50_ms']:.1f} / {on['latency']['p99_ms']:.1f} ms",
+                                f"({plain['latency']['p50_ms']:.0f} / {plain['latency']['p99_ms']:.0f};",
+                                f"{off['latency']['p50_ms']:.1f} / {off['latency']['p99_ms']:.1f})"]))
+        else:
+            table.add("4 hold", f"{what}: messages/s at {off['concurrency']} at a time, hold on (no inject; off)",
+                      f"{on['delivered_per_s']:.0f} ({plain['delivered_per_s']:.0f}; {off['delivered_per_s']:.0f})")
 
 
 def stage_drop(table: Table, args, report: dict) -> None:
