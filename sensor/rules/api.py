@@ -59,6 +59,10 @@ class hooks:
     #: message content; streamed: ``async def fn(flow, content)`` with ``async for chunk in content``;
     #: not streamed: ``fn(flow, content)`` with the content bytes (up to ``content_cap``).
     mail_content = Hook("mail_content", "bytes / async iterator of bytes", streamable=True)
+    #: a dot line in the content that a lenient MTA reads as the message's end, when it is met
+    #: (before the real end: such an MTA commits there); ``fn(flow, seen)``:
+    #: ``sensor.smtp.LenientTerminator`` (its ``label``, such as "<LF>.<LF>").
+    lenient_terminator = Hook("lenient_terminator", "sensor.smtp.LenientTerminator")
     #: the end of a message; ``fn(flow, end)``: ``sensor.smtp.MessageEnd`` (size, smuggling evidence).
     message_end = Hook("message_end", "sensor.smtp.MessageEnd")
     #: a finished transaction; ``fn(flow, record)``: the ``smtp`` record (a dict, Zeek's fields),

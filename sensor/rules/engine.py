@@ -88,7 +88,7 @@ class _StreamedRule:
 
 #: the events that carry the trans_depth of the transaction they belong to
 _NUMBERED = frozenset((sev.Command, sev.Reply, sev.MailFrom, sev.RcptTo, sev.MessageHeaders,
-                       sev.MailContent, sev.MessageEnd, sev.Transaction))
+                       sev.MailContent, sev.LenientTerminator, sev.MessageEnd, sev.Transaction))
 
 
 class RuleTransaction:
@@ -214,6 +214,7 @@ class RuleEngine:
             sev.RcptTo: self._on_rcpt_to,
             sev.MessageHeaders: self._on_message_headers,
             sev.MailContent: self._on_mail_content,
+            sev.LenientTerminator: self._on_lenient_terminator,
             sev.MessageEnd: self._on_message_end,
             sev.Transaction: self._on_transaction,
             sev.SmtpAnomaly: self._on_anomaly,
@@ -282,6 +283,9 @@ class RuleEngine:
         if not flow._in_message:
             self._start_content(flow)
         self._content(flow, ev.data)
+
+    def _on_lenient_terminator(self, flow, ev) -> None:
+        self._run_list(self.ruleset.by_hook["lenient_terminator"], flow, ev)
 
     def _on_message_end(self, flow, ev) -> None:
         if not flow._in_message:

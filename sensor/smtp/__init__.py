@@ -24,6 +24,7 @@ from sensor.smtp.events import (
     Command,
     Event,
     Greeting,
+    LenientTerminator,
     MailContent,
     MailFrom,
     MessageEnd,
@@ -41,6 +42,6 @@ from sensor.smtp.limits import SmtpLimits
 __all__ = [
     "SMTPConnection", "SmtpLimits", "anomalies", "KNOWN_VERBS", "CLIENT", "SERVER",
     "Event", "Greeting", "Command", "Reply", "ServerCapabilities", "MailFrom", "RcptTo",
-    "MailContent", "MessageHeaders", "MessageEnd", "Step", "Transaction", "AuthEvent",
+    "MailContent", "MessageHeaders", "LenientTerminator", "MessageEnd", "Step", "Transaction", "AuthEvent",
     "StartTLS", "SmtpAnomaly",
 ]

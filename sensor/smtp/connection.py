@@ -54,6 +54,7 @@ from sensor.smtp.events import (
     Command,
     Greeting,
     MailFrom,
+    LenientTerminator,
     MessageEnd,
     RcptTo,
     Reply,
@@ -190,8 +191,7 @@ class SMTPConnection:
                 # content alone does not change that.)  An empty storage means
                 # nothing is buffered: tested without calling len() on the
                 # per-segment path.
-                content, rest = self._dot.feed(data)
-                self._msg.feed(content, ts, out)
+                rest = self._feed_dot(data, ts, out)
                 if rest is None:
                     return out
                 self._cl.push_front(rest)
@@ -355,8 +355,7 @@ class SMTPConnection:
         if mode == DATA:
             if not len(self._cl):
                 return False
-            content, rest = self._dot.feed(self._cl.take_all())
-            self._msg.feed(content, ts, out)
+            rest = self._feed_dot(self._cl.take_all(), ts, out)
             if rest is not None:
                 self._cl.push_front(rest)
                 self._end_data(ts, out)
@@ -565,6 +564,20 @@ class SMTPConnection:
         self._dot = DotDecoder(self.limits.data_line)
         self._msg = MessageAssembler(self.limits, "DATA", self._txns.depth)
         self._mode = DATA
+
+    def _feed_dot(self, data: bytes, ts: float, out: list):
+        """DATA octets through the dot decoder into the message; returns what
+        follows the end of data (None: the message goes on).  A lenient end
+        of data met here is told at once (LenientTerminator)."""
+        dot = self._dot
+        seen = len(dot.terminators)
+        content, rest = dot.feed(data)
+        self._msg.feed(content, ts, out)
+        found = dot.terminators
+        if len(found) > seen and seen < 32:
+            depth = self._msg.trans_depth
+            out += [LenientTerminator(ts, label, trans_depth=depth) for label in found[seen:32]]
+        return rest
 
     def _finish_message(self, ts: float, out: list, complete: bool) -> None:
         msg, dot = self._msg, self._dot

@@ -150,6 +150,17 @@ class MessageHeaders(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class LenientTerminator(Event):
+    """A dot line in a message's content that a lenient MTA reads as its end
+    (<LF>.<LF>, <CR>.<CR>, ...), when the decoder meets it (one event each,
+    the first 32 of a message): the strict reading goes on, but an MTA that
+    honours it commits the message there, so a verdict must come now, not at
+    the real end (``MessageEnd`` lists them all again)."""
+    label: str                    #: e.g. "<LF>.<LF>"
+    trans_depth: int = field(kw_only=True)   #: the transaction of the message
+
+
+@dataclass(frozen=True, slots=True)
 class MessageEnd(Event):
     """The end of one message (CRLF.CRLF, BDAT LAST, or the connection's end)."""
     size: int                     #: octets of content after dot-unstuffing
