@@ -43,12 +43,14 @@ from support.testrun import prog_test_run  # noqa: E402
 CLIENT, SERVER = "198.51.100.7", "192.0.2.25"
 
 
-def frame(payload_len: int, dport: int = 25, src: str = CLIENT, v6: bool = False, vlan: bool = False) -> bytes:
+def frame(payload_len: int, dport: int = 25, src: str = CLIENT, v6: bool = False, vlan: bool = False,
+          tail: bytes = b"") -> bytes:
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     if vlan:
         eth = eth / Dot1Q(vlan=10)
     ip = IPv6(src="2001:db8:1::7", dst="2001:db8:2::25") if v6 else IP(src=src, dst=SERVER)
-    return bytes(eth / ip / TCP(sport=40000, dport=dport, flags="PA") / Raw(b"x" * payload_len))
+    body = b"x" * (payload_len - len(tail)) + tail
+    return bytes(eth / ip / TCP(sport=40000, dport=dport, flags="PA") / Raw(body))
 
 
 def ns_per_packet(fd: int, data: bytes, repeat: int = 200_000, rounds: int = 5, drain=None) -> float:
@@ -76,6 +78,13 @@ def testrun_table(dp: Datapath, empty_fd: int) -> dict[str, float]:
     results["SMTP pushed, 1.4 KB payload"] = ns_per_packet(dp.xdp_fd, frame(1400), 400, 25, drain)
     results["SMTP pushed, IPv6 + VLAN, 1.4 KB"] = ns_per_packet(
         dp.xdp_fd, frame(1400, v6=True, vlan=True), 400, 25, drain)
+    # the commit hold: every client segment is read for an end of data
+    maps.set_config(hold=True)
+    results["hold on: 1.4 KB client segment read, passed and pushed"] = ns_per_packet(
+        dp.xdp_fd, frame(1400, tail=b"text\r\n"), 400, 25, drain)
+    results["hold on: 1.4 KB ending CRLF.CRLF, held and pushed"] = ns_per_packet(
+        dp.xdp_fd, frame(1400, tail=b"\r\n.\r\n"), 400, 25, drain)
+    maps.set_config()
     counters = maps.counters()["ingress"]
     results["(push failures during the push runs)"] = counters["push_failed"]
     maps.ban("198.51.100.0/24")
