@@ -10,18 +10,14 @@ the server's veth; what Postfix committed is read from its own log."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from sensor.kernel import abi
 from sensor.lab.network import CLIENT_V4, Lab
-from support.lab_sensor import SensorProcess
-
-REPO = Path(__file__).resolve().parents[2]
+from support.lab_hold import start_sensor
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +29,9 @@ def lab(lab_prereqs):
 
 @pytest.fixture(scope="module")
 def sensor(lab, test_pin_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("hold-faults")
-    rules = work / "rules"
-    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    proc = SensorProcess(lab, work / "records.json", test_pin_root / "hold-faults" / f"v{abi.ABI_VERSION}",
-                         work / "control.sock", "--rules", str(rules))
+    proc = start_sensor(lab, tmp_path_factory.mktemp("hold-faults"),
+                        test_pin_root / "hold-faults" / f"v{abi.ABI_VERSION}")
     try:
-        proc.wait_log(lambda e: e.get("event") == "running", timeout=90)
         yield proc
     finally:
         proc.stop()
@@ -50,7 +42,7 @@ def kernel(sensor) -> dict:
 
 
 def committed(lab, sender: str, since: int) -> list[str]:
-    """Queue ids Postfix gave to messages from ``sender`` since the mark."""
+    """Postfix's log lines of messages it queued from ``sender`` since the mark."""
     return [line for line in lab.postfix.log_lines()[since:] if f"from=<{sender}>" in line]
 
 
