@@ -104,6 +104,31 @@ _VERB_START = re.compile(rb"([A-Za-z]{4,8})(?: |\r?\Z)")
 _SASL_RE = re.compile(rb"[A-Za-z0-9+/=]*\Z|\*\Z")
 
 
+# SASL mechanism names (RFC 4422 3.1: 1-20 of A-Z, 0-9, "-", "_"), as clients
+# send them: in capitals, or in small letters ("auth login"), or a registered
+# name in any case.  A word in mixed case is not a name but most likely a
+# credential sent without one ("AUTH dXNlcjpwYXNz"): it is not shown.
+_MECHANISM_RE = re.compile(r"[A-Z0-9_-]{1,20}\Z|[a-z0-9_-]{1,20}\Z")
+_REGISTERED_MECHANISMS = frozenset({
+    "PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "XOAUTH2", "OAUTHBEARER", "EXTERNAL",
+    "ANONYMOUS", "GSSAPI", "GS2-KRB5", "NTLM", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS",
+})
+#: what a command or an event shows for a mechanism that is not a name.
+NOT_A_MECHANISM = "(not a mechanism name)"
+
+
+def _mechanism(param: str) -> str:
+    """The SASL mechanism of an AUTH command's parameter, upper-cased; never the initial response."""
+    words = param.split()
+    if not words:
+        return ""
+    word = words[0]
+    if _MECHANISM_RE.match(word) or word.upper() in _REGISTERED_MECHANISMS:
+        return word.upper()
+    return NOT_A_MECHANISM
+
+
 def _looks_like_command(line: bytes) -> bool:
     m = _VERB_START.match(line)
     return m is not None and m.group(1).upper().decode() in KNOWN_VERBS
@@ -289,7 +314,13 @@ class SMTPConnection:
             self._anomaly(out, ts, name, direction, detail)
 
     def _internal(self, exc: Exception, direction: str, ts: float, out: list) -> None:
-        self._anomaly(out, ts, A.INTERNAL_ERROR, direction, A.excerpt(f"{type(exc).__name__}: {exc}"))
+        # The exception's type and where it was raised, not its message: a
+        # message may quote the octets being read (a credential among them).
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" in {tb.tb_frame.f_code.co_name} line {tb.tb_lineno}" if tb is not None else ""
+        self._anomaly(out, ts, A.INTERNAL_ERROR, direction, f"{type(exc).__name__}{where}")
         self._stop()
 
     def _stop(self) -> None:
@@ -426,9 +457,14 @@ class SMTPConnection:
         verb = raw_verb.upper()
         known = verb in KNOWN_VERBS
         if truncated:
-            self._anomaly(out, ts, A.MAX_COMMAND_LINE_LEN_EXCEEDED, CLIENT,
-                          f"command line longer than {self.limits.command_line} octets: "
-                          f"{A.excerpt(text)!r}")
+            if verb == "AUTH":   # what follows the mechanism is a credential
+                self._anomaly(out, ts, A.MAX_COMMAND_LINE_LEN_EXCEEDED, CLIENT,
+                              f"AUTH {_mechanism(param)} line of {self._cl.overlong} octets, longer "
+                              f"than {self.limits.command_line}; its initial response not shown")
+            else:
+                self._anomaly(out, ts, A.MAX_COMMAND_LINE_LEN_EXCEEDED, CLIENT,
+                              f"command line longer than {self.limits.command_line} octets: "
+                              f"{A.excerpt(text)!r}")
         if bare_lf:
             self._once(out, ts, A.BARE_LF_COMMAND_LINE, CLIENT,
                        f"command {A.excerpt(raw_verb)!r} ended with a bare LF; parsed anyway")
@@ -436,7 +472,7 @@ class SMTPConnection:
             self._first_cmd_ts = ts
         shown = param
         if verb == "AUTH":   # never expose an initial response
-            shown = param.strip().split(" ", 1)[0] if param.strip() else ""
+            shown = _mechanism(param)
         txns = self._txns
         depth = txns.depth
         if verb == "MAIL" and txns.current is not None and txns.current.has_mail:
@@ -541,7 +577,7 @@ class SMTPConnection:
         self._bdat_last = last
 
     def _cmd_auth(self, cmd, param, ts, out):
-        self._auth = _Auth(cmd.parameter.upper())
+        self._auth = _Auth(cmd.parameter)
         self._push(Pending("AUTH", cmd, blocking=True), ts, out)
 
     def _cmd_starttls(self, cmd, param, ts, out):
@@ -791,8 +827,13 @@ class SMTPConnection:
         if not held:
             held = next((b for b in self._cq if isinstance(b, bytes) and b), b"")
         if held and held[:1] != b"\x16":
+            # what was injected, by its first verb: the lines may hold credentials
+            m = _VERB_START.match(held.split(b"\n", 1)[0].rstrip(b"\r"))
+            verb = m.group(1).upper().decode() if m is not None else ""
+            first = repr(verb) if verb in KNOWN_VERBS else "not a command"
             self._anomaly(out, ts, A.STARTTLS_PLAINTEXT_INJECTION, CLIENT,
-                          f"plaintext after STARTTLS: {A.excerpt(held[:32])!r}")
+                          f"{len(held)} octets of plaintext after STARTTLS, not a TLS record; "
+                          f"the first line's verb: {first}")
         self.tls = True
         if self._txns.current is None:
             self._new_txn(ts)

@@ -4,7 +4,7 @@ A line ends at LF; a CR before it is part of the CRLF ending.  Lines ending
 in a bare LF are returned too (with ``bare_lf=True``): SMTP clients that end
 commands with bare LF exist (the Haka sample capture has them).  A line longer
 than the limit keeps its first ``limit`` octets and the rest is discarded up
-to the LF, whatever the segmentation.
+to the LF, whatever the segmentation; ``overlong`` then says how long it was.
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ _EMPTY = b""   # _buf while nothing is buffered (a bytearray only while somethin
 
 
 class LineBuffer:
-    __slots__ = ("_buf", "_pos", "_limit", "_over", "_last", "_resync", "_probe")
+    __slots__ = ("_buf", "_pos", "_limit", "_over", "_over_len", "_last", "_resync", "_probe",
+                 "overlong")
 
     def __init__(self, limit: int) -> None:
         self._buf = _EMPTY                # two line buffers per open flow: no bytearray while empty
         self._pos = 0
         self._limit = max(1, limit)
         self._over: bytes | None = None   # kept prefix of an overlong line being discarded
+        self._over_len = 0                # octets of that line so far
         self._last = 0                    # last octet discarded while in overlong mode
         self._resync = False              # discard up to the next LF (after a gap)
         self._probe = None                # after a gap: does the first line look whole?
+        #: octets of the last truncated line take_line returned, its ending included
+        self.overlong = 0
 
     def __len__(self) -> int:
         return len(self._buf) - self._pos
@@ -63,10 +67,12 @@ class LineBuffer:
                 if not n:
                     return None       # nothing buffered (and so nothing to compact)
                 if self._resync or self._over is not None:
+                    self._over_len += n
                     self._last = buf[-1]
                     self._pos = len(buf)
                 elif n >= self._limit:
                     self._over = bytes(buf[pos:pos + self._limit])
+                    self._over_len = n
                     self._last = buf[-1]
                     self._pos = len(buf)
                 self._compact()
@@ -85,10 +91,14 @@ class LineBuffer:
                 self._over = None
                 bare_lf = (raw[-1:] != b"\r") if raw else (self._last != 13)
                 truncated = True
+                self.overlong = self._over_len + len(raw) + 1
             else:
                 bare_lf = not raw.endswith(b"\r")
                 truncated = len(raw) >= self._limit
-                line = raw[:self._limit] if truncated else raw
+                line = raw
+                if truncated:
+                    line = raw[:self._limit]
+                    self.overlong = len(raw) + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             return line, bare_lf, truncated

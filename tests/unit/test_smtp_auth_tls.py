@@ -109,3 +109,55 @@ def test_starttls_rejected_continues_in_plaintext():
     assert A.TLS_REJECTED in names(ev)
     assert not of(ev, StartTLS)
     assert replies(ev)[-1] == ("MAIL", 250)
+
+
+XOAUTH2 = base64.b64encode(b"user=alice@example.org\x01auth=Bearer ya29." + SECRET * 60 + b"\x01\x01")
+
+
+def test_an_auth_line_over_the_command_limit_says_its_mechanism_and_length_only():
+    line = b"AUTH XOAUTH2 " + XOAUTH2 + b"\r\n"
+    assert len(line) > 512
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY),
+                  ("C", line[:300]), ("C", line[300:]), ("S", b"235 2.7.0 ok\r\n"),
+                  ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"))
+    (a,) = [e for e in ev if getattr(e, "name", "") == A.MAX_COMMAND_LINE_LEN_EXCEEDED]
+    assert a.detail == (f"AUTH XOAUTH2 line of {len(line)} octets, longer than 512; "
+                        "its initial response not shown")
+    assert ("AUTH", "XOAUTH2") in commands(ev)
+    assert XOAUTH2[:8].decode() not in repr(ev)
+
+
+def test_other_command_lines_over_the_limit_keep_their_excerpt():
+    ev = feed(b"MAIL FROM:<" + b"a" * 600 + b"@b.c>\r\n", GREETING)
+    (a,) = [e for e in ev if getattr(e, "name", "") == A.MAX_COMMAND_LINE_LEN_EXCEEDED]
+    assert "'MAIL FROM:<aaaa" in a.detail
+
+
+def test_a_credential_sent_in_place_of_a_mechanism_is_not_shown():
+    ev = dialogue(("S", GREETING), ("C", b"AUTH " + PLAIN + b"\r\n"), ("S", b"504 5.5.4 no\r\n"),
+                  ("C", b"auth login\r\n"), ("S", b"504 5.5.4 no\r\n"),
+                  ("C", b"AUTH Cram-Md5\r\n"), ("S", b"504 5.5.4 no\r\n"))
+    assert [p for v, p in commands(ev)] == ["(not a mechanism name)", "LOGIN", "CRAM-MD5"]
+    assert [a.mechanism for a in of(ev, AuthEvent)] == ["(not a mechanism name)", "LOGIN", "CRAM-MD5"]
+    assert not leaks(ev)
+
+
+def test_plaintext_injected_after_starttls_is_named_by_its_verb_only():
+    ev = feed(b"EHLO c\r\nSTARTTLS\r\nAUTH PLAIN " + PLAIN + b"\r\n",
+              GREETING + EHLO_REPLY + b"220 go\r\n")
+    (a,) = [e for e in ev if getattr(e, "name", "") == A.STARTTLS_PLAINTEXT_INJECTION]
+    assert "'AUTH'" in a.detail and not leaks(ev)
+    ev = feed(b"EHLO c\r\nSTARTTLS\r\n" + PASS + b"\r\n", GREETING + EHLO_REPLY + b"220 go\r\n")
+    (a,) = [e for e in ev if getattr(e, "name", "") == A.STARTTLS_PLAINTEXT_INJECTION]
+    assert "not a command" in a.detail and not leaks(ev)
+
+
+def test_an_internal_error_names_the_exception_and_where_not_its_message(monkeypatch):
+    def boom(self, line, ts, out):
+        raise ValueError(f"cannot read {line!r}")
+    monkeypatch.setattr(SMTPConnection, "_auth_answer", boom)
+    ev = dialogue(("S", GREETING), ("C", b"AUTH LOGIN\r\n"), ("S", b"334 VXNlcm5hbWU6\r\n"),
+                  ("C", USER + b"\r\n"))
+    (a,) = [e for e in ev if getattr(e, "name", "") == A.INTERNAL_ERROR]
+    assert a.detail == "ValueError in boom line " + a.detail.rsplit(" ", 1)[1]
+    assert not leaks(ev)
