@@ -62,6 +62,10 @@ CONTENT_GAP = "CONTENT_GAP"
 REPLY_ASSUMED = "REPLY_ASSUMED"
 #: at close (or after a server gap), a command never got its reply.
 REPLY_NOT_SEEN = "REPLY_NOT_SEEN"
+#: after a loss (a client gap in the command phase, an AUTH exchange out of
+#: step), client lines were skipped until one looked like a command; detail
+#: says how many, never what they held (SASL answers, message content).
+CLIENT_LINES_SKIPPED = "CLIENT_LINES_SKIPPED"
 TOO_MANY_PENDING_COMMANDS = "TOO_MANY_PENDING_COMMANDS"
 #: plaintext client octets queued after STARTTLS that are not a TLS record
 #: (the STARTTLS command injection of CVE-2011-0411 and its kin).

@@ -23,6 +23,17 @@ held (bounded) until that reply is known.  Past ``SmtpLimits.unreplied_client_by
 (or at close), the positive reply is assumed and REPLY_ASSUMED says so, which
 lets a capture holding only the client direction be dissected.
 
+Credentials never leave the dissector.  From an AUTH command to the final
+reply of its exchange, what the client sends is a SASL answer (mode
+AUTH_RESPONSE), never a command, and no event or anomaly quotes it.  When the
+exchange loses its step (a gap in either direction, a reply that answers it
+first after a server gap, a reply assumed), the number of answers is no longer
+known: the client is read in mode RESYNC (a line is read only once one looks
+like a command; those before it are counted, never shown) and the server's
+334s and final reply go to an absorbing "AUTH_ANSWER" (``Pending.absorbs``).
+A client gap elsewhere in the command phase resyncs the same way: what
+follows may be the answers of an AUTH lost in the gap, or message content.
+
 The parts, one job each: :class:`~.replies.ReplyReader` reads the server's
 octets into replies, :class:`~.pending.PendingQueue` holds the commands and
 replies waiting for each other, :class:`~.transaction.Transactions` builds
@@ -65,7 +76,7 @@ from sensor.smtp.events import (
 from sensor.smtp.limits import SmtpLimits
 from sensor.smtp.lines import LineBuffer
 from sensor.smtp.message import MessageAssembler
-from sensor.smtp.pending import Pending, PendingQueue, plausible
+from sensor.smtp.pending import AUTH_VERBS, Pending, PendingQueue, plausible
 from sensor.smtp.replies import ReplyReader, parse_ehlo_keywords
 from sensor.smtp.transaction import Transactions, TransactionState
 
@@ -90,6 +101,18 @@ BDAT = "BDAT"
 #: a 334 reply to AUTH or to a SASL answer: the next client line is a SASL
 #: answer; it never appears in any event.
 AUTH_RESPONSE = "AUTH_RESPONSE"
+#: a client gap in the command phase; an AUTH exchange that lost its step (a
+#: gap, a reply after a server gap, a reply assumed): client lines are skipped
+#: (counted, never shown) until one looks like a command, which is read.
+RESYNC = "RESYNC"
+#: the final reply of an AUTH exchange in step.  The server reads what follows
+#: as commands, but a client may have sent more answers than it was asked for
+#: (answers pipelined after an AUTH that got 503, 504 or 530): until a line
+#: looks like a command, each is a command whose text is never shown (verb
+#: HIDDEN), then COMMAND.
+AFTER_AUTH = "AFTER_AUTH"
+#: the verb of a client line read as a command but not shown (AFTER_AUTH).
+HIDDEN = "(hidden)"
 #: a 220 reply to STARTTLS: all further input is ignored and the caller should
 #: bypass the flow (StartTLS event).
 TLS = "TLS"
@@ -101,7 +124,6 @@ _TERMINAL = (TLS, STOPPED, CLOSED)
 
 _BDAT_RE = re.compile(r"[ \t]*(\d{1,19})(?:[ \t]+(LAST))?[ \t]*\Z", re.I)
 _VERB_START = re.compile(rb"([A-Za-z]{4,8})(?: |\r?\Z)")
-_SASL_RE = re.compile(rb"[A-Za-z0-9+/=]*\Z|\*\Z")
 
 
 # SASL mechanism names (RFC 4422 3.1: 1-20 of A-Z, 0-9, "-", "_"), as clients
@@ -135,11 +157,14 @@ def _looks_like_command(line: bytes) -> bool:
 
 
 class _Auth:
-    __slots__ = ("mechanism", "rounds")
+    """One AUTH exchange, from the command to its final reply."""
+
+    __slots__ = ("mechanism", "rounds", "lost")
 
     def __init__(self, mechanism: str) -> None:
         self.mechanism = mechanism
-        self.rounds = 0
+        self.rounds = 0       # SASL answers read in step
+        self.lost = False     # something of the exchange was lost: it is out of step
 
 
 _NO_HELD = ()  # SMTPConnection._cq holding nothing
@@ -154,7 +179,7 @@ class SMTPConnection:
     __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_auth",
                  "_dot", "_msg", "_bdat_left", "_bdat_last", "_server", "_pending", "_txns",
                  "_activity", "_unknown", "_first_cmd_ts", "_said", "_pipelining", "_max_size",
-                 "helo", "tls")
+                 "_skipped", "helo", "tls")
 
     def __init__(self, limits: SmtpLimits | None = None) -> None:
         self.limits = limits if limits is not None else SmtpLimits()
@@ -167,7 +192,8 @@ class SMTPConnection:
         self._cq: deque | tuple = _NO_HELD
         self._cq_bytes = 0
         self._blocked: Pending | None = None   # the command whose reply the client waits for
-        self._auth: _Auth | None = None
+        self._auth: _Auth | None = None      # the exchange whose final reply is not known yet
+        self._skipped = 0                    # client lines skipped in mode RESYNC
         self._dot: DotDecoder | None = None
         self._msg: MessageAssembler | None = None
         self._bdat_left = 0
@@ -193,7 +219,8 @@ class SMTPConnection:
 
     @property
     def state(self) -> str:
-        """Client mode: COMMAND, DATA, BDAT, AUTH_RESPONSE, TLS, STOPPED or CLOSED."""
+        """Client mode: COMMAND, DATA, BDAT, AUTH_RESPONSE, RESYNC, AFTER_AUTH, TLS, STOPPED
+        or CLOSED."""
         return self._mode
 
     @property
@@ -262,7 +289,7 @@ class SMTPConnection:
         try:
             if direction == SERVER:
                 self._server.lost(ts, out)
-                self._pending.after_gap = True
+                self._pending.server_gap()
                 self._anomaly(out, ts, A.CONTENT_GAP, SERVER,
                               f"{length} octets lost; resync at next line, replies lost in the gap "
                               "are skipped by plausibility of the next reply")
@@ -374,14 +401,22 @@ class SMTPConnection:
     def _step_client(self, ts: float, out: list) -> bool:
         """Process one unit of buffered client input; False if more input is needed."""
         mode = self._mode
-        if mode == COMMAND or mode == AUTH_RESPONSE:
+        if mode == COMMAND or mode == AUTH_RESPONSE or mode == RESYNC or mode == AFTER_AUTH:
             got = self._cl.take_line()
             if got is None:
                 return False
-            if mode == AUTH_RESPONSE:
-                self._auth_answer(got[0], ts, out)
-            else:
+            if mode == COMMAND:
                 self._command(got, ts, out)
+            elif mode == AUTH_RESPONSE:
+                self._auth_answer(got[0], ts, out)
+            elif _looks_like_command(got[0]):
+                self._end_resync(ts, out)
+                self._command(got, ts, out)
+            else:
+                # an answer, content or garbage: never shown
+                self._skipped += 1
+                if mode == AFTER_AUTH:
+                    self._hidden_command(ts, out)
             return True
         if mode == DATA:
             if not len(self._cl):
@@ -420,13 +455,56 @@ class SMTPConnection:
                 self._bdat_left = 0
                 self._end_bdat_chunk(ts, out)
                 self._cl.gap(_looks_like_command)
-                how = f"{length} octets lost ({extra} past the BDAT chunk); resync at next line"
+                self._mode = RESYNC
+                how = (f"{length} octets lost ({extra} past the BDAT chunk); "
+                       "resync at the next line that looks like a command")
         else:
             if self._cl.partial:
                 self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "line cut by a gap")
             self._cl.gap(_looks_like_command)
-            how = f"{length} octets lost; resync at next line"
+            if mode == AUTH_RESPONSE and self._auth is not None:
+                self._out_of_step(self._auth, ts, out)
+            else:
+                self._mode = RESYNC
+            how = f"{length} octets lost; resync at the next line that looks like a command"
         self._anomaly(out, ts, A.CONTENT_GAP, CLIENT, how)
+
+    def _hidden_command(self, ts: float, out: list) -> None:
+        """A line the server reads as a command, not shown: its reply is matched
+        to it, and it counts as an unknown command."""
+        self._push(Pending(HIDDEN), ts, out)
+        self._unknown += 1
+        if self._unknown > self.limits.unknown_commands:
+            self._end_resync(ts, out)
+            self._anomaly(out, ts, A.TOO_MANY_UNKNOWN_COMMANDS, CLIENT,
+                          f"more than {self.limits.unknown_commands} unknown commands; "
+                          "connection no longer parsed")
+            self._stop()
+
+    def _end_resync(self, ts: float, out: list) -> None:
+        """A line that looks like a command ends mode RESYNC or AFTER_AUTH: say what was skipped."""
+        if self._skipped:
+            self._anomaly(out, ts, A.CLIENT_LINES_SKIPPED, CLIENT,
+                          f"{self._skipped} client line(s) "
+                          + ("after an AUTH exchange" if self._mode == AFTER_AUTH else "after a loss")
+                          + " skipped until one looked like a command; not shown (SASL answers "
+                          "or message content may be among them)")
+            self._skipped = 0
+        self._mode = COMMAND
+
+    def _out_of_step(self, auth: _Auth, ts: float, out: list) -> None:
+        """The AUTH exchange lost its step: skip the client's answers, absorb the server's replies."""
+        auth.lost = True
+        if self._mode in (COMMAND, AUTH_RESPONSE):
+            self._mode = RESYNC
+        self._push(Pending("AUTH_ANSWER", absorbs=auth), ts, out)
+
+    def _auth_end(self, auth: _Auth, code: int | None, ts: float, out: list) -> None:
+        """The exchange's final reply (``code``; None: it was not seen)."""
+        out.append(AuthEvent(ts, auth.mechanism, None if code is None else 200 <= code < 300,
+                             code, auth.rounds))
+        if self._auth is auth:
+            self._auth = None
 
     def _push(self, p: Pending, ts: float, out: list) -> None:
         waiting = self._pending.push(p)
@@ -447,6 +525,8 @@ class SMTPConnection:
             self._unanswered(old, ts, out)
 
     def _unanswered(self, p: Pending, ts: float, out: list) -> None:
+        if p.absorbs is not None:
+            self._auth_end(p.absorbs, None, ts, out)
         if p.txn is not None and self._txns.unanswered(p.txn, ts, out):
             self._stop()
 
@@ -695,11 +775,28 @@ class SMTPConnection:
                 return True
             return False
         if pending.after_gap:
-            pending.after_gap = False
             reply = pending.pop_reply()
             if self._resync(reply, ts, out):
                 return True
-            self._answer(pending.pop_command(), reply, ts, out)
+            p = pending.pop_command()
+            if p.verb in AUTH_VERBS and self._auth is not None:
+                self._auth.lost = True   # which of the exchange's replies this is, is unknown
+            self._answer(p, reply, ts, out)
+            return True
+        head, code = pending.commands[0], pending.replies[0][0]
+        if head.absorbs is not None and not plausible("AUTH_ANSWER", code):
+            # the final reply of an exchange out of step was lost
+            pending.pop_command()
+            self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
+                          f"the final reply to AUTH {head.absorbs.mechanism} was not seen")
+            self._unanswered(head, ts, out)
+            return True
+        if (code == 334 or code == 235) and head.verb not in AUTH_VERBS:
+            # only AUTH gets these: it was lost in a client gap
+            if code == 334:
+                self._lost_auth(ts, out)
+            else:
+                self._unmatched(pending.pop_reply(), ts, out)
             return True
         p, reply = pending.take()
         self._answer(p, reply, ts, out)
@@ -723,6 +820,22 @@ class SMTPConnection:
                 self._unanswered(p, ts, out)
                 if p is self._blocked:
                     self._blocked = None
+        elif code == 334:
+            pending.put_back_reply(reply)
+            self._lost_auth(ts, out)
+            return True
+        elif head is self._blocked and head.verb in AUTH_VERBS:
+            # The exchange's end was lost (this reply answers a later command):
+            # what the client sent after it is read from a line that looks like a command.
+            pending.pop_command()
+            self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
+                          f"reply to {head.verb} lost in a gap; the exchange's end is unknown")
+            self._blocked = None
+            if self._auth is not None:
+                self._auth_end(self._auth, None, ts, out)
+            self._mode = RESYNC
+            pending.put_back_reply(reply)
+            return True
         elif head is self._blocked and head.verb == "DATA":
             # The 354 was lost: the message was sent; read it, then match again.
             pending.pop_command()
@@ -734,6 +847,17 @@ class SMTPConnection:
             pending.put_back_reply(reply)
             return True
         return False
+
+    def _lost_auth(self, ts: float, out: list) -> None:
+        """A 334 with no AUTH waiting: the AUTH was lost in a client gap.  Its
+        exchange is out of step from the start: an absorbing AUTH_ANSWER takes
+        this 334, the next ones and the final reply."""
+        self._anomaly(out, ts, A.UNABLE_TO_MATCH_REPLY_WITH_REQUEST, SERVER,
+                      "334: its AUTH was not seen (lost in a gap); the replies of the exchange "
+                      "are taken up to its final one")
+        auth = _Auth("")
+        auth.lost = True
+        self._pending.push_front(Pending("AUTH_ANSWER", absorbs=auth))
 
     def _unmatched(self, reply: tuple, ts: float, out: list) -> None:
         code, enh, lines, multi = reply
@@ -803,16 +927,32 @@ class SMTPConnection:
     def _auth_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p is self._blocked:
             self._blocked = None
-        if p.assumed:
+        if p.absorbs is not None:        # an exchange out of step: 334s, then its final reply
+            if code == 334:
+                self._pending.push_front(p)
+            else:
+                self._auth_end(p.absorbs, code, ts, out)
             return
         auth = self._auth
+        if p.assumed:
+            # the reply came after all: a final one ends the exchange, and its
+            # absorbing AUTH_ANSWER (queued right behind) has nothing left to take
+            if code != 334 and auth is not None:
+                commands = self._pending.commands
+                if commands and commands[0].absorbs is auth:
+                    self._pending.pop_command()
+                self._auth_end(auth, code, ts, out)
+            return
         if code == 334:
-            if self._mode == COMMAND:
+            if auth is not None and auth.lost:
+                self._out_of_step(auth, ts, out)
+            elif self._mode == COMMAND:
                 self._mode = AUTH_RESPONSE
             return
         if auth is not None:
-            out.append(AuthEvent(ts, auth.mechanism, 200 <= code < 300, code, auth.rounds))
-        self._auth = None
+            self._auth_end(auth, code, ts, out)
+            if self._mode == COMMAND:
+                self._mode = RESYNC if auth.lost else AFTER_AUTH
 
     def _starttls_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p is self._blocked:
@@ -868,30 +1008,23 @@ class SMTPConnection:
             else:
                 self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
                               f"no reply to STARTTLS before {why}; assumed rejected")
-        else:   # AUTH, AUTH_ANSWER: never risk reading an answer as a command
-            self._pump_held()
-            got = None
-            if not closing:
-                buf = self._cl.take_all()
-                self._cl.push_front(buf)
-                nl = buf.find(b"\n")
-                first = buf[:nl].rstrip(b"\r") if nl >= 0 else b""
-                if nl >= 0 and _SASL_RE.match(first) and first.upper() not in (
-                        b"QUIT", b"RSET", b"NOOP", b"HELP", b"DATA"):
-                    got = "334"
+        elif closing:   # AUTH, AUTH_ANSWER: what is held may be answers; never read
             self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
-                          f"no reply to {p.verb} before {why}; assumed "
-                          + ("334 (next line looks like a SASL answer)" if got else "final"))
-            if got:
-                self._mode = AUTH_RESPONSE
+                          f"no reply to {p.verb} before {why}; assumed final, what followed "
+                          "is not read")
+            if self._auth is not None:
+                self._auth_end(self._auth, None, ts, out)
+            self._cl.clear()
+            self._cq = _NO_HELD
+            self._cq_bytes = 0
+        else:           # never risk reading an answer as a command
+            self._anomaly(out, ts, A.REPLY_ASSUMED, SERVER,
+                          f"no reply to {p.verb} before {why}; client lines are skipped until "
+                          "one looks like a command")
+            if self._auth is not None:
+                self._out_of_step(self._auth, ts, out)
             else:
-                if self._auth is not None:
-                    out.append(AuthEvent(ts, self._auth.mechanism, None, None, self._auth.rounds))
-                self._auth = None
-                if closing:
-                    self._cl.clear()
-                    self._cq = _NO_HELD
-                    self._cq_bytes = 0
+                self._mode = RESYNC
 
     def _pump_held(self) -> None:
         """Move held client octets into the line buffer (stopping at a gap)."""
@@ -920,6 +1053,8 @@ class SMTPConnection:
         elif self._msg is not None:
             self._finish_message(ts, out, False)
             self._mode = COMMAND
+        if (self._mode == RESYNC or self._mode == AFTER_AUTH) and self._skipped:
+            self._end_resync(ts, out)
         if self._cl.partial:
             self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "connection ended inside a line")
         if self._server.in_reply:
@@ -936,6 +1071,10 @@ class SMTPConnection:
         for p in lost:
             if p.txn is not None:
                 p.txn.pending -= 1
+            if p.absorbs is not None:
+                self._auth_end(p.absorbs, None, ts, out)
+        if self._auth is not None:   # the client never answered the last 334
+            self._auth_end(self._auth, None, ts, out)
 
 
 _ON_COMMAND = {

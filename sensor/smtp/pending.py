@@ -9,6 +9,8 @@ for the command it answers (bounded by ``SmtpLimits.unmatched_replies``).
 After a gap in the server's octets, replies were lost: the first reply after
 it is matched by plausibility, and the commands in front of the first one it
 could answer are the ones whose replies were lost (:meth:`PendingQueue.lost_before`).
+Which reply is the first after the gap is kept by position, so it does not
+depend on whether the replies received before the gap were matched yet.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ class Pending:
     """A command waiting for its reply."""
 
     __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last", "trans_depth",
-                 "held_since")
+                 "held_since", "absorbs")
 
-    def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False):
+    def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False,
+                 absorbs=None):
         self.verb = verb
         self.command = command
         self.txn = txn
@@ -36,14 +39,22 @@ class Pending:
         self.last = last          # BDAT ... LAST
         self.trans_depth = 1      # what its reply carries (set when it is queued)
         self.held_since = None    # blocking: ts the client's octets began to wait for the reply
+        #: "AUTH_ANSWER" of an AUTH exchange that lost its step: it takes every
+        #: 334 and then the final reply, however many answers the client sent
+        self.absorbs = absorbs
+
+
+AUTH_VERBS = ("AUTH", "AUTH_ANSWER")
 
 
 def plausible(verb: str, code: int) -> bool:
-    """Could ``code`` answer ``verb``?  Used only to resynchronise after a server gap."""
+    """Could ``code`` answer ``verb``?  Used to resynchronise after a loss."""
     if code == 354:
         return verb == "DATA"
     if code in (334, 235):
-        return verb in ("AUTH", "AUTH_ANSWER")
+        return verb in AUTH_VERBS
+    if verb in AUTH_VERBS:   # RFC 4954: 334, 235, or a 4xx/5xx failure
+        return code >= 400
     if code == 221:
         return verb == "QUIT"
     if code == 220:
@@ -58,17 +69,32 @@ def plausible(verb: str, code: int) -> bool:
 class PendingQueue:
     """The commands without a reply yet and the replies without a command yet, in order.
 
-    A reply is a tuple (code, enhanced, lines, multiline).  ``after_gap``: the
-    server's octets had a gap since the last reply matched.
+    A reply is a tuple (code, enhanced, lines, multiline).
     """
 
-    __slots__ = ("commands", "replies", "after_gap")
+    __slots__ = ("commands", "replies", "_gap_at")
 
     def __init__(self) -> None:
         # the greeting's: before any transaction, its reply carries the first one's depth
         self.commands: list[Pending] | tuple = [Pending(">")]   # <= pending_commands + 1
         self.replies: list[tuple] | tuple = _NONE                # <= unmatched_replies + 1
-        self.after_gap = False
+        # after a server gap: how many replies waiting were received before
+        # it (the next one is the first after it); None: no gap to resync
+        self._gap_at: int | None = None
+
+    def server_gap(self) -> None:
+        """Octets of the server were lost after the replies waiting now."""
+        if self._gap_at is None:
+            self._gap_at = len(self.replies)
+
+    @property
+    def after_gap(self) -> bool:
+        """The oldest reply waiting is the first after a server gap."""
+        return self._gap_at == 0 and bool(self.replies)
+
+    def _popped(self) -> None:
+        if self._gap_at is not None:
+            self._gap_at = None if self._gap_at == 0 else self._gap_at - 1
 
     def push(self, p: Pending) -> int:
         """Queue a command; returns how many wait now."""
@@ -78,6 +104,13 @@ class PendingQueue:
             return len(commands)
         self.commands = [p]
         return 1
+
+    def push_front(self, p: Pending) -> None:
+        """Make ``p`` the oldest command again (it waits for another reply)."""
+        if self.commands:
+            self.commands.insert(0, p)
+        else:
+            self.commands = [p]
 
     def pop_command(self) -> Pending:
         commands = self.commands
@@ -92,6 +125,7 @@ class PendingQueue:
         reply = replies.pop(0)
         if not replies:
             self.replies = _NONE
+        self._popped()
         commands = self.commands
         p = commands.pop(0)
         if not commands:
@@ -115,17 +149,21 @@ class PendingQueue:
         reply = replies.pop(0)
         if not replies:
             self.replies = _NONE
+        self._popped()
         return reply
 
     def put_back_reply(self, reply: tuple) -> None:
-        """Make ``reply`` the next one to match again."""
+        """Make ``reply`` the next one to match again (not as the first after a gap)."""
         if self.replies:
             self.replies.insert(0, reply)
         else:
             self.replies = [reply]
+        if self._gap_at is not None:
+            self._gap_at += 1
 
     def clear_replies(self) -> None:
         self.replies = _NONE
+        self._gap_at = None
 
     def lost_before(self, code: int) -> list[Pending] | None:
         """The first reply after a gap has ``code``, and the oldest command could

@@ -96,3 +96,29 @@ def test_gap_while_waiting_for_the_data_reply_is_applied_in_order():
     ev += conn.receive_server(OKS + b"354 go\r\n250 ok\r\n", 4)
     (end,) = of(ev, MessageEnd)
     assert end.gap and content(ev) == b"abcd\r\n"
+
+
+def test_client_gap_lines_without_a_verb_are_skipped_not_shown():
+    # the gap took "DATA" (or an AUTH): what follows is not read as commands
+    conn = SMTPConnection()
+    ev = conn.receive_server(GREETING + b"250 ok\r\n", 0)
+    ev += conn.receive_client(b"NOOP\r\n", 1)
+    ev += conn.gap(CLIENT, 6, 2)
+    ev += conn.receive_client(b"Subject: salary review\r\n\r\nconfidential\r\n.\r\nQUIT\r\n", 3)
+    ev += conn.close(4)
+    assert [c.verb for c in of(ev, Command)] == ["NOOP", "QUIT"]
+    skipped = [e.detail for e in ev if getattr(e, "name", "") == A.CLIENT_LINES_SKIPPED]
+    assert skipped and skipped[0].startswith("3 client line(s) after a loss")   # and the one cut
+    assert A.UNKNOWN_COMMAND not in names(ev)
+    assert "salary" not in repr(ev) and "confidential" not in repr(ev)
+
+
+def test_the_first_reply_after_a_server_gap_is_known_by_its_place_not_by_when_it_is_matched():
+    # the server fed first: the replies before the gap wait for their commands
+    conn = SMTPConnection()
+    ev = conn.receive_server(GREETING + b"250 hi\r\n250 ok\r\n", 0)
+    ev += conn.gap(SERVER, 8, 1)                 # the RCPT's 250
+    ev += conn.receive_server(b"354 go\r\n250 queued\r\n", 2)
+    ev += conn.receive_client(ENVELOPE + b"DATA\r\nx\r\n.\r\n", 3)
+    assert replies(ev) == [(">", 220), ("EHLO", 250), ("MAIL", 250), ("DATA", 354), (".", 250)]
+    assert A.REPLY_NOT_SEEN in names(ev) and content(ev) == b"x\r\n"
