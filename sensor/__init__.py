@@ -13,7 +13,7 @@ there to an alert.  This package, in the order a packet meets it:
     records/    one builder per record type, beside its JSON Schema; sinks
     assembly.py the userland built from a Config (live, replay, demo, tests, benchmarks)
     service/    the running sensor: loop, control socket, metrics, logs
-    cli.py, config.py, counters.py, errors.py
+    cli.py, config.py, counters.py, errors.py, files.py (what the sensor writes, created 0600)
     lab/        test and demo infrastructure (network namespaces, servers, clients)
 """
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from sensor.errors import SensorError
+from sensor.files import open_private
 from sensor.service import log as sensor_log
 
 EXAMPLES = """\
@@ -152,7 +153,7 @@ def _open_output(path, mode="a"):
     if path is None:
         return None
     try:
-        return open(path, mode, encoding="utf-8")
+        return open_private(path, mode)
     except OSError as exc:
         raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
 

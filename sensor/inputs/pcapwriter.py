@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from sensor.files import open_private
+
 __all__ = ["PcapWriter"]
 
 _HEADER = struct.Struct("<IHHiIII")
@@ -13,14 +15,15 @@ _RECORD = struct.Struct("<IIII")
 class PcapWriter:
     """``PcapWriter(path, linktype)``; ``write(ts, frame, wirelen)``; ``close()``.
 
-    Microsecond timestamps, little-endian, the link type of the source capture.
+    Microsecond timestamps, little-endian, the link type of the source capture;
+    a new file is created 0600 (sensor.files).
     """
 
     def __init__(self, path, linktype: int, snaplen: int = 262144):
         self.path = path
         self.linktype = linktype
         self.packets = 0
-        self._f = open(path, "wb")
+        self._f = open_private(path, "wb")
         self._f.write(_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype))
 
     def write(self, ts: float, frame, wirelen: int | None = None) -> None:

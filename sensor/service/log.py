@@ -19,13 +19,15 @@ import sys
 import structlog
 
 from sensor.errors import SensorError
+from sensor.files import open_private
 
 __all__ = ["configure", "reopen", "ReopenableFileHandler"]
 
 
 class ReopenableFileHandler(logging.StreamHandler):
     """Append to ``path``; ``reopen()`` closes it and opens ``path`` again
-    (a new file once the old one was renamed).  Each record is flushed."""
+    (a new file once the old one was renamed; created 0600, sensor.files).
+    Each record is flushed."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -33,7 +35,7 @@ class ReopenableFileHandler(logging.StreamHandler):
 
     def _open(self):
         try:
-            return open(self.path, "a", encoding="utf-8")
+            return open_private(self.path, "a")
         except OSError as exc:
             raise SensorError(f"cannot write the log file {self.path}: {exc.strerror or exc}") from None
 
@@ -41,7 +43,7 @@ class ReopenableFileHandler(logging.StreamHandler):
         """Open the path again; on failure keep writing to the old file."""
         self.acquire()
         try:
-            new = open(self.path, "a", encoding="utf-8")
+            new = open_private(self.path, "a")
             old, self.stream = self.stream, new
             try:
                 old.close()

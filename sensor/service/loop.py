@@ -33,6 +33,7 @@ import structlog
 from sensor.config import Config
 from sensor.counters import Counters, Group, as_tree, counter, gauge
 from sensor.errors import SensorError
+from sensor.files import open_private
 from sensor.kernel import abi
 
 __all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
@@ -135,7 +136,7 @@ class Sensor:
             path = cfg.output_path
             if path is not None:
                 try:
-                    self._out = open(path, "a", encoding="utf-8")
+                    self._out = open_private(path, "a")
                 except OSError as exc:
                     raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
                 self._out_path = path
@@ -270,7 +271,7 @@ class Sensor:
             failed["log"] = exc.strerror or str(exc)
         if self._out is not None and self._out_path is not None:
             try:
-                new = open(self._out_path, "a", encoding="utf-8")
+                new = open_private(self._out_path, "a")
             except OSError as exc:
                 failed[str(self._out_path)] = exc.strerror or str(exc)
             else:

@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -125,12 +126,13 @@ def test_unload_with_nothing_running(tmp_path):
 
 
 def test_replay(capture, tmp_path):
-    out = tmp_path / "records.json"
-    result = cli("replay", capture, "-o", out, "--rules", REPO / "rules")
+    out, passed = tmp_path / "records.json", tmp_path / "passed.pcap"
+    result = cli("replay", capture, "-o", out, "--rules", REPO / "rules", "--write-passed", passed)
     assert result.returncode == 0, result.stderr
     assert "SMTP flows" in result.stderr and "rules:" in result.stderr
     assert "\r" not in result.stderr      # no progress line: stderr is not a terminal
     assert all(json.loads(line) for line in out.read_text().splitlines())
+    assert [stat.S_IMODE(os.stat(p).st_mode) for p in (out, passed)] == [0o600, 0o600]
 
 
 def broken_rules(tmp_path) -> tuple[Path, str]:
@@ -488,6 +490,8 @@ def test_log_and_record_files_reopen_on_sigusr1(lab, sensor):
     sensor.proc.send_signal(signal.SIGUSR1)
     reopened = sensor.wait_log(lambda e: e.get("event") == "files reopened")
     assert set(reopened["files"]) == {str(sensor.log_path), str(sensor.records_path)}
+    for path in (old_log, old_records, sensor.log_path, sensor.records_path):   # owner-only
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     old_sizes = (old_log.stat().st_size, old_records.stat().st_size)
     # activity after the signal: records and log lines land in the new files
     swaks_mail(lab, "after-rotate@allowed.example")

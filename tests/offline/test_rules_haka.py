@@ -4,7 +4,9 @@ reference pcap, packet for packet), and the streamed content dump."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,7 @@ def test_passed_capture_equals_hakas_reference_packet_for_packet(pcaps_dir, tmp_
     ours, reference = _records(passed), _records(pcaps_dir / "expected/haka/smtp_spam_filter-ref.pcap")
     assert len(ours) == len(reference) == 25
     assert ours == reference
+    assert stat.S_IMODE(os.stat(passed).st_mode) == 0o600
     assert len(_records(pcaps_dir / "haka__smtp.pcap")) == 48
 
 
@@ -118,3 +121,4 @@ def test_content_dump_matches_hakas_reference(pcaps_dir, rules_dir, tmp_path):
     # adds "\n"; RFC 5321 4.1.1.4 says that CRLF is content.  So ours is the
     # reference with print's "\n" replaced by the content's own CRLF.
     assert dump.read_bytes() == expected.replace(b"...\n== End", b"...\r\n== End")
+    assert stat.S_IMODE(os.stat(dump).st_mode) == 0o600          # it holds whole messages
