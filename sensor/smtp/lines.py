@@ -16,23 +16,25 @@ _EMPTY = b""   # _buf while nothing is buffered (a bytearray only while somethin
 
 
 class LineBuffer:
-    __slots__ = ("_buf", "_pos", "_limit", "_over", "_over_len", "_last", "_resync", "_probe",
-                 "overlong")
+    __slots__ = ("_buf", "_pos", "_limit", "_over", "_over_len", "_last", "_resync", "_probe")
 
     def __init__(self, limit: int) -> None:
         self._buf = _EMPTY                # two line buffers per open flow: no bytearray while empty
         self._pos = 0
         self._limit = max(1, limit)
         self._over: bytes | None = None   # kept prefix of an overlong line being discarded
-        self._over_len = 0                # octets of that line so far
+        self._over_len = 0                # octets of that line so far, then in all
         self._last = 0                    # last octet discarded while in overlong mode
         self._resync = False              # discard up to the next LF (after a gap)
         self._probe = None                # after a gap: does the first line look whole?
-        #: octets of the last truncated line take_line returned, its ending included
-        self.overlong = 0
 
     def __len__(self) -> int:
         return len(self._buf) - self._pos
+
+    @property
+    def overlong(self) -> int:
+        """Octets of the last truncated line take_line returned, its ending included."""
+        return self._over_len
 
     @property
     def partial(self) -> bool:
@@ -91,14 +93,14 @@ class LineBuffer:
                 self._over = None
                 bare_lf = (raw[-1:] != b"\r") if raw else (self._last != 13)
                 truncated = True
-                self.overlong = self._over_len + len(raw) + 1
+                self._over_len += len(raw) + 1
             else:
                 bare_lf = not raw.endswith(b"\r")
                 truncated = len(raw) >= self._limit
                 line = raw
                 if truncated:
                     line = raw[:self._limit]
-                    self.overlong = len(raw) + 1
+                    self._over_len = len(raw) + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             return line, bare_lf, truncated
