@@ -33,6 +33,7 @@ import structlog
 from sensor.assembly import Userland
 from sensor.config import Config, LimitsConfig, SensorConfig
 from sensor.records.sinks import JsonLinesSink
+from sensor.rules import hooks
 from sensor.service import log as sensor_log
 from sensor.smtp import SmtpLimits
 from sensor.stream.flowid import pack_addr
@@ -197,6 +198,11 @@ def content(flow, data):
     _saw("mail_content", data)
 
 
+@rule(hooks.lenient_terminator, id="probe.lenient_terminator")
+def lenient_terminator(flow, found):
+    _saw("lenient_terminator", found)
+
+
 @rule(hooks.message_end, id="probe.message_end")
 def message_end(flow, end):
     _saw("message_end", end)
@@ -290,6 +296,8 @@ def run(rules_dir, dialogue, limits):
 def test_no_output_holds_a_credential(rules_dir, logs, name, fault, dialogue, limits):
     records, seen, userland = run(rules_dir, dialogue, limits)
     log = logs.getvalue()
+    probed = {r.hook for r in userland.engine.ruleset.rules if r.id.startswith("probe.")}
+    assert probed == set(hooks.ALL), "the probe is on every hook"
     # the outputs are there, and the search would see a credential in them
     assert records and seen and "rule raised" in log
     assert userland.engine.counters.errors > 0
