@@ -31,8 +31,11 @@ first after a server gap, a reply assumed), the number of answers is no longer
 known: the client is read in mode RESYNC (a line is read only once one looks
 like a command; those before it are counted, never shown) and the server's
 334s and final reply go to an absorbing "AUTH_ANSWER" (``Pending.absorbs``).
-A client gap elsewhere in the command phase resyncs the same way: what
-follows may be the answers of an AUTH lost in the gap, or message content.
+After a final reply in step, lines that do not look like commands are still
+not shown (mode AFTER_AUTH: answers sent past the server's refusal), though
+matched with their replies.  A client gap elsewhere in the command phase
+resyncs as RESYNC does: what follows may be the answers of an AUTH lost in
+the gap, or message content.
 
 The parts, one job each: :class:`~.replies.ReplyReader` reads the server's
 octets into replies, :class:`~.pending.PendingQueue` holds the commands and
@@ -193,7 +196,7 @@ class SMTPConnection:
         self._cq_bytes = 0
         self._blocked: Pending | None = None   # the command whose reply the client waits for
         self._auth: _Auth | None = None      # the exchange whose final reply is not known yet
-        self._skipped = 0                    # client lines skipped in mode RESYNC
+        self._skipped = 0                    # client lines skipped (RESYNC, AFTER_AUTH)
         self._dot: DotDecoder | None = None
         self._msg: MessageAssembler | None = None
         self._bdat_left = 0
