@@ -39,7 +39,7 @@ def test_systemd_accepts_the_unit(tmp_path):
     unit = tmp_path / "smtp-sensor.service"
     unit.write_text("\n".join("ExecStart=/bin/true" if line.startswith("ExecStart=") else line
                               for line in UNIT.read_text().splitlines()) + "\n")
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False,
                             timeout=60)
     complaints = [line for line in result.stderr.splitlines()
                   if "smtp-sensor.service" in line and ("Failed" in line or "Unknown" in line)]
