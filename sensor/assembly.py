@@ -4,7 +4,7 @@ the live sensor, a replay, the demo, the tests and the benchmarks.
     userland = Userland(config, sink, enforcer, uid_seed=...)
 
 ``config.sensor`` gives the ports, the rules folder and ``enforce``;
-``config.limits`` the reassembler's and the dissector's limits;
+``config.limits`` the reassembler's, the dissector's and the rules' limits;
 ``config.spam_stats`` the reject statistics.  The caller passes where records
 go (``sink``, a callable taking one record) and where verdicts go
 (``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
@@ -49,7 +49,7 @@ class Userland:
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp)
         self.engine = self.reject_stats = self.actor = None
         if cfg.rules is not None:
-            self.engine = _rule_engine(cfg.rules, sink, enforcer)
+            self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)
             self.pipeline.listeners.append(self.engine)
         st = config.spam_stats
         if st.enabled:
@@ -84,12 +84,16 @@ class Userland:
             self.tick(ts)
         if self.actor is not None:
             self.actor.finish()
+        if self.engine is not None:
+            self.engine.close()
 
     def shutdown(self, now: float) -> None:
         """The live sensor stops at ``now``: end every flow, tick once more.
         Its statistics go on after a restart (the snapshot): no last check."""
         self.pipeline.finish()
         self.tick(now)
+        if self.engine is not None:
+            self.engine.close()
 
     # ------------------------------------------------------------ snapshots
     def restore(self, path):
@@ -127,14 +131,14 @@ class Userland:
         return text
 
 
-def _rule_engine(directory, sink, enforcer):
+def _rule_engine(directory, sink, enforcer, limits):
     import structlog
 
     from sensor.rules.engine import RuleEngine
     from sensor.rules.loader import RuleSet
 
     logger = structlog.get_logger("rules")
-    ruleset = RuleSet(directory, logger)
+    ruleset = RuleSet(directory, logger, limits)
     if ruleset.errors:
         raise SensorError(f"rules not loaded: {next(iter(ruleset.errors.values()))}")
-    return RuleEngine(ruleset, sink, enforcer, logger)
+    return RuleEngine(ruleset, sink, enforcer, logger, limits=limits)

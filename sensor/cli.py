@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sensor.errors import SensorError
+from sensor.errors import SensorError, Shutdown
 from sensor.files import open_private
 from sensor.service import log as sensor_log
 
@@ -34,12 +34,22 @@ examples:
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-class _Terminate(Exception):
-    """SIGTERM, turned into an exception so every finally: block runs."""
+class _Terminate(Shutdown):
+    """SIGTERM, turned into an exception so every finally: block runs (a
+    Shutdown: a rule running when it comes does not take it for its own)."""
+
+
+class _Interrupt(Shutdown):
+    """SIGINT (Ctrl-C), the same way: what a rule raises as KeyboardInterrupt
+    is that rule's error, the operator's Ctrl-C is not."""
 
 
 def _on_sigterm(signum, frame):
     raise _Terminate()
+
+
+def _on_sigint(signum, frame):
+    raise _Interrupt()
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
@@ -216,7 +226,7 @@ def cmd_run(args) -> int:
         # every finally: block unwinds what was done so far.
         sensor.stop_requested = True
         if sensor.started is None:
-            raise KeyboardInterrupt if signum == signal.SIGINT else _Terminate()
+            raise _Interrupt() if signum == signal.SIGINT else _Terminate()
 
     signal.signal(signal.SIGHUP, on_sighup)
     signal.signal(signal.SIGUSR1, on_sigusr1)
@@ -380,6 +390,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if args.command in ("replay", "rules"):      # they run rule code in this thread
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -400,7 +412,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:           # e.g. piped into head
         sys.stderr.close()
         return EXIT_OK
-    except (KeyboardInterrupt, _Terminate) as exc:
+    except (KeyboardInterrupt, Shutdown) as exc:
         if args.command != "demo":
             return EXIT_OK
         # the demo, interrupted before run_demo() took SIGINT and SIGTERM over

@@ -7,8 +7,9 @@ Tables (``docs/config.example.toml`` documents every key):
 
 * ``[sensor]``: interfaces, namespace, ports, XDP mode, pin folder, rules
   folder, output, state file and snapshot interval.
-* ``[limits.smtp]`` / ``[limits.reassembly]``: overrides of the fields of
-  :class:`sensor.smtp.SmtpLimits` and :class:`sensor.stream.reassembly.ReassemblyLimits`, by name.
+* ``[limits.smtp]`` / ``[limits.reassembly]`` / ``[limits.rules]``: overrides of the fields of
+  :class:`sensor.smtp.SmtpLimits`, :class:`sensor.stream.reassembly.ReassemblyLimits` and
+  :class:`sensor.rules.budget.RuleLimits` (what rule code may cost), by name.
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
@@ -38,6 +39,7 @@ from types import MappingProxyType
 
 from sensor.errors import SensorError
 from sensor.kernel import abi
+from sensor.rules.budget import RuleLimits
 from sensor.smtp.limits import SmtpLimits
 from sensor.stream.reassembly import ReassemblyLimits
 
@@ -339,21 +341,24 @@ def _limits_check(cls, table: str, label: str):
     return check
 
 
-# float limits for which 0 makes no sense (others, such as delays, may be 0)
-_POSITIVE_LIMITS = {"idle_timeout"}
+# float limits for which 0 makes no sense (others, such as delays, or a
+# memory limit where 0 is "none", may be 0)
+_POSITIVE_LIMITS = {"idle_timeout", "budget_ms", "max_budget_ms", "import_ms", "strike_window"}
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """``[limits.smtp]`` and ``[limits.reassembly]``: named limits, overridden by name."""
+    """``[limits.smtp]``, ``[limits.reassembly]`` and ``[limits.rules]``: named limits, overridden by name."""
 
     smtp: SmtpLimits = field(default_factory=SmtpLimits)
     reassembly: ReassemblyLimits = field(default_factory=ReassemblyLimits)
+    rules: RuleLimits = field(default_factory=RuleLimits)
 
     def __post_init__(self):
         _validate(self, "limits", {
             "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.SmtpLimits"),
             "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.stream.reassembly.ReassemblyLimits"),
+            "rules": _limits_check(RuleLimits, "limits.rules", "sensor.rules.budget.RuleLimits"),
         })
 
 

@@ -88,12 +88,17 @@ class Rule:
     rev: int = 1
     streamed: bool = False
     content_cap: int = 1 << 20
-    budget_ms: float = 5.0
+    #: milliseconds a call may take (None: ``[limits.rules] budget_ms``)
+    budget_ms: float | None = None
     module: str = ""
     file: str = ""
     line: int = 0
     #: measured by the engine
     counters: RuleCounters = field(default_factory=RuleCounters, compare=False, repr=False)
+    #: why the engine stopped calling it (None: it is called); a new load of its file starts afresh
+    disabled: str | None = field(default=None, compare=False)
+    #: when its recent offences were (the engine's clock), for the strikes
+    strikes: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -124,20 +129,26 @@ def _stem(module_globals: dict) -> str:
 
 
 def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = False,
-         content_cap: int = 1 << 20, budget_ms: float = 5.0):
+         content_cap: int = 1 << 20, budget_ms: float | None = None):
     """Declare a rule: ``@rule(hooks.command, id="file.name", rev=1)``.
 
     ``id`` defaults to ``<file stem>.<function name>``; ``rev`` is the revision
     alerts carry.  ``streamed`` (mail_content only): the function is
     ``async def fn(flow, content)`` and reads ``async for chunk in content``.
     ``content_cap``: bytes a non-streamed mail_content rule gets at most.
-    ``budget_ms``: time per call above which the call is reported as slow.
+    ``budget_ms``: milliseconds a call may take, past which it is interrupted
+    (default: the sensor's ``[limits.rules] budget_ms``, 50; at most its
+    ``max_budget_ms``).
     """
     if not isinstance(hook, Hook):
         raise RuleError(f"rule hook must be one of sensor.rules.hooks ({', '.join(h.name for h in hooks.ALL)}), "
                         f"got {hook!r}")
     if streamed and not hook.streamable:
         raise RuleError(f"only hooks.mail_content can be streamed, not {hook!r}")
+    if budget_ms is not None:
+        if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
+            raise RuleError(f"budget_ms must be a number of milliseconds above 0, got {budget_ms!r}")
+        budget_ms = float(budget_ms)
 
     def declare(fn):
         import inspect
@@ -152,7 +163,7 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
         stem = _stem(getattr(fn, "__globals__", {}))
         code = getattr(fn, "__code__", None)
         declared = Rule(hook=hook, fn=fn, id=id or f"{stem}.{fn.__name__}", rev=int(rev), streamed=streamed,
-                        content_cap=int(content_cap), budget_ms=float(budget_ms), module=module,
+                        content_cap=int(content_cap), budget_ms=budget_ms, module=module,
                         file=code.co_filename if code else "", line=code.co_firstlineno if code else 0)
         collected = _collecting.get()
         if collected is not None:

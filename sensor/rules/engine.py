@@ -4,8 +4,18 @@
 each SMTP event of a session it calls the rules of the matching hook with a
 ``RuleFlow`` (the flow as rules see it) and the event; what each event type
 does is one method each (``RuleEngine._on``).  A rule that raises is logged
-(rule id, flow uid, traceback) and counted, and the other rules go on.  Every
-call is timed; a call over the rule's budget is counted and reported.
+(rule id, flow uid, traceback) and counted, and the other rules go on,
+whatever it raised (KeyboardInterrupt, SystemExit, CancelledError too; only
+the operator's stop, ``sensor.errors.Shutdown``, goes through).
+
+Every call runs under the rule's budget (``sensor.rules.budget``): past its
+time it is interrupted (``RuleTimeout`` raised inside it), past its memory
+growth stopped (``RuleMemoryError``); a call that returns late (C code a
+signal cannot interrupt) is over budget all the same.  Each such offence is
+counted and logged, and a rule with ``strikes`` offences within
+``strike_window`` seconds is disabled: not called again until its file is
+loaded again (a change, SIGHUP).  Writing a verdict or an alert is a
+critical section: a budget that runs out meanwhile waits until it is whole.
 
 ``flow.transaction`` is the transaction of the event being handled: the
 dissector numbers it (``trans_depth`` on commands, replies, addresses,
@@ -31,8 +41,10 @@ import time
 import traceback
 
 from sensor import records
+from sensor.errors import Shutdown
 from sensor.records.drop import BAN_SOURCE, DROP_FLOW, RULE, flow_target
 from sensor.rules import api
+from sensor.rules.budget import GUARD, RuleLimits, RuleMemoryError, RuleTimeout
 from sensor.rules.counters import RuleEngineCounters
 from sensor.smtp import events as sev
 from sensor.stream import reassembly
@@ -49,9 +61,21 @@ class _Waiting:
 
 _WAIT = _Waiting()
 
-# What a rule may raise without stopping the sensor: any exception, and
-# SystemExit (a rule calling sys.exit() or exit() must not end the sensor).
-_RULE_FAILURES = (Exception, SystemExit)
+# What a rule raises is the rule's failure, whatever it is (KeyboardInterrupt,
+# SystemExit from sys.exit(), asyncio.CancelledError included): only the
+# operator's stop (sensor.errors.Shutdown) goes through.  Out of memory, from
+# its budget or from the allocator, is an offence like a timeout.
+_MEMORY = (RuleMemoryError, MemoryError)
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame an exception went through."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
 
 
 class ContentStream:
@@ -198,13 +222,21 @@ class RuleFlow:
 
 
 class RuleEngine:
-    def __init__(self, ruleset, sink, enforcer, logger=None, clock=time.perf_counter):
+    def __init__(self, ruleset, sink, enforcer, logger=None, clock=time.perf_counter,
+                 limits: RuleLimits | None = None, guard=GUARD):
         self.ruleset = ruleset
         self.sink = sink
         self.enforcer = enforcer
         self.logger = logger
         self.clock = clock
+        self.limits = limits = limits or RuleLimits()
+        self.guard = guard
+        self._default_s, self._max_s = limits.budget_s(None), limits.max_budget_ms / 1000.0
+        self._memory_pages = limits.memory_pages
         self.counters = RuleEngineCounters()
+        unenforced = guard.enforced()
+        if unenforced is not None:
+            self._log("warning", "rule budgets are measured, not enforced", reason=unenforced)
         self._now = 0.0           # ts of the event being handled
         # what each event does: type -> method(flow, event)
         self._on = {
@@ -320,33 +352,84 @@ class RuleEngine:
 
     def _call(self, r, flow, fn, *args):
         token = api._current.set((self, r, flow))
-        t0 = self.clock()
+        guard, call, failed = self.guard, 0, None
+        t0, paused = self.clock(), guard.paused
         try:
+            call = guard.arm(self._budget_s(r), self._memory_pages)
             return fn(*args)
-        except _RULE_FAILURES:
-            self._error(r, flow)
+        except Shutdown:
+            raise
+        except BaseException as exc:         # whatever the rule raised, or its budget
+            guard.disarm(call)
+            failed = exc
             return None
         finally:
-            dt = self.clock() - t0
+            guard.disarm(call)
             api._current.reset(token)
-            self._account(r, flow, dt, r.budget_ms)
+            self._account(r, flow, self.clock() - t0 - (guard.paused - paused), failed)
 
-    def _account(self, r, flow, dt, budget_ms):
+    def _budget_s(self, r) -> float:
+        ms = r.budget_ms
+        return self._default_s if ms is None else min(ms / 1000.0, self._max_s)
+
+    def _account(self, r, flow, dt, failed, call: bool = True) -> None:
+        """Count a call (``call``; a stream's close is not one) and judge it:
+        an exception is a rule error; over its time or memory budget, an
+        offence (``_offence``)."""
         c = r.counters
-        c.calls += 1
-        c.seconds += dt
-        if dt * 1000.0 > budget_ms:
+        if call:
+            c.calls += 1
+            c.seconds += dt
+        if failed is None:
+            if dt > self._budget_s(r):       # not interrupted: C code, or another thread
+                self._offence(r, flow, "time", dt, None)
+        elif isinstance(failed, _MEMORY):
+            self._offence(r, flow, "memory", dt, failed)
+        elif isinstance(failed, RuleTimeout):
+            self._offence(r, flow, "time", dt, failed)
+        else:
+            self._error(r, flow, failed)
+
+    def _offence(self, r, flow, kind, dt, exc) -> None:
+        """A call over its budget: counted, logged, and the rule disabled at
+        its ``strikes``-th offence within ``strike_window`` seconds."""
+        c, limits = r.counters, self.limits
+        if kind == "time":
             c.over_budget += 1
             self.counters.slow_calls += 1
-            if c.over_budget == 1 or c.over_budget % 1000 == 0:
-                self._log("warning", "rule over its time budget", rule=r.id, uid=flow.uid,
-                          ms=round(dt * 1000, 3), budget_ms=budget_ms, times=c.over_budget)
+        else:
+            c.over_memory += 1
+            self.counters.memory_stops += 1
+        now = self.clock()
+        strikes = r.strikes
+        strikes[:] = [t for t in strikes if now - t < limits.strike_window]
+        strikes.append(now)
+        what = ("rule over its time budget" if kind == "time" else "rule over its memory budget")
+        self._log("warning", what, rule=r.id, uid=flow.uid, file=r.file, ms=round(dt * 1000, 3),
+                  budget_ms=round(self._budget_s(r) * 1000, 3), interrupted=exc is not None,
+                  strikes=len(strikes), **({"at": _where(exc), "error": f"{type(exc).__name__}: {exc}"}
+                                           if exc is not None else {}))
+        if len(strikes) >= limits.strikes and r.disabled is None:
+            self._disable(r, f"{len(strikes)} calls over budget within {limits.strike_window:g} s")
 
-    def _error(self, r, flow) -> None:
+    def _disable(self, r, reason: str) -> None:
+        """Stop calling ``r`` until its file is loaded again (a change, SIGHUP)."""
+        r.disabled = reason
+        self.counters.disabled += 1
+        by_hook = self.ruleset.by_hook
+        # a new list: a loop over the old one (this very event) goes on unharmed
+        by_hook[r.hook.name] = [x for x in by_hook[r.hook.name] if x is not r]
+        self._log("error", "rule disabled until its file changes", rule=r.id, file=r.file, reason=reason)
+
+    def _error(self, r, flow, exc) -> None:
         r.counters.errors += 1
         self.counters.errors += 1
         self._log("error", "rule raised", rule=r.id, uid=flow.uid, file=r.file,
-                  traceback=traceback.format_exc(limit=-8))
+                  traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8)))
+
+    def close(self) -> None:
+        """Give the budgets' signal back (the engine can still be called: it takes it again)."""
+        self.guard.release()
 
     # ------------------------------------------------------------ content
     def _start_content(self, flow) -> None:
@@ -360,11 +443,14 @@ class RuleEngine:
             if not r.streamed:
                 continue
             content = ContentStream()
+            # an async def's call runs none of its code: no budget to keep
             token = api._current.set((self, r, flow))
             try:
                 coro = r.fn(flow, content)
-            except _RULE_FAILURES:
-                self._error(r, flow)
+            except Shutdown:
+                raise
+            except BaseException as exc:
+                self._error(r, flow, exc)
                 continue
             finally:
                 api._current.reset(token)
@@ -405,22 +491,33 @@ class RuleEngine:
     def _resume(self, flow, st) -> None:
         """Run a streamed rule until it waits for content or finishes."""
         r = st.rule
+        if r.disabled is not None:       # disabled while this stream waited
+            self._forget_stream(flow, st)
+            self._close(flow, st)
+            return
         token = api._current.set((self, r, flow))
-        t0 = self.clock()
+        guard, call, failed = self.guard, 0, None
+        t0, paused = self.clock(), guard.paused
         try:
+            call = guard.arm(self._budget_s(r), self._memory_pages)
             yielded = st.coro.send(None)
             if yielded is not _WAIT:
                 raise api.RuleError("a streamed rule may only await its content "
                                     f"(it awaited {yielded!r})")
         except StopIteration:
             self._forget_stream(flow, st)
-        except _RULE_FAILURES:
-            self._error(r, flow)
+        except Shutdown:
+            raise
+        except BaseException as exc:
+            guard.disarm(call)
+            failed = exc
+        finally:
+            guard.disarm(call)
+            api._current.reset(token)
+            self._account(r, flow, self.clock() - t0 - (guard.paused - paused), failed)
+        if failed is not None:           # stopped for the rest of the message
             self._forget_stream(flow, st)
             self._close(flow, st)
-        finally:
-            api._current.reset(token)
-            self._account(r, flow, self.clock() - t0, r.budget_ms)
 
     @staticmethod
     def _forget_stream(flow, st) -> None:
@@ -434,30 +531,45 @@ class RuleEngine:
         flow._content = None
 
     def _close(self, flow, st) -> None:
-        """Close a stream's coroutine as its rule: its ``finally`` may alert,
-        and what it raises (or an await in it) is that rule's error, not the
-        engine's (the rest of the event still runs)."""
+        """Close a stream's coroutine as its rule, under its budget: its
+        ``finally`` may alert, and what it raises (or an await in it) is that
+        rule's error, not the engine's (the rest of the event still runs)."""
         r = st.rule
         token = api._current.set((self, r, flow))
+        guard, call, failed = self.guard, 0, None
+        t0, paused = self.clock(), guard.paused
         try:
+            call = guard.arm(self._budget_s(r), self._memory_pages)
             st.coro.close()
-        except _RULE_FAILURES:
-            self._error(r, flow)
+        except Shutdown:
+            raise
+        except BaseException as exc:
+            guard.disarm(call)
+            failed = exc
         finally:
+            guard.disarm(call)
             api._current.reset(token)
+            self._account(r, flow, self.clock() - t0 - (guard.paused - paused), failed, call=False)
 
     # ------------------------------------------------------------ verdicts
+    # Called by rules: each writes its verdict and its record whole, in a
+    # critical section of the budget (a timeout waits until it is written).
     def raise_alert(self, r, flow, *, description, severity, confidence, method, sources,
                     targets, ref, extra) -> dict:
-        self.counters.alerts += 1
-        r.counters.alerts += 1
-        txn = flow.transaction
-        rec = records.alert_record(
-            self._now, flow, signature_id=r.id, rev=r.rev, signature=description, severity=severity,
-            confidence=confidence, method=method, sources=sources, targets=targets, ref=ref,
-            metadata=extra, helo=flow.helo, mail_from=txn.mailfrom, rcpt_to=txn.rcptto)
-        self.sink(rec)
-        return rec
+        guard = self.guard
+        guard.critical += 1
+        try:
+            self.counters.alerts += 1
+            r.counters.alerts += 1
+            txn = flow.transaction
+            rec = records.alert_record(
+                self._now, flow, signature_id=r.id, rev=r.rev, signature=description, severity=severity,
+                confidence=confidence, method=method, sources=sources, targets=targets, ref=ref,
+                metadata=extra, helo=flow.helo, mail_from=txn.mailfrom, rcpt_to=txn.rcptto)
+            self.sink(rec)
+            return rec
+        finally:
+            guard.critical -= 1
 
     def _verdict_record(self, flow, action: str, target: str, ttl, reset: bool | None = None) -> None:
         cur = api._current.get()
@@ -468,26 +580,41 @@ class RuleEngine:
     def drop(self, flow, ttl, reset: bool = True) -> None:
         if flow.dropped:
             return
-        self.enforcer.drop_flow(flow, ttl, self._now, reset=reset)
-        flow.dropped = True
-        self.counters.drops += 1
-        self._verdict_record(flow, DROP_FLOW, flow_target(flow), ttl, reset=bool(reset))
+        guard = self.guard
+        guard.critical += 1
+        try:
+            self.enforcer.drop_flow(flow, ttl, self._now, reset=reset)
+            flow.dropped = True
+            self.counters.drops += 1
+            self._verdict_record(flow, DROP_FLOW, flow_target(flow), ttl, reset=bool(reset))
+        finally:
+            guard.critical -= 1
 
     def ban(self, flow, ttl, prefix) -> None:
         import ipaddress
         addr = ipaddress.ip_address(flow.orig_h)
         bits = addr.max_prefixlen if prefix is None else int(prefix)
         network = str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
-        self.enforcer.ban(network, ttl, self._now)
-        self.counters.bans += 1
-        flow.dropped = True
-        self._verdict_record(flow, BAN_SOURCE, network, ttl)
+        guard = self.guard
+        guard.critical += 1
+        try:
+            self.enforcer.ban(network, ttl, self._now)
+            self.counters.bans += 1
+            flow.dropped = True
+            self._verdict_record(flow, BAN_SOURCE, network, ttl)
+        finally:
+            guard.critical -= 1
 
     def bypass(self, flow) -> None:
         if flow.bypassed:
             return
-        self.enforcer.bypass(flow, 3600.0, self._now)
-        flow.bypassed = True
+        guard = self.guard
+        guard.critical += 1
+        try:
+            self.enforcer.bypass(flow, 3600.0, self._now)
+            flow.bypassed = True
+        finally:
+            guard.critical -= 1
 
     def _log(self, level, message, **kw) -> None:
         if self.logger is not None:

@@ -7,8 +7,12 @@ it declares with ``@rule`` are collected during the import.  ``rules.toml`` in
 the same directory holds the rules' settings (``config()``), one table per file.
 
 A reload imports first and swaps only on success: a syntax error, an exception
-at import or a duplicate rule id keeps the last good version of that file and
-reports one clear error naming the file and line.  Changes are found by stat
+at import (whatever it is: SystemExit and KeyboardInterrupt too), an import
+over its time budget (``[limits.rules] import_ms``: the module's code is
+interrupted as a rule call is, see sensor.rules.budget) or a duplicate rule id
+keeps the last good version of that file and reports one clear error naming
+the file and line.  A rule the engine disabled for its calls over budget
+stays out of ``by_hook`` until its file is loaded again.  Changes are found by stat
 polling (mtime, size, inode), which also works on Vagrant shared folders where
 inotify misses the host's edits.
 """
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensor.config import tomllib
-from sensor.errors import SensorError
+from sensor.errors import SensorError, Shutdown
 from sensor.rules import api
+from sensor.rules.budget import GUARD, RuleLimits
 from sensor.rules.counters import RuleSetCounters
 
 __all__ = ["RuleSet", "LoadError", "CONFIG_FILE", "MODULE_PREFIX"]
@@ -58,8 +63,10 @@ class RuleFile:
 class RuleSet:
     """The rules of one directory: the last good version of every file."""
 
-    def __init__(self, directory, logger=None):
+    def __init__(self, directory, logger=None, limits: RuleLimits | None = None, guard=GUARD):
         self.directory = Path(directory)
+        self.limits = limits or RuleLimits()
+        self.guard = guard
         if not self.directory.is_dir():
             what = "does not exist" if not self.directory.exists() else "is not a directory"
             raise LoadError(f"rules directory {self.directory} {what}: create it or point --rules at one")
@@ -173,6 +180,7 @@ class RuleSet:
         collected: list = []
         previous = sys.modules.get(name)
         token = api._collecting.set(collected)
+        guard, call = self.guard, 0
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -186,14 +194,20 @@ class RuleSet:
             # cache (__pycache__) is keyed on the source's mtime in whole
             # seconds and its size, so an edit of the same size within the
             # second of the last load ran the old code
-            exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), module.__dict__)
-        except (Exception, SystemExit) as exc:   # any failure of user code at import
+            code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+            call = guard.arm(self.limits.import_ms / 1000.0, self.limits.memory_pages)
+            exec(code, module.__dict__)
+        except Shutdown:
+            raise
+        except BaseException as exc:   # any failure of user code at import, or its budget
+            guard.disarm(call)
             self._restore_module(name, previous)
             self._failed[path] = sig
             self._blocked.pop(path, None)
             self._fail(path, _describe(exc, path))
             return False
         finally:
+            guard.disarm(call)
             api._collecting.reset(token)
         taken = {r.id: f for f, rf in self.files.items() if f != path for r in rf.rules}
         ids = [r.id for r in collected]
@@ -238,7 +252,8 @@ class RuleSet:
     def _index(self) -> None:
         by_hook = {h.name: [] for h in api.hooks.ALL}
         for r in self.rules:
-            by_hook[r.hook.name].append(r)
+            if r.disabled is None:
+                by_hook[r.hook.name].append(r)
         self.by_hook = by_hook
 
     def _log(self, level, message, **kw) -> None:

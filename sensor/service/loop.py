@@ -9,7 +9,8 @@ builds it), and the loop that drives them.
     while ...: sensor.step()          # one turn of the loop (e.g. in a thread)
     sensor.stop()                     # drain, snapshot, detach (idempotent)
 
-The loop (one thread): read the event ring into the pipeline; every second tick
+The loop (one thread): read the event ring into the pipeline (rules run there,
+each call under its budget: sensor.rules.budget); every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
 the rule files (or reload at once after SIGHUP / a control request); write a
 statistics snapshot every ``snapshot_interval`` and at shutdown; log the
@@ -18,11 +19,22 @@ what ``smtp-sensor status`` shows through the control socket; it,
 ``counters()`` (that line) and the
 Prometheus families (``sensor.service.metrics``) read ``counter_groups()``:
 every component's counters, the kernel's as read from its map.
+
+With rules, two backstops for what a rule's budget cannot interrupt (C code
+that never checks for signals, see sensor.rules.budget): the process's data
+size is limited (``[limits.rules] process_memory_mb``, RLIMIT_DATA), and a
+watchdog (``watchdog_s``) that the loop re-arms every tick: faulthandler's
+own C thread, which needs no interpreter, so it runs while a rule holds it.
+A loop stuck that long in one turn gets its stacks written to stderr (the
+rule's file and line among them) and the process ends with status 1, for
+systemd's ``Restart=on-failure``; meanwhile the kernel already lets held
+segments pass after ``hold_max_ms``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import sys
 import time
@@ -111,6 +123,7 @@ class Sensor:
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
+        self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
 
     # ------------------------------------------------------------ the userland's parts
     pipeline = property(lambda self: self.userland.pipeline if self.userland else None)
@@ -197,6 +210,11 @@ class Sensor:
             if opt.control_socket:
                 from sensor.service.control import ControlServer
                 self.control = ControlServer(opt.control_socket, self)
+            if self.engine is not None:
+                self._limit_memory(stack)
+                stack.callback(self._stop_watchdog)
+                self._watchdog_s = self.config.limits.rules.watchdog_s
+                self._pet_watchdog()
         except BaseException:
             stack.close()
             raise
@@ -228,6 +246,7 @@ class Sensor:
             self.reload_rules(force=bool(self.reload_requested))
         if now - self._last_tick >= 1.0:
             self._last_tick = now
+            self._pet_watchdog()
             self._tick()
         if (self.actor is not None and self.config.sensor.state_file
                 and now - self._last_snapshot >= self.config.sensor.snapshot_interval):
@@ -245,7 +264,38 @@ class Sensor:
         if stack is None:
             return
         with stack:                      # detaches even when the shutdown fails
+            self._pet_watchdog()         # the shutdown runs rules too (connection_end)
             self._shutdown()
+
+    def _limit_memory(self, stack) -> None:
+        """RLIMIT_DATA, the backstop for what rules allocate and keep: once the
+        programs are compiled (LLVM's peak is the sensor's, not a rule's);
+        the previous limit is put back by stop()."""
+        import resource
+
+        from sensor.rules.budget import data_bytes, limit_process_memory
+
+        mb = self.config.limits.rules.process_memory_mb
+        if not mb:
+            return
+        used = data_bytes()
+        if used >= mb * 2 ** 20:
+            raise SensorError(f"[limits.rules] process_memory_mb = {mb:g} is below the {used >> 20} MB of data "
+                              "the sensor already has: raise it (or 0 for no limit)")
+        previous = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = limit_process_memory(mb)
+        stack.callback(resource.setrlimit, resource.RLIMIT_DATA, previous)
+        self.log.info("memory limited", data_mb=used >> 20, limit_mb=limit >> 20)
+
+    def _pet_watchdog(self) -> None:
+        """Give the loop another ``watchdog_s`` (re-armed every tick)."""
+        if self._watchdog_s > 0:
+            faulthandler.dump_traceback_later(self._watchdog_s, exit=True, file=sys.stderr)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog_s > 0:
+            faulthandler.cancel_dump_traceback_later()
+            self._watchdog_s = 0.0
 
     def _close_control(self) -> None:
         if self.control is not None:
@@ -382,7 +432,8 @@ class Sensor:
             for r in self.engine.ruleset.rules:
                 counts = r.counters.as_dict()
                 ms = round(counts.pop("seconds") * 1000, 3)
-                rules.append({"id": r.id, "rev": r.rev, "hook": r.hook.name, "file": r.file, **counts, "ms": ms})
+                rules.append({"id": r.id, "rev": r.rev, "hook": r.hook.name, "file": r.file, **counts, "ms": ms,
+                              "disabled": r.disabled})
         return {
             "pid": os.getpid(),
             "interfaces": attachments,

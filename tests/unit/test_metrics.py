@@ -54,7 +54,7 @@ def fake_sensor():
     from sensor.spamstats import ActorCounters, RejectStatsCounters
 
     rule = RuleCounters().update(dict(alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25))
-    ruleset = SimpleNamespace(rules=[object()], errors={})
+    ruleset = SimpleNamespace(rules=[SimpleNamespace(disabled=None)], errors={})
     flows = [SimpleNamespace(ctx=object())]
     reader = SimpleNamespace(lost=0, bad_records=0, callback_errors=0)
     groups = [

@@ -551,33 +551,48 @@ def test_a_streamed_rule_awaiting_something_else_is_an_error_not_a_hang():
     assert all("may only await its content" in tb for tb in tracebacks)
 
 
-def test_a_slow_rule_is_counted_over_its_budget_and_warned_about_once():
+def test_a_slow_rule_is_interrupted_at_its_budget_counted_and_disabled_at_its_third_offence():
+    finished = []
+
     @rule(hooks.command, id="t.slow", budget_ms=1)
     def slow(flow, command):
-        time.sleep(0.005)
+        time.sleep(5)
+        finished.append(command.verb)     # never reached: the sleep is interrupted
 
     @rule(hooks.command, id="t.quick", budget_ms=1000)
     def quick(flow, command):
         pass
 
     r = run(StaticRules(slow, quick))
-    assert slow.__rule__.counters.calls == slow.__rule__.counters.over_budget == 6
-    assert slow.__rule__.counters.seconds >= 6 * 0.005
+    assert finished == []
+    # three offences (the default strikes) disable it: the last three commands do not call it
+    assert slow.__rule__.counters.calls == slow.__rule__.counters.over_budget == 3
+    assert slow.__rule__.disabled == "3 calls over budget within 60 s"
     assert quick.__rule__.counters.over_budget == 0 and quick.__rule__.counters.calls == 6
-    assert r.engine.counters.slow_calls == 6
-    ((message, kw),) = r.logger.of("warning")
+    assert r.engine.counters.slow_calls == 3 and r.engine.counters.disabled == 1
+    assert r.engine.counters.errors == 0
+    warnings = r.logger.of("warning")
+    assert [kw["strikes"] for _, kw in warnings] == [1, 2, 3]
+    message, kw = warnings[0]
     assert message == "rule over its time budget" and kw["rule"] == "t.slow" and kw["budget_ms"] == 1
+    assert kw["interrupted"] is True and kw["error"].startswith("RuleTimeout")
+    ((message, kw),) = r.logger.of("error")
+    assert message == "rule disabled until its file changes" and kw["rule"] == "t.slow"
 
 
 def test_each_step_of_a_streamed_rule_is_held_to_its_budget():
+    steps = []
+
     @rule(hooks.mail_content, id="t.slow_stream", streamed=True, budget_ms=1)
     async def slow_stream(flow, content):
         async for chunk in content:
-            time.sleep(0.003)
+            steps.append(len(chunk))
+            time.sleep(5)
 
     r = run(StaticRules(slow_stream), content_chunk=256, cut=100)
-    chunks = -(-len(CONTENT) // 256)
-    assert slow_stream.__rule__.counters.over_budget == chunks and r.engine.counters.slow_calls == chunks
+    # its first chunk's step is interrupted, which stops it for the rest of the message
+    assert steps == [256]
+    assert slow_stream.__rule__.counters.over_budget == 1 and r.engine.counters.slow_calls == 1
 
 
 # ---------------------------------------------------------------- verdicts

@@ -44,7 +44,9 @@ def test_status_is_the_counters_and_what_the_sensor_runs():
     status = sensor.status()
     assert {k: status[k] for k in sensor.counters()} == sensor.counters()
     rule = status["rules"][0]
-    assert list(rule) == ["id", "rev", "hook", "file", "calls", "errors", "alerts", "over_budget", "ms"]
+    assert list(rule) == ["id", "rev", "hook", "file", "calls", "errors", "alerts", "over_budget", "over_memory",
+                          "ms", "disabled"]
+    assert rule["disabled"] is None
     assert status["rule_errors"] == {} and status["interfaces"] == []
 
 
