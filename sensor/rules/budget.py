@@ -175,24 +175,28 @@ class Guard:
         if not self._armed:
             return                               # a tick that was on its way when disarmed
         left = self._deadline - time.perf_counter()
-        exc = None
+        kind = message = None
         if left <= 0:
-            exc = RuleTimeout(f"past its time budget of {self._budget * 1000:g} ms")
+            kind, message = RuleTimeout, f"past its time budget of {self._budget * 1000:g} ms"
         else:
             if self._memory:
                 pages = self._data_pages()
                 if self._base < 0:
                     self._base = pages
                 elif pages - self._base > self._memory:
-                    exc = RuleMemoryError(f"grew the sensor's data by {(pages - self._base) * _PAGE >> 20} MB, "
-                                          f"past its memory budget of {self._memory * _PAGE >> 20} MB")
+                    kind = RuleMemoryError
+                    message = (f"grew the sensor's data by {(pages - self._base) * _PAGE >> 20} MB, "
+                               f"past its memory budget of {self._memory * _PAGE >> 20} MB")
             if left < CHECK_S:                   # the deadline before the next tick
                 signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), CHECK_S)
-        if (exc is None or self.critical or self._in_gc or frame is None
+        if (kind is None or self.critical or self._in_gc or frame is None
                 or frame.f_globals.get("__name__") in _PROTECTED):
             return                               # the next tick tries again
         self.raised += 1
-        raise exc
+        # made in the raise, not kept in a local: the traceback holds this
+        # frame, and a local holding the exception would be a cycle keeping
+        # the rule's frames (and what they allocated) until a collection
+        raise kind(message)
 
     def _on_gc(self, phase: str, info) -> None:
         if phase == "start":

@@ -43,7 +43,7 @@ import traceback
 from sensor import records
 from sensor.errors import Shutdown
 from sensor.records.drop import BAN_SOURCE, DROP_FLOW, RULE, flow_target
-from sensor.rules import api
+from sensor.rules import api, budget
 from sensor.rules.budget import GUARD, RuleLimits, RuleMemoryError, RuleTimeout
 from sensor.rules.counters import RuleEngineCounters
 from sensor.smtp import events as sev
@@ -69,13 +69,14 @@ _MEMORY = (RuleMemoryError, MemoryError)
 
 
 def _where(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame an exception went through."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "?"
-    while tb.tb_next is not None:
+    """``file:line`` of the innermost frame an exception went through, the
+    budget's handler left out (where the rule was when it was interrupted)."""
+    where, tb = "?", exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") != budget.__name__:
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
         tb = tb.tb_next
-    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+    return where
 
 
 class ContentStream:
@@ -367,6 +368,9 @@ class RuleEngine:
             guard.disarm(call)
             api._current.reset(token)
             self._account(r, flow, self.clock() - t0 - (guard.paused - paused), failed)
+            # the exception's traceback holds this frame, and the rule's with
+            # what it allocated: no cycle left for the collector to find later
+            failed = None
 
     def _budget_s(self, r) -> float:
         ms = r.budget_ms
@@ -515,7 +519,8 @@ class RuleEngine:
             guard.disarm(call)
             api._current.reset(token)
             self._account(r, flow, self.clock() - t0 - (guard.paused - paused), failed)
-        if failed is not None:           # stopped for the rest of the message
+            stopped, failed = failed is not None, None     # no cycle through the traceback
+        if stopped:                      # stopped for the rest of the message
             self._forget_stream(flow, st)
             self._close(flow, st)
 
@@ -550,6 +555,7 @@ class RuleEngine:
             guard.disarm(call)
             api._current.reset(token)
             self._account(r, flow, self.clock() - t0 - (guard.paused - paused), failed, call=False)
+            failed = None                # no cycle through the traceback
 
     # ------------------------------------------------------------ verdicts
     # Called by rules: each writes its verdict and its record whole, in a
