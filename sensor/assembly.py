@@ -124,6 +124,9 @@ class Userland:
             c = self.engine.counters
             text += (f"; rules: {c.alerts} alerts, {c.drops} flows dropped, {c.bans} bans, "
                      f"{c.errors} rule errors")
+            over = c.slow_calls + c.memory_stops
+            if over:
+                text += f", {over} calls over budget, {c.disabled} rules disabled"
         if self.actor is not None:
             notices, bans = self.reject_stats.counters.notices, self.actor.counters.bans
             if notices or bans:

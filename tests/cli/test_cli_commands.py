@@ -157,6 +157,71 @@ def test_rules_check(tmp_path):
     assert re.search(r"^\d+ rules, 1 errors in ", bad.stdout, re.M)
 
 
+BUSY_RULE = """
+from sensor.rules import hooks, rule
+
+@rule(hooks.command, id="busy.loop")
+def loop(flow, command):
+    while True:                  # interrupted at its budget, 50 ms
+        pass
+"""
+
+
+def test_replay_with_a_rule_that_loops_forever_finishes_and_says_so(capture, tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (rules / "busy.py").write_text(BUSY_RULE)
+    out = tmp_path / "records.json"
+    result = cli("replay", capture, "-o", out, "--rules", rules)
+    assert result.returncode == 0, result.stderr
+    assert "3 calls over budget, 1 rules disabled" in result.stderr, result.stderr
+    assert "rule disabled until its file changes" in result.stderr
+    assert all(json.loads(line) for line in out.read_text().splitlines())
+
+
+def test_rules_check_of_a_file_that_blocks_at_import(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
+    result = cli("rules", "check", rules)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(rf"^error +{re.escape(str(rules / 'stuck.py'))}:2: RuleTimeout: past its time budget "
+                     r"of 2000 ms ; not loaded$", result.stdout, re.M), result.stdout
+
+
+def test_ctrl_c_stops_a_replay_even_inside_a_rule(capture, tmp_path):
+    """A KeyboardInterrupt a rule raises is that rule's error; the operator's
+    Ctrl-C while a rule runs still stops the replay (exit 0, as before)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    started = tmp_path / "started"
+    (rules / "slow.py").write_text(f"""
+import time
+from sensor.rules import hooks, rule
+
+@rule(hooks.command, id="slow.sleeps", budget_ms=1000)
+def sleeps(flow, command):
+    open({str(started)!r}, "a").close()
+    time.sleep(0.2)              # under its budget: the whole replay would take minutes
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "sensor.cli", "replay", str(capture), "-o", str(tmp_path / "out"),
+                             "--rules", str(rules)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "rule raised" not in err, err
+
+
 # ---------------------------------------------------------------- the lab and one sensor
 
 class SensorRun:

@@ -4,9 +4,12 @@ really arrived) and real clients (swaks; a hand-driven socket client made
 inside the client namespace).
 
 One lab and one sensor process serve the module; every test uses its own
-senders and client ports, and puts back any rule file it edits, so the tests
-do not depend on each other's order.  The last test stops the sensor with
-SIGTERM (exit 0, interface detached).
+senders and client ports, and puts back any rule file it edits (or removes
+the one it adds), so the tests do not depend on each other's order.  A rule
+that loops forever, or a rule file that blocks at import, is added while the
+sensor runs: the control socket answers, a banned sender is still dropped,
+a legitimate one delivered.  The last test stops the sensor with SIGTERM
+while a rule sleeps (exit 0, interface detached).
 
 A hand-driven banned session waits for the sensor's drop record before it
 sends anything after its MAIL FROM: the drop is then in the kernel, so what
@@ -297,12 +300,115 @@ def test_a_broken_file_is_reported_and_the_last_good_rules_keep_working(lab, sen
         assert sensor.proc.poll() is None
 
 
+# Rule files added while the sensor runs; "busy" sorts before "spam_filter",
+# so on every command the loop runs first and the spam filter after it.
+BUSY_RULE = """
+from sensor.rules import hooks, rule
+
+@rule(hooks.command, id="busy.loop")
+def loop(flow, command):
+    while True:                  # interrupted at its budget, 50 ms
+        pass
+"""
+SLEEPY_RULE = """
+import time
+from sensor.rules import hooks, rule
+
+@rule(hooks.command, id="sleepy.sleep")
+def sleep(flow, command):
+    time.sleep(20)               # interrupted at its budget, 50 ms
+"""
+
+
+@contextlib.contextmanager
+def added(sensor, name: str, text: str):
+    """A new rule file while the sensor runs, removed after (and the sensor
+    told: its rules gone, or its load error)."""
+    path = sensor.rules / name
+    write_atomically(path, text)
+    try:
+        yield path
+    finally:
+        path.unlink()
+        deadline = time.monotonic() + 10
+        while True:
+            status = sensor.cli("status")
+            if (str(path) not in status["rule_errors"]
+                    and not [r for r in status["rules"] if r["file"] == str(path)]):
+                break
+            assert time.monotonic() < deadline, f"{path} still loaded or in error\n{sensor.describe()}"
+            time.sleep(RELOAD_INTERVAL)
+
+
+def rule_status(sensor, rule_id: str) -> dict:
+    return next(r for r in sensor.cli("status")["rules"] if r["id"] == rule_id)
+
+
+def test_a_rule_that_loops_forever_is_interrupted_and_the_sensor_keeps_working(lab, sensor):
+    mark = sensor.mark()
+    with added(sensor, "busy.py", BUSY_RULE) as path:
+        sensor.wait_log(lambda e: e.get("event") == "rule file loaded" and e.get("file") == str(path), mark)
+        # a banned sender: its EHLO and its MAIL meet the loop first, the
+        # spam filter after it drops the flow in XDP, nothing is delivered
+        banned_session(lab, sensor, "gina-g@spam.example")
+        # the control socket answers, and says what happened
+        busy = rule_status(sensor, "busy.loop")
+        assert busy["over_budget"] == busy["calls"] == 2 and busy["errors"] == 0 and busy["disabled"] is None
+        warning = sensor.wait_log(lambda e: e.get("event") == "rule over its time budget", mark)
+        assert warning["rule"] == "busy.loop" and warning["interrupted"] is True
+        assert warning["at"].startswith(f"{path}:") and warning["budget_ms"] == 50
+        # its third offence (this EHLO) disables it; the mail is delivered
+        sender = "gina-ok@allowed.example"
+        result = lab.swaks("--from", sender, "--to", "bob@example.net", "--timeout", "5", timeout=20)
+        assert result.returncode == 0, result.stdout[-1500:]
+        assert len(messages_from(lab, sender)) == 1
+        disabled = sensor.wait_log(lambda e: e.get("event") == "rule disabled until its file changes", mark)
+        assert disabled["rule"] == "busy.loop" and disabled["file"] == str(path)
+        status = sensor.cli("status")
+        busy = next(r for r in status["rules"] if r["id"] == "busy.loop")
+        assert busy["disabled"] == "3 calls over budget within 60 s" and busy["calls"] == 3
+        assert status["rule_engine"]["rules_disabled"] == 1 and status["rule_engine"]["disabled"] == 1
+        # the rest of the rules go on without it
+        banned_session(lab, sensor, "gina-h@spam.example")
+        assert rule_status(sensor, "busy.loop")["calls"] == 3
+    assert sensor.proc.poll() is None
+    # the sensor limited its own data size when it started (the backstop for what rules keep)
+    limited = next(e for e in sensor.logs if e.get("event") == "memory limited")
+    assert limited["limit_mb"] == 4096 and 0 < limited["data_mb"] < 4096
+
+
+def test_a_rule_file_that_blocks_at_import_is_refused_and_the_sensor_keeps_working(lab, sensor):
+    mark = sensor.mark()
+    with added(sensor, "stuck.py", "import time\ntime.sleep(3600)\n") as path:
+        entry = sensor.wait_log(lambda e: e.get("event") == "rule file not loaded"
+                                and str(path) in e.get("error", ""), mark)
+        assert entry["error"] == f"{path}:2: RuleTimeout: past its time budget of 2000 ms ; not loaded"
+        assert sensor.cli("status")["rule_errors"][str(path)] == entry["error"]
+        banned_session(lab, sensor, "hana-i@spam.example")
+        # not tried again while it does not change
+        time.sleep(3 * RELOAD_INTERVAL)
+        assert len([e for e in sensor.logs[mark:] if e.get("event") == "rule file not loaded"]) == 1
+
+
 def test_sigterm_stops_the_sensor_cleanly_and_detaches(lab, sensor):
-    """Last: one more banned session, then SIGTERM; exit 0, counters in the
-    final log line, and nothing of ours left on the interface."""
+    """Last: one more banned session, then a rule that sleeps 20 s on every
+    command, a client's EHLO for it, and SIGTERM at once; exit 0 (within
+    stop()'s 15 s, so not after the sleep), counters in the final log line,
+    and nothing of ours left on the interface."""
     banned_session(lab, sensor, "frank-z@spam.example")
     mark = sensor.mark()
-    assert sensor.stop() == 0, sensor.describe()
+    path = sensor.rules / "sleepy.py"
+    write_atomically(path, SLEEPY_RULE)
+    sensor.wait_log(lambda e: e.get("event") == "rule file loaded" and e.get("file") == str(path), mark)
+    client = HandClient(lab)
+    try:
+        assert client.reply() == 220
+        client.send("EHLO sleepy.lab.example")
+        mark = sensor.mark()
+        assert sensor.stop() == 0, sensor.describe()
+    finally:
+        client.close()
+        path.unlink()
     stopped = sensor.wait_log(lambda e: e.get("event") == "stopped", mark, timeout=1)
     assert stopped["counters"]["ingress"]["drop_flow"] >= 1
     assert stopped["pipeline"]["listener_errors"] == 0
