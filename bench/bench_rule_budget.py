@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/bench_rule_budget.py [--sessions 3000] [--runs 5] [--json]
 
-1. Cost per call: the shipped rules (rules/) on ``--sessions`` synthetic
+1. Cost per call: one engine call of a rule doing nothing, with and without
+   the budget (best of 7 runs of 100 000); the shipped rules (rules/) on ``--sessions`` synthetic
    sessions (tests/support/sessions.py: EHLO, MAIL, 2 RCPT, DATA with a
    message, QUIT) through the pipeline and the rule engine, with the budget
    (the SIGALRM timer armed and disarmed around every rule call) and without
@@ -88,6 +89,23 @@ def sessions_cpu(n: int, guard) -> tuple[float, int]:
     dt = time.process_time() - t0
     calls = sum(r.counters.calls for r in ruleset.rules)
     return dt, calls
+
+
+def call_ns(guard, n: int = 100_000, repeat: int = 7) -> float:
+    """ns of one RuleEngine._call of a rule doing nothing (the engine's own
+    cost per call: context, clock, budget, accounting), best of ``repeat``."""
+    import timeit
+    from types import SimpleNamespace
+
+    @rule(hooks.command, id="bench.nothing")
+    def nothing(flow, command):
+        pass
+
+    engine = RuleEngine(StaticRules(nothing), Sink(), ReplayEnforcer(), guard=guard)
+    flow = SimpleNamespace(uid="C1")
+    r = nothing.__rule__
+    best = min(timeit.repeat(lambda: engine._call(r, flow, nothing, flow, None), number=n, repeat=repeat))
+    return best / n * 1e9
 
 
 def timer_ns(n: int = 200_000) -> float:
@@ -189,6 +207,7 @@ def main() -> None:
         "sessions": args.sessions, "rule_calls_per_session": calls / args.sessions,
         "us_per_session_without": m_off / args.sessions * 1e6, "us_per_session_with": m_on / args.sessions * 1e6,
         "ns_per_call": (m_on - m_off) / calls * 1e9, "setitimer_arm_disarm_ns": timer_ns(),
+        "call_ns_without": call_ns(NoGuard()), "call_ns_with": call_ns(GUARD),
     }
     out["stops"] = {}
     for name, fn in STOPPABLE.items():
@@ -207,6 +226,8 @@ def main() -> None:
     print(f"cost: {c['rule_calls_per_session']:.1f} rule calls/session; "
           f"{c['us_per_session_without']:.1f} us/session without the budget, {c['us_per_session_with']:.1f} with; "
           f"{c['ns_per_call']:.0f} ns per call; setitimer arm+disarm {c['setitimer_arm_disarm_ns']:.0f} ns")
+    print(f"one engine call of a rule doing nothing (best of 7): {c['call_ns_without']:.0f} ns without the budget, "
+          f"{c['call_ns_with']:.0f} ns with")
     print("stopped, 50 ms budget (ms the call took):")
     for name, v in out["stops"].items():
         print(f"  {name:34s} p50 {v['p50_ms']:7.2f}  max {v['max_ms']:7.2f}  ({v['calls']} calls)")

@@ -14,6 +14,7 @@ import pytest
 from sensor import smtp
 from sensor import config
 from sensor.config import NOTICE_TYPES, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig, tomllib
+from sensor.rules.budget import RuleLimits
 from sensor.stream import reassembly
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
@@ -42,6 +43,7 @@ SECTIONS = {
     "sensor": (SensorConfig, lambda k, v: getattr(SensorConfig(**{k: v}), k)),
     "limits.smtp": (smtp.SmtpLimits, lambda k, v: getattr(LimitsConfig(smtp={k: v}).smtp, k)),
     "limits.reassembly": (reassembly.ReassemblyLimits, lambda k, v: getattr(LimitsConfig(reassembly={k: v}).reassembly, k)),
+    "limits.rules": (RuleLimits, lambda k, v: getattr(LimitsConfig(rules={k: v}).rules, k)),
     "spam_stats": (SpamStatsConfig, lambda k, v: getattr(SpamStatsConfig(**{k: v}), k)),
     "enforce": (EnforceConfig, lambda k, v: getattr(EnforceConfig(**{k: v}), k)),
 }
@@ -69,7 +71,7 @@ def _type_fits(doc_type: str, value) -> bool:
 
 def test_the_doc_has_every_table():
     assert set(tables()) == {*SECTIONS, "spam_stats.ban"}
-    # a table the loader accepts is a table checked here ([limits] has its own two)
+    # a table the loader accepts is a table checked here ([limits] has its own three)
     assert set(config._SECTIONS) - {"limits"} <= set(SECTIONS)
 
 
@@ -125,5 +127,5 @@ def test_the_example_and_the_doc_agree_on_keys():
     doc = tables()
     for table in ("sensor", "spam_stats", "enforce"):
         assert set(example[table]) - {"ban"} <= set(doc[table])
-    for table in ("smtp", "reassembly"):
+    for table in ("smtp", "reassembly", "rules"):
         assert set(example["limits"][table]) <= set(doc[f"limits.{table}"])
