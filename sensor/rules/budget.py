@@ -155,6 +155,8 @@ class Guard:
         self.critical = 0
         #: RuleTimeout/RuleMemoryError raised so far (also those a rule swallowed)
         self.raised = 0
+        #: times ``arm`` had to start the timer (a syscall; calls in a row do not)
+        self.starts = 0
         #: seconds the garbage collector ran while installed: a collection of
         #: the sensor's whole heap is not the rule's time (its deadline moves on)
         self.paused = 0.0
@@ -179,6 +181,7 @@ class Guard:
         if seconds < CHECK_S or not self._running:
             signal.setitimer(signal.ITIMER_REAL, seconds if seconds < CHECK_S else CHECK_S, CHECK_S)
             self._running = True
+            self.starts += 1
         return call
 
     def disarm(self, call: int) -> None:
