@@ -134,7 +134,7 @@ _PROTECTED = frozenset({"sensor.rules.engine", "sensor.rules.loader", __name__})
 
 
 class Guard:
-    """The process's one SIGALRM timer, armed around rule code (``GUARD``)."""
+    """The process's one SIGALRM timer, ticking while rule code runs (``GUARD``)."""
 
     def __init__(self):
         self._main = threading.main_thread().ident
