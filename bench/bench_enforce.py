@@ -51,6 +51,7 @@ from sensor.kernel import abi  # noqa: E402
 from sensor.stream import packet  # noqa: E402
 from sensor.service import log as sensor_log  # noqa: E402
 from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
+from client_pool import SESSION_POOL  # noqa: E402
 from sensor.lab.network import SERVER_V4, Lab  # noqa: E402
 from sensor.inputs.live import LiveFeed  # noqa: E402
 from sensor.assembly import Userland  # noqa: E402
@@ -165,7 +166,6 @@ import json, socket, struct, sys, threading, time
 server, sessions, concurrency, msg_bytes, linger = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 line = b"X" * 76 + b"\r\n"
 body = b"From: <spam@spam.example>\r\nSubject: bench\r\n\r\n" + line * max(1, msg_bytes // len(line))
-lock, results, nxt = threading.Lock(), [], [0]
 
 def replies(sock, want, timeout):
     sock.settimeout(timeout)
@@ -211,22 +211,7 @@ def session(i):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST: no retransmissions
         s.close()
 
-def worker():
-    while True:
-        with lock:
-            i = nxt[0]
-            nxt[0] += 1
-        if i >= sessions:
-            return
-        r = session(i)
-        with lock:
-            results.append(r)
-
-threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-for t in threads: t.start()
-for t in threads: t.join()
-for r in results: print(json.dumps(r))
-"""
+""" + SESSION_POOL
 
 
 def live(lab: Lab, pin_dir: Path, wakeup: int, args) -> dict:
@@ -260,7 +245,8 @@ def live(lab: Lab, pin_dir: Path, wakeup: int, args) -> dict:
         feed.drain(rounds=10, timeout_ms=50)
         elapsed = time.monotonic() - t0
         out, err = client.communicate()
-        sessions = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        sessions = [r for r in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
+                    if "elapsed" not in r]
         counters = dp.maps.counters()
         entries = {e.target: e.packets for e in dp.maps.drops()}
         offset = feed._offset

@@ -60,6 +60,7 @@ from sensor.kernel import abi  # noqa: E402
 from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
 from sensor.kernel.maps import monotonic_ns  # noqa: E402
 from sensor.lab.gateway import GATEWAY_SERVER_V4, GatewayLab  # noqa: E402
+from client_pool import SESSION_POOL  # noqa: E402
 from sensor.lab.network import SERVER_V4, Lab  # noqa: E402
 from sensor.rules.enforce import KernelEnforcer  # noqa: E402
 from sensor.service import log as sensor_log  # noqa: E402
@@ -74,7 +75,6 @@ server, mode, sessions, concurrency, size, linger, tag = (sys.argv[1], sys.argv[
     int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
 domain = "spam.example" if mode == "banned" else "allowed.example"
 line = b"X" * 76 + b"\r\n"
-lock, results, nxt = threading.Lock(), [], [0]
 
 def body(sender):
     head = b"From: <%s>\r\nSubject: bench\r\n\r\n" % sender
@@ -154,24 +154,7 @@ def session(i):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
 
-def worker():
-    while True:
-        with lock:
-            i = nxt[0]
-            nxt[0] += 1
-        if i >= sessions:
-            return
-        r = session(i)
-        with lock:
-            results.append(r)
-
-t0 = time.perf_counter()
-threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-for t in threads: t.start()
-for t in threads: t.join()
-print(json.dumps({"elapsed": time.perf_counter() - t0}))
-for r in results: print(json.dumps(r))
-"""
+""" + SESSION_POOL
 
 
 class Sink:
