@@ -104,7 +104,7 @@ def userland(flows: int, trace: bool) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-MAP_TYPES = {1: "hash", 2: "array", 4: "perf_event_array", 6: "percpu_array", 9: "lru_hash",
+MAP_TYPES = {3: "prog_array", 1: "hash", 2: "array", 4: "perf_event_array", 6: "percpu_array", 9: "lru_hash",
              11: "lpm_trie", 27: "ringbuf"}
 
 
@@ -128,7 +128,8 @@ def kernel_maps() -> list[dict]:
     try:
         with Datapath(DatapathConfig(pin_dir=pin_root / f"v{abi.ABI_VERSION}")) as dp:
             for name in (b"ss_events", b"ss_counters", b"ss_ports", b"ss_config", b"ss_ban_v4", b"ss_ban_v6",
-                         b"ss_flow_drop", b"ss_bypass"):
+                         b"ss_flow_drop", b"ss_bypass", b"ss_release", b"ss_hold", b"ss_flow_state",
+                         b"ss_scratch", b"ss_tail"):
                 fd = dp.bpf[name].map_fd
                 info = bpfsys.map_info(fd)
                 entry = info.key_size + info.value_size
