@@ -16,8 +16,9 @@ them the two veth pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from sensor.kernel.netns import iproute
+from sensor.kernel.netns import enter_netns, iproute
 from sensor.lab.network import CLIENT_V4, PREFIX_V4, Lab, _ethtool, _ip
 
 #: the router's address on each link, and the server's on its own
@@ -59,7 +60,9 @@ class GatewayLab(Lab):
             for ns, gateway in ((self.client_ns, ROUTER_CLIENT_V4), (self.server_ns, ROUTER_SERVER_V4)):
                 with iproute(ns) as ipr:
                     ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-            _ip("netns", "exec", self.router_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            # the router forwards (no sysctl binary needed: a minimal host may lack procps)
+            with enter_netns(self.router_ns):
+                Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         except BaseException:
             self.close()
             raise
