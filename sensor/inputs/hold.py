@@ -65,7 +65,8 @@ class HoldCounters(Counters):
 
     held_events = counter("held segments read from the event ring (first copies and retransmissions)")
     releases = counter("release points written for held segments")
-    dropped_at_commit = counter("flows dropped while their end of data was held: the MTA never got it")
+    dropped_at_commit = counter("flows dropped while their end of data was held: the MTA never got it "
+                                "(once a flow: its later held copies are the gate's)")
     late = counter("releases written after the kernel's own timeout (hold_max_ms) had let the segment pass")
     gone = counter("held segments of flows that ended before their release")
     release_errors = counter("release points the kernel's map refused")
@@ -116,10 +117,14 @@ class CommitHold:
         self.recent: collections.deque[HoldOutcome] = collections.deque(maxlen=64)
         self.ended = 0
 
-    def held(self, seg, header, frame: bytes | None = None) -> None:
+    def held(self, seg, header, frame: bytes | None = None, gated: bool = False) -> None:
         """The feed dissected the held segment ``seg`` (its event header
-        ``header``; ``frame``: its bytes, whole, for the injector)."""
+        ``header``; ``frame``: its bytes, whole, for the injector); ``gated``:
+        the pipeline's gate kept it out instead, a copy still in the ring of a
+        flow already dropped: nothing to release, its drop already counted."""
         self.counters.held_events += 1
+        if gated:
+            return
         end = (seg.seq + seg.wire_paylen) & _MASK
         tup = (seg.src, seg.sport, seg.dst, seg.dport)
         p = self.pending.get(tup)

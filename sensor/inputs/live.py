@@ -74,11 +74,16 @@ class LiveFeed:
         feed = self.pipeline.feed_frame
         offset = self._offset
         hold = self.hold
+        counted = self.pipeline.counters
         for ev in events:
             h = ev.header
-            seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
-            if h.flags & _HELD and seg is not None and hold is not None:
-                hold.held(seg, h, None if h.flags & _CUT else ev.frame)
+            if h.flags & _HELD and hold is not None:
+                gated = counted.gated
+                seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+                if seg is not None:
+                    hold.held(seg, h, None if h.flags & _CUT else ev.frame, gated=counted.gated != gated)
+            else:
+                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
         if hold is not None:
             hold.answer()
         self.counters.events += len(events)
