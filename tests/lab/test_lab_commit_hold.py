@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import shutil
 
+import time
+
 import pytest
 
 from sensor.kernel import abi
@@ -156,7 +158,7 @@ def test_postfix_commits_nothing_from_a_banned_sender_with_swaks_pipelining(lab,
         if banned:
             assert result.returncode != 0, result.stdout[-1500:]
             port = client_port_of(sensor, sender)
-            drop = drop_of(sensor, CLIENT_V4, port, "spam_filter.mail_from")
+            drop = drop_of(sensor, CLIENT_V4, port, "spam_filter.mail_from", since=counters.started)
             assert wait_dropped_packets(sensor.pin_dir, CLIENT_V4, port, SERVER_V4, POSTFIX_PORT) >= 1
             moved = counters.delta()
             assert moved["released"] == moved["hold_timeout"] == 0, moved
@@ -224,6 +226,7 @@ def test_a_lenient_terminator_in_a_segment_of_its_own_is_dropped_while_held(lab,
     # Postfix would commit the outer message) is held, the dissector tells the
     # lenient terminator as it meets it, the smuggling rule drops the flow
     outer, hidden = "outer-apart@allowed.example", "hidden-apart@allowed.example"
+    started = time.time()
     with RawTcpClient(lab, dport=POSTFIX_PORT) as client:
         client.connect()
         require(client.wait_reply(b"220 "), f"no greeting: {client.received!r}")
@@ -231,7 +234,7 @@ def test_a_lenient_terminator_in_a_segment_of_its_own_is_dropped_while_held(lab,
         require(client.wait_reply(b"354 "), f"no 354: {client.received[-300:]!r}")
         client.send_pieces([b"Subject: outer\r\n\r\nouter body\n.\n" + envelope(hidden, helo=None)
                             + b"Subject: hidden\r\n\r\nhidden body\n.\n"])
-        drop_of(sensor, RAW_V4, client.sport, "smuggling.terminator")
+        drop_of(sensor, RAW_V4, client.sport, "smuggling.terminator", since=started)
         assert not client.wait_acked(timeout=1.0), "the segment with the lenient terminator reached Postfix"
     assert wait_committed(lab, POSTFIX_PORT, outer, timeout=2) == []
     assert committed(lab, POSTFIX_PORT, hidden) == []
@@ -314,9 +317,10 @@ def test_with_the_hold_off_the_same_banned_session_is_delivered(lab, sensor, tes
         assert "hold" not in status
         for run in range(RUNS):
             sender = f"hold-off-{run}@spam.example"
+            started = time.time()
             with PipelinedClient(lab, POSTFIX_PORT) as client:
                 client.send(dialogue(sender, SIZES["one segment"]))
-                drop_of(off, CLIENT_V4, client.port, "spam_filter.mail_from")
+                drop_of(off, CLIENT_V4, client.port, "spam_filter.mail_from", since=started)
                 assert len(wait_committed(lab, POSTFIX_PORT, sender)) == 1
         assert off.control_client.call("status")["counters"]["ingress"]["held"] == 0
     finally:

@@ -209,6 +209,7 @@ class CounterDelta:
 
     def __init__(self, control):
         self.control = control
+        self.started = time.time()      # records of the session come after this
         self.before = self.read()
 
     def read(self) -> dict:
@@ -260,10 +261,13 @@ def require(ok, what: str) -> None:
         pytest.fail(what, pytrace=False)
 
 
-def drop_of(sensor, client: str, sport: int, rule_id: str) -> dict:
-    """The sensor's drop record of the connection from client:sport, by `rule_id`."""
+def drop_of(sensor, client: str, sport: int, rule_id: str, since: float = 0.0) -> dict:
+    """The sensor's drop record of the connection from client:sport, by
+    `rule_id`, of a packet seen after `since` (wall clock, less 0.2 s for the
+    sensor's kernel-to-wall-clock conversion): an earlier test's session may
+    have had the same client port."""
     drop = sensor.wait_record(lambda r: r["event_type"] == "drop" and r["id.orig_h"] == client
-                              and r["id.orig_p"] == sport, timeout=10)
+                              and r["id.orig_p"] == sport and r["ts"] >= since - 0.2, timeout=10)
     require(drop["rule_id"] == rule_id and drop["enforced_by"] == "kernel", f"another drop: {drop}")
     return drop
 
@@ -276,7 +280,7 @@ def assert_stopped(lab, sensor, counters, tap, port, client, sport, end, sender,
     the client's octets up to `end` (the offset past the first end of data
     the MTA honours; `tap`: a ServerTap opened before the session), and the
     MTA committed nothing."""
-    drop_of(sensor, client, sport, rule_id)
+    drop_of(sensor, client, sport, rule_id, since=counters.started)
     dropped = wait_dropped_packets(sensor.pin_dir, client, sport, server, port, pump=pump)
     assert dropped >= 1, "no later packet of the dropped flow met its drop entry in XDP"
     moved = counters.delta()
