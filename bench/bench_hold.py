@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -60,6 +59,7 @@ from sensor.kernel import abi  # noqa: E402
 from sensor.kernel.datapath import Datapath, DatapathConfig  # noqa: E402
 from sensor.kernel.maps import monotonic_ns  # noqa: E402
 from sensor.lab.gateway import GATEWAY_SERVER_V4, GatewayLab  # noqa: E402
+from bench_enforce import pct  # noqa: E402
 from client_pool import SESSION_POOL  # noqa: E402
 from sensor.lab.network import SERVER_V4, Lab  # noqa: E402
 from sensor.rules.enforce import KernelEnforcer  # noqa: E402
@@ -222,13 +222,6 @@ class TimedInjector:
             tcp = 14 + (frame[14] & 0x0F) * 4
             self.injected[int.from_bytes(frame[tcp:tcp + 2], "big")].append(monotonic_ns())
         return ok
-
-
-def pct(values, q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def dist_ms(values) -> dict:

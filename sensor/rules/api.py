@@ -60,7 +60,7 @@ class hooks:
     #: not streamed: ``fn(flow, content)`` with the content bytes (up to ``content_cap``).
     mail_content = Hook("mail_content", "bytes / async iterator of bytes", streamable=True)
     #: a dot line in the content that a lenient MTA reads as the message's end, when it is met
-    #: (before the real end: such an MTA commits there); ``fn(flow, seen)``:
+    #: (an MTA that honours it commits there, ahead of the strict end); ``fn(flow, seen)``:
     #: ``sensor.smtp.LenientTerminator`` (its ``label``, such as "<LF>.<LF>").
     lenient_terminator = Hook("lenient_terminator", "sensor.smtp.LenientTerminator")
     #: the end of a message; ``fn(flow, end)``: ``sensor.smtp.MessageEnd`` (size, smuggling evidence).
