@@ -28,6 +28,7 @@ import time
 from typing import NamedTuple
 
 from sensor.counters import Counters, counter, gauge
+from sensor.inputs.framecut import cut_payload
 from sensor.kernel import abi
 from sensor.kernel.maps import monotonic_ns
 from sensor.smtp.connection import BDAT
@@ -74,6 +75,10 @@ class HoldCounters(Counters):
                         by="le_ms")
     injected = counter("released frames put into the stack at once, not waiting for the client to resend")
     inject_errors = counter("released frames the kernel would not take (they pass on the client's retransmission)")
+    injected_cut = counter("held frames put into the stack cut after their judged octets: the MTA's reply to "
+                           "the command they end lets the dissector read the rest")
+    released_unread = counter("releases covering client octets the dissector had not read (they wait for a reply "
+                              "and no injector can send the MTA a cut copy): judged after the MTA has them")
 
 
 class HoldOutcome(NamedTuple):
@@ -161,10 +166,16 @@ class CommitHold:
                 done.append(tup)
                 continue
             nxt, at_line = pos
-            if p.written is not None and not seq_ge(nxt, p.written + 1):
-                continue                      # nothing new delivered
             flow = reassembler.flow_of(*tup)
-            in_chunk = flow is not None and flow.ctx is not None and flow.ctx.conn.state == BDAT
+            conn = flow.ctx.conn if flow is not None and flow.ctx is not None else None
+            unread = conn.unread_client_octets if conn is not None else 0
+            if unread and self.injector is not None and self.injector.supported:
+                # judged up to the command that waits for its reply: the MTA
+                # gets that much now (a cut copy) so that it can answer
+                nxt, at_line, unread = (nxt - unread) & _MASK, True, 0
+            if p.written is not None and not seq_ge(nxt, p.written + 1):
+                continue                      # nothing new judged
+            in_chunk = conn is not None and conn.state == BDAT
             try:
                 self.maps.release(p.key, nxt, hold_all=in_chunk, at_line=at_line)
             except OSError:
@@ -172,6 +183,8 @@ class CommitHold:
                 continue
             p.written = nxt
             st.releases += 1
+            if unread:
+                st.released_unread += 1
             injected = self._inject(p, nxt)
             if seq_ge(nxt, p.end):
                 waited = monotonic_ns() - p.since_ns
@@ -186,20 +199,30 @@ class CommitHold:
 
 
     def _inject(self, p: _Pending, released: int) -> bool:
-        """The held frames the release covers, into the stack now; True if all went."""
+        """The held frames the release covers, into the stack now, and the
+        first octets of one it covers in part, cut there; True if all went."""
         if not p.frames:
             return False
         st = self.counters
         keep, ok = [], True
         for f in p.frames:
-            if seq_ge(released, f[1]):
-                if self.injector.inject(f[2], f[3]):
+            seq, end, frame, ifindex = f
+            if seq_ge(released, end):
+                if self.injector.inject(frame, ifindex):
                     st.injected += 1
                 else:
                     st.inject_errors += 1
                     ok = False
+                continue
+            keep.append(f)
+            if seq_ge(seq, released):
+                continue
+            cut = cut_payload(frame, (released - seq) & _MASK)
+            if cut is None or not self.injector.inject(cut, ifindex):
+                st.inject_errors += 1
+                ok = False
             else:
-                keep.append(f)
+                st.injected_cut += 1
         p.frames = keep
         return ok
 

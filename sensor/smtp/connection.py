@@ -231,6 +231,20 @@ class SMTPConnection:
         """No further input will be looked at (TLS, STOPPED or CLOSED)."""
         return self._mode in _TERMINAL
 
+    @property
+    def unread_client_octets(self) -> int:
+        """Client octets given to the dissector that it has not read yet
+        because their meaning waits for the reply to a command (DATA, AUTH,
+        STARTTLS): content pipelined behind DATA is read once the 354 comes.
+        The start of a command line not yet ended counts as read: it can end
+        no message."""
+        if self._blocked is None:
+            return 0
+        held = len(self._cl) + self._cq_bytes
+        if self._cq:
+            held += sum(item for item in self._cq if type(item) is int)
+        return held
+
     def receive_client(self, data: bytes, ts: float) -> list:
         """Octets sent by the client (originator -> responder)."""
         out: list = []

@@ -18,9 +18,9 @@ the kernel's counters say whether any segment that can end a message passed
 (``released``, ``hold_timeout``).  The tests run one session at a time, so
 those counters are theirs.
 
-Sessions that the hold cannot stop yet are marked xfail(strict): each
-shows, with the MTA's own log, a message committed that the rules would have
-dropped; they will fail (XPASS) once the gap is closed.
+A session the hold cannot stop yet is marked xfail(strict): it shows, with
+the MTA's own log, a message committed that the rules would have dropped; it
+will fail (XPASS) once the gap is closed.
 
 The last tests each stop the module's sensor and run one with other
 settings: ``[enforce] inject = false`` (a retransmission with other bytes
@@ -205,20 +205,27 @@ def test_a_smuggled_message_behind_a_lenient_terminator_is_not_committed(lab, se
     assert committed(lab, port, hidden) == []
 
 
-# ---------------------------------------------------------------- what the hold does not stop yet
+# ---------------------------------------------------------------- content sent before the 354
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="content sent before the 354 waits in the dissector for the MTA's reply: CommitHold "
-                          "releases it as delivered, the message_end rules judge it after the commit")
-def test_gap_message_content_before_the_354_is_judged_after_the_commit(lab, sensor):
+def test_message_content_sent_before_the_354_is_judged_before_the_mta_can_commit(lab, sensor):
+    """One write: two messages, the first ended by the lenient ``\\n.\\n``.
+    The dissector reads the content only after Postfix's 354; the sensor gives
+    Postfix the held segment cut after the DATA line, Postfix answers, the
+    smuggling rule judges the content and drops the flow before any end of
+    data reaches Postfix."""
     outer, hidden = "outer-early@allowed.example", "hidden-early@allowed.example"
     stream = (envelope(outer, helo="smuggler.lab.example") + b"Subject: outer\r\n\r\nouter body\n.\n"
               + envelope(hidden, helo=None) + b"Subject: hidden\r\n\r\nhidden body\r\n.\r\nQUIT\r\n")
+    cut = sensor.control_client.call("status")["hold"]["injected_cut"]
+    started = time.time()
     with PipelinedClient(lab, POSTFIX_PORT) as client:
         client.send(stream)
-        drop_of(sensor, CLIENT_V4, client.port, "smuggling.terminator")
+        drop_of(sensor, CLIENT_V4, client.port, "smuggling.terminator", since=started)
         client.read_until(b"221 ", timeout=2)
+        assert b"354 " in client.received, client.received       # Postfix got the DATA line
     assert wait_committed(lab, POSTFIX_PORT, outer, timeout=2) == []
+    assert committed(lab, POSTFIX_PORT, hidden) == []
+    assert sensor.control_client.call("status")["hold"]["injected_cut"] > cut
 
 
 def test_a_lenient_terminator_in_a_segment_of_its_own_is_dropped_while_held(lab, sensor):

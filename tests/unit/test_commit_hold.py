@@ -52,6 +52,8 @@ class FakeMaps:
 class FakeInjector:
     """The frames put into the stack (frame, ifindex); ``refuse``: say no."""
 
+    supported = True
+
     def __init__(self):
         self.frames: list[tuple[bytes, int]] = []
         self.refuse = False
@@ -365,20 +367,75 @@ def test_seq_ge_reads_sequence_numbers_across_the_wrap():
     assert holdmod.seq_ge(3, MASK - 3) and not holdmod.seq_ge(MASK - 3, 3)
 
 
-# ---------------------------------------------------------------- what it does not do yet
+# ---------------------------------------------------------------- content sent before the 354
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the dissector keeps content sent before the 354 until the server's reply; CommitHold "
-                          "counts it as judged once the reassembly delivered it (tests/lab: the MTA commits)")
-def test_gap_content_waiting_for_the_354_is_not_released_unjudged(bench):
-    conn = Conn(bench, 40020)
+ONE_WRITE = (b"EHLO smuggler.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+             b"outer\n.\nMAIL FROM:<b@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+             b"hidden\r\n.\r\nQUIT\r\n")
+FIRST_DATA = ONE_WRITE.index(b"outer")          # octets up to and including the first DATA line
+
+
+def greeted(bench, port: int) -> Conn:
+    conn = Conn(bench, port)
     conn.client(flags=SYN)
     conn.server(flags=SYN | ACK)
     conn.client(flags=ACK)
     conn.server(b"220 mx.example ESMTP\r\n")
-    conn.client(b"EHLO smuggler.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
-                b"outer\n.\nMAIL FROM:<b@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
-                b"hidden\r\n.\r\nQUIT\r\n", held=True)
+    return conn
+
+
+def payload_of(frame: bytes) -> bytes:
+    return bytes(Ether(frame)[TCP].payload)
+
+
+def test_content_waiting_for_the_354_is_released_only_up_to_the_data_line(bench):
+    """One write holds a whole session: the dissector reads the commands, the
+    content after DATA waits for the 354; the release stops after the DATA line
+    and the MTA gets a cut copy of the held frame up to there."""
+    conn = greeted(bench, 40020)
+    held = conn.client(ONE_WRITE, held=True)
     bench.answer()
-    # the smuggling rule has not seen the message's end: nothing may be released yet
-    assert not bench.sink.of("drop") and bench.maps.releases == []
+    assert bench.maps.releases == [(conn.key, held.seq + FIRST_DATA)]
+    assert bench.maps.flags == [(False, True)]          # a line starts at the release point
+    [(cut, ifindex)] = bench.injector.frames
+    assert ifindex == IFINDEX and payload_of(cut) == ONE_WRITE[:FIRST_DATA]
+    assert bench.counters["injected_cut"] == 1 and bench.counters["pending"] == 1
+    assert not bench.sink.of("drop")
+
+
+def test_the_mtas_354_lets_the_rules_judge_the_content_and_the_smuggled_message_never_goes_in(bench):
+    conn = greeted(bench, 40021)
+    conn.client(ONE_WRITE, held=True)
+    bench.answer()
+    conn.server(b"250-mx.example\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n")
+    bench.answer()
+    [drop] = bench.sink.of("drop")
+    assert drop["rule_id"] == "smuggling.terminator"
+    assert len(bench.maps.releases) == 1                # nothing after the DATA line was released
+    assert len(bench.injector.frames) == 1
+    assert bench.counters["dropped_at_commit"] == 1 and bench.counters["pending"] == 0
+
+
+def test_a_legitimate_one_write_session_is_released_whole_after_the_354(bench):
+    stream = (b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+              b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    conn = greeted(bench, 40022)
+    held = conn.client(stream, held=True)
+    bench.answer()
+    conn.server(b"250-mx.example\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n")
+    bench.answer()
+    cut_at = held.seq + stream.index(b"Subject")
+    assert bench.maps.releases == [(conn.key, cut_at), (conn.key, conn.cseq)]
+    assert [payload_of(f) for f, _ in bench.injector.frames] == [stream[:cut_at - held.seq], stream]
+    assert bench.hold.recent[-1].outcome == "released"
+    assert not bench.sink.of("drop")
+
+
+def test_without_an_injector_content_waiting_for_a_reply_is_released_and_counted():
+    bench = Bench()
+    bench.injector.supported = False
+    conn = greeted(bench, 40023)
+    conn.client(ONE_WRITE, held=True)
+    bench.answer()
+    assert bench.maps.releases == [(conn.key, conn.cseq)]
+    assert bench.counters["released_unread"] == 1
