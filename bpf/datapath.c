@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* datapath.c - the kernel fast path: XDP on ingress, TC clsact on egress.
  *
- * One packet: parse (parsing.h) -> not SMTP? pass -> banned source? drop ->
- * dropped flow? drop -> bypassed flow? pass -> pure ACK? pass -> push the
+ * One packet: parse (parsing.h) -> not SMTP? pass -> dropped flow? drop (or
+ * reset) -> banned source? drop -> bypassed flow? pass -> pure ACK? pass -> push the
  * metadata (smtp_sensor.h: struct ss_event_hdr) and the frame bytes into the
  * event ring -> pass. Every path returns a counter index from ss_process()
  * and leaves through ss_xdp_ingress()/ss_tc_egress(), which count it.
@@ -322,12 +322,14 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	}
 
 	if (!(flags & SS_CFG_NO_ENFORCE)) {
-		if (ss_banned(&pkt, wire_len, dir))
-			return SS_CNT_DROP_BAN;
+		/* the flow's drop first: a ban tears the connections it finds open
+		 * down through drops of those flows (sensor/rules/enforce.py) */
 		v = ss_flow_drop.lookup(&pkt.key);
 		if (v && ss_verdict_live(v, wire_len, dir) &&
 		    (!(v->flags & SS_VF_RESET) || !ss_reset(ctx, &pkt, v, dir, action)))
 			return SS_CNT_DROP_FLOW;
+		if (ss_banned(&pkt, wire_len, dir))
+			return SS_CNT_DROP_BAN;
 	}
 	v = ss_bypass.lookup(&pkt.key);
 	if (v && ss_verdict_live(v, wire_len, dir))

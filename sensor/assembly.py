@@ -14,7 +14,8 @@ default).  What is built:
   order: the rule engine (when a rules folder is given; rules that do not
   load are a one-line ``SensorError``) and the reject statistics (listener
   and actor, when enabled);
-* the enforcer's ban ports (the kernel bans on the SMTP ports only);
+* the enforcer's ban ports (the kernel bans on the SMTP ports only) and the open flows
+  (a ban tears down the connections it covers);
 * enforcing (``enforce = true``): the pipeline's gate is ``enforcer.passes``,
   so a dropped flow's packets are not dissected, as the kernel drops them;
   monitor only (``enforce = false``, a SPAN port): no gate, every packet is
@@ -58,6 +59,7 @@ class Userland:
             self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
             self.pipeline.listeners.append(RejectStatsListener(self.reject_stats, self.actor))
         enforcer.verdicts.ports = frozenset(cfg.ports)
+        enforcer.open_flows = lambda: self.pipeline.reassembler.flows
         if cfg.enforce:
             self.pipeline.gate = enforcer.passes
         else:

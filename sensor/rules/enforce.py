@@ -7,7 +7,8 @@ which packets an inline sensor would have let pass (``passes``).
 * ``KernelEnforcer``: ``drop_flow`` writes the kernel's flow-drop entry (both
   directions) with one map update before it returns (``reset``: the kernel
   also tears the connection down, bpf/teardown.h); ``ban`` writes a prefix
-  into the LPM ban trie, ``unban`` removes it; ``bypass`` stops pushing an
+  into the LPM ban trie and tears down the open flows it covers (their flow
+  drops come before the ban in the datapath), ``unban`` removes it; ``bypass`` stops pushing an
   encrypted flow; ``bans`` lists the kernel's bans with the operator's notes.
 * ``ReplayEnforcer``: the same verdicts, applied to the packets that follow
   in the capture (the packet that triggered a verdict is dropped too: that is
@@ -162,6 +163,21 @@ class Verdicts:
 GATE_KEEP = 10.0
 
 
+def open_flows_in(flows, network: str) -> list:
+    """The flows of ``flows`` (``TcpFlow``s) with an end in ``network``: a
+    ban tears them down as a rule's drop would (the kernel's ban alone drops
+    their packets silently, and the MTA would wait out its timeout)."""
+    net = ipaddress.ip_network(network, strict=False)
+    found = []
+    for flow in flows:
+        for host in (flow.orig_h, flow.resp_h):
+            ip = ipaddress.ip_address(host)
+            if ip.version == net.version and ip in net:
+                found.append(flow)
+                break
+    return found
+
+
 def _expiry(now: float, ttl: float | None):
     return None if not ttl else now + ttl
 
@@ -180,6 +196,8 @@ class KernelEnforcer:
         self.latencies_ns: list[int] = []          # verdict -> map written, last N
         self._keep = 10_000
         self.notes: dict[str, str] = {}            # prefix -> the operator's words (ban add --reason)
+        #: the open flows (the assembly gives the reassembly's): a ban tears down those it covers
+        self.open_flows = tuple
 
     def _timed(self, fn, *args, **kw):
         t0 = time.perf_counter_ns()
@@ -205,6 +223,8 @@ class KernelEnforcer:
         operator's words) is what ``bans()`` shows with it."""
         self._timed(self.maps.ban, network, ttl=ttl, reason=reason)
         self.verdicts.add_ban(network, _expiry(now, ttl))
+        for flow in open_flows_in(self.open_flows(), network):
+            self.drop_flow(flow, ttl, now, reset=True)
         if note:
             self.notes[network] = note
         else:
@@ -238,6 +258,7 @@ class ReplayEnforcer:
         self.verdicts = Verdicts()
         self.passes = self.verdicts.passes
         self.bypassed: set = set()
+        self.open_flows = tuple      # as KernelEnforcer's
 
     def drop_flow(self, flow, ttl: float | None, now: float, reset: bool = True) -> None:
         self.verdicts.add_flow((flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p), _expiry(now, ttl),
@@ -247,6 +268,8 @@ class ReplayEnforcer:
             note: str | None = None) -> None:
         """As ``KernelEnforcer.ban``; a replay lists no bans, so ``note`` is in the record only."""
         self.verdicts.add_ban(network, _expiry(now, ttl))
+        for flow in open_flows_in(self.open_flows(), network):
+            self.drop_flow(flow, ttl, now, reset=True)
 
     def unban(self, network: str) -> bool:
         return self.verdicts.remove_ban(network)

@@ -768,6 +768,23 @@ def test_a_torn_down_flow_without_ack_has_nothing_to_answer(dp, reader):
     only(ingress(dp), drop_flow=2, reset=1)
 
 
+def test_a_banned_hosts_open_flow_is_torn_down_before_the_ban_drops_the_rest(dp, reader):
+    """A ban tears down the flows it finds open through their flow drops,
+    which the datapath reads before the ban; the host's other packets meet
+    the ban and are dropped silently."""
+    torn_down(dp)
+    dp.maps.ban(CLIENT4, ttl=600)
+    result = prog_test_run(dp.xdp_fd, frame4(seq=5000, ack=7000))
+    assert result.retval == XDP_PASS
+    _, tcp = rst_of(result.data_out)
+    assert (tcp.flags, tcp.seq) == ("RA", 5000)
+    another = Ether(frame4(seq=5000, ack=7000))          # the host's connection the sensor did not see open
+    another[TCP].sport = 40001
+    del another[TCP].chksum
+    assert xdp(dp, bytes(another)) == XDP_DROP
+    only(ingress(dp), drop_flow=1, reset=1, drop_ban=1)
+
+
 # ------------------------------------------------------------------ a drop lives as long as its connection
 
 def flow_flags(dp) -> dict[str, int]:

@@ -3,7 +3,8 @@
 session by its sender, and Postfix's smtpd for it closes (its log says
 "disconnect from", `ss` in the server namespace has no socket left) where a
 silent drop leaves it waiting; the client gets its RST too; a client that
-reuses the source port of a torn-down session connects and delivers.
+reuses the source port of a torn-down session connects and delivers; a
+ban given while a session of the host is open tears that session down too.
 
 Every session uses its own source port and sender; the rule file below
 decides by the sender's domain."""
@@ -114,7 +115,7 @@ class Session:
 
 
 def drop_record(sensor, port: int) -> dict:
-    return sensor.wait_record(lambda r: r["event_type"] == "drop" and r["id.orig_p"] == port)
+    return sensor.wait_record(lambda r: r["event_type"] == "drop" and r.get("id.orig_p") == port)
 
 
 def server_sockets(lab, port: int) -> list[str]:
@@ -190,6 +191,31 @@ def test_a_pipelined_message_of_a_dropped_sender_is_not_committed_and_postfix_is
     assert not re.search(r"from=<bot@reset\.example>", "\n".join(lab.postfix.log_lines()[mark:]))
     held = sensor.cli("status")["hold"]
     assert held["held_events"] >= 1 and held["dropped_at_commit"] >= 1, held
+
+
+@pytest.mark.parametrize("family", ADDRESSES, ids=ADDRESSES)
+def test_a_ban_tears_down_the_hosts_open_session(lab, sensor, family):
+    """`smtp-sensor ban add` while the host's session is open: the ban
+    finds the flow open and tears it down, so Postfix's smtpd is freed on
+    the client's next packet instead of waiting out its timeout."""
+    s = Session(lab, family)
+    mark = lab.postfix.mark()
+    try:
+        assert s.reply().startswith(b"220")
+        assert s.command("EHLO teardown.lab.example").startswith(b"250")
+        assert s.command("MAIL FROM:<someone@fine.example>").startswith(b"250")
+        sensor.cli("ban", "add", s.client, "--ttl", "60", "--reason", "lab: a ban mid-session")
+        try:
+            s.sock.sendall(b"RCPT TO:<user@lab.example>\r\n")
+            lab.postfix.wait_for_log(disconnect_pattern(s.client, s.port), since=mark, timeout=10)
+            assert server_sockets(lab, s.port) == []
+            assert s.until_reset() == "reset"
+        finally:
+            sensor.cli("ban", "del", s.client)
+    finally:
+        s.close()
+    client, server = ADDRESSES[family]
+    assert flow_drop_entry(sensor.pin_dir, client, s.port, server, 25) is not None
 
 
 @pytest.mark.parametrize("family", ADDRESSES, ids=ADDRESSES)

@@ -86,3 +86,26 @@ def test_the_live_gate_ends_a_torn_down_drop_on_the_syn_the_kernel_let_through()
     assert not v.passes(seg(*CLIENT, *SERVER), 100.5)                   # a straggler
     assert v.passes(seg(*CLIENT, *SERVER, flags=SYN), 101.0)           # in the ring: the kernel ended it
     assert v.passes(seg(*CLIENT, *SERVER), 101.0) and v.flows == {}
+
+
+class _Flow:
+    def __init__(self, orig_h, orig_p, resp_h, resp_p):
+        self.orig_h, self.orig_p, self.resp_h, self.resp_p = orig_h, orig_p, resp_h, resp_p
+
+
+def test_a_ban_tears_down_the_open_flows_of_the_network_and_no_other():
+    from sensor.rules.enforce import ReplayEnforcer
+    enforcer = ReplayEnforcer()
+    enforcer.verdicts.ports = frozenset((25,))
+    inbound = _Flow("192.0.2.66", 40000, "198.51.100.25", 25)
+    outbound = _Flow("198.51.100.25", 40001, "192.0.2.67", 25)       # this host's mail to the banned network
+    other = _Flow("203.0.113.9", 40002, "198.51.100.25", 25)
+    enforcer.open_flows = lambda: (inbound, outbound, other)
+    enforcer.ban("192.0.2.64/30", ttl=None, now=1.0)
+    resets = enforcer.verdicts.resets
+    assert (pack_addr("192.0.2.66"), 40000, pack_addr("198.51.100.25"), 25) in resets
+    assert (pack_addr("192.0.2.67"), 25, pack_addr("198.51.100.25"), 40001) in resets
+    assert not any(pack_addr("203.0.113.9") in key for key in resets)
+    # the torn-down flow's RST passes (as the kernel lets it); a new connection from the host meets the ban
+    assert enforcer.passes(seg("192.0.2.66", 40000, "198.51.100.25", 25, flags=RST | ACK), 2.0)
+    assert not enforcer.passes(seg("192.0.2.66", 40009, "198.51.100.25", 25, flags=SYN), 2.0)
