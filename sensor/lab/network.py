@@ -207,6 +207,25 @@ class Lab:
         server.start(timeout)
         return server
 
+    def start_postfix_relay(self, relayhost: str, port: int = 2525, timeout: float = 15,
+                            main_cf: Mapping[str, str] | None = None) -> "PostfixServer":
+        """A Postfix in the client namespace that takes mail on loopback
+        (127.0.0.1:`port`) and sends all of it with Postfix's own smtp client
+        to `relayhost` ("[address]:port", e.g. the server's Postfix), from
+        the client's address. Its hostname is relay.lab.example, so the
+        server's greeting is not its own (Postfix would see a loop)."""
+        from sensor.lab.postfix import PostfixServer
+
+        relay = PostfixServer(self, self.workdir / f"relay-{port}-{len(self._postfixes)}", port, ("127.0.0.1",),
+                              ns=self.client_ns, relayhost=relayhost)
+        settings = {"myhostname": "relay.lab.example", "smtp_bind_address": CLIENT_V4,
+                    "smtp_bind_address6": CLIENT_V6}
+        settings.update(main_cf or {})
+        relay.write_config((), False, (), settings)
+        self._postfixes.append(relay)
+        relay.start(timeout)
+        return relay
+
     def swaks(self, *args: str, server: str = SERVER_V4, timeout: float = 30,
               source: str | None = None) -> subprocess.CompletedProcess:
         """One real SMTP session from the client namespace."""

@@ -1,7 +1,10 @@
-"""One Postfix instance in a lab's server namespace (``Lab.start_postfix``):
-its own configuration, queue and log under the lab's folder, started with
-``postfix -c DIR`` inside the namespace, stopped and removed with the lab.
-What it accepted and refused is read from its log, session by session."""
+"""One Postfix instance in a lab namespace: a receiving MTA in the server's
+(``Lab.start_postfix``) or a relay in the client's (``Lab.start_postfix_relay``:
+Postfix's own smtp client, which takes mail on loopback and sends it to the
+server's MTA through the sensor). Its own configuration, queue and log under
+the lab's folder, started with ``postfix -c DIR`` inside the namespace,
+stopped and removed with the lab. What it accepted, refused, sent and
+deferred is read from its log, session by session."""
 
 from __future__ import annotations
 
@@ -46,7 +49,10 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+{client}"""
+
+# master.cf line of the smtp client (a relay's: it sends what it takes)
+_SMTP_CLIENT = "smtp      unix  -       -       n       -       -       smtp\n"
 
 # The queue folders "postfix start" would make (post-install create-missing):
 # made here so the start can skip its integrity checks (quick-start).
@@ -68,6 +74,14 @@ class PostfixServer:
     addresses: tuple[str, ...]
     reject: dict[str, str] = field(default_factory=dict)
     tls: bool = False
+    #: the lab namespace it runs in (None: the server's)
+    ns: str | None = None
+    #: a relay sends everything to this next hop ("[address]:port") with its smtp client
+    relayhost: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.ns or self.lab.server_ns
 
     @property
     def config_dir(self) -> Path:
@@ -153,10 +167,19 @@ class PostfixServer:
                 "smtpd_tls_key_file": str(key),
                 "smtpd_tls_loglevel": "1",
             })
+        if self.relayhost:
+            settings.update({
+                "relayhost": self.relayhost,
+                "default_transport": "smtp",
+                "relay_transport": "smtp",
+                "smtp_tls_security_level": "none",
+                "smtp_dns_support_level": "disabled",     # the next hop is an address: no DNS
+            })
         settings.update(extra)
         (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         smtp = "smtp" if self.port == 25 else str(self.port)
-        (self.config_dir / "master.cf").write_text(_MASTER_CF.format(smtp=smtp))
+        (self.config_dir / "master.cf").write_text(
+            _MASTER_CF.format(smtp=smtp, client=_SMTP_CLIENT if self.relayhost else ""))
         # Postfix waits until a configuration file it reads is at least a
         # second old (it may be half written): backdate ours, start at once.
         past = time.time() - 60
@@ -168,7 +191,7 @@ class PostfixServer:
         """postfix -c DIR command, in the server namespace. Postfix writes its
         errors to stderr only when that is a terminal (else to syslog, which a
         lab does not have): stderr is a pseudo-terminal here."""
-        argv = self.lab.exec_argv(self.lab.server_ns, "postfix", "-c", str(self.config_dir), command)
+        argv = self.lab.exec_argv(self.namespace, "postfix", "-c", str(self.config_dir), command)
         pty_master, pty_slave = os.openpty()
         try:
             try:
@@ -197,20 +220,20 @@ class PostfixServer:
         # port would start fine and share the connections. Refuse instead.
         for address in self.addresses:
             try:
-                with self.lab.connect(address, self.port, ns=self.lab.server_ns, timeout=1):
+                with self.lab.connect(address, self.port, ns=self.namespace, timeout=1):
                     pass
             except OSError:
                 continue
-            raise SensorError(f"something already listens on [{address}]:{self.port} in {self.lab.server_ns}: "
+            raise SensorError(f"something already listens on [{address}]:{self.port} in {self.namespace}: "
                               "give this Postfix another port")
         try:
             result = self._postfix("start", timeout)
         except subprocess.TimeoutExpired:
-            raise SensorError(f"'postfix start' in {self.lab.server_ns} did not return within {timeout} s"
+            raise SensorError(f"'postfix start' in {self.namespace} did not return within {timeout} s"
                               f"{self._log_tail()}") from None
         if result.returncode != 0:
             said = "; ".join(line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip())
-            raise SensorError(f"Postfix did not start in {self.lab.server_ns}: {said or 'no message'}"
+            raise SensorError(f"Postfix did not start in {self.namespace}: {said or 'no message'}"
                               f"{self._log_tail()}")
         for address in self.addresses:
             self._wait_for_banner(address, deadline)
@@ -219,7 +242,7 @@ class PostfixServer:
         problem = "no answer"
         while time.monotonic() < deadline:
             try:
-                with self.lab.connect(address, self.port, ns=self.lab.server_ns,
+                with self.lab.connect(address, self.port, ns=self.namespace,
                                       timeout=max(0.2, deadline - time.monotonic())) as sock:
                     banner = sock.recv(512)
                     if banner.startswith(b"220 "):
@@ -229,7 +252,7 @@ class PostfixServer:
             except OSError as exc:
                 problem = str(exc)
             time.sleep(0.05)
-        raise SensorError(f"Postfix in {self.lab.server_ns} does not answer on [{address}]:{self.port} "
+        raise SensorError(f"Postfix in {self.namespace} does not answer on [{address}]:{self.port} "
                           f"({problem}){self._log_tail()}")
 
     def _log_tail(self, lines: int = 15) -> str:

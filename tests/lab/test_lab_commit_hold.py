@@ -3,7 +3,8 @@ rules, so the hold is on by default) on the lab server's veth, real MTAs in
 the server namespace (aiosmtpd on port 25, Postfix on 587), and clients that
 pipeline: a kernel socket that writes EHLO, MAIL, RCPT, DATA, the message,
 the dot and QUIT in one ``sendall`` before reading any reply, swaks
-``--pipeline`` (to Postfix: aiosmtpd does not offer PIPELINING), and a raw
+``--pipeline`` (to Postfix: aiosmtpd does not offer PIPELINING), Postfix's
+own smtp client (a relay in the client namespace sending to the lab Postfix), and a raw
 packet client (support.raw_tcp) that sends exactly the segments a test
 gives it, in any order, and retransmits them until acknowledged.
 
@@ -30,6 +31,7 @@ pipelined session from a banned sender is then delivered to Postfix).
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import time
@@ -165,6 +167,43 @@ def test_postfix_commits_nothing_from_a_banned_sender_with_swaks_pipelining(lab,
             assert committed(lab, POSTFIX_PORT, sender) == [], drop
         else:
             assert result.returncode == 0, result.stdout[-1500:]
+            assert len(wait_committed(lab, POSTFIX_PORT, sender)) == 1
+            moved = counters.delta()
+            assert moved["held"] >= 1 and moved["releases"] >= 1, moved
+
+
+@pytest.fixture(scope="module")
+def relay(lab):
+    """Postfix's own smtp client: a relay in the client namespace that sends
+    everything it takes to the server's Postfix, through the sensor."""
+    return lab.start_postfix_relay(f"[{SERVER_V4}]:{POSTFIX_PORT}")
+
+
+@pytest.mark.parametrize("size", [2048, 32 * 1024], ids=["2 KB", "32 KB"])
+def test_postfix_relaying_with_its_own_smtp_client_commits_nothing_from_a_banned_sender(lab, sensor, relay,
+                                                                                       tmp_path, size):
+    """The relay pipelines MAIL, RCPT and DATA, sends the message after the
+    354: a banned sender's session is torn down (the relay defers the
+    message), a legitimate one's end of data is held, released, delivered."""
+    body = tmp_path / "body.txt"
+    body.write_bytes((b"R" * 76 + b"\n") * (size // 77))
+    for sender, banned in ((f"relay{size}@suspicious.org", True), (f"relay{size}@allowed.example", False)):
+        mark = relay.mark()
+        counters = CounterDelta(sensor.control_client)
+        result = lab.swaks("--port", str(relay.port), "--from", sender, "--to", "user@lab.example",
+                           "--body", f"@{body}", server="127.0.0.1")
+        require(result.returncode == 0, f"the relay did not take the message: {result.stdout[-1500:]}")
+        qid = re.findall(r"queued as ([0-9A-F]+)", result.stdout)[-1]
+        outcome = relay.wait_for_log(rf"{qid}: to=<user@lab\.example>, relay=.*status=(\w+)", since=mark, timeout=30)
+        if banned:
+            assert outcome.group(1) == "deferred", outcome.group(0)
+            port = client_port_of(sensor, sender)
+            drop_of(sensor, CLIENT_V4, port, "spam_filter.mail_from", since=counters.started)
+            assert committed(lab, POSTFIX_PORT, sender) == []
+            moved = counters.delta()
+            assert moved["released"] == moved["hold_timeout"] == 0, moved
+        else:
+            assert outcome.group(1) == "sent", outcome.group(0)
             assert len(wait_committed(lab, POSTFIX_PORT, sender)) == 1
             moved = counters.delta()
             assert moved["held"] >= 1 and moved["releases"] >= 1, moved
