@@ -4,10 +4,14 @@ with the released frames put into the stack at once (inject = true, the
 default), the hold on without that (inject = false: a released segment
 waits for the client's retransmission), and the hold off.
 
-1. banned senders that pipeline: after the EHLO reply, one write of MAIL
-   FROM a banned domain, RCPT, DATA, a message of --sizes, ".", QUIT (as
-   bench_enforce.py, section 3): how many messages the server accepted (its
-   journal), and what the sensor counted (held, dropped at commit);
+1. senders the sensor must stop, pipelining: after the EHLO reply, one
+   write of MAIL FROM a banned domain, RCPT, DATA, a message of
+   --banned-sizes, ".", QUIT (as bench_enforce.py, section 3); the same with
+   the end of data written in pieces of their own (".", then CRLF: "split");
+   and a message from an allowed sender ended by LF.LF and followed by a
+   second MAIL in the same write ("smuggle": the smuggling rule drops the
+   flow): how many messages the server accepted (its journal), and what the
+   sensor counted (held, dropped at commit);
 2. legitimate senders, one message per connection, every reply waited for
    as an MTA does (MAIL, RCPT and DATA as one pipelined group, then the
    message after the 354), and senders that write the whole session at once:
@@ -73,7 +77,7 @@ CLIENT = r"""
 import json, socket, struct, sys, threading, time
 server, mode, sessions, concurrency, size, linger, tag = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
     int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
-domain = "spam.example" if mode == "banned" else "allowed.example"
+domain = {"banned": "spam.example", "split": "spam.example", "smuggle": "smuggle.example"}.get(mode, "allowed.example")
 line = b"X" * 76 + b"\r\n"
 
 def body(sender):
@@ -139,13 +143,25 @@ def session(i):
             rst = False
             return {"i": i, "port": port, "latency": latency}
         t0 = time.perf_counter()
-        s.sendall(envelope + body(sender) + b".\r\nQUIT\r\n")
-        got = r.read(5, linger if mode == "banned" else 10)
+        if mode == "split":
+            # the end of data in pieces of their own: the body's last CRLF, ".", CRLF
+            s.sendall(envelope + body(sender))
+            for piece in (b".", b"\r\n", b"QUIT\r\n"):
+                time.sleep(0.002)
+                s.sendall(piece)
+        elif mode == "smuggle":
+            # a message ended by LF.LF (an MTA that honours it commits it there), then a second one
+            hidden = b"hidden-" + sender
+            s.sendall(envelope + body(sender) + b"\n.\n" + b"MAIL FROM:<%s>\r\nRCPT TO:<bob@example.net>\r\n"
+                      b"DATA\r\n" % hidden + body(hidden) + b".\r\nQUIT\r\n")
+        else:
+            s.sendall(envelope + body(sender) + b".\r\nQUIT\r\n")
+        got = r.read(5, 10 if mode == "one write" else linger)
         codes = [c for c, _ in got]
         out = {"i": i, "port": port, "codes": codes}
         if codes[:4] == ["250", "250", "354", "250"]:
             out["latency"] = got[3][1] - t0
-            rst = mode == "banned"
+            rst = mode != "one write"
         return out
     except OSError as exc:
         return {"i": i, "error": str(exc)}
@@ -259,7 +275,7 @@ def run_case(lab, layout: str, pin_dir: Path, hold: bool, inject: bool, mode: st
              concurrency: int, linger: float, tag: str) -> dict:
     iface, netns, server = ((lab.server_if, lab.server_ns, SERVER_V4) if layout == "host"
                             else (lab.router_if, lab.router_ns, GATEWAY_SERVER_V4))
-    domain = "spam.example" if mode == "banned" else "allowed.example"
+    domain = STOPPED_DOMAINS.get(mode, "allowed.example")
     before = journal_count(lab.journal, domain)
     with Datapath(DatapathConfig(pin_dir=pin_dir, hold=hold, hold_max_ms=HOLD_MAX_MS)) as dp:
         dp.maps.flow_drop.clear()
@@ -326,15 +342,25 @@ def run_case(lab, layout: str, pin_dir: Path, hold: bool, inject: bool, mode: st
         return result
 
 
+#: the sessions the sensor must stop, by mode: the domain of the senders whose messages it must keep out
+STOPPED_DOMAINS = {"banned": "spam.example", "split": "spam.example", "smuggle": "smuggle.example"}
+
+
 def cases(args):
     """(name, mode, size, sessions, concurrency) of every case, per layout and hold setting."""
-    for size in args.sizes:
-        yield "banned", "banned", size, args.sessions, args.concurrency
-    for size in args.sizes:
-        yield "latency", "compliant", size, args.sessions, 1
-    yield "latency", "one write", args.sizes[0], args.sessions, 1
-    for size in args.sizes:
-        yield "throughput", "compliant", size, args.throughput_sessions, args.throughput_concurrency
+    wanted = set(args.cases.split(","))
+    if "banned" in wanted:
+        for size in args.banned_sizes:
+            yield "banned", "banned", size, args.sessions, args.concurrency
+        yield "banned", "split", args.sizes[0], args.sessions, args.concurrency
+        yield "banned", "smuggle", args.sizes[0], args.sessions, args.concurrency
+    if "latency" in wanted:
+        for size in args.sizes:
+            yield "latency", "compliant", size, args.sessions, 1
+        yield "latency", "one write", args.sizes[0], args.sessions, 1
+    if "throughput" in wanted:
+        for size in args.sizes:
+            yield "throughput", "compliant", size, args.throughput_sessions, args.throughput_concurrency
 
 
 SETTINGS = (("on", True, True), ("on, no inject", True, False), ("off", False, False))
@@ -348,7 +374,7 @@ def print_report(report: dict) -> None:
     for run in report["runs"]:
         head = (f"{run['layout']:<7} hold {setting_name(run):<13} {run['case']:<10} {run['mode']:<9} "
                 f"{run['size']:>6} B {run['sessions']} x{run['concurrency']}: ")
-        if run["mode"] == "banned":
+        if run["mode"] in STOPPED_DOMAINS:
             extra = ""
             if run["hold"]:
                 ch = run["commit_hold"]
@@ -377,6 +403,10 @@ def main() -> int:
     parser.add_argument("--throughput-concurrency", type=int, default=32)
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 32768],
                         help="message sizes in bytes (comma-separated)")
+    parser.add_argument("--banned-sizes", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[2048, 32768, 1 << 20], help="message sizes of the banned senders")
+    parser.add_argument("--cases", default="banned,latency,throughput",
+                        help="which of banned, latency, throughput (comma-separated)")
     parser.add_argument("--linger", type=float, default=0.15,
                         help="seconds a banned client waits for replies after its write")
     parser.add_argument("--layouts", default="host,gateway", help="host, gateway or both")
