@@ -239,6 +239,9 @@ class TimedInjector:
             self.injected[int.from_bytes(frame[tcp:tcp + 2], "big")].append(monotonic_ns())
         return ok
 
+    def __getattr__(self, name):
+        return getattr(self.injector, name)
+
 
 def dist_ms(values) -> dict:
     ms = [v * 1000 for v in values]
