@@ -176,6 +176,10 @@ class CommitHold:
             if p.written is not None and not seq_ge(nxt, p.written + 1):
                 continue                      # nothing new judged
             in_chunk = conn is not None and conn.state == BDAT
+            # the judged frames into the stack before the release is written:
+            # a copy with other bytes that the release would let pass then
+            # comes after them, and the MTA's TCP keeps what it has
+            injected = self._inject(p, nxt)
             try:
                 self.maps.release(p.key, nxt, hold_all=in_chunk, at_line=at_line)
             except OSError:
@@ -185,7 +189,6 @@ class CommitHold:
             st.releases += 1
             if unread:
                 st.released_unread += 1
-            injected = self._inject(p, nxt)
             if seq_ge(nxt, p.end):
                 waited = monotonic_ns() - p.since_ns
                 if waited > self.hold_max_ns:
