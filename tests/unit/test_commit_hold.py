@@ -439,3 +439,16 @@ def test_without_an_injector_content_waiting_for_a_reply_is_released_and_counted
     bench.answer()
     assert bench.maps.releases == [(conn.key, conn.cseq)]
     assert bench.counters["released_unread"] == 1
+
+
+def test_the_judged_frame_goes_into_the_stack_before_the_release_is_written(bench):
+    """Once the release is written, any copy of the held range passes XDP,
+    whatever its bytes: the judged one must be in the MTA's TCP first."""
+    order = []
+    release, inject = bench.maps.release, bench.injector.inject
+    bench.maps.release = lambda *a, **kw: (order.append("release"), release(*a, **kw))[1]
+    bench.injector.inject = lambda *a: (order.append("inject"), inject(*a))[1]
+    conn = Conn(bench, 40030).open()
+    conn.client(b"Subject: hi\r\n\r\nbody\r\n.\r\n", held=True)
+    bench.answer()
+    assert order == ["inject", "release"]
