@@ -32,7 +32,7 @@ def smtp_record(flow, txn) -> dict:
     """The ``smtp`` record of one ``sensor.smtp.Transaction`` of ``flow``."""
     rec = {"ts": txn.first_ts or txn.ts, "event_type": "smtp"}
     rec.update(conn_fields(flow))
-    rec["trans_depth"] = txn.trans_depth
+    rec["trans_depth"] = txn.messages_before + 1       # Zeek's: messages before it, plus one
     if txn.helo is not None:
         rec["helo"] = txn.helo
     if txn.mailfrom is not None:

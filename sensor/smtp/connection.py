@@ -182,7 +182,7 @@ class SMTPConnection:
     __slots__ = ("limits", "_mode", "_cl", "_cq", "_cq_bytes", "_blocked", "_auth",
                  "_dot", "_msg", "_bdat_left", "_bdat_last", "_server", "_pending", "_txns",
                  "_activity", "_unknown", "_first_cmd_ts", "_said", "_pipelining", "_max_size",
-                 "_skipped", "helo", "tls")
+                 "_skipped", "_helo_seen", "helo", "tls")
 
     def __init__(self, limits: SmtpLimits | None = None) -> None:
         self.limits = limits if limits is not None else SmtpLimits()
@@ -209,8 +209,9 @@ class SMTPConnection:
         self._unknown = 0
         self._first_cmd_ts: float | None = None
         self._said: set[str] | tuple = ()  # once-per-connection anomalies already raised (a set from the first)
-        #: parameter of the last HELO/EHLO.
+        #: parameter of the last HELO/EHLO not refused (and not empty).
         self.helo: str | None = None
+        self._helo_seen = False
         # of the last positive EHLO reply (its ServerCapabilities event): the
         # server offers PIPELINING; the SIZE it announced (0: none)
         self._pipelining = False
@@ -546,6 +547,16 @@ class SMTPConnection:
             self._auth_end(p.absorbs, None, ts, out)
         if p.txn is not None and self._txns.unanswered(p.txn, ts, out):
             self._stop()
+        if p.reports_to is not None and self._txns.unanswered(p.reports_to, ts, out):
+            self._stop()
+
+    def _reporting(self) -> TransactionState | None:
+        """The transaction under way, counting on one more reply (a command it
+        reports): the reply's Pending holds it as ``reports_to``."""
+        txn = self._txns.current
+        if txn is not None:
+            txn.pending += 1
+        return txn
 
     def _command(self, got: tuple, ts: float, out: list) -> None:
         line, bare_lf, truncated = got
@@ -570,11 +581,7 @@ class SMTPConnection:
         shown = param
         if verb == "AUTH":   # never expose an initial response
             shown = _mechanism(param)
-        txns = self._txns
-        depth = txns.depth
-        if verb == "MAIL" and txns.current is not None and txns.current.has_mail:
-            depth += 1      # it ends the transaction under way and begins the next
-        cmd = Command(ts, verb, raw_verb, shown, bare_lf, truncated, known, trans_depth=depth)
+        cmd = Command(ts, verb, raw_verb, shown, bare_lf, truncated, known, trans_depth=self._txns.depth)
         out.append(cmd)
         if not known:
             self._unknown += 1
@@ -589,33 +596,48 @@ class SMTPConnection:
         if handler is not None:
             handler(self, cmd, param, ts, out)
         else:
-            self._push(Pending(verb, cmd), ts, out)
+            self._push(Pending(verb, cmd, reports_to=self._reporting()), ts, out)
         if verb != "QUIT":
             self._activity = True
 
     # --- what each command does (_ON_COMMAND: verb -> method) ---------------
 
     def _cmd_helo(self, cmd, param, ts, out):
-        self._close_txn(ts, out)        # HELO/EHLO mid-session resets the transaction
-        self.helo = param.strip()
-        self._push(Pending(cmd.verb, cmd), ts, out)
+        # The name counts unless refused (then the one before is back: _helo_reply);
+        # an accepted HELO/EHLO resets the transaction under way, a refused one does not.
+        if self._helo_seen:
+            self._anomaly(out, ts, A.DUPLICATE_FIELDS, CLIENT, f"a second {cmd.verb} in the session")
+        self._helo_seen = True
+        p = Pending(cmd.verb, cmd, reports_to=self._reporting())
+        # the name it replaces; where the steps sent behind it begin
+        p.carry = (self.helo, len(p.reports_to.steps) if p.reports_to is not None else 0)
+        name = param.strip()
+        if name or self.helo is None:     # no name: "" (as Zeek logs it), never over a name
+            self.helo = name
+        self._push(p, ts, out)
 
     def _cmd_reset(self, cmd, param, ts, out):   # RSET, QUIT
+        p = Pending(cmd.verb, cmd, reports_to=self._reporting())
         self._close_txn(ts, out)
-        self._push(Pending(cmd.verb, cmd), ts, out)
+        self._push(p, ts, out)
 
     def _cmd_mail(self, cmd, param, ts, out):
         parsed = parse_path(param, "FROM")
         out.append(MailFrom(ts, parsed.address, parsed.params, param, trans_depth=cmd.trans_depth))
         current = self._txns.current
-        nested = current is not None and current.has_mail
-        if nested:
-            self._anomaly(out, ts, A.NESTED_MAIL, CLIENT, "MAIL inside an open transaction")
-            self._close_txn(ts, out)
-        txn = self._txns.current or self._new_txn(ts)
+        if current is not None and current.has_mail:
+            # A second MAIL: a step of the transaction under way, whose sender
+            # stays the first MAIL's (as Suricata keeps it: most servers refuse
+            # it, 503); rules judge its address all the same (MailFrom).
+            self._anomaly(out, ts, A.DUPLICATE_FIELDS, CLIENT, "a second MAIL in the transaction")
+            for name, detail in parsed.problems:
+                self._anomaly(out, ts, name, CLIENT, f"MAIL: {detail}")
+            self._step(current, cmd, param, ts, out)
+            return
+        txn = current or self._new_txn(ts)
         txn.has_mail = True
         txn.mailfrom = parsed.address
-        txn.invalid |= nested or bool(parsed.problems)
+        txn.invalid |= bool(parsed.problems)
         for name, detail in parsed.problems:
             self._anomaly(out, ts, name, CLIENT, f"MAIL: {detail}")
         self._step(txn, cmd, param, ts, out)
@@ -656,10 +678,13 @@ class SMTPConnection:
     def _cmd_bdat(self, cmd, param, ts, out):
         m = _BDAT_RE.match(param)
         if m is None:
-            self._anomaly(out, ts, A.INVALID_BDAT, CLIENT, f"BDAT {A.excerpt(param)!r}")
-            if self._txns.current is not None:
-                self._txns.current.invalid = True
-            self._push(Pending("BDAT", cmd), ts, out)
+            self._anomaly(out, ts, A.INVALID_BDAT, CLIENT, f"BDAT '{A.excerpt(param)}'")
+            txn = self._txns.current
+            if txn is not None:    # a step of it: its reply is the transaction's
+                txn.invalid = True
+                self._step(txn, cmd, param, ts, out)
+            else:
+                self._push(Pending("BDAT", cmd), ts, out)
             return
         size, last = int(m.group(1)), m.group(2) is not None
         if size > self.limits.bdat_chunk:
@@ -668,7 +693,9 @@ class SMTPConnection:
         txn = self._txn_for_message("BDAT", ts, out)
         if self._msg is None:
             self._msg = MessageAssembler(self.limits, "BDAT", txn.depth)
-        self._step(txn, cmd, param, ts, out, last=last)
+        step = self._step(txn, cmd, param, ts, out, last=last)
+        if last:
+            step.carry = self._txns.message_ended()
         self._mode = BDAT
         self._bdat_left = size
         self._bdat_last = last
@@ -678,11 +705,13 @@ class SMTPConnection:
         self._push(Pending("AUTH", cmd, blocking=True), ts, out)
 
     def _cmd_starttls(self, cmd, param, ts, out):
-        self._push(Pending("STARTTLS", cmd, blocking=True), ts, out)
+        self._push(Pending("STARTTLS", cmd, blocking=True, reports_to=self._reporting()), ts, out)
 
-    def _step(self, txn, cmd, param, ts, out, blocking=False, last=False):
+    def _step(self, txn, cmd, param, ts, out, blocking=False, last=False) -> Pending:
         txn.steps.append([cmd.verb, param, None, None, None])
-        self._push(Pending(cmd.verb, cmd, txn, len(txn.steps) - 1, blocking, last), ts, out)
+        p = Pending(cmd.verb, cmd, txn, len(txn.steps) - 1, blocking, last)
+        self._push(p, ts, out)
+        return p
 
     def _auth_answer(self, line: bytes, ts: float, out: list) -> None:
         # The line is a SASL answer (credentials): it never leaves this method.
@@ -754,9 +783,11 @@ class SMTPConnection:
         txn = self._txns.current
         if txn is not None:
             txn.steps.append([".", "", None, None, None])
-            self._push(Pending(".", None, txn, len(txn.steps) - 1), ts, out)
+            p = Pending(".", None, txn, len(txn.steps) - 1)
         else:
-            self._push(Pending("."), ts, out)
+            p = Pending(".")
+        p.carry = self._txns.message_ended()
+        self._push(p, ts, out)
         self._close_txn(ts, out)
 
     def _end_bdat_chunk(self, ts: float, out: list) -> None:
@@ -895,12 +926,19 @@ class SMTPConnection:
         if verb != ">" and nxt is not None and nxt.ts < ts and not self._pipelining:
             self._once(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
                        f"{nxt.verb} sent before the reply to {verb} without PIPELINING")
+        reports_to = p.reports_to
+        if reports_to is not None:     # its last reply, before a handler ends it (STARTTLS)
+            reports_to.last_reply = f"{code} {lines[-1]}" if lines[-1] else str(code)
         handler = _ON_REPLY.get(verb)
         if handler is not None:
             handler(self, p, code, lines, ts, out)
+        ends_message = verb == "." or (verb == "BDAT" and p.last)
+        if ends_message and p.carry is not None:
+            self._txns.message_replied(p.carry)
         txn = p.txn
-        if txn is not None and self._txns.answered(
-                txn, p.step, code, enh, lines, verb == "." or (verb == "BDAT" and p.last), ts, out):
+        if txn is not None and self._txns.answered(txn, p.step, code, enh, lines, ends_message, ts, out):
+            self._stop()
+        if reports_to is not None and self._txns.reported(reports_to, code, lines, ts, out):
             self._stop()
 
     # --- what each reply does (_ON_REPLY: verb answered -> method) ----------------
@@ -915,12 +953,27 @@ class SMTPConnection:
             self._anomaly(out, ts, A.CLIENT_SPOKE_BEFORE_GREETING, CLIENT,
                           "a command was sent before the server greeting")
 
-    def _ehlo_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
-        if code == 250:
-            caps = ServerCapabilities(ts, **parse_ehlo_keywords(lines[1:]))
-            out.append(caps)
-            self._pipelining = caps.pipelining
-            self._max_size = caps.size or 0
+    def _helo_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
+        if 200 <= code < 300:
+            # RFC 5321 4.1.4: an accepted HELO/EHLO resets the transaction under
+            # way -- unless the client sent steps of it behind the HELO without
+            # waiting (RFC 2920: HELO ends a pipelined group): they stay in it
+            txn = p.reports_to
+            if txn is not None and txn is self._txns.current and len(txn.steps) == p.carry[1]:
+                self._close_txn(ts, out)
+            if code == 250 and p.verb != "HELO":
+                caps = ServerCapabilities(ts, **parse_ehlo_keywords(lines[1:], lines[0]))
+                out.append(caps)
+                self._pipelining = caps.pipelining
+                self._max_size = caps.size or 0
+            return
+        # refused: its name does not count (nor for a transaction begun since)
+        name = p.command.parameter.strip() if p.command is not None else ""
+        if self.helo == name and p.carry[0] != name:
+            self.helo = p.carry[0]
+            current = self._txns.current
+            if current is not None and current is not p.reports_to and current.helo == name:
+                current.helo = p.carry[0]
 
     def _data_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p.assumed:
@@ -977,9 +1030,9 @@ class SMTPConnection:
         if code != 220:
             self._anomaly(out, ts, A.TLS_REJECTED, SERVER, f"STARTTLS got {code}")
             return
-        self._go_tls(ts, out)
+        self._go_tls(ts, out, f"{code} {lines[-1]}" if lines[-1] else str(code))
 
-    def _go_tls(self, ts: float, out: list) -> None:
+    def _go_tls(self, ts: float, out: list, reply: str | None = None) -> None:
         held = bytes(self._cl.take_all())
         if not held:
             held = next((b for b in self._cq if isinstance(b, bytes) and b), b"")
@@ -993,7 +1046,7 @@ class SMTPConnection:
                           f"the first line's verb: {first}")
         self.tls = True
         if self._txns.current is None:
-            self._new_txn(ts)
+            self._new_txn(ts).last_reply = reply
         self._txns.current.tls = True
         self._close_txn(ts, out)
         if self._txns.flush(ts, out):
@@ -1088,6 +1141,8 @@ class SMTPConnection:
         for p in lost:
             if p.txn is not None:
                 p.txn.pending -= 1
+            if p.reports_to is not None:
+                p.reports_to.pending -= 1
             if p.absorbs is not None:
                 self._auth_end(p.absorbs, None, ts, out)
         if self._auth is not None:   # the client never answered the last 334
@@ -1110,8 +1165,9 @@ _ON_COMMAND = {
 
 _ON_REPLY = {
     ">": SMTPConnection._greeting,
-    "EHLO": SMTPConnection._ehlo_reply,
-    "LHLO": SMTPConnection._ehlo_reply,
+    "HELO": SMTPConnection._helo_reply,
+    "EHLO": SMTPConnection._helo_reply,
+    "LHLO": SMTPConnection._helo_reply,
     "DATA": SMTPConnection._data_reply,
     "AUTH": SMTPConnection._auth_reply,
     "AUTH_ANSWER": SMTPConnection._auth_reply,

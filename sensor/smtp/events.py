@@ -188,8 +188,9 @@ class Transaction(Event):
     """One mail transaction, Zeek smtp.log meaning, plus every step with its reply.
 
     Emitted when the transaction is over (final reply to the message, RSET,
-    HELO/EHLO, a new MAIL, STARTTLS, QUIT or close) and every step of it has
-    had its reply (or the connection closed).
+    an accepted HELO/EHLO, an accepted MAIL inside it, STARTTLS, QUIT or close)
+    and every step of it and command it reports has had its reply (or the
+    connection closed).
     """
     trans_depth: int              #: 1-based position of the transaction in the connection
     helo: str | None              #: parameter of the last HELO/EHLO
@@ -197,11 +198,13 @@ class Transaction(Event):
     rcptto: tuple[str, ...]       #: addresses of every RCPT TO, without brackets
     headers: MessageHeaders | None
     message_size: int | None      #: octets of content, None if no message was sent
-    last_reply: str | None        #: "code text" of the last reply in the transaction
+    last_reply: str | None        #: "code text" of the last reply it got (a step's or a command's it reports)
     tls: bool                     #: the connection switched to TLS (STARTTLS accepted)
     steps: tuple[Step, ...] = ()
     delivered: bool = False       #: the message got a 2xx final reply
     first_ts: float = 0.0         #: ts of the transaction's first command
+    #: messages whose end had its reply before it began (Zeek's trans_depth is this + 1)
+    messages_before: int = 0
 
 
 @dataclass(frozen=True, slots=True)

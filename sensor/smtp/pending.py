@@ -26,14 +26,21 @@ class Pending:
     """A command waiting for its reply."""
 
     __slots__ = ("verb", "command", "txn", "step", "blocking", "assumed", "last", "trans_depth",
-                 "held_since", "absorbs")
+                 "held_since", "absorbs", "reports_to", "carry")
 
     def __init__(self, verb, command=None, txn=None, step=None, blocking=False, last=False,
-                 absorbs=None):
+                 absorbs=None, reports_to=None):
         self.verb = verb
         self.command = command
         self.txn = txn
         self.step = step          # index in txn.steps
+        #: a transaction that is not this command's (it is no step of it) but
+        #: takes its reply as its last one, and waits for it: the one under way
+        #: when the command came, or the one it ended (RSET, QUIT, HELO)
+        self.reports_to = reports_to
+        #: what the reply's handler needs: the HELO name a HELO replaced, the
+        #: address of a MAIL sent inside a transaction
+        self.carry = None
         self.blocking = blocking  # the client's next octets wait for this reply
         self.assumed = False      # the positive reply was assumed (REPLY_ASSUMED)
         self.last = last          # BDAT ... LAST

@@ -124,8 +124,11 @@ def parse_enhanced(code: int, text: str) -> str | None:
     return m.group(0)
 
 
-def parse_ehlo_keywords(lines: tuple[str, ...]) -> dict:
-    """Parse the extension lines of a positive EHLO reply (all lines but the first).
+def parse_ehlo_keywords(lines: tuple[str, ...], first: str = "") -> dict:
+    """Parse the extension lines of a positive EHLO reply (all lines but the
+    first); ``first``, the first line (the server's name), counts for
+    PIPELINING when that is its first word (``250-PIPELINING`` as the reply's
+    first line, which Suricata honours too).
 
     Returns the keyword arguments of :class:`~sensor.smtp.events.ServerCapabilities`.
     Handles the obsolete ``AUTH=LOGIN PLAIN`` form too.  Equal extension lists
@@ -137,7 +140,10 @@ def parse_ehlo_keywords(lines: tuple[str, ...]) -> dict:
         caps = _parse_ehlo_keywords(lines)
         if len(_EHLO_CACHE) < _EHLO_CACHE_MAX and sum(map(len, lines)) <= _EHLO_CACHE_CHARS:
             _EHLO_CACHE[lines] = caps
-    return dict(caps)
+    caps = dict(caps)
+    if first[:10].upper() == "PIPELINING" and first[10:11] in ("", " "):
+        caps["pipelining"] = True
+    return caps
 
 
 _EHLO_CACHE: dict = {}         # extension lines -> parsed keyword arguments

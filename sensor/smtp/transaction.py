@@ -2,12 +2,24 @@
 
 A transaction (Zeek's smtp.log meaning) is begun by a MAIL, RCPT, DATA or
 BDAT outside one (or by STARTTLS, or at close for a session with commands but
-no transaction) and ends at RSET, HELO/EHLO, a MAIL inside one that had its
-MAIL, STARTTLS, QUIT, the end of its message or the end of the connection.
+no transaction) and ends at RSET, an accepted HELO/EHLO (RFC 5321 4.1.4: a
+refused one changes nothing), a MAIL inside one that the server accepted,
+STARTTLS, QUIT, the end of its message or the end of the connection.
 Once ended it waits until each of its steps (MAIL, RCPT, DATA, BDAT and the
-end of a DATA message) has had its reply, or is known never to get one; then
-it becomes a :class:`~sensor.smtp.events.Transaction` event.  Transactions
-are emitted in the order they began.
+end of a DATA message) and each command it reports (the others sent while it
+was under way, and the one that ended it) has had its reply, or is known
+never to get one; then it becomes a :class:`~sensor.smtp.events.Transaction`
+event, whose ``last_reply`` is the last of those replies.  Transactions are
+emitted in the order they began.
+
+``depth`` numbers the transactions of the connection one by one (the events
+of one carry it as ``trans_depth``).  ``messages_before`` is Zeek's count:
+of the messages the client ended before the transaction began, those whose
+end had its reply (whatever it said); Zeek's smtp.log ``trans_depth`` is that
+plus one, so a transaction that never reached a message shares it with the
+next, and a capture of the client alone numbers every message 1.  Counted
+when the transaction is emitted (after the replies to what came before it),
+it does not depend on how the two directions' octets interleaved.
 
 A transaction with a protocol error (``TransactionState.invalid``) counts
 against ``SmtpLimits.invalid_transactions``; past it the connection is no
@@ -30,12 +42,14 @@ _NONE = ()
 class TransactionState:
     """One mail transaction being built (becomes a Transaction event)."""
 
-    __slots__ = ("depth", "first_ts", "helo", "mailfrom", "has_mail", "rcptto", "steps",
+    __slots__ = ("depth", "ends_before", "first_ts", "helo", "mailfrom", "has_mail", "rcptto", "steps",
                  "headers", "size", "last_reply", "tls", "delivered", "pending",
                  "invalid", "too_many")
 
-    def __init__(self, depth: int, ts: float, helo: str | None) -> None:
+    def __init__(self, depth: int, ts: float, helo: str | None, ends_before: int = 0) -> None:
         self.depth = depth
+        #: message ends the client sent before this transaction began
+        self.ends_before = ends_before
         self.first_ts = ts
         self.helo = helo
         self.mailfrom = None
@@ -47,7 +61,7 @@ class TransactionState:
         self.last_reply = None
         self.tls = False
         self.delivered = False
-        self.pending = 0              # steps still waiting for their reply
+        self.pending = 0              # steps (and commands it reports) still waiting for their reply
         self.invalid = False
         self.too_many = False         # TOO_MANY_RECIPIENTS was raised
 
@@ -58,13 +72,23 @@ class Transactions:
     under way, or if none of the next one to begin (what an event that
     happens now carries as its ``trans_depth``)."""
 
-    __slots__ = ("limits", "current", "waiting", "depth", "invalid", "counting")
+    __slots__ = ("limits", "current", "waiting", "depth", "_replied", "_ends", "_counted", "_counted_replied",
+                 "invalid", "counting")
 
     def __init__(self, limits: SmtpLimits) -> None:
         self.limits = limits
         self.current: TransactionState | None = None
         self.waiting: list[TransactionState] | tuple = _NONE
         self.depth = 1
+        # Each message end the client sent (the final dot, BDAT ... LAST), in
+        # order, and whether its reply came (whatever it said: Zeek's
+        # messages_transferred counts those): ``_replied`` holds the flags of
+        # those not yet counted for an emitted transaction, from end number
+        # ``_counted`` on; ``_counted_replied`` of the ends before it came.
+        self._replied: list[bool] | tuple = _NONE
+        self._ends = 0
+        self._counted = 0
+        self._counted_replied = 0
         self.invalid = 0         # invalid transactions emitted
         #: invalid transactions are counted (False once the connection is no longer parsed)
         self.counting = True
@@ -76,8 +100,34 @@ class Transactions:
 
     def begin(self, ts: float, helo: str | None) -> TransactionState:
         """Begin a transaction (none is under way)."""
-        txn = self.current = TransactionState(self.depth, ts, helo)
+        txn = self.current = TransactionState(self.depth, ts, helo, self._ends)
         return txn
+
+    def message_ended(self) -> int:
+        """The client ended a message: its number (for ``message_replied``)."""
+        if not self._replied:
+            self._replied = []
+        self._replied.append(False)
+        self._ends += 1
+        return self._ends - 1
+
+    def message_replied(self, number: int) -> None:
+        """The end of message ``number`` had its reply."""
+        i = number - self._counted
+        if 0 <= i < len(self._replied):
+            self._replied[i] = True
+
+    def _messages_before(self, txn: TransactionState) -> int:
+        """Of the message ends before ``txn`` began, those that had their reply.
+        Transactions are emitted in the order they began, each after the replies
+        to what came before it, so these are known for good when it is emitted."""
+        take = txn.ends_before - self._counted
+        if take > 0:
+            done = self._replied[:take]
+            self._counted_replied += sum(done)
+            self._counted += len(done)
+            del self._replied[:take]
+        return self._counted_replied
 
     def end(self, ts: float, out: list) -> bool:
         """End the transaction under way (there is one); emit what is ready."""
@@ -100,6 +150,12 @@ class Transactions:
             txn.invalid = True
         if delivers:
             txn.delivered = 200 <= code < 300
+        txn.pending -= 1
+        return self._emit_ready(ts, out) if self.waiting else False
+
+    def reported(self, txn: TransactionState, code: int, lines: tuple, ts: float, out: list) -> bool:
+        """The reply to a command ``txn`` reports (no step of it): its last reply now."""
+        txn.last_reply = f"{code} {lines[-1]}" if lines[-1] else str(code)
         txn.pending -= 1
         return self._emit_ready(ts, out) if self.waiting else False
 
@@ -131,7 +187,7 @@ class Transactions:
             rcptto=tuple(txn.rcptto), headers=txn.headers, message_size=txn.size,
             last_reply=txn.last_reply, tls=txn.tls,
             steps=tuple(Step(*s) for s in txn.steps), delivered=txn.delivered,
-            first_ts=txn.first_ts))
+            first_ts=txn.first_ts, messages_before=self._messages_before(txn)))
         if txn.invalid and self.counting:
             self.invalid += 1
             limit = self.limits.invalid_transactions

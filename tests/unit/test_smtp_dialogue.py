@@ -274,30 +274,95 @@ def test_lines_sent_before_a_rejected_data_reply_are_commands():
     assert replies(ev)[-2:] == [("NOOP", 250), ("QUIT", 221)]
 
 
-def test_rset_and_mid_session_ehlo_end_a_transaction():
-    ev = feed(b"EHLO one\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRSET\r\n"
-              b"MAIL FROM:<g@h.i>\r\nEHLO two\r\nMAIL FROM:<j@k.l>\r\nQUIT\r\n",
-              GREETING + b"250 x\r\n" * 7 + b"221 bye\r\n")
+def test_rset_and_an_accepted_mid_session_ehlo_end_a_transaction():
+    turns = [("S", GREETING)]
+    for line in (b"EHLO one", b"MAIL FROM:<a@b.c>", b"RCPT TO:<d@e.f>", b"RSET", b"MAIL FROM:<g@h.i>",
+                 b"EHLO two", b"MAIL FROM:<j@k.l>"):
+        turns += [("C", line + b"\r\n"), ("S", b"250 x\r\n")]
+    ev = dialogue(*turns, ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"))
     t = transactions(ev)
     assert [(x.trans_depth, x.helo, x.mailfrom) for x in t] == [
         (1, "one", "a@b.c"), (2, "one", "g@h.i"), (3, "two", "j@k.l")]
     assert t[0].rcptto == ("d@e.f",)
 
 
-def test_second_mail_in_an_open_transaction_is_nested_mail():
+def test_steps_pipelined_behind_an_accepted_ehlo_stay_in_its_transaction():
+    """RFC 2920: HELO/EHLO ends a pipelined group; a client that goes on
+    without its reply keeps its steps in the transaction under way (the
+    accepted EHLO does not reset it), so the split does not depend on when
+    the reply arrived."""
+    ev = feed(b"EHLO one\r\nMAIL FROM:<g@h.i>\r\nEHLO two\r\nMAIL FROM:<j@k.l>\r\nRCPT TO:<m@n.o>\r\n",
+              GREETING + b"250 x\r\n" * 5)
+    [t] = transactions(ev)
+    assert (t.helo, t.mailfrom, t.rcptto) == ("one", "g@h.i", ("m@n.o",))
+    assert [s.verb for s in t.steps] == ["MAIL", "MAIL", "RCPT"]
+
+
+def test_a_second_mail_in_an_open_transaction_is_a_duplicate_field():
+    """Suricata's DUPLICATE_FIELDS: a second MAIL in a transaction; refused, it
+    leaves the transaction's sender as it was."""
     ev = feed(b"MAIL FROM:<a@b.c>\r\nMAIL FROM:<d@e.f>\r\n", GREETING + b"250 ok\r\n503 nested\r\n")
-    assert A.NESTED_MAIL in names(ev)
-    assert [t.mailfrom for t in transactions(ev)] == ["a@b.c", "d@e.f"]
+    assert names(ev).count(A.DUPLICATE_FIELDS) == 1
+    assert [t.mailfrom for t in transactions(ev)] == ["a@b.c"]
 
 
-def test_transaction_waits_for_the_replies_of_its_pipelined_steps():
+def test_a_second_helo_in_the_session_is_a_duplicate_field():
+    ev = feed(b"EHLO one\r\nHELO two\r\nQUIT\r\n", GREETING + b"502 no\r\n250 x\r\n221 bye\r\n")
+    assert names(ev).count(A.DUPLICATE_FIELDS) == 1
+
+
+def test_transaction_waits_for_the_replies_of_its_pipelined_steps_and_of_the_rset_that_ended_it():
     conn = SMTPConnection()
     ev = conn.receive_server(GREETING, 0)
     ev += conn.receive_client(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRSET\r\n", 1)
     assert transactions(ev) == []
     ev += conn.receive_server(b"250 ok\r\n250 ok\r\n", 2)
+    assert transactions(ev) == []
+    ev += conn.receive_server(b"250 2.0.0 reset\r\n", 3)
     (t,) = transactions(ev)
-    assert [s.code for s in t.steps] == [250, 250] and t.last_reply == "250 ok"
+    assert [s.code for s in t.steps] == [250, 250] and t.last_reply == "250 2.0.0 reset"
+
+
+def test_a_refused_ehlo_neither_resets_the_transaction_nor_names_the_client():
+    """RFC 5321 4.1.4: only an accepted HELO/EHLO resets; MAIL alice, EHLO
+    refused, RCPT bob, DATA: one delivered message from alice."""
+    ev = dialogue(("S", GREETING), ("C", b"EHLO first.example\r\n"), ("S", b"250 hi\r\n"),
+                  ("C", b"MAIL FROM:<alice@a.example>\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"EHLO second.example\r\n"), ("S", b"501 5.5.4 no\r\n"),
+                  ("C", b"RCPT TO:<bob@b.example>\r\n"), ("S", b"250 ok\r\n"), ("C", b"DATA\r\n"),
+                  ("S", b"354 go\r\n"), ("C", b"Subject: s\r\n\r\nhi\r\n.\r\n"), ("S", b"250 queued\r\n"))
+    [t] = transactions(ev)
+    assert (t.helo, t.mailfrom, t.rcptto, t.delivered) == ("first.example", "alice@a.example",
+                                                           ("bob@b.example",), True)
+
+
+def test_a_helo_without_a_name_does_not_name_the_client():
+    ev = dialogue(("S", GREETING), ("C", b"HELO one.example\r\n"), ("S", b"250 hi\r\n"), ("C", b"HELO\r\n"),
+                  ("S", b"501 Syntax: HELO hostname\r\n"), ("C", b"MAIL FROM:<a@b.c>\r\n"), ("S", b"250 ok\r\n"))
+    assert [t.helo for t in transactions(ev)] == ["one.example"]
+
+
+def test_the_last_reply_is_the_one_to_the_command_that_ended_the_transaction():
+    ev = dialogue(("S", GREETING), ("C", b"MAIL FROM:<a@b.c>\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"RCPT TO:<d@e.f>\r\n"), ("S", b"550 5.1.1 unknown\r\n"), ("C", b"QUIT\r\n"),
+                  ("S", b"221 2.0.0 Bye\r\n"))
+    assert [t.last_reply for t in transactions(ev)] == ["221 2.0.0 Bye"]
+
+
+def test_the_220_to_starttls_is_the_last_reply_of_the_transaction_it_ends():
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", b"250-x\r\n250 STARTTLS\r\n"),
+                  ("C", b"STARTTLS\r\n"), ("S", b"220 2.0.0 Ready to start TLS\r\n"))
+    [t] = transactions(ev)
+    assert (t.tls, t.last_reply) == (True, "220 2.0.0 Ready to start TLS")
+
+
+def test_an_invalid_bdat_is_a_step_whose_reply_is_the_transactions_last():
+    ev = dialogue(("S", GREETING), ("C", b"MAIL FROM:<a@b.c>\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"RCPT TO:<d@e.f>\r\n"), ("S", b"250 ok\r\n"), ("C", b"BDAT x\r\n"),
+                  ("S", b"521 5.5.4 invalid BDAT\r\n"))
+    [t] = transactions(ev)
+    assert t.steps[-1].verb == "BDAT" and t.steps[-1].code == 521
+    assert t.last_reply == "521 5.5.4 invalid BDAT"
 
 
 def test_unknown_verbs_are_counted_and_past_the_budget_parsing_stops():
@@ -381,3 +446,9 @@ def test_pipelining_without_the_extension_is_an_invalid_pipelined_sequence():
     assert A.INVALID_PIPELINED_SEQUENCE in names(dialogue(*turns))
     offered = [("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY)] + turns[3:]
     assert A.INVALID_PIPELINED_SEQUENCE not in names(dialogue(*offered))
+
+
+def test_an_accepted_helo_without_a_name_is_logged_empty_as_zeek_does():
+    ev = dialogue(("S", GREETING), ("C", b"HELO\r\n"), ("S", b"250 hi\r\n"), ("C", b"MAIL FROM:<a@b.c>\r\n"),
+                  ("S", b"250 ok\r\n"))
+    assert [t.helo for t in transactions(ev)] == [""]

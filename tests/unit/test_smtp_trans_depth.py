@@ -51,26 +51,41 @@ def test_two_transactions_lock_step_every_event_carries_its_transaction():
         assert [d for _, d in depths(ev, cls)] == [1, 2], cls
 
 
-def test_rset_helo_and_quit_carry_the_transaction_they_end_and_their_replies_the_next():
-    client = (b"EHLO c\r\nMAIL FROM:<a@x>\r\nRSET\r\nNOOP\r\nRCPT TO:<b@y>\r\nEHLO again\r\n"
-              b"MAIL FROM:<c@x>\r\nQUIT\r\n")
-    server = GREETING + EHLO_REPLY + b"250 ok\r\n" * 4 + b"501 no\r\n250 ok\r\n221 bye\r\n"
-    ev = feed(client, server)
+def test_rset_and_quit_carry_the_transaction_they_end_and_their_replies_the_next():
+    """An accepted EHLO ends the transaction when its reply comes: the EHLO's
+    reply still carries the transaction it ends."""
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY),
+                  ("C", b"MAIL FROM:<a@x>\r\n"), ("S", b"250 ok\r\n"), ("C", b"RSET\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"NOOP\r\n"), ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<b@y>\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"EHLO again\r\n"), ("S", b"250 ok\r\n"), ("C", b"MAIL FROM:<c@x>\r\n"),
+                  ("S", b"250 ok\r\n"), ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"))
     assert [(t.trans_depth, t.mailfrom, t.rcptto) for t in transactions(ev)] == [
         (1, "a@x", ()), (2, None, ("b@y",)), (3, "c@x", ())]
     assert depths(ev, Command) == [("EHLO", 1), ("MAIL", 1), ("RSET", 1), ("NOOP", 2),
                                    ("RCPT", 2), ("EHLO", 2), ("MAIL", 3), ("QUIT", 3)]
     assert depths(ev, Reply) == [(">", 1), ("EHLO", 1), ("MAIL", 1), ("RSET", 2), ("NOOP", 2),
-                                 ("RCPT", 2), ("EHLO", 3), ("MAIL", 3), ("QUIT", 4)]
+                                 ("RCPT", 2), ("EHLO", 2), ("MAIL", 3), ("QUIT", 4)]
 
 
-def test_a_nested_mail_and_its_address_carry_the_transaction_it_begins():
-    ev = feed(b"MAIL FROM:<a@x>\r\nMAIL FROM:<b@x>\r\nRCPT TO:<c@y>\r\n",
-              GREETING + b"250 ok\r\n250 ok\r\n250 ok\r\n")
-    assert [(t.trans_depth, t.mailfrom) for t in transactions(ev)] == [(1, "a@x"), (2, "b@x")]
-    assert depths(ev, Command) == [("MAIL", 1), ("MAIL", 2), ("RCPT", 2)]
-    assert depths(ev, MailFrom) == [("a@x", 1), ("b@x", 2)]
-    assert depths(ev, Reply) == [(">", 1), ("MAIL", 1), ("MAIL", 2), ("RCPT", 2)]
+def test_a_second_mail_is_a_step_of_the_transaction_and_its_sender_the_first_mails():
+    """Suricata's reading (most servers refuse it: 503): the second MAIL
+    changes nothing but the steps; rules still judge its address."""
+    ev = dialogue(("S", GREETING), ("C", b"MAIL FROM:<a@x>\r\n"), ("S", b"250 ok\r\n"),
+                  ("C", b"MAIL FROM:<b@x>\r\n"), ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<c@y>\r\n"),
+                  ("S", b"250 ok\r\n"))
+    [t] = transactions(ev)
+    assert (t.trans_depth, t.mailfrom, t.rcptto) == (1, "a@x", ("c@y",))
+    assert depths(ev, Command) == [("MAIL", 1), ("MAIL", 1), ("RCPT", 1)]
+    assert depths(ev, MailFrom) == [("a@x", 1), ("b@x", 1)]
+
+
+def test_a_second_mail_the_server_refuses_leaves_the_sender_of_the_transaction():
+    ev = feed(b"MAIL FROM:<a@x>\r\nRCPT TO:<c@y>\r\nMAIL FROM:<b@x>\r\nDATA\r\n" + MESSAGE,
+              GREETING + b"250 ok\r\n250 ok\r\n503 5.5.1 nested MAIL command\r\n354 go\r\n250 queued\r\n")
+    [t] = transactions(ev)
+    assert (t.mailfrom, t.rcptto, t.delivered) == ("a@x", ("c@y",), True)
+    assert [(s.verb, s.code) for s in t.steps] == [("MAIL", 250), ("RCPT", 250), ("MAIL", 503),
+                                                   ("DATA", 354), (".", 250)]
 
 
 def test_a_bdat_message_carries_its_transaction():
@@ -110,8 +125,14 @@ def test_addresses_and_messages_carry_the_depth_of_the_transaction_that_reports_
     ev = feed(b"".join(client), b"".join(server), order="server" if server_first else "client")
     reported = {t.trans_depth: t for t in transactions(ev)}
     assert sorted(reported) == list(range(1, len(reported) + 1))
+    # a transaction's sender is its first MAIL's (a second MAIL is a step of
+    # it, whose sender counts only once the server accepted it: it then
+    # begins the next transaction)
+    first_mail: dict = {}
     for e in of(ev, MailFrom):
-        assert reported[e.trans_depth].mailfrom == e.address
+        first_mail.setdefault(e.trans_depth, e.address)
+    for depth, address in first_mail.items():
+        assert reported[depth].mailfrom == address
     for e in of(ev, RcptTo):
         if e.address is not None:
             assert e.address in reported[e.trans_depth].rcptto
