@@ -1,9 +1,10 @@
 """Stable anomaly names of the SMTP dissector.
 
-Names are part of the output schema: never rename one.  Where Suricata's SMTP
-decoder events (``src/app-layer-smtp.c``, ``smtp_decoder_event_table``) mean the
-same thing, the same name is used; the others are ours.  ``SmtpAnomaly.detail``
-carries the specifics (which pattern, which limit, which reading was followed).
+Names are part of the output schema.  A name of Suricata's SMTP decoder events
+(``src/app-layer-smtp.c``, ``smtp_decoder_event_table``) means exactly what it
+means there; what Suricata does not tell has a name of our own.
+``SmtpAnomaly.detail`` carries the specifics (which pattern, which limit, which
+reading was followed), in one form: wire text through :func:`excerpt`.
 """
 
 from __future__ import annotations
@@ -11,29 +12,35 @@ from __future__ import annotations
 __all__ = ["ALL", "SURICATA", "excerpt"]
 
 # --- Suricata's names, same meaning -------------------------------------------
-#: a server line that is not ``[2-5]dd[ -]text`` (or a multi-line reply whose
-#: lines disagree on the code).
+#: a server line that is not ``[2-5]dd[ -]text``, a reply whose code is not in
+#: Suricata's table (``REPLY_CODES``), or a first reply that is not 220.
 INVALID_REPLY = "INVALID_REPLY"
 #: a reply with no command waiting for it.
 UNABLE_TO_MATCH_REPLY_WITH_REQUEST = "UNABLE_TO_MATCH_REPLY_WITH_REQUEST"
 MAX_COMMAND_LINE_LEN_EXCEEDED = "MAX_COMMAND_LINE_LEN_EXCEEDED"
 MAX_REPLY_LINE_LEN_EXCEEDED = "MAX_REPLY_LINE_LEN_EXCEEDED"
-#: commands sent ahead of the replies (or message data before the 354) when
-#: the server did not offer PIPELINING; decided from the timestamps passed in.
+#: client octets sent behind a STARTTLS, or behind a DATA to a server that did
+#: not offer PIPELINING, before its reply (Suricata reads them as commands
+#: queued behind it: RFC 2920 puts either last in a group).
 INVALID_PIPELINED_SEQUENCE = "INVALID_PIPELINED_SEQUENCE"
 BDAT_CHUNK_LEN_EXCEEDED = "BDAT_CHUNK_LEN_EXCEEDED"
-#: the first server reply is not a greeting (220, or 421/554 "not available").
+#: the client sent a command before the server's first reply (per the timestamps).
 NO_SERVER_WELCOME_MESSAGE = "NO_SERVER_WELCOME_MESSAGE"
 #: STARTTLS answered with anything but 220.
 TLS_REJECTED = "TLS_REJECTED"
 #: DATA answered with anything but 354.
 DATA_COMMAND_REJECTED = "DATA_COMMAND_REJECTED"
-#: the connection ended (or a gap came) in the middle of a line.
+#: a command or reply line longer than ``SmtpLimits.line_buffer`` (Suricata's
+#: line buffer, 4096 octets): the rest of it is not read.
 TRUNCATED_LINE = "TRUNCATED_LINE"
 #: BDAT whose argument is not ``n`` or ``n LAST``.
 INVALID_BDAT = "INVALID_BDAT"
-#: a message header that may appear once (From, Date, Subject, ...) appears twice.
+#: a second HELO/EHLO in the session, or a second MAIL in a transaction.
 DUPLICATE_FIELDS = "DUPLICATE_FIELDS"
+
+#: Suricata's table of reply codes: a reply with another is INVALID_REPLY.
+REPLY_CODES = frozenset((211, 214, 220, 221, 235, 250, 251, 252, 334, 354, 421, 450, 451, 452, 455,
+                         500, 501, 502, 503, 504, 550, 551, 552, 553, 554, 555))
 
 SURICATA = frozenset({
     INVALID_REPLY, UNABLE_TO_MATCH_REPLY_WITH_REQUEST, MAX_COMMAND_LINE_LEN_EXCEEDED,
@@ -54,6 +61,18 @@ BARE_CR_IN_DATA = "BARE_CR_IN_DATA"
 #: a client command line ended with a bare LF (it is still parsed); once per connection.
 BARE_LF_COMMAND_LINE = "BARE_LF_COMMAND_LINE"
 
+# --- ours: syntax and order ---------------------------------------------------------
+#: a message header that may appear once (From, Date, Subject, ...) appears twice.
+DUPLICATE_HEADER = "DUPLICATE_HEADER"
+#: a line of a multi-line reply with another code than the reply's first line.
+REPLY_CODE_MISMATCH = "REPLY_CODE_MISMATCH"
+#: commands sent ahead of the replies when the server did not offer
+#: PIPELINING, or behind a HELO/EHLO before its reply (RFC 2920); decided
+#: from the timestamps passed in; once.
+PIPELINING_NOT_OFFERED = "PIPELINING_NOT_OFFERED"
+#: the connection ended (or a gap came) inside a line: it is not read.
+INCOMPLETE_LINE = "INCOMPLETE_LINE"
+
 # --- ours: lost data and resynchronisation --------------------------------------
 #: bytes lost in one direction (reassembly gap); detail says how the dissector resynchronised.
 CONTENT_GAP = "CONTENT_GAP"
@@ -70,14 +89,10 @@ TOO_MANY_PENDING_COMMANDS = "TOO_MANY_PENDING_COMMANDS"
 #: plaintext client octets queued after STARTTLS that are not a TLS record
 #: (the STARTTLS command injection of CVE-2011-0411 and its kin).
 STARTTLS_PLAINTEXT_INJECTION = "STARTTLS_PLAINTEXT_INJECTION"
-#: the client sent commands before the server greeting (per the timestamps).
-CLIENT_SPOKE_BEFORE_GREETING = "CLIENT_SPOKE_BEFORE_GREETING"
 
 # --- ours: transaction order and syntax -------------------------------------------
 RCPT_BEFORE_MAIL = "RCPT_BEFORE_MAIL"
 DATA_BEFORE_RCPT = "DATA_BEFORE_RCPT"
-#: MAIL while a transaction is open (no RSET, no end of message in between).
-NESTED_MAIL = "NESTED_MAIL"
 #: MAIL without ``FROM:``, RCPT without ``TO:``.
 INVALID_MAIL_SYNTAX = "INVALID_MAIL_SYNTAX"
 #: an address not enclosed in ``<...>`` (``MAIL FROM: a@b``); the address is still extracted.
@@ -109,10 +124,16 @@ ALL = frozenset(
 )
 
 _EXCERPT = 64   # characters of wire text quoted in a detail
+#: control characters as a detail shows them: \xNN (octets that are not
+#: UTF-8 are already \xNN from the decoding), so a detail is one printable line
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 def excerpt(text: str | bytes) -> str:
-    """Wire text as quoted in a detail: decoded, cut to 64 characters."""
+    """Wire text as quoted in a detail: decoded (octets that are not UTF-8
+    as ``\\xNN``), control characters as ``\\xNN``, cut to 64 characters."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
-    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+    if len(text) > _EXCERPT:
+        text = text[:_EXCERPT] + "..."
+    return text.translate(_CONTROLS)

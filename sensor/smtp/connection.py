@@ -125,6 +125,11 @@ STOPPED = "STOPPED"
 CLOSED = "CLOSED"
 _TERMINAL = (TLS, STOPPED, CLOSED)
 
+def _shown(verb: str) -> str:
+    """A verb as a detail names it: the greeting's pseudo-command by its name."""
+    return "the greeting" if verb == ">" else verb
+
+
 _BDAT_RE = re.compile(r"[ \t]*(\d{1,19})(?:[ \t]+(LAST))?[ \t]*\Z", re.I)
 _VERB_START = re.compile(rb"([A-Za-z]{4,8})(?: |\r?\Z)")
 
@@ -202,7 +207,7 @@ class SMTPConnection:
         self._bdat_left = 0
         self._bdat_last = False
         # server side, matching, transactions
-        self._server = ReplyReader(lim.reply_line, lim.reply_lines)
+        self._server = ReplyReader(lim.reply_line, lim.reply_lines, lim.line_buffer)
         self._pending = PendingQueue()
         self._txns = Transactions(lim)
         self._activity = False             # non-QUIT command since the last transaction began
@@ -478,7 +483,7 @@ class SMTPConnection:
                        "resync at the next line that looks like a command")
         else:
             if self._cl.partial:
-                self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "line cut by a gap")
+                self._anomaly(out, ts, A.INCOMPLETE_LINE, CLIENT, "line cut by a gap")
             self._cl.gap(_looks_like_command)
             if mode == AUTH_RESPONSE and self._auth is not None:
                 self._out_of_step(self._auth, ts, out)
@@ -572,10 +577,14 @@ class SMTPConnection:
             else:
                 self._anomaly(out, ts, A.MAX_COMMAND_LINE_LEN_EXCEEDED, CLIENT,
                               f"command line longer than {self.limits.command_line} octets: "
-                              f"{A.excerpt(text)!r}")
+                              f"'{A.excerpt(text)}'")
+            if self._cl.overlong > self.limits.line_buffer:
+                self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT,
+                              f"command line of {self._cl.overlong} octets, longer than "
+                              f"{self.limits.line_buffer}")
         if bare_lf:
             self._once(out, ts, A.BARE_LF_COMMAND_LINE, CLIENT,
-                       f"command {A.excerpt(raw_verb)!r} ended with a bare LF; parsed anyway")
+                       f"command '{A.excerpt(raw_verb)}' ended with a bare LF; parsed anyway")
         if self._first_cmd_ts is None:
             self._first_cmd_ts = ts
         shown = param
@@ -585,7 +594,7 @@ class SMTPConnection:
         out.append(cmd)
         if not known:
             self._unknown += 1
-            self._anomaly(out, ts, A.UNKNOWN_COMMAND, CLIENT, A.excerpt(raw_verb))
+            self._anomaly(out, ts, A.UNKNOWN_COMMAND, CLIENT, f"'{A.excerpt(raw_verb)}'")
             if self._unknown > self.limits.unknown_commands:
                 self._anomaly(out, ts, A.TOO_MANY_UNKNOWN_COMMANDS, CLIENT,
                               f"more than {self.limits.unknown_commands} unknown commands; "
@@ -863,7 +872,7 @@ class SMTPConnection:
         lost = pending.lost_before(code)
         if lost is not None:
             self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
-                          "lost in a gap: replies to " + ", ".join(p.verb for p in lost))
+                          "lost in a gap: replies to " + ", ".join(_shown(p.verb) for p in lost))
             for p in lost:
                 self._unanswered(p, ts, out)
                 if p is self._blocked:
@@ -913,7 +922,7 @@ class SMTPConnection:
                          trans_depth=self._txns.depth))
         if code != 421:   # 421 may be sent unsolicited before closing (RFC 5321 3.8)
             self._anomaly(out, ts, A.UNABLE_TO_MATCH_REPLY_WITH_REQUEST, SERVER,
-                          f"{code} {A.excerpt(lines[0])}")
+                          f"{code} '{A.excerpt(lines[0])}'")
 
     def _answer(self, p: Pending, reply: tuple, ts: float, out: list) -> None:
         code, enh, lines, multi = reply
@@ -924,8 +933,9 @@ class SMTPConnection:
         commands = self._pending.commands
         nxt = commands[0].command if commands else None
         if verb != ">" and nxt is not None and nxt.ts < ts and not self._pipelining:
-            self._once(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
-                       f"{nxt.verb} sent before the reply to {verb} without PIPELINING")
+            why = "which ends a group (RFC 2920)" if verb in ("HELO", "EHLO", "LHLO") else "without PIPELINING"
+            self._once(out, ts, A.PIPELINING_NOT_OFFERED, CLIENT,
+                       f"{_shown(nxt.verb)} sent before the reply to {_shown(verb)}, {why}")
         reports_to = p.reports_to
         if reports_to is not None:     # its last reply, before a handler ends it (STARTTLS)
             reports_to.last_reply = f"{code} {lines[-1]}" if lines[-1] else str(code)
@@ -944,14 +954,13 @@ class SMTPConnection:
     # --- what each reply does (_ON_REPLY: verb answered -> method) ----------------
 
     def _greeting(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
-        if code not in (220, 421, 554):
-            self._anomaly(out, ts, A.NO_SERVER_WELCOME_MESSAGE, SERVER,
-                          f"first reply is {code}, not a greeting")
+        if code != 220:
+            self._anomaly(out, ts, A.INVALID_REPLY, SERVER, f"first reply is {code}, not 220")
         words = lines[0].split()
         out.append(Greeting(ts, code, code == 220, lines, words[0] if words else ""))
         if self._first_cmd_ts is not None and self._first_cmd_ts < ts:
-            self._anomaly(out, ts, A.CLIENT_SPOKE_BEFORE_GREETING, CLIENT,
-                          "a command was sent before the server greeting")
+            self._anomaly(out, ts, A.NO_SERVER_WELCOME_MESSAGE, CLIENT,
+                          "a command was sent before the server's first reply")
 
     def _helo_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if 200 <= code < 300:
@@ -984,11 +993,12 @@ class SMTPConnection:
             return
         if p is self._blocked:
             self._blocked = None
+        # RFC 2920 3.1: DATA ends a pipelined group; what follows waits for its
+        # reply (a server that offers PIPELINING may take content before the 354)
+        if p.held_since is not None and p.held_since < ts and not self._pipelining:
+            self._anomaly(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
+                          "client octets sent behind DATA before its reply, without PIPELINING")
         if code == 354:
-            # RFC 2920 3.1: DATA ends a pipelined group; content must wait for the 354.
-            if p.held_since is not None and p.held_since < ts:
-                self._anomaly(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
-                              "message content sent before the 354 reply to DATA")
             self._start_data()
         else:
             self._anomaly(out, ts, A.DATA_COMMAND_REJECTED, SERVER,
@@ -1027,6 +1037,9 @@ class SMTPConnection:
     def _starttls_reply(self, p: Pending, code: int, lines: tuple, ts: float, out: list) -> None:
         if p is self._blocked:
             self._blocked = None
+        if p.held_since is not None and p.held_since < ts:
+            self._anomaly(out, ts, A.INVALID_PIPELINED_SEQUENCE, CLIENT,
+                          "client octets sent behind STARTTLS before its reply")
         if code != 220:
             self._anomaly(out, ts, A.TLS_REJECTED, SERVER, f"STARTTLS got {code}")
             return
@@ -1126,16 +1139,16 @@ class SMTPConnection:
         if (self._mode == RESYNC or self._mode == AFTER_AUTH) and self._skipped:
             self._end_resync(ts, out)
         if self._cl.partial:
-            self._anomaly(out, ts, A.TRUNCATED_LINE, CLIENT, "connection ended inside a line")
+            self._anomaly(out, ts, A.INCOMPLETE_LINE, CLIENT, "connection ended inside a line")
         if self._server.in_reply:
-            self._anomaly(out, ts, A.TRUNCATED_LINE, SERVER, "connection ended inside a reply")
+            self._anomaly(out, ts, A.INCOMPLETE_LINE, SERVER, "connection ended inside a reply")
         pending = self._pending
         while pending.replies:
             self._unmatched(pending.pop_reply(), ts, out)
         lost = pending.take_commands()
         silent = len(lost) == 1 and lost[0].verb == ">" and self._first_cmd_ts is None
         if lost and not silent:
-            verbs = [p.verb for p in lost]
+            verbs = [_shown(p.verb) for p in lost]
             self._anomaly(out, ts, A.REPLY_NOT_SEEN, SERVER,
                           f"{len(verbs)} command(s) never answered: " + A.excerpt(", ".join(verbs)))
         for p in lost:

@@ -30,6 +30,10 @@ class SmtpLimits:
     command_line: int = 512
     #: octets of one server reply line, CRLF included.
     reply_line: int = 2048
+    #: octets of a command or reply line past which Suricata's line buffer
+    #: gives up on it (TRUNCATED_LINE, beside the MAX_*_LEN_EXCEEDED of the
+    #: limits above).
+    line_buffer: int = 4096
     #: lines kept in one multi-line reply; more are counted and dropped (REPLY_TOO_MANY_LINES).
     reply_lines: int = 256
     #: octets of one line of DATA content, CRLF included (DATA_LINE_TOO_LONG).

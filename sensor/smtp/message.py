@@ -56,7 +56,7 @@ class MessageAssembler:
             out.append(SmtpAnomaly(ts, A.HEADER_SECTION_TOO_LONG, CLIENT,
                                    f"header section longer than {self._limits.header_section} octets"))
         if dups:
-            out.append(SmtpAnomaly(ts, A.DUPLICATE_FIELDS, CLIENT, ", ".join(dups)))
+            out.append(SmtpAnomaly(ts, A.DUPLICATE_HEADER, CLIENT, ", ".join(dups)))
         out.append(self.headers)
 
     def _emit_chunks(self, ts: float, out: list, final: bool) -> None:

@@ -31,15 +31,17 @@ class ReplyReader(LineBuffer):
     3463 enhanced code of its first line, the text of its lines (at most
     ``SmtpLimits.reply_lines``: more are counted and dropped) and whether it
     had several.  Line-level problems are anomalies (MAX_REPLY_LINE_LEN_EXCEEDED,
-    INVALID_REPLY, REPLY_TOO_MANY_LINES); a line that is not a reply line is
-    left out.
+    TRUNCATED_LINE past ``buffer_limit`` octets, INVALID_REPLY, REPLY_CODE_MISMATCH,
+    REPLY_TOO_MANY_LINES); a line that is not a reply line is left out, a
+    reply whose code is not in Suricata's table is INVALID_REPLY and kept.
     """
 
-    __slots__ = ("_max_lines", "_code", "_lines", "_dropped")
+    __slots__ = ("_max_lines", "_buffer_limit", "_code", "_lines", "_dropped")
 
-    def __init__(self, line_limit: int, max_lines: int) -> None:
+    def __init__(self, line_limit: int, max_lines: int, buffer_limit: int = 4096) -> None:
         super().__init__(line_limit)
         self._max_lines = max_lines
+        self._buffer_limit = buffer_limit
         self._code: int | None = None      # code of the reply being read
         self._lines: list[str] | tuple = _NONE
         self._dropped = 0
@@ -59,9 +61,13 @@ class ReplyReader(LineBuffer):
             if truncated:
                 out.append(SmtpAnomaly(ts, A.MAX_REPLY_LINE_LEN_EXCEEDED, SERVER,
                                        f"reply line longer than {self._limit} octets"))
+                if self.overlong > self._buffer_limit:
+                    out.append(SmtpAnomaly(ts, A.TRUNCATED_LINE, SERVER,
+                                           f"reply line of {self.overlong} octets, longer than "
+                                           f"{self._buffer_limit}"))
             parsed = parse_reply_line(line)
             if parsed is None:
-                out.append(SmtpAnomaly(ts, A.INVALID_REPLY, SERVER, repr(A.excerpt(line))))
+                out.append(SmtpAnomaly(ts, A.INVALID_REPLY, SERVER, f"not a reply line: '{A.excerpt(line)}'"))
                 continue
             code, last, text = parsed
             if self._code is None:
@@ -70,7 +76,7 @@ class ReplyReader(LineBuffer):
                 self._dropped = 0
             else:
                 if code != self._code:
-                    out.append(SmtpAnomaly(ts, A.INVALID_REPLY, SERVER,
+                    out.append(SmtpAnomaly(ts, A.REPLY_CODE_MISMATCH, SERVER,
                                            f"code {code} inside a multi-line {self._code} reply"))
                 if len(self._lines) < self._max_lines:
                     self._lines.append(text)
@@ -82,6 +88,8 @@ class ReplyReader(LineBuffer):
                 out.append(SmtpAnomaly(ts, A.REPLY_TOO_MANY_LINES, SERVER,
                                        f"{self._dropped} lines past {self._max_lines} dropped"))
             code = self._code
+            if code not in A.REPLY_CODES:
+                out.append(SmtpAnomaly(ts, A.INVALID_REPLY, SERVER, f"reply code {code} is not in Suricata's table"))
             lines = tuple(self._lines)
             self._code = None
             self._lines = _NONE
@@ -91,7 +99,7 @@ class ReplyReader(LineBuffer):
         """Server octets were lost after those fed: the reply being read is
         dropped, reading resumes at the next line that looks like a reply."""
         if self.in_reply:
-            out.append(SmtpAnomaly(ts, A.TRUNCATED_LINE, SERVER, "reply cut by a gap"))
+            out.append(SmtpAnomaly(ts, A.INCOMPLETE_LINE, SERVER, "reply cut by a gap"))
         self.gap(_looks_like_reply)
         self._code = None
         self._lines = _NONE

@@ -9,6 +9,7 @@ from sensor.smtp import (
     RcptTo,
     Reply,
     ServerCapabilities,
+    SmtpAnomaly,
     SMTPConnection,
     SmtpLimits,
 )
@@ -75,8 +76,8 @@ def test_haka_capture_dialogue_matches_reference_commands_replies_and_content():
     assert A.BARE_LF_COMMAND_LINE in got
     assert got.count(A.MISSING_ANGLE_BRACKETS) == 2
     assert A.ADDRESS_WITHOUT_DOMAIN in got
-    assert A.INVALID_PIPELINED_SEQUENCE not in got
-    assert A.CLIENT_SPOKE_BEFORE_GREETING not in got
+    assert A.INVALID_PIPELINED_SEQUENCE not in got and A.PIPELINING_NOT_OFFERED not in got
+    assert A.NO_SERVER_WELCOME_MESSAGE not in got
     (txn,) = transactions(ev)
     assert (txn.helo, txn.mailfrom, txn.rcptto, txn.message_size, txn.delivered) == (
         "some_domain", "hacker@suspicious.org", ("backup",), 39, True)
@@ -98,25 +99,28 @@ def test_haka_dialogue_whole_client_stream_first_gives_same_commands_and_replies
         assert [t.steps for t in transactions(ev)] == [t.steps for t in transactions(live)]
 
 
-def test_greeting_220_is_available_and_421_554_are_not():
+def test_greeting_220_is_available_and_421_554_are_not_and_are_invalid_replies_as_for_suricata():
     for code, available in ((220, True), (421, False), (554, False)):
         ev = feed(b"", b"%d mx.example.org hello\r\n" % code)
         (g,) = of(ev, Greeting)
         assert (g.code, g.available, g.domain) == (code, available, "mx.example.org")
+        assert (A.INVALID_REPLY in names(ev)) == (code != 220)
         assert A.NO_SERVER_WELCOME_MESSAGE not in names(ev)
 
 
-def test_first_reply_not_a_greeting_is_no_server_welcome_message():
+def test_a_first_reply_that_is_not_220_is_an_invalid_reply():
     ev = feed(b"", b"250 ok\r\n")
-    assert A.NO_SERVER_WELCOME_MESSAGE in names(ev)
+    assert names(ev) == [A.INVALID_REPLY]
     assert of(ev, Greeting)[0].available is False
 
 
-def test_client_talking_before_greeting_is_parsed_and_reported_by_timestamps():
+def test_client_talking_before_greeting_is_parsed_and_is_no_server_welcome_message():
+    """Suricata's NO_SERVER_WELCOME_MESSAGE: a command before the server's
+    first reply (here by the timestamps passed in)."""
     ev = dialogue(("C", b"EHLO early.example\r\n"), ("S", GREETING), ("S", EHLO_REPLY))
     assert commands(ev) == [("EHLO", "early.example")]
     assert replies(ev) == [(">", 220), ("EHLO", 250)]
-    assert A.CLIENT_SPOKE_BEFORE_GREETING in names(ev)
+    assert names(ev) == [A.NO_SERVER_WELCOME_MESSAGE]
 
 
 def test_ehlo_capabilities_are_parsed():
@@ -156,7 +160,7 @@ def test_pipelined_commands_are_matched_in_order_with_their_replies():
     assert txn.rcptto == ("b@y.example", "nobody@y.example", "c@y.example")
     assert [s.code for s in txn.steps] == [250, 250, 550, 250, 354, 250]
     assert txn.delivered and txn.headers.subject == "hi"
-    assert not [n for n in names(ev) if n != A.INVALID_PIPELINED_SEQUENCE]
+    assert not [n for n in names(ev) if n != A.PIPELINING_NOT_OFFERED]
 
 
 def test_server_stream_fed_before_client_stream_is_matched():
@@ -181,11 +185,11 @@ def test_enhanced_code_must_match_reply_class():
     assert [r.enhanced for r in of(ev, Reply)] == [None, None]
 
 
-def test_any_reply_code_200_to_599_and_bare_code_line():
+def test_any_reply_code_200_to_599_and_bare_code_line_and_codes_outside_suricatas_table_are_invalid():
     ev = feed(b"NOOP\r\nNOOP\r\nNOOP\r\n", GREETING + b"299 x\r\n599\r\n450 4.2.0 later\r\n")
     assert [(r.code, r.lines) for r in of(ev, Reply)][1:] == [
         (299, ("x",)), (599, ("",)), (450, ("4.2.0 later",))]
-    assert names(ev) == []
+    assert names(ev) == [A.INVALID_REPLY, A.INVALID_REPLY]      # 299, 599
 
 
 def test_invalid_reply_lines_are_reported_and_skipped():
@@ -194,9 +198,9 @@ def test_invalid_reply_lines_are_reported_and_skipped():
     assert replies(ev) == [(">", 220), ("NOOP", 250)]
 
 
-def test_multiline_reply_with_changing_code_is_invalid_reply():
+def test_multiline_reply_with_changing_code_is_a_reply_code_mismatch():
     ev = feed(b"NOOP\r\n", GREETING + b"250-a\r\n251 b\r\n")
-    assert A.INVALID_REPLY in names(ev)
+    assert names(ev) == [A.REPLY_CODE_MISMATCH]
     assert of(ev, Reply)[1].lines == ("a", "b")
 
 
@@ -406,7 +410,7 @@ def test_unanswered_commands_and_cut_lines_are_reported_at_close():
     ev = feed(b"NOOP\r\nNOO", GREETING + b"250-par")
     got = names(ev)
     assert A.REPLY_NOT_SEEN in got
-    assert got.count(A.TRUNCATED_LINE) == 2
+    assert got.count(A.INCOMPLETE_LINE) == 2
 
 
 def test_too_many_recipients_is_reported_once():
@@ -439,13 +443,55 @@ def test_events_after_close_are_ignored_and_close_is_idempotent():
     assert conn.state == "CLOSED"
 
 
-def test_pipelining_without_the_extension_is_an_invalid_pipelined_sequence():
+def test_pipelining_without_the_extension_is_reported_once():
     turns = [("S", GREETING), ("C", b"HELO c\r\n"), ("S", b"250 hi\r\n"),
              ("C", b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n"),
              ("S", b"250 ok\r\n"), ("S", b"250 ok\r\n")]
-    assert A.INVALID_PIPELINED_SEQUENCE in names(dialogue(*turns))
+    assert names(dialogue(*turns)) == [A.PIPELINING_NOT_OFFERED]
     offered = [("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY)] + turns[3:]
-    assert A.INVALID_PIPELINED_SEQUENCE not in names(dialogue(*offered))
+    assert names(dialogue(*offered)) == []
+
+
+def test_octets_behind_a_data_before_its_reply_are_an_invalid_pipelined_sequence_without_pipelining():
+    """Suricata's INVALID_PIPELINED_SEQUENCE: what follows DATA waits for its
+    reply, unless the server offered PIPELINING (then Suricata reads content
+    at once, and so do we, after the 354)."""
+    message = b"Subject: s\r\n\r\nhi\r\n.\r\n"
+    for hello, reply, expected in ((b"HELO c\r\n", b"250 hi\r\n", True), (b"EHLO c\r\n", EHLO_REPLY, False)):
+        ev = dialogue(("S", GREETING), ("C", hello), ("S", reply), ("C", b"MAIL FROM:<a@b.c>\r\n"),
+                      ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<d@e.f>\r\n"), ("S", b"250 ok\r\n"),
+                      ("C", b"DATA\r\n" + message), ("S", b"354 go\r\n250 queued\r\n"))
+        assert (A.INVALID_PIPELINED_SEQUENCE in names(ev)) is expected
+        assert [t.delivered for t in transactions(ev)] == [True]
+
+
+def test_commands_behind_a_starttls_before_its_reply_are_an_invalid_pipelined_sequence():
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", EHLO_REPLY), ("C", b"STARTTLS\r\nNOOP\r\n"),
+                  ("S", b"502 5.5.1 not implemented\r\n250 ok\r\n"))
+    assert names(ev) == [A.INVALID_PIPELINED_SEQUENCE, A.TLS_REJECTED]
+
+
+def test_a_line_longer_than_suricatas_line_buffer_is_a_truncated_line():
+    ev = feed(b"NOOP " + b"x" * 5000 + b"\r\nNOOP\r\n", GREETING + b"250 ok\r\n" * 2)
+    assert names(ev) == [A.MAX_COMMAND_LINE_LEN_EXCEEDED, A.TRUNCATED_LINE]
+    ev = feed(b"NOOP " + b"x" * 1000 + b"\r\n", GREETING + b"250 ok\r\n")
+    assert names(ev) == [A.MAX_COMMAND_LINE_LEN_EXCEEDED]
+    ev = feed(b"NOOP\r\n", GREETING + b"250 " + b"y" * 5000 + b"\r\n")
+    assert names(ev) == [A.MAX_REPLY_LINE_LEN_EXCEEDED, A.TRUNCATED_LINE]
+
+
+def test_an_ehlo_reply_whose_first_line_is_pipelining_offers_it():
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", b"250-PIPELINING\r\n250 SIZE 1000\r\n"))
+    (caps,) = of(ev, ServerCapabilities)
+    assert caps.pipelining and caps.size == 1000
+
+
+def test_details_show_control_octets_escaped_once_and_never_the_greeting_pseudo_command():
+    ev = feed(b"FO\x01O \\x\r\n", b"")
+    [unknown] = [a for a in of(ev, SmtpAnomaly) if a.name == A.UNKNOWN_COMMAND]
+    assert unknown.detail == "'FO\\x01O'"
+    [lost] = [a for a in of(ev, SmtpAnomaly) if a.name == A.REPLY_NOT_SEEN]
+    assert ">" not in lost.detail and "the greeting" in lost.detail
 
 
 def test_an_accepted_helo_without_a_name_is_logged_empty_as_zeek_does():

@@ -17,7 +17,7 @@ def test_client_gap_in_command_mode_resyncs_at_next_line():
     ev += conn.gap(CLIENT, 100, 2)
     ev += conn.receive_client(b"rest of lost line\r\nQUIT\r\n", 3)
     assert [c.verb for c in of(ev, Command)] == ["NOOP", "QUIT"]
-    assert A.CONTENT_GAP in names(ev) and A.TRUNCATED_LINE in names(ev)
+    assert A.CONTENT_GAP in names(ev) and A.INCOMPLETE_LINE in names(ev)
 
 
 def test_client_gap_inside_data_keeps_looking_for_the_end_marker():

@@ -103,7 +103,7 @@ def test_header_section_is_capped():
 
 def test_duplicate_single_headers_are_reported():
     ev = send_data(b"From: a@b.c\r\nFrom: d@e.f\r\nSubject: x\r\n\r\n.\r\n")
-    assert A.DUPLICATE_FIELDS in names(ev)
+    assert A.DUPLICATE_HEADER in names(ev)
     assert of(ev, MessageHeaders)[0].from_ == "a@b.c"
 
 
