@@ -56,10 +56,19 @@ from typing import NamedTuple
 
 from sensor.counters import Counters, counter
 
-__all__ = ["Defragmenter", "DefragLimits", "DefragCounters", "DefragAnomaly", "POLICIES",
-           "DATAGRAM_OVERHEAD"]
+__all__ = ["Defragmenter", "DefragLimits", "DefragCounters", "DefragAnomaly", "POLICIES", "ANOMALIES",
+           "DATAGRAM_OVERHEAD", "FRAGMENT_OVERHEAD"]
 
 POLICIES = ("linux", "first", "last", "bsd", "windows", "solaris")
+
+#: anomaly names (layer "ip"); the IPV4_/IPV6_ ones are Suricata's decoder
+#: events of the same meaning where it has one
+ANOMALIES = frozenset({
+    *(f"IPV{v}_FRAG_{what}" for v in (4, 6) for what in ("OVERLAP", "INVALID", "PKT_TOO_LARGE", "TINY_FIRST")),
+    "FRAG_TIMEOUT",     # a datagram still had holes at the timeout
+    "FRAG_TOO_MANY",    # more fragments than max_fragments: discarded
+    "FRAG_EVICTED",     # a bound made room: the oldest datagram discarded
+})
 
 #: bytes charged to ``max_bytes`` for each datagram in progress and each
 #: fragment held, besides the bytes they hold (the Python objects; measured by
