@@ -74,7 +74,7 @@ ANOMALIES = frozenset({
 #: fragment held, besides the bytes they hold (the Python objects; measured by
 #: bench/bench_defrag.py)
 DATAGRAM_OVERHEAD = 800
-FRAGMENT_OVERHEAD = 160
+FRAGMENT_OVERHEAD = 280
 
 _u16 = Struct("!H").unpack_from
 _u32 = Struct("!I").unpack_from
@@ -82,6 +82,8 @@ _pack16 = Struct("!H").pack_into
 _TCP = 6
 _TCP_HEADER = 20
 _MAX_DATAGRAM = 65535
+_MAX_NOTES = 8          # anomalies kept per datagram until it is done (duplicates add no fragment)
+_MAX_ORPHANS = 1024     # datagrams discarded before their first fragment, awaiting its ports
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class DefragCounters(Counters):
     discarded = counter("datagrams discarded before completion, by reason", by="reason")
     anomalies = counter("fragmentation anomalies, by name", by="name")
     unattributed = counter("fragmentation anomalies without a known TCP flow (counted only)")
+    notes_dropped = counter("anomalies of a datagram past the first 8 it reports (counted only)")
 
 
 class _Datagram:
@@ -134,7 +137,7 @@ class _Datagram:
     """
 
     __slots__ = ("key", "family", "src", "dst", "since", "frags", "runs", "starts", "total",
-                 "maxend", "header", "nh_at", "proto", "held", "ports", "tiny")
+                 "maxend", "header", "nh_at", "proto", "held", "ports", "tiny", "notes")
 
     def __init__(self, key, family, src, dst, since):
         self.key = key
@@ -153,6 +156,7 @@ class _Datagram:
         self.held = DATAGRAM_OVERHEAD
         self.ports = (None, None)
         self.tiny = None
+        self.notes: list = []          # (name, detail, ts): reported once the datagram is done
 
 
 def _beats(policy, new_idx, new_off, new_end, old_idx, old_off, old_end) -> bool:
@@ -178,7 +182,8 @@ class Defragmenter:
         self.limits = limits or DefragLimits()
         self.policy = policy
         self._table: dict = {}          # key -> _Datagram, oldest first
-        self._per_source: dict = {}     # (family, src) -> datagrams in progress
+        self._per_source: dict = {}     # (family, src) -> {key: None} of its datagrams, oldest first
+        self._orphans: dict = {}        # key -> (datagram, notes): discarded without ports, oldest first
         self.held = 0                   # bytes charged over all datagrams
         self.pending: list[DefragAnomaly] = []
         self.counters = DefragCounters()
@@ -275,11 +280,19 @@ class Defragmenter:
             self._report(dg, "FRAG_TIMEOUT", f"incomplete after {timeout:g} s: {have} bytes {whole}, "
                                              f"{len(dg.frags)} fragments", now)
             self._discard(dg, "timeout")
+        orphans = self._orphans
+        while orphans:
+            key = next(iter(orphans))
+            if now - orphans[key][0].since < timeout:
+                break
+            self._orphaned(orphans.pop(key))
 
     def flush(self) -> None:
         """Forget every datagram in progress (end of input): counted, not reported."""
         for dg in list(self._table.values()):
             self._discard(dg, "flush")
+        while self._orphans:
+            self._orphaned(self._orphans.pop(next(iter(self._orphans))))
 
     # ------------------------------------------------------------ plumbing
     def _add(self, key, family, src, dst, proto, offset, payload, more, header, nh_at, ts):
@@ -290,6 +303,10 @@ class Defragmenter:
         ports = None
         if offset == 0 and proto == _TCP and len(payload) >= 4:
             ports = (_u16(payload, 0)[0], _u16(payload, 2)[0])
+        if ports is not None and self._orphans:
+            orphan = self._orphans.pop(key, None)
+            if orphan is not None:
+                self._orphaned(orphan, ports)
         dg = self._table.get(key)
         if dg is None:
             dg = self._new(key, family, src, dst, ts)
@@ -338,8 +355,9 @@ class Defragmenter:
         lim = self.limits
         source = (family, src)
         table = self._table
-        if self._per_source.get(source, 0) >= lim.per_source:
-            oldest = next(d for d in table.values() if d.family == family and d.src == src)
+        mine = self._per_source.get(source)
+        if mine is not None and len(mine) >= lim.per_source:
+            oldest = table[next(iter(mine))]
             self._report(oldest, "FRAG_EVICTED", f"more than {lim.per_source} datagrams in progress "
                                                  f"from its source: the oldest evicted", ts)
             self._discard(oldest, "source_full")
@@ -349,7 +367,10 @@ class Defragmenter:
                                                  f"the oldest evicted", ts)
             self._discard(oldest, "table_full")
         dg = table[key] = _Datagram(key, family, src, dst, ts)
-        self._per_source[source] = self._per_source.get(source, 0) + 1
+        mine = self._per_source.get(source)
+        if mine is None:
+            mine = self._per_source[source] = {}
+        mine[key] = None
         self.held += dg.held
         return dg
 
@@ -483,8 +504,19 @@ class Defragmenter:
             self._forget(dg)
         return None
 
+    def _orphaned(self, entry, ports=(None, None)):
+        dg, notes = entry
+        for name, detail, ts in notes:
+            self._pend(DefragAnomaly(name, dg.family, dg.src, dg.dst, ports[0], ports[1], detail, ts))
+
     def _report(self, dg, name, detail, ts):
-        self._pend(DefragAnomaly(name, dg.family, dg.src, dg.dst, dg.ports[0], dg.ports[1], detail, ts))
+        """An anomaly of a datagram: reported when it is done (reassembled,
+        discarded, evicted, timed out), with the ports its first fragment
+        brought by then, however late that came."""
+        if len(dg.notes) < _MAX_NOTES:
+            dg.notes.append((name, detail, ts))
+        else:
+            self.counters.notes_dropped += 1
 
     def _pend(self, anomaly):
         anomalies = self.counters.anomalies
@@ -499,10 +531,20 @@ class Defragmenter:
     def _forget(self, dg):
         if self._table.pop(dg.key, None) is None:
             return
+        sport, dport = dg.ports
+        if sport is None and dg.notes and dg.frags:
+            # discarded before its first fragment came: the notes wait for
+            # the ports of a first fragment with the same key (a sender goes on)
+            orphans = self._orphans
+            if len(orphans) >= _MAX_ORPHANS:
+                self._orphaned(orphans.pop(next(iter(orphans))))
+            orphans[dg.key] = (dg, dg.notes)
+        else:
+            for name, detail, ts in dg.notes:
+                self._pend(DefragAnomaly(name, dg.family, dg.src, dg.dst, sport, dport, detail, ts))
         self.held -= dg.held
         source = (dg.family, dg.src)
-        left = self._per_source[source] - 1
-        if left:
-            self._per_source[source] = left
-        else:
+        mine = self._per_source[source]
+        del mine[dg.key]
+        if not mine:
             del self._per_source[source]

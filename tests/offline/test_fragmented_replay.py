@@ -15,9 +15,10 @@ from scapy.packet import Raw, raw
 from scapy.utils import wrpcap
 
 from sensor.assembly import Userland
-from sensor.config import Config, SensorConfig
+from sensor.config import Config, SensorConfig, StreamConfig
 from sensor.inputs.replay import replay
 from sensor.records.sinks import ListSink
+from support.record_schemas import check
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -47,15 +48,21 @@ def _ip(family, client, src, dst, ident):
     return IPv6(src=src, dst=dst)
 
 
-def _fragments(family, ip_layer, tcp_bytes: bytes, first: int, ident: int, reverse: bool):
-    """``tcp_bytes`` (a TCP header and payload) in IP fragments: the first with
-    ``first`` bytes, then 16-byte ones, the last what is left."""
-    cuts = [0, first] + list(range(first + 16, len(tcp_bytes), 16)) + [len(tcp_bytes)]
-    cuts = sorted(set(cuts))
+def cut(first: int, reverse: bool = False):
+    """A split of a segment's TCP bytes: the first fragment with ``first``
+    bytes, then 16-byte ones, the last what is left; sent in reverse when told."""
+    def split(tcp_bytes: bytes):
+        cuts = sorted({0, first, *range(first + 16, len(tcp_bytes), 16), len(tcp_bytes)})
+        pieces = [(a, tcp_bytes[a:b], b < len(tcp_bytes)) for a, b in zip(cuts, cuts[1:])]
+        return pieces[::-1] if reverse else pieces
+    return split
+
+
+def _fragments(family, ip_layer, pieces, ident: int):
+    """IP fragments of (offset, bytes, more) pieces of one datagram."""
     frames = []
-    for a, b in zip(cuts, cuts[1:]):
-        more = b < len(tcp_bytes)
-        chunk = Raw(tcp_bytes[a:b])
+    for a, data, more in pieces:
+        chunk = Raw(data)
         if family == 4:
             pkt = ETH / IP(src=ip_layer.src, dst=ip_layer.dst, id=ident, proto=6,
                            flags="MF" if more else 0, frag=a // 8) / chunk
@@ -63,11 +70,14 @@ def _fragments(family, ip_layer, tcp_bytes: bytes, first: int, ident: int, rever
             pkt = ETH6 / IPv6(src=ip_layer.src, dst=ip_layer.dst) / IPv6ExtHdrFragment(
                 id=ident, offset=a // 8, m=int(more), nh=6) / chunk
         frames.append(raw(pkt))
-    return frames[::-1] if reverse else frames
+    return frames
 
 
-def make_capture(path, family: int, first: int, reverse: bool = False):
-    """The session of DIALOGUE, its MAIL FROM segment fragmented."""
+def make_capture(path, family: int, first: int = 8, reverse: bool = False, split=None):
+    """The session of DIALOGUE, its MAIL FROM segment fragmented (by ``split``:
+    TCP bytes -> (offset, bytes, more) pieces in the order sent; default
+    ``cut(first, reverse)``)."""
+    split = split or cut(first, reverse)
     client, server = ("198.51.100.7", "192.0.2.25") if family == 4 else ("2001:db8:1::7", "2001:db8:2::25")
     cseq, sseq, ident = 1000, 7000, 300
     frames = []
@@ -89,7 +99,7 @@ def make_capture(path, family: int, first: int, reverse: bool = False):
         if data is BANNED:
             ident += 1
             tcp_bytes = raw(pkt[TCP])
-            frames += _fragments(family, pkt, tcp_bytes, first, ident, reverse)
+            frames += _fragments(family, pkt, split(tcp_bytes), ident)
         else:
             frames.append(raw((ETH if family == 4 else ETH6) / pkt))
         if from_client:
@@ -105,9 +115,12 @@ def make_capture(path, family: int, first: int, reverse: bool = False):
     return path
 
 
-def run(path, **cfg):
+def run(path, policy: str = "linux"):
     sink = ListSink()
-    replay(path, Userland(Config(sensor=SensorConfig(rules=RULES, enforce=False, **cfg)), sink))
+    config = Config(sensor=SensorConfig(rules=RULES, enforce=False), stream=StreamConfig(defrag_policy=policy))
+    replay(path, Userland(config, sink))
+    for record in sink:
+        check(record)
     return sink
 
 
@@ -145,3 +158,41 @@ def test_without_the_first_fragment_the_sender_is_a_gap_not_a_guess(tmp_path):
     [rec] = sink.of("smtp")
     assert rec.get("mailfrom") != "spammer@suspicious.org"
     assert sink.of("alert") == []
+
+
+FAKE = b"MAIL FROM:<friend1@harmlessly.org>\r\n"     # as long as BANNED
+
+
+def overlap(tcp_bytes: bytes):
+    """The sender's bytes twice at the same offset (the banned one first,
+    then a harmless one), then the first fragment."""
+    fake = tcp_bytes.replace(BANNED, FAKE)
+    return [(24, tcp_bytes[24:], False), (24, fake[24:], False), (0, tcp_bytes[:24], True)]
+
+
+def partial_overlap(tcp_bytes: bytes):
+    """The sender's bytes from 24 on, then a harmless sender from 16 on (an
+    overlap that is no duplicate), then the first fragment."""
+    fake = tcp_bytes.replace(BANNED, FAKE)
+    return [(24, tcp_bytes[24:], False), (16, fake[16:], False), (0, tcp_bytes[:16], True)]
+
+
+@pytest.mark.parametrize("split,policy,sender,detail", [
+    # Linux: a fragment wholly inside one held is a duplicate, the first copy kept ...
+    (overlap, "linux", "spammer@suspicious.org", "first copy kept"),
+    # ... any other overlap discards the datagram: the MTA never had this MAIL FROM
+    (partial_overlap, "linux", None, "datagram discarded"),
+    (overlap, "first", "spammer@suspicious.org", "policy first"),
+    (overlap, "last", "friend1@harmlessly.org", "policy last"),
+    (partial_overlap, "bsd", "friend1@harmlessly.org", "policy bsd"),
+], ids=["linux-duplicate", "linux-overlap", "first", "last", "bsd"])
+def test_overlapping_fragments_resolve_by_the_policy_and_are_reported_on_the_flow(tmp_path, split, policy,
+                                                                                  sender, detail):
+    assert len(FAKE) == len(BANNED)
+    sink = run(make_capture(tmp_path / "overlap.pcap", 4, split=split), policy)
+    [rec] = sink.of("smtp")
+    assert rec.get("mailfrom") == sender
+    names = [a["name"] for a in sink.of("anomaly") if a["layer"] == "ip" and a.get("uid") == rec["uid"]]
+    assert "IPV4_FRAG_OVERLAP" in names
+    [an] = [a for a in sink.of("anomaly") if a["name"] == "IPV4_FRAG_OVERLAP"]
+    assert detail in an["detail"] and an["direction"] == "client"

@@ -244,11 +244,13 @@ def test_linux_discards_the_datagram_on_a_partial_overlap():
 
 
 def test_linux_discards_ipv6_on_overlap_rfc5722():
-    frames = v6_frags(size=16)
-    over = raw(IPv6(src=V6A, dst=V6B) / IPv6ExtHdrFragment(id=9, offset=1, m=1, nh=6) / Raw(b"y" * 16))
+    frames = v6_frags(size=24)
+    over = raw(IPv6(src=V6A, dst=V6B) / IPv6ExtHdrFragment(id=9, offset=2, m=1, nh=6) / Raw(b"y" * 16))
     feed = Feed("linux")
-    assert feed.all(frames[:1] + [over] + frames[1:]) == []
-    assert "IPV6_FRAG_OVERLAP" in feed.names
+    assert feed.all(frames[:1] + [over]) == []
+    [an] = feed.d.pending
+    assert an.name == "IPV6_FRAG_OVERLAP" and "discarded" in an.detail and an.dport == 25
+    assert feed.all(frames[1:]) == []          # the rest begins a datagram that never completes
 
 
 @pytest.mark.parametrize("policy,real_first,want", [
@@ -320,9 +322,12 @@ def test_a_last_fragment_that_contradicts_the_known_end_is_dropped_alone():
     feed = Feed()
     feed.all([frag4(0, data[:16], True), frag4(32, data[32:], False)])
     assert feed.all([frag4(16, data[16:24], False)]) == []          # ends before bytes already seen
-    assert feed.names == ["IPV4_FRAG_INVALID"] and feed.d.counters.dropped == {"invalid": 1}
+    assert feed.d.counters.dropped == {"invalid": 1}
+    assert feed.names == []                 # reported once the datagram is done, with its ports
     [seg] = feed.all([frag4(16, data[16:32], True)])
     assert seg.payload == MAIL
+    assert feed.names == ["IPV4_FRAG_INVALID", "IPV4_FRAG_TINY_FIRST"]
+    assert (feed.d.pending[0].sport, feed.d.pending[0].dport) == (40000, 25)
 
 
 def test_a_fragment_past_the_last_is_dropped_alone():
@@ -330,9 +335,32 @@ def test_a_fragment_past_the_last_is_dropped_alone():
     feed = Feed()
     feed.all([frag4(16, data[16:], False)])
     assert feed.all([frag4(len(data) + 8 - len(data) % 8, b"z" * 8, True)]) == []
-    assert feed.names == ["IPV4_FRAG_INVALID"]
+    assert feed.d.counters.dropped == {"invalid": 1}
     [seg] = feed.all([frag4(0, data[:16], True)])
     assert seg.payload == MAIL
+    assert feed.names == ["IPV4_FRAG_INVALID", "IPV4_FRAG_TINY_FIRST"]
+
+
+def test_an_overlap_before_the_first_fragment_is_reported_with_its_ports():
+    data = tcp_bytes()
+    feed = Feed("first")
+    feed.all([frag4(24, data[24:], False), frag4(24, b"x" * (len(data) - 24), False)])
+    assert feed.names == []
+    [seg] = feed.all([frag4(0, data[:24], True)])
+    assert seg.payload == MAIL
+    [an] = feed.d.pending
+    assert an.name == "IPV4_FRAG_OVERLAP" and (an.sport, an.dport) == (40000, 25)
+
+
+def test_the_anomalies_kept_per_datagram_are_bounded():
+    data = tcp_bytes()
+    feed = Feed("linux")
+    feed(frag4(24, data[24:], False))
+    for i in range(50):                     # duplicates with other data: no fragment more each
+        feed(frag4(24, bytes([i]) * (len(data) - 24), False))
+    [seg] = feed.all([frag4(0, data[:24], True)])
+    assert seg.payload == MAIL
+    assert len(feed.names) == 8 and feed.d.counters.notes_dropped == 42
 
 
 def test_a_datagram_past_65535_bytes_is_refused():
@@ -409,3 +437,24 @@ def test_flush_forgets_everything_counted():
     feed(frag4(0, b"x" * 16, True))
     feed.d.flush()
     assert len(feed.d) == 0 and feed.d.held == 0 and feed.d.counters.discarded == {"flush": 1}
+
+
+def test_a_datagram_discarded_before_its_first_fragment_is_reported_with_the_next_first():
+    data = tcp_bytes()
+    feed = Feed("linux")
+    feed.all([frag4(24, data[24:], False), frag4(16, b"x" * (len(data) - 16), False)])  # overlap: discarded
+    assert feed.names == [] and feed.d.counters.discarded == {"overlap": 1}
+    feed(frag4(0, data[:24], True))       # the sender goes on: a new datagram, with the ports
+    [an] = feed.d.pending
+    assert an.name == "IPV4_FRAG_OVERLAP" and (an.sport, an.dport) == (40000, 25)
+
+
+def test_a_discarded_datagram_whose_first_never_comes_is_reported_without_ports_at_the_timeout():
+    data = tcp_bytes()
+    feed = Feed("linux")
+    feed.all([frag4(24, data[24:], False), frag4(16, b"x" * (len(data) - 16), False)], ts=1.0)
+    feed.d.expire(20.0)
+    assert feed.names == []
+    feed.d.expire(31.0)
+    [an] = feed.d.pending
+    assert an.name == "IPV4_FRAG_OVERLAP" and an.sport is None
