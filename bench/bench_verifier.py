@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the verifier spent on each kernel program (root, bcc): instructions
 processed to accept it (struct bpf_prog_info.verified_insns, Linux 5.16+;
-the limit is 1 000 000) and the size of the translated program.
+the limit is 1 000 000) and the size of the translated program (instructions).
 
     .venv/bin/python bench/bench_verifier.py [--json]
 
@@ -37,8 +37,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    for name, insns in out.items():
-        print(f"{name:16} {insns:>9} instructions processed ({insns / 1e6:.1%} of the verifier's 1M)")
+    for name, (insns, size) in out.items():
+        print(f"{name:16} {insns:>9} instructions processed ({insns / 1e6:.1%} of the verifier's 1M), "
+              f"{size} translated")
 
 
 if __name__ == "__main__":

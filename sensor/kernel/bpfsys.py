@@ -172,13 +172,16 @@ _VERIFIED_INSNS_AT = 216
 _PROG_INFO_LONG = 232
 
 
-def verified_insns(fd: int) -> int:
-    """Instructions the verifier processed to accept the program (its limit
-    is 1 000 000); 0 on a kernel that does not say."""
+def verified_insns(fd: int) -> tuple[int, int]:
+    """(instructions the verifier processed to accept the program, its limit
+    being 1 000 000 (0 on a kernel that does not say); instructions of the
+    program as translated)."""
     buf = (ct.c_uint8 * _PROG_INFO_LONG)()
     attr = bpf_attr(_InfoAttr(bpf_fd=fd, info_len=_PROG_INFO_LONG, info=ct.addressof(buf)))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return int.from_bytes(bytes(buf[_VERIFIED_INSNS_AT:_VERIFIED_INSNS_AT + 4]), "little")
+    info = _ProgInfo.from_buffer_copy(bytes(buf[:ct.sizeof(_ProgInfo)]))
+    return (int.from_bytes(bytes(buf[_VERIFIED_INSNS_AT:_VERIFIED_INSNS_AT + 4]), "little"),
+            info.xlated_prog_len // 8)
 
 
 class TestRunAttr(ct.Structure):
