@@ -263,9 +263,12 @@ static __always_inline int ss_reset(void *ctx, struct ss_pkt *pkt, struct ss_ver
 	return 0;
 }
 
-/* The headers of one frame into pkt: SS_PARSED_TCP for a TCP segment, else
- * the counter (enum ss_counter) it leaves with. */
+/* The headers of one frame into pkt: SS_PARSED_TCP for a TCP segment,
+ * SS_PARSED_FRAG for an IP fragment of a TCP datagram (pkt->frag says which;
+ * a first one has its ports if pkt->ports_known), else the counter (enum
+ * ss_counter) it leaves with. */
 #define SS_PARSED_TCP (-1)
+#define SS_PARSED_FRAG (-2)
 static __always_inline int ss_parse(void *data, void *data_end, __u32 wire_len, struct ss_pkt *pkt)
 {
 	struct hdr_cursor nh = {.pos = data};
@@ -279,12 +282,22 @@ static __always_inline int ss_parse(void *data, void *data_end, __u32 wire_len, 
 		proto = parse_ipv6(&nh, data, data_end, wire_len, pkt);
 	else
 		return SS_CNT_NOT_IP;
-	if (proto == SS_PARSE_FRAGMENT)
-		return SS_CNT_FRAGMENT;
+	if (proto == SS_PARSE_EXT_LIMIT)
+		return SS_CNT_EXT_LIMIT;
 	if (proto < 0)
 		return SS_CNT_PARSE_ERROR;
+	if (pkt->frag == SS_FRAG_LATER) {
+		/* IPv6: the fragmentable part may begin with extension headers */
+		if (proto == IPPROTO_TCP || (pkt->key.family == SS_AF_INET6 && ss_ipv6_ext(proto)))
+			return SS_PARSED_FRAG;
+		return SS_CNT_NOT_TCP;
+	}
 	if (proto != IPPROTO_TCP)
 		return SS_CNT_NOT_TCP;
+	if (pkt->frag == SS_FRAG_FIRST) {
+		parse_tcp_ports(&nh, data_end, pkt);
+		return SS_PARSED_FRAG;
+	}
 	if (parse_tcphdr(&nh, data, data_end, pkt) < 0)
 		return SS_CNT_PARSE_ERROR;
 	return SS_PARSED_TCP;
@@ -307,9 +320,12 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	int proto, err;
 
 	proto = ss_parse(data, data_end, wire_len, &pkt);
-	if (proto != SS_PARSED_TCP)
+	if (proto != SS_PARSED_TCP && proto != SS_PARSED_FRAG && proto != SS_CNT_EXT_LIMIT)
 		return proto;
-	if (!ss_is_smtp_port(pkt.key.dport) && !ss_is_smtp_port(pkt.key.sport))
+	/* a fragment without ports (a later one, or a first one too short to
+	 * hold them) may belong to an SMTP flow: only its first tells */
+	if ((proto == SS_PARSED_TCP || pkt.ports_known) && !ss_is_smtp_port(pkt.key.dport) &&
+	    !ss_is_smtp_port(pkt.key.sport))
 		return SS_CNT_NOT_SMTP;
 
 	cfg = ss_config.lookup(&zero);
@@ -319,6 +335,23 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 			snaplen = cfg->snaplen;
 		if (cfg->hold_max_ms)
 			hold_max_ms = cfg->hold_max_ms;
+	}
+
+	/* Headers the parser does not follow to the end: what the receiver makes
+	 * of them is unseen. Prevention drops them. */
+	if (proto == SS_CNT_EXT_LIMIT)
+		return flags & SS_CFG_NO_ENFORCE ? SS_CNT_EXT_LIMIT : SS_CNT_DROP_EXT_LIMIT;
+	/* IP fragments (docs/architecture.md, "IP fragments"): prevention drops
+	 * the first one of an SMTP datagram, the only one with ports, so the
+	 * receiver never completes it; monitor only pushes every TCP fragment to
+	 * userland's defragmenter, since the later ones cannot be told apart
+	 * before their first arrives (and may arrive before it). */
+	if (proto == SS_PARSED_FRAG) {
+		if (!(flags & SS_CFG_NO_ENFORCE))
+			return pkt.frag == SS_FRAG_FIRST ? SS_CNT_DROP_FRAG : SS_CNT_FRAGMENT;
+		if (flags & SS_CFG_NO_PUSH)
+			return SS_CNT_NO_PUSH;
+		goto push;
 	}
 
 	if (!(flags & SS_CFG_NO_ENFORCE)) {
@@ -349,6 +382,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		}
 	}
 
+push:;
 	struct ss_event_hdr ev = {};
 
 	cap_len = wire_len;
@@ -357,6 +391,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		ev.flags |= SS_EVF_CUT;
 	}
 	ev.flags |= hold;
+	if (pkt.frag)
+		ev.flags |= SS_EVF_FRAGMENT;
 	ev.version = SS_ABI_VERSION;
 	ev.direction = dir;
 	ev.ifindex = ifindex;
@@ -417,12 +453,15 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		return SS_CNT_PUSH_FAILED;
 	if (ev.flags & SS_EVF_CUT)
 		ss_count(dir, SS_CNT_CUT);
+	if (pkt.frag)
+		ss_count(dir, SS_CNT_FRAG_PUSHED);
 	return SS_CNT_PUSHED;
 }
 
 static __always_inline int ss_is_drop(int counter)
 {
-	return counter == SS_CNT_DROP_BAN || counter == SS_CNT_DROP_FLOW || counter == SS_CNT_HELD;
+	return counter == SS_CNT_DROP_BAN || counter == SS_CNT_DROP_FLOW || counter == SS_CNT_HELD ||
+	       counter == SS_CNT_DROP_FRAG || counter == SS_CNT_DROP_EXT_LIMIT;
 }
 
 int ss_xdp_ingress(struct xdp_md *ctx)

@@ -20,8 +20,13 @@
 
 #include "smtp_sensor.h"
 
-#define SS_PARSE_ERROR (-1)    /* truncated or malformed */
-#define SS_PARSE_FRAGMENT (-2) /* non-first IP fragment: no TCP header here */
+#define SS_PARSE_ERROR (-1)     /* truncated or malformed */
+#define SS_PARSE_EXT_LIMIT (-2) /* IPv6: more extension headers than SS_IPV6_EXT_MAX */
+
+/* ss_pkt.frag: whether the packet is a piece of an IP datagram. */
+#define SS_FRAG_NONE 0  /* a whole datagram */
+#define SS_FRAG_FIRST 1 /* offset 0, more to come: the only piece with the TCP ports */
+#define SS_FRAG_LATER 2 /* an offset: no TCP header here */
 
 #define SS_VLAN_MAX 2       /* 802.1Q / 802.1ad tags we look through */
 #define SS_IPV6_EXT_MAX 6   /* IPv6 extension headers we skip */
@@ -56,6 +61,8 @@ struct ss_pkt {
 	__u16 l4_off;      /* offset of the TCP header in the frame */
 	__u16 payload_off;
 	__u8 tcp_flags;
+	__u8 frag;         /* SS_FRAG_* */
+	__u8 ports_known;  /* a fragment: its TCP ports are in key (a first one, 4 bytes of TCP) */
 };
 
 /* Ethernet, then up to SS_VLAN_MAX VLAN tags. Returns the EtherType in
@@ -85,7 +92,8 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end)
 }
 
 /* IPv4 honouring IHL. l4_len comes from tot_len (Ethernet padding is not
- * payload); tot_len 0 (GSO super-packets may carry it) means "to the end". */
+ * payload); tot_len 0 (GSO super-packets may carry it) means "to the end".
+ * A fragment is parsed like a whole packet and marked in pkt->frag. */
 static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data, void *data_end,
 				      __u32 frame_len, struct ss_pkt *pkt)
 {
@@ -100,7 +108,9 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data, void *d
 	if (nh->pos + hdrsize > data_end)
 		return SS_PARSE_ERROR;
 	if (iph->frag_off & bpf_htons(0x1fff))
-		return SS_PARSE_FRAGMENT;
+		pkt->frag = SS_FRAG_LATER;
+	else if (iph->frag_off & bpf_htons(0x2000)) /* MF */
+		pkt->frag = SS_FRAG_FIRST;
 
 	pkt->l3_off = nh->pos - data;
 	tot_len = bpf_ntohs(iph->tot_len);
@@ -120,8 +130,17 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data, void *d
 	return iph->protocol;
 }
 
-/* IPv6, skipping hop-by-hop, routing, destination options and first-fragment
- * headers. Returns the upper-layer protocol. */
+/* The IPv6 extension headers parse_ipv6() follows. */
+static __always_inline int ss_ipv6_ext(int nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING || nexthdr == IPPROTO_DSTOPTS ||
+	       nexthdr == IPPROTO_FRAGMENT || nexthdr == IPPROTO_AH;
+}
+
+/* IPv6, skipping hop-by-hop, routing, destination options, AH and fragment
+ * headers, at most SS_IPV6_EXT_MAX of them (SS_PARSE_EXT_LIMIT past that).
+ * Returns the upper-layer protocol; for a non-first fragment (pkt->frag
+ * SS_FRAG_LATER), the first header of its fragmentable part. */
 static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data, void *data_end,
 				      __u32 frame_len, struct ss_pkt *pkt)
 {
@@ -162,15 +181,28 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data, void *d
 				return SS_PARSE_ERROR;
 			nexthdr = opt->nexthdr;
 			break;
+		case IPPROTO_AH:
+			if ((void *)(opt + 1) > data_end)
+				return SS_PARSE_ERROR;
+			len = (opt->hdrlen + 2) * 4;
+			if (nh->pos + len > data_end || l4_len < len)
+				return SS_PARSE_ERROR;
+			nexthdr = opt->nexthdr;
+			break;
 		case IPPROTO_FRAGMENT:
 			if ((void *)(frag + 1) > data_end)
 				return SS_PARSE_ERROR;
-			if (frag->frag_off & bpf_htons(0xfff8))
-				return SS_PARSE_FRAGMENT;
 			len = sizeof(*frag);
 			if (l4_len < len)
 				return SS_PARSE_ERROR;
 			nexthdr = frag->nexthdr;
+			if (frag->frag_off & bpf_htons(0xfff8)) {
+				pkt->frag = SS_FRAG_LATER;
+				pkt->l4_len = l4_len - len;
+				return nexthdr;
+			}
+			if (frag->frag_off & bpf_htons(1)) /* M: more to come */
+				pkt->frag = SS_FRAG_FIRST;
 			break;
 		default:
 			pkt->l4_len = l4_len;
@@ -180,7 +212,22 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data, void *d
 		l4_len -= len;
 	}
 	pkt->l4_len = l4_len;
+	if (ss_ipv6_ext(nexthdr))
+		return SS_PARSE_EXT_LIMIT;
 	return nexthdr;
+}
+
+/* The TCP ports of a first fragment, which may hold less than a TCP header
+ * (the tiny-fragment trick: the ports here, the flags in the next one). */
+static __always_inline void parse_tcp_ports(struct hdr_cursor *nh, void *data_end, struct ss_pkt *pkt)
+{
+	__be16 *ports = nh->pos;
+
+	if ((void *)(ports + 2) > data_end || pkt->l4_len < 4)
+		return;
+	pkt->key.sport = bpf_ntohs(ports[0]);
+	pkt->key.dport = bpf_ntohs(ports[1]);
+	pkt->ports_known = 1;
 }
 
 /* TCP honouring the data offset. */

@@ -49,7 +49,8 @@ enum ss_counter {
 	SS_CNT_NOT_IP = 0,       /* passed: not IPv4/IPv6 (after VLAN tags) */
 	SS_CNT_NOT_TCP = 1,      /* passed: IP but not TCP */
 	SS_CNT_NOT_SMTP = 2,     /* passed: TCP, neither port in the SMTP set */
-	SS_CNT_FRAGMENT = 3,     /* passed: non-first IP fragment */
+	SS_CNT_FRAGMENT = 3,     /* passed: a non-first IP fragment of TCP, not pushed (prevention:
+				  * its first fragment is dropped, so it completes nothing) */
 	SS_CNT_PARSE_ERROR = 4,  /* passed: truncated or malformed header */
 	SS_CNT_PURE_ACK = 5,     /* passed: SMTP segment without payload/SYN/FIN/RST */
 	SS_CNT_PUSHED = 6,       /* passed: event pushed to the event ring */
@@ -60,17 +61,25 @@ enum ss_counter {
 	SS_CNT_DROP_BAN = 11,    /* dropped: live source ban */
 	SS_CNT_HELD = 12,        /* dropped: a client segment that can complete a message,
 				  * held until userland releases it (pushed, SS_EVF_HELD) */
-	SS_CNT_VERDICT__MAX = 13,/* the exclusive verdicts end here */
-	SS_CNT_CUT = 13,         /* extra: pushed with bytes beyond snaplen cut */
-	SS_CNT_EXPIRED = 14,     /* extra: an expired ban/drop entry was ignored */
-	SS_CNT_RELEASED = 15,    /* extra: a commit candidate passed, released by userland */
-	SS_CNT_HOLD_TIMEOUT = 16,/* extra: a commit candidate passed, its hold older than hold_max_ms */
-	SS_CNT_EHLO_REWRITTEN = 17, /* extra: a server's EHLO reply passed with CHUNKING masked */
-	SS_CNT_RESET = 18,       /* extra: a packet of a torn-down flow (SS_VF_RESET) rewritten
+	SS_CNT_DROP_FRAG = 13,   /* dropped (prevention): the first fragment of a TCP datagram to
+				  * or from an SMTP port (or without readable ports): the rest
+				  * cannot be reassembled without it, here or at the receiver */
+	SS_CNT_EXT_LIMIT = 14,   /* passed (monitor only): IPv6 with more extension headers than
+				  * SS_IPV6_EXT_MAX, unseen */
+	SS_CNT_DROP_EXT_LIMIT = 15, /* dropped (prevention): the same */
+	SS_CNT_VERDICT__MAX = 16,/* the exclusive verdicts end here */
+	SS_CNT_CUT = 16,         /* extra: pushed with bytes beyond snaplen cut */
+	SS_CNT_EXPIRED = 17,     /* extra: an expired ban/drop entry was ignored */
+	SS_CNT_RELEASED = 18,    /* extra: a commit candidate passed, released by userland */
+	SS_CNT_HOLD_TIMEOUT = 19,/* extra: a commit candidate passed, its hold older than hold_max_ms */
+	SS_CNT_EHLO_REWRITTEN = 20, /* extra: a server's EHLO reply passed with CHUNKING masked */
+	SS_CNT_RESET = 21,       /* extra: a packet of a torn-down flow (SS_VF_RESET) rewritten
 				  * into an RST to one of the ends, passed or sent back */
-	SS_CNT_DROP_ENDED = 19,  /* extra: a client SYN on the ports of a torn-down flow ended
+	SS_CNT_DROP_ENDED = 22,  /* extra: a client SYN on the ports of a torn-down flow ended
 				  * its drop entries (a new connection, inspected as usual) */
-	SS_CNT__MAX = 20,
+	SS_CNT_FRAG_PUSHED = 23, /* extra (monitor only): an IP fragment of TCP pushed
+				  * (SS_EVF_FRAGMENT), for userland's defragmenter */
+	SS_CNT__MAX = 24,
 };
 
 /* Why a flow is dropped or a source banned (ss_verdict.reason). */
@@ -88,6 +97,8 @@ enum ss_reason {
 #define SS_EVF_HELD 0x2         /* a commit candidate, dropped until released */
 #define SS_EVF_RELEASED 0x4     /* a commit candidate passed: ss_release covers it */
 #define SS_EVF_HOLD_TIMEOUT 0x8 /* a commit candidate passed: its hold timed out */
+#define SS_EVF_FRAGMENT 0x10    /* an IP fragment: ports (a first one) or nothing of TCP
+				 * in the metadata; userland reassembles the datagram */
 
 /* ss_config.flags: a zero config means defaults (everything on). */
 #define SS_CFG_NO_PUSH 0x1    /* do not push events (enforcement only) */

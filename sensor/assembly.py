@@ -47,7 +47,8 @@ class Userland:
             enforcer = ReplayEnforcer()
         self.enforcer = enforcer
         self.pipeline = Pipeline(sink, ports=cfg.ports, uid_seed=uid_seed,
-                                 reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp)
+                                 reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp,
+                                 defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy)
         self.engine = self.reject_stats = self.actor = None
         if cfg.rules is not None:
             self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)
@@ -110,6 +111,7 @@ class Userland:
     def counter_groups(self):
         yield Group(("pipeline",), self.pipeline.counters)
         yield Group(("reassembly",), self.pipeline.reassembler.counters)
+        yield Group(("defrag",), self.pipeline.defragmenter.counters)
         if self.engine is not None:
             yield Group(("rule_engine",), self.engine.counters)
             yield Group(("rule_engine",), self.engine.ruleset.counters)

@@ -7,9 +7,11 @@ Tables (``docs/config.example.toml`` documents every key):
 
 * ``[sensor]``: interfaces, namespace, ports, XDP mode, pin folder, rules
   folder, output, state file and snapshot interval.
-* ``[limits.smtp]`` / ``[limits.reassembly]`` / ``[limits.rules]``: overrides of the fields of
-  :class:`sensor.smtp.SmtpLimits`, :class:`sensor.stream.reassembly.ReassemblyLimits` and
-  :class:`sensor.rules.budget.RuleLimits` (what rule code may cost), by name.
+* ``[limits.smtp]`` / ``[limits.reassembly]`` / ``[limits.defrag]`` / ``[limits.rules]``: overrides of
+  the fields of :class:`sensor.smtp.SmtpLimits`, :class:`sensor.stream.reassembly.ReassemblyLimits`,
+  :class:`sensor.stream.defrag.DefragLimits` and :class:`sensor.rules.budget.RuleLimits` (what rule
+  code may cost), by name.
+* ``[stream]``: how the receiver's view is modelled (``defrag_policy``).
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
@@ -41,6 +43,8 @@ from sensor.errors import SensorError
 from sensor.kernel import abi
 from sensor.rules.budget import RuleLimits
 from sensor.smtp.limits import SmtpLimits
+from sensor.stream.defrag import POLICIES as DEFRAG_POLICIES
+from sensor.stream.defrag import DefragLimits
 from sensor.stream.reassembly import ReassemblyLimits
 
 # The one TOML reader of the product (this config, the rules' rules.toml):
@@ -52,7 +56,7 @@ else:
     import tomli as tomllib
 
 __all__ = [
-    "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "ConfigError",
+    "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "StreamConfig", "ConfigError",
     "load", "loads", "from_dict", "parse_duration", "NOTICE_TYPES",
     "POSSIBLE_SPAM", "POSSIBLE_INTERNAL_SPAM", "STRANGE_REJECT_BEHAVIOR",
 ]
@@ -343,21 +347,24 @@ def _limits_check(cls, table: str, label: str):
 
 # float limits for which 0 makes no sense (others, such as delays, or a
 # memory limit where 0 is "none", may be 0)
-_POSITIVE_LIMITS = {"idle_timeout", "budget_ms", "max_budget_ms", "import_ms", "strike_window"}
+_POSITIVE_LIMITS = {"idle_timeout", "budget_ms", "max_budget_ms", "import_ms", "strike_window", "timeout"}
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """``[limits.smtp]``, ``[limits.reassembly]`` and ``[limits.rules]``: named limits, overridden by name."""
+    """``[limits.smtp]``, ``[limits.reassembly]``, ``[limits.defrag]`` and ``[limits.rules]``:
+    named limits, overridden by name."""
 
     smtp: SmtpLimits = field(default_factory=SmtpLimits)
     reassembly: ReassemblyLimits = field(default_factory=ReassemblyLimits)
+    defrag: DefragLimits = field(default_factory=DefragLimits)
     rules: RuleLimits = field(default_factory=RuleLimits)
 
     def __post_init__(self):
         _validate(self, "limits", {
             "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.SmtpLimits"),
             "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.stream.reassembly.ReassemblyLimits"),
+            "defrag": _limits_check(DefragLimits, "limits.defrag", "sensor.stream.defrag.DefragLimits"),
             "rules": _limits_check(RuleLimits, "limits.rules", "sensor.rules.budget.RuleLimits"),
         })
 
@@ -442,6 +449,21 @@ class SpamStatsConfig:
         return self.ban.get(note, 0.0)
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    """``[stream]``: how the sensor models the receiving host's view of the traffic."""
+
+    #: how overlapping IP fragments are resolved (sensor.stream.defrag): "linux"
+    #: discards the datagram as Linux does; "first", "last", "bsd", "windows",
+    #: "solaris" as Suricata's defrag policies of those names
+    defrag_policy: str = "linux"
+
+    def __post_init__(self):
+        _validate(self, "stream", {
+            "defrag_policy": lambda v: _str(v, DEFRAG_POLICIES),
+        })
+
+
 HOLD_MODES = ("commit", "off")
 
 
@@ -474,6 +496,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     spam_stats: SpamStatsConfig = field(default_factory=SpamStatsConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     #: the file it was read from (None: defaults or built in code)
     source: Path | None = None
 
@@ -486,7 +509,7 @@ class Config:
 
 
 _SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamStatsConfig,
-             "enforce": EnforceConfig}
+             "enforce": EnforceConfig, "stream": StreamConfig}
 
 
 # ---------------------------------------------------------------- loading

@@ -4,6 +4,7 @@ One code path for live traffic and for captures::
 
     frame (datapath event or pcap packet)
       -> sensor.stream.packet.decode         a Segment, or a counted reason it is not one
+         (IP fragments through sensor.stream.defrag.Defragmenter, the datagram decoded again)
       -> sensor.stream.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / TcpAnomaly
       -> sensor.smtp.SMTPConnection   typed SMTP events, one connection per flow
       -> sensor.records               smtp and anomaly records, handed to ``sink``
@@ -22,8 +23,8 @@ from __future__ import annotations
 from sensor import records, smtp
 from sensor.counters import Counters, counter
 from sensor.smtp import events as sev
-from sensor.stream import packet, reassembly
-from sensor.stream.direction import CLIENT
+from sensor.stream import defrag, packet, reassembly
+from sensor.stream.direction import CLIENT, SERVER
 
 __all__ = ["Pipeline", "Session", "PipelineCounters"]
 
@@ -77,6 +78,7 @@ class PipelineCounters(Counters):
     starttls = counter("STARTTLS flows")
     listener_errors = counter("exceptions raised by listeners (rules, statistics)")
     gated = counter("segments of dropped flows kept from the dissector")
+    ip_anomalies = counter("IP fragmentation anomalies written on their flow's record")
 
 
 class Pipeline:
@@ -85,11 +87,14 @@ class Pipeline:
     def __init__(self, sink, *, ports=reassembly.DEFAULT_PORTS,
                  reassembly_limits: reassembly.ReassemblyLimits | None = None,
                  smtp_limits: smtp.SmtpLimits | None = None, uid_seed=0,
-                 listeners=(), on_starttls=None, expire_every: float = 1.0):
+                 listeners=(), on_starttls=None, expire_every: float = 1.0,
+                 defrag_limits: defrag.DefragLimits | None = None, defrag_policy: str = "linux"):
         self.sink = sink
         self.ports = frozenset(ports)
         self.counters = PipelineCounters()
         self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed)
+        self.defragmenter = defrag.Defragmenter(defrag_limits, defrag_policy)
+        self._defrag_pending = self.defragmenter.pending
         self.smtp_limits = smtp_limits or smtp.SmtpLimits()
         self.listeners = list(listeners)
         self.on_starttls = on_starttls
@@ -106,7 +111,7 @@ class Pipeline:
         returns its Segment, or None when it is not TCP over IP."""
         st = self.counters
         st.frames += 1
-        seg = _decode(linktype, frame, wirelen, st.not_segments)
+        seg = _decode(linktype, frame, wirelen, st.not_segments, self.defragmenter, ts)
         if seg is not None:
             gate = self.gate
             if gate is not None and not gate(seg, ts):
@@ -124,6 +129,8 @@ class Pipeline:
                     self.expire(ts)
                 if ts > self._last_ts:
                     self._last_ts = ts
+        if self._defrag_pending:
+            self._defrag_anomalies()
         return seg
 
     def feed_segment(self, seg: packet.Segment, ts: float) -> None:
@@ -139,10 +146,14 @@ class Pipeline:
     def expire(self, now: float) -> None:
         """End idle flows (the caller's clock: capture time or wall time)."""
         self._next_expire = now + self._expire_every
+        self.defragmenter.expire(now)
+        if self._defrag_pending:
+            self._defrag_anomalies()
         self._handle(self.reassembler.expire(now))
 
     def finish(self, ts: float | None = None) -> None:
         """End every flow (end of capture, shutdown)."""
+        self.defragmenter.flush()
         self._handle(self.reassembler.flush_all(ts))
 
     @property
@@ -150,6 +161,24 @@ class Pipeline:
         return [f.ctx for f in self.reassembler.flows if f.ctx is not None]
 
     # ------------------------------------------------------------ plumbing
+    def _defrag_anomalies(self) -> None:
+        """The defragmenter's anomalies: a record on the TCP flow they belong
+        to when it is open, else a count (no flow, or the ports were never seen)."""
+        pending = self._defrag_pending
+        flow_of = self.reassembler.flow_of
+        for an in pending:
+            flow = None
+            if an.sport is not None:
+                flow = flow_of(an.src, an.sport, an.dst, an.dport)
+            if flow is None:
+                self.defragmenter.counters.unattributed += 1
+                continue
+            self.counters.anomalies += 1
+            self.counters.ip_anomalies += 1
+            direction = CLIENT if an.src == flow.orig_addr and an.sport == flow.orig_p else SERVER
+            self.sink(records.anomaly_record(flow, an.ts, "ip", an.name, direction, an.detail))
+        pending.clear()
+
     def _handle(self, events) -> None:
         for ev in events:
             kind = type(ev)

@@ -167,6 +167,23 @@ def prog_id(fd: int) -> int:
     return info.id
 
 
+# struct bpf_prog_info up to verified_insns (Linux 5.16+): where it lies
+_VERIFIED_INSNS_AT = 216
+_PROG_INFO_LONG = 232
+
+
+def verified_insns(fd: int) -> tuple[int, int]:
+    """(instructions the verifier processed to accept the program, its limit
+    being 1 000 000 (0 on a kernel that does not say); instructions of the
+    program as translated)."""
+    buf = (ct.c_uint8 * _PROG_INFO_LONG)()
+    attr = bpf_attr(_InfoAttr(bpf_fd=fd, info_len=_PROG_INFO_LONG, info=ct.addressof(buf)))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    info = _ProgInfo.from_buffer_copy(bytes(buf[:ct.sizeof(_ProgInfo)]))
+    return (int.from_bytes(bytes(buf[_VERIFIED_INSNS_AT:_VERIFIED_INSNS_AT + 4]), "little"),
+            info.xlated_prog_len // 8)
+
+
 class TestRunAttr(ct.Structure):
     """union bpf_attr for BPF_PROG_TEST_RUN."""
 

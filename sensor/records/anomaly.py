@@ -10,7 +10,7 @@ __all__ = ["anomaly_record"]
 
 def anomaly_record(flow, ts: float, layer: str, name: str, direction: str | None = None,
                    detail: str = "") -> dict:
-    """An ``anomaly`` record.  ``layer`` is ``tcp`` or ``smtp``; ``flow`` may be None."""
+    """An ``anomaly`` record.  ``layer`` is ``ip``, ``tcp`` or ``smtp``; ``flow`` may be None."""
     rec = {"ts": ts, "event_type": "anomaly"}
     if flow is not None:
         rec.update(conn_fields(flow))

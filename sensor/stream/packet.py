@@ -51,7 +51,7 @@ REASONS = (
     "unknown_linktype",     # link type we do not decode
     "not_ip",               # ARP, LLDP, ... or a third VLAN tag
     "bad_ip",               # wrong version, IHL < 5, total length < header
-    "ip_fragment",          # a non-first IP fragment: no TCP header in it
+    "ip_fragment",          # an IP fragment: kept by the defragmenter (or none was given)
     "not_tcp",              # UDP, ICMP, ...
     "bad_tcp",              # TCP data offset < 5 words or past the IP payload
 )
@@ -132,12 +132,19 @@ def _count(reasons, reason):
     return None
 
 
-def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
+def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None, defrag=None,
+           ts: float = 0.0):
     """Decode ``data`` (bytes) captured on a link of type ``linktype``.
 
     ``wirelen`` is the original length of the frame (default: ``len(data)``).
     Returns a ``Segment`` or ``None``; on ``None`` the reason is counted in
     ``reasons`` (a dict, key -> count) when one is given.
+
+    An IP fragment goes to ``defrag`` (a ``sensor.stream.defrag.Defragmenter``)
+    with ``ts``, its time; when it completes a datagram, the datagram is decoded
+    as raw IP (so it meets every check a whole packet does) and its Segment
+    returned.  Without ``defrag``, and while a datagram is incomplete, a
+    fragment gives None (``ip_fragment``).
     """
     n = len(data)
     if wirelen < n:
@@ -147,7 +154,7 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
         # Anything else (or anything odd) takes the general path below.
         et, vihl, tot, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = \
             _eth_ip4_tcp(data, 0)
-        if et == 0x0800 and vihl == 0x45 and proto == 6 and tot >= 20 and not frag & 0x1FFF:
+        if et == 0x0800 and vihl == 0x45 and proto == 6 and tot >= 20 and not frag & 0x3FFF:
             end = 14 + tot
             pstart = 34 + ((doff >> 4) << 2)
             if pstart >= 54 and pstart <= end and pstart <= n:
@@ -218,8 +225,15 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
             tot = wirelen - off
         if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
             return _count(reasons, "bad_ip")
-        if frag & 0x1FFF:
-            return _count(reasons, "ip_fragment")
+        if frag & 0x3FFF and proto == 6:    # more fragments, or an offset: a piece of a datagram
+            if defrag is None:
+                return _count(reasons, "ip_fragment")
+            if n < off + tot:
+                return _count(reasons, "truncated")
+            whole = defrag.ipv4(data, off, off + tot, ts)
+            if whole is None:
+                return _count(reasons, "ip_fragment")
+            return decode(228, whole, len(whole), reasons)
         if proto != 6:
             return _count(reasons, "not_tcp")
         l4 = off + ihl
@@ -235,6 +249,7 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
         l4 = off + 40
         end = l4 + plen if plen else wirelen   # plen 0: jumbogram, trust the frame
         hops = 0
+        nh_at = off + 6                 # the byte that names the header at l4
         while nxt != 6:
             if n < l4 + 8:              # every extension header is at least 8 bytes
                 return _count(reasons, "truncated")
@@ -242,9 +257,18 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
                 nxt2, hlen = _ext(data, l4)
                 ln = (hlen + 1) << 3
             elif nxt == _IP6_FRAG:
-                if _u16(data, l4 + 2)[0] & 0xFFF8:
-                    return _count(reasons, "ip_fragment")
-                nxt2 = data[l4]
+                if _u16(data, l4 + 2)[0] & 0xFFF9:     # an offset or more fragments
+                    if data[l4] != 6 and data[l4] not in _IP6_EXT and data[l4] != _IP6_AH:
+                        return _count(reasons, "not_tcp")
+                    if defrag is None:
+                        return _count(reasons, "ip_fragment")
+                    if n < end:
+                        return _count(reasons, "truncated")
+                    whole = defrag.ipv6(data, off, l4, end, nh_at, ts)
+                    if whole is None:
+                        return _count(reasons, "ip_fragment")
+                    return decode(229, whole, len(whole), reasons)
+                nxt2 = data[l4]             # an atomic fragment (RFC 6946): a whole packet
                 ln = 8
             elif nxt == _IP6_AH:
                 nxt2, hlen = _ext(data, l4)
@@ -255,6 +279,7 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None):
             if hops > _MAX_EXT:
                 return _count(reasons, "bad_ip")
             nxt = nxt2
+            nh_at = l4
             l4 += ln
             if l4 > end:
                 return _count(reasons, "bad_ip")

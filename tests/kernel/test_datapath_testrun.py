@@ -880,6 +880,144 @@ def test_test_run_reports_a_duration(dp):
     assert result.retval == XDP_PASS and result.duration_ns > 0
 
 
+# ------------------------------------------------------------------ IP fragments and IPv6 extension headers
+
+def tcp_bytes(payload=b"MAIL FROM:<spammer@suspicious.org>\r\n", sport=40000, dport=25) -> bytes:
+    return bytes(TCP(sport=sport, dport=dport, flags="PA", seq=1000, ack=2000) / Raw(payload))
+
+
+def frag4(data: bytes, offset: int, more: bool, src=CLIENT4, dst=SERVER4, proto=6) -> bytes:
+    return bytes(ETH / IP(src=src, dst=dst, id=7, proto=proto, flags="MF" if more else 0, frag=offset // 8)
+                 / Raw(data))
+
+
+def frag6(data: bytes, offset: int, more: bool, nh=6, ext=(), src=CLIENT6, dst=SERVER6) -> bytes:
+    layer = IPv6(src=src, dst=dst)
+    for header in ext:
+        layer = layer / header
+    return bytes(ETH / layer / IPv6ExtHdrFragment(id=7, offset=offset // 8, m=int(more), nh=nh) / Raw(data))
+
+
+def first_and_later(family: int, first: int = 8, **ports):
+    """The first fragment (``first`` bytes of TCP) and a later one of an SMTP segment."""
+    data = tcp_bytes(**ports)
+    make = frag4 if family == 4 else frag6
+    return make(data[:first], 0, True), make(data[first:], first, False)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("first", [8, 32])
+def test_prevention_drops_the_first_fragment_of_an_smtp_datagram(dp, reader, family, first):
+    head, rest = first_and_later(family, first)
+    assert xdp(dp, head) == XDP_DROP
+    assert xdp(dp, rest) == XDP_PASS     # useless without its first: the receiver times it out
+    assert reader.poll(10) == []
+    only(ingress(dp), drop_frag=1, fragment=1)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_prevention_drops_the_first_fragment_of_a_server_reply_on_egress(dp, reader, family):
+    data = tcp_bytes(b"250 2.1.0 Ok\r\n", sport=25, dport=40000)
+    src, dst = (SERVER4, CLIENT4) if family == 4 else (SERVER6, CLIENT6)
+    make = frag4 if family == 4 else frag6
+    assert tc(dp, make(data[:16], 0, True, src=src, dst=dst)) == TC_ACT_SHOT
+    assert dp.maps.counters()["egress"]["drop_frag"] == 1
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_first_fragment_of_other_ports_passes_as_not_smtp(dp, reader, family):
+    head, _ = first_and_later(family, 16, dport=80)
+    assert xdp(dp, head) == XDP_PASS
+    only(ingress(dp), not_smtp=1)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("first", [8, 32])
+def test_monitor_only_pushes_every_tcp_fragment_for_userland(dp, reader, family, first):
+    dp.maps.set_config(enforce=False)
+    head, rest = first_and_later(family, first)
+    assert xdp(dp, rest) == XDP_PASS     # a later fragment may come first
+    assert xdp(dp, head) == XDP_PASS
+    later_ev, first_ev = reader.poll(100)
+    assert later_ev.frame == rest and first_ev.frame == head
+    assert later_ev.header.flags == first_ev.header.flags == abi.EVF_FRAGMENT
+    assert (first_ev.header.sport, first_ev.header.dport) == (40000, 25)
+    assert (later_ev.header.sport, later_ev.header.dport) == (0, 0)
+    assert first_ev.src == later_ev.src == (CLIENT4 if family == 4 else CLIENT6)
+    only(ingress(dp), pushed=2, frag_pushed=2)
+
+
+def test_monitor_only_pushes_an_ipv6_later_fragment_that_begins_with_an_extension_header(dp, reader):
+    dp.maps.set_config(enforce=False)
+    assert xdp(dp, frag6(b"x" * 24, 16, False, nh=60)) == XDP_PASS
+    [ev] = reader.poll(100)
+    assert ev.header.flags == abi.EVF_FRAGMENT
+    only(ingress(dp), pushed=1, frag_pushed=1)
+
+
+def test_monitor_only_with_pushing_off_pushes_no_fragment(dp, reader):
+    dp.maps.set_config(enforce=False, push=False)
+    head, rest = first_and_later(4)
+    assert xdp(dp, head) == XDP_PASS and xdp(dp, rest) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), no_push=2)
+
+
+@pytest.mark.parametrize("enforce", [True, False])
+def test_fragments_of_other_protocols_pass_as_not_tcp(dp, reader, enforce):
+    dp.maps.set_config(enforce=enforce)
+    udp = bytes(UDP(sport=53, dport=25) / Raw(b"q" * 40))
+    assert xdp(dp, frag4(udp[:16], 0, True, proto=17)) == XDP_PASS
+    assert xdp(dp, frag4(udp[16:], 16, False, proto=17)) == XDP_PASS
+    assert xdp(dp, frag6(udp[16:], 16, False, nh=17)) == XDP_PASS
+    assert reader.poll(10) == []
+    only(ingress(dp), not_tcp=3)
+
+
+def test_an_atomic_ipv6_fragment_is_a_whole_packet(dp, reader):
+    assert xdp(dp, smtp6(b"NOOP\r\n", ext=(IPv6ExtHdrFragment(offset=0, m=0),))) == XDP_PASS
+    [ev] = reader.poll(100)
+    assert ev.header.flags == 0 and ev.payload == b"NOOP\r\n"
+    only(ingress(dp), pushed=1)
+
+
+def test_an_ipv6_fragment_behind_other_extension_headers_is_a_fragment(dp, reader):
+    ext = (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt())
+    data = tcp_bytes()
+    assert xdp(dp, frag6(data[:16], 0, True, ext=ext)) == XDP_DROP
+    only(ingress(dp), drop_frag=1)
+
+
+SIX = (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt(),
+       IPv6ExtHdrDestOpt(), IPv6ExtHdrDestOpt())
+
+
+def test_six_extension_headers_are_followed(dp, reader):
+    assert xdp(dp, smtp6(b"NOOP\r\n", ext=SIX)) == XDP_PASS
+    [ev] = reader.poll(100)
+    assert ev.payload == b"NOOP\r\n"
+    only(ingress(dp), pushed=1)
+
+
+def test_the_authentication_header_is_followed(dp, reader):
+    from scapy.layers.ipsec import AH
+    assert xdp(dp, smtp6(b"NOOP\r\n", ext=(AH(nh=6, payloadlen=4, spi=1, seq=1, icv=b"\0" * 12),))) == XDP_PASS
+    [ev] = reader.poll(100)
+    assert ev.payload == b"NOOP\r\n"
+
+
+@pytest.mark.parametrize("enforce,verdict,counter", [(True, XDP_DROP, "drop_ext_limit"),
+                                                     (False, XDP_PASS, "ext_limit")])
+def test_more_extension_headers_than_followed_are_counted_and_dropped_in_prevention(
+        dp, reader, enforce, verdict, counter):
+    dp.maps.set_config(enforce=enforce)
+    frame = smtp6(b"MAIL FROM:<spammer@suspicious.org>\r\n", ext=SIX + (IPv6ExtHdrDestOpt(),))
+    assert xdp(dp, frame) == verdict
+    assert reader.poll(10) == []
+    only(ingress(dp), **{counter: 1})
+    assert tc(dp, frame) == (TC_ACT_SHOT if enforce else TC_ACT_OK)
+
+
 # ------------------------------------------------------------------ what `run --ebpf` prints
 
 def without_map_fds(bytecode: bytes) -> bytes:

@@ -14,7 +14,7 @@ from sensor.config import Config
 from sensor.inputs.replay import replay
 from sensor.records.sinks import JsonLinesSink, ListSink
 from sensor.smtp import anomalies as smtp_anomalies
-from sensor.stream import reassembly
+from sensor.stream import defrag, reassembly
 from support.captures import PCAPS_DIR as PCAPS
 from support.record_schemas import check, record_types, validator
 
@@ -55,7 +55,7 @@ def test_anomaly_names_are_the_documented_ones():
     for capture in _captures():
         replay(capture, Userland(Config(), sink))
     for rec in sink.of("anomaly"):
-        allowed = smtp_anomalies.ALL if rec["layer"] == "smtp" else tcp_names
+        allowed = {"smtp": smtp_anomalies.ALL, "tcp": tcp_names, "ip": defrag.ANOMALIES}[rec["layer"]]
         assert rec["name"] in allowed
 
 

@@ -16,6 +16,10 @@ the client namespace.
         c.wait_reply(b"220 ")
         c.send_pieces([b"EHLO x\\r\\n...\\r\\n", b".\\r\\n"], order=[1, 0])
         c.wait_acked()
+
+A piece named in ``fragmented`` (piece index -> N) goes out, each time it is
+sent, as two IP fragments of one datagram: the first with N octets of TCP
+(a multiple of 8: 8 holds the ports but not the flags), the second the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from sensor.kernel.netns import iproute, socket_in
 from sensor.lab.network import SERVER_V4
@@ -68,6 +73,8 @@ class RawTcpClient:
         self.segments: list[tuple[int, bytes]] = []
         #: retransmissions: piece index -> the bytes to send instead (the same length or not)
         self.replacements: dict[int, bytes] = {}
+        #: piece index -> octets of TCP in the first of the two IP fragments it is sent as
+        self.fragmented: dict[int, int] = {}
         self.retransmissions = 0
         self._last_sent = 0.0
 
@@ -83,6 +90,19 @@ class RawTcpClient:
         if payload:
             frame = frame / payload
         return bytes(frame)
+
+    def _frames(self, index: int, flags: int, seq: int, payload: bytes) -> list[bytes]:
+        """The frames of piece `index`: one, or its IP fragments (``fragmented``)."""
+        frame = self._frame(flags, seq, payload)
+        first = self.fragmented.get(index)
+        if first is None:
+            return [frame]
+        assert first % 8 == 0, "a first fragment holds a multiple of 8 octets"
+        eth, ip = Ether(frame), Ether(frame)[IP]
+        tcp = bytes(ip.payload)             # checksummed over the whole segment
+        head = Ether(src=eth.src, dst=eth.dst) / IP(src=ip.src, dst=ip.dst, id=ip.id, proto=6, flags="MF")
+        tail = Ether(src=eth.src, dst=eth.dst) / IP(src=ip.src, dst=ip.dst, id=ip.id, proto=6, frag=first // 8)
+        return [bytes(head / Raw(tcp[:first])), bytes(tail / Raw(tcp[first:]))]
 
     def _receive(self, timeout: float) -> bool:
         """Read the server's frames of this connection for up to `timeout` s
@@ -150,8 +170,8 @@ class RawTcpClient:
             seq = (seq + len(piece)) & _MASK
         self.snd_nxt = seq
         # built first, then sent back to back (scapy takes ~1 ms a frame)
-        frames = [self._frame(PSH | ACK, *self.segments[start + i])
-                  for i in (order if order is not None else range(len(pieces)))]
+        frames = [f for i in (order if order is not None else range(len(pieces)))
+                  for f in self._frames(start + i, PSH | ACK, *self.segments[start + i])]
         for frame in frames:
             self.sock.send(frame)
         self._last_sent = time.monotonic()
@@ -159,7 +179,8 @@ class RawTcpClient:
     def _retransmit(self) -> None:
         for i, (seq, data) in enumerate(self.segments):
             if _after((seq + len(data)) & _MASK, self.snd_una):
-                self._send(PSH | ACK, seq, self.replacements.get(i, data))
+                for frame in self._frames(i, PSH | ACK, seq, self.replacements.get(i, data)):
+                    self.sock.send(frame)
                 self.retransmissions += 1
         self._last_sent = time.monotonic()
 

@@ -58,7 +58,8 @@ def test_rules_that_do_not_load_are_one_line(tmp_path):
 def test_counter_groups_hold_every_component():
     u = build(rules=RULES)
     tree = as_tree(u.counter_groups())
-    assert set(tree) == {"pipeline", "reassembly", "rule_engine", "spam_stats"}
+    assert set(tree) == {"pipeline", "reassembly", "defrag", "rule_engine", "spam_stats"}
+    assert {"fragments", "reassembled", "discarded", "anomalies"} <= set(tree["defrag"])
     assert {"alerts", "drops", "reload_errors", "rules_loaded"} <= set(tree["rule_engine"])
     assert {"hosts", "notices", "bans"} <= set(tree["spam_stats"])
     per_rule = [g for g in u.counter_groups() if g.path is None]

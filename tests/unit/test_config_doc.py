@@ -13,9 +13,10 @@ import pytest
 
 from sensor import smtp
 from sensor import config
-from sensor.config import NOTICE_TYPES, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig, tomllib
+from sensor.config import (NOTICE_TYPES, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig,
+                           StreamConfig, tomllib)
 from sensor.rules.budget import RuleLimits
-from sensor.stream import reassembly
+from sensor.stream import defrag, reassembly
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 ROW = re.compile(r"^\| `(?P<key>[^`]+)` \| (?P<type>[^|]+) \| (?P<default>[^|]+) \| (?P<meaning>.+) \|$")
@@ -43,9 +44,11 @@ SECTIONS = {
     "sensor": (SensorConfig, lambda k, v: getattr(SensorConfig(**{k: v}), k)),
     "limits.smtp": (smtp.SmtpLimits, lambda k, v: getattr(LimitsConfig(smtp={k: v}).smtp, k)),
     "limits.reassembly": (reassembly.ReassemblyLimits, lambda k, v: getattr(LimitsConfig(reassembly={k: v}).reassembly, k)),
+    "limits.defrag": (defrag.DefragLimits, lambda k, v: getattr(LimitsConfig(defrag={k: v}).defrag, k)),
     "limits.rules": (RuleLimits, lambda k, v: getattr(LimitsConfig(rules={k: v}).rules, k)),
     "spam_stats": (SpamStatsConfig, lambda k, v: getattr(SpamStatsConfig(**{k: v}), k)),
     "enforce": (EnforceConfig, lambda k, v: getattr(EnforceConfig(**{k: v}), k)),
+    "stream": (StreamConfig, lambda k, v: getattr(StreamConfig(**{k: v}), k)),
 }
 
 

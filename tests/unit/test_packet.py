@@ -111,9 +111,17 @@ def test_ipv4_non_first_fragment_is_counted():
     assert seg is None and reasons == {"ip_fragment": 1}
 
 
-def test_ipv4_first_fragment_still_decodes():
-    pkt = IP(src=V4A, dst=V4B, flags="MF") / TCP(sport=9, dport=25) / b"abc"
-    assert decode(1, raw(ETH / pkt)).payload == b"abc"
+def test_ipv4_first_fragment_is_not_decoded_as_if_whole():
+    # its TCP payload is only the datagram's first part: the defragmenter's (test_defrag.py)
+    pkt = IP(src=V4A, dst=V4B, flags="MF") / TCP(sport=9, dport=25) / b"abcdefgh"
+    seg, reasons = counted(1, raw(ETH / pkt))
+    assert seg is None and reasons == {"ip_fragment": 1}
+
+
+def test_ipv6_first_fragment_is_not_decoded_as_if_whole():
+    pkt = IPv6(src=V6A, dst=V6B) / IPv6ExtHdrFragment(offset=0, m=1, nh=6) / TCP(sport=9, dport=25) / b"abcdefgh"
+    seg, reasons = counted(1, raw(ETH / pkt))
+    assert seg is None and reasons == {"ip_fragment": 1}
 
 
 @pytest.mark.parametrize("pkt,reason", [

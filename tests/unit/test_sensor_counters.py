@@ -60,4 +60,4 @@ def test_every_counter_of_the_walk_is_a_metric_family():
                 for g in sensor.counter_groups() for f in g.counters.FIELDS.values()}
     assert names == declared
     assert {PREFIX + "events", PREFIX + "rule_alerts", PREFIX + "notices", PREFIX + "bans",
-            PREFIX + "uptime_seconds"} <= names
+            PREFIX + "uptime_seconds", PREFIX + "defrag_reassembled", PREFIX + "defrag_anomalies"} <= names
