@@ -57,6 +57,7 @@ def smtp_record(flow, txn) -> dict:
             rec["first_received"] = h.received[-1]
             if len(h.received) > 1:
                 rec["second_received"] = h.received[-2]
+            rec["received"] = list(h.received)        # Suricata's email.received: all, from the top
         path = received_path(path, h.received)
     _put(rec, "last_reply", txn.last_reply)
     rec["path"] = path
@@ -109,18 +110,52 @@ def _addresses(values) -> list[str]:
     return list(out)
 
 
-_IP_TOKEN = re.compile(r"(?<![\w.:])(?:IPv6:)?([0-9A-Fa-f:.]*[:.][0-9A-Fa-f:.]*)(?![\w.:])")
+# Zeek's ip_addr_regex (base/utils/addrs.zeek), one pattern per alternative:
+# Zeek's matcher takes the longest match at the leftmost position, Python's
+# the first alternative that matches, so the longest is picked by hand.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|0[0-9]{2}|[0-9]{2}|[0-9])"
+_V4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+_HEX = r"[0-9A-Fa-f]{1,4}"
+_IP_FORMS = [_V4, rf"(?:{_HEX}:){{7}}{_HEX}", rf"(?:{_HEX}:){{6}}{_V4}",
+             rf"::(?:{_HEX}(?::{_HEX}){{0,6}})?", rf"{_HEX}(?::{_HEX}){{6}}::",
+             rf"::(?:{_HEX}(?::{_HEX}){{0,4}})?{_V4}", rf"{_HEX}(?::{_HEX}){{4}}::{_V4}"]
+_IP_FORMS += [rf"{_HEX}(?::{_HEX}){{{k}}}::(?:{_HEX}(?::{_HEX}){{0,{5 - k}}})?" for k in range(6)]
+_IP_FORMS += [rf"{_HEX}(?::{_HEX}){{{k}}}::(?:{_HEX}(?::{_HEX}){{0,{3 - k}}})?{_V4}" for k in range(4)]
+_IP_ANY = re.compile("|".join(f"(?:{form})" for form in _IP_FORMS))
+_IP_EACH = [re.compile(form) for form in _IP_FORMS]
+_WRAPS = {"[": "]", "(": ")", "{": "}", " ": " "}
 
 
-def extract_ips(text: str) -> list[str]:
-    """IP addresses in ``text``, in order (Zeek's ``extract_ip_addresses``)."""
+def extract_ips(text: str, wrapped: bool = False) -> list[str]:
+    """IP addresses in ``text``, in order: Zeek's ``extract_ip_addresses``
+    (the text split at its ip_addr_regex matches, each valid one kept);
+    ``wrapped``: only those between matching brackets, braces, parens or
+    spaces, or with nothing around them (its ``check_wrapping``, which Zeek
+    uses for the Received headers of ``path``)."""
+    spans = []
+    pos = 0
+    while True:
+        m = _IP_ANY.search(text, pos)
+        if m is None:
+            break
+        start = m.start()
+        end = max((e for r in _IP_EACH if (mm := r.match(text, start)) and (e := mm.end()) > start),
+                  default=m.end())
+        spans.append((start, end))
+        pos = end if end > start else start + 1
     found = []
-    for m in _IP_TOKEN.finditer(text):
-        token = m.group(1).strip(".:") if "::" not in m.group(1) else m.group(1)
+    for i, (start, end) in enumerate(spans):
         try:
-            found.append(str(ipaddress.ip_address(token)))
+            ip = str(ipaddress.ip_address(text[start:end]))
         except ValueError:
             continue
+        if wrapped:
+            before = text[spans[i - 1][1] if i else 0:start]
+            after = text[end:spans[i + 1][0] if i + 1 < len(spans) else len(text)]
+            if not ((not before and not after)
+                    or (before and after and _WRAPS.get(before[-1]) == after[0])):
+                continue
+        found.append(ip)
     return found
 
 
@@ -133,11 +168,12 @@ def _first_ip(value: str | None) -> str | None:
 
 def received_path(path: list[str], received) -> list[str]:
     """Zeek's smtp ``path``: the responder, the originator, then for each
-    Received header from the top the address it names (the second one when it
-    names several: "from host [client] by ..."), consecutive repeats dropped."""
+    Received header from the top the address it names (of those wrapped in
+    brackets, parens or spaces: the second one when it names several, "from
+    host [client] by ..."), consecutive repeats dropped."""
     path = list(path)
     for value in received:
-        ips = extract_ips(value)
+        ips = extract_ips(value, wrapped=True)
         if not ips:
             continue
         ip = ips[1] if len(ips) > 1 else ips[0]

@@ -102,9 +102,20 @@ def test_received_path_takes_the_second_address_when_two_are_named():
         "from a.example (a.example [198.51.100.7]) by mx.example (192.0.2.25) with ESMTP",
         "from b.example ([203.0.113.9]) by a.example",
         "from c.example by b.example",                      # no address: skipped
-        "from d.example ([IPv6:2001:db8::1]) by c.example",
+        "from d.example ([IPv6:2001:db8::1]) by c.example",   # "IPv6:" before it: not wrapped, as in Zeek
+        "from e.example (e.example [2001:db8::2]) by d.example; id 198.51.100.99;",
     ])
-    assert path == ["192.0.2.25", "192.0.2.10", "192.0.2.25", "203.0.113.9", "2001:db8::1"]
+    assert path == ["192.0.2.25", "192.0.2.10", "192.0.2.25", "203.0.113.9", "2001:db8::2"]
+
+
+def test_ip_addresses_are_extracted_as_zeeks_regular_expression_splits_them():
+    # the longest match at the leftmost place: "198.51.100.300" gives "198.51.100.30", as in Zeek
+    assert records.extract_ips("a 192.0.2.1, b [198.51.100.300] c 10.0.0.1") == [
+        "192.0.2.1", "198.51.100.30", "10.0.0.1"]
+    # only those wrapped in brackets, parens, braces or spaces for the path
+    assert records.extract_ips("(192.0.2.1) [192.0.2.2] {192.0.2.3} 192.0.2.4 <192.0.2.5> 192.0.2.6;",
+                               wrapped=True) == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    assert records.extract_ips("192.0.2.7", wrapped=True) == ["192.0.2.7"]
 
 
 def test_json_lines_sink_writes_one_parseable_line_per_record(tmp_path):
