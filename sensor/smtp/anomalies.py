@@ -81,6 +81,11 @@ CONTENT_GAP = "CONTENT_GAP"
 REPLY_ASSUMED = "REPLY_ASSUMED"
 #: at close (or after a server gap), a command never got its reply.
 REPLY_NOT_SEEN = "REPLY_NOT_SEEN"
+#: a reply that only one command gets (354: DATA) came while others waited
+#: before it: the replies had fallen behind (a multi-line reply that never
+#: ended, a reply lost); those commands are taken as unanswered, so the
+#: message is read as a message, never as commands.
+REPLY_REALIGNED = "REPLY_REALIGNED"
 #: after a loss (a client gap in the command phase, an AUTH exchange out of
 #: step), client lines were skipped until one looked like a command; detail
 #: says how many, never what they held (SASL answers, message content).

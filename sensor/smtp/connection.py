@@ -848,6 +848,8 @@ class SMTPConnection:
                           f"the final reply to AUTH {head.absorbs.mechanism} was not seen")
             self._unanswered(head, ts, out)
             return True
+        if code == 354 and head.verb != "DATA" and self._realign(ts, out):
+            return True
         if (code == 334 or code == 235) and head.verb not in AUTH_VERBS:
             # only AUTH gets these: it was lost in a client gap
             if code == 334:
@@ -857,6 +859,24 @@ class SMTPConnection:
             return True
         p, reply = pending.take()
         self._answer(p, reply, ts, out)
+        return True
+
+    def _realign(self, ts: float, out: list) -> bool:
+        """A 354 while the oldest command waiting is not DATA: only a DATA gets
+        one, so the replies fell behind (a multi-line reply never ended, a
+        reply lost) and the commands before the first DATA waiting will get
+        none.  Taken off unanswered; True if there was such a DATA."""
+        pending = self._pending
+        k = next((i for i, q in enumerate(pending.commands) if q.verb == "DATA"), None)
+        if k is None:
+            return False
+        skipped = [pending.pop_command() for _ in range(k)]
+        self._anomaly(out, ts, A.REPLY_REALIGNED, SERVER,
+                      "354 answers DATA: no reply was seen to " + ", ".join(_shown(q.verb) for q in skipped))
+        for q in skipped:
+            if q is self._blocked:
+                self._blocked = None
+            self._unanswered(q, ts, out)
         return True
 
     def _resync(self, reply: tuple, ts: float, out: list) -> bool:

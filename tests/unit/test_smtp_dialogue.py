@@ -498,3 +498,19 @@ def test_an_accepted_helo_without_a_name_is_logged_empty_as_zeek_does():
     ev = dialogue(("S", GREETING), ("C", b"HELO\r\n"), ("S", b"250 hi\r\n"), ("C", b"MAIL FROM:<a@b.c>\r\n"),
                   ("S", b"250 ok\r\n"))
     assert [t.helo for t in transactions(ev)] == [""]
+
+
+def test_a_multi_line_reply_that_never_ends_does_not_turn_the_message_into_commands():
+    """The EHLO reply has no last line: the MAIL's reply joins it, the replies
+    fall one behind, and the 354 comes while RCPT waits. Only DATA gets a
+    354: the replies are re-aligned there and the message is a message."""
+    body = b"Subject: s\r\n\r\nRCPT TO:<not@a.command>\r\nhi\r\n"
+    ev = dialogue(("S", GREETING), ("C", b"EHLO c\r\n"), ("S", b"250-mx\r\n250-PIPELINING\r\n"),
+                  ("C", b"MAIL FROM:<a@b.c>\r\n"), ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<d@e.f>\r\n"),
+                  ("S", b"250 ok\r\n"), ("C", b"DATA\r\n"), ("S", b"354 go\r\n"), ("C", body + b".\r\n"),
+                  ("S", b"250 queued\r\n"), ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"))
+    assert A.REPLY_REALIGNED in names(ev)
+    assert content(ev) == body
+    assert [c.verb for c in of(ev, Command)] == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+    [t] = transactions(ev)
+    assert (t.mailfrom, t.rcptto, t.delivered) == ("a@b.c", ("d@e.f",), True)
