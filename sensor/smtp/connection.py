@@ -125,6 +125,12 @@ STOPPED = "STOPPED"
 CLOSED = "CLOSED"
 _TERMINAL = (TLS, STOPPED, CLOSED)
 
+#: commands that say nothing of the client: a session of only these (and its
+#: greeting) leaves no record, as in Zeek (a session with any other command
+#: and no transaction leaves one: EHLO then QUIT, a scanner's VRFY)
+_NO_ACTIVITY = frozenset(("QUIT", "RSET", "NOOP"))
+
+
 def _shown(verb: str) -> str:
     """A verb as a detail names it: the greeting's pseudo-command by its name."""
     return "the greeting" if verb == ">" else verb
@@ -338,8 +344,8 @@ class SMTPConnection:
             self._close_txn(ts, out)
             if txns.flush(ts, out):
                 self._stop()
-            # Zeek logs a record for a session with client activity but no
-            # transaction (EHLO then QUIT, a scanner): so do we, once.
+            # a session with client activity but no transaction (EHLO then
+            # QUIT, a scanner) leaves one record (_NO_ACTIVITY)
             if self._activity and txns.begun == 0 and self._mode != TLS:
                 self._new_txn(ts)
                 self._close_txn(ts, out)
@@ -606,7 +612,7 @@ class SMTPConnection:
             handler(self, cmd, param, ts, out)
         else:
             self._push(Pending(verb, cmd, reports_to=self._reporting()), ts, out)
-        if verb != "QUIT":
+        if verb not in _NO_ACTIVITY:
             self._activity = True
 
     # --- what each command does (_ON_COMMAND: verb -> method) ---------------

@@ -2,7 +2,8 @@
 
 A transaction (Zeek's smtp.log meaning) is begun by a MAIL, RCPT, DATA or
 BDAT outside one (or by STARTTLS, or at close for a session with commands but
-no transaction) and ends at RSET, an accepted HELO/EHLO (RFC 5321 4.1.4: a
+no transaction: commands other than RSET, NOOP and QUIT, which say nothing of
+the client) and ends at RSET, an accepted HELO/EHLO (RFC 5321 4.1.4: a
 refused one changes nothing), a MAIL inside one that the server accepted,
 STARTTLS, QUIT, the end of its message or the end of the connection.
 Once ended it waits until each of its steps (MAIL, RCPT, DATA, BDAT and the

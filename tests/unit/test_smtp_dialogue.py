@@ -514,3 +514,13 @@ def test_a_multi_line_reply_that_never_ends_does_not_turn_the_message_into_comma
     assert [c.verb for c in of(ev, Command)] == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
     [t] = transactions(ev)
     assert (t.mailfrom, t.rcptto, t.delivered) == ("a@b.c", ("d@e.f",), True)
+
+
+def test_sessions_without_a_transaction_leave_a_record_only_if_the_client_said_something():
+    def records(client, server):
+        return [(t.helo, t.mailfrom) for t in transactions(feed(client, GREETING + server))]
+    assert records(b"QUIT\r\n", b"221 bye\r\n") == []
+    assert records(b"RSET\r\nNOOP\r\nQUIT\r\n", b"250 ok\r\n250 ok\r\n221 bye\r\n") == []
+    assert records(b"EHLO scanner.example\r\nQUIT\r\n", b"250 hi\r\n221 bye\r\n") == [("scanner.example", None)]
+    assert records(b"RSET\r\nHELO c.example\r\nMAIL FROM:<a@b.c>\r\nQUIT\r\n",
+                   b"250 ok\r\n250 hi\r\n250 ok\r\n221 bye\r\n") == [("c.example", "a@b.c")]
