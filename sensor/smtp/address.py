@@ -40,7 +40,7 @@ def parse_path(parameter: str, keyword: str) -> ParsedPath:
         if word.upper() == keyword and rest[len(keyword):len(keyword) + 1] in (" ", "\t", "<"):
             rest = rest[len(keyword):]
         else:
-            problems.append((A.INVALID_MAIL_SYNTAX, f"no {keyword}: in {parameter[:64]!r}"))
+            problems.append((A.INVALID_MAIL_SYNTAX, f"no {keyword}: in '{A.excerpt(parameter)}'"))
             return ParsedPath(None, (), tuple(problems))
         problems.append((A.INVALID_MAIL_SYNTAX, f"{keyword} without colon"))
     else:
@@ -60,7 +60,7 @@ def parse_path(parameter: str, keyword: str) -> ParsedPath:
         token, _, tail = rest.partition(" ")
         address = token
         if token:
-            problems.append((A.MISSING_ANGLE_BRACKETS, f"address {token[:64]!r} not in <...>"))
+            problems.append((A.MISSING_ANGLE_BRACKETS, f"address '{A.excerpt(token)}' not in <...>"))
 
     # Source route: "@a,@b:user@c" -> "user@c" (RFC 5321 4.1.2, obsolete).
     if address.startswith("@") and ":" in address:
@@ -70,15 +70,15 @@ def parse_path(parameter: str, keyword: str) -> ParsedPath:
         problems.append((A.ADDRESS_WITHOUT_DOMAIN, "empty recipient"))
     elif address and "@" not in address and not (
             keyword == "TO" and address.lower() == "postmaster"):
-        problems.append((A.ADDRESS_WITHOUT_DOMAIN, f"address {address[:64]!r} has no @domain"))
+        problems.append((A.ADDRESS_WITHOUT_DOMAIN, f"address '{A.excerpt(address)}' has no @domain"))
     elif address.endswith("@") or address.startswith("@"):
-        problems.append((A.ADDRESS_WITHOUT_DOMAIN, f"address {address[:64]!r} is incomplete"))
+        problems.append((A.ADDRESS_WITHOUT_DOMAIN, f"address '{A.excerpt(address)}' is incomplete"))
 
     params: list[tuple[str, str | None]] = []
     for item in tail.split():
         key, eq, value = item.partition("=")
         if not _PARAM_RE.match(key):
-            problems.append((A.INVALID_ESMTP_PARAMETER, f"{item[:64]!r}"))
+            problems.append((A.INVALID_ESMTP_PARAMETER, f"'{A.excerpt(item)}'"))
             continue
         params.append((key.upper(), value if eq else None))
     return ParsedPath(address, tuple(params), tuple(problems))

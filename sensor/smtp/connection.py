@@ -1079,7 +1079,7 @@ class SMTPConnection:
             # what was injected, by its first verb: the lines may hold credentials
             m = _VERB_START.match(held.split(b"\n", 1)[0].rstrip(b"\r"))
             verb = m.group(1).upper().decode() if m is not None else ""
-            first = repr(verb) if verb in KNOWN_VERBS else "not a command"
+            first = f"'{verb}'" if verb in KNOWN_VERBS else "not a command"
             self._anomaly(out, ts, A.STARTTLS_PLAINTEXT_INJECTION, CLIENT,
                           f"{len(held)} octets of plaintext after STARTTLS, not a TLS record; "
                           f"the first line's verb: {first}")

@@ -14,8 +14,8 @@ def feed(client: bytes | list = b"", server: bytes | list = b"", *, order: str =
          limits: SmtpLimits | None = None, close: bool = True, ts: float = TS) -> list:
     """Feed both directions (each a bytes or a list of chunks), in ``order``, then close.
 
-    ``order``: "client" (client stream first), "server" (server first) or
-    "lines" (alternating line by line, like a live lock-step dialogue).
+    ``order``: "client" (client stream first) or "server" (server first);
+    ``dialogue`` feeds turns in a given order.
     """
     conn = SMTPConnection(limits or SmtpLimits())
     cl = [client] if isinstance(client, (bytes, bytearray)) else list(client)

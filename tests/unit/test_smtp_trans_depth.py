@@ -149,3 +149,16 @@ def test_addresses_and_messages_carry_the_depth_of_the_transaction_that_reports_
         elif isinstance(e, Reply) and e.command is not None:
             assert e.trans_depth > last or e.trans_depth == last and e.command not in (
                 "MAIL", "RCPT", "DATA", "BDAT", "."), (e, last)
+
+
+def test_zeeks_count_numbers_each_record_by_the_messages_answered_before_it():
+    """Zeek's smtp.log trans_depth (messages_before + 1): a message counts once
+    its end had a reply; a capture of the client alone numbers every record 1;
+    how the directions interleave does not matter."""
+    two = (b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n" + MESSAGE
+           + b"MAIL FROM:<c@x>\r\nRCPT TO:<d@y>\r\nRSET\r\nMAIL FROM:<e@x>\r\nRCPT TO:<f@y>\r\nDATA\r\n" + MESSAGE)
+    replies = (GREETING + EHLO_REPLY + b"250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n"
+               b"250 ok\r\n550 no\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n")
+    for order in ("client", "server"):
+        assert [t.messages_before + 1 for t in transactions(feed(two, replies, order=order))] == [1, 2, 2], order
+    assert [t.messages_before + 1 for t in transactions(feed(two, b""))] == [1, 1, 1]
