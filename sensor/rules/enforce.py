@@ -32,6 +32,7 @@ import math
 import time
 
 from sensor.kernel import abi
+from sensor.prefixes import PrefixSet
 from sensor.stream.flowid import pack_addr
 from sensor.stream.packet import ACK, RST, SYN
 
@@ -55,7 +56,9 @@ class Verdicts:
         #: server has had its RST (what the kernel's SS_VF_TORN says): see ``passes``
         self.resets: set[tuple] = set()
         self.torn: set[tuple] = set()
-        self.bans: dict = {}                            # ip_network -> expiry ts or None
+        #: banned prefixes -> expiry ts or None, matched per prefix length (PrefixSet):
+        #: the gate's cost does not grow with the number of bans
+        self.bans = PrefixSet()
         #: the SMTP ports: like the kernel, bans apply only to packets to or from them
         self.ports = frozenset(ports)
         self.keep = keep
@@ -83,12 +86,12 @@ class Verdicts:
             self.torn.discard(k)
 
     def add_ban(self, network, expires=None) -> None:
-        self.bans[ipaddress.ip_network(network, strict=False)] = expires
+        self.bans.add(network, expires)
         self._expiring(expires)
 
     def remove_ban(self, network) -> bool:
         """Lift a ban; False if there was none."""
-        return self.bans.pop(ipaddress.ip_network(network, strict=False), False) is not False
+        return self.bans.remove(network)
 
     def flow_dropped(self, src: str, sport: int, dst: str, dport: int, now: float | None = None) -> bool:
         return self._flow_dropped(pack_addr(src), sport, pack_addr(dst), dport, now)
@@ -112,8 +115,7 @@ class Verdicts:
         # SMTP ports only, the other traffic is passed before any lookup
         if not self.bans or (seg.sport not in self.ports and seg.dport not in self.ports):
             return True
-        return not (self._banned(ipaddress.ip_address(seg.src), ts)
-                    or self._banned(ipaddress.ip_address(seg.dst), ts))
+        return not (self._banned(seg.src, ts) or self._banned(seg.dst, ts))
 
     def _torn_down_passes(self, seg) -> bool:
         """A segment of a dropped flow, as the kernel treats it when the flow
@@ -138,13 +140,15 @@ class Verdicts:
         return False
 
     def banned(self, addr: str, now: float | None = None) -> bool:
-        return bool(self.bans) and self._banned(ipaddress.ip_address(addr), now)
+        if now is not None and now >= self._prune_at:
+            self._prune(now)
+        return bool(self.bans) and self._banned(addr, now)
 
-    def _banned(self, ip, now) -> bool:
-        for net, exp in self.bans.items():
-            if ip.version == net.version and ip in net and (exp is None or now is None or now < exp):
-                return True
-        return False
+    def _banned(self, addr, now) -> bool:
+        """``addr`` (packed, text) is in a ban; the expired ones are pruned
+        by the caller (at the earliest expiry), so the longest prefix decides."""
+        exp = self.bans.lookup(addr, False)
+        return exp is not False and (exp is None or now is None or now < exp)
 
     def _expiring(self, expires) -> None:
         if expires is not None and expires < self._prune_at:
@@ -154,8 +158,13 @@ class Verdicts:
         self.flows = {k: e for k, e in self.flows.items() if e is None or e > now}
         self.resets &= self.flows.keys()
         self.torn &= self.flows.keys()
-        self.bans = {k: e for k, e in self.bans.items() if e is None or e > now}
-        held = [e for e in (*self.flows.values(), *self.bans.values()) if e is not None]
+        bans = PrefixSet()
+        for net, exp in self.bans.items():
+            if exp is None or exp > now:
+                bans.add(net, exp)
+        self.bans = bans
+        held = [e for e in self.flows.values() if e is not None] + \
+            [e for _, e in self.bans.items() if e is not None]
         self._prune_at = min(held, default=math.inf)
 
 

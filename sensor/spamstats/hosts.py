@@ -9,7 +9,9 @@ distinct reject replies; what does not fit is counted, not kept.
 
 from __future__ import annotations
 
-import ipaddress
+import functools
+
+from sensor.prefixes import PrefixSet
 
 __all__ = ["Host", "ConnState", "SAMPLE_TEXT", "in_networks"]
 
@@ -74,8 +76,14 @@ class Host:
 
 
 def in_networks(addr: str, networks) -> bool:
-    """Is ``addr`` in one of ``networks`` (``ipaddress`` networks)?"""
+    """Is ``addr`` in one of ``networks`` (a tuple of ``ipaddress`` networks,
+    as the configuration holds them)?  Matched through a PrefixSet made once
+    per tuple: the cost does not grow with the number of networks."""
     if not networks:
         return False
-    ip = ipaddress.ip_address(addr)
-    return any(ip.version == net.version and ip in net for net in networks)
+    return addr in _prefix_set(networks)
+
+
+@functools.lru_cache(maxsize=32)
+def _prefix_set(networks: tuple) -> PrefixSet:
+    return PrefixSet(networks)

@@ -43,7 +43,7 @@ def test_expired_entries_are_pruned_from_the_table():
     assert v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 15.0)
     assert v.flows == {} and len(v.bans) == 1
     v.passes(seg("192.0.2.10", 40000, "192.0.2.25", 25), 25.0)
-    assert v.bans == {}
+    assert len(v.bans) == 0
 
 
 def test_the_live_gate_keeps_a_flow_drop_only_while_stragglers_can_arrive():
