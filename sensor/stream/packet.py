@@ -22,7 +22,7 @@ from struct import Struct
 from typing import NamedTuple
 
 __all__ = [
-    "Segment", "Decoder", "decode", "mark_cut", "addr_str", "REASONS",
+    "Segment", "Decoder", "decode", "mark_cut", "addr_str", "checksum_ok", "urgent_pointer", "REASONS",
     "FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR",
     "LINKTYPE_NULL", "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP", "LINKTYPE_IPV4", "LINKTYPE_IPV6",
@@ -83,6 +83,12 @@ class Segment(NamedTuple):
     is what was captured; ``wire_paylen`` is the TCP payload length the IP header
     announces.  When the capture (or the kernel) cut the frame, ``cut`` is true
     and reassembly turns the missing tail into a Gap.
+
+    ``frame`` and ``l4`` (the frame the segment was decoded from and the
+    offset of its TCP header in it) are what the receiver's checks need
+    beyond the fields: the checksum (``checksum_ok``) and the urgent pointer
+    (``urgent_pointer``).  A segment built by hand has no frame (``l4`` -1):
+    it cannot be verified and carries no urgent pointer.
     """
 
     family: int          # 4 or 6
@@ -96,6 +102,8 @@ class Segment(NamedTuple):
     payload: bytes
     wire_paylen: int
     wirelen: int         # length of the whole frame on the wire
+    frame: bytes = b""   # the frame (or reassembled datagram) holding the TCP header
+    l4: int = -1         # offset of the TCP header in ``frame``; -1: none
 
     @property
     def cut(self) -> bool:
@@ -159,7 +167,7 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None, 
             pstart = 34 + ((doff >> 4) << 2)
             if pstart >= 54 and pstart <= end and pstart <= n:
                 return _new(Segment, (4, src, dst, sport, dport, seq, ack, flags,
-                                      data[pstart:end], end - pstart, wirelen))
+                                      data[pstart:end], end - pstart, wirelen, data, 34))
     # ---- link layer: find the network protocol and its offset
     if linktype == 1:
         if n < 14:
@@ -300,7 +308,40 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None, 
     if n < pstart:
         return _count(reasons, "truncated")
     return _new(Segment, (family, src, dst, sport, dport, seq, ack, flags,
-                          data[pstart:end], end - pstart, wirelen))
+                          data[pstart:end], end - pstart, wirelen, data, l4))
+
+
+_from_bytes = int.from_bytes
+
+
+def checksum_ok(seg: Segment):
+    """Whether the TCP checksum of ``seg`` is right (RFC 9293 3.1: over the
+    pseudo-header, the TCP header and the payload; IPv4 and IPv6 alike);
+    None when it cannot be told: no frame, or the frame was cut.
+
+    The ones'-complement sum of 16-bit words is the number the bytes spell
+    modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), with 0 and 0xFFFF the same
+    value: a right checksum makes the whole sum 0.  The pseudo-header's
+    words (addresses, protocol 6, TCP length) add up the same way; an odd
+    length is padded with a zero byte (times 256).
+    """
+    l4 = seg.l4
+    if l4 < 0:
+        return None
+    frame = seg.frame
+    tlen = ((frame[l4 + 12] >> 4) << 2) + seg.wire_paylen
+    end = l4 + tlen
+    if end > len(frame):
+        return None
+    total = _from_bytes(frame[l4:end], "big")
+    if tlen & 1:
+        total <<= 8
+    return (total + _from_bytes(seg.src, "big") + _from_bytes(seg.dst, "big") + 6 + tlen) % 0xFFFF == 0
+
+
+def urgent_pointer(seg: Segment) -> int:
+    """The urgent pointer field of ``seg`` (-1 when it has no frame)."""
+    return -1 if seg.l4 < 0 else _u16(seg.frame, seg.l4 + 18)[0]
 
 
 class Decoder:

@@ -26,8 +26,16 @@ Rules, per direction:
   in ``ports`` (default {25, 587}), else the sender.  ``flow.partial`` says so.
 - Sequence numbers are compared modulo 2**32 (wrap-around safe); positions
   inside a direction are plain integers from 0.
-- Out-of-order data is buffered.  Overlaps: the bytes received first win; if a
-  later copy disagrees, TcpAnomaly STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA.
+- The receiver's view (``ReceiverPolicy``; every divergence is a TcpAnomaly):
+  a segment with a wrong TCP checksum is ignored (TCP_BAD_CHECKSUM), as the
+  receiving stack discards it; so is data or a FIN without ACK
+  (TCP_DATA_WITHOUT_ACK: Linux's tcp_validate_incoming).  Urgent data, Linux's
+  default (``urgent="linux"``): the byte the urgent pointer names leaves the
+  stream (TCP_URGENT_BYTE_REMOVED).
+- Out-of-order data is buffered.  Overlapping bytes that differ are resolved by
+  the target's policy (``overlap``, Suricata's stream.reassembly policies) and
+  reported (TcpAnomaly STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA); bytes
+  already delivered never change.
 - A segment whose payload was cut (``len(payload) < wire_paylen``) delivers its
   bytes, then a Gap for the missing tail.
 - Buffered bytes are capped per flow and globally, and buffered chunks per
@@ -38,12 +46,19 @@ Rules, per direction:
   only reordered across directions (a SPAN port, two CPUs' rings) arrive.
 - FIN in both directions ends the flow ('fin') once everything before the FINs
   is delivered; holes left are waited for ``close_timeout`` then become Gaps.
-  RST ends the flow at once ('rst'): contiguous data, then Gap + buffered data.
+  An RST is accepted as Linux accepts it (RFC 5961 3.2): at exactly the next
+  expected sequence number (or the end of the buffered out-of-order data, the
+  SACK case; after a FIN, the FIN's sequence number or the next); it ends the
+  flow at once ('rst'): contiguous data, then Gap + buffered data.  Any other
+  RST changes nothing (TCP_RST_NOT_EXACT: Linux answers it with a challenge
+  ACK).
 - Stray segments of a flow that ended with FIN or RST (final ACK, retransmitted
   FIN) are ignored for ``closed_linger`` seconds unless a new SYN starts a new
   flow.  A flow ended by timeout or eviction is picked up again mid-stream if it
   sends more data.  A RST further than ``rst_window`` bytes from the expected
-  sequence number is ignored (TcpAnomaly TCP_RST_OUT_OF_WINDOW).
+  sequence number is ignored as TcpAnomaly TCP_RST_OUT_OF_WINDOW.
+- Positions count sequence numbers: an urgent byte removed still has its
+  position (Data is then one byte shorter than the positions it covers).
 """
 
 from __future__ import annotations
@@ -56,12 +71,14 @@ from typing import NamedTuple
 from sensor.counters import Counters, counter
 from sensor.stream.direction import CLIENT, SERVER
 from sensor.stream.flowid import UidGenerator, community_id
-from sensor.stream.packet import ACK, FIN, RST, SYN, addr_str
+from sensor.stream.packet import ACK, FIN, RST, SYN, URG, addr_str, checksum_ok, urgent_pointer
 
 __all__ = [
     "Reassembler", "ReassemblyCounters", "ReassemblyLimits", "TcpFlow", "FlowStart", "Data", "Gap",
-    "FlowEnd", "TcpAnomaly", "DEFAULT_PORTS",
+    "FlowEnd", "TcpAnomaly", "DEFAULT_PORTS", "ReceiverPolicy",
+    "CHECKSUM_MODES", "URGENT_MODES", "OVERLAP_POLICIES",
     "ANOMALY_OVERLAP", "ANOMALY_BUFFER_FULL", "ANOMALY_ISN_CHANGED", "ANOMALY_RST_OUT_OF_WINDOW",
+    "ANOMALY_RST_NOT_EXACT", "ANOMALY_BAD_CHECKSUM", "ANOMALY_NO_ACK", "ANOMALY_URGENT",
 ]
 
 DEFAULT_PORTS = frozenset((25, 587))
@@ -71,12 +88,61 @@ ANOMALY_OVERLAP = "STREAM_REASSEMBLY_OVERLAP_DIFFERENT_DATA"
 ANOMALY_BUFFER_FULL = "TCP_REASSEMBLY_BUFFER_FULL"     # a cap forced a gap
 ANOMALY_ISN_CHANGED = "TCP_SYN_DIFFERENT_ISN"          # a new SYN replaced an unused ISN
 ANOMALY_RST_OUT_OF_WINDOW = "TCP_RST_OUT_OF_WINDOW"    # RST far from the expected sequence
+ANOMALY_RST_NOT_EXACT = "TCP_RST_NOT_EXACT"            # RST in the window, not at rcv_nxt
+ANOMALY_BAD_CHECKSUM = "TCP_BAD_CHECKSUM"              # segment ignored: wrong TCP checksum
+ANOMALY_NO_ACK = "TCP_DATA_WITHOUT_ACK"                # data or FIN without ACK: ignored
+ANOMALY_URGENT = "TCP_URGENT_BYTE_REMOVED"             # the urgent byte left the stream
+
+#: ``[stream] checksum_validation``: "yes" every segment that can be verified
+#: is; "no" none is; "auto" a direction whose first verifiable segment with
+#: data fails is taken as captured before checksum offload (on the sending
+#: host) and not verified, every other direction is; until then nothing is
+#: ignored for its checksum (a live sensor verifies what XDP sees on ingress
+#: as "yes", never what TC sees on egress)
+CHECKSUM_MODES = ("auto", "yes", "no")
+#: ``[stream] urgent``: "linux" (tcp_stdurg 0, no SO_OOBINLINE: the byte before
+#: the urgent pointer leaves the stream); "inline": urgent bytes stay in it
+URGENT_MODES = ("linux", "inline")
+#: ``[stream] overlap_policy``: which copy of overlapping bytes the target keeps
+#: (Suricata's stream.reassembly policies; see ``_WINS``)
+OVERLAP_POLICIES = ("linux", "bsd", "windows", "first", "last")
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _start = itemgetter(0)
 _new = tuple.__new__
 _NO_CHUNKS = ()     # _HalfStream.chunks while nothing is buffered (a list only while something is)
+
+
+@dataclass(frozen=True)
+class ReceiverPolicy:
+    """How the receiving stack treats what it is sent (``[stream]``)."""
+
+    checksums: str = "auto"       # CHECKSUM_MODES
+    urgent: str = "linux"         # URGENT_MODES
+    overlap: str = "linux"        # OVERLAP_POLICIES
+
+    def __post_init__(self):
+        for name, choices in (("checksums", CHECKSUM_MODES), ("urgent", URGENT_MODES),
+                              ("overlap", OVERLAP_POLICIES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+
+
+# Whether a new segment's bytes replace buffered bytes of an older segment, by
+# policy: (new start, new end, old start, old end) -> bool.  Suricata's
+# DoHandleDataOverlap (stream-tcp-list.c): linux keeps the new copy when it
+# starts before the old one, or at the same place and ends after it (Linux's
+# tcp_data_queue_ofo: a segment covering an out-of-order one replaces it; one
+# starting inside it keeps the old bytes; the earlier start is read first);
+# bsd and windows when it starts before; first never; last always.
+_WINS = {
+    "linux": lambda ns, ne, os_, oe: ns < os_ or (ns == os_ and ne > oe),
+    "bsd": lambda ns, ne, os_, oe: ns < os_,
+    "windows": lambda ns, ne, os_, oe: ns < os_,
+    "first": lambda ns, ne, os_, oe: False,
+    "last": lambda ns, ne, os_, oe: True,
+}
 
 
 @dataclass(frozen=True)
@@ -139,13 +205,16 @@ class _HalfStream:
     ``pos`` is the position (from 0) of the next byte to deliver and ``nxt`` its
     TCP sequence number (None until the first SYN or segment is seen).
     ``chunks`` holds buffered out-of-order ranges, sorted and disjoint:
-    (start, end, bytes) or (start, end, None) for bytes known to be missing;
+    (start, end, bytes, owner) or (start, end, None, None) for bytes known to
+    be missing; ``owner`` is ``[start, end]`` of the segment the bytes came
+    from (shared by its pieces; grown when Linux would coalesce the next
+    segment into it), what the overlap policy compares;
     a list only while something is buffered, else the shared empty tuple (one
     stream per direction of every open flow: bench/bench_memory.py).
     """
 
     __slots__ = ("direction", "nxt", "isn", "pos", "chunks", "buffered", "fin",
-                 "last", "last_pos", "gaps", "hole_acked")
+                 "last", "last_pos", "gaps", "hole_acked", "urg", "csum")
 
     def __init__(self, direction):
         self.direction = direction
@@ -159,6 +228,8 @@ class _HalfStream:
         self.last_pos = 0         # ... and where they start
         self.gaps = 0             # bytes delivered as Gap
         self.hole_acked = None    # (pos, ts): the hole at pos was first seen acked at ts
+        self.urg = None           # position of the urgent byte still to come out, if any
+        self.csum = 0             # checksums: 0 undecided (auto), 1 verified, 2 not verified
 
     @property
     def delivered(self) -> int:
@@ -228,6 +299,11 @@ class ReassemblyCounters(Counters):
     buffer_full_flow = counter("gaps forced by a flow's buffer cap")
     buffer_full_global = counter("gaps forced by the global buffer cap")
     ack_gaps = counter("holes acknowledged by the peer, made gaps")
+    bad_checksum = counter("segments ignored for a wrong TCP checksum")
+    checksum_offload = counter("directions not verified: their first segment failed (checksum_validation auto)")
+    no_ack = counter("segments with data or FIN but no ACK, ignored")
+    rst_ignored = counter("RSTs not at the expected sequence number, ignored")
+    urgent_removed = counter("urgent bytes taken out of the stream")
     ends = counter("flows ended, by reason", by="reason")
     anomalies = counter("TCP anomalies, by name", by="name")
 
@@ -241,9 +317,16 @@ class Reassembler:
     """
 
     def __init__(self, ports=DEFAULT_PORTS, limits: ReassemblyLimits | None = None,
-                 uid_seed=0, only_ports: bool = True, community_id_seed: int = 0):
+                 uid_seed=0, only_ports: bool = True, community_id_seed: int = 0,
+                 policy: ReceiverPolicy | None = None):
         self.ports = frozenset(ports)
         self.limits = limits or ReassemblyLimits()
+        self.policy = policy = policy or ReceiverPolicy()
+        self._verify = policy.checksums != "no"
+        self._csum_start = 1 if policy.checksums == "yes" else 0
+        self._urgent = policy.urgent == "linux"
+        self._wins = _WINS[policy.overlap]
+        self._coalesce = policy.overlap == "linux"
         self.only_ports = only_ports
         self.cid_seed = community_id_seed
         self._uids = UidGenerator(uid_seed)
@@ -255,6 +338,13 @@ class Reassembler:
         self.counters = ReassemblyCounters()
 
     # ------------------------------------------------------------------ API
+    def verify_all(self) -> None:
+        """Verify every verifiable segment ("auto" becomes "yes"): for a live
+        sensor, whose ingress frames are as the NIC received them and whose
+        egress frames the caller marks unverifiable (``feed(verify=False)``)."""
+        if self._verify:
+            self._csum_start = 1
+
     @property
     def flows(self):
         """The flows being tracked (a view; do not modify)."""
@@ -276,18 +366,43 @@ class Reassembler:
         ent = self._table.get((src, sport, dst, dport))
         return None if ent is None else ent[0]
 
-    def feed(self, seg, ts: float) -> list:
-        """Process one ``Segment`` seen at time ``ts``; return the events it causes."""
+    def feed(self, seg, ts: float, verify: bool = True) -> list:
+        """Process one ``Segment`` seen at time ``ts``; return the events it causes.
+
+        ``verify``: False when the segment's checksum cannot mean anything
+        (a frame leaving the host through TC: the NIC computes it later)."""
         out = []
-        _fam, src, dst, sport, dport, seq, ack, flags, payload, wlen, _wl = seg
+        _fam, src, dst, sport, dport, seq, ack, flags, payload, wlen, _wl, _fr, l4 = seg
         ent = self._table.get((src, sport, dst, dport))
+        ok = None
+        if l4 >= 0 and verify and self._verify:
+            if ent is None:
+                ok = checksum_ok(seg)
+                if ok is False and self._csum_start:
+                    self.counters.bad_checksum += 1     # "yes": it starts nothing
+                    return out
+            elif ent[1].csum != 2:
+                ok = checksum_ok(seg)
+                if ok is not None and not self._checksum(ent, seg, ok, ts, out):
+                    return out
+        if flags & 0x37 != ACK and not flags & 0x16:
+            # data or FIN without ACK (and no SYN, no RST): Linux discards it
+            # (tcp_validate_incoming, tcp_rcv_state_process)
+            if wlen or flags & FIN:
+                self.counters.no_ack += 1
+                if ent is not None:
+                    self._anomaly(ent[0], ANOMALY_NO_ACK, f"{ent[1].direction} segment of {wlen} "
+                                  "bytes without ACK ignored", ts, out)
+            return out
         if ent is None:
             ent = self._new_flow(seg, ts, out)
             if ent is None:
                 return out
+            if ok is not None and wlen:
+                self._decide(ent[1], ok)
         flow, st, peer = ent
         flow.last_ts = ts
-        if flags & 0x07:                        # SYN, FIN or RST
+        if flags & 0x27:                        # SYN, FIN, RST or URG
             if flags & SYN:
                 if st.nxt is None:
                     st.isn = seq
@@ -306,7 +421,7 @@ class Reassembler:
             nxt = st.nxt
             if nxt is None:
                 st.nxt = nxt = seq
-            if seq == nxt and not st.chunks and len(payload) == wlen:
+            if seq == nxt and not st.chunks and len(payload) == wlen and st.urg is None:
                 # fast path: the next bytes, nothing buffered, nothing cut
                 out.append(_new(Data, (flow, st.direction, payload, ts)))
                 st.last = payload
@@ -349,6 +464,30 @@ class Reassembler:
         return out
 
     # ------------------------------------------------------------ internals
+    def _checksum(self, ent, seg, ok, ts, out) -> bool:
+        """Judge a verified checksum of a flow's segment; False: ignore it."""
+        st = ent[1]
+        if st.csum == 0:
+            if seg.wire_paylen:
+                self._decide(st, ok)
+            return True
+        if ok:
+            return True
+        self.counters.bad_checksum += 1
+        self._anomaly(ent[0], ANOMALY_BAD_CHECKSUM, f"{st.direction} segment seq {seg.seq} "
+                      f"({seg.wire_paylen} bytes) with a wrong TCP checksum ignored", ts, out)
+        return False
+
+    def _decide(self, st, ok) -> None:
+        """"auto": a direction's first verifiable segment with data decides
+        for it (a capture made on a sending host with checksum offload shows
+        wrong checksums on its data segments, often from the first one, while
+        its SYN or bare ACKs may be right)."""
+        if st.csum == 0:
+            st.csum = 1 if ok else 2
+            if not ok:
+                self.counters.checksum_offload += 1
+
     def _new_flow(self, seg, ts, out):
         sport, dport, flags = seg.sport, seg.dport, seg.flags
         ports = self.ports
@@ -380,6 +519,8 @@ class Reassembler:
         else:
             oa, op, ra, rp = seg.dst, dport, seg.src, sport
         flow = TcpFlow(self._uids.next(), self.cid_seed, seg.family, oa, op, ra, rp, ts, partial)
+        if self._csum_start:
+            flow.orig.csum = flow.resp.csum = 1
         # One key object per flow: flow.key is also the table's key of one
         # direction (the one whose endpoints are in order).
         key = flow.key
@@ -397,21 +538,29 @@ class Reassembler:
         return fwd if sender_is_orig else rev
 
     def _slow(self, flow, st, peer, seg, seq, flags, ts, out):
-        """Segments with SYN, FIN or RST."""
+        """Segments with SYN, FIN, RST or URG."""
         wlen = seg.wire_paylen
         if st.nxt is None:
             st.nxt = seq
         off = st.pos + ((seq - st.nxt + _HALF) & _MASK) - _HALF
-        if flags & RST and abs(off - st.pos) > self.limits.rst_window:
-            # A stack would drop this RST; honouring it would let anyone blind us.
-            self._anomaly(flow, ANOMALY_RST_OUT_OF_WINDOW, f"{st.direction} RST "
-                          f"{off - st.pos} bytes from the expected sequence", ts, out)
+        if flags & RST:
+            # RFC 5961 3.2 as Linux does it (tcp_validate_incoming, tcp_reset_check):
+            # only an RST at rcv_nxt resets; its payload is never read
+            if self._rst_exact(st, off):
+                self._end(flow, "rst", ts, out)
+                return out
+            self.counters.rst_ignored += 1
+            if abs(off - st.pos) > self.limits.rst_window:
+                self._anomaly(flow, ANOMALY_RST_OUT_OF_WINDOW, f"{st.direction} RST "
+                              f"{off - st.pos} bytes from the expected sequence", ts, out)
+            else:
+                self._anomaly(flow, ANOMALY_RST_NOT_EXACT, f"{st.direction} RST {off - st.pos} "
+                              "bytes from the expected sequence ignored (a challenge ACK)", ts, out)
             return out
+        if flags & URG and self._urgent and flags & ACK:
+            self._urgent_mark(st, off, seg)
         if wlen:
             self._add(flow, st, off, seg.payload, wlen, ts, out)
-        if flags & RST:
-            self._end(flow, "rst", ts, out)
-            return out
         if flags & ACK and peer.chunks and self._ack_gaps:
             self._ack(flow, peer, seg.ack, ts, out)
         if flags & FIN and st.fin is None:
@@ -421,6 +570,33 @@ class Reassembler:
                 flow.closing_since = ts
             self._maybe_close(flow, ts, out)
         return out
+
+    @staticmethod
+    def _rst_exact(st, off) -> bool:
+        """Whether an RST at position ``off`` of ``st`` is one Linux accepts:
+        at rcv_nxt; at the right edge of the out-of-order data (the highest
+        SACK block's end); after the peer's FIN, at the FIN or just after it."""
+        if off == st.pos:
+            return True
+        chunks = st.chunks
+        if chunks and off == chunks[-1][1]:
+            return True
+        fin = st.fin
+        return fin is not None and (off == fin or off == fin + 1)
+
+    def _urgent_mark(self, st, off, seg) -> None:
+        """Linux's tcp_check_urg (tcp_stdurg 0): the urgent byte is the one
+        before seq + urgent pointer (the one at seq for a pointer of 0); a
+        mark before what was received in order, or not after the pending
+        one, is ignored; a later mark replaces a pending one (whose byte then
+        stays in the stream)."""
+        ptr = urgent_pointer(seg)
+        if ptr < 0:
+            return
+        mark = off + ptr - 1 if ptr else off
+        if mark < st.pos or (st.urg is not None and mark <= st.urg):
+            return
+        st.urg = mark
 
     def _maybe_close(self, flow, ts, out):
         """Both sides sent FIN: end the flow once everything before the FINs is in."""
@@ -442,9 +618,9 @@ class Reassembler:
             end = max(st.fin, off)       # nothing after a FIN belongs to the stream
             payload = payload[:end - off]
         plen = len(payload)
-        self._insert(flow, st, off, off + plen, payload, ts, out)
+        self._insert(flow, st, off, off + plen, payload, ts, out, [off, off + wlen])
         if plen < end - off:
-            self._insert(flow, st, off + plen, end, None, ts, out)
+            self._insert(flow, st, off + plen, end, None, ts, out, None)
         self._drain(flow, st, ts, out)
         if st.chunks:
             self._enforce_caps(flow, st, ts, out)
@@ -458,8 +634,10 @@ class Reassembler:
             self._anomaly(flow, ANOMALY_OVERLAP, f"{st.direction} bytes {a}-{b} "
                           "retransmitted with different content", ts, out)
 
-    def _insert(self, flow, st, s, e, data, ts, out):
-        """Insert [s, e) (``data`` or None for missing bytes) where nothing is buffered yet."""
+    def _insert(self, flow, st, s, e, data, ts, out, owner):
+        """Put [s, e) (``data``, or None for missing bytes) into the buffer;
+        where buffered bytes are there already, the overlap policy says which
+        copy stays (missing bytes stay missing)."""
         if s < st.pos:
             if data is not None:
                 data = data[st.pos - s:]
@@ -470,7 +648,9 @@ class Reassembler:
         if chunks is _NO_CHUNKS:
             st.chunks = chunks = []
         if not chunks or chunks[-1][1] <= s:          # common case: append at the end
-            chunks.append((s, e, data))
+            if chunks and self._coalesce and data is not None:
+                self._coalesce_into(chunks[-1], s, owner)
+            chunks.append((s, e, data, owner))
             if data is not None:
                 st.buffered += e - s
                 self.buffered += e - s
@@ -478,35 +658,64 @@ class Reassembler:
         i = bisect_right(chunks, s, key=_start) - 1
         if i < 0:
             i = 0
+        n = len(chunks)
+        while i < n and chunks[i][1] <= s:
+            i += 1
+        if i and self._coalesce and data is not None and owner is not None:
+            self._coalesce_into(chunks[i - 1], s, owner)
+        wins = self._wins
         new = []
         cur = s
-        n = len(chunks)
-        while cur < e and i < n:
-            cs, ce, cd = chunks[i]
-            if ce <= cur:
-                i += 1
-                continue
-            if cs >= e:
-                break
+        j = i
+        removed = added = 0
+        while j < n and chunks[j][0] < e:
+            cs, ce, cd, co = chunks[j]
             if cs > cur:
-                new.append((cur, cs))
-                cur = cs
-            oe = ce if ce < e else e
-            if data is not None and cd is not None and \
-                    data[cur - s:oe - s] != cd[cur - cs:oe - cs]:
-                self._anomaly(flow, ANOMALY_OVERLAP, f"{st.direction} bytes {cur}-{oe} "
-                              "received twice with different content", ts, out)
-            cur = oe
-            i += 1
+                new.append((cur, cs, None if data is None else data[cur - s:cs - s], owner))
+                if data is not None:
+                    added += cs - cur
+            a = cs if cs > s else s
+            b = ce if ce < e else e
+            if cs < a:
+                new.append((cs, a, None if cd is None else cd[:a - cs], co))
+            if data is not None and cd is not None:
+                mine = data[a - s:b - s]
+                if mine != cd[a - cs:b - cs]:
+                    if wins(owner[0], owner[1], co[0], co[1]):
+                        new.append((a, b, mine, owner))
+                        kept = "the later"
+                    else:
+                        new.append((a, b, cd[a - cs:b - cs], co))
+                        kept = "the earlier"
+                    self._anomaly(flow, ANOMALY_OVERLAP, f"{st.direction} bytes {a}-{b} received "
+                                  f"twice with different content: kept {kept} copy "
+                                  f"({self.policy.overlap} policy)", ts, out)
+                else:
+                    new.append((a, b, cd[a - cs:b - cs], co))
+            else:
+                new.append((a, b, None if cd is None else cd[a - cs:b - cs], co))
+            if ce > b:
+                new.append((b, ce, None if cd is None else cd[b - cs:], co))
+            cur = b
+            j += 1
         if cur < e:
-            new.append((cur, e))
-        for a, b in new:
-            piece = data[a - s:b - s] if data is not None else None
-            j = bisect_right(chunks, a, key=_start)
-            chunks.insert(j, (a, b, piece))
-            if piece is not None:
-                st.buffered += b - a
-                self.buffered += b - a
+            new.append((cur, e, None if data is None else data[cur - s:], owner))
+            if data is not None:
+                added += e - cur
+        chunks[i:j] = new
+        if added:
+            st.buffered += added
+            self.buffered += added
+
+    @staticmethod
+    def _coalesce_into(prev, s, owner) -> None:
+        """Linux's tcp_ooo_try_coalesce: a segment starting exactly where a
+        buffered one ends joins it (its bytes then count as starting where that
+        one starts, for the next overlap)."""
+        po = prev[3]
+        if prev[1] == s and po is not None and po[1] == s and owner is not None and owner is not po:
+            po[1] = owner[1]
+            owner[0] = po[0]
 
     def _drain(self, flow, st, ts, out):
         """Deliver buffered chunks that start where delivery stands."""
@@ -516,7 +725,7 @@ class Reassembler:
         parts = []
         pos = start = st.pos
         k = 0
-        for s, e, d in chunks:
+        for s, e, d, _owner in chunks:
             if s != pos:
                 break
             k += 1
@@ -540,17 +749,33 @@ class Reassembler:
             self._deliver(flow, st, start, parts, ts, out)
         st.nxt = (st.nxt + pos - st.pos) & _MASK
         st.pos = pos
+        if st.urg is not None and st.urg < pos:
+            st.urg = None          # the urgent byte was in a gap
 
     def _deliver(self, flow, st, start, parts, ts, out):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        out.append(Data(flow, st.direction, data, ts))
-        st.last = data
+        st.last = data             # as sent: what a retransmission is compared with
         st.last_pos = start
+        urg = st.urg
+        if urg is not None and urg < start + len(data):
+            st.urg = None
+            if urg >= start:
+                # Linux's tcp_recvmsg skips the byte at urg_seq (no SO_OOBINLINE)
+                k = urg - start
+                self.counters.urgent_removed += 1
+                self._anomaly(flow, ANOMALY_URGENT, f"{st.direction} urgent byte {data[k:k + 1]!r} "
+                              f"at {urg} taken out of the stream", ts, out)
+                data = data[:k] + data[k + 1:]
+                if not data:
+                    return
+        out.append(Data(flow, st.direction, data, ts))
 
     def _gap(self, flow, st, length, ts, out):
         out.append(Gap(flow, st.direction, length, ts))
         st.gaps += length
         st.pos += length
+        if st.urg is not None and st.urg < st.pos:
+            st.urg = None
         st.nxt = (st.nxt + length) & _MASK
         self.counters.gap_bytes += length
 

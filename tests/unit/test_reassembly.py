@@ -20,6 +20,7 @@ from sensor.stream.reassembly import (
     Gap,
     Reassembler,
     ReassemblyLimits,
+    ReceiverPolicy,
     TcpAnomaly,
 )
 from sensor.stream.direction import CLIENT, SERVER
@@ -97,8 +98,8 @@ def test_retransmission_is_not_delivered_twice():
     assert r.counters.retransmitted == 1
 
 
-def test_overlap_with_different_bytes_first_data_wins_and_is_reported():
-    r = Reassembler()
+def test_overlap_with_different_bytes_first_data_wins_under_the_first_policy_and_is_reported():
+    r = Reassembler(policy=ReceiverPolicy(overlap="first"))
     handshake(r)
     ev = r.feed(seg(True, 1005, b"EFGH"), 2)                  # buffered
     ev += r.feed(seg(True, 1001, b"ABCDxxGH"), 3)             # disagrees on 2 bytes
@@ -424,17 +425,18 @@ def test_any_segmentation_order_and_duplication_gives_the_original_streams(
         client, server, ccuts, scuts, cisn, sisn, seed, fins):
     rnd = random.Random(seed)
     segs = []
-    for from_client, data, isn, cuts in ((True, client, cisn, ccuts), (False, server, sisn, scuts)):
+    for from_client, data, isn, cuts, ack in ((True, client, cisn, ccuts, sisn + 1),
+                                              (False, server, sisn, scuts, cisn + 1)):
         pieces = cut(data, cuts)
         for off, piece in pieces:
-            segs.append(seg(from_client, isn + 1 + off, piece, flags=PSH))
+            segs.append(seg(from_client, isn + 1 + off, piece, flags=PSH | ACK, ack=ack))
             r = rnd.random()
             if r < 0.3:                                  # duplicate
-                segs.append(seg(from_client, isn + 1 + off, piece, flags=PSH))
+                segs.append(seg(from_client, isn + 1 + off, piece, flags=PSH | ACK, ack=ack))
             elif r < 0.5:                                # overlapping retransmission, same bytes
                 a = rnd.randrange(len(data))
                 b = rnd.randrange(a, len(data)) + 1
-                segs.append(seg(from_client, isn + 1 + a, data[a:b], flags=PSH))
+                segs.append(seg(from_client, isn + 1 + a, data[a:b], flags=PSH | ACK, ack=ack))
     if fins:                                             # FINs may overtake data too
         segs.append(seg(True, cisn + 1 + len(client), flags=FIN | ACK, ack=sisn + 1))
         segs.append(seg(False, sisn + 1 + len(server), flags=FIN | ACK, ack=cisn + 1))
@@ -464,8 +466,8 @@ def test_lost_segments_become_gaps_of_the_right_length(data, cuts, lost, isn, se
     r = Reassembler()
     ev = r.feed(seg(True, isn, flags=SYN), 0)
     for off, piece in kept:
-        ev += r.feed(seg(True, isn + 1 + off, piece, flags=PSH), 1)
-    ev += r.feed(seg(True, isn + 1 + len(data), flags=FIN), 2)
+        ev += r.feed(seg(True, isn + 1 + off, piece, flags=PSH | ACK), 1)
+    ev += r.feed(seg(True, isn + 1 + len(data), flags=FIN | ACK), 2)
     ev += r.feed(seg(False, 7, flags=FIN | ACK), 2)
     ev += r.flush_all(3)
     expect = bytearray(data)
