@@ -48,7 +48,8 @@ class Userland:
         self.enforcer = enforcer
         self.pipeline = Pipeline(sink, ports=cfg.ports, uid_seed=uid_seed,
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp,
-                                 defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy)
+                                 defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy,
+                                 receiver=config.stream.receiver)
         self.engine = self.reject_stats = self.actor = None
         if cfg.rules is not None:
             self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)

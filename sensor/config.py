@@ -11,7 +11,9 @@ Tables (``docs/config.example.toml`` documents every key):
   the fields of :class:`sensor.smtp.SmtpLimits`, :class:`sensor.stream.reassembly.ReassemblyLimits`,
   :class:`sensor.stream.defrag.DefragLimits` and :class:`sensor.rules.budget.RuleLimits` (what rule
   code may cost), by name.
-* ``[stream]``: how the receiver's view is modelled (``defrag_policy``).
+* ``[stream]``: how the receiving host treats what it is sent (IP fragments,
+  checksums, urgent data, overlapping segments): ``defrag_policy`` and
+  :class:`sensor.stream.reassembly.ReceiverPolicy`.
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
@@ -45,7 +47,8 @@ from sensor.rules.budget import RuleLimits
 from sensor.smtp.limits import SmtpLimits
 from sensor.stream.defrag import POLICIES as DEFRAG_POLICIES
 from sensor.stream.defrag import DefragLimits
-from sensor.stream.reassembly import ReassemblyLimits
+from sensor.stream.reassembly import (CHECKSUM_MODES, OVERLAP_POLICIES, URGENT_MODES, ReassemblyLimits,
+                                      ReceiverPolicy)
 
 # The one TOML reader of the product (this config, the rules' rules.toml):
 # the standard library's from Python 3.11, the tomli package before (the same
@@ -457,11 +460,26 @@ class StreamConfig:
     #: discards the datagram as Linux does; "first", "last", "bsd", "windows",
     #: "solaris" as Suricata's defrag policies of those names
     defrag_policy: str = "linux"
+    #: "auto", "yes" or "no" (Suricata's checksum-validation): segments with a
+    #: wrong TCP checksum are ignored, as the receiving stack discards them
+    checksum_validation: str = "auto"
+    #: "linux": the urgent byte leaves the stream (Linux's default); "inline": it stays
+    urgent: str = "linux"
+    #: which copy of overlapping TCP bytes the target keeps: linux, bsd, windows, first, last
+    overlap_policy: str = "linux"
 
     def __post_init__(self):
         _validate(self, "stream", {
             "defrag_policy": lambda v: _str(v, DEFRAG_POLICIES),
+            "checksum_validation": lambda v: _str(v, CHECKSUM_MODES),
+            "urgent": lambda v: _str(v, URGENT_MODES),
+            "overlap_policy": lambda v: _str(v, OVERLAP_POLICIES),
         })
+
+    @property
+    def receiver(self) -> ReceiverPolicy:
+        """The TCP part, for the reassembly."""
+        return ReceiverPolicy(self.checksum_validation, self.urgent, self.overlap_policy)
 
 
 HOLD_MODES = ("commit", "off")

@@ -88,11 +88,13 @@ class Pipeline:
                  reassembly_limits: reassembly.ReassemblyLimits | None = None,
                  smtp_limits: smtp.SmtpLimits | None = None, uid_seed=0,
                  listeners=(), on_starttls=None, expire_every: float = 1.0,
-                 defrag_limits: defrag.DefragLimits | None = None, defrag_policy: str = "linux"):
+                 defrag_limits: defrag.DefragLimits | None = None, defrag_policy: str = "linux",
+                 receiver: reassembly.ReceiverPolicy | None = None):
         self.sink = sink
         self.ports = frozenset(ports)
         self.counters = PipelineCounters()
-        self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed)
+        self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed,
+                                                  policy=receiver)
         self.defragmenter = defrag.Defragmenter(defrag_limits, defrag_policy)
         self._defrag_pending = self.defragmenter.pending
         self.smtp_limits = smtp_limits or smtp.SmtpLimits()
@@ -106,9 +108,10 @@ class Pipeline:
         self._last_ts = 0.0
 
     # ------------------------------------------------------------ input
-    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float):
+    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float, verify: bool = True):
         """One captured frame (link type as in pcap: 1 Ethernet, 113 SLL, ...);
-        returns its Segment, or None when it is not TCP over IP."""
+        returns its Segment, or None when it is not TCP over IP.  ``verify``:
+        False for a frame whose TCP checksum is not final (leaving through TC)."""
         st = self.counters
         st.frames += 1
         seg = _decode(linktype, frame, wirelen, st.not_segments, self.defragmenter, ts)
@@ -119,7 +122,7 @@ class Pipeline:
             else:
                 # feed_segment, inlined: this runs for every packet
                 st.segments += 1
-                events = self.reassembler.feed(seg, ts)
+                events = self.reassembler.feed(seg, ts, verify)
                 if events:
                     self._handle(events)
                 nxt = self._next_expire

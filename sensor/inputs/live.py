@@ -33,6 +33,7 @@ EXPIRE_EVERY = 1.0
 
 _HELD = abi.EVF_HELD
 _CUT = abi.EVF_CUT
+_INGRESS = int(abi.Direction.INGRESS)
 
 
 class FeedCounters(Counters):
@@ -67,6 +68,9 @@ class LiveFeed:
         self._next_expire = time.monotonic() + EXPIRE_EVERY
         if pipeline.on_starttls is None:
             pipeline.on_starttls = self._bypass
+        # XDP sees ingress frames as the NIC received them: their checksums
+        # are verified; TC's egress frames carry what the NIC will complete
+        pipeline.reassembler.verify_all()
 
     def step(self, timeout_ms: int = 50) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
@@ -79,11 +83,12 @@ class LiveFeed:
             h = ev.header
             if h.flags & _HELD and hold is not None:
                 gated = counted.gated
-                seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+                seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset,
+                           h.direction == _INGRESS)
                 if seg is not None:
                     hold.held(seg, h, None if h.flags & _CUT else ev.frame, gated=counted.gated != gated)
             else:
-                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, h.direction == _INGRESS)
         if hold is not None:
             hold.answer()
         self.counters.events += len(events)

@@ -128,7 +128,7 @@ def test_every_run_flag_is_documented():
 def test_the_example_and_the_doc_agree_on_keys():
     example = tomllib.loads((DOC.parent / "config.example.toml").read_text())
     doc = tables()
-    for table in ("sensor", "spam_stats", "enforce"):
+    for table in ("sensor", "spam_stats", "enforce", "stream"):
         assert set(example[table]) - {"ban"} <= set(doc[table])
     for table in ("smtp", "reassembly", "rules"):
         assert set(example["limits"][table]) <= set(doc[f"limits.{table}"])
