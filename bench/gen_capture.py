@@ -205,7 +205,12 @@ class Session:
             c = (c & 0xFFFF) + (c >> 16)
             c = (c & 0xFFFF) + (c >> 16)
             ip = _pack_ip4(0x45, 0, n + 20, ipid, 0x4000, 64, 6, ~c & 0xFFFF, src, dst)
-        return self.eth[d] + ip + tcp + payload
+        # the TCP checksum as a NIC computes it (the receiver's view verifies it)
+        seg = tcp + payload
+        total = int.from_bytes(seg, "big") << (8 if n & 1 else 0)
+        total = (total + int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 6 + n) % 0xFFFF
+        seg = seg[:16] + (0xFFFF - total).to_bytes(2, "big") + seg[18:]
+        return self.eth[d] + ip + seg
 
     def send(self, c2s: bool, data: bytes, pause: int, fin: bool = False):
         """One application write: MSS segments, the receiver's delayed ACKs."""
