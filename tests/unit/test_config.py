@@ -154,6 +154,11 @@ ERRORS = [
     ("[limits.smtp]\ncommand_line = 0", ["[limits.smtp] command_line:", ">= 1"]),
     ("[limits.reassembly]\nidle_timeout = 0", ["[limits.reassembly] idle_timeout:", "> 0"]),
     ("[limits.reassembly]\nack_gaps = 1", ["[limits.reassembly] ack_gaps:", "true or false"]),
+    ("[stream]\nchecksum_validation = true", ["[stream] checksum_validation:", "string"]),
+    ("[stream]\nchecksum_validation = \"offload\"", ["[stream] checksum_validation:", "auto, yes, no"]),
+    ("[stream]\nurgent = \"bsd\"", ["[stream] urgent:", "linux, inline", "bsd"]),
+    ("[stream]\noverlap_policy = \"solaris\"", ["[stream] overlap_policy:", "linux, bsd, windows, first, last"]),
+    ("[stream]\noverlap = \"linux\"", ["[stream]", 'unknown key "overlap"', "overlap_policy"]),
     ("[limits]\ndns = {}", ["[limits]", 'unknown key "dns"']),
     ("[limits]\nsmtp = 3", ["[limits] smtp:", "table"]),
     ("[spamstats]\nthreshold = 3", ['unknown table "spamstats"', 'did you mean "spam_stats"']),
@@ -219,3 +224,11 @@ def test_loads_without_a_source_names_no_file():
 def test_the_default_pin_dir_is_the_datapaths():
     from sensor.kernel.datapath import DatapathConfig
     assert SensorConfig().pin_dir == DatapathConfig().pin_dir
+
+
+def test_the_stream_table_reaches_the_reassembly():
+    from sensor.assembly import Userland
+
+    config = loads('[stream]\nchecksum_validation = "yes"\nurgent = "inline"\noverlap_policy = "first"\n')
+    policy = Userland(config, lambda record: None).pipeline.reassembler.policy
+    assert (policy.checksums, policy.urgent, policy.overlap) == ("yes", "inline", "first")
