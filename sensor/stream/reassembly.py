@@ -94,11 +94,13 @@ ANOMALY_NO_ACK = "TCP_DATA_WITHOUT_ACK"                # data or FIN without ACK
 ANOMALY_URGENT = "TCP_URGENT_BYTE_REMOVED"             # the urgent byte left the stream
 
 #: ``[stream] checksum_validation``: "yes" every segment that can be verified
-#: is; "no" none is; "auto" a direction whose first verifiable segment with
-#: data fails is taken as captured before checksum offload (on the sending
-#: host) and not verified, every other direction is; until then nothing is
-#: ignored for its checksum (a live sensor verifies what XDP sees on ingress
-#: as "yes", never what TC sees on egress)
+#: is; "no" none is; "auto" (replay): a direction is verified from its first
+#: data segment with a right checksum on; data segments with a wrong one that
+#: come before it are kept aside, and become the stream only when the receiver
+#: acknowledges bytes past what was delivered (it accepted them: the capture
+#: was made on the sending host, before checksum offload), when more than
+#: ``SUSPECT_MAX`` are kept, or at the end of the flow; a live sensor verifies
+#: what XDP sees on ingress as "yes", never what TC sees on egress
 CHECKSUM_MODES = ("auto", "yes", "no")
 #: ``[stream] urgent``: "linux" (tcp_stdurg 0, no SO_OOBINLINE: the byte before
 #: the urgent pointer leaves the stream); "inline": urgent bytes stay in it
@@ -106,6 +108,8 @@ URGENT_MODES = ("linux", "inline")
 #: ``[stream] overlap_policy``: which copy of overlapping bytes the target keeps
 #: (Suricata's stream.reassembly policies; see ``_WINS``)
 OVERLAP_POLICIES = ("linux", "bsd", "windows", "first", "last")
+#: data segments with a wrong checksum kept aside per undecided direction ("auto")
+SUSPECT_MAX = 64
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -214,7 +218,7 @@ class _HalfStream:
     """
 
     __slots__ = ("direction", "nxt", "isn", "pos", "chunks", "buffered", "fin",
-                 "last", "last_pos", "gaps", "hole_acked", "urg", "csum")
+                 "last", "last_pos", "gaps", "hole_acked", "urg", "csum", "suspect")
 
     def __init__(self, direction):
         self.direction = direction
@@ -230,6 +234,7 @@ class _HalfStream:
         self.hole_acked = None    # (pos, ts): the hole at pos was first seen acked at ts
         self.urg = None           # position of the urgent byte still to come out, if any
         self.csum = 0             # checksums: 0 undecided (auto), 1 verified, 2 not verified
+        self.suspect = ()         # while undecided: (segment, ts) with a wrong checksum, kept aside
 
     @property
     def delivered(self) -> int:
@@ -324,6 +329,7 @@ class Reassembler:
         self.policy = policy = policy or ReceiverPolicy()
         self._verify = policy.checksums != "no"
         self._csum_start = 1 if policy.checksums == "yes" else 0
+        self._suspects = 0           # directions with segments kept aside
         self._urgent = policy.urgent == "linux"
         self._wins = _WINS[policy.overlap]
         self._coalesce = policy.overlap == "linux"
@@ -374,6 +380,9 @@ class Reassembler:
         out = []
         _fam, src, dst, sport, dport, seq, ack, flags, payload, wlen, _wl, _fr, l4 = seg
         ent = self._table.get((src, sport, dst, dport))
+        if self._suspects and ent is not None and flags & ACK and ent[2].suspect:
+            # first what the peer's segments kept aside became, if this acknowledges them
+            self._acked_suspects(ent[0], ent[2], ack, ts, out)
         ok = None
         if l4 >= 0 and verify and self._verify:
             if ent is None:
@@ -398,8 +407,8 @@ class Reassembler:
             ent = self._new_flow(seg, ts, out)
             if ent is None:
                 return out
-            if ok is not None and wlen:
-                self._decide(ent[1], ok)
+            if ok is not None and wlen and not self._checksum(ent, seg, ok, ts, out):
+                return out
         flow, st, peer = ent
         flow.last_ts = ts
         if flags & 0x27:                        # SYN, FIN, RST or URG
@@ -465,28 +474,60 @@ class Reassembler:
 
     # ------------------------------------------------------------ internals
     def _checksum(self, ent, seg, ok, ts, out) -> bool:
-        """Judge a verified checksum of a flow's segment; False: ignore it."""
-        st = ent[1]
+        """Judge a verified checksum of a flow's segment; False: not now."""
+        flow, st = ent[0], ent[1]
         if st.csum == 0:
-            if seg.wire_paylen:
-                self._decide(st, ok)
-            return True
+            # "auto", undecided: data decides (a capture made on a sending host
+            # with checksum offload has wrong checksums on its data segments,
+            # often from the first, while its SYN or bare ACKs may be right)
+            if not seg.wire_paylen:
+                return True
+            if ok:
+                st.csum = 1
+                for kept, kts in st.suspect:
+                    self._bad(flow, st, kept, kts, out)
+                self._drop_suspects(st)
+                return True
+            if st.nxt is None:
+                st.nxt = seg.seq
+            if not st.suspect:
+                st.suspect = []
+                self._suspects += 1
+            st.suspect.append((seg, ts))
+            if len(st.suspect) > SUSPECT_MAX:
+                self._offloaded(flow, st, ts, out)
+            return False
         if ok:
             return True
-        self.counters.bad_checksum += 1
-        self._anomaly(ent[0], ANOMALY_BAD_CHECKSUM, f"{st.direction} segment seq {seg.seq} "
-                      f"({seg.wire_paylen} bytes) with a wrong TCP checksum ignored", ts, out)
+        self._bad(flow, st, seg, ts, out)
         return False
 
-    def _decide(self, st, ok) -> None:
-        """"auto": a direction's first verifiable segment with data decides
-        for it (a capture made on a sending host with checksum offload shows
-        wrong checksums on its data segments, often from the first one, while
-        its SYN or bare ACKs may be right)."""
-        if st.csum == 0:
-            st.csum = 1 if ok else 2
-            if not ok:
-                self.counters.checksum_offload += 1
+    def _bad(self, flow, st, seg, ts, out) -> None:
+        self.counters.bad_checksum += 1
+        self._anomaly(flow, ANOMALY_BAD_CHECKSUM, f"{st.direction} segment seq {seg.seq} "
+                      f"({seg.wire_paylen} bytes) with a wrong TCP checksum ignored", ts, out)
+
+    def _drop_suspects(self, st) -> None:
+        if st.suspect:
+            self._suspects -= 1
+        st.suspect = ()
+
+    def _acked_suspects(self, flow, st, ack, ts, out) -> None:
+        """The receiver of ``st`` acknowledged up to ``ack``: past what was
+        delivered, it accepted the segments kept aside."""
+        if ((ack - st.nxt + _HALF) & _MASK) - _HALF > 0:
+            self._offloaded(flow, st, ts, out)
+
+    def _offloaded(self, flow, st, ts, out) -> None:
+        """The direction's wrong checksums are the capture's (before offload):
+        not verified from now on; the segments kept aside become its stream."""
+        st.csum = 2
+        self.counters.checksum_offload += 1
+        kept = st.suspect
+        self._drop_suspects(st)
+        for seg, kts in kept:
+            off = st.pos + ((seg.seq - st.nxt + _HALF) & _MASK) - _HALF
+            self._add(flow, st, off, seg.payload, seg.wire_paylen, kts, out)
 
     def _new_flow(self, seg, ts, out):
         sport, dport, flags = seg.sport, seg.dport, seg.flags
@@ -841,6 +882,9 @@ class Reassembler:
             self._skip(flow, st, ts, out)
 
     def _end(self, flow, reason, ts, out):
+        for st in (flow.orig, flow.resp):
+            if st.suspect:
+                self._offloaded(flow, st, ts, out)      # nothing said otherwise
         for st in (flow.orig, flow.resp):
             if st.nxt is None:
                 continue

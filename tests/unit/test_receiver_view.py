@@ -102,16 +102,42 @@ def test_no_validation_keeps_what_the_capture_holds():
     assert client_bytes(ev) == b"EHLO x\r\n" and not names(ev)
 
 
-def test_auto_takes_a_direction_whose_first_data_fails_as_captured_before_offload():
+def test_auto_takes_wrong_checksums_the_receiver_acknowledged_as_the_captures():
+    """A capture made on the server before checksum offload: its data has
+    wrong checksums, and the client acknowledges it."""
     r = Reassembler(policy=ReceiverPolicy(checksums="auto"))
     handshake(r)                                                   # right checksums, no data
     ev = r.feed(frame(False, SISN + 1, b"220 hi\r\n", bad=True), 2)
     ev += r.feed(frame(False, SISN + 9, b"250 ok\r\n", bad=True), 3)
-    ev += r.feed(frame(True, CISN + 1, b"EHLO x\r\n"), 4)
+    assert not [e for e in ev if isinstance(e, Data)]              # kept aside: nothing said yet
+    ev += r.feed(frame(True, CISN + 1, b"EHLO x\r\n", ack=SISN + 17), 4)
     ev += r.feed(frame(True, CISN + 9, b"QUIT\r\n", bad=True), 5)  # the client's direction is verified
-    assert b"".join(e.data for e in ev if isinstance(e, Data) and e.direction != CLIENT) == b"220 hi\r\n250 ok\r\n"
+    server = [e for e in ev if isinstance(e, Data) and e.direction != CLIENT]
+    assert b"".join(e.data for e in server) == b"220 hi\r\n250 ok\r\n" and server[0].ts == 2
+    assert ev.index(server[0]) < ev.index(next(e for e in ev if isinstance(e, Data) and e.direction == CLIENT))
     assert client_bytes(ev) == b"EHLO x\r\n" and names(ev) == [ANOMALY_BAD_CHECKSUM]
     assert r.counters.checksum_offload == 1
+
+
+def test_auto_a_fake_first_copy_with_a_wrong_checksum_is_still_ignored():
+    """The replay of an attack: the wrong checksum comes first, then the real
+    copy with a right one; the receiver's ACK covers the real one."""
+    r = Reassembler(policy=ReceiverPolicy(checksums="auto"))
+    handshake(r)
+    ev = r.feed(frame(True, CISN + 1, b"MAIL FROM:<friend@good.example>\r\n", bad=True), 2)
+    ev += r.feed(frame(True, CISN + 1, b"MAIL FROM:<spam@suspicious.org>\r\n"), 3)
+    ev += r.feed(frame(True, CISN + 33, b"QUIT\r\n", bad=True), 4)
+    ev += r.feed(frame(False, SISN + 1, flags=ACK, ack=CISN + 33), 5)
+    assert client_bytes(ev) == b"MAIL FROM:<spam@suspicious.org>\r\n"
+    assert names(ev) == [ANOMALY_BAD_CHECKSUM] * 2 and r.counters.checksum_offload == 0
+
+
+def test_auto_at_the_end_of_a_one_sided_capture_what_was_kept_aside_is_the_stream():
+    r = Reassembler(policy=ReceiverPolicy(checksums="auto"))
+    handshake(r)
+    ev = r.feed(frame(False, SISN + 1, b"220 hi\r\n", bad=True), 2)
+    ev += r.flush_all(3)
+    assert b"".join(e.data for e in ev if isinstance(e, Data)) == b"220 hi\r\n"
 
 
 def test_a_segment_marked_unverifiable_is_not_verified():
