@@ -343,3 +343,34 @@ def test_any_overlaps_deliver_every_position_once(policy, pieces):
     got = client_bytes(ev)
     assert len(got) == top
     assert all(got[p] in covered.get(p, {0xFF}) for p in range(top))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=1, max_size=200), cuts=st.lists(st.integers(0, 250), max_size=8),
+       fakes=st.lists(st.tuples(st.integers(0, 199), st.integers(1, 40), st.sampled_from(["checksum", "no ack",
+                                                                                       "rst"])), max_size=6),
+       mode=st.sampled_from(["yes", "auto"]), seed=st.integers(0, 1000))
+def test_fakes_the_receiver_discards_never_reach_the_stream(data, cuts, fakes, mode, seed):
+    """The real stream cut anyhow; before each real segment, maybe a fake the
+    receiver discards (a wrong checksum, no ACK, an RST not at rcv_nxt): the
+    stream is the real one, whatever the fakes hold."""
+    import random
+    rnd = random.Random(seed)
+    pts = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    r = Reassembler(policy=ReceiverPolicy(checksums=mode))
+    ev = handshake(r)
+    ev += r.feed(frame(True, CISN + 1, data[:pts[1]]), 2)     # a right checksum first: verified
+    pending = list(fakes)
+    for i, (a, b) in enumerate(zip(pts[1:], pts[2:])):
+        if pending and rnd.random() < 0.5:
+            off, n, how = pending.pop()
+            junk = bytes(rnd.randrange(256) for _ in range(n))
+            if how == "checksum":
+                ev += r.feed(frame(True, CISN + 1 + off, junk, bad=True), 3 + i)
+            elif how == "no ack":
+                ev += r.feed(frame(True, CISN + 1 + off, junk, flags=PSH), 3 + i)
+            elif off + 1 != a:
+                ev += r.feed(frame(True, CISN + 2 + off, flags=RST | ACK), 3 + i)
+        ev += r.feed(frame(True, CISN + 1 + a, data[a:b]), 3 + i)
+    ev += r.flush_all(99)
+    assert client_bytes(ev) == data
