@@ -708,7 +708,7 @@ class Reassembler:
         new = []
         cur = s
         j = i
-        removed = added = 0
+        added = 0
         while j < n and chunks[j][0] < e:
             cs, ce, cd, co = chunks[j]
             if cs > cur:
