@@ -305,7 +305,7 @@ class ReassemblyCounters(Counters):
     buffer_full_global = counter("gaps forced by the global buffer cap")
     ack_gaps = counter("holes acknowledged by the peer, made gaps")
     bad_checksum = counter("segments ignored for a wrong TCP checksum")
-    checksum_offload = counter("directions not verified: their first segment failed (checksum_validation auto)")
+    checksum_offload = counter("directions taken as captured before checksum offload (checksum_validation auto)")
     no_ack = counter("segments with data or FIN but no ACK, ignored")
     rst_ignored = counter("RSTs not at the expected sequence number, ignored")
     urgent_removed = counter("urgent bytes taken out of the stream")
@@ -480,13 +480,17 @@ class Reassembler:
             # "auto", undecided: data decides (a capture made on a sending host
             # with checksum offload has wrong checksums on its data segments,
             # often from the first, while its SYN or bare ACKs may be right)
-            if not seg.wire_paylen:
-                return True
             if ok:
-                st.csum = 1
-                for kept, kts in st.suspect:
-                    self._bad(flow, st, kept, kts, out)
-                self._drop_suspects(st)
+                if seg.wire_paylen:
+                    st.csum = 1
+                    for kept, kts in st.suspect:
+                        self._bad(flow, st, kept, kts, out)
+                    self._drop_suspects(st)
+                return True
+            if seg.flags & RST:             # an RST is never taken on trust
+                self._bad(flow, st, seg, ts, out)
+                return False
+            if not seg.wire_paylen or seg.flags & SYN:
                 return True
             if st.nxt is None:
                 st.nxt = seg.seq

@@ -374,3 +374,10 @@ def test_fakes_the_receiver_discards_never_reach_the_stream(data, cuts, fakes, m
         ev += r.feed(frame(True, CISN + 1 + a, data[a:b]), 3 + i)
     ev += r.flush_all(99)
     assert client_bytes(ev) == data
+
+
+def test_auto_never_takes_an_rst_with_a_wrong_checksum_on_trust():
+    r = Reassembler(policy=ReceiverPolicy(checksums="auto"))
+    handshake(r)                                                   # undecided: no data yet
+    ev = r.feed(frame(True, CISN + 1, flags=RST | ACK, bad=True), 2)
+    assert names(ev) == [ANOMALY_BAD_CHECKSUM] and not [e for e in ev if isinstance(e, FlowEnd)]
