@@ -115,9 +115,10 @@ def make_capture(path, family: int, first: int = 8, reverse: bool = False, split
     return path
 
 
-def run(path, policy: str = "linux"):
+def run(path, policy: str = "linux", checksums: str = "auto"):
     sink = ListSink()
-    config = Config(sensor=SensorConfig(rules=RULES, enforce=False), stream=StreamConfig(defrag_policy=policy))
+    config = Config(sensor=SensorConfig(rules=RULES, enforce=False),
+                    stream=StreamConfig(defrag_policy=policy, checksum_validation=checksums))
     replay(path, Userland(config, sink))
     for record in sink:
         check(record)
@@ -189,10 +190,23 @@ def partial_overlap(tcp_bytes: bytes):
 def test_overlapping_fragments_resolve_by_the_policy_and_are_reported_on_the_flow(tmp_path, split, policy,
                                                                                   sender, detail):
     assert len(FAKE) == len(BANNED)
-    sink = run(make_capture(tmp_path / "overlap.pcap", 4, split=split), policy)
+    # the harmless copy keeps the banned one's TCP checksum: a datagram made of
+    # it fails the TCP layer's check (tests/unit/test_receiver_view.py), which
+    # is not what this test is about: the IP layer's choice
+    sink = run(make_capture(tmp_path / "overlap.pcap", 4, split=split), policy, checksums="no")
     [rec] = sink.of("smtp")
     assert rec.get("mailfrom") == sender
     names = [a["name"] for a in sink.of("anomaly") if a["layer"] == "ip" and a.get("uid") == rec["uid"]]
     assert "IPV4_FRAG_OVERLAP" in names
     [an] = [a for a in sink.of("anomaly") if a["name"] == "IPV4_FRAG_OVERLAP"]
     assert detail in an["detail"] and an["direction"] == "client"
+
+
+def test_a_reassembled_datagram_is_checksummed_like_any_segment(tmp_path):
+    """Policy last keeps the harmless copy, whose bytes do not match the TCP
+    checksum the datagram carries: the TCP layer ignores the segment, as a
+    receiver would, and says so."""
+    sink = run(make_capture(tmp_path / "overlap.pcap", 4, split=overlap), "last", checksums="auto")
+    [rec] = sink.of("smtp")
+    assert rec.get("mailfrom") is None
+    assert "TCP_BAD_CHECKSUM" in [a["name"] for a in sink.of("anomaly") if a.get("uid") == rec["uid"]]
