@@ -30,6 +30,8 @@ __all__ = ["LiveFeed", "FeedCounters", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
 STARTTLS_BYPASS_TTL = 3600.0
 #: seconds of wall clock between two passes that end idle flows
 EXPIRE_EVERY = 1.0
+#: events dissected between two looks at the shutdown's deadline (drain)
+DRAIN_CHUNK = 256
 
 _HELD = abi.EVF_HELD
 _CUT = abi.EVF_CUT
@@ -49,6 +51,7 @@ class FeedCounters(Counters):
                                read=lambda feed: feed.reader.bad_records)
     ring_callback_errors = counter("event ring records the read callback failed to copy",
                                    read=lambda feed: feed.reader.callback_errors)
+    discarded = counter("events read at shutdown and left undissected: the stop deadline came first")
 
 
 class LiveFeed:
@@ -71,6 +74,14 @@ class LiveFeed:
     def step(self, timeout_ms: int = 50) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
         events = self.reader.poll(timeout_ms)
+        self._feed(events)
+        now = time.monotonic()
+        if now >= self._next_expire:
+            self._next_expire = now + EXPIRE_EVERY
+            self.pipeline.expire(now + self._offset)
+        return len(events)
+
+    def _feed(self, events) -> None:
         feed = self.pipeline.feed_frame
         offset = self._offset
         hold = self.hold
@@ -87,18 +98,21 @@ class LiveFeed:
         if hold is not None:
             hold.answer()
         self.counters.events += len(events)
-        now = time.monotonic()
-        if now >= self._next_expire:
-            self._next_expire = now + EXPIRE_EVERY
-            self.pipeline.expire(now + offset)
-        return len(events)
 
-    def drain(self, rounds: int = 3, timeout_ms: int = 20) -> None:
-        """Read what is left in the ring (e.g. before shutdown)."""
+    def drain(self, give_up=None, rounds: int = 3, timeout_ms: int = 20) -> None:
+        """Read what is left in the ring (before shutdown: after the programs
+        are detached nothing more comes), up to ``rounds`` reads.  ``give_up``:
+        asked between chunks of events; when it says time is out, the events
+        read and not yet dissected are dropped, counted in ``discarded``."""
         for _ in range(rounds):
-            if not self.step(timeout_ms):
-                break
-
+            events = self.reader.poll(timeout_ms)
+            if not events:
+                return
+            for start in range(0, len(events), DRAIN_CHUNK):
+                if give_up is not None and give_up():
+                    self.counters.discarded += len(events) - start
+                    return
+                self._feed(events[start:start + DRAIN_CHUNK])
     def _bypass(self, session) -> None:
         flow = session.flow
         try:

@@ -554,9 +554,13 @@ class Datapath:
             if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 log.warning("TC filter not removed", ifname=attachment.ifname, error=os.strerror(exc.code))
 
-    def close(self) -> None:
+    def detach_all(self) -> None:
+        """Detach from every interface (the maps and the ring stay readable)."""
         while self.attachments:
             self.detach(self.attachments.pop())
+
+    def close(self) -> None:
+        self.detach_all()
         if self._reader is not None:
             self._reader.close()
             self._reader = None

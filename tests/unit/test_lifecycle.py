@@ -1,0 +1,141 @@
+"""The bounded shutdown and the background snapshots, without a kernel:
+
+* ``Pipeline.finish(give_up=...)`` ends the flows in a mail transaction
+  first, then those with a dialogue, then the rest, and drops (counts) what
+  is left when time is out; without ``give_up`` it ends them all;
+* ``SnapshotWriter`` writes in a forked child that keeps none of the
+  parent's descriptors, reports a failure in one line, runs one child at a
+  time (a snapshot due meanwhile is skipped and counted) and ends a child
+  still writing when asked (shutdown).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sensor.errors import SensorError
+from sensor.pipeline import Pipeline
+from sensor.records.sinks import ListSink
+from sensor.service.snapshots import SnapshotWriter
+from support.sessions import DIALOGUE, session_segments
+
+
+def open_flows(pipe: Pipeline) -> None:
+    """Three flows left open (no FIN), in this order: one with nothing of
+    SMTP (a flood's), one after EHLO, one in a mail transaction."""
+    flows = [([(True, b"x" * 100)], 40001), (DIALOGUE[:3], 40002), (DIALOGUE[:6], 40003)]
+    ts = 100.0
+    for dialogue, port in flows:
+        for seg in session_segments(dialogue, cport=port)[:-2]:        # without the FINs
+            pipe.feed_segment(seg, ts)
+            ts += 0.001
+
+
+class Budget:
+    """give_up(): False for the first ``n`` questions, then True."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def __call__(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_a_deadline_finishes_the_flow_in_a_transaction_first_and_counts_the_rest():
+    sink = ListSink()
+    pipe = Pipeline(sink)
+    open_flows(pipe)
+    assert len(pipe.sessions) == 3
+    pipe.finish(give_up=Budget(1))
+    (rec,) = sink.of("smtp")       # the message sent, its final reply not seen yet
+    assert rec["mailfrom"] == "alice@example.org" and rec["id.orig_p"] == 40003
+    assert rec["delivered"] is False
+    assert pipe.counters.unfinished == 2
+    assert pipe.sessions == [] and len(pipe.reassembler.flows) == 0
+
+
+def test_the_dialogue_comes_before_the_flood_flow():
+    seen = []
+    pipe = Pipeline(ListSink(), listeners=[lambda sess, ev: seen.append(sess.flow.orig_p)])
+    open_flows(pipe)
+    seen.clear()
+    pipe.finish(give_up=Budget(2))
+    assert sorted(set(seen)) == [40002, 40003] and pipe.counters.unfinished == 1
+
+
+def test_without_a_deadline_every_flow_is_finished():
+    sink = ListSink()
+    pipe = Pipeline(sink)
+    open_flows(pipe)
+    pipe.finish()
+    assert sorted(r["id.orig_p"] for r in sink.of("smtp")) == [40002, 40003]
+    assert pipe.counters.unfinished == 0 and pipe.sessions == []
+
+
+# ---------------------------------------------------------------- SnapshotWriter
+
+class Log:
+    def __init__(self):
+        self.errors = []
+
+    def error(self, event, **kw):
+        self.errors.append((event, kw))
+
+
+def wait_done(writer: SnapshotWriter, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while writer.busy:
+        assert time.monotonic() < deadline, "the snapshot child did not end"
+        writer.poll()
+        time.sleep(0.01)
+
+
+def test_the_snapshot_is_written_by_a_child_holding_none_of_our_descriptors(tmp_path):
+    out = tmp_path / "fds.txt"
+    keep_r, keep_w = os.pipe()          # stands for the BPF programs, maps and sockets
+    try:
+        def write():
+            out.write_text(" ".join(sorted(os.listdir("/proc/self/fd"), key=int)) + f" pid {os.getpid()}")
+
+        writer = SnapshotWriter(write, Log())
+        assert writer.start() is True
+        child = writer.pid
+        assert child != os.getpid()
+        wait_done(writer)
+    finally:
+        os.close(keep_r)
+        os.close(keep_w)
+    fds, pid = out.read_text().split(" pid ")
+    assert int(pid) == child
+    inherited = {int(fd) for fd in fds.split()} - {0, 1, 2}
+    assert keep_r not in inherited and keep_w not in inherited
+    assert len(inherited) <= 3     # the report pipe, the file being written, the listing's own
+    assert writer.counters.written == 1 and writer.counters.failed == 0
+
+
+def test_a_failing_snapshot_is_logged_in_one_line():
+    log = Log()
+
+    def write():
+        raise SensorError("cannot write the snapshot /x: No space left on device")
+
+    writer = SnapshotWriter(write, log)
+    writer.start()
+    wait_done(writer)
+    assert writer.counters.failed == 1 and writer.counters.written == 0
+    ((event, kw),) = log.errors
+    assert event == "statistics snapshot not written" and "No space left" in kw["error"]
+    assert "\n" not in kw["error"]
+
+
+def test_one_child_at_a_time_and_finish_ends_it(tmp_path):
+    writer = SnapshotWriter(lambda: time.sleep(60), Log())
+    assert writer.start() is True
+    child = writer.pid
+    assert writer.start() is False and writer.counters.skipped == 1
+    writer.finish()
+    assert not writer.busy
+    assert not os.path.exists(f"/proc/{child}") or "Z" not in open(f"/proc/{child}/stat").read().split()[2]
+    assert writer.counters.written == 0
