@@ -3,7 +3,10 @@
 1. SIGTERM under a flood: how long `smtp-sensor run` takes to detach (fail
    open) and to exit while a client namespace floods the server's veth.
 2. What a SIGKILL loses: the statistics snapshot's cost per write (it is
-   taken every ``snapshot_interval``, so a SIGKILL loses at most that).
+   taken every ``snapshot_interval``, so a SIGKILL loses at most that), in
+   the caller and by the forked child the loop uses (what the fork costs it).
+3. The control socket's ``flows`` with 100 000 flows: the longest turn of
+   the serving loop while it streams, and a ``status`` asked meanwhile.
 
     .venv/bin/python bench/bench_lifecycle.py [--rate 120000] [--flows 20000] [--load 8] [--rules] [--json]
 
@@ -19,8 +22,10 @@ phases of its shutdown as its `stopped` log line gives them, and the flows
 it followed at the signal (the last `stats` line).
 
 (2) write_snapshot of ``--hosts`` hosts (each with recipients and samples),
-the median of 5 writes, on this machine's file system; no root needed
-(``--only snapshot``).
+the median of 5 writes, on this machine's file system, then the same by
+sensor.service.snapshots.SnapshotWriter; (3) a ControlServer over 100 000
+fake flows served by a thread as the sensor's loop serves it. (2) and (3)
+need no root (``--only snapshot``, ``--only control``).
 """
 
 from __future__ import annotations
@@ -123,18 +128,9 @@ def sigterm_under_flood(rate: int, flows: int, load: float, rules: bool, workdir
 
 
 def snapshot_cost(hosts: int, workdir: Path) -> dict:
-    from sensor.config import SpamStatsConfig
-    from sensor.spamstats import ConnState, RejectStats, write_snapshot
+    from sensor.spamstats import write_snapshot
 
-    stats = RejectStats(SpamStatsConfig(max_hosts=max(hosts, 1)))
-    now = time.time()
-    for i in range(hosts):
-        addr = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
-        conn = ConnState()
-        stats.observe_reply(addr, now, 220, conn, text="mx ESMTP", uid=f"C{i}")
-        for n in range(3):
-            stats.observe_recipient(addr, f"rcpt{n}@example.org", conn)
-            stats.observe_reply(addr, now, 550, conn, enhanced="5.1.1", text="no such user", uid=f"C{i}")
+    stats = _stats_of(hosts)
     path = workdir / "state.msgpack"
     times = []
     for _ in range(5):
@@ -145,6 +141,100 @@ def snapshot_cost(hosts: int, workdir: Path) -> dict:
             "bytes": path.stat().st_size}
 
 
+def snapshot_fork_cost(hosts: int, workdir: Path) -> dict:
+    """What the loop pays for a periodic snapshot with ``hosts`` hosts: the
+    fork (SnapshotWriter.start), and how long the child takes to write."""
+    from sensor.service.snapshots import SnapshotWriter
+
+    stats = _stats_of(hosts)
+    path = workdir / "state-bg.msgpack"
+    from sensor.spamstats import write_snapshot
+
+    class Log:
+        def error(self, *a, **kw):
+            raise RuntimeError(f"snapshot failed: {kw}")
+
+    writer = SnapshotWriter(lambda: write_snapshot(path, stats), Log())
+    forks, child = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        writer.start()
+        forks.append(time.perf_counter() - t0)
+        while writer.busy:
+            writer.poll()
+            time.sleep(0.001)
+        child.append(time.perf_counter() - t0)
+    return {"hosts": hosts, "fork_ms": round(statistics.median(forks) * 1000, 2),
+            "child_ms": round(statistics.median(child) * 1000, 1), "written": writer.counters.written}
+
+
+def flows_answer(flows: int, workdir: Path) -> dict:
+    """`flows` with ``flows`` open flows over the control socket: the longest
+    turn of the serving loop (one chunk made and written), the turns, the
+    whole answer's time, and a `status` asked meanwhile."""
+    import socket as socketlib
+    import struct
+    import threading as th
+    from types import SimpleNamespace
+
+    import msgpack
+
+    from sensor.service.control import ControlClient, ControlServer
+
+    conn = SimpleNamespace(state="COMMAND", helo="flood.example")
+    sessions = [SimpleNamespace(flow=SimpleNamespace(uid=f"C{i}", orig_h="192.0.2.10", orig_p=1024 + i % 60000,
+                                                     resp_h="192.0.2.25", resp_p=25, community_id=f"1:{i}",
+                                                     start_ts=0.0, last_ts=1.0),
+                                conn=conn, scratch={}, transactions=0, tls=False) for i in range(flows)]
+    sensor = SimpleNamespace(pipeline=SimpleNamespace(sessions=sessions), status=lambda: {"pid": 1})
+    server = ControlServer(workdir / "bench.sock", sensor)
+    stop, turns = th.Event(), []
+
+    def serve():
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            server.serve_pending(0.001)
+            turns.append(time.perf_counter() - t0)
+
+    loop = th.Thread(target=serve, daemon=True)
+    loop.start()
+    try:
+        t0 = time.perf_counter()
+        got = {}
+        reader = th.Thread(target=lambda: got.update(rows=ControlClient(server.path, 60).call("flows", limit=flows)))
+        reader.start()
+        time.sleep(0.05)
+        s0 = time.perf_counter()
+        ControlClient(server.path).call("status")
+        status_s = time.perf_counter() - s0
+        reader.join()
+        total = time.perf_counter() - t0
+    finally:
+        stop.set()
+        loop.join(5)
+        server.close()
+    busy = sorted(t for t in turns if t > 0.0015)      # the turns that did something
+    return {"flows": flows, "rows": len(got.get("rows", [])), "answer_s": round(total, 2),
+            "status_meanwhile_ms": round(status_s * 1000, 1),
+            "longest_turn_ms": round(max(turns) * 1000, 1), "busy_turns": len(busy)}
+
+
+def _stats_of(hosts: int):
+    from sensor.config import SpamStatsConfig
+    from sensor.spamstats import ConnState, RejectStats
+
+    stats = RejectStats(SpamStatsConfig(max_hosts=max(hosts, 1)))
+    now = time.time()
+    for i in range(hosts):
+        addr = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        conn = ConnState()
+        stats.observe_reply(addr, now, 220, conn, text="mx ESMTP", uid=f"C{i}")
+        for n in range(3):
+            stats.observe_recipient(addr, f"rcpt{n}@example.org", conn)
+            stats.observe_reply(addr, now, 550, conn, enhanced="5.1.1", text="no such user", uid=f"C{i}")
+    return stats
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=120_000, help="flood frames per second")
@@ -153,16 +243,19 @@ def main() -> int:
     parser.add_argument("--rules", action="store_true", help="run the shipped rules")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--hosts", type=int, default=100_000, help="hosts in the snapshot benchmark")
-    parser.add_argument("--only", choices=["sigterm", "snapshot"])
+    parser.add_argument("--only", choices=["sigterm", "snapshot", "control"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="ss-lifecycle-") as tmp:
-        if args.only != "snapshot":
+        if args.only in (None, "sigterm"):
             report["sigterm"] = [sigterm_under_flood(args.rate, args.flows, args.load, args.rules, Path(tmp))
                                  for _ in range(args.runs)]
-        if args.only != "sigterm":
+        if args.only in (None, "snapshot"):
             report["snapshot"] = [snapshot_cost(n, Path(tmp)) for n in sorted({1000, args.hosts})]
+            report["snapshot_fork"] = [snapshot_fork_cost(n, Path(tmp)) for n in sorted({1000, args.hosts})]
+        if args.only in (None, "control"):
+            report["flows_answer"] = [flows_answer(100_000, Path(tmp))]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -172,7 +265,12 @@ def main() -> int:
               f"exited after {r['exited_s']} s (status {r['exit_status']}); shutdown phases {r['shutdown']}; "
               f"{r['flows_unfinished']} flows left undissected, {r['events_discarded']} ring events")
     for r in report.get("snapshot", []):
-        print(f"snapshot of {r['hosts']} hosts: {r['write_ms']} ms a write, {r['bytes']} bytes")
+        print(f"snapshot of {r['hosts']} hosts in the caller: {r['write_ms']} ms a write, {r['bytes']} bytes")
+    for r in report.get("snapshot_fork", []):
+        print(f"snapshot of {r['hosts']} hosts by a child: the fork {r['fork_ms']} ms, written after {r['child_ms']} ms")
+    for r in report.get("flows_answer", []):
+        print(f"flows of {r['flows']} flows: {r['rows']} rows in {r['answer_s']} s, longest loop turn "
+              f"{r['longest_turn_ms']} ms, a status meanwhile {r['status_meanwhile_ms']} ms")
     return 0
 
 
