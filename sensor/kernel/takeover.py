@@ -119,7 +119,7 @@ def refusal(ifname: str, what: str, verdict: Verdict, detach: str) -> SensorErro
         advice = "stop that sensor first (smtp-sensor unload), or give this one another interface"
     elif verdict.name.startswith("ss_"):
         advice = (f"if no sensor of that installation runs any more, remove it with "
-                  f"'smtp-sensor unload -i {ifname} --pin-dir DIR' (DIR: its pin folder) or '{detach}'")
+                  f"'smtp-sensor unload -i {ifname} --keep-maps' or '{detach}'")
     else:
         advice = f"detach it first if it is not needed ('{detach}'), or stop what owns it"
     return SensorError(f"interface {ifname} already has {what} (id {verdict.prog_id}, name "

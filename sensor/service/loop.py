@@ -249,7 +249,7 @@ class Sensor:
         opt, control = self.options, self.control
         if timeout_ms is None:
             timeout_ms = 50 if control is None else 20
-        events = self.feed.step(timeout_ms)
+        events = self.feed.step(timeout_ms, self._stopping)
         if control is not None:
             control.serve_pending()
         if self.reopen_requested:
@@ -272,6 +272,9 @@ class Sensor:
             self._last_counters = now
             self.log.info("stats", **self.counters())
         return events
+
+    def _stopping(self) -> bool:
+        return bool(self.stop_requested)
 
     def stop(self) -> None:
         """Detach first (fail open: the traffic passes from then on), dissect

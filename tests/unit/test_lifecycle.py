@@ -1,5 +1,8 @@
 """The bounded shutdown and the background snapshots, without a kernel:
 
+* ``LiveFeed.step`` stops between chunks when the stop flag is up, and
+  ``drain`` dissects what it left, then the ring, until its deadline (the
+  rest counted as discarded);
 * ``Pipeline.finish(give_up=...)`` ends the flows in a mail transaction
   first, then those with a dialogue, then the rest, and drops (counts) what
   is left when time is out; without ``give_up`` it ends them all;
@@ -14,7 +17,10 @@ from __future__ import annotations
 import os
 import time
 
+from types import SimpleNamespace
+
 from sensor.errors import SensorError
+from sensor.inputs.live import DRAIN_CHUNK, LiveFeed
 from sensor.pipeline import Pipeline
 from sensor.records.sinks import ListSink
 from sensor.service.snapshots import SnapshotWriter
@@ -72,6 +78,40 @@ def test_without_a_deadline_every_flow_is_finished():
     pipe.finish()
     assert sorted(r["id.orig_p"] for r in sink.of("smtp")) == [40002, 40003]
     assert pipe.counters.unfinished == 0 and pipe.sessions == []
+
+
+# ---------------------------------------------------------------- LiveFeed
+
+class FakeReader:
+    """The event ring: each poll() returns the next batch."""
+
+    lost = bad_records = callback_errors = 0
+
+    def __init__(self, *batches):
+        self.batches = list(batches)
+
+    def poll(self, timeout_ms):
+        return self.batches.pop(0) if self.batches else []
+
+
+def events(n: int) -> list:
+    frame = b"\x02" * 60            # not IP: the pipeline counts it and goes on
+    return [SimpleNamespace(header=SimpleNamespace(flags=0, wire_len=60, ts_ns=i), frame=frame) for i in range(n)]
+
+
+def test_a_stop_interrupts_a_step_and_drain_dissects_the_rest():
+    feed = LiveFeed(FakeReader(events(1000), events(10)), Pipeline(ListSink()), maps=None)
+    asked = []
+    feed.step(0, interrupt=lambda: asked.append(1) or len(asked) > 1)       # up after the first chunk
+    assert feed.counters.events == DRAIN_CHUNK
+    feed.drain()
+    assert feed.counters.events == 1010 and feed.counters.discarded == 0
+
+
+def test_drain_stops_at_its_deadline_and_counts_what_it_left():
+    feed = LiveFeed(FakeReader(events(1000)), Pipeline(ListSink()), maps=None)
+    feed.drain(give_up=Budget(2))
+    assert feed.counters.events == 2 * DRAIN_CHUNK and feed.counters.discarded == 1000 - 2 * DRAIN_CHUNK
 
 
 # ---------------------------------------------------------------- SnapshotWriter
