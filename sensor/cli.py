@@ -225,7 +225,7 @@ def cmd_run(args) -> int:
         # ring's ctypes callback runs would be swallowed by it, and the sensor
         # would not stop.  Before (compiling, attaching), the exception, so
         # every finally: block unwinds what was done so far.
-        sensor.stop_requested = True
+        sensor.request_stop()
         if sensor.started is None:
             raise _Interrupt() if signum == signal.SIGINT else _Terminate()
 

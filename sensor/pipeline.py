@@ -177,6 +177,11 @@ class Pipeline:
         if give_up is None:
             self._handle(self.reassembler.flush_all(ts))
             return
+        if give_up():       # no time left at all: not even for ending the flows in the reassembly
+            for flow in self.reassembler.flows:
+                flow.ctx = None
+                self.counters.unfinished += 1
+            return
         collecting = gc.isenabled()
         gc.disable()        # the heap is at its largest: collections would walk it again and again
         try:

@@ -441,7 +441,7 @@ class ControlServer:
                 "errors": {str(k): v for k, v in rs.errors.items()}}
 
     def cmd_stop(self) -> dict:
-        self.sensor.stop_requested = True
+        self.sensor.request_stop()
         return {"stopping": True}
 
 

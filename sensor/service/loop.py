@@ -132,6 +132,7 @@ class Sensor:
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
         self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
         self._snapshots = None          # the periodic snapshots' writer (with a state file)
+        self._stop_asked_at = None      # when request_stop() was first called
 
     # ------------------------------------------------------------ the userland's parts
     pipeline = property(lambda self: self.userland.pipeline if self.userland else None)
@@ -273,6 +274,13 @@ class Sensor:
             self.log.info("stats", **self.counters())
         return events
 
+    def request_stop(self) -> None:
+        """Ask the loop to stop (a signal handler, the control socket): the
+        current step ends at its next chunk of events, then stop() runs."""
+        if not self.stop_requested:
+            self._stop_asked_at = time.monotonic()
+        self.stop_requested = True
+
     def _stopping(self) -> bool:
         return bool(self.stop_requested)
 
@@ -410,6 +418,8 @@ class Sensor:
     def _shutdown(self) -> None:
         took, t0 = {}, time.monotonic()
         t = t0
+        if self._stop_asked_at is not None:
+            took["noticed_s"] = round(t0 - self._stop_asked_at, 3)     # the step under way ended
         deadline = t0 + self.config.sensor.stop_timeout
 
         def phase(name):

@@ -73,6 +73,9 @@ class FakeSensor:
     def sink(self, record):
         self.records.append(record)
 
+    def request_stop(self):
+        self.stop_requested = True
+
     def status(self):
         if self.status_raises is not None:
             raise self.status_raises

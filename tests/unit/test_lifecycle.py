@@ -54,7 +54,7 @@ def test_a_deadline_finishes_the_flow_in_a_transaction_first_and_counts_the_rest
     pipe = Pipeline(sink)
     open_flows(pipe)
     assert len(pipe.sessions) == 3
-    pipe.finish(give_up=Budget(1))
+    pipe.finish(give_up=Budget(2))      # asked once before ending the flows, then before each
     (rec,) = sink.of("smtp")       # the message sent, its final reply not seen yet
     assert rec["mailfrom"] == "alice@example.org" and rec["id.orig_p"] == 40003
     assert rec["delivered"] is False
@@ -67,8 +67,16 @@ def test_the_dialogue_comes_before_the_flood_flow():
     pipe = Pipeline(ListSink(), listeners=[lambda sess, ev: seen.append(sess.flow.orig_p)])
     open_flows(pipe)
     seen.clear()
-    pipe.finish(give_up=Budget(2))
+    pipe.finish(give_up=Budget(3))
     assert sorted(set(seen)) == [40002, 40003] and pipe.counters.unfinished == 1
+
+
+def test_no_time_left_at_all_leaves_every_flow_unfinished():
+    sink = ListSink()
+    pipe = Pipeline(sink)
+    open_flows(pipe)
+    pipe.finish(give_up=lambda: True)
+    assert sink.of("smtp") == [] and pipe.counters.unfinished == 3 and pipe.sessions == []
 
 
 def test_without_a_deadline_every_flow_is_finished():
