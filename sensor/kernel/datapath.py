@@ -385,12 +385,12 @@ class Datapath:
             if old_mode not in XDP_MODES:
                 raise SensorError(f"interface {ifname} carries smtp-sensor's XDP program (id {xdp_id}) in "
                                   f"{old_mode} mode, which smtp-sensor does not use: remove it with "
-                                  f"'smtp-sensor unload -i {ifname}'")
+                                  f"'smtp-sensor unload -i {ifname} --keep-maps'")
             if xdp_mode != "auto" and xdp_mode != old_mode:
                 raise SensorError(f"interface {ifname} carries smtp-sensor's XDP program of a killed sensor "
                                   f"(id {xdp_id}) in {old_mode} mode, and {xdp_mode} mode is asked for: an "
                                   f"atomic replacement keeps the mode; remove it first with "
-                                  f"'smtp-sensor unload -i {ifname}', or ask for {old_mode}")
+                                  f"'smtp-sensor unload -i {ifname} --keep-maps', or ask for {old_mode}")
         ours, others = _tc_filters(ipr, ifindex)
         tc_id = self._judge_stale_tc(ifname, ours, pin_dir) if ours is not None else None
         clsact = tc_id is not None and others == 0 and _has_clsact(ipr, ifindex)

@@ -63,13 +63,12 @@ def pinned_map_ids(pin_dir: Path) -> set[int]:
 
 
 def holders(prog_id: int) -> tuple[int, ...]:
-    """The processes (other than this one) holding a file descriptor of the
-    program ``prog_id``, read from /proc/PID/fdinfo."""
-    me, found = os.getpid(), []
+    """The processes holding a file descriptor of the program ``prog_id``,
+    read from /proc/PID/fdinfo: this one too (another Datapath of this
+    process is a running sensor as much as another process is)."""
+    found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        if _holds(entry.path, prog_id):
+        if entry.name.isdigit() and _holds(entry.path, prog_id):
             found.append(int(entry.name))
     return tuple(found)
 
