@@ -91,10 +91,12 @@ class Userland:
         if self.engine is not None:
             self.engine.close()
 
-    def shutdown(self, now: float) -> None:
-        """The live sensor stops at ``now``: end every flow, tick once more.
-        Its statistics go on after a restart (the snapshot): no last check."""
-        self.pipeline.finish()
+    def shutdown(self, now: float, give_up=None) -> None:
+        """The live sensor stops at ``now``: end every flow (the most important
+        first while ``give_up()`` says there is time: ``Pipeline.finish``),
+        tick once more.  Its statistics go on after a restart (the snapshot):
+        no last check."""
+        self.pipeline.finish(give_up=give_up)
         self.tick(now)
         if self.engine is not None:
             self.engine.close()

@@ -297,8 +297,10 @@ class SensorConfig:
     output: str = "-"
     #: snapshot of the reject statistics and bans (None: nothing persisted)
     state_file: Path | None = None
-    #: seconds between snapshots (one is also written at shutdown)
-    snapshot_interval: float = 300.0
+    #: seconds between snapshots (one is also written at shutdown): what a SIGKILL loses at most
+    snapshot_interval: float = 5.0
+    #: seconds the shutdown may spend dissecting what is left (the ring, the open flows)
+    stop_timeout: float = 1.0
     #: drop and ban in the kernel; false: monitor only (a SPAN port): verdicts are logged, never applied
     enforce: bool = True
 
@@ -313,6 +315,7 @@ class SensorConfig:
             "output": lambda v: str(v) if isinstance(v, Path) else _str(v),
             "state_file": _optional(_path),
             "snapshot_interval": lambda v: _duration(v, positive=True),
+            "stop_timeout": lambda v: _duration(v, positive=True),
             "enforce": _bool,
         })
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["PRIVATE", "open_private"]
+__all__ = ["PRIVATE", "open_private", "write_atomic"]
 
 #: the mode of a file the sensor creates
 PRIVATE = 0o600
@@ -34,4 +34,34 @@ def open_private(path, mode: str = "a", encoding: str | None = None):
         return os.fdopen(fd, mode, encoding=encoding)
     except BaseException:
         os.close(fd)
+        raise
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` so that a crash at any point leaves either
+    the old file or the new one whole: ``<path>.tmp`` (0600; one writer at a
+    time: the caller's to ensure), fsync, rename over ``path``, fsync of the
+    folder.  OSError on failure, the temporary file removed."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), PRIVATE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise

@@ -20,6 +20,8 @@ kernel to bypass an encrypted flow.
 
 from __future__ import annotations
 
+import gc
+
 from sensor import records, smtp
 from sensor.counters import Counters, counter
 from sensor.smtp import events as sev
@@ -29,6 +31,7 @@ from sensor.stream.direction import CLIENT, SERVER
 __all__ = ["Pipeline", "Session", "PipelineCounters"]
 
 _Data = reassembly.Data
+_FlowEnd = reassembly.FlowEnd
 _decode = packet.decode
 
 
@@ -64,6 +67,16 @@ class Session:
         return f"<Session {self.flow!r}>"
 
 
+def _importance(sess) -> int:
+    """0: in a mail transaction, 1: an SMTP dialogue, 2: nothing of SMTP yet."""
+    if sess is None:
+        return 3
+    conn = sess.conn
+    if conn.in_transaction:
+        return 0
+    return 1 if sess.transactions or conn.helo else 2
+
+
 class PipelineCounters(Counters):
     """What the pipeline saw, for the summary line, status and metrics."""
 
@@ -79,6 +92,7 @@ class PipelineCounters(Counters):
     listener_errors = counter("exceptions raised by listeners (rules, statistics)")
     gated = counter("segments of dropped flows kept from the dissector")
     ip_anomalies = counter("IP fragmentation anomalies written on their flow's record")
+    unfinished = counter("flows left undissected at shutdown: the stop deadline came first")
 
 
 class Pipeline:
@@ -154,10 +168,47 @@ class Pipeline:
             self._defrag_anomalies()
         self._handle(self.reassembler.expire(now))
 
-    def finish(self, ts: float | None = None) -> None:
-        """End every flow (end of capture, shutdown)."""
+    def finish(self, ts: float | None = None, give_up=None) -> None:
+        """End every flow (end of capture, shutdown).
+
+        ``give_up``: a callable that says when time is out (the live sensor's
+        stop deadline).  The flows are then ended by importance, asking it
+        between two flows: first those in a mail transaction, then those with
+        an SMTP dialogue, then the rest (a flood's); what is left when it says
+        so is dropped undissected, counted in ``unfinished``."""
         self.defragmenter.flush()
-        self._handle(self.reassembler.flush_all(ts))
+        if give_up is None:
+            self._handle(self.reassembler.flush_all(ts))
+            return
+        if give_up():       # no time left at all: not even for ending the flows in the reassembly
+            for flow in self.reassembler.flows:
+                flow.ctx = None
+                self.counters.unfinished += 1
+            return
+        collecting = gc.isenabled()
+        gc.disable()        # the heap is at its largest: collections would walk it again and again
+        try:
+            self._finish_until(self.reassembler.flush_all(ts), give_up)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _finish_until(self, events, give_up) -> None:
+        # flush_all gives each flow's events together, its FlowEnd last
+        flows, current = [], []
+        for ev in events:
+            current.append(ev)
+            if type(ev) is _FlowEnd:
+                flows.append(current)
+                current = []
+        flows.sort(key=lambda evs: _importance(evs[-1].flow.ctx))
+        for done, flow_events in enumerate(flows):
+            if give_up():
+                for rest in flows[done:]:
+                    rest[-1].flow.ctx = None
+                self.counters.unfinished += len(flows) - done
+                return
+            self._handle(flow_events)
 
     @property
     def sessions(self):

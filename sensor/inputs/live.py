@@ -30,6 +30,8 @@ __all__ = ["LiveFeed", "FeedCounters", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
 STARTTLS_BYPASS_TTL = 3600.0
 #: seconds of wall clock between two passes that end idle flows
 EXPIRE_EVERY = 1.0
+#: events dissected between two looks at the shutdown's deadline (drain)
+DRAIN_CHUNK = 256
 
 _HELD = abi.EVF_HELD
 _CUT = abi.EVF_CUT
@@ -50,6 +52,7 @@ class FeedCounters(Counters):
                                read=lambda feed: feed.reader.bad_records)
     ring_callback_errors = counter("event ring records the read callback failed to copy",
                                    read=lambda feed: feed.reader.callback_errors)
+    discarded = counter("events read at shutdown and left undissected: the stop deadline came first")
 
 
 class LiveFeed:
@@ -66,15 +69,35 @@ class LiveFeed:
         self.counters = FeedCounters(self)
         self._offset = time.time() - time.monotonic()
         self._next_expire = time.monotonic() + EXPIRE_EVERY
+        self._pending: list = []        # events an interrupted step left for drain()
         if pipeline.on_starttls is None:
             pipeline.on_starttls = self._bypass
         # XDP sees ingress frames as the NIC received them: their checksums
         # are verified; TC's egress frames carry what the NIC will complete
         pipeline.reassembler.verify_all()
 
-    def step(self, timeout_ms: int = 50) -> int:
-        """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
+    def step(self, timeout_ms: int = 50, interrupt=None) -> int:
+        """Wait up to ``timeout_ms`` for events, dissect them; returns how many.
+        ``interrupt``: asked between chunks of events (the sensor's stop
+        flag); when it says so, the rest waits for ``drain``."""
         events = self.reader.poll(timeout_ms)
+        if interrupt is None or len(events) <= DRAIN_CHUNK:
+            self._dissect(events)
+        else:
+            for start in range(0, len(events), DRAIN_CHUNK):
+                if interrupt():
+                    self._pending = events[start:]
+                    break
+                self._dissect(events[start:start + DRAIN_CHUNK])
+        if self.hold is not None:
+            self.hold.answer()
+        now = time.monotonic()
+        if now >= self._next_expire:
+            self._next_expire = now + EXPIRE_EVERY
+            self.pipeline.expire(now + self._offset)
+        return len(events)
+
+    def _dissect(self, events) -> None:
         feed = self.pipeline.feed_frame
         offset = self._offset
         hold = self.hold
@@ -89,20 +112,33 @@ class LiveFeed:
                     hold.held(seg, h, None if h.flags & _CUT else ev.frame, gated=counted.gated != gated)
             else:
                 feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, h.direction == _INGRESS)
-        if hold is not None:
-            hold.answer()
         self.counters.events += len(events)
-        now = time.monotonic()
-        if now >= self._next_expire:
-            self._next_expire = now + EXPIRE_EVERY
-            self.pipeline.expire(now + offset)
-        return len(events)
 
-    def drain(self, rounds: int = 3, timeout_ms: int = 20) -> None:
-        """Read what is left in the ring (e.g. before shutdown)."""
+    def drain(self, give_up=None, rounds: int = 3, timeout_ms: int = 20) -> None:
+        """Dissect what is left: the events an interrupted step left, then
+        what is in the ring (before shutdown: after the programs are detached
+        nothing more comes), up to ``rounds`` reads.  ``give_up``: asked
+        between chunks of events; when it says time is out, the events read
+        and not yet dissected are dropped, counted in ``discarded``."""
+        pending, self._pending = self._pending, []
+        if not self._dissect_until(pending, give_up):
+            return
         for _ in range(rounds):
-            if not self.step(timeout_ms):
-                break
+            events = self.reader.poll(timeout_ms)
+            if not events or not self._dissect_until(events, give_up):
+                return
+
+    def _dissect_until(self, events, give_up) -> bool:
+        """Dissect ``events`` chunk by chunk while ``give_up`` allows; False
+        (the rest counted as discarded) when it did not."""
+        for start in range(0, len(events), DRAIN_CHUNK):
+            if give_up is not None and give_up():
+                self.counters.discarded += len(events) - start
+                return False
+            self._dissect(events[start:start + DRAIN_CHUNK])
+            if self.hold is not None:
+                self.hold.answer()
+        return True
 
     def _bypass(self, session) -> None:
         flow = session.flow

@@ -1,5 +1,6 @@
 """The few bpf(2) commands bcc's Python API does not expose: get a pinned
-object, read a map's or program's info, a program's fd by its id, load the
+object, read a map's or program's info (with the ids of the maps a program
+uses), a program's fd by its id, load the
 two-instruction XDP program that passes everything (no compiler). bpf() and
 bpf_attr() make any other command (the kernel tests run the programs with
 BPF_PROG_TEST_RUN through them: tests/support/testrun.py)."""
@@ -126,6 +127,7 @@ class ProgInfo:
     type: int
     id: int
     name: str
+    map_ids: tuple[int, ...] = ()
 
 
 def obj_get(path: str) -> int:
@@ -151,12 +153,26 @@ def prog_fd_by_id(prog_id: int) -> int:
     return bpf(BPF_PROG_GET_FD_BY_ID, bpf_attr(_IdAttr(id=prog_id)))
 
 
+def prog_info(fd: int) -> ProgInfo:
+    """The program's type, id, name and the ids of the maps it uses."""
+    info = _ProgInfo()
+    _info(fd, info)
+    count = info.nr_map_ids
+    if count:
+        # the second call fills the ids the first one counted (the kernel
+        # writes at most nr_map_ids of them)
+        ids = (ct.c_uint32 * count)()
+        info = _ProgInfo(nr_map_ids=count, map_ids=ct.addressof(ids))
+        _info(fd, info)
+        count = min(count, info.nr_map_ids)
+    return ProgInfo(info.type, info.id, info.name.decode(errors="replace"),
+                    tuple(ids[:count]) if count else ())
+
+
 def prog_info_by_id(prog_id: int) -> ProgInfo:
     fd = prog_fd_by_id(prog_id)
     try:
-        info = _ProgInfo()
-        _info(fd, info)
-        return ProgInfo(info.type, info.id, info.name.decode(errors="replace"))
+        return prog_info(fd)
     finally:
         os.close(fd)
 

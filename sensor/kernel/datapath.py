@@ -9,6 +9,11 @@ Everything attached is detached on every exit path (close(), the context
 manager, and the signal handlers of the CLI call close()). Nothing belonging
 to someone else is replaced or removed: an interface that already carries an
 XDP program is refused, a clsact qdisc we did not create is left in place.
+The one exception is a sensor's own programs left by a SIGKILL or an OOM
+kill (sensor.kernel.takeover says how they are told apart): they are
+replaced atomically, the XDP program by netlink with the old one as the
+expected fd (XDP_FLAGS_REPLACE: the kernel swaps only if it is still the one
+judged), the TC filter by a replace at our priority and handle.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import structlog
 
 from sensor.errors import SensorError
-from sensor.kernel import abi, bpfsys
+from sensor.kernel import abi, bpfsys, takeover
 from sensor.kernel.maps import PINNED_MAPS, KernelMaps
 from sensor.kernel.netns import iproute
 
@@ -43,6 +48,7 @@ XDP_FLAGS_REPLACE = 1 << 4
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 TC_EGRESS_PARENT = "ffff:fff3"
+TC_INGRESS_PARENT = "ffff:fff2"
 TC_PRIO = 0xC5E  # our filter's priority: found again and removed by it alone
 
 # Capabilities (bit numbers from linux/capability.h) that loading and
@@ -75,6 +81,31 @@ class Attachment:
     netns: str | None
     xdp_mode: str  # "native" or "generic"
     created_clsact: bool
+    took_over: tuple[int, ...] = ()   # ids of a killed sensor's programs this attachment replaced
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A killed sensor's programs on one interface, judged ours (takeover):
+    the XDP program's id and mode, the TC filter's program id, and whether
+    the clsact qdisc holds nothing else (then it is taken over as well)."""
+
+    xdp_id: int | None = None
+    xdp_mode: str | None = None
+    tc_id: int | None = None
+    clsact_ours: bool = False
+
+
+def attached_xdp(link) -> tuple[int | None, str | None]:
+    """(program id, "native" / "generic" / other) of the XDP program on a
+    pyroute2 link message, (None, None) without one."""
+    xdp = link.get_attr("IFLA_XDP")
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+    if not prog_id:
+        return None, None
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED")
+    return prog_id, {"xdp": "native", 1: "native", "xdpgeneric": "generic", 2: "generic"}.get(
+        attached, str(attached))
 
 
 def effective_capabilities() -> int:
@@ -307,7 +338,9 @@ class Datapath:
     # ------------------------------------------------------------ attaching
 
     def attach(self, ifname: str, netns: str | None = None, xdp_mode: str = "auto") -> Attachment:
-        """XDP on ingress and TC on egress of one interface."""
+        """XDP on ingress and TC on egress of one interface; a killed sensor's
+        programs found there are replaced (``judge_stale``), anything else
+        already attached is refused."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         if xdp_mode not in ("auto", *XDP_MODES):
@@ -319,39 +352,68 @@ class Datapath:
                 raise SensorError(f"interface {ifname!r} does not exist{where}: "
                                   "check the name with 'ip link'")
             ifindex = found[0]
-            self._refuse_foreign_xdp(ipr, ifname, ifindex)
-            mode = self._attach_xdp(ipr, ifname, ifindex, xdp_mode, NetlinkError)
-            attachment = Attachment(ifname, ifindex, netns, mode, created_clsact=False)
+            stale = self.judge_stale(ipr, ifname, ifindex, xdp_mode)
+            mode = self._attach_xdp(ipr, ifname, ifindex, xdp_mode, NetlinkError, stale)
+            attachment = Attachment(ifname, ifindex, netns, mode, created_clsact=stale.clsact_ours,
+                                    took_over=tuple(i for i in (stale.xdp_id, stale.tc_id) if i))
             self.attachments.append(attachment)
             try:
-                self._attach_tc(ipr, attachment, NetlinkError)
+                self._attach_tc(ipr, attachment, NetlinkError, stale)
             except NetlinkError as exc:
                 raise SensorError(f"cannot attach the TC egress filter to {ifname}: "
                                   f"{os.strerror(exc.code)}") from None
-        log.info("attached", ifname=ifname, netns=netns, xdp_mode=mode,
-                 xdp_prog_id=bpfsys.prog_id(self.xdp_fd), tc_prog_id=bpfsys.prog_id(self.tc_fd))
+        ids = {"xdp_prog_id": bpfsys.prog_id(self.xdp_fd), "tc_prog_id": bpfsys.prog_id(self.tc_fd)}
+        if attachment.took_over:
+            log.warning("took over the programs of a sensor that was killed without cleanup",
+                        ifname=ifname, netns=netns, replaced_xdp_prog_id=stale.xdp_id,
+                        replaced_tc_prog_id=stale.tc_id, **ids)
+        log.info("attached", ifname=ifname, netns=netns, xdp_mode=mode, **ids)
         return attachment
 
-    @staticmethod
-    def _refuse_foreign_xdp(ipr, ifname: str, ifindex: int) -> None:
-        link = ipr.get_links(ifindex)[0]
-        xdp = link.get_attr("IFLA_XDP")
-        prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
-        if prog_id:
-            try:
-                name = bpfsys.prog_info_by_id(prog_id).name
-            except OSError:
-                name = "?"
-            ours = name == XDP_PROG_NAME
-            raise SensorError(
-                f"interface {ifname} already has an XDP program (id {prog_id}, name {name!r}); "
-                f"smtp-sensor will not replace it. "
-                + (f"It is smtp-sensor's own: if no sensor runs any more (killed without cleanup), "
-                   f"remove it with 'smtp-sensor unload -i {ifname}'" if ours else
-                   f"Detach it first if it is not needed ('ip link set dev {ifname} xdp off'), "
-                   "or stop what owns it"))
+    def judge_stale(self, ipr, ifname: str, ifindex: int, xdp_mode: str = "auto") -> Stale:
+        """What is attached to the interface already: nothing, or a killed
+        sensor's programs of our pin folder (``Stale``, to replace).  Anything
+        else raises SensorError (one line): a foreign XDP program, a running
+        sensor's, another filter at our TC priority."""
+        pin_dir = self.config.pin_dir
+        xdp_id, old_mode = attached_xdp(ipr.get_links(ifindex)[0])
+        if xdp_id:
+            verdict = takeover.judge(xdp_id, XDP_PROG_NAME, pin_dir)
+            if not verdict.ours:
+                raise takeover.refusal(ifname, "an XDP program", verdict,
+                                       f"ip link set dev {ifname} xdp off")
+            if old_mode not in XDP_MODES:
+                raise SensorError(f"interface {ifname} carries smtp-sensor's XDP program (id {xdp_id}) in "
+                                  f"{old_mode} mode, which smtp-sensor does not use: remove it with "
+                                  f"'smtp-sensor unload -i {ifname} --keep-maps'")
+            if xdp_mode != "auto" and xdp_mode != old_mode:
+                raise SensorError(f"interface {ifname} carries smtp-sensor's XDP program of a killed sensor "
+                                  f"(id {xdp_id}) in {old_mode} mode, and {xdp_mode} mode is asked for: an "
+                                  f"atomic replacement keeps the mode; remove it first with "
+                                  f"'smtp-sensor unload -i {ifname} --keep-maps', or ask for {old_mode}")
+        ours, others = _tc_filters(ipr, ifindex)
+        tc_id = self._judge_stale_tc(ifname, ours, pin_dir) if ours is not None else None
+        clsact = tc_id is not None and others == 0 and _has_clsact(ipr, ifindex)
+        return Stale(xdp_id, old_mode if xdp_id else None, tc_id, clsact)
 
-    def _attach_xdp(self, ipr, ifname: str, ifindex: int, xdp_mode: str, NetlinkError) -> str:
+    @staticmethod
+    def _judge_stale_tc(ifname: str, flt, pin_dir: Path) -> int:
+        opts = flt.get_attr("TCA_OPTIONS")
+        name = opts.get_attr("TCA_BPF_NAME") or ""
+        prog_id = takeover.tc_filter_prog_id(flt)
+        if not name.startswith(TC_PROG_NAME) or prog_id is None:
+            raise SensorError(f"interface {ifname} has a TC egress filter {name!r} at smtp-sensor's "
+                              f"priority {TC_PRIO:#x}: smtp-sensor will not replace it; remove it if it "
+                              f"is not needed (tc filter del dev {ifname} egress prio {TC_PRIO})")
+        verdict = takeover.judge(prog_id, TC_PROG_NAME, pin_dir)
+        if not verdict.ours:
+            raise takeover.refusal(ifname, "a TC egress filter", verdict,
+                                   f"tc filter del dev {ifname} egress prio {TC_PRIO}")
+        return prog_id
+
+    def _attach_xdp(self, ipr, ifname: str, ifindex: int, xdp_mode: str, NetlinkError, stale: Stale) -> str:
+        if stale.xdp_id:
+            return self._replace_xdp(ipr, ifname, ifindex, stale, NetlinkError)
         modes = ["native", "generic"] if xdp_mode == "auto" else [xdp_mode]
         last = None
         for mode in modes:
@@ -371,23 +433,52 @@ class Datapath:
         raise SensorError(f"cannot attach XDP to {ifname} in {xdp_mode} mode: "
                           f"{os.strerror(last.code)}") from None
 
-    def _attach_tc(self, ipr, attachment: Attachment, NetlinkError) -> None:
+    def _replace_xdp(self, ipr, ifname: str, ifindex: int, stale: Stale, NetlinkError) -> str:
+        """Swap the killed sensor's XDP program for ours in one netlink
+        request, as libxdp does: REPLACE with the old program as EXPECTED_FD,
+        so the kernel refuses (EEXIST) if another took its place meanwhile;
+        the interface is never without a program."""
         try:
-            ipr.tc("add", "clsact", attachment.ifindex)
-            attachment.created_clsact = True
+            old_fd = bpfsys.prog_fd_by_id(stale.xdp_id)
+        except OSError:
+            raise SensorError(f"the XDP program {stale.xdp_id} on {ifname} went away while we "
+                              "replaced it: start again") from None
+        try:
+            ipr.link("set", index=ifindex, xdp={"attrs": [
+                ("IFLA_XDP_FD", self.xdp_fd), ("IFLA_XDP_EXPECTED_FD", old_fd),
+                ("IFLA_XDP_FLAGS", XDP_MODES[stale.xdp_mode] | XDP_FLAGS_REPLACE)]})
         except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-            # someone else's clsact: keep it, and remove only our filter later
-        ipr.tc("add-filter", "bpf", attachment.ifindex, ":1", fd=self.tc_fd, name="ss_tc_egress",
-               parent=TC_EGRESS_PARENT, classid=1, direct_action=True, prio=TC_PRIO)
+            if exc.code == errno.EEXIST:
+                raise SensorError(f"interface {ifname} got another XDP program while we replaced the "
+                                  f"killed sensor's (id {stale.xdp_id}); smtp-sensor will not replace it") from None
+            raise SensorError(f"cannot replace the XDP program {stale.xdp_id} on {ifname}: "
+                              f"{os.strerror(exc.code)}") from None
+        finally:
+            os.close(old_fd)
+        return stale.xdp_mode
+
+    def _attach_tc(self, ipr, attachment: Attachment, NetlinkError, stale: Stale) -> None:
+        if stale.tc_id is None:
+            try:
+                ipr.tc("add", "clsact", attachment.ifindex)
+                attachment.created_clsact = True
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+                # someone else's clsact: keep it, and remove only our filter later
+        # "replace" at our priority and handle: a killed sensor's filter is
+        # swapped in place (the egress path is never without it); none there: added
+        ipr.tc("replace-filter" if stale.tc_id is not None else "add-filter", "bpf", attachment.ifindex,
+               ":1", fd=self.tc_fd, name="ss_tc_egress", parent=TC_EGRESS_PARENT, classid=1,
+               direct_action=True, prio=TC_PRIO)
 
     @staticmethod
     def detach_stale(ifname: str, netns: str | None = None) -> list[str]:
         """Remove programs of a sensor that died without cleanup (SIGKILL, OOM)
         from ``ifname``: the XDP program only if it is named ours (removed
         with EXPECTED_FD, so a program attached meanwhile is left alone), and
-        the TC egress filter at our priority only if it is named ours.
+        the TC egress filter at our priority only if it is named ours, with
+        the clsact qdisc when nothing else is attached to it.
         Returns what was removed."""
         from pyroute2.netlink.exceptions import NetlinkError
 
@@ -398,37 +489,32 @@ class Datapath:
                 where = f" in namespace {netns}" if netns else ""
                 raise SensorError(f"interface {ifname!r} does not exist{where}")
             ifindex = found[0]
-            link = ipr.get_links(ifindex)[0]
-            xdp = link.get_attr("IFLA_XDP")
-            prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+            prog_id, mode = attached_xdp(ipr.get_links(ifindex)[0])
             if prog_id:
                 fd = bpfsys.prog_fd_by_id(prog_id)
                 try:
                     name = bpfsys.prog_info_by_id(prog_id).name
-                    attached = xdp.get_attr("IFLA_XDP_ATTACHED")
-                    mode = "generic" if attached == 2 else "native"
-                    if name == XDP_PROG_NAME:
+                    if name == XDP_PROG_NAME and mode in XDP_MODES:
                         ipr.link("set", index=ifindex, xdp={"attrs": [
                             ("IFLA_XDP_FD", -1), ("IFLA_XDP_EXPECTED_FD", fd),
                             ("IFLA_XDP_FLAGS", XDP_MODES[mode] | XDP_FLAGS_REPLACE)]})
                         removed.append(f"XDP program {prog_id} ({mode})")
                 finally:
                     os.close(fd)
-            try:
-                filters = ipr.get_filters(ifindex, parent=TC_EGRESS_PARENT)
-            except NetlinkError:
-                filters = []
-            for flt in filters:
-                opts = flt.get_attr("TCA_OPTIONS")
-                name = opts.get_attr("TCA_BPF_NAME") if opts else None
-                if name and name.startswith(TC_PROG_NAME) and (flt["info"] >> 16) == TC_PRIO:
-                    try:
-                        ipr.tc("del-filter", "bpf", ifindex, ":1", parent=TC_EGRESS_PARENT, prio=TC_PRIO)
-                        removed.append(f"TC egress filter {name}")
-                    except NetlinkError as exc:
-                        if exc.code not in (errno.ENOENT, errno.EINVAL):
-                            raise
-                    break
+            flt, others = _tc_filters(ipr, ifindex)
+            opts = flt.get_attr("TCA_OPTIONS") if flt is not None else None
+            name = opts.get_attr("TCA_BPF_NAME") if opts else None
+            if name and name.startswith(TC_PROG_NAME):
+                try:
+                    ipr.tc("del-filter", "bpf", ifindex, ":1", parent=TC_EGRESS_PARENT, prio=TC_PRIO)
+                    removed.append(f"TC egress filter {name}")
+                except NetlinkError as exc:
+                    if exc.code not in (errno.ENOENT, errno.EINVAL):
+                        raise
+                # a clsact holding nothing else is the killed sensor's (as in judge_stale)
+                if not others and _has_clsact(ipr, ifindex):
+                    ipr.tc("del", "clsact", ifindex)
+                    removed.append("its clsact qdisc")
         return removed
 
     def detach(self, attachment: Attachment) -> None:
@@ -468,9 +554,13 @@ class Datapath:
             if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 log.warning("TC filter not removed", ifname=attachment.ifname, error=os.strerror(exc.code))
 
-    def close(self) -> None:
+    def detach_all(self) -> None:
+        """Detach from every interface (the maps and the ring stay readable)."""
         while self.attachments:
             self.detach(self.attachments.pop())
+
+    def close(self) -> None:
+        self.detach_all()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -485,3 +575,28 @@ class Datapath:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _tc_filters(ipr, ifindex: int):
+    """(the egress filter at our priority or None, how many other filters)
+    on the interface's clsact, ingress and egress."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    ours, others = None, 0
+    for parent in (TC_EGRESS_PARENT, TC_INGRESS_PARENT):
+        try:
+            filters = ipr.get_filters(ifindex, parent=parent)
+        except NetlinkError:
+            filters = []
+        for flt in filters:
+            if not flt.get_attr("TCA_OPTIONS"):
+                continue              # a chain's head, no filter of its own
+            if parent == TC_EGRESS_PARENT and (flt["info"] >> 16) == TC_PRIO:
+                ours = flt
+            else:
+                others += 1
+    return ours, others
+
+
+def _has_clsact(ipr, ifindex: int) -> bool:
+    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(ifindex))

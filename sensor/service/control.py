@@ -9,11 +9,20 @@ than ``MAX_REQUEST`` bytes, malformed, naming an unknown command or giving
 arguments of the wrong type gets an error reply and the connection is closed.
 Replies are written without blocking (a client that does not read its reply
 cannot stall the loop); a client that does not finish its request, or does
-not take its reply, within ``IDLE_TIMEOUT`` seconds is dropped.  With
-``MAX_CLIENTS`` connections open, a new one replaces the oldest that has not
-sent a whole request yet (idle connections cannot lock the operator out).  No
-request, however malformed, and no command's failure can raise into the
-sensor's loop.
+not take its reply, within ``IDLE_TIMEOUT`` seconds is dropped.  At most
+``MAX_CLIENTS`` connections are served at once; the next ones wait in the
+listen queue (``LISTEN_BACKLOG``), accepted as connections end, so a burst of
+clients is answered, not reset.  A connection that has sent no whole request
+for ``EVICT_AFTER`` seconds gives its place to one waiting in the queue (idle
+connections cannot lock the operator out).  No request, however malformed,
+and no command's failure can raise into the sensor's loop.
+
+A long answer (``flows``: up to every open flow, 100 000 or more) is
+streamed: the command returns a generator of row chunks, each made in its
+own turn of the loop once the previous one is written, so the loop (and
+every other client) goes on meanwhile.  On the wire: reply frames with
+``"more": true`` whose ``result`` lists are concatenated, up to the last
+frame, without ``more``.  A failure while streaming ends it with an error frame.
 
 Commands: status, flows, stats, bans, ban_add, ban_del, reload, stop.  The
 server is transport: bans and unbans go through the sensor's enforcer, their
@@ -46,6 +55,10 @@ DEFAULT_SOCKET = "/run/smtp-sensor/control.sock"
 MAX_REQUEST = 64 * 1024
 MAX_CLIENTS = 16
 IDLE_TIMEOUT = 5.0
+#: seconds without a whole request after which a connection makes room for a waiting one
+EVICT_AFTER = 0.5
+#: rows of a streamed answer made in one turn of the loop
+STREAM_CHUNK = 500
 #: longest TTL a ban takes (the kernel's deadline is a u64 of nanoseconds)
 MAX_TTL = 10 * 365 * 86400.0
 _ACCEPT_BATCH = 64
@@ -109,7 +122,7 @@ def _frame(obj) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "buf", "since", "out")
+    __slots__ = ("sock", "fd", "buf", "since", "out", "stream", "cmd")
 
     def __init__(self, sock):
         self.sock = sock
@@ -117,6 +130,8 @@ class _Conn:
         self.buf = bytearray()
         self.since = time.monotonic()
         self.out = None          # the reply being written (a memoryview), once there is one
+        self.stream = None       # the chunks of a streamed answer still to come (a generator)
+        self.cmd = None          # the command being answered
 
 
 class ControlCounters(Counters):
@@ -149,6 +164,7 @@ class ControlServer:
         self.sock.setblocking(False)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.sock, selectors.EVENT_READ, None)
+        self._accepting = True      # False while MAX_CLIENTS are served: the rest wait in the queue
         self.conns: dict = {}
 
     def close(self) -> None:
@@ -165,21 +181,31 @@ class ControlServer:
     def serve_pending(self, timeout: float = 0.0) -> None:
         """Handle whatever is ready now (called from the sensor's loop; never raises
         for anything a client did)."""
+        more = []
         for key, events in self.sel.select(timeout):
             if key.data is None:
                 self._accept()
             elif events & selectors.EVENT_WRITE:
-                self._write(key.data)
+                if self._write(key.data):
+                    more.append(key.data)
             else:
                 self._read(key.data)
+        for conn in more:             # one chunk each per turn, whatever else waits
+            if self.conns.get(conn.fd) is conn:
+                self._next_chunk(conn)
         now = time.monotonic()
         for conn in list(self.conns.values()):
             if now - conn.since > IDLE_TIMEOUT:
                 self.counters.refused += 1
                 self._drop(conn)
+        if not self._accepting and self._evict_stalled(now):
+            self._accept()
 
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
+            if len(self.conns) >= MAX_CLIENTS and not self._evict_stalled(time.monotonic()):
+                self._pause_accepting()      # the next clients wait in the listen queue
+                return
             try:
                 sock, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -189,23 +215,33 @@ class ControlServer:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED, errno.ENOBUFS, errno.ENOMEM):
                     self.counters.errors += 1
                 return
-            if len(self.conns) >= MAX_CLIENTS and not self._evict_idle():
-                self.counters.refused += 1
-                sock.close()
-                continue
             sock.setblocking(False)
             conn = _Conn(sock)
             self.conns[conn.fd] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _evict_idle(self) -> bool:
-        """Make room: drop the oldest connection still waiting for its request."""
-        waiting = [c for c in self.conns.values() if c.out is None]
+    def _evict_stalled(self, now: float) -> bool:
+        """Make room: drop the oldest connection that has waited EVICT_AFTER
+        seconds without sending a whole request.  True if there is room now."""
+        if len(self.conns) < MAX_CLIENTS:
+            return True
+        waiting = [c for c in self.conns.values() if c.out is None and c.stream is None
+                   and now - c.since >= EVICT_AFTER]
         if not waiting:
             return False
         self.counters.refused += 1
         self._drop(min(waiting, key=lambda c: c.since))
         return True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self.sel.unregister(self.sock)
+            self._accepting = False
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting:
+            self.sel.register(self.sock, selectors.EVENT_READ, None)
+            self._accepting = True
 
     def _read(self, conn: _Conn) -> None:
         try:
@@ -229,7 +265,13 @@ class ControlServer:
             if len(conn.buf) >= 4 + size:
                 body = bytes(conn.buf[4:4 + size])
                 conn.buf = bytearray()
-                self._reply(conn, self.handle_bytes(body))
+                reply = self.handle_bytes(body)
+                stream = reply.pop("stream", None)
+                if stream is None:
+                    self._reply(conn, reply)
+                else:
+                    conn.stream, conn.cmd = stream, reply.get("cmd")
+                    self._next_chunk(conn)
 
     def handle_bytes(self, body: bytes) -> dict:
         """The reply to one request's msgpack body (never raises)."""
@@ -257,7 +299,10 @@ class ControlServer:
             self.counters.refused += 1
             return {"ok": False, "error": f"bad arguments for {name}: {exc}", "usage": True}
         try:
-            return {"ok": True, "result": handler(**args)}
+            result = handler(**args)
+            if inspect.isgenerator(result):
+                return {"ok": True, "stream": result, "cmd": name}
+            return {"ok": True, "result": result}
         except BadArgument as exc:
             self.counters.refused += 1
             return {"ok": False, "error": f"bad arguments for {name}: {exc}", "usage": True}
@@ -267,6 +312,22 @@ class ControlServer:
             self.counters.errors += 1
             _log().error("control command failed", cmd=name, error=f"{type(exc).__name__}: {exc}")
             return {"ok": False, "error": f"{name} failed: {type(exc).__name__}: {exc}"}
+
+    def _next_chunk(self, conn: _Conn) -> None:
+        """The next frame of a streamed answer (the last one without ``more``)."""
+        try:
+            chunk = next(conn.stream)
+        except StopIteration:
+            conn.stream = None
+            self._reply(conn, {"ok": True, "result": []})
+            return
+        except Exception as exc:  # noqa: BLE001 - a command's bug must not end the sensor
+            conn.stream = None
+            self.counters.errors += 1
+            _log().error("control command failed", cmd=conn.cmd, error=f"{type(exc).__name__}: {exc}")
+            self._reply(conn, {"ok": False, "error": f"{conn.cmd} failed: {type(exc).__name__}: {exc}"})
+            return
+        self._reply(conn, {"ok": True, "result": chunk, "more": True})
 
     def _reply(self, conn: _Conn, reply: dict) -> None:
         """Start writing the reply; the rest goes out as the client reads it."""
@@ -284,20 +345,29 @@ class ControlServer:
             return
         self._write(conn)
 
-    def _write(self, conn: _Conn) -> None:
+    def _write(self, conn: _Conn) -> bool:
+        """Send what the client takes; True when a streamed answer's frame is
+        all sent and the next chunk is due."""
         if conn.out is None:
+            if conn.stream is not None:
+                return True
             self._drop(conn)
-            return
+            return False
         try:
             sent = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self._drop(conn)
-            return
+            return False
         conn.out = conn.out[sent:]
-        if not conn.out:
-            self._drop(conn)
+        if conn.out:
+            return False
+        if conn.stream is not None:
+            conn.out = None
+            return True
+        self._drop(conn)
+        return False
 
     def _drop(self, conn: _Conn) -> None:
         if self.conns.get(conn.fd) is conn:
@@ -307,22 +377,21 @@ class ControlServer:
         except (KeyError, ValueError):
             pass
         conn.sock.close()
+        if conn.stream is not None:
+            conn.stream.close()
+            conn.stream = None
+        if len(self.conns) < MAX_CLIENTS:
+            self._resume_accepting()
 
     # ------------------------------------------------------------ commands
     def cmd_status(self) -> dict:
         return self.sensor.status()
 
-    def cmd_flows(self, limit: int = 1000) -> list:
-        out = []
-        for sess in self.sensor.pipeline.sessions[: _limit(limit)]:
-            f = sess.flow
-            rf = sess.scratch.get("rules")
-            out.append({"uid": f.uid, "orig": f"{f.orig_h}:{f.orig_p}", "resp": f"{f.resp_h}:{f.resp_p}",
-                        "community_id": f.community_id, "state": sess.conn.state, "helo": sess.conn.helo,
-                        "transactions": sess.transactions, "tls": sess.tls,
-                        "dropped": bool(rf is not None and rf.dropped),
-                        "age": round(f.last_ts - f.start_ts, 3)})
-        return out
+    def cmd_flows(self, limit: int = 1000):
+        """The open flows, oldest first, streamed in chunks of STREAM_CHUNK rows
+        (each described when its chunk is made)."""
+        sessions = self.sensor.pipeline.sessions[: _limit(limit)]
+        return (list(map(_flow_row, sessions[i:i + STREAM_CHUNK])) for i in range(0, len(sessions), STREAM_CHUNK))
 
     def cmd_stats(self, limit: int = 100) -> dict:
         stats = self.sensor.reject_stats
@@ -372,8 +441,18 @@ class ControlServer:
                 "errors": {str(k): v for k, v in rs.errors.items()}}
 
     def cmd_stop(self) -> dict:
-        self.sensor.stop_requested = True
+        self.sensor.request_stop()
         return {"stopping": True}
+
+
+def _flow_row(sess) -> dict:
+    f = sess.flow
+    rf = sess.scratch.get("rules")
+    return {"uid": f.uid, "orig": f"{f.orig_h}:{f.orig_p}", "resp": f"{f.resp_h}:{f.resp_p}",
+            "community_id": f.community_id, "state": sess.conn.state, "helo": sess.conn.helo,
+            "transactions": sess.transactions, "tls": sess.tls,
+            "dropped": bool(rf is not None and rf.dropped),
+            "age": round(f.last_ts - f.start_ts, 3)}
 
 
 def _log():
@@ -413,9 +492,15 @@ class ControlClient:
             except OSError as exc:
                 raise ControlError(f"cannot reach the sensor at {self.path}: {exc.strerror or exc}") from None
             s.sendall(_frame({"cmd": cmd, **{k: v for k, v in args.items() if v is not None}}))
-            head = _recv_exact(s, 4)
-            (size,) = _LEN.unpack(head)
-            body = _recv_exact(s, size)
+            streamed = []
+            while True:
+                reply = self._reply(s)
+                if not reply.get("more"):
+                    break
+                part = reply.get("result")
+                if not isinstance(part, list):
+                    raise ControlError(f"the sensor's reply on {self.path} streams something other than a list")
+                streamed += part
         except ControlError:
             raise
         except socket.timeout:
@@ -424,16 +509,23 @@ class ControlClient:
             raise ControlError(f"the control connection to {self.path} failed: {exc.strerror or exc}") from None
         finally:
             s.close()
+        if not reply.get("ok"):
+            error = ControlUsageError if reply.get("usage") else ControlError
+            raise error(str(reply.get("error", "the sensor refused the request")))
+        result = reply.get("result")
+        return streamed + result if streamed and isinstance(result, list) else result
+
+    def _reply(self, s) -> dict:
+        """One reply frame, decoded (``timeout`` bounds each frame's wait)."""
+        (size,) = _LEN.unpack(_recv_exact(s, 4))
+        body = _recv_exact(s, size)
         try:
             reply = msgpack.unpackb(body, raw=False)
         except Exception:  # noqa: BLE001 - msgpack raises several types
             reply = None
         if not isinstance(reply, dict):
             raise ControlError(f"the sensor's reply on {self.path} is not a msgpack map")
-        if not reply.get("ok"):
-            error = ControlUsageError if reply.get("usage") else ControlError
-            raise error(str(reply.get("error", "the sensor refused the request")))
-        return reply.get("result")
+        return reply
 
 
 def _connect(s, path: str, timeout: float) -> None:

@@ -257,6 +257,13 @@ class SMTPConnection:
             held += sum(item for item in self._cq if type(item) is int)
         return held
 
+    @property
+    def in_transaction(self) -> bool:
+        """A mail transaction is open (MAIL seen, not yet ended) or waits for
+        its replies (a message sent, its final reply not yet seen)."""
+        txns = self._txns
+        return txns.current is not None or bool(txns.waiting)
+
     def receive_client(self, data: bytes, ts: float) -> list:
         """Octets sent by the client (originator -> responder)."""
         out: list = []

@@ -73,6 +73,9 @@ class FakeSensor:
     def sink(self, record):
         self.records.append(record)
 
+    def request_stop(self):
+        self.stop_requested = True
+
     def status(self):
         if self.status_raises is not None:
             raise self.status_raises
@@ -385,6 +388,84 @@ def test_many_idle_connections_do_not_lock_the_operator_out(served):
     finally:
         for s in idle:
             s.close()
+    assert_healthy(served)
+
+
+def test_64_concurrent_clients_are_all_answered(served):
+    """More clients at once than are served at once: the rest wait in the
+    listen queue and are answered in turn, none reset."""
+    results, errors = [], []
+    start = threading.Barrier(64)
+
+    def one():
+        try:
+            start.wait()
+            results.append(ControlClient(served.server.path).call("status")["pid"])
+        except Exception as exc:  # noqa: BLE001 - the test asserts there is none
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert results == [os.getpid()] * 64
+    assert served.server.counters.refused == 0 and served.server.counters.requests == 64
+    assert_healthy(served)
+
+
+class CountedFlow:
+    """A flow whose rows are counted as the server describes them."""
+
+    described = 0
+
+    def __init__(self, i: int):
+        self.i = i
+        self.orig_h, self.orig_p, self.resp_h, self.resp_p = "192.0.2.10", 1024 + i % 60000, "192.0.2.25", 25
+        self.community_id, self.start_ts, self.last_ts = f"1:{i}", 0.0, 1.0
+
+    @property
+    def uid(self):
+        CountedFlow.described += 1
+        return f"C{self.i}"
+
+
+def fake_sessions(n: int) -> list:
+    conn = SimpleNamespace(state="COMMAND", helo="flood.example")
+    return [SimpleNamespace(flow=CountedFlow(i), conn=conn, scratch={}, transactions=0, tls=False)
+            for i in range(n)]
+
+
+def test_flows_of_100000_flows_streams_while_status_is_answered(served):
+    served.sensor.pipeline.sessions = fake_sessions(100_000)
+    CountedFlow.described = 0
+    slow = connect(served.server.path)
+    try:
+        slow.sendall(frame({"cmd": "flows", "limit": 100_000}))
+        first = read_reply(slow)          # the first chunk; the rest waits for this client to read
+        assert first["ok"] and first["more"] and len(first["result"]) == control.STREAM_CHUNK
+        assert ControlClient(served.server.path).call("status")["pid"] == os.getpid()
+        # status was answered while most of the flows were not described yet
+        assert CountedFlow.described < 100_000
+    finally:
+        slow.close()
+    rows = ControlClient(served.server.path, timeout=60).call("flows", limit=100_000)
+    assert len(rows) == 100_000 and rows[0]["uid"] == "C0" and rows[-1]["uid"] == "C99999"
+    assert rows[7] == {"uid": "C7", "orig": "192.0.2.10:1031", "resp": "192.0.2.25:25", "community_id": "1:7",
+                       "state": "COMMAND", "helo": "flood.example", "transactions": 0, "tls": False,
+                       "dropped": False, "age": 1.0}
+    assert ControlClient(served.server.path).call("flows", limit=3) == rows[:3]
+    assert_healthy(served)
+
+
+def test_a_stream_that_fails_midway_ends_with_one_error(served):
+    sessions = fake_sessions(2 * control.STREAM_CHUNK)
+    sessions[control.STREAM_CHUNK + 5] = SimpleNamespace(flow=None)      # a bug in the middle
+    served.sensor.pipeline.sessions = sessions
+    with pytest.raises(ControlError, match="flows failed: AttributeError"):
+        ControlClient(served.server.path).call("flows", limit=10_000)
+    assert served.server.counters.errors == 1
     assert_healthy(served)
 
 
