@@ -51,6 +51,13 @@ BPF_PERCPU_ARRAY(ss_counters, __u64, SS_DIR__MAX * SS_CNT__MAX);
 /* The SMTP port set: ss_ports[port] != 0. Changed by userland at run time. */
 BPF_ARRAY(ss_ports, __u8, SS_PORT_MAX);
 BPF_ARRAY(ss_config, struct ss_config, 1);
+/* Events the ring refused, per direction of a flow (struct ss_loss), and
+ * slot 0 of ss_loss_pending: how many of those no event has carried yet, so
+ * that while there are none a push costs no lookup in ss_lost. An entry the
+ * LRU evicts before it is carried leaves ss_loss_pending above zero: pushes
+ * then look ss_lost up, which is slower, never wrong. */
+BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_loss, ss_lost, SS_FLOW_MAX);
+BPF_ARRAY(ss_loss_pending, __u64, 1);
 /* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
 BPF_PROG_ARRAY(ss_tail, 1);
 
@@ -158,6 +165,27 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	}
 	ss_events.ringbuf_submit(rec, wake);
 	return 0;
+}
+
+/* The ring refused the event of the direction `key`: one more for ss_lost
+ * (loss: its entry, if the push looked it up). */
+static __always_inline void ss_note_loss(struct ss_flow_key *key, struct ss_loss *loss, __u64 *pending)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!loss)
+		loss = ss_lost.lookup(key);
+	if (loss) {
+		__sync_fetch_and_add(&loss->events, 1);
+		loss->last_ns = now;
+	} else {
+		struct ss_loss fresh = {.events = 1, .last_ns = now};
+
+		if (ss_lost.update(key, &fresh))
+			return;
+	}
+	if (pending)
+		__sync_fetch_and_add(pending, 1);
 }
 
 /* What a packet of a torn-down flow becomes (ss_reset_how). */
@@ -410,6 +438,15 @@ push:;
 	ev.payload_len = pkt.payload_len;
 	ev.family = pkt.key.family;
 	ev.tcp_flags = pkt.tcp_flags;
+	/* events of this direction refused before: this one carries their count */
+	struct ss_loss *loss = NULL;
+	__u64 *loss_pending = ss_loss_pending.lookup(&zero);
+
+	if (loss_pending && *loss_pending) {
+		loss = ss_lost.lookup(&pkt.key);
+		if (loss && loss->events)
+			ev.lost = loss->events > 0xffffffffULL ? 0xffffffffU : (__u32)loss->events;
+	}
 	/* A wakeup costs the sending CPU an irq_work (a self-IPI). Batched:
 	 * every SS_WAKE_BATCH-th record pushed on this CPU. */
 	if (flags & SS_CFG_WAKE_BATCH) {
@@ -441,6 +478,13 @@ push:;
 		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
+	if (err < 0)
+		ss_note_loss(&pkt.key, loss, loss_pending);
+	else if (ev.lost && loss) {
+		__sync_fetch_and_add(&loss->events, -(__s64)ev.lost);
+		if (loss_pending)
+			__sync_fetch_and_add(loss_pending, -(__s64)ev.lost);
+	}
 	if (hold == SS_EVF_RELEASED)
 		ss_count(dir, SS_CNT_RELEASED);
 	else if (hold == SS_EVF_HOLD_TIMEOUT)

@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SS_ABI_VERSION 1
+#define SS_ABI_VERSION 2
 
 /* Largest number of packet bytes copied into one event. Egress GSO/TSO
  * super-packets can be far longer than an MTU; what is beyond this is cut and
@@ -163,6 +163,9 @@ struct ss_event_hdr {
 	__u8 family;       /* SS_AF_* */
 	__u8 tcp_flags;    /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 ... */
 	__u8 _pad[2];
+	__u32 lost;        /* events of this direction (same flow key) the ring refused
+			    * since its last event pushed: ss_lost, carried here */
+	__u32 _pad2;
 };
 
 /* Key of the flow drop and bypass maps: one direction of a TCP connection as
@@ -238,6 +241,16 @@ struct ss_hold {
 	__u64 since_ns;
 	__u32 seq;
 	__u32 end; /* seq + payload length */
+};
+
+/* Value of ss_lost, written by the kernel (key: the direction of the packet
+ * whose event the ring refused): events of that direction not pushed since
+ * the last one pushed. The next event of the direction carries the count
+ * (ss_event_hdr.lost) and takes it out; what no event carries (the flow's
+ * last packets were lost) userland reads when it ends the flow. */
+struct ss_loss {
+	__u64 events;  /* refused, not carried yet */
+	__u64 last_ns; /* when the last one was refused (bpf_ktime_get_ns) */
 };
 
 /* LPM trie keys for source bans. prefixlen counts bits of addr. */

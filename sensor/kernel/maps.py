@@ -95,6 +95,8 @@ class KernelMaps:
         self.release_map = bpf[b"ss_release"]
         self.hold_map = bpf[b"ss_hold"]
         self.flow_state_map = bpf[b"ss_flow_state"]
+        self.lost_map = bpf[b"ss_lost"]
+        self.loss_pending_map = bpf[b"ss_loss_pending"]
         self._ports: set[int] = set()
         self._wake_batch = False
 
@@ -194,6 +196,24 @@ class KernelMaps:
             for key in expired:
                 removed += _delete(table, key)
         return removed
+
+    # ------------------------------------------------------------ ring losses
+
+    def take_lost(self, key: abi.FlowKey) -> int:
+        """Events of the direction ``key`` the ring refused that no event
+        carried (abi.Loss); the entry goes, so each is counted once."""
+        try:
+            loss = self.lost_map[key]
+        except KeyError:
+            return 0
+        _delete(self.lost_map, key)
+        events = int(loss.events)
+        if events:
+            # the kernel's count of losses not carried yet (it keeps pushes
+            # from looking ss_lost up while it is zero)
+            pending = self.loss_pending_map[ct.c_int(0)]
+            self.loss_pending_map[ct.c_int(0)] = ct.c_uint64(max(0, int(pending.value) - events))
+        return events
 
     # ------------------------------------------------------------ counters
 

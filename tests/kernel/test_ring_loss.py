@@ -1,0 +1,90 @@
+"""Events the ring refuses are counted per flow direction (ss_lost), and the
+direction's next event carries the count (ss_event_hdr.lost): a small ring
+filled by BPF_PROG_TEST_RUN, left unread."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from sensor.kernel import abi
+from sensor.kernel.datapath import Datapath, DatapathConfig
+from support.testrun import prog_test_run
+
+CLIENT, SERVER = "198.51.100.7", "192.0.2.25"
+
+
+def frame(sport: int = 40000, payload: bytes = b"x" * 100, seq: int = 1000) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=SERVER)
+                 / TCP(sport=sport, dport=25, flags="PA", seq=seq, ack=1) / Raw(payload))
+
+
+@pytest.fixture(scope="module")
+def small(kernel_prereqs, test_pin_root):
+    """A datapath whose ring holds one page (a dozen small events)."""
+    dp = Datapath(DatapathConfig(pin_dir=test_pin_root / "ring-loss" / f"v{abi.ABI_VERSION}",
+                                 ring_pages=1)).load()
+    reader = dp.event_reader(wake_batch=False)
+    dp.maps.set_ports((25,))
+    yield dp, reader
+    dp.close()
+
+
+@pytest.fixture
+def dp(small):
+    datapath, reader = small
+    reader.poll(0)
+    for table in (datapath.maps.lost_map, datapath.maps.loss_pending_map, datapath.maps.counters_map):
+        table.clear()
+    return datapath
+
+
+def fill(dp, reader, sport: int = 40000) -> int:
+    """Push events of one flow until the ring refuses 5; returns how many went in."""
+    pushed = 0
+    while dp.maps.counters()["ingress"]["push_failed"] < 5:
+        prog_test_run(dp.xdp_fd, frame(sport, seq=1000 + pushed * 100))
+        pushed += 1
+        assert pushed < 1000, "the ring never filled"
+    return pushed - 5
+
+
+def test_the_next_event_of_the_flow_carries_what_the_ring_refused(dp, small):
+    reader = small[1]
+    went_in = fill(dp, reader)
+    events = reader.poll(0)
+    assert len(events) == went_in and all(e.lost == 0 for e in events)
+    prog_test_run(dp.xdp_fd, frame())
+    [carrier] = reader.poll(0)
+    assert carrier.lost == 5
+    # carried once: the next event carries nothing, nothing is left to take
+    prog_test_run(dp.xdp_fd, frame())
+    [after] = reader.poll(0)
+    assert after.lost == 0
+    assert dp.maps.take_lost(abi.flow_key(CLIENT, 40000, SERVER, 25)) == 0
+
+
+def test_losses_are_the_flow_directions_own(dp, small):
+    reader = small[1]
+    fill(dp, reader, sport=40001)
+    reader.poll(0)
+    prog_test_run(dp.xdp_fd, frame(sport=40002))       # another flow: nothing of the first's
+    prog_test_run(dp.xdp_fd, frame(sport=40001))
+    other, own = reader.poll(0)
+    assert (other.header.sport, other.lost) == (40002, 0)
+    assert (own.header.sport, own.lost) == (40001, 5)
+
+
+def test_losses_no_event_carried_are_read_by_userland_once(dp, small):
+    reader = small[1]
+    fill(dp, reader, sport=40003)
+    reader.poll(0)
+    key = abi.flow_key(CLIENT, 40003, SERVER, 25)
+    assert dp.maps.take_lost(key) == 5
+    assert dp.maps.take_lost(key) == 0
+    assert int(dp.maps.loss_pending_map[0].value) == 0   # pushes skip the lookup again
+    prog_test_run(dp.xdp_fd, frame(sport=40003))
+    [event] = reader.poll(0)
+    assert event.lost == 0
