@@ -67,6 +67,12 @@ class LiveFeed:
         self._next_expire = time.monotonic() + EXPIRE_EVERY
         if pipeline.on_starttls is None:
             pipeline.on_starttls = self._bypass
+        # events the ring refused: those no event carried are read from the
+        # kernel's map when a flow ends, once any loss was seen (a map lookup
+        # per direction of every ending flow otherwise costs for nothing)
+        self._lossy = False
+        if pipeline.loss_lookup is None:
+            pipeline.loss_lookup = self._lost_of
 
     def step(self, timeout_ms: int = 50) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
@@ -77,19 +83,24 @@ class LiveFeed:
         counted = self.pipeline.counters
         for ev in events:
             h = ev.header
+            lost = h.lost
+            if lost:
+                self._lossy = True
             if h.flags & _HELD and hold is not None:
                 gated = counted.gated
-                seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+                seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, lost)
                 if seg is not None:
                     hold.held(seg, h, None if h.flags & _CUT else ev.frame, gated=counted.gated != gated)
             else:
-                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset)
+                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, lost)
         if hold is not None:
             hold.answer()
         self.counters.events += len(events)
         now = time.monotonic()
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY
+            if not self._lossy and self.reader.lost:
+                self._lossy = True
             self.pipeline.expire(now + offset)
         return len(events)
 
@@ -98,6 +109,17 @@ class LiveFeed:
         for _ in range(rounds):
             if not self.step(timeout_ms):
                 break
+
+    def _lost_of(self, flow) -> int:
+        """Events of ``flow`` the ring refused that no event carried (its last ones)."""
+        if not self._lossy:
+            return 0
+        try:
+            take = self.maps.take_lost
+            return (take(abi.flow_key_packed(flow.orig_addr, flow.orig_p, flow.resp_addr, flow.resp_p))
+                    + take(abi.flow_key_packed(flow.resp_addr, flow.resp_p, flow.orig_addr, flow.orig_p)))
+        except OSError:
+            return 0
 
     def _bypass(self, session) -> None:
         flow = session.flow

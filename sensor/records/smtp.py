@@ -67,6 +67,15 @@ def smtp_record(flow, txn) -> dict:
     if txn.message_size is not None:
         rec["msg_size"] = txn.message_size
     rec["delivered"] = txn.delivered
+    # what the sensor lost of the flow before this record: its data may be incomplete
+    lost = getattr(flow, "lost", 0)
+    if lost:
+        rec["lost_events"] = lost
+    orig = getattr(flow, "orig", None)
+    if orig is not None:
+        gaps = orig.gaps + flow.resp.gaps
+        if gaps:
+            rec["gap_bytes"] = gaps
     return rec
 
 

@@ -68,3 +68,8 @@ class SmtpLimits:
     #: commands waiting for a reply (pipelining depth).  Past it the oldest is
     #: dropped unanswered (TOO_MANY_PENDING_COMMANDS).
     pending_commands: int = 1000
+    #: anomaly records of one name written per connection (TCP and SMTP
+    #: anomalies alike); past it they are counted, and one ANOMALIES_SUPPRESSED
+    #: record per name gives the count when the connection ends
+    #: (sensor.pipeline).  Listeners (rules) still see every anomaly.
+    anomalies_per_name: int = 10
