@@ -666,12 +666,15 @@ class SMTPConnection:
             txn = txn or self._new_txn(ts)
             txn.invalid = True
         if parsed.address is not None:
-            txn.rcptto.append(parsed.address)
+            if len(txn.rcptto) < self.limits.transaction_steps:
+                txn.rcptto.append(parsed.address)
+            else:
+                txn.rcptto_omitted += 1
         if parsed.problems:
             txn.invalid = True
         for name, detail in parsed.problems:
             self._anomaly(out, ts, name, CLIENT, f"RCPT: {detail}")
-        if len(txn.rcptto) > self.limits.recipients and not txn.too_many:
+        if len(txn.rcptto) + txn.rcptto_omitted > self.limits.recipients and not txn.too_many:
             txn.too_many = True
             self._anomaly(out, ts, A.TOO_MANY_RECIPIENTS, CLIENT,
                           f"more than {self.limits.recipients} recipients")
@@ -723,8 +726,7 @@ class SMTPConnection:
         self._push(Pending("STARTTLS", cmd, blocking=True, reports_to=self._reporting()), ts, out)
 
     def _step(self, txn, cmd, param, ts, out, blocking=False, last=False) -> Pending:
-        txn.steps.append([cmd.verb, param, None, None, None])
-        p = Pending(cmd.verb, cmd, txn, len(txn.steps) - 1, blocking, last)
+        p = Pending(cmd.verb, cmd, txn, self._txns.add_step(txn, cmd.verb, param), blocking, last)
         self._push(p, ts, out)
         return p
 
@@ -797,8 +799,7 @@ class SMTPConnection:
         self._finish_message(ts, out, True)
         txn = self._txns.current
         if txn is not None:
-            txn.steps.append([".", "", None, None, None])
-            p = Pending(".", None, txn, len(txn.steps) - 1)
+            p = Pending(".", None, txn, self._txns.add_step(txn, ".", ""))
         else:
             p = Pending(".")
         p.carry = self._txns.message_ended()

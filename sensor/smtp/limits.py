@@ -65,6 +65,12 @@ class SmtpLimits:
     #: them (the server direction was fed ahead of the client's).  Past it the
     #: oldest is emitted unmatched (UNABLE_TO_MATCH_REPLY_WITH_REQUEST).
     unmatched_replies: int = 64
+    #: steps (MAIL, RCPT, DATA, BDAT, end of message) and RCPT addresses kept
+    #: per transaction (Postfix accepts 1000 recipients by default); past it
+    #: each is counted, not kept (the record's ``steps_omitted``,
+    #: ``rcptto_omitted``): a transaction's memory and record stay bounded
+    #: however many RCPT a client sends.
+    transaction_steps: int = 1024
     #: commands waiting for a reply (pipelining depth).  Past it the oldest is
     #: dropped unanswered (TOO_MANY_PENDING_COMMANDS).
     pending_commands: int = 1000
