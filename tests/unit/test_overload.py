@@ -220,3 +220,28 @@ def test_the_bound_is_per_connection_and_configurable():
     assert per_flow == {42000: 2, 42001: 2}
     assert [r["suppressed_count"] for r in anomalies(sink, ANOMALIES_SUPPRESSED)] == [3, 3]
     assert pipe.counters.anomalies_suppressed == 6
+
+
+def test_evictions_and_losses_are_in_status_and_the_metrics():
+    from types import SimpleNamespace
+
+    from sensor.assembly import Userland
+    from sensor.config import Config, LimitsConfig
+    from sensor.counters import as_tree
+    from support.prereqs import require_module
+
+    sink = ListSink()
+    userland = Userland(Config(limits=LimitsConfig(reassembly=ReassemblyLimits(max_flows=1))), sink)
+    pipe = userland.pipeline
+    feed(pipe, session_segments(DIALOGUE, cport=41000)[:6], lost={5: 2})
+    feed(pipe, session_segments(DIALOGUE, cport=41001)[:3], t0=200.0)
+    tree = as_tree(userland.counter_groups())
+    assert tree["reassembly"]["flows_evicted"] == 1
+    assert tree["pipeline"]["lost_events"] == 2 and tree["pipeline"]["flows_with_loss"] == 1
+
+    require_module("prometheus_client")
+    from test_metrics import samples
+
+    got, _ = samples(SimpleNamespace(counter_groups=userland.counter_groups))
+    assert got[("smtp_sensor_tcp_flows_evicted_total", ())] == 1
+    assert got[("smtp_sensor_lost_events_total", ())] == 2
