@@ -169,17 +169,21 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 
 /* The ring refused the event of the direction `key`: one more for ss_lost
  * (loss: its entry, if the push looked it up). */
-static __always_inline void ss_note_loss(struct ss_flow_key *key, struct ss_loss *loss, __u64 *pending)
+static __always_inline void ss_note_loss(struct ss_flow_key *key, struct ss_loss *loss, __u64 *pending,
+					 __u8 tcp_flags)
 {
 	__u64 now = bpf_ktime_get_ns();
+	__u32 syn = (tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN ? SS_LOSS_SYN : 0;
 
 	if (!loss)
 		loss = ss_lost.lookup(key);
 	if (loss) {
 		__sync_fetch_and_add(&loss->events, 1);
 		loss->last_ns = now;
+		if (syn)
+			loss->flags |= syn;
 	} else {
-		struct ss_loss fresh = {.events = 1, .last_ns = now};
+		struct ss_loss fresh = {.events = 1, .last_ns = now, .flags = syn};
 
 		if (ss_lost.update(key, &fresh))
 			return;
@@ -479,8 +483,9 @@ push:;
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
 	if (err < 0)
-		ss_note_loss(&pkt.key, loss, loss_pending);
+		ss_note_loss(&pkt.key, loss, loss_pending, pkt.tcp_flags);
 	else if (ev.lost && loss) {
+		loss->flags = 0; /* userland sees the direction now */
 		__sync_fetch_and_add(&loss->events, -(__s64)ev.lost);
 		if (loss_pending)
 			__sync_fetch_and_add(loss_pending, -(__s64)ev.lost);

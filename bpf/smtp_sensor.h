@@ -251,7 +251,14 @@ struct ss_hold {
 struct ss_loss {
 	__u64 events;  /* refused, not carried yet */
 	__u64 last_ns; /* when the last one was refused (bpf_ktime_get_ns) */
+	__u32 flags;   /* SS_LOSS_* */
+	__u32 _pad;
 };
+
+/* ss_loss.flags */
+#define SS_LOSS_SYN 0x1 /* a refused event was the connection's opening SYN, and no
+			 * event of the direction has been pushed since: userland may
+			 * never have seen the connection begin */
 
 /* LPM trie keys for source bans. prefixlen counts bits of addr. */
 struct ss_lpm_v4 {

@@ -40,6 +40,7 @@ from sensor.counters import Counters, counter
 from sensor.smtp import events as sev
 from sensor.stream import defrag, packet, reassembly
 from sensor.stream.direction import CLIENT, SERVER
+from sensor.stream.flowid import community_id
 
 __all__ = ["Pipeline", "Session", "PipelineCounters", "EVENT_LOSS", "FLOW_EVICTED", "ANOMALIES_SUPPRESSED"]
 
@@ -105,6 +106,8 @@ class PipelineCounters(Counters):
                           "counted in their flows' records")
     lost_unattributed = counter("events the event ring refused whose flow was not followed")
     flows_with_loss = counter("flows whose records say events were lost (EVENT_LOSS)")
+    flows_never_seen = counter("connections the kernel saw open (SYN) of which no event reached the "
+                               "pipeline: an EVENT_LOSS record each")
     anomalies_suppressed = counter("anomaly records not written: past the per-connection bound of "
                                    "their name (ANOMALIES_SUPPRESSED gives each flow's count)")
 
@@ -202,6 +205,28 @@ class Pipeline:
             self.counters.lost_unattributed += lost
         else:
             flow.lost += lost
+
+    def unseen_loss(self, family: int, src: bytes, sport: int, dst: bytes, dport: int, events: int,
+                    syn: bool, ts: float) -> None:
+        """``events`` of the direction src:sport -> dst:dport were lost and no
+        flow of it is followed.  ``syn``: the connection's opening SYN was
+        among them and nothing of the direction came since: the connection
+        began, unseen, and this EVENT_LOSS record is all it leaves."""
+        self.counters.lost_events += events
+        if not syn:
+            self.counters.lost_unattributed += events
+            return
+        self.counters.flows_never_seen += 1
+        self.counters.flows_with_loss += 1
+        orig, resp = (src, sport), (dst, dport)       # the SYN's sender opened it
+        self.sink({"ts": ts, "event_type": "anomaly",
+                   "id.orig_h": packet.addr_str(orig[0]), "id.orig_p": orig[1],
+                   "id.resp_h": packet.addr_str(resp[0]), "id.resp_p": resp[1],
+                   "community_id": community_id(orig[0], resp[0], 6, orig[1], resp[1],
+                                                self.reassembler.cid_seed),
+                   "layer": "sensor", "name": EVENT_LOSS,
+                   "detail": f"a connection whose opening SYN and {events - 1} later event(s) were lost in "
+                             "the kernel's event ring (ring full): nothing else of it was seen"})
 
     @property
     def sessions(self):

@@ -30,6 +30,10 @@ __all__ = ["LiveFeed", "FeedCounters", "STARTTLS_BYPASS_TTL", "EXPIRE_EVERY"]
 STARTTLS_BYPASS_TTL = 3600.0
 #: seconds of wall clock between two passes that end idle flows
 EXPIRE_EVERY = 1.0
+#: seconds between two reads of the kernel's ring losses (once any was seen),
+#: and how old a loss must be to be judged there: events still in the ring
+#: reach the pipeline first
+LOSS_SWEEP_EVERY = 5.0
 
 _HELD = abi.EVF_HELD
 _CUT = abi.EVF_CUT
@@ -45,6 +49,7 @@ class FeedCounters(Counters):
     starttls_bypassed = counter("STARTTLS flows whose packets the kernel stopped pushing",
                                 metric="starttls_bypassed_flows")
     starttls_bypass_errors = counter("STARTTLS flows the kernel's bypass map refused")
+    loss_sweep_errors = counter("reads of the kernel's ring losses that failed")
     ring_bad_records = counter("event ring records that are not our events",
                                read=lambda feed: feed.reader.bad_records)
     ring_callback_errors = counter("event ring records the read callback failed to copy",
@@ -71,6 +76,7 @@ class LiveFeed:
         # kernel's map when a flow ends, once any loss was seen (a map lookup
         # per direction of every ending flow otherwise costs for nothing)
         self._lossy = False
+        self._next_sweep = time.monotonic() + LOSS_SWEEP_EVERY
         if pipeline.loss_lookup is None:
             pipeline.loss_lookup = self._lost_of
 
@@ -102,6 +108,9 @@ class LiveFeed:
             if not self._lossy and self.reader.lost:
                 self._lossy = True
             self.pipeline.expire(now + offset)
+            if self._lossy and now >= self._next_sweep:
+                self._next_sweep = now + LOSS_SWEEP_EVERY
+                self.sweep_losses(now)
         return len(events)
 
     def drain(self, rounds: int = 3, timeout_ms: int = 20) -> None:
@@ -109,6 +118,28 @@ class LiveFeed:
         for _ in range(rounds):
             if not self.step(timeout_ms):
                 break
+
+    def sweep_losses(self, now: float) -> None:
+        """The kernel's losses of connections the pipeline does not follow:
+        a connection whose opening SYN was refused and of which no event came
+        since gets its record here (Pipeline.unseen_loss); the others
+        (mid-stream flows never followed, a flood's) are counted. Losses of
+        followed flows wait for the flow's end."""
+        maps = self.maps
+        flow_of = self.pipeline.reassembler.flow_of
+        try:
+            entries = maps.losses(int((now - LOSS_SWEEP_EVERY) * 1e9))
+            for key, loss in entries:
+                src, dst = bytes(key.saddr), bytes(key.daddr)
+                if key.family == abi.AF_INET:
+                    src, dst = src[12:], dst[12:]
+                if flow_of(src, key.sport, dst, key.dport) is not None:
+                    continue
+                events = maps.forget_loss(key, int(loss.events))
+                self.pipeline.unseen_loss(key.family, src, key.sport, dst, key.dport, events,
+                                          bool(loss.flags & abi.LOSS_SYN), now + self._offset)
+        except OSError:
+            self.counters.loss_sweep_errors += 1
 
     def _lost_of(self, flow) -> int:
         """Events of ``flow`` the ring refused that no event carried (its last ones)."""

@@ -182,7 +182,11 @@ class Hold(ct.Structure):
 
 
 class Loss(ct.Structure):
-    _fields_ = [("events", ct.c_uint64), ("last_ns", ct.c_uint64)]
+    _fields_ = [("events", ct.c_uint64), ("last_ns", ct.c_uint64), ("flags", ct.c_uint32),
+                ("_pad", ct.c_uint32)]
+
+
+LOSS_SYN = 0x1
 
 
 class LpmV4(ct.Structure):
@@ -229,6 +233,7 @@ CONSTANTS = {
     "SS_WAKE_BATCH": WAKE_BATCH,
     "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
     "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,
+    "SS_LOSS_SYN": LOSS_SYN,
     "SS_REL_HOLD_ALL": REL_HOLD_ALL,
     "SS_REL_AT_LINE": REL_AT_LINE,
     **{f"SS_PHASE_{p.name}": p.value for p in Phase},

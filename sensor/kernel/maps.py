@@ -206,14 +206,26 @@ class KernelMaps:
             loss = self.lost_map[key]
         except KeyError:
             return 0
+        return self.forget_loss(key, int(loss.events))
+
+    def forget_loss(self, key: abi.FlowKey, events: int) -> int:
+        """Remove the ss_lost entry ``key`` whose ``events`` userland counted; returns them."""
         _delete(self.lost_map, key)
-        events = int(loss.events)
         if events:
             # the kernel's count of losses not carried yet (it keeps pushes
             # from looking ss_lost up while it is zero)
             pending = self.loss_pending_map[ct.c_int(0)]
             self.loss_pending_map[ct.c_int(0)] = ct.c_uint64(max(0, int(pending.value) - events))
         return events
+
+    def losses(self, older_than_ns: int) -> list[tuple[abi.FlowKey, abi.Loss]]:
+        """The ss_lost entries whose last loss is before ``older_than_ns``
+        (CLOCK_MONOTONIC), read in batches."""
+        try:
+            items = self.lost_map.items_lookup_batch()
+        except Exception:  # noqa: BLE001 - a kernel without batch ops: one by one
+            items = self.lost_map.items()
+        return [(k, v) for k, v in items if v.last_ns < older_than_ns]
 
     # ------------------------------------------------------------ counters
 

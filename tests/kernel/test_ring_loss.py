@@ -88,3 +88,51 @@ def test_losses_no_event_carried_are_read_by_userland_once(dp, small):
     prog_test_run(dp.xdp_fd, frame(sport=40003))
     [event] = reader.poll(0)
     assert event.lost == 0
+
+
+def syn(sport: int) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=SERVER)
+                 / TCP(sport=sport, dport=25, flags="S", seq=999))
+
+
+def test_a_refused_opening_syn_is_marked_until_the_direction_is_seen_again(dp, small):
+    reader = small[1]
+    fill(dp, reader, sport=40004)
+    prog_test_run(dp.xdp_fd, syn(40005))                      # refused: the ring is full
+    key = abi.flow_key(CLIENT, 40005, SERVER, 25)
+    assert dp.maps.lost_map[key].flags == abi.LOSS_SYN
+    reader.poll(0)
+    prog_test_run(dp.xdp_fd, frame(sport=40005))
+    [event] = [e for e in reader.poll(0) if e.header.sport == 40005]
+    assert event.lost == 1 and dp.maps.lost_map[key].flags == 0
+
+
+def test_a_connection_whose_every_event_was_lost_leaves_a_record(dp, small):
+    """The live feed's sweep of ss_lost: a connection the kernel saw open
+    (its SYN refused) that userland never saw gets an EVENT_LOSS record;
+    a mid-stream flow's losses are counted only."""
+    import time
+
+    from sensor.inputs.live import LiveFeed
+    from sensor.pipeline import EVENT_LOSS, Pipeline
+    from sensor.records.sinks import ListSink
+
+    reader = small[1]
+    fill(dp, reader, sport=40006)                             # mid-stream data, never followed
+    prog_test_run(dp.xdp_fd, syn(40007))
+    prog_test_run(dp.xdp_fd, frame(sport=40007))
+    reader.poll(0)                                            # what was pushed is not fed
+    sink = ListSink()
+    pipeline = Pipeline(sink)
+    feed = LiveFeed(reader, pipeline, dp.maps)
+    feed.sweep_losses(time.monotonic())                       # too recent: judged later
+    assert not sink
+    feed.sweep_losses(time.monotonic() + 10)
+    [rec] = sink
+    assert (rec["name"], rec["layer"], rec["id.orig_p"], rec["id.resp_p"]) == (EVENT_LOSS, "sensor", 40007, 25)
+    assert pipeline.counters.flows_never_seen == 1
+    assert pipeline.counters.lost_unattributed == 5
+    assert pipeline.counters.lost_events == 7
+    assert len(dp.maps.lost_map.items()) == 0
+    from support.record_schemas import check
+    check(rec)
