@@ -52,12 +52,14 @@ BPF_PERCPU_ARRAY(ss_counters, __u64, SS_DIR__MAX * SS_CNT__MAX);
 BPF_ARRAY(ss_ports, __u8, SS_PORT_MAX);
 BPF_ARRAY(ss_config, struct ss_config, 1);
 /* Events the ring refused, per direction of a flow (struct ss_loss), and
- * slot 0 of ss_loss_pending: how many of those no event has carried yet, so
- * that while there are none a push costs no lookup in ss_lost. An entry the
- * LRU evicts before it is carried leaves ss_loss_pending above zero: pushes
- * then look ss_lost up, which is slower, never wrong. */
+ * the ring's state (enum ss_ring_slot): SS_RING_PENDING, how many of those
+ * no event has carried yet, so that while there are none a push costs no
+ * lookup in ss_lost (an entry the LRU evicts before it is carried leaves it
+ * above zero: pushes then look ss_lost up, which is slower, never wrong);
+ * SS_RING_PRESSURE, set by a refusal, cleared by userland when it has read
+ * the ring empty. */
 BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_loss, ss_lost, SS_FLOW_MAX);
-BPF_ARRAY(ss_loss_pending, __u64, 1);
+BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX);
 /* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
 BPF_PROG_ARRAY(ss_tail, 1);
 
@@ -444,7 +446,8 @@ push:;
 	ev.tcp_flags = pkt.tcp_flags;
 	/* events of this direction refused before: this one carries their count */
 	struct ss_loss *loss = NULL;
-	__u64 *loss_pending = ss_loss_pending.lookup(&zero);
+	__u32 pressure_slot = SS_RING_PRESSURE;
+	__u64 *loss_pending = ss_ring_state.lookup(&zero); /* SS_RING_PENDING */
 
 	if (loss_pending && *loss_pending) {
 		loss = ss_lost.lookup(&pkt.key);
@@ -460,7 +463,16 @@ push:;
 		wake = pushed && *pushed % SS_WAKE_BATCH == SS_WAKE_BATCH - 1 ? BPF_RB_FORCE_WAKEUP
 									     : BPF_RB_NO_WAKEUP;
 	}
-	if (cap_len <= 128)
+	/* Under pressure (the ring refused an event since userland last read
+	 * it empty) only SYN and FIN events without payload are pushed: when
+	 * userland falls behind, what room it frees goes to connections'
+	 * beginnings and ends, so it still sees them, with the loss counts
+	 * in between, rather than to more of what it cannot keep up with. */
+	__u64 *pressure = ss_ring_state.lookup(&pressure_slot);
+
+	if (pressure && *pressure && (pkt.payload_len || !(pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_FIN))))
+		err = -1;
+	else if (cap_len <= 128)
 		err = ss_push(ctx, &ev, cap_len, 128, dir, wake);
 	else if (cap_len <= 256)
 		err = ss_push(ctx, &ev, cap_len, 256, dir, wake);
@@ -482,7 +494,12 @@ push:;
 		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
-	if (err < 0)
+	/* a lone RST's loss is not noted: it ends a flow (which then ends by
+	 * idle timeout) but carries nothing a record holds, and a flood's RSTs
+	 * would crowd the losses that matter out of the LRU */
+	if (err < 0 && pressure && !*pressure)
+		*pressure = 1;
+	if (err < 0 && (pkt.payload_len || !(pkt.tcp_flags & SS_TCP_RST)))
 		ss_note_loss(&pkt.key, loss, loss_pending, pkt.tcp_flags);
 	else if (ev.lost && loss) {
 		loss->flags = 0; /* userland sees the direction now */

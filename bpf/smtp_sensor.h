@@ -116,6 +116,14 @@ enum ss_reason {
 /* hold_max_ms when the configuration says 0. */
 #define SS_HOLD_MAX_MS_DEFAULT 400
 
+/* Slots of the ss_ring_state array (datapath.c). */
+enum ss_ring_slot {
+	SS_RING_PENDING = 0,  /* ring losses in ss_lost no event has carried yet */
+	SS_RING_PRESSURE = 1, /* nonzero: the ring refused an event since userland last read
+			       * it empty; only SYN and FIN events without payload are pushed */
+	SS_RING__MAX = 2,
+};
+
 /* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
 #define SS_WAKE_BATCH 64
 

@@ -83,6 +83,12 @@ class LiveFeed:
     def step(self, timeout_ms: int = 50) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
         events = self.reader.poll(timeout_ms)
+        if self._lossy:
+            # the ring was read empty: the kernel may push everything again
+            try:
+                self.maps.relieve()
+            except OSError:
+                self.counters.loss_sweep_errors += 1
         feed = self.pipeline.feed_frame
         offset = self._offset
         hold = self.hold

@@ -96,7 +96,7 @@ class KernelMaps:
         self.hold_map = bpf[b"ss_hold"]
         self.flow_state_map = bpf[b"ss_flow_state"]
         self.lost_map = bpf[b"ss_lost"]
-        self.loss_pending_map = bpf[b"ss_loss_pending"]
+        self.ring_state_map = bpf[b"ss_ring_state"]
         self._ports: set[int] = set()
         self._wake_batch = False
 
@@ -214,9 +214,15 @@ class KernelMaps:
         if events:
             # the kernel's count of losses not carried yet (it keeps pushes
             # from looking ss_lost up while it is zero)
-            pending = self.loss_pending_map[ct.c_int(0)]
-            self.loss_pending_map[ct.c_int(0)] = ct.c_uint64(max(0, int(pending.value) - events))
+            slot = ct.c_int(abi.RING_PENDING)
+            pending = self.ring_state_map[slot]
+            self.ring_state_map[slot] = ct.c_uint64(max(0, int(pending.value) - events))
         return events
+
+    def relieve(self) -> None:
+        """Userland read the ring empty: the kernel pushes every event again
+        (until the ring refuses one: SS_RING_PRESSURE)."""
+        self.ring_state_map[ct.c_int(abi.RING_PRESSURE)] = ct.c_uint64(0)
 
     def losses(self, older_than_ns: int) -> list[tuple[abi.FlowKey, abi.Loss]]:
         """The ss_lost entries whose last loss is before ``older_than_ns``

@@ -36,7 +36,7 @@ def small(kernel_prereqs, test_pin_root):
 def dp(small):
     datapath, reader = small
     reader.poll(0)
-    for table in (datapath.maps.lost_map, datapath.maps.loss_pending_map, datapath.maps.counters_map):
+    for table in (datapath.maps.lost_map, datapath.maps.ring_state_map, datapath.maps.counters_map):
         table.clear()
     return datapath
 
@@ -56,6 +56,7 @@ def test_the_next_event_of_the_flow_carries_what_the_ring_refused(dp, small):
     went_in = fill(dp, reader)
     events = reader.poll(0)
     assert len(events) == went_in and all(e.lost == 0 for e in events)
+    dp.maps.relieve()                                  # read empty: as the live feed says
     prog_test_run(dp.xdp_fd, frame())
     [carrier] = reader.poll(0)
     assert carrier.lost == 5
@@ -70,6 +71,7 @@ def test_losses_are_the_flow_directions_own(dp, small):
     reader = small[1]
     fill(dp, reader, sport=40001)
     reader.poll(0)
+    dp.maps.relieve()
     prog_test_run(dp.xdp_fd, frame(sport=40002))       # another flow: nothing of the first's
     prog_test_run(dp.xdp_fd, frame(sport=40001))
     other, own = reader.poll(0)
@@ -84,7 +86,8 @@ def test_losses_no_event_carried_are_read_by_userland_once(dp, small):
     key = abi.flow_key(CLIENT, 40003, SERVER, 25)
     assert dp.maps.take_lost(key) == 5
     assert dp.maps.take_lost(key) == 0
-    assert int(dp.maps.loss_pending_map[0].value) == 0   # pushes skip the lookup again
+    assert int(dp.maps.ring_state_map[abi.RING_PENDING].value) == 0   # pushes skip the lookup again
+    dp.maps.relieve()
     prog_test_run(dp.xdp_fd, frame(sport=40003))
     [event] = reader.poll(0)
     assert event.lost == 0
@@ -102,6 +105,7 @@ def test_a_refused_opening_syn_is_marked_until_the_direction_is_seen_again(dp, s
     key = abi.flow_key(CLIENT, 40005, SERVER, 25)
     assert dp.maps.lost_map[key].flags == abi.LOSS_SYN
     reader.poll(0)
+    dp.maps.relieve()
     prog_test_run(dp.xdp_fd, frame(sport=40005))
     [event] = [e for e in reader.poll(0) if e.header.sport == 40005]
     assert event.lost == 1 and dp.maps.lost_map[key].flags == 0
@@ -119,7 +123,8 @@ def test_a_connection_whose_every_event_was_lost_leaves_a_record(dp, small):
 
     reader = small[1]
     fill(dp, reader, sport=40006)                             # mid-stream data, never followed
-    prog_test_run(dp.xdp_fd, syn(40007))
+    prog_test_run(dp.xdp_fd, frame(sport=40007, payload=b""))    # refused (ring full): not noted,
+    prog_test_run(dp.xdp_fd, syn(40007))                      # as a lone ACK is never pushed
     prog_test_run(dp.xdp_fd, frame(sport=40007))
     reader.poll(0)                                            # what was pushed is not fed
     sink = ListSink()
@@ -136,3 +141,27 @@ def test_a_connection_whose_every_event_was_lost_leaves_a_record(dp, small):
     assert len(dp.maps.lost_map.items()) == 0
     from support.record_schemas import check
     check(rec)
+
+
+def test_under_pressure_only_syn_and_fin_events_go_into_the_ring(dp, small):
+    """Once the ring refused an event, and until userland read it empty, the
+    room it frees goes to connections' beginnings and ends only."""
+    reader = small[1]
+    fill(dp, reader, sport=40008)
+    reader.poll(0)                                            # room again, pressure still on
+    prog_test_run(dp.xdp_fd, frame(sport=40009))              # payload: refused
+    prog_test_run(dp.xdp_fd, syn(40009))                      # SYN: pushed
+    fin = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=SERVER)
+                / TCP(sport=40010, dport=25, flags="FA", seq=5, ack=1))
+    rst = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=SERVER)
+                / TCP(sport=40011, dport=25, flags="R", seq=5))
+    prog_test_run(dp.xdp_fd, fin)                             # FIN: pushed
+    prog_test_run(dp.xdp_fd, rst)                             # a lone RST: refused, not noted
+    got = [(e.header.sport, e.header.tcp_flags & 0x07, e.lost) for e in reader.poll(0)]
+    # the SYN carries the refused payload's loss
+    assert got == [(40009, abi.TCP_SYN, 1), (40010, abi.TCP_FIN, 0)]
+    assert dp.maps.take_lost(abi.flow_key(CLIENT, 40011, SERVER, 25)) == 0
+    dp.maps.relieve()
+    prog_test_run(dp.xdp_fd, frame(sport=40009))
+    [event] = reader.poll(0)
+    assert event.lost == 0 and event.payload
