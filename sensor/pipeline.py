@@ -307,13 +307,15 @@ class Pipeline:
                 continue
             if kind is sev.SmtpAnomaly:
                 self.counters.anomalies += 1
-                record = records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name, ev.direction, ev.detail)
-                if self._bounded(sess, ev.name):
-                    self._write(sess, ev, record)
-                elif self.listeners:
-                    sess.record = record
-                    self._notify(sess, ev)
-                    sess.record = None
+                written = self._bounded(sess, ev.name)
+                if written or self.listeners:
+                    record = records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name, ev.direction, ev.detail)
+                    if written:
+                        self._write(sess, ev, record)
+                    else:                      # not written; the listeners still see it
+                        sess.record = record
+                        self._notify(sess, ev)
+                        sess.record = None
                 continue
             if kind is sev.StartTLS:
                 sess.tls = True
