@@ -83,7 +83,7 @@ class LiveFeed:
     def step(self, timeout_ms: int = 50) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many."""
         events = self.reader.poll(timeout_ms)
-        if self._lossy:
+        if self._lossy and self.reader.drained:
             # the ring was read empty: the kernel may push everything again
             try:
                 self.maps.relieve()

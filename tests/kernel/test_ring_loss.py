@@ -165,3 +165,24 @@ def test_under_pressure_only_syn_and_fin_events_go_into_the_ring(dp, small):
     prog_test_run(dp.xdp_fd, frame(sport=40009))
     [event] = reader.poll(0)
     assert event.lost == 0 and event.payload
+
+
+def test_a_reader_behind_frees_the_ring_a_batch_at_a_time(dp, small):
+    """EventReader.max_records: a read stops there, the rest stays in the
+    ring for the next one, and `drained` says when a read found it empty."""
+    from sensor.kernel.ring import EventReader
+
+    reader = small[1]
+    went_in = fill(dp, reader, sport=40012)
+    batched = EventReader(dp.bpf, max_records=4)
+    try:
+        sizes = []
+        while True:
+            events = batched.poll(0)
+            sizes.append(len(events))
+            if batched.drained:
+                break
+        assert sum(sizes) == went_in
+        assert sizes[:-1] == [4] * (len(sizes) - 1) and sizes[-1] < 4
+    finally:
+        batched.close()
