@@ -834,7 +834,8 @@ class SMTPConnection:
         """Match the oldest reply (there is one) to the oldest command; False if it must wait."""
         pending = self._pending
         if not pending.commands:
-            if len(pending.replies) > self.limits.unmatched_replies:
+            if len(pending.replies) > self.limits.unmatched_replies or \
+                    pending.reply_octets > self.limits.unmatched_reply_octets:
                 self._unmatched(pending.pop_reply(), ts, out)
                 return True
             return False

@@ -245,3 +245,40 @@ def test_evictions_and_losses_are_in_status_and_the_metrics():
     got, _ = samples(SimpleNamespace(counter_groups=userland.counter_groups))
     assert got[("smtp_sensor_tcp_flows_evicted_total", ())] == 1
     assert got[("smtp_sensor_lost_events_total", ())] == 2
+
+
+# ------------------------------------------------------------------ per-flow bounds of the dissector
+
+def test_unanswered_pipelined_commands_are_bounded_per_flow():
+    from sensor.smtp import SMTPConnection
+    from sensor.smtp import anomalies as A
+
+    limits = SmtpLimits()
+    conn = SMTPConnection(limits)
+    out = conn.receive_server(b"220 mx\r\n", 1.0)
+    out += conn.receive_client(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n", 1.0)
+    most = 0
+    for i in range(3 * limits.pending_commands):
+        out += conn.receive_client(b"RCPT TO:<u%d@" % i + b"x" * 400 + b".example>\r\n", 1.0)
+        most = max(most, len(conn._pending.commands))
+    assert most == limits.pending_commands
+    assert [e.name for e in out if getattr(e, "name", None) == A.TOO_MANY_PENDING_COMMANDS] == \
+        [A.TOO_MANY_PENDING_COMMANDS]
+
+
+def test_replies_without_commands_are_bounded_in_octets():
+    from sensor.smtp import SMTPConnection
+    from sensor.smtp import anomalies as A
+
+    limits = SmtpLimits()
+    conn = SMTPConnection(limits)
+    conn.receive_server(b"220 mx\r\n", 1.0)
+    conn.receive_client(b"EHLO c\r\n", 1.0)
+    conn.receive_server(b"250 mx\r\n", 1.0)
+    big = b"".join(b"250-" + b"y" * 2000 + b"\r\n" for _ in range(200)) + b"250 end\r\n"
+    most, out = 0, []
+    for _ in range(20):
+        out += conn.receive_server(big, 1.0)
+        most = max(most, conn._pending.reply_octets)
+    assert most <= limits.unmatched_reply_octets + 200 * 2000 + 10
+    assert sum(1 for e in out if getattr(e, "name", None) == A.UNABLE_TO_MATCH_REPLY_WITH_REQUEST) >= 18
