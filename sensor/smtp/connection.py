@@ -51,6 +51,32 @@ Determinism: for a given order of feeding the two directions (e.g. the whole
 client stream, then the whole server stream), the events do not depend on how
 each stream was cut into segments, except for ``ts``.  Each event's ``ts`` is
 the one passed to the call that produced it.
+
+Interleaving: how the two directions interleave in time does not change the
+events either, within each direction: the client's events (commands,
+addresses, content, message ends) come in the same order, the server's
+(replies, each with the command it answers; greeting, capabilities, AUTH
+outcomes) in the same order, and the transactions and anomalies are the
+same, whether each reply is fed right after its command, several commands
+later (pipelining, a slow capture path), or every server octet before any of
+the client's (tests/unit/test_smtp_interleaving.py).  What does depend on it,
+and why it cannot be otherwise:
+
+- where a server event falls among the client's: it is emitted when it can
+  be decided, i.e. once both the reply and its command are known, which is
+  the interleaving itself;
+- ``ts``, and what is decided by comparing them (INVALID_PIPELINED_SEQUENCE,
+  CLIENT_SPOKE_BEFORE_GREETING);
+- after a connection budget stops parsing (TOO_MANY_UNKNOWN_COMMANDS,
+  TOO_MANY_INVALID_TRANSACTIONS, INTERNAL_ERROR), nothing more is read: what
+  the other direction had delivered before the stop depends on the feeding;
+- a reply that answers no command (more replies than commands) is emitted
+  unmatched when the replies waiting pass their bounds or at close: its
+  position and ``trans_depth`` are those of that moment;
+- a client that does not wait for the reply that decides how to read what
+  follows (content before the 354, answers before the 334: not a causal
+  order for a real client) is read by what is assumed past
+  ``unreplied_client_bytes`` (REPLY_ASSUMED) when the reply comes late.
 """
 
 from __future__ import annotations

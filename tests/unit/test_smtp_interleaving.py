@@ -4,11 +4,16 @@ server's octets at any point after the client octets they answer, or all of
 them before the client's, give the same events.
 
 What "the same" means is exactly what the dissector can promise
-(sensor/smtp/connection.py, "Interleaving"): each direction's events in the
-same order (the client's: commands, addresses, content; the server's:
-replies with the command each answers), the same transactions, and the same
-anomalies; the position of a reply's event among the client's events is when
-the reply became known, which is the interleaving itself.
+(sensor/smtp/connection.py, "Interleaving", with the cases it cannot):
+each direction's events in the same order (the client's: commands,
+addresses, content; the server's: replies with the command each answers),
+the same transactions, and the same anomalies; the position of a reply's
+event among the client's events is when the reply became known, which is
+the interleaving itself.  The dialogues are ones a client and a server could
+hold (a message only after an accepted DATA; the client waits for the
+greeting and for the replies to DATA and AUTH): a message's lines sent as
+commands make unmatched replies and the unknown-command budget, whose
+outcome depends on the feeding by design.
 """
 
 from __future__ import annotations
