@@ -23,7 +23,10 @@ Then the flood stops, the sensor goes on reading until its flows end: the
 sessions' by their FINs (or, where the ring lost those, by idle timeout;
 the bench sets `limits.reassembly.idle_timeout` to --idle seconds so that
 this happens within the run; the default is 300 s) and the flood's by idle
-timeout. Reported per delivered session: whether any record names its
+timeout; a sensor that fell behind first reads what the ring still holds
+(reported: how long after the flood's end the last event came), and the
+losses left in the kernel's map are swept at the end (the live feed does
+that every 5 s). Reported per delivered session: whether any record names its
 client port (smtp or anomaly), whether its smtp record holds what was sent
 (sender, recipient, subject), and whether a record that does not says so
 (`lost_events`/`gap_bytes` in it, or an EVENT_LOSS anomaly of its flow).
@@ -225,10 +228,19 @@ def run(rate: int, ports: int, sessions: int, seconds: float, idle: float, concu
                 flood_out, flood_err = flooder.communicate()
                 client_out, client_err = client.communicate()
                 report["flood_end_s"] = round(time.monotonic() - t0, 1)
-                # after the flood: on until every flow has ended (FINs, idle timeout)
-                t1 = time.monotonic()
-                while pipeline.reassembler._flows and time.monotonic() - t1 < idle + 30:
-                    feed.step(50)
+                # after the flood: on until the ring is read empty and quiet
+                # (userland may be far behind), every flow has ended (FINs,
+                # idle timeout) and the losses left in the kernel's map are swept
+                t1 = last_event = time.monotonic()
+                while time.monotonic() - t1 < 600:
+                    now = time.monotonic()
+                    if feed.step(50):
+                        last_event = now
+                        rss_peak = max(rss_peak, rss_bytes())
+                    elif now - last_event > 2.0 and not pipeline.reassembler._flows:
+                        break
+                report["ring_empty_after_s"] = round(last_event - t1, 1)
+                feed.sweep_losses(time.monotonic() + 60)       # every loss left is old now
                 report["flows_left_open"] = len(pipeline.reassembler._flows)
                 report["drain_s"] = round(time.monotonic() - t1, 1)
                 gc.collect()

@@ -59,6 +59,11 @@ BPF_ARRAY(ss_config, struct ss_config, 1);
  * SS_RING_PRESSURE, set by a refusal, cleared by userland when it has read
  * the ring empty. */
 BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_loss, ss_lost, SS_FLOW_MAX);
+/* Connections whose opening SYN was pushed (key: the client -> server
+ * direction): under pressure, their events still go into the ring; those
+ * of flows never seen opening (picked up mid-stream, or a flood of
+ * segments without a handshake) do not. */
+BPF_TABLE("lru_hash", struct ss_flow_key, __u8, ss_opened, SS_FLOW_MAX);
 BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX);
 /* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
 BPF_PROG_ARRAY(ss_tail, 1);
@@ -210,6 +215,21 @@ static __always_inline void ss_reverse_key(struct ss_flow_key *rev, struct ss_fl
 	rev->sport = key->dport;
 	rev->dport = key->sport;
 	rev->family = key->family;
+}
+
+/* Under ring pressure, may this event go into the ring? SYN and FIN events
+ * without payload, and every event of a connection whose opening SYN was
+ * pushed; a lone RST or a segment of a flow never seen opening may not. */
+static __always_inline int ss_pressure_pass(struct ss_pkt *pkt)
+{
+	struct ss_flow_key rev = {};
+
+	if (!pkt->payload_len && (pkt->tcp_flags & (SS_TCP_SYN | SS_TCP_FIN)))
+		return 1;
+	if (ss_is_smtp_port(pkt->key.dport))
+		return ss_opened.lookup(&pkt->key) != NULL;
+	ss_reverse_key(&rev, &pkt->key);
+	return ss_opened.lookup(&rev) != NULL;
 }
 
 /* The choice for one packet of a flow whose drop entry says SS_VF_RESET
@@ -464,13 +484,14 @@ push:;
 									     : BPF_RB_NO_WAKEUP;
 	}
 	/* Under pressure (the ring refused an event since userland last read
-	 * it empty) only SYN and FIN events without payload are pushed: when
-	 * userland falls behind, what room it frees goes to connections'
-	 * beginnings and ends, so it still sees them, with the loss counts
-	 * in between, rather than to more of what it cannot keep up with. */
+	 * it empty) only SYN and FIN events without payload and the events of
+	 * connections seen opening are pushed (ss_pressure_pass): when userland
+	 * falls behind, what room it frees goes to connections with a
+	 * handshake, and to every connection's beginning and end, rather than
+	 * to segments of flows nobody saw begin (a flood needs no handshake). */
 	__u64 *pressure = ss_ring_state.lookup(&pressure_slot);
 
-	if (pressure && *pressure && (pkt.payload_len || !(pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_FIN))))
+	if (pressure && *pressure && !ss_pressure_pass(&pkt))
 		err = -1;
 	else if (cap_len <= 128)
 		err = ss_push(ctx, &ev, cap_len, 128, dir, wake);
@@ -499,6 +520,11 @@ push:;
 	 * would crowd the losses that matter out of the LRU */
 	if (err < 0 && pressure && !*pressure)
 		*pressure = 1;
+	if (!err && (pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN && ss_is_smtp_port(pkt.key.dport)) {
+		__u8 one = 1;
+
+		ss_opened.update(&pkt.key, &one);
+	}
 	if (err < 0 && (pkt.payload_len || !(pkt.tcp_flags & SS_TCP_RST)))
 		ss_note_loss(&pkt.key, loss, loss_pending, pkt.tcp_flags);
 	else if (ev.lost && loss) {

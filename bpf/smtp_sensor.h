@@ -120,7 +120,8 @@ enum ss_reason {
 enum ss_ring_slot {
 	SS_RING_PENDING = 0,  /* ring losses in ss_lost no event has carried yet */
 	SS_RING_PRESSURE = 1, /* nonzero: the ring refused an event since userland last read
-			       * it empty; only SYN and FIN events without payload are pushed */
+			       * it empty; only SYN and FIN events without payload, and the
+			       * events of connections whose opening SYN was pushed, are */
 	SS_RING__MAX = 2,
 };
 

@@ -97,6 +97,7 @@ class KernelMaps:
         self.flow_state_map = bpf[b"ss_flow_state"]
         self.lost_map = bpf[b"ss_lost"]
         self.ring_state_map = bpf[b"ss_ring_state"]
+        self.opened_map = bpf[b"ss_opened"]
         self._ports: set[int] = set()
         self._wake_batch = False
 

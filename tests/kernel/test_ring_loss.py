@@ -36,7 +36,8 @@ def small(kernel_prereqs, test_pin_root):
 def dp(small):
     datapath, reader = small
     reader.poll(0)
-    for table in (datapath.maps.lost_map, datapath.maps.ring_state_map, datapath.maps.counters_map):
+    for table in (datapath.maps.lost_map, datapath.maps.ring_state_map, datapath.maps.counters_map,
+                  datapath.maps.opened_map):
         table.clear()
     return datapath
 
@@ -145,7 +146,8 @@ def test_a_connection_whose_every_event_was_lost_leaves_a_record(dp, small):
 
 def test_under_pressure_only_syn_and_fin_events_go_into_the_ring(dp, small):
     """Once the ring refused an event, and until userland read it empty, the
-    room it frees goes to connections' beginnings and ends only."""
+    room it frees goes to connections' beginnings and ends (and to
+    connections seen opening: the next test)."""
     reader = small[1]
     fill(dp, reader, sport=40008)
     reader.poll(0)                                            # room again, pressure still on
@@ -186,3 +188,19 @@ def test_a_reader_behind_frees_the_ring_a_batch_at_a_time(dp, small):
         assert sizes[:-1] == [4] * (len(sizes) - 1) and sizes[-1] < 4
     finally:
         batched.close()
+
+
+def test_under_pressure_a_connection_seen_opening_keeps_its_events(dp, small):
+    reader = small[1]
+    prog_test_run(dp.xdp_fd, syn(40013))                      # pushed: the connection is known
+    fill(dp, reader, sport=40014)
+    reader.poll(0)                                            # room again, pressure still on
+    prog_test_run(dp.xdp_fd, frame(sport=40013))              # its data: pushed
+    prog_test_run(dp.xdp_fd, frame(sport=40015))              # a flow never seen opening: refused
+    server_reply = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / IP(src=SERVER, dst=CLIENT)
+                         / TCP(sport=25, dport=40013, flags="PA", seq=7, ack=1) / Raw(b"250 ok\r\n"))
+    prog_test_run(dp.xdp_fd, server_reply)                    # the other direction: pushed too
+    got = [(e.header.sport, e.header.dport) for e in reader.poll(0)]
+    assert got == [(40013, 25), (25, 40013)]
+    assert dp.maps.take_lost(abi.flow_key(CLIENT, 40015, SERVER, 25)) == 1
+    dp.maps.relieve()
