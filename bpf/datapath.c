@@ -491,7 +491,9 @@ push:;
 	 * to segments of flows nobody saw begin (a flood needs no handshake). */
 	__u64 *pressure = ss_ring_state.lookup(&pressure_slot);
 
-	if (pressure && *pressure && !ss_pressure_pass(&pkt))
+	int shed = pressure && *pressure && !ss_pressure_pass(&pkt);
+
+	if (shed)
 		err = -1;
 	else if (cap_len <= 128)
 		err = ss_push(ctx, &ev, cap_len, 128, dir, wake);
@@ -515,9 +517,12 @@ push:;
 		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
-	/* a lone RST's loss is not noted: it ends a flow (which then ends by
-	 * idle timeout) but carries nothing a record holds, and a flood's RSTs
-	 * would crowd the losses that matter out of the LRU */
+	/* Not noted in ss_lost, where they would crowd the losses that matter
+	 * out of the LRU: what was shed under pressure (segments of flows never
+	 * seen opening: counted SS_CNT_SHED; userland picks such a flow up
+	 * mid-stream, partial, its missing bytes gaps), and a lone RST (it ends
+	 * a flow, which then ends by idle timeout, but carries nothing a record
+	 * holds). */
 	if (err < 0 && pressure && !*pressure)
 		*pressure = 1;
 	if (!err && (pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN && ss_is_smtp_port(pkt.key.dport)) {
@@ -525,7 +530,9 @@ push:;
 
 		ss_opened.update(&pkt.key, &one);
 	}
-	if (err < 0 && (pkt.payload_len || !(pkt.tcp_flags & SS_TCP_RST)))
+	if (shed)
+		ss_count(dir, SS_CNT_SHED);
+	else if (err < 0 && (pkt.payload_len || !(pkt.tcp_flags & SS_TCP_RST)))
 		ss_note_loss(&pkt.key, loss, loss_pending, pkt.tcp_flags);
 	else if (ev.lost && loss) {
 		loss->flags = 0; /* userland sees the direction now */

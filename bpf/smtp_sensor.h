@@ -79,7 +79,9 @@ enum ss_counter {
 				  * its drop entries (a new connection, inspected as usual) */
 	SS_CNT_FRAG_PUSHED = 23, /* extra (monitor only): an IP fragment of TCP pushed
 				  * (SS_EVF_FRAGMENT), for userland's defragmenter */
-	SS_CNT__MAX = 24,
+	SS_CNT_SHED = 24,        /* extra: a push_failed event refused under ring pressure without
+				  * trying: a segment of a flow never seen opening, or a lone RST */
+	SS_CNT__MAX = 25,
 };
 
 /* Why a flow is dropped or a source banned (ss_verdict.reason). */

@@ -89,10 +89,11 @@ class Counter(enum.IntEnum):
     RESET = 21
     DROP_ENDED = 22
     FRAG_PUSHED = 23
+    SHED = 24
 
 
 VERDICT_COUNTERS = 16  # SS_CNT_VERDICT__MAX: counters below this are exclusive
-COUNTER_COUNT = 24  # SS_CNT__MAX
+COUNTER_COUNT = 25  # SS_CNT__MAX
 
 
 class Phase(enum.IntEnum):

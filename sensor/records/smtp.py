@@ -72,6 +72,8 @@ def smtp_record(flow, txn) -> dict:
     if txn.rcptto_omitted:
         rec["rcptto_omitted"] = txn.rcptto_omitted
     # what the sensor lost of the flow before this record: its data may be incomplete
+    if getattr(flow, "partial", False):
+        rec["partial"] = True           # picked up mid-stream: its beginning was not seen
     lost = getattr(flow, "lost", 0)
     if lost:
         rec["lost_events"] = lost
