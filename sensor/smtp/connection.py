@@ -73,6 +73,10 @@ and why it cannot be otherwise:
 - a reply that answers no command (more replies than commands) is emitted
   unmatched when the replies waiting pass their bounds or at close: its
   position and ``trans_depth`` are those of that moment;
+- a command sent behind a HELO/EHLO before its reply (a client cannot know
+  it may pipeline before that reply): only an accepted HELO/EHLO resets the
+  transaction, so the command's ``trans_depth`` is the one before the reset
+  if the reply was not known when it was read, the one after if it was;
 - a client that does not wait for the reply that decides how to read what
   follows (content before the 354, answers before the 334: not a causal
   order for a real client) is read by what is assumed past

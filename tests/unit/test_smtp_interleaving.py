@@ -54,9 +54,10 @@ STEPS = {
 STEP = st.sampled_from(sorted(set(STEPS) - {"auth-answer", "message"}))   # those follow their command
 
 
-#: commands whose reply the client waits for before sending more (what it
-#: sends next depends on it: a message, a SASL answer)
-BLOCKING = {"data", "auth", "auth-login"}
+#: commands whose reply the client waits for before sending more: what it
+#: sends next depends on it (a message, a SASL answer; after HELO/EHLO,
+#: whether it may pipeline at all, RFC 2920)
+BLOCKING = {"data", "auth", "auth-login", "helo", "ehlo"}
 
 
 def dialogue_of(names):
