@@ -174,16 +174,15 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	return 0;
 }
 
-/* The ring refused the event of the direction `key`: one more for ss_lost
- * (loss: its entry, if the push looked it up). */
-static __always_inline void ss_note_loss(struct ss_flow_key *key, struct ss_loss *loss, __u64 *pending,
-					 __u8 tcp_flags)
+/* The ring refused the event of the direction `key`: one more for ss_lost. */
+static __always_inline void ss_note_loss(struct ss_flow_key *key, __u8 tcp_flags)
 {
+	__u32 zero = SS_RING_PENDING;
+	__u64 *pending;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 syn = (tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN ? SS_LOSS_SYN : 0;
+	struct ss_loss *loss = ss_lost.lookup(key);
 
-	if (!loss)
-		loss = ss_lost.lookup(key);
 	if (loss) {
 		__sync_fetch_and_add(&loss->events, 1);
 		loss->last_ns = now;
@@ -195,8 +194,51 @@ static __always_inline void ss_note_loss(struct ss_flow_key *key, struct ss_loss
 		if (ss_lost.update(key, &fresh))
 			return;
 	}
+	pending = ss_ring_state.lookup(&zero);
 	if (pending)
 		__sync_fetch_and_add(pending, 1);
+}
+
+/* The event carried `lost` refused events of its direction: they are out of
+ * ss_lost, and userland sees the direction again. */
+static __always_inline void ss_loss_carried(struct ss_flow_key *key, __u32 lost)
+{
+	__u32 zero = SS_RING_PENDING;
+	struct ss_loss *loss = ss_lost.lookup(key);
+	__u64 *pending;
+
+	if (!loss)
+		return;
+	loss->flags = 0;
+	__sync_fetch_and_add(&loss->events, -(__s64)lost);
+	pending = ss_ring_state.lookup(&zero);
+	if (pending)
+		__sync_fetch_and_add(pending, -(__s64)lost);
+}
+
+/* How many refused events of the direction `key` the next event carries.
+ * Pointers into the maps are not kept across the push: the helpers after it
+ * look them up again, which keeps the verifier's states few. */
+static __always_inline __u32 ss_loss_to_carry(struct ss_flow_key *key)
+{
+	__u32 zero = SS_RING_PENDING;
+	__u64 *pending = ss_ring_state.lookup(&zero);
+	struct ss_loss *loss;
+
+	if (!pending || !*pending)
+		return 0;
+	loss = ss_lost.lookup(key);
+	if (!loss || !loss->events)
+		return 0;
+	return loss->events > 0xffffffffULL ? 0xffffffffU : (__u32)loss->events;
+}
+
+static __always_inline int ss_under_pressure(void)
+{
+	__u32 slot = SS_RING_PRESSURE;
+	__u64 *pressure = ss_ring_state.lookup(&slot);
+
+	return pressure && *pressure;
 }
 
 /* What a packet of a torn-down flow becomes (ss_reset_how). */
@@ -230,6 +272,37 @@ static __always_inline int ss_pressure_pass(struct ss_pkt *pkt)
 		return ss_opened.lookup(&pkt->key) != NULL;
 	ss_reverse_key(&rev, &pkt->key);
 	return ss_opened.lookup(&rev) != NULL;
+}
+
+/* The bookkeeping of one push (err < 0: refused; shed: refused under
+ * pressure without trying). A refusal sets SS_RING_PRESSURE; a pushed
+ * opening SYN makes its connection known (ss_opened). Not noted in ss_lost,
+ * where they would crowd the losses that matter out of the LRU: what was
+ * shed (segments of flows never seen opening: counted SS_CNT_SHED; userland
+ * picks such a flow up mid-stream, partial, its missing bytes gaps), and a
+ * lone RST (it ends a flow, which then ends by idle timeout, but carries
+ * nothing a record holds). */
+static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int err, int shed, int dir)
+{
+	if (err < 0) {
+		__u32 slot = SS_RING_PRESSURE;
+		__u64 *pressure = ss_ring_state.lookup(&slot);
+
+		if (pressure && !*pressure)
+			*pressure = 1;
+		if (shed)
+			ss_count(dir, SS_CNT_SHED);
+		else if (pkt->payload_len || !(pkt->tcp_flags & SS_TCP_RST))
+			ss_note_loss(&pkt->key, pkt->tcp_flags);
+		return;
+	}
+	if (lost)
+		ss_loss_carried(&pkt->key, lost);
+	if ((pkt->tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN && ss_is_smtp_port(pkt->key.dport)) {
+		__u8 one = 1;
+
+		ss_opened.update(&pkt->key, &one);
+	}
 }
 
 /* The choice for one packet of a flow whose drop entry says SS_VF_RESET
@@ -465,15 +538,7 @@ push:;
 	ev.family = pkt.key.family;
 	ev.tcp_flags = pkt.tcp_flags;
 	/* events of this direction refused before: this one carries their count */
-	struct ss_loss *loss = NULL;
-	__u32 pressure_slot = SS_RING_PRESSURE;
-	__u64 *loss_pending = ss_ring_state.lookup(&zero); /* SS_RING_PENDING */
-
-	if (loss_pending && *loss_pending) {
-		loss = ss_lost.lookup(&pkt.key);
-		if (loss && loss->events)
-			ev.lost = loss->events > 0xffffffffULL ? 0xffffffffU : (__u32)loss->events;
-	}
+	ev.lost = ss_loss_to_carry(&pkt.key);
 	/* A wakeup costs the sending CPU an irq_work (a self-IPI). Batched:
 	 * every SS_WAKE_BATCH-th record pushed on this CPU. */
 	if (flags & SS_CFG_WAKE_BATCH) {
@@ -489,9 +554,7 @@ push:;
 	 * falls behind, what room it frees goes to connections with a
 	 * handshake, and to every connection's beginning and end, rather than
 	 * to segments of flows nobody saw begin (a flood needs no handshake). */
-	__u64 *pressure = ss_ring_state.lookup(&pressure_slot);
-
-	int shed = pressure && *pressure && !ss_pressure_pass(&pkt);
+	int shed = ss_under_pressure() && !ss_pressure_pass(&pkt);
 
 	if (shed)
 		err = -1;
@@ -517,29 +580,7 @@ push:;
 		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
-	/* Not noted in ss_lost, where they would crowd the losses that matter
-	 * out of the LRU: what was shed under pressure (segments of flows never
-	 * seen opening: counted SS_CNT_SHED; userland picks such a flow up
-	 * mid-stream, partial, its missing bytes gaps), and a lone RST (it ends
-	 * a flow, which then ends by idle timeout, but carries nothing a record
-	 * holds). */
-	if (err < 0 && pressure && !*pressure)
-		*pressure = 1;
-	if (!err && (pkt.tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN && ss_is_smtp_port(pkt.key.dport)) {
-		__u8 one = 1;
-
-		ss_opened.update(&pkt.key, &one);
-	}
-	if (shed)
-		ss_count(dir, SS_CNT_SHED);
-	else if (err < 0 && (pkt.payload_len || !(pkt.tcp_flags & SS_TCP_RST)))
-		ss_note_loss(&pkt.key, loss, loss_pending, pkt.tcp_flags);
-	else if (ev.lost && loss) {
-		loss->flags = 0; /* userland sees the direction now */
-		__sync_fetch_and_add(&loss->events, -(__s64)ev.lost);
-		if (loss_pending)
-			__sync_fetch_and_add(loss_pending, -(__s64)ev.lost);
-	}
+	ss_after_push(&pkt, ev.lost, err, shed, dir);
 	if (hold == SS_EVF_RELEASED)
 		ss_count(dir, SS_CNT_RELEASED);
 	else if (hold == SS_EVF_HOLD_TIMEOUT)
