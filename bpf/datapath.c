@@ -51,6 +51,20 @@ BPF_PERCPU_ARRAY(ss_counters, __u64, SS_DIR__MAX * SS_CNT__MAX);
 /* The SMTP port set: ss_ports[port] != 0. Changed by userland at run time. */
 BPF_ARRAY(ss_ports, __u8, SS_PORT_MAX);
 BPF_ARRAY(ss_config, struct ss_config, 1);
+/* Events the ring refused, per direction of a flow (struct ss_loss), and
+ * the ring's state (enum ss_ring_slot): SS_RING_PENDING, how many of those
+ * no event has carried yet, so that while there are none a push costs no
+ * lookup in ss_lost (an entry the LRU evicts before it is carried leaves it
+ * above zero: pushes then look ss_lost up, which is slower, never wrong);
+ * SS_RING_PRESSURE, set by a refusal, cleared by userland when it has read
+ * the ring empty. */
+BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_loss, ss_lost, SS_FLOW_MAX);
+/* Connections whose opening SYN was pushed (key: the client -> server
+ * direction): under pressure, their events still go into the ring; those
+ * of flows never seen opening (picked up mid-stream, or a flood of
+ * segments without a handshake) do not. */
+BPF_TABLE("lru_hash", struct ss_flow_key, __u8, ss_opened, SS_FLOW_MAX);
+BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX);
 /* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
 BPF_PROG_ARRAY(ss_tail, 1);
 
@@ -160,6 +174,73 @@ static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap
 	return 0;
 }
 
+/* The ring refused the event of the direction `key`: one more for ss_lost. */
+static __always_inline void ss_note_loss(struct ss_flow_key *key, __u8 tcp_flags)
+{
+	__u32 zero = SS_RING_PENDING;
+	__u64 *pending;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 syn = (tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN ? SS_LOSS_SYN : 0;
+	struct ss_loss *loss = ss_lost.lookup(key);
+
+	if (loss) {
+		__sync_fetch_and_add(&loss->events, 1);
+		loss->last_ns = now;
+		if (syn)
+			loss->flags |= syn;
+	} else {
+		struct ss_loss fresh = {.events = 1, .last_ns = now, .flags = syn};
+
+		if (ss_lost.update(key, &fresh))
+			return;
+	}
+	pending = ss_ring_state.lookup(&zero);
+	if (pending)
+		__sync_fetch_and_add(pending, 1);
+}
+
+/* The event carried `lost` refused events of its direction: they are out of
+ * ss_lost, and userland sees the direction again. */
+static __always_inline void ss_loss_carried(struct ss_flow_key *key, __u32 lost)
+{
+	__u32 zero = SS_RING_PENDING;
+	struct ss_loss *loss = ss_lost.lookup(key);
+	__u64 *pending;
+
+	if (!loss)
+		return;
+	loss->flags = 0;
+	__sync_fetch_and_add(&loss->events, -(__s64)lost);
+	pending = ss_ring_state.lookup(&zero);
+	if (pending)
+		__sync_fetch_and_add(pending, -(__s64)lost);
+}
+
+/* How many refused events of the direction `key` the next event carries.
+ * Pointers into the maps are not kept across the push: the helpers after it
+ * look them up again, which keeps the verifier's states few. */
+static __always_inline __u32 ss_loss_to_carry(struct ss_flow_key *key)
+{
+	__u32 zero = SS_RING_PENDING;
+	__u64 *pending = ss_ring_state.lookup(&zero);
+	struct ss_loss *loss;
+
+	if (!pending || !*pending)
+		return 0;
+	loss = ss_lost.lookup(key);
+	if (!loss || !loss->events)
+		return 0;
+	return loss->events > 0xffffffffULL ? 0xffffffffU : (__u32)loss->events;
+}
+
+static __always_inline int ss_under_pressure(void)
+{
+	__u32 slot = SS_RING_PRESSURE;
+	__u64 *pressure = ss_ring_state.lookup(&slot);
+
+	return pressure && *pressure;
+}
+
 /* What a packet of a torn-down flow becomes (ss_reset_how). */
 enum ss_reset_how {
 	SS_RESET_DROP = 0,        /* dropped: nothing exact can be built from it */
@@ -176,6 +257,52 @@ static __always_inline void ss_reverse_key(struct ss_flow_key *rev, struct ss_fl
 	rev->sport = key->dport;
 	rev->dport = key->sport;
 	rev->family = key->family;
+}
+
+/* Under ring pressure, may this event go into the ring? SYN and FIN events
+ * without payload, and every event of a connection whose opening SYN was
+ * pushed; a lone RST or a segment of a flow never seen opening may not. */
+static __always_inline int ss_pressure_pass(struct ss_pkt *pkt)
+{
+	struct ss_flow_key rev = {};
+
+	if (!pkt->payload_len && (pkt->tcp_flags & (SS_TCP_SYN | SS_TCP_FIN)))
+		return 1;
+	if (ss_is_smtp_port(pkt->key.dport))
+		return ss_opened.lookup(&pkt->key) != NULL;
+	ss_reverse_key(&rev, &pkt->key);
+	return ss_opened.lookup(&rev) != NULL;
+}
+
+/* The bookkeeping of one push (err < 0: refused; shed: refused under
+ * pressure without trying). A refusal sets SS_RING_PRESSURE; a pushed
+ * opening SYN makes its connection known (ss_opened). Not noted in ss_lost,
+ * where they would crowd the losses that matter out of the LRU: what was
+ * shed (segments of flows never seen opening: counted SS_CNT_SHED; userland
+ * picks such a flow up mid-stream, partial, its missing bytes gaps), and a
+ * lone RST (it ends a flow, which then ends by idle timeout, but carries
+ * nothing a record holds). */
+static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int err, int shed, int dir)
+{
+	if (err < 0) {
+		__u32 slot = SS_RING_PRESSURE;
+		__u64 *pressure = ss_ring_state.lookup(&slot);
+
+		if (pressure && !*pressure)
+			*pressure = 1;
+		if (shed)
+			ss_count(dir, SS_CNT_SHED);
+		else if (pkt->payload_len || !(pkt->tcp_flags & SS_TCP_RST))
+			ss_note_loss(&pkt->key, pkt->tcp_flags);
+		return;
+	}
+	if (lost)
+		ss_loss_carried(&pkt->key, lost);
+	if ((pkt->tcp_flags & (SS_TCP_SYN | SS_TCP_ACK)) == SS_TCP_SYN && ss_is_smtp_port(pkt->key.dport)) {
+		__u8 one = 1;
+
+		ss_opened.update(&pkt->key, &one);
+	}
 }
 
 /* The choice for one packet of a flow whose drop entry says SS_VF_RESET
@@ -410,6 +537,8 @@ push:;
 	ev.payload_len = pkt.payload_len;
 	ev.family = pkt.key.family;
 	ev.tcp_flags = pkt.tcp_flags;
+	/* events of this direction refused before: this one carries their count */
+	ev.lost = ss_loss_to_carry(&pkt.key);
 	/* A wakeup costs the sending CPU an irq_work (a self-IPI). Batched:
 	 * every SS_WAKE_BATCH-th record pushed on this CPU. */
 	if (flags & SS_CFG_WAKE_BATCH) {
@@ -419,7 +548,17 @@ push:;
 		wake = pushed && *pushed % SS_WAKE_BATCH == SS_WAKE_BATCH - 1 ? BPF_RB_FORCE_WAKEUP
 									     : BPF_RB_NO_WAKEUP;
 	}
-	if (cap_len <= 128)
+	/* Under pressure (the ring refused an event since userland last read
+	 * it empty) only SYN and FIN events without payload and the events of
+	 * connections seen opening are pushed (ss_pressure_pass): when userland
+	 * falls behind, what room it frees goes to connections with a
+	 * handshake, and to every connection's beginning and end, rather than
+	 * to segments of flows nobody saw begin (a flood needs no handshake). */
+	int shed = ss_under_pressure() && !ss_pressure_pass(&pkt);
+
+	if (shed)
+		err = -1;
+	else if (cap_len <= 128)
 		err = ss_push(ctx, &ev, cap_len, 128, dir, wake);
 	else if (cap_len <= 256)
 		err = ss_push(ctx, &ev, cap_len, 256, dir, wake);
@@ -441,6 +580,7 @@ push:;
 		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
 	else
 		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
+	ss_after_push(&pkt, ev.lost, err, shed, dir);
 	if (hold == SS_EVF_RELEASED)
 		ss_count(dir, SS_CNT_RELEASED);
 	else if (hold == SS_EVF_HOLD_TIMEOUT)

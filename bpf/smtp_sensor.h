@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SS_ABI_VERSION 1
+#define SS_ABI_VERSION 2
 
 /* Largest number of packet bytes copied into one event. Egress GSO/TSO
  * super-packets can be far longer than an MTU; what is beyond this is cut and
@@ -79,7 +79,9 @@ enum ss_counter {
 				  * its drop entries (a new connection, inspected as usual) */
 	SS_CNT_FRAG_PUSHED = 23, /* extra (monitor only): an IP fragment of TCP pushed
 				  * (SS_EVF_FRAGMENT), for userland's defragmenter */
-	SS_CNT__MAX = 24,
+	SS_CNT_SHED = 24,        /* extra: a push_failed event refused under ring pressure without
+				  * trying: a segment of a flow never seen opening, or a lone RST */
+	SS_CNT__MAX = 25,
 };
 
 /* Why a flow is dropped or a source banned (ss_verdict.reason). */
@@ -115,6 +117,15 @@ enum ss_reason {
 #define SS_HOLD_SCAN_MAX 1536
 /* hold_max_ms when the configuration says 0. */
 #define SS_HOLD_MAX_MS_DEFAULT 400
+
+/* Slots of the ss_ring_state array (datapath.c). */
+enum ss_ring_slot {
+	SS_RING_PENDING = 0,  /* ring losses in ss_lost no event has carried yet */
+	SS_RING_PRESSURE = 1, /* nonzero: the ring refused an event since userland last read
+			       * it empty; only SYN and FIN events without payload, and the
+			       * events of connections whose opening SYN was pushed, are */
+	SS_RING__MAX = 2,
+};
 
 /* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
 #define SS_WAKE_BATCH 64
@@ -163,6 +174,9 @@ struct ss_event_hdr {
 	__u8 family;       /* SS_AF_* */
 	__u8 tcp_flags;    /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 ... */
 	__u8 _pad[2];
+	__u32 lost;        /* events of this direction (same flow key) the ring refused
+			    * since its last event pushed: ss_lost, carried here */
+	__u32 _pad2;
 };
 
 /* Key of the flow drop and bypass maps: one direction of a TCP connection as
@@ -239,6 +253,23 @@ struct ss_hold {
 	__u32 seq;
 	__u32 end; /* seq + payload length */
 };
+
+/* Value of ss_lost, written by the kernel (key: the direction of the packet
+ * whose event the ring refused): events of that direction not pushed since
+ * the last one pushed. The next event of the direction carries the count
+ * (ss_event_hdr.lost) and takes it out; what no event carries (the flow's
+ * last packets were lost) userland reads when it ends the flow. */
+struct ss_loss {
+	__u64 events;  /* refused, not carried yet */
+	__u64 last_ns; /* when the last one was refused (bpf_ktime_get_ns) */
+	__u32 flags;   /* SS_LOSS_* */
+	__u32 _pad;
+};
+
+/* ss_loss.flags */
+#define SS_LOSS_SYN 0x1 /* a refused event was the connection's opening SYN, and no
+			 * event of the direction has been pushed since: userland may
+			 * never have seen the connection begin */
 
 /* LPM trie keys for source bans. prefixlen counts bits of addr. */
 struct ss_lpm_v4 {

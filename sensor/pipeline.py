@@ -16,6 +16,21 @@ Per flow a ``Session`` (in ``flow.ctx``) holds the SMTP connection and a
 with ``(session, event)`` for every SMTP event and can act on the flow (the
 rules engine is one); ``on_starttls(session)`` is how the live sensor asks the
 kernel to bypass an encrypted flow.
+
+What the sensor itself lost or left out is said in the flow's records, with
+anomalies of layer ``sensor`` written when the flow ends:
+
+- ``EVENT_LOSS``: events of the flow the kernel's event ring refused (ring
+  full); the count comes with the flow's next event (``feed_frame(lost=)``)
+  or, for its last ones, from ``loss_lookup(flow)`` (the live feed's reading
+  of the kernel's map). ``smtp`` records carry ``lost_events`` and
+  ``gap_bytes`` (the flow's bytes lost so far), so a record built from
+  incomplete data says so.
+- ``FLOW_EVICTED``: the flow table was full; the least recently active flow
+  was ended (sensor.stream.reassembly).
+- ``ANOMALIES_SUPPRESSED``: past ``SmtpLimits.anomalies_per_name`` records of
+  one anomaly name in a connection, the rest are counted (listeners still
+  see every one), and this record gives the count, one per name.
 """
 
 from __future__ import annotations
@@ -27,8 +42,14 @@ from sensor.counters import Counters, counter
 from sensor.smtp import events as sev
 from sensor.stream import defrag, packet, reassembly
 from sensor.stream.direction import CLIENT, SERVER
+from sensor.stream.flowid import community_id
 
-__all__ = ["Pipeline", "Session", "PipelineCounters"]
+__all__ = ["Pipeline", "Session", "PipelineCounters", "EVENT_LOSS", "FLOW_EVICTED", "ANOMALIES_SUPPRESSED"]
+
+#: anomaly names of layer ``sensor``: what the sensor lost or left out
+EVENT_LOSS = "EVENT_LOSS"
+FLOW_EVICTED = "FLOW_EVICTED"
+ANOMALIES_SUPPRESSED = "ANOMALIES_SUPPRESSED"
 
 _Data = reassembly.Data
 _FlowEnd = reassembly.FlowEnd
@@ -38,7 +59,7 @@ _decode = packet.decode
 class Session:
     """One SMTP connection being dissected."""
 
-    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions", "record")
+    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions", "record", "anomalies")
 
     def __init__(self, flow, conn):
         self.flow = flow
@@ -49,6 +70,8 @@ class Session:
         #: while listeners see a Transaction or an Anomaly: the record written
         #: for it (built once, for the sink and the listeners); None otherwise
         self.record = None
+        #: anomaly records written per name (a dict from the first)
+        self.anomalies: dict | None = None
 
     @property
     def scratch(self) -> dict:
@@ -93,6 +116,14 @@ class PipelineCounters(Counters):
     gated = counter("segments of dropped flows kept from the dissector")
     ip_anomalies = counter("IP fragmentation anomalies written on their flow's record")
     unfinished = counter("flows left undissected at shutdown: the stop deadline came first")
+    lost_events = counter("events of SMTP flows the kernel's event ring refused (ring full), "
+                          "counted in their flows' records")
+    lost_unattributed = counter("events the event ring refused whose flow was not followed")
+    flows_with_loss = counter("flows whose records say events were lost (EVENT_LOSS)")
+    flows_never_seen = counter("connections the kernel saw open (SYN) of which no event reached the "
+                               "pipeline: an EVENT_LOSS record each")
+    anomalies_suppressed = counter("anomaly records not written: past the per-connection bound of "
+                                   "their name (ANOMALIES_SUPPRESSED gives each flow's count)")
 
 
 class Pipeline:
@@ -117,15 +148,20 @@ class Pipeline:
         #: ``gate(segment, ts) -> bool``: False keeps a segment from being
         #: dissected (a replay's verdicts acting like the kernel's drops).
         self.gate = None
+        #: ``loss_lookup(flow) -> int``: events of the flow the kernel lost
+        #: that no event carried (the live feed's; None in a replay)
+        self.loss_lookup = None
+        self._anomaly_bound = self.smtp_limits.anomalies_per_name
         self._expire_every = expire_every
         self._next_expire = None
         self._last_ts = 0.0
 
     # ------------------------------------------------------------ input
-    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float, verify: bool = True):
+    def feed_frame(self, linktype: int, frame, wirelen: int, ts: float, verify: bool = True, lost: int = 0):
         """One captured frame (link type as in pcap: 1 Ethernet, 113 SLL, ...);
         returns its Segment, or None when it is not TCP over IP.  ``verify``:
-        False for a frame whose TCP checksum is not final (leaving through TC)."""
+        False for a frame whose TCP checksum is not final (leaving through TC);
+        ``lost``: events of the frame's direction lost before it (the kernel's count)."""
         st = self.counters
         st.frames += 1
         seg = _decode(linktype, frame, wirelen, st.not_segments, self.defragmenter, ts)
@@ -137,6 +173,8 @@ class Pipeline:
                 # feed_segment, inlined: this runs for every packet
                 st.segments += 1
                 events = self.reassembler.feed(seg, ts, verify)
+                if lost:
+                    self._lost(seg, events, lost)
                 if events:
                     self._handle(events)
                 nxt = self._next_expire
@@ -210,6 +248,40 @@ class Pipeline:
                 return
             self._handle(flow_events)
 
+    def _lost(self, seg, events, lost: int) -> None:
+        """``lost`` events came before ``seg``: counted in its flow (before the
+        flow's events are handled, so a flow ending with ``seg`` counts them)."""
+        self.counters.lost_events += lost
+        flow = self.reassembler.flow_of(seg.src, seg.sport, seg.dst, seg.dport)
+        if flow is None and events:
+            flow = events[0].flow          # the flow ended with this segment
+        if flow is None:
+            self.counters.lost_unattributed += lost
+        else:
+            flow.lost += lost
+
+    def unseen_loss(self, family: int, src: bytes, sport: int, dst: bytes, dport: int, events: int,
+                    syn: bool, ts: float) -> None:
+        """``events`` of the direction src:sport -> dst:dport were lost and no
+        flow of it is followed.  ``syn``: the connection's opening SYN was
+        among them and nothing of the direction came since: the connection
+        began, unseen, and this EVENT_LOSS record is all it leaves."""
+        self.counters.lost_events += events
+        if not syn:
+            self.counters.lost_unattributed += events
+            return
+        self.counters.flows_never_seen += 1
+        self.counters.flows_with_loss += 1
+        orig, resp = (src, sport), (dst, dport)       # the SYN's sender opened it
+        self.sink({"ts": ts, "event_type": "anomaly",
+                   "id.orig_h": packet.addr_str(orig[0]), "id.orig_p": orig[1],
+                   "id.resp_h": packet.addr_str(resp[0]), "id.resp_p": resp[1],
+                   "community_id": community_id(orig[0], resp[0], 6, orig[1], resp[1],
+                                                self.reassembler.cid_seed),
+                   "layer": "sensor", "name": EVENT_LOSS,
+                   "detail": f"a connection whose opening SYN and {events - 1} later event(s) were lost in "
+                             "the kernel's event ring (ring full): nothing else of it was seen"})
+
     @property
     def sessions(self):
         return [f.ctx for f in self.reassembler.flows if f.ctx is not None]
@@ -259,14 +331,25 @@ class Pipeline:
                 if sess is not None:
                     self._smtp(sess, sess.conn.gap(ev.direction, ev.length, ev.ts))
             elif kind is reassembly.FlowEnd:
-                sess = ev.flow.ctx
+                flow = ev.flow
+                lookup = self.loss_lookup
+                if lookup is not None:
+                    more = lookup(flow)
+                    if more:
+                        self.counters.lost_events += more
+                        flow.lost += more
+                sess = flow.ctx
                 if sess is not None:
                     self._smtp(sess, sess.conn.close(ev.ts))
+                self._flow_end(flow, sess, ev)
+                if sess is not None:
                     self._notify(sess, ev)
-                    ev.flow.ctx = None
+                    flow.ctx = None
             elif kind is reassembly.TcpAnomaly:
                 self.counters.anomalies += 1
-                self.sink(records.anomaly_record(ev.flow, ev.ts, "tcp", ev.name, None, ev.detail))
+                sess = ev.flow.ctx
+                if sess is None or self._bounded(sess, ev.name):
+                    self.sink(records.anomaly_record(ev.flow, ev.ts, "tcp", ev.name, None, ev.detail))
 
     def _smtp(self, sess: Session, events) -> None:
         for ev in events:
@@ -278,8 +361,15 @@ class Pipeline:
                 continue
             if kind is sev.SmtpAnomaly:
                 self.counters.anomalies += 1
-                self._write(sess, ev, records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name,
-                                                             ev.direction, ev.detail))
+                written = self._bounded(sess, ev.name)
+                if written or self.listeners:
+                    record = records.anomaly_record(sess.flow, ev.ts, "smtp", ev.name, ev.direction, ev.detail)
+                    if written:
+                        self._write(sess, ev, record)
+                    else:                      # not written; the listeners still see it
+                        sess.record = record
+                        self._notify(sess, ev)
+                        sess.record = None
                 continue
             if kind is sev.StartTLS:
                 sess.tls = True
@@ -288,6 +378,44 @@ class Pipeline:
                     self.on_starttls(sess)
             if self.listeners:
                 self._notify(sess, ev)
+
+    def _bounded(self, sess: Session, name: str) -> bool:
+        """One more anomaly ``name`` in ``sess``: may its record be written?"""
+        counts = sess.anomalies
+        if counts is None:
+            counts = sess.anomalies = {}
+        n = counts[name] = counts.get(name, 0) + 1
+        if n <= self._anomaly_bound:
+            return True
+        self.counters.anomalies_suppressed += 1
+        return False
+
+    def _flow_end(self, flow, sess: Session | None, ev) -> None:
+        """What the sensor lost or left out of the flow, said in its last records."""
+        ts = ev.ts
+        if flow.lost:
+            self.counters.flows_with_loss += 1
+            gaps = flow.orig.gaps + flow.resp.gaps
+            self.sink(records.anomaly_record(
+                flow, ts, "sensor", EVENT_LOSS, None,
+                f"{flow.lost} event(s) of this flow lost in the kernel's event ring (ring full); "
+                f"{gaps} octet(s) of the flow were gaps; what its records say may be incomplete"))
+        if ev.reason == "evicted":
+            self.sink(records.anomaly_record(
+                flow, ts, "sensor", FLOW_EVICTED, None,
+                f"the flow table was full ({self.reassembler.limits.max_flows} flows): this flow, the "
+                "least recently active, was ended; a later segment starts it anew, partial"))
+        counts = sess.anomalies if sess is not None else None
+        if counts:
+            bound = self._anomaly_bound
+            for name, n in counts.items():
+                if n > bound:
+                    rec = records.anomaly_record(flow, ts, "sensor", ANOMALIES_SUPPRESSED, None,
+                                                 f"{name}: {n} in this connection, the first {bound} "
+                                                 f"written, {n - bound} not")
+                    rec["suppressed_name"] = name
+                    rec["suppressed_count"] = n - bound
+                    self.sink(rec)
 
     def _write(self, sess: Session, ev, record: dict) -> None:
         """Write the record of ``ev``, then show ``ev`` to the listeners with

@@ -32,6 +32,10 @@ STARTTLS_BYPASS_TTL = 3600.0
 EXPIRE_EVERY = 1.0
 #: events dissected between two looks at the shutdown's deadline (drain)
 DRAIN_CHUNK = 256
+#: seconds between two reads of the kernel's ring losses (once any was seen),
+#: and how old a loss must be to be judged there: events still in the ring
+#: reach the pipeline first
+LOSS_SWEEP_EVERY = 5.0
 
 _HELD = abi.EVF_HELD
 _CUT = abi.EVF_CUT
@@ -48,6 +52,7 @@ class FeedCounters(Counters):
     starttls_bypassed = counter("STARTTLS flows whose packets the kernel stopped pushing",
                                 metric="starttls_bypassed_flows")
     starttls_bypass_errors = counter("STARTTLS flows the kernel's bypass map refused")
+    loss_sweep_errors = counter("reads of the kernel's ring losses that failed")
     ring_bad_records = counter("event ring records that are not our events",
                                read=lambda feed: feed.reader.bad_records)
     ring_callback_errors = counter("event ring records the read callback failed to copy",
@@ -75,12 +80,25 @@ class LiveFeed:
         # XDP sees ingress frames as the NIC received them: their checksums
         # are verified; TC's egress frames carry what the NIC will complete
         pipeline.reassembler.verify_all()
+        # events the ring refused: those no event carried are read from the
+        # kernel's map when a flow ends, once any loss was seen (a map lookup
+        # per direction of every ending flow otherwise costs for nothing)
+        self._lossy = False
+        self._next_sweep = time.monotonic() + LOSS_SWEEP_EVERY
+        if pipeline.loss_lookup is None:
+            pipeline.loss_lookup = self._lost_of
 
     def step(self, timeout_ms: int = 50, interrupt=None) -> int:
         """Wait up to ``timeout_ms`` for events, dissect them; returns how many.
         ``interrupt``: asked between chunks of events (the sensor's stop
         flag); when it says so, the rest waits for ``drain``."""
         events = self.reader.poll(timeout_ms)
+        if self._lossy and self.reader.drained:
+            # the ring was read empty: the kernel may push everything again
+            try:
+                self.maps.relieve()
+            except OSError:
+                self.counters.loss_sweep_errors += 1
         if interrupt is None or len(events) <= DRAIN_CHUNK:
             self._dissect(events)
         else:
@@ -94,7 +112,12 @@ class LiveFeed:
         now = time.monotonic()
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY
+            if not self._lossy and self.reader.lost:
+                self._lossy = True
             self.pipeline.expire(now + self._offset)
+            if self._lossy and now >= self._next_sweep:
+                self._next_sweep = now + LOSS_SWEEP_EVERY
+                self.sweep_losses(now)
         return len(events)
 
     def _dissect(self, events) -> None:
@@ -104,14 +127,18 @@ class LiveFeed:
         counted = self.pipeline.counters
         for ev in events:
             h = ev.header
+            lost = h.lost
+            if lost:
+                self._lossy = True
             if h.flags & _HELD and hold is not None:
                 gated = counted.gated
                 seg = feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset,
-                           h.direction == _INGRESS)
+                           h.direction == _INGRESS, lost)
                 if seg is not None:
                     hold.held(seg, h, None if h.flags & _CUT else ev.frame, gated=counted.gated != gated)
             else:
-                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, h.direction == _INGRESS)
+                feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, h.direction == _INGRESS,
+                     lost)
         self.counters.events += len(events)
 
     def drain(self, give_up=None, rounds: int = 3, timeout_ms: int = 20) -> None:
@@ -139,6 +166,39 @@ class LiveFeed:
             if self.hold is not None:
                 self.hold.answer()
         return True
+
+    def sweep_losses(self, now: float) -> None:
+        """The kernel's losses of connections the pipeline does not follow:
+        a connection whose opening SYN was refused and of which no event came
+        since gets its record here (Pipeline.unseen_loss); the others
+        (mid-stream flows never followed, a flood's) are counted. Losses of
+        followed flows wait for the flow's end."""
+        maps = self.maps
+        flow_of = self.pipeline.reassembler.flow_of
+        try:
+            entries = maps.losses(int((now - LOSS_SWEEP_EVERY) * 1e9))
+            for key, loss in entries:
+                src, dst = bytes(key.saddr), bytes(key.daddr)
+                if key.family == abi.AF_INET:
+                    src, dst = src[12:], dst[12:]
+                if flow_of(src, key.sport, dst, key.dport) is not None:
+                    continue
+                events = maps.forget_loss(key, int(loss.events))
+                self.pipeline.unseen_loss(key.family, src, key.sport, dst, key.dport, events,
+                                          bool(loss.flags & abi.LOSS_SYN), now + self._offset)
+        except OSError:
+            self.counters.loss_sweep_errors += 1
+
+    def _lost_of(self, flow) -> int:
+        """Events of ``flow`` the ring refused that no event carried (its last ones)."""
+        if not self._lossy:
+            return 0
+        try:
+            take = self.maps.take_lost
+            return (take(abi.flow_key_packed(flow.orig_addr, flow.orig_p, flow.resp_addr, flow.resp_p))
+                    + take(abi.flow_key_packed(flow.resp_addr, flow.resp_p, flow.orig_addr, flow.orig_p)))
+        except OSError:
+            return 0
 
     def _bypass(self, session) -> None:
         flow = session.flow

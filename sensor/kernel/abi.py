@@ -19,7 +19,7 @@ import ipaddress
 import socket
 import struct
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 SNAPLEN_MAX = 65000
 FLOW_MAX = 65536
 BAN_MAX = 16384
@@ -38,6 +38,9 @@ VF_RESET = 0x1
 VF_GUESSED = 0x2
 VF_TORN = 0x4
 WAKE_BATCH = 64
+RING_PENDING = 0    # enum ss_ring_slot
+RING_PRESSURE = 1
+RING_SLOTS = 2
 HOLD_SCAN_MAX = 1536
 HOLD_MAX_MS_DEFAULT = 400
 
@@ -86,10 +89,11 @@ class Counter(enum.IntEnum):
     RESET = 21
     DROP_ENDED = 22
     FRAG_PUSHED = 23
+    SHED = 24
 
 
 VERDICT_COUNTERS = 16  # SS_CNT_VERDICT__MAX: counters below this are exclusive
-COUNTER_COUNT = 24  # SS_CNT__MAX
+COUNTER_COUNT = 25  # SS_CNT__MAX
 
 
 class Phase(enum.IntEnum):
@@ -138,6 +142,8 @@ class EventHeader(ct.Structure):
         ("family", ct.c_uint8),
         ("tcp_flags", ct.c_uint8),
         ("_pad", ct.c_uint8 * 2),
+        ("lost", ct.c_uint32),
+        ("_pad2", ct.c_uint32),
     ]
 
 
@@ -179,6 +185,14 @@ class Hold(ct.Structure):
     _fields_ = [("since_ns", ct.c_uint64), ("seq", ct.c_uint32), ("end", ct.c_uint32)]
 
 
+class Loss(ct.Structure):
+    _fields_ = [("events", ct.c_uint64), ("last_ns", ct.c_uint64), ("flags", ct.c_uint32),
+                ("_pad", ct.c_uint32)]
+
+
+LOSS_SYN = 0x1
+
+
 class LpmV4(ct.Structure):
     _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 4)]
 
@@ -196,6 +210,7 @@ STRUCTS = {
     "ss_release": Release,
     "ss_hold": Hold,
     "ss_flow_state": FlowState,
+    "ss_loss": Loss,
     "ss_lpm_v4": LpmV4,
     "ss_lpm_v6": LpmV6,
 }
@@ -220,8 +235,12 @@ CONSTANTS = {
     "SS_VF_GUESSED": VF_GUESSED,
     "SS_VF_TORN": VF_TORN,
     "SS_WAKE_BATCH": WAKE_BATCH,
+    "SS_RING_PENDING": RING_PENDING,
+    "SS_RING_PRESSURE": RING_PRESSURE,
+    "SS_RING__MAX": RING_SLOTS,
     "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
     "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,
+    "SS_LOSS_SYN": LOSS_SYN,
     "SS_REL_HOLD_ALL": REL_HOLD_ALL,
     "SS_REL_AT_LINE": REL_AT_LINE,
     **{f"SS_PHASE_{p.name}": p.value for p in Phase},
@@ -282,6 +301,16 @@ def flow_key(src: str, sport: int, dst: str, dport: int) -> FlowKey:
     return FlowKey.from_buffer_copy(_FLOW_KEY_LAYOUT.pack(saddr, daddr, sport, dport, family))
 
 
+def flow_key_packed(src: bytes, sport: int, dst: bytes, dport: int) -> FlowKey:
+    """The kernel key of a direction from packed addresses (4 bytes IPv4,
+    16 bytes IPv6), as sensor.stream.packet.Segment carries them."""
+    if len(src) == 4:
+        family, src, dst = AF_INET, _V4_MAPPED_PREFIX + src, _V4_MAPPED_PREFIX + dst
+    else:
+        family = AF_INET6
+    return FlowKey.from_buffer_copy(_FLOW_KEY_LAYOUT.pack(src, dst, sport, dport, family))
+
+
 _FLOW_KEY_LAYOUT = struct.Struct("=16s16sHHB3x")     # FlowKey, field by field
 assert _FLOW_KEY_LAYOUT.size == ct.sizeof(FlowKey)
 
@@ -318,6 +347,11 @@ class Event:
     def held(self) -> bool:
         """A commit candidate the kernel dropped until userland releases it."""
         return bool(self.header.flags & EVF_HELD)
+
+    @property
+    def lost(self) -> int:
+        """Events of this direction the ring refused before this one."""
+        return self.header.lost
 
     @property
     def payload(self) -> bytes:

@@ -95,6 +95,9 @@ class KernelMaps:
         self.release_map = bpf[b"ss_release"]
         self.hold_map = bpf[b"ss_hold"]
         self.flow_state_map = bpf[b"ss_flow_state"]
+        self.lost_map = bpf[b"ss_lost"]
+        self.ring_state_map = bpf[b"ss_ring_state"]
+        self.opened_map = bpf[b"ss_opened"]
         self._ports: set[int] = set()
         self._wake_batch = False
 
@@ -194,6 +197,42 @@ class KernelMaps:
             for key in expired:
                 removed += _delete(table, key)
         return removed
+
+    # ------------------------------------------------------------ ring losses
+
+    def take_lost(self, key: abi.FlowKey) -> int:
+        """Events of the direction ``key`` the ring refused that no event
+        carried (abi.Loss); the entry goes, so each is counted once."""
+        try:
+            loss = self.lost_map[key]
+        except KeyError:
+            return 0
+        return self.forget_loss(key, int(loss.events))
+
+    def forget_loss(self, key: abi.FlowKey, events: int) -> int:
+        """Remove the ss_lost entry ``key`` whose ``events`` userland counted; returns them."""
+        _delete(self.lost_map, key)
+        if events:
+            # the kernel's count of losses not carried yet (it keeps pushes
+            # from looking ss_lost up while it is zero)
+            slot = ct.c_int(abi.RING_PENDING)
+            pending = self.ring_state_map[slot]
+            self.ring_state_map[slot] = ct.c_uint64(max(0, int(pending.value) - events))
+        return events
+
+    def relieve(self) -> None:
+        """Userland read the ring empty: the kernel pushes every event again
+        (until the ring refuses one: SS_RING_PRESSURE)."""
+        self.ring_state_map[ct.c_int(abi.RING_PRESSURE)] = ct.c_uint64(0)
+
+    def losses(self, older_than_ns: int) -> list[tuple[abi.FlowKey, abi.Loss]]:
+        """The ss_lost entries whose last loss is before ``older_than_ns``
+        (CLOCK_MONOTONIC), read in batches."""
+        try:
+            items = self.lost_map.items_lookup_batch()
+        except Exception:  # noqa: BLE001 - a kernel without batch ops: one by one
+            items = self.lost_map.items()
+        return [(k, v) for k, v in items if v.last_ns < older_than_ns]
 
     # ------------------------------------------------------------ counters
 

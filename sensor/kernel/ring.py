@@ -11,7 +11,14 @@ not.
 
 The ctypes callback is kept tiny: copy the record, append it, never raise
 (an exception inside a ctypes callback is printed and lost, not propagated).
-Decoding happens outside, in batches.
+Decoding happens outside, in batches of at most ``max_records``: the
+callback stops the read there (libbpf consumes the record whose callback
+fails, and stops). So a reader that falls behind frees the ring a batch at a
+time, as it gets through them, instead of emptying it at once and leaving it
+to fill up again, full, while it works through everything it took: under
+pressure the kernel gives the room freed that way to connections'
+beginnings and ends (bpf/datapath.c). ``drained`` says whether the last
+read found the ring empty.
 
 Read next: sensor/kernel/abi.py, the Python mirror of bpf/smtp_sensor.h that
 decodes each record into an Event.
@@ -24,6 +31,8 @@ import ctypes as ct
 from sensor.kernel import abi
 
 EVENTS_MAP = b"ss_events"
+#: records read at most at once (EventReader.max_records)
+MAX_RECORDS = 1024
 COUNTERS_MAP = b"ss_counters"
 
 
@@ -33,7 +42,7 @@ class EventReader:
     Records the kernel could not write (ring full, copy failed) are counted by
     the datapath itself (counter push_failed); `lost` reads those counters."""
 
-    def __init__(self, bpf):
+    def __init__(self, bpf, max_records: int = MAX_RECORDS):
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._bpf = bpf
@@ -41,6 +50,9 @@ class EventReader:
         self._batch: list[bytes] = []
         self.callback_errors = 0
         self.bad_records = 0  # records that are not our events
+        self.max_records = max_records
+        #: the last read found the ring empty (it stopped short of max_records)
+        self.drained = True
         self._lost_slots = [d * abi.COUNTER_COUNT + abi.Counter.PUSH_FAILED for d in abi.Direction]
         batch = self._batch
         string_at = ct.string_at
@@ -48,6 +60,8 @@ class EventReader:
         def on_record(_ctx, data, size):
             try:
                 batch.append(string_at(data, size))
+                if len(batch) >= max_records:
+                    return -1      # enough for one batch: this record is consumed, the read stops
             except BaseException:  # never let anything escape into ctypes
                 self.callback_errors += 1
             return 0
@@ -69,12 +83,15 @@ class EventReader:
         raw records."""
         if self._manager is None:
             raise ValueError("EventReader is closed")
+        batch = self._batch
         self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
-        self._lib.bpf_consume_ringbuf(self._manager)  # what came without a wakeup
-        if not self._batch:
+        if len(batch) < self.max_records:
+            self._lib.bpf_consume_ringbuf(self._manager)  # what came without a wakeup
+        self.drained = len(batch) < self.max_records
+        if not batch:
             return []
-        records = self._batch[:]
-        self._batch.clear()
+        records = batch[:]
+        batch.clear()
         return records
 
     def poll(self, timeout_ms: int = 10) -> list[abi.Event]:

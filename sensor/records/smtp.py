@@ -67,6 +67,21 @@ def smtp_record(flow, txn) -> dict:
     if txn.message_size is not None:
         rec["msg_size"] = txn.message_size
     rec["delivered"] = txn.delivered
+    if txn.steps_omitted:
+        rec["steps_omitted"] = txn.steps_omitted
+    if txn.rcptto_omitted:
+        rec["rcptto_omitted"] = txn.rcptto_omitted
+    # what the sensor lost of the flow before this record: its data may be incomplete
+    if getattr(flow, "partial", False):
+        rec["partial"] = True           # picked up mid-stream: its beginning was not seen
+    lost = getattr(flow, "lost", 0)
+    if lost:
+        rec["lost_events"] = lost
+    orig = getattr(flow, "orig", None)
+    if orig is not None:
+        gaps = orig.gaps + flow.resp.gaps
+        if gaps:
+            rec["gap_bytes"] = gaps
     return rec
 
 

@@ -51,6 +51,36 @@ Determinism: for a given order of feeding the two directions (e.g. the whole
 client stream, then the whole server stream), the events do not depend on how
 each stream was cut into segments, except for ``ts``.  Each event's ``ts`` is
 the one passed to the call that produced it.
+
+Interleaving: how the two directions interleave in time does not change the
+events either, within each direction: the client's events (commands,
+addresses, content, message ends) come in the same order, the server's
+(replies, each with the command it answers; greeting, capabilities, AUTH
+outcomes) in the same order, and the transactions and anomalies are the
+same, whether each reply is fed right after its command, several commands
+later (pipelining, a slow capture path), or every server octet before any of
+the client's (tests/unit/test_smtp_interleaving.py).  What does depend on it,
+and why it cannot be otherwise:
+
+- where a server event falls among the client's: it is emitted when it can
+  be decided, i.e. once both the reply and its command are known, which is
+  the interleaving itself;
+- ``ts``, and what is decided by comparing them (INVALID_PIPELINED_SEQUENCE,
+  CLIENT_SPOKE_BEFORE_GREETING);
+- after a connection budget stops parsing (TOO_MANY_UNKNOWN_COMMANDS,
+  TOO_MANY_INVALID_TRANSACTIONS, INTERNAL_ERROR), nothing more is read: what
+  the other direction had delivered before the stop depends on the feeding;
+- a reply that answers no command (more replies than commands) is emitted
+  unmatched when the replies waiting pass their bounds or at close: its
+  position and ``trans_depth`` are those of that moment;
+- a command sent behind a HELO/EHLO before its reply (a client cannot know
+  it may pipeline before that reply): only an accepted HELO/EHLO resets the
+  transaction, so the command's ``trans_depth`` is the one before the reset
+  if the reply was not known when it was read, the one after if it was;
+- a client that does not wait for the reply that decides how to read what
+  follows (content before the 354, answers before the 334: not a causal
+  order for a real client) is read by what is assumed past
+  ``unreplied_client_bytes`` (REPLY_ASSUMED) when the reply comes late.
 """
 
 from __future__ import annotations
@@ -673,12 +703,15 @@ class SMTPConnection:
             txn = txn or self._new_txn(ts)
             txn.invalid = True
         if parsed.address is not None:
-            txn.rcptto.append(parsed.address)
+            if len(txn.rcptto) < self.limits.transaction_steps:
+                txn.rcptto.append(parsed.address)
+            else:
+                txn.rcptto_omitted += 1
         if parsed.problems:
             txn.invalid = True
         for name, detail in parsed.problems:
             self._anomaly(out, ts, name, CLIENT, f"RCPT: {detail}")
-        if len(txn.rcptto) > self.limits.recipients and not txn.too_many:
+        if len(txn.rcptto) + txn.rcptto_omitted > self.limits.recipients and not txn.too_many:
             txn.too_many = True
             self._anomaly(out, ts, A.TOO_MANY_RECIPIENTS, CLIENT,
                           f"more than {self.limits.recipients} recipients")
@@ -730,8 +763,7 @@ class SMTPConnection:
         self._push(Pending("STARTTLS", cmd, blocking=True, reports_to=self._reporting()), ts, out)
 
     def _step(self, txn, cmd, param, ts, out, blocking=False, last=False) -> Pending:
-        txn.steps.append([cmd.verb, param, None, None, None])
-        p = Pending(cmd.verb, cmd, txn, len(txn.steps) - 1, blocking, last)
+        p = Pending(cmd.verb, cmd, txn, self._txns.add_step(txn, cmd.verb, param), blocking, last)
         self._push(p, ts, out)
         return p
 
@@ -804,8 +836,7 @@ class SMTPConnection:
         self._finish_message(ts, out, True)
         txn = self._txns.current
         if txn is not None:
-            txn.steps.append([".", "", None, None, None])
-            p = Pending(".", None, txn, len(txn.steps) - 1)
+            p = Pending(".", None, txn, self._txns.add_step(txn, ".", ""))
         else:
             p = Pending(".")
         p.carry = self._txns.message_ended()
@@ -840,7 +871,8 @@ class SMTPConnection:
         """Match the oldest reply (there is one) to the oldest command; False if it must wait."""
         pending = self._pending
         if not pending.commands:
-            if len(pending.replies) > self.limits.unmatched_replies:
+            if len(pending.replies) > self.limits.unmatched_replies or \
+                    pending.reply_octets > self.limits.unmatched_reply_octets:
                 self._unmatched(pending.pop_reply(), ts, out)
                 return True
             return False

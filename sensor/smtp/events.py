@@ -205,6 +205,9 @@ class Transaction(Event):
     first_ts: float = 0.0         #: ts of the transaction's first command
     #: messages whose end had its reply before it began (Zeek's trans_depth is this + 1)
     messages_before: int = 0
+    #: steps and RCPT addresses past SmtpLimits.transaction_steps: counted, not kept
+    steps_omitted: int = 0
+    rcptto_omitted: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,20 @@ class SmtpLimits:
     #: them (the server direction was fed ahead of the client's).  Past it the
     #: oldest is emitted unmatched (UNABLE_TO_MATCH_REPLY_WITH_REQUEST).
     unmatched_replies: int = 64
+    #: octets of the lines of those replies (a reply may have 256 lines of
+    #: 2048 octets): past it, too, the oldest is emitted unmatched.
+    unmatched_reply_octets: int = 64 * 1024
+    #: steps (MAIL, RCPT, DATA, BDAT, end of message) and RCPT addresses kept
+    #: per transaction (Postfix accepts 1000 recipients by default); past it
+    #: each is counted, not kept (the record's ``steps_omitted``,
+    #: ``rcptto_omitted``): a transaction's memory and record stay bounded
+    #: however many RCPT a client sends.
+    transaction_steps: int = 1024
     #: commands waiting for a reply (pipelining depth).  Past it the oldest is
     #: dropped unanswered (TOO_MANY_PENDING_COMMANDS).
-    pending_commands: int = 1000
+    pending_commands: int = 100
+    #: anomaly records of one name written per connection (TCP and SMTP
+    #: anomalies alike); past it they are counted, and one ANOMALIES_SUPPRESSED
+    #: record per name gives the count when the connection ends
+    #: (sensor.pipeline).  Listeners (rules) still see every anomaly.
+    anomalies_per_name: int = 10

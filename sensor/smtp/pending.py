@@ -54,6 +54,12 @@ class Pending:
 AUTH_VERBS = ("AUTH", "AUTH_ANSWER")
 
 
+def _octets(reply: tuple) -> int:
+    """Octets of a reply's lines (what holding it costs, give or take)."""
+    lines = reply[2]
+    return len(lines[0]) if len(lines) == 1 else sum(map(len, lines))
+
+
 def plausible(verb: str, code: int) -> bool:
     """Could ``code`` answer ``verb``?  Used to resynchronise after a loss."""
     if code == 354:
@@ -79,12 +85,14 @@ class PendingQueue:
     A reply is a tuple (code, enhanced, lines, multiline).
     """
 
-    __slots__ = ("commands", "replies", "_gap_at")
+    __slots__ = ("commands", "replies", "_gap_at", "reply_octets")
 
     def __init__(self) -> None:
         # the greeting's: before any transaction, its reply carries the first one's depth
         self.commands: list[Pending] | tuple = [Pending(">")]   # <= pending_commands + 1
         self.replies: list[tuple] | tuple = _NONE                # <= unmatched_replies + 1
+        #: octets of the lines of the replies waiting (<= unmatched_reply_octets + one reply)
+        self.reply_octets = 0
         # after a server gap: how many replies waiting were received before
         # it (the next one is the first after it); None: no gap to resync
         self._gap_at: int | None = None
@@ -132,6 +140,9 @@ class PendingQueue:
         reply = replies.pop(0)
         if not replies:
             self.replies = _NONE
+            self.reply_octets = 0
+        else:
+            self.reply_octets -= _octets(reply)
         self._popped()
         commands = self.commands
         p = commands.pop(0)
@@ -150,12 +161,16 @@ class PendingQueue:
             self.replies.append(reply)
         else:
             self.replies = [reply]
+        self.reply_octets += _octets(reply)
 
     def pop_reply(self) -> tuple:
         replies = self.replies
         reply = replies.pop(0)
         if not replies:
             self.replies = _NONE
+            self.reply_octets = 0
+        else:
+            self.reply_octets -= _octets(reply)
         self._popped()
         return reply
 
@@ -165,11 +180,13 @@ class PendingQueue:
             self.replies.insert(0, reply)
         else:
             self.replies = [reply]
+        self.reply_octets += _octets(reply)
         if self._gap_at is not None:
             self._gap_at += 1
 
     def clear_replies(self) -> None:
         self.replies = _NONE
+        self.reply_octets = 0
         self._gap_at = None
 
     def lost_before(self, code: int) -> list[Pending] | None:

@@ -45,7 +45,7 @@ class TransactionState:
 
     __slots__ = ("depth", "ends_before", "first_ts", "helo", "mailfrom", "has_mail", "rcptto", "steps",
                  "headers", "size", "last_reply", "tls", "delivered", "pending",
-                 "invalid", "too_many")
+                 "invalid", "too_many", "steps_omitted", "rcptto_omitted")
 
     def __init__(self, depth: int, ts: float, helo: str | None, ends_before: int = 0) -> None:
         self.depth = depth
@@ -65,6 +65,9 @@ class TransactionState:
         self.pending = 0              # steps (and commands it reports) still waiting for their reply
         self.invalid = False
         self.too_many = False         # TOO_MANY_RECIPIENTS was raised
+        # past SmtpLimits.transaction_steps: steps and addresses counted, not kept
+        self.steps_omitted = 0
+        self.rcptto_omitted = 0
 
 
 class Transactions:
@@ -130,6 +133,17 @@ class Transactions:
             del self._replied[:take]
         return self._counted_replied
 
+    def add_step(self, txn: TransactionState, verb: str, param: str) -> int | None:
+        """A step of ``txn``; its index in ``txn.steps``, or None past
+        ``SmtpLimits.transaction_steps`` (counted, not kept: its reply still
+        counts for the transaction)."""
+        steps = txn.steps
+        if len(steps) >= self.limits.transaction_steps:
+            txn.steps_omitted += 1
+            return None
+        steps.append([verb, param, None, None, None])
+        return len(steps) - 1
+
     def end(self, ts: float, out: list) -> bool:
         """End the transaction under way (there is one); emit what is ready."""
         txn = self.current
@@ -144,8 +158,9 @@ class Transactions:
     def answered(self, txn: TransactionState, step: int, code: int, enhanced, lines: tuple,
                  delivers: bool, ts: float, out: list) -> bool:
         """The reply to ``txn.steps[step]``; ``delivers``: it is the final reply to the message."""
-        s = txn.steps[step]
-        s[2], s[3], s[4] = code, enhanced, "\n".join(lines)
+        if step is not None:
+            s = txn.steps[step]
+            s[2], s[3], s[4] = code, enhanced, "\n".join(lines)
         txn.last_reply = f"{code} {lines[-1]}" if lines[-1] else str(code)
         if 500 <= code <= 504:
             txn.invalid = True
@@ -188,7 +203,8 @@ class Transactions:
             rcptto=tuple(txn.rcptto), headers=txn.headers, message_size=txn.size,
             last_reply=txn.last_reply, tls=txn.tls,
             steps=tuple(Step(*s) for s in txn.steps), delivered=txn.delivered,
-            first_ts=txn.first_ts, messages_before=self._messages_before(txn)))
+            first_ts=txn.first_ts, messages_before=self._messages_before(txn),
+            steps_omitted=txn.steps_omitted, rcptto_omitted=txn.rcptto_omitted))
         if txn.invalid and self.counting:
             self.invalid += 1
             limit = self.limits.invalid_transactions

@@ -11,7 +11,8 @@ those 11 fields; payload as bytes) and returns the events it causes, in order:
 
 ``direction`` is ``CLIENT`` (octets from the connection's originator) or ``SERVER``
 (sensor.stream.direction).
-FlowEnd reasons: fin, rst, timeout, evicted (flow table full), reused (a new
+FlowEnd reasons: fin, rst, timeout, evicted (flow table full: the flow with
+the oldest last segment goes), reused (a new
 SYN on the same 4-tuple), flush (``flush_all`` at the end of the input).
 ``flow`` is the ``TcpFlow``: uid, community_id, key, orig_h/orig_p, resp_h/resp_p,
 partial, and ``ctx``, a free slot for the caller's per-flow state.
@@ -159,7 +160,7 @@ class ReassemblyLimits:
     flow_buffer: int = 4 << 20         # out-of-order bytes buffered per flow
     global_buffer: int = 256 << 20     # out-of-order bytes buffered over all flows
     max_chunks: int = 4096             # out-of-order chunks buffered per direction
-    max_flows: int = 200_000           # flows tracked at once; the oldest is evicted
+    max_flows: int = 200_000           # flows tracked at once; the least recently active is evicted
     ack_gaps: bool = True              # a peer's ACK past a hole makes it a gap ...
     ack_gap_delay: float = 0.2         # ... once the hole has been acked this long (seconds)
     rst_window: int = 1 << 20          # RST further than this from the expected seq: ignored
@@ -247,7 +248,7 @@ class TcpFlow:
 
     __slots__ = ("key", "uid", "_cid", "family", "orig_addr", "orig_p",
                  "resp_addr", "resp_p", "start_ts", "last_ts", "partial", "orig",
-                 "resp", "closing_since", "ended", "ctx")
+                 "resp", "closing_since", "ended", "ctx", "lost")
 
     def __init__(self, uid, cid, family, oa, op, ra, rp, ts, partial):
         """``cid``: the Community ID, or its seed (an int): then computed on first use."""
@@ -264,6 +265,7 @@ class TcpFlow:
         self.closing_since = None
         self.ended = None
         self.ctx = None
+        self.lost = 0             # events of the flow the capture lost (the kernel's ring; the caller counts)
 
     @property
     def community_id(self) -> str:
@@ -338,8 +340,9 @@ class Reassembler:
         self._uids = UidGenerator(uid_seed)
         self._ack_gaps = self.limits.ack_gaps
         self._table: dict = {}       # (src, sport, dst, dport) -> (flow, sender, receiver)
-        self._flows: dict = {}       # flow.key -> flow, oldest first
+        self._flows: dict = {}       # flow.key -> flow, least recently active first
         self._closed: dict = {}      # flow.key -> ts it ended
+        self._recent = None          # the flow last moved to the end of _flows
         self.buffered = 0            # out-of-order bytes over all flows
         self.counters = ReassemblyCounters()
 
@@ -411,6 +414,13 @@ class Reassembler:
                 return out
         flow, st, peer = ent
         flow.last_ts = ts
+        if flow is not self._recent:
+            # least recently active first: the flow table's order is eviction's
+            flows = self._flows
+            key = flow.key
+            del flows[key]
+            flows[key] = flow
+            self._recent = flow
         if flags & 0x27:                        # SYN, FIN, RST or URG
             if flags & SYN:
                 if st.nxt is None:
@@ -570,6 +580,7 @@ class Reassembler:
         # direction (the one whose endpoints are in order).
         key = flow.key
         self._flows[key] = flow
+        self._recent = flow
         fwd = (flow, flow.orig, flow.resp)
         rev = (flow, flow.resp, flow.orig)
         if (oa, op) <= (ra, rp):
@@ -900,6 +911,8 @@ class Reassembler:
         ends = self.counters.ends
         ends[reason] = ends.get(reason, 0) + 1
         del self._flows[flow.key]
+        if self._recent is flow:
+            self._recent = None
         self._table.pop((flow.orig_addr, flow.orig_p, flow.resp_addr, flow.resp_p), None)
         self._table.pop((flow.resp_addr, flow.resp_p, flow.orig_addr, flow.orig_p), None)
         if reason in ("fin", "rst", "reused"):

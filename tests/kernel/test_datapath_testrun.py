@@ -57,7 +57,7 @@ def dp(loaded):
     datapath, reader = loaded
     maps = datapath.maps
     for table in (maps.ban_v4, maps.ban_v6, maps.flow_drop, maps.bypass_map, maps.release_map, maps.hold_map,
-                  maps.flow_state_map):
+                  maps.flow_state_map, maps.lost_map, maps.ring_state_map):
         table.clear()
     maps.counters_map.clear()
     maps.set_ports((25, 587))

@@ -104,7 +104,7 @@ class FakeReader:
 
 def events(n: int) -> list:
     frame = b"\x02" * 60            # not IP: the pipeline counts it and goes on
-    return [SimpleNamespace(header=SimpleNamespace(flags=0, wire_len=60, ts_ns=i, direction=0), frame=frame) for i in range(n)]
+    return [SimpleNamespace(header=SimpleNamespace(flags=0, wire_len=60, ts_ns=i, direction=0, lost=0), frame=frame) for i in range(n)]
 
 
 def test_a_stop_interrupts_a_step_and_drain_dissects_the_rest():
