@@ -25,7 +25,7 @@
  * Compiled by bcc at start (sensor/kernel/datapath.py; `smtp-sensor run
  * --ebpf` prints what it compiles). Build parameters arrive as -D cflags,
  * both required:
- *   SS_PIN_DIR     "/sys/fs/bpf/smtp-sensor/v1": where enforcement maps are pinned
+ *   SS_PIN_DIR     "/sys/fs/bpf/smtp-sensor/v2": where enforcement maps are pinned
  *   SS_RING_PAGES  size of the event ring in pages (a power of two)
  *
  * Read next: sensor/kernel/ring.py, the reader of the event ring.
