@@ -9,7 +9,7 @@ reading was followed), in one form: wire text through :func:`excerpt`.
 
 from __future__ import annotations
 
-__all__ = ["ALL", "SURICATA", "excerpt"]
+__all__ = ["ALL", "SURICATA", "MIME", "excerpt"]
 
 # --- Suricata's names, same meaning -------------------------------------------
 #: a server line that is not ``[2-5]dd[ -]text``, a reply whose code is not in
@@ -122,6 +122,39 @@ MESSAGE_SIZE_EXCEEDED = "MESSAGE_SIZE_EXCEEDED"
 
 #: a bug in the dissector caught at its boundary; parsing of the connection stops.
 INTERNAL_ERROR = "INTERNAL_ERROR"
+
+# --- Suricata's MIME decoder events, same meaning (raised by sensor.mime) -------
+# Each is raised at most once per message; its limit is a field of
+# sensor.smtp.limits.MimeLimits (named in brackets).
+#: a line of the message longer than 998 octets, CRLF excluded [line].
+MIME_LONG_LINE = "MIME_LONG_LINE"
+#: a line of a base64 or quoted-printable body longer than 76 octets [encoded_line].
+MIME_LONG_ENC_LINE = "MIME_LONG_ENC_LINE"
+#: a header name longer than 75 octets, in the message or an entity [header_name].
+MIME_LONG_HEADER_NAME = "MIME_LONG_HEADER_NAME"
+#: a header value longer than 2000 octets once unfolded [header_value].
+MIME_LONG_HEADER_VALUE = "MIME_LONG_HEADER_VALUE"
+#: a multipart boundary longer than 254 octets [boundary].
+MIME_LONG_BOUNDARY = "MIME_LONG_BOUNDARY"
+#: a file name (Content-Disposition filename, Content-Type name) longer than
+#: 255 characters; it is cut there [filename].
+MIME_LONG_FILENAME = "MIME_LONG_FILENAME"
+#: base64 body text with a character outside the base64 alphabet (space and
+#: line ends aside); the rest is still decoded.
+MIME_INVALID_BASE64 = "MIME_INVALID_BASE64"
+#: quoted-printable body text with "=" not followed by two upper-case hex
+#: digits or the line end.
+MIME_INVALID_QP = "MIME_INVALID_QP"
+#: the MIME structure could not be followed further (nesting past [depth],
+#: more than [entities] entities); detail says which.
+MIME_PARSE_FAILED = "MIME_PARSE_FAILED"
+
+MIME = frozenset({
+    MIME_LONG_LINE, MIME_LONG_ENC_LINE, MIME_LONG_HEADER_NAME, MIME_LONG_HEADER_VALUE,
+    MIME_LONG_BOUNDARY, MIME_LONG_FILENAME, MIME_INVALID_BASE64, MIME_INVALID_QP,
+    MIME_PARSE_FAILED,
+})
+SURICATA = SURICATA | MIME
 
 ALL = frozenset(
     value for name, value in dict(globals()).items()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SmtpLimits"]
+__all__ = ["SmtpLimits", "MimeLimits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +82,49 @@ class SmtpLimits:
     #: record per name gives the count when the connection ends
     #: (sensor.pipeline).  Listeners (rules) still see every anomaly.
     anomalies_per_name: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class MimeLimits:
+    """Named limits of the MIME parser (``sensor.mime``), each with the
+    anomaly that says it was passed.  The first five are Suricata's (its
+    ``rust/src/mime/smtp.rs`` constants), with the same meaning; the others
+    bound what one message can make the parser hold or do.  Passing one never
+    stops the message: the anomaly is emitted once per message and parsing
+    goes on (MIME_PARSE_FAILED says which structure was not followed)."""
+
+    #: octets of one line of the message, CRLF excluded (RFC 2045's 998): MIME_LONG_LINE.
+    line: int = 998
+    #: octets of one line of a base64 or quoted-printable body, CRLF excluded
+    #: (RFC 2045's 76): MIME_LONG_ENC_LINE.
+    encoded_line: int = 76
+    #: octets of a MIME header name (75, plus ":" makes 76): MIME_LONG_HEADER_NAME.
+    header_name: int = 75
+    #: octets of a MIME header value, unfolded (Suricata's header-value-depth
+    #: default); the value is kept to this length: MIME_LONG_HEADER_VALUE.
+    header_value: int = 2000
+    #: octets of a multipart boundary parameter (RFC 2046 allows 70; Suricata
+    #: flags past 254); the boundary is still used: MIME_LONG_BOUNDARY.
+    boundary: int = 254
+    #: characters of an attachment's file name, kept to this length (Suricata's
+    #: token limit): MIME_LONG_FILENAME.
+    filename: int = 255
+    #: nesting of multipart and message/rfc822 entities; a deeper one is read
+    #: as an opaque leaf: MIME_PARSE_FAILED.
+    depth: int = 16
+    #: entities in one message; past it the rest of the message is not split
+    #: into entities (body_md5 and line checks go on): MIME_PARSE_FAILED.
+    entities: int = 1000
+    #: octets held waiting for a line end; a longer line is read in pieces
+    #: (it is also a MIME_LONG_LINE).
+    line_buffer: int = 64 * 1024
+    #: URLs kept per message (record, ``hooks.url``); more are counted only.
+    urls: int = 256
+    #: decoded octets of an archive (zip, OOXML) kept to list its members; a
+    #: larger archive is hashed but not listed (``members`` is None).
+    archive: int = 8 * 1024 * 1024
+    #: members listed per archive.
+    archive_members: int = 1000
+    #: decoded octets at the start of each entity kept for content sniffing
+    #: and for rules (``Attachment.head``).
+    head: int = 4096
