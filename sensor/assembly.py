@@ -4,7 +4,8 @@ the live sensor, a replay, the demo, the tests and the benchmarks.
     userland = Userland(config, sink, enforcer, uid_seed=...)
 
 ``config.sensor`` gives the ports, the rules folder and ``enforce``;
-``config.limits`` the reassembler's, the dissector's and the rules' limits;
+``config.limits`` the reassembler's, the dissector's, the MIME parser's and the
+rules' limits; ``config.mime`` whether messages are parsed into entities;
 ``config.spam_stats`` the reject statistics.  The caller passes where records
 go (``sink``, a callable taking one record) and where verdicts go
 (``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
@@ -46,10 +47,14 @@ class Userland:
             from sensor.rules.enforce import ReplayEnforcer
             enforcer = ReplayEnforcer()
         self.enforcer = enforcer
+        mime = None
+        if config.mime.enabled:
+            from sensor.mime.stage import MimeStage
+            mime = MimeStage(config.mime, config.limits.mime)
         self.pipeline = Pipeline(sink, ports=cfg.ports, uid_seed=uid_seed,
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp,
                                  defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy,
-                                 receiver=config.stream.receiver)
+                                 receiver=config.stream.receiver, mime=mime)
         self.engine = self.reject_stats = self.actor = None
         if cfg.rules is not None:
             self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)

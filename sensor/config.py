@@ -14,6 +14,8 @@ Tables (``docs/config.example.toml`` documents every key):
 * ``[stream]``: how the receiving host treats what it is sent (IP fragments,
   checksums, urgent data, overlapping segments): ``defrag_policy`` and
   :class:`sensor.stream.reassembly.ReceiverPolicy`.
+* ``[mime]`` and ``[limits.mime]``: the MIME parser (:mod:`sensor.mime`), what it
+  extracts, and the fields of :class:`sensor.smtp.limits.MimeLimits`.
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
@@ -44,7 +46,7 @@ from types import MappingProxyType
 from sensor.errors import SensorError
 from sensor.kernel import abi
 from sensor.rules.budget import RuleLimits
-from sensor.smtp.limits import SmtpLimits
+from sensor.smtp.limits import MimeLimits, SmtpLimits
 from sensor.stream.defrag import POLICIES as DEFRAG_POLICIES
 from sensor.stream.defrag import DefragLimits
 from sensor.stream.reassembly import (CHECKSUM_MODES, OVERLAP_POLICIES, URGENT_MODES, ReassemblyLimits,
@@ -59,7 +61,8 @@ else:
     import tomli as tomllib
 
 __all__ = [
-    "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "StreamConfig", "ConfigError",
+    "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "StreamConfig", "MimeConfig",
+    "ConfigError",
     "load", "loads", "from_dict", "parse_duration", "NOTICE_TYPES",
     "POSSIBLE_SPAM", "POSSIBLE_INTERNAL_SPAM", "STRANGE_REJECT_BEHAVIOR",
 ]
@@ -365,9 +368,11 @@ class LimitsConfig:
     reassembly: ReassemblyLimits = field(default_factory=ReassemblyLimits)
     defrag: DefragLimits = field(default_factory=DefragLimits)
     rules: RuleLimits = field(default_factory=RuleLimits)
+    mime: MimeLimits = field(default_factory=MimeLimits)
 
     def __post_init__(self):
         _validate(self, "limits", {
+            "mime": _limits_check(MimeLimits, "limits.mime", "sensor.smtp.limits.MimeLimits"),
             "smtp": _limits_check(SmtpLimits, "limits.smtp", "sensor.smtp.SmtpLimits"),
             "reassembly": _limits_check(ReassemblyLimits, "limits.reassembly", "sensor.stream.reassembly.ReassemblyLimits"),
             "defrag": _limits_check(DefragLimits, "limits.defrag", "sensor.stream.defrag.DefragLimits"),
@@ -511,6 +516,46 @@ class EnforceConfig:
         })
 
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+
+
+def _schemes(value) -> tuple:
+    out = []
+    for item in _list(value, 'URL schemes such as "http"'):
+        item = _str(item)
+        if item.endswith("://"):
+            item = item[:-3]
+        if not _URL_SCHEME.match(item):
+            raise _Bad(f"{item!r} is not a URL scheme (letters, digits, + - .; such as \"https\")")
+        out.append(item.lower())
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class MimeConfig:
+    """``[mime]``: the MIME parser (``sensor.mime``) and what it extracts."""
+
+    #: parse messages into entities: attachments, hashes, URLs, files records
+    #: and the MIME anomalies (off: the smtp record has none of them)
+    enabled: bool = True
+    #: look for URLs in the text entities (Suricata's extract-urls)
+    extract_urls: bool = True
+    #: the schemes looked for, each followed by "://" (Suricata's
+    #: extract-urls-schemes, whose default is http only)
+    extract_urls_schemes: tuple = ("http",)
+    #: keep the scheme in the smtp record's urls (Suricata's log-url-scheme;
+    #: rules always get the whole URL)
+    log_url_scheme: bool = False
+
+    def __post_init__(self):
+        _validate(self, "mime", {
+            "enabled": _bool,
+            "extract_urls": _bool,
+            "extract_urls_schemes": _schemes,
+            "log_url_scheme": _bool,
+        })
+
+
 @dataclass(frozen=True)
 class Config:
     sensor: SensorConfig = field(default_factory=SensorConfig)
@@ -518,6 +563,7 @@ class Config:
     spam_stats: SpamStatsConfig = field(default_factory=SpamStatsConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    mime: MimeConfig = field(default_factory=MimeConfig)
     #: the file it was read from (None: defaults or built in code)
     source: Path | None = None
 
@@ -530,7 +576,8 @@ class Config:
 
 
 _SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamStatsConfig,
-             "enforce": EnforceConfig, "stream": StreamConfig}
+             "enforce": EnforceConfig, "stream": StreamConfig,
+             "mime": MimeConfig}
 
 
 # ---------------------------------------------------------------- loading

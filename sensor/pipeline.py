@@ -7,7 +7,9 @@ One code path for live traffic and for captures::
          (IP fragments through sensor.stream.defrag.Defragmenter, the datagram decoded again)
       -> sensor.stream.reassembly.Reassembler  FlowStart / Data / Gap / FlowEnd / TcpAnomaly
       -> sensor.smtp.SMTPConnection   typed SMTP events, one connection per flow
-      -> sensor.records               smtp and anomaly records, handed to ``sink``
+      -> sensor.mime.MimeParser       per message (when ``mime`` is given): entities,
+                                      hashes, URLs, MIME anomalies
+      -> sensor.records               smtp, files and anomaly records, handed to ``sink``
 
 ``Pipeline`` owns no clock and no I/O: the caller passes each frame's
 timestamp, calls ``expire(now)`` now and then, and ``finish()`` at the end.
@@ -39,6 +41,7 @@ import gc
 
 from sensor import records, smtp
 from sensor.counters import Counters, counter
+from sensor.mime import events as mev
 from sensor.smtp import events as sev
 from sensor.stream import defrag, packet, reassembly
 from sensor.stream.direction import CLIENT, SERVER
@@ -59,7 +62,8 @@ _decode = packet.decode
 class Session:
     """One SMTP connection being dissected."""
 
-    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions", "record", "anomalies")
+    __slots__ = ("flow", "conn", "tls", "_scratch", "transactions", "record", "anomalies",
+                 "mime", "mime_done")
 
     def __init__(self, flow, conn):
         self.flow = flow
@@ -72,6 +76,10 @@ class Session:
         self.record = None
         #: anomaly records written per name (a dict from the first)
         self.anomalies: dict | None = None
+        #: the MIME parser of the message being read, and the summaries of
+        #: ended messages waiting for their transaction (trans_depth -> MimeSummary)
+        self.mime = None
+        self.mime_done: dict | None = None
 
     @property
     def scratch(self) -> dict:
@@ -113,6 +121,7 @@ class PipelineCounters(Counters):
     gap_bytes = counter("bytes missing from SMTP flows (gaps)")
     starttls = counter("STARTTLS flows")
     listener_errors = counter("exceptions raised by listeners (rules, statistics)")
+    files = counter("MIME entities with a body (files records)")
     gated = counter("segments of dropped flows kept from the dissector")
     ip_anomalies = counter("IP fragmentation anomalies written on their flow's record")
     unfinished = counter("flows left undissected at shutdown: the stop deadline came first")
@@ -134,7 +143,7 @@ class Pipeline:
                  smtp_limits: smtp.SmtpLimits | None = None, uid_seed=0,
                  listeners=(), on_starttls=None, expire_every: float = 1.0,
                  defrag_limits: defrag.DefragLimits | None = None, defrag_policy: str = "linux",
-                 receiver: reassembly.ReceiverPolicy | None = None):
+                 receiver: reassembly.ReceiverPolicy | None = None, mime=None):
         self.sink = sink
         self.ports = frozenset(ports)
         self.counters = PipelineCounters()
@@ -145,6 +154,8 @@ class Pipeline:
         self.smtp_limits = smtp_limits or smtp.SmtpLimits()
         self.listeners = list(listeners)
         self.on_starttls = on_starttls
+        #: a ``sensor.mime.stage.MimeStage``, or None: messages are not parsed
+        self.mime = mime
         #: ``gate(segment, ts) -> bool``: False keeps a segment from being
         #: dissected (a replay's verdicts acting like the kernel's drops).
         self.gate = None
@@ -357,7 +368,27 @@ class Pipeline:
             if kind is sev.Transaction:
                 self.counters.transactions += 1
                 sess.transactions += 1
-                self._write(sess, ev, records.smtp_record(sess.flow, ev))
+                done = sess.mime_done
+                summary = done.pop(ev.trans_depth, None) if done else None
+                self._write(sess, ev, records.smtp_record(sess.flow, ev, summary))
+                continue
+            if kind is sev.MailContent and self.mime is not None:
+                if self.listeners:
+                    self._notify(sess, ev)
+                parser = sess.mime
+                if parser is None or parser.trans_depth != ev.trans_depth:
+                    if parser is not None:        # its MessageEnd never came
+                        self._mime_end(sess, ev.ts)
+                    parser = sess.mime = self.mime.parser(sess.flow.uid, ev.trans_depth)
+                more = parser.feed(ev.data, ev.ts)
+                if more:
+                    self._smtp(sess, more)
+                continue
+            if kind is sev.MessageEnd and sess.mime is not None:
+                self._mime_end(sess, ev.ts, ev.complete)
+            elif kind is mev.Attachment:
+                self.counters.files += 1
+                self._write(sess, ev, records.files_record(sess.flow, ev))
                 continue
             if kind is sev.SmtpAnomaly:
                 self.counters.anomalies += 1
@@ -416,6 +447,16 @@ class Pipeline:
                     rec["suppressed_name"] = name
                     rec["suppressed_count"] = n - bound
                     self.sink(rec)
+
+    def _mime_end(self, sess: Session, ts: float, complete: bool = False) -> None:
+        """The message of ``sess.mime`` ended: its last entities, its summary kept for the transaction."""
+        parser, sess.mime = sess.mime, None
+        more = parser.finish(ts, complete)
+        if sess.mime_done is None:
+            sess.mime_done = {}
+        sess.mime_done[parser.trans_depth] = parser.summary
+        if more:
+            self._smtp(sess, more)
 
     def _write(self, sess: Session, ev, record: dict) -> None:
         """Write the record of ``ev``, then show ``ev`` to the listeners with

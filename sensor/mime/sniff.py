@@ -55,9 +55,4 @@ def sniff(head: bytes) -> str | None:
         return "application/xml"
     if len(head.translate(None, _TEXT_CONTROLS)) != len(head):
         return None
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:      # not only a character cut at the end
-            return None
-    return "text/plain"
+    return "text/plain"          # any charset: no control characters

@@ -5,6 +5,7 @@ seconds, float) and ``event_type``; its shape is pinned by the JSON Schema of
 the same name in ``sensor/records/schemas/`` (checked by the tests).
 
 * ``smtp`` (``smtp.py``): one per mail transaction; written by the pipeline.
+* ``files`` (``files.py``): one per MIME entity with a body, linked by fuid; the pipeline.
 * ``anomaly`` (``anomaly.py``): something odd at the TCP or SMTP level; the pipeline.
 * ``alert`` (``alert.py``): a rule's ``alert()``; the rule engine.
 * ``drop`` (``drop.py``): a verdict put in force or lifted; the rule engine,
@@ -21,8 +22,9 @@ from sensor.records.alert import alert_record
 from sensor.records.anomaly import anomaly_record
 from sensor.records.common import conn_fields
 from sensor.records.drop import drop_record, flow_target
+from sensor.records.files import files_record
 from sensor.records.notice import notice_record
 from sensor.records.smtp import extract_ips, received_path, smtp_record, split_addresses
 
-__all__ = ["conn_fields", "smtp_record", "anomaly_record", "alert_record", "drop_record",
+__all__ = ["conn_fields", "smtp_record", "files_record", "anomaly_record", "alert_record", "drop_record",
            "flow_target", "notice_record", "received_path", "split_addresses", "extract_ips"]

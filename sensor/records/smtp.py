@@ -3,7 +3,10 @@
 Zeek's smtp.log field names and meanings (``id.orig_h`` ...), plus what
 neither Zeek nor Suricata logs: every MAIL, RCPT, DATA and BDAT with the reply
 it got (``steps``), ``msg_size``, ``delivered``.  Like Zeek's JSON writer, a
-field with no value is left out.  The header helpers below are Zeek's ways of
+field with no value is left out.  With the MIME parser on, Zeek's ``fuids``
+(every entity with a body, each a ``files`` record) and Suricata's
+``email.attachment``, ``email.url``, ``email.body_md5`` and
+``email.subject_md5`` as ``attachments``, ``urls``, ``body_md5``, ``subject_md5``.  The header helpers below are Zeek's ways of
 reading address lists and Received headers.
 """
 
@@ -28,8 +31,9 @@ def _step(step) -> dict:
     return out
 
 
-def smtp_record(flow, txn) -> dict:
-    """The ``smtp`` record of one ``sensor.smtp.Transaction`` of ``flow``."""
+def smtp_record(flow, txn, mime=None) -> dict:
+    """The ``smtp`` record of one ``sensor.smtp.Transaction`` of ``flow``;
+    ``mime``: the ``sensor.mime.MimeSummary`` of its message, if parsed."""
     rec = {"ts": txn.first_ts or txn.ts, "event_type": "smtp"}
     rec.update(conn_fields(flow))
     rec["trans_depth"] = txn.messages_before + 1       # Zeek's: messages before it, plus one
@@ -82,6 +86,12 @@ def smtp_record(flow, txn) -> dict:
         gaps = orig.gaps + flow.resp.gaps
         if gaps:
             rec["gap_bytes"] = gaps
+    if mime is not None:
+        _put(rec, "fuids", list(mime.fuids))
+        _put(rec, "attachments", list(mime.attachments))
+        _put(rec, "urls", list(mime.urls))
+        _put(rec, "body_md5", mime.body_md5)
+        _put(rec, "subject_md5", mime.subject_md5)
     return rec
 
 

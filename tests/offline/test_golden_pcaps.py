@@ -107,13 +107,22 @@ def test_every_capture_has_a_golden_file_and_every_golden_file_a_capture(pcaps_d
     assert sorted(goldens - captures) == [], "golden files of captures that are gone"
 
 
-def test_golden_files_are_lists_of_smtp_and_anomaly_records():
+def test_golden_files_are_lists_of_smtp_files_and_anomaly_records():
     for path in sorted(GOLDEN_DIR.glob("*.json")):
         records = json.loads(path.read_text(encoding="utf-8"))
         assert isinstance(records, list), path.name
         for rec in records:
             assert list(rec)[:2] == ["ts", "event_type"], path.name
-            assert rec["event_type"] in ("smtp", "anomaly"), path.name
+            assert rec["event_type"] in ("smtp", "files", "anomaly"), path.name
+
+
+def test_every_fuid_of_a_golden_smtp_record_is_a_files_record_of_its_flow():
+    for path in sorted(GOLDEN_DIR.glob("*.json")):
+        records = json.loads(path.read_text(encoding="utf-8"))
+        files = {(r["uid"], r["trans_depth"], r["fuid"]) for r in records if r["event_type"] == "files"}
+        linked = {(r["uid"], r["trans_depth"], f) for r in records if r["event_type"] == "smtp"
+                  for f in r.get("fuids", ())}
+        assert linked == files, path.name
 
 
 def test_replay_is_reproducible_with_the_same_uid_seed(pcaps_dir):
