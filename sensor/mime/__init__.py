@@ -6,14 +6,14 @@
 * :mod:`.params`: Content-Type / Content-Disposition parameters (``email``);
 * :mod:`.sniff`: the content type from magic numbers; :mod:`.archive`: zip listings;
 * :mod:`.urls`: URLs as Suricata extracts them;
-* :mod:`.events`: ``Attachment``, ``Url``, ``MimeSummary``;
+* :mod:`.events`: ``EntityStart``, ``EntityData``, ``Attachment``, ``Url``, ``MimeSummary``;
 * :mod:`.stage`: the pipeline's MIME step: one parser per message, fuids.
 
 Limits: ``sensor.smtp.limits.MimeLimits``; anomalies: Suricata's MIME event
 names in ``sensor.smtp.anomalies``.
 """
 
-from sensor.mime.events import Attachment, MimeSummary, Url
+from sensor.mime.events import Attachment, EntityData, EntityStart, MimeSummary, Url
 from sensor.mime.parser import MimeParser
 
-__all__ = ["MimeParser", "Attachment", "Url", "MimeSummary"]
+__all__ = ["MimeParser", "EntityStart", "EntityData", "Attachment", "Url", "MimeSummary"]

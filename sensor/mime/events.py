@@ -10,7 +10,30 @@ from dataclasses import dataclass, field
 
 from sensor.smtp.events import Event
 
-__all__ = ["Attachment", "Url", "MimeSummary"]
+__all__ = ["EntityStart", "EntityData", "Attachment", "Url", "MimeSummary"]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityStart(Event):
+    """A leaf entity's headers ended: its body (an ``Attachment`` once it
+    ends) follows as ``EntityData``."""
+    fuid: str
+    index: int
+    depth: int
+    content_type: str
+    filename: str | None
+    disposition: str | None
+    transfer_encoding: str
+    trans_depth: int = field(kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityData(Event):
+    """Decoded octets of the entity ``fuid``, in order (pieces of any size)."""
+    fuid: str
+    data: bytes
+    offset: int                   #: of ``data`` in the decoded entity
+    trans_depth: int = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

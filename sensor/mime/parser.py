@@ -53,7 +53,7 @@ import hashlib
 
 from sensor.mime.archive import zip_members
 from sensor.mime.decode import Base64Decoder, QuotedPrintableDecoder
-from sensor.mime.events import Attachment, MimeSummary, Url
+from sensor.mime.events import Attachment, EntityData, EntityStart, MimeSummary, Url
 from sensor.mime.params import parse_entity_headers
 from sensor.mime.sniff import sniff
 from sensor.mime.urls import UrlFinder
@@ -344,6 +344,8 @@ class MimeParser:
         part.head = b""
         if self._url_rx is not None and info.content_type.startswith("text/"):
             part.urls = UrlFinder(self._url_rx)
+        self._out.append(EntityStart(self._ts, part.fuid, part.index, part.depth, info.content_type,
+                                     name, info.disposition, enc, trans_depth=self.trans_depth))
 
     # ------------------------------------------------------------ bodies
     def _body(self, buf: bytearray, pos: int, n: int):
@@ -457,6 +459,7 @@ class MimeParser:
             self._bad_encoding(part)
         if not data:
             return
+        self._out.append(EntityData(self._ts, part.fuid, data, part.size, trans_depth=self.trans_depth))
         part.md5.update(data)
         part.sha1.update(data)
         part.sha256.update(data)

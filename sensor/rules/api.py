@@ -63,6 +63,15 @@ class hooks:
     #: (an MTA that honours it commits there, ahead of the strict end); ``fn(flow, seen)``:
     #: ``sensor.smtp.LenientTerminator`` (its ``label``, such as "<LF>.<LF>").
     lenient_terminator = Hook("lenient_terminator", "sensor.smtp.LenientTerminator")
+    #: a MIME entity with a body (an attachment, or an inline text part) once it ended; not
+    #: streamed: ``fn(flow, attachment)``: ``sensor.mime.Attachment`` (filename, content_type,
+    #: mime_type, size, md5/sha1/sha256, head, members); streamed: ``async def fn(flow, content)``
+    #: with ``content.entity`` (``sensor.mime.EntityStart``) and ``async for chunk in content``
+    #: (decoded octets), then ``content.attachment`` once the loop ended.
+    attachment = Hook("attachment", "sensor.mime.Attachment / async iterator of decoded bytes",
+                      streamable=True)
+    #: a URL in a text entity, when found; ``fn(flow, url)``: ``sensor.mime.Url`` (``url`` with its scheme).
+    url = Hook("url", "sensor.mime.Url")
     #: the end of a message; ``fn(flow, end)``: ``sensor.smtp.MessageEnd`` (size, smuggling evidence).
     message_end = Hook("message_end", "sensor.smtp.MessageEnd")
     #: a finished transaction; ``fn(flow, record)``: the ``smtp`` record (a dict, Zeek's fields),
@@ -133,7 +142,7 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
     """Declare a rule: ``@rule(hooks.command, id="file.name", rev=1)``.
 
     ``id`` defaults to ``<file stem>.<function name>``; ``rev`` is the revision
-    alerts carry.  ``streamed`` (mail_content only): the function is
+    alerts carry.  ``streamed`` (mail_content and attachment): the function is
     ``async def fn(flow, content)`` and reads ``async for chunk in content``.
     ``content_cap``: bytes a non-streamed mail_content rule gets at most.
     ``budget_ms``: milliseconds a call may take, past which it is interrupted
@@ -144,7 +153,7 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
         raise RuleError(f"rule hook must be one of sensor.rules.hooks ({', '.join(h.name for h in hooks.ALL)}), "
                         f"got {hook!r}")
     if streamed and not hook.streamable:
-        raise RuleError(f"only hooks.mail_content can be streamed, not {hook!r}")
+        raise RuleError(f"only hooks.mail_content and hooks.attachment can be streamed, not {hook!r}")
     if budget_ms is not None:
         if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
             raise RuleError(f"budget_ms must be a number of milliseconds above 0, got {budget_ms!r}")
@@ -157,8 +166,8 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
         if not streamed and inspect.iscoroutinefunction(fn):
             # every call would make a coroutine that never runs: the rule
             # would silently do nothing
-            raise RuleError(f"rule {fn.__name__} is 'async def': only a streamed mail_content rule "
-                            "(streamed=True) may be")
+            raise RuleError(f"rule {fn.__name__} is 'async def': only a streamed mail_content or "
+                            "attachment rule (streamed=True) may be")
         module = fn.__module__ or ""
         stem = _stem(getattr(fn, "__globals__", {}))
         code = getattr(fn, "__code__", None)

@@ -23,7 +23,8 @@ content and transactions) and the engine keeps, per transaction not yet
 reported, the sender and recipients its MailFrom and RcptTo events gave.
 
 Streamed mail_content rules are ``async def`` functions reading
-``async for chunk in content``.  The engine drives each such coroutine by
+``async for chunk in content``; streamed attachment rules likewise read one
+MIME entity's decoded octets (``AttachmentContent``).  The engine drives each such coroutine by
 hand (no event loop, no thread): it runs until it waits for the next chunk,
 and is resumed when one arrives; the end of the message ends its loop.  A
 rule may return early; memory stays one chunk per running rule.  A coroutine
@@ -46,10 +47,11 @@ from sensor.records.drop import BAN_SOURCE, DROP_FLOW, RULE, flow_target
 from sensor.rules import api, budget
 from sensor.rules.budget import GUARD, RuleLimits, RuleMemoryError, RuleTimeout
 from sensor.rules.counters import RuleEngineCounters
+from sensor.mime import events as mev
 from sensor.smtp import events as sev
 from sensor.stream import reassembly
 
-__all__ = ["RuleEngine", "RuleFlow", "RuleTransaction", "ContentStream"]
+__all__ = ["RuleEngine", "RuleFlow", "RuleTransaction", "ContentStream", "AttachmentContent"]
 
 
 class _Waiting:
@@ -102,6 +104,19 @@ class ContentStream:
         return chunk
 
 
+class AttachmentContent(ContentStream):
+    """What a streamed attachment rule reads: the entity's decoded octets;
+    ``entity`` (``sensor.mime.EntityStart``) from the start, ``attachment``
+    (``sensor.mime.Attachment``: size, hashes) once the loop has ended."""
+
+    __slots__ = ("entity", "attachment")
+
+    def __init__(self, entity):
+        super().__init__()
+        self.entity = entity
+        self.attachment = None
+
+
 class _StreamedRule:
     """A streamed rule running on one message: its coroutine and what it reads."""
 
@@ -113,7 +128,8 @@ class _StreamedRule:
 
 #: the events that carry the trans_depth of the transaction they belong to
 _NUMBERED = frozenset((sev.Command, sev.Reply, sev.MailFrom, sev.RcptTo, sev.MessageHeaders,
-                       sev.MailContent, sev.LenientTerminator, sev.MessageEnd, sev.Transaction))
+                       sev.MailContent, sev.LenientTerminator, sev.MessageEnd, sev.Transaction,
+                       mev.EntityStart, mev.EntityData, mev.Attachment, mev.Url))
 
 
 class RuleTransaction:
@@ -136,7 +152,7 @@ class RuleFlow:
 
     __slots__ = ("_engine", "_session", "uid", "community_id", "orig_h", "orig_p", "resp_h",
                  "resp_p", "transaction", "_transactions", "scratch", "dropped", "bypassed",
-                 "_streams", "_content", "_content_cap", "_in_message", "late_events",
+                 "_streams", "_att_streams", "_content", "_content_cap", "_in_message", "late_events",
                  "_held_command")
 
     def __init__(self, engine, session):
@@ -159,6 +175,7 @@ class RuleFlow:
         self.late_events = 0
         self._held_command = None       # a MAIL or RCPT waiting for its parsed address
         self._streams: list = []
+        self._att_streams: list = []       # streamed attachment rules on the entity being read
         self._content = None
         self._content_cap = 0
         # a message is under way (MessageHeaders or its first chunk seen, not
@@ -248,6 +265,10 @@ class RuleEngine:
             sev.MessageHeaders: self._on_message_headers,
             sev.MailContent: self._on_mail_content,
             sev.LenientTerminator: self._on_lenient_terminator,
+            mev.EntityStart: self._on_entity_start,
+            mev.EntityData: self._on_entity_data,
+            mev.Attachment: self._on_attachment,
+            mev.Url: self._on_url,
             sev.MessageEnd: self._on_message_end,
             sev.Transaction: self._on_transaction,
             sev.SmtpAnomaly: self._on_anomaly,
@@ -319,6 +340,37 @@ class RuleEngine:
 
     def _on_lenient_terminator(self, flow, ev) -> None:
         self._run_list(self.ruleset.by_hook["lenient_terminator"], flow, ev)
+
+    def _on_entity_start(self, flow, ev) -> None:
+        self._end_streams(flow, abort=True, content=False)
+        for r in self.ruleset.by_hook["attachment"]:
+            if not r.streamed:
+                continue
+            content = AttachmentContent(ev)
+            if not self._start_stream(flow, r, content, flow._att_streams):
+                return
+
+    def _on_entity_data(self, flow, ev) -> None:
+        for st in list(flow._att_streams):
+            if flow.dropped:
+                return
+            st.content._chunk = ev.data
+            self._resume(flow, st)
+
+    def _on_attachment(self, flow, ev) -> None:
+        for st in list(flow._att_streams):
+            if flow.dropped:
+                break
+            st.content._ended = True
+            st.content.attachment = ev
+            self._resume(flow, st)
+        self._end_streams(flow, abort=True, content=False)
+        for r in self.ruleset.by_hook["attachment"]:
+            if not r.streamed and not flow.dropped:
+                self._call(r, flow, r.fn, flow, ev)
+
+    def _on_url(self, flow, ev) -> None:
+        self._run_list(self.ruleset.by_hook["url"], flow, ev)
 
     def _on_message_end(self, flow, ev) -> None:
         if not flow._in_message:
@@ -446,23 +498,26 @@ class RuleEngine:
         for r in rules:
             if not r.streamed:
                 continue
-            content = ContentStream()
-            # an async def's call runs none of its code: no budget to keep
-            token = api._current.set((self, r, flow))
-            try:
-                coro = r.fn(flow, content)
-            except Shutdown:
-                raise
-            except BaseException as exc:
-                self._error(r, flow, exc)
-                continue
-            finally:
-                api._current.reset(token)
-            st = _StreamedRule(r, coro, content)
-            flow._streams.append(st)
-            self._resume(flow, st)
-            if flow.dropped:        # dropped by this rule: the others are not started
+            if not self._start_stream(flow, r, ContentStream(), flow._streams):
                 return
+
+    def _start_stream(self, flow, r, content, streams: list) -> bool:
+        """Start streamed rule ``r`` reading ``content``; False once the flow is dropped."""
+        # an async def's call runs none of its code: no budget to keep
+        token = api._current.set((self, r, flow))
+        try:
+            coro = r.fn(flow, content)
+        except Shutdown:
+            raise
+        except BaseException as exc:
+            self._error(r, flow, exc)
+            return True
+        finally:
+            api._current.reset(token)
+        st = _StreamedRule(r, coro, content)
+        streams.append(st)
+        self._resume(flow, st)
+        return not flow.dropped      # dropped by this rule: the others are not started
 
     def _content(self, flow, data: bytes) -> None:
         buf = flow._content
@@ -528,12 +583,18 @@ class RuleEngine:
     def _forget_stream(flow, st) -> None:
         if st in flow._streams:
             flow._streams.remove(st)
+        elif st in flow._att_streams:
+            flow._att_streams.remove(st)
 
-    def _end_streams(self, flow, abort: bool) -> None:
-        streams, flow._streams = flow._streams, []
+    def _end_streams(self, flow, abort: bool, content: bool = True) -> None:
+        """Close the attachment streams, and (``content``) the message content's."""
+        streams, flow._att_streams = flow._att_streams, []
+        if content:
+            streams += flow._streams
+            flow._streams = []
+            flow._content = None
         for st in streams:
             self._close(flow, st)
-        flow._content = None
 
     def _close(self, flow, st) -> None:
         """Close a stream's coroutine as its rule, under its budget: its

@@ -17,10 +17,11 @@ from support.rules_helpers import CLIENT_IP, SERVER_IP, StaticRules, run, write
 
 # ---------------------------------------------------------------- @rule and hooks
 
-def test_hooks_are_listed_in_the_order_they_fire_and_only_content_streams():
+def test_hooks_are_listed_in_the_order_they_fire_and_only_content_and_attachments_stream():
     assert [h.name for h in hooks.ALL] == ["connection", "command", "response", "mail_content", "lenient_terminator",
-                                           "message_end", "transaction", "anomaly", "connection_end"]
-    assert [h.name for h in hooks.ALL if h.streamable] == ["mail_content"]
+                                           "attachment", "url", "message_end", "transaction", "anomaly",
+                                           "connection_end"]
+    assert [h.name for h in hooks.ALL if h.streamable] == ["mail_content", "attachment"]
     assert all(isinstance(h, Hook) for h in hooks.ALL)
 
 
@@ -45,7 +46,7 @@ def test_rule_records_its_declaration_on_the_function():
 
 @pytest.mark.parametrize("declare, message", [
     (lambda: rule("command"), "rule hook must be one of sensor.rules.hooks (connection, command"),
-    (lambda: rule(hooks.command, streamed=True), "only hooks.mail_content can be streamed"),
+    (lambda: rule(hooks.command, streamed=True), "only hooks.mail_content and hooks.attachment can be streamed"),
 ])
 def test_a_wrong_hook_or_stream_is_refused(declare, message):
     with pytest.raises(RuleError, match=re.escape(message)):
@@ -58,7 +59,7 @@ def test_a_streamed_rule_must_be_async_and_only_a_streamed_rule_may_be():
         def sync_stream(flow, content):
             pass
 
-    with pytest.raises(RuleError, match="'async def': only a streamed mail_content rule"):
+    with pytest.raises(RuleError, match="'async def': only a streamed mail_content or attachment rule"):
         @rule(hooks.command)
         async def async_command(flow, command):
             pass

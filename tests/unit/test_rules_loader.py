@@ -218,7 +218,7 @@ def test_a_rule_declared_wrongly_is_a_load_error_at_its_line(rules):
     ''')
     rs = RuleSet(rules)
     assert rs.rules == []
-    assert rs.errors[path].startswith(f"{path}:4: RuleError: only hooks.mail_content can be streamed")
+    assert rs.errors[path].startswith(f"{path}:4: RuleError: only hooks.mail_content and hooks.attachment can be streamed")
 
 
 def test_a_duplicate_rule_id_across_files_is_refused_and_the_first_kept(rules):
