@@ -104,13 +104,19 @@ class RecordingEnforcer(ReplayEnforcer):
 class Run:
     """One engine behind one pipeline; ``feed(segments)`` then ``finish()``."""
 
-    def __init__(self, ruleset, *, content_chunk=None, enforcer=None, logger=None, **engine_kw):
+    def __init__(self, ruleset, *, content_chunk=None, enforcer=None, logger=None, mime=False, **engine_kw):
         self.sink = ListSink()
         self.enforcer = enforcer if enforcer is not None else RecordingEnforcer()
         self.logger = logger if logger is not None else RecordingLogger()
         self.engine = RuleEngine(ruleset, self.sink, self.enforcer, self.logger, **engine_kw)
         limits = smtp.SmtpLimits(content_chunk=content_chunk) if content_chunk else None
-        self.pipe = Pipeline(self.sink, listeners=[self.engine], smtp_limits=limits)
+        stage = None
+        if mime:                      # the MIME parser, as the sensor's default config has it
+            from sensor.config import MimeConfig
+            from sensor.mime.stage import MimeStage
+            from sensor.smtp.limits import MimeLimits
+            stage = MimeStage(MimeConfig(), MimeLimits())
+        self.pipe = Pipeline(self.sink, listeners=[self.engine], smtp_limits=limits, mime=stage)
         self._ts = itertools.count()
 
     def feed(self, segments) -> "Run":

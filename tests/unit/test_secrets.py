@@ -203,6 +203,22 @@ def lenient_terminator(flow, found):
     _saw("lenient_terminator", found)
 
 
+@rule(hooks.attachment, id="probe.attachment")
+def attachment(flow, att):
+    _saw("attachment", att)
+
+
+@rule(hooks.attachment, id="probe.attachment_stream", streamed=True)
+async def attachment_stream(flow, content):
+    async for chunk in content:
+        _saw("attachment", content.entity, chunk)
+
+
+@rule(hooks.url, id="probe.url")
+def url(flow, found):
+    _saw("url", found)
+
+
 @rule(hooks.message_end, id="probe.message_end")
 def message_end(flow, end):
     _saw("message_end", end)
