@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: offline replay of a large SMTP capture, against tshark on the same file.
 
-    python bench/bench_replay.py [--size-mb 200] [--seed 1] [--runs 5] [--profile]
+    python bench/bench_replay.py [--size-mb 200] [--seed 1] [--runs 5] [--mime both] [--profile]
 
 Generates the capture with bench/gen_capture.py (or reuses it when its sidecar
 JSON matches), then, each in a fresh process so peak RSS and CPU time are its own:
@@ -12,6 +12,9 @@ JSON matches), then, each in a fresh process so peak RSS and CPU time are its ow
   ``--runs`` times;
 * the same with records rendered by ``JsonLinesSink`` to /dev/null (the
   ``smtp-sensor replay`` output path), ``--json-runs`` times;
+* with ``--mime both`` (the default), the counting-sink replays twice over,
+  with the MIME parser on (``[mime] enabled``, the default) and off,
+  alternating, to give the MIME work's cost per MB of SMTP payload;
 * ``tshark -r CAP -Y smtp -T fields -e smtp.req.command`` (TCP and SMTP
   reassembly on, as by default: the display filter makes tshark dissect every
   frame fully), ``--tshark-runs`` times.
@@ -52,6 +55,7 @@ class CountingSink:
     """Counts what the checks need; cheap enough not to matter."""
 
     def __init__(self):
+        self.files = 0
         self.smtp = 0
         self.anomalies: dict[str, int] = {}
         self.messages = 0
@@ -69,14 +73,16 @@ class CountingSink:
             self.delivered += rec["delivered"]
             self.recipients += len(rec.get("rcptto", ()))
             self.tls += rec["tls"]
+        elif rec["event_type"] == "files":
+            self.files += 1
         else:
             name = rec["name"]
             self.anomalies[name] = self.anomalies.get(name, 0) + 1
 
 
-def child(mode: str, path: str, profile: bool) -> None:
+def child(mode: str, path: str, profile: bool, mime: bool = True) -> None:
     from sensor.assembly import Userland
-    from sensor.config import Config, SpamStatsConfig
+    from sensor.config import Config, MimeConfig, SpamStatsConfig
     from sensor.inputs.replay import replay
     from sensor.records.sinks import JsonLinesSink
 
@@ -91,7 +97,8 @@ def child(mode: str, path: str, profile: bool) -> None:
             jsink(rec)
     else:
         sink = counting
-    userland = Userland(Config(spam_stats=SpamStatsConfig(enabled=False)), sink)
+    userland = Userland(Config(spam_stats=SpamStatsConfig(enabled=False),
+                               mime=MimeConfig(enabled=mime)), sink)
     prof = None
     if profile:
         import cProfile
@@ -183,12 +190,15 @@ def main():
     ap.add_argument("--profile", action="store_true", help="one extra run under cProfile")
     ap.add_argument("--sensor-root", metavar="DIR",
                     help="import the sensor package from DIR (another checkout) instead")
+    ap.add_argument("--mime", choices=("on", "off", "both"), default="both",
+                    help="counting replays with the MIME parser on, off, or both (the cost of MIME)")
     ap.add_argument("--child", choices=("counting", "json"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-mime-off", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     path = args.capture or f"/tmp/smtp-bench-{args.size_mb:g}mb-s{args.seed}.pcap"
 
     if args.child:
-        child(args.child, path, args.profile)
+        child(args.child, path, args.profile, mime=not args.child_mime_off)
         return 0
 
     info = ensure_capture(path, args.size_mb, args.seed, args.regen)
@@ -203,23 +213,33 @@ def main():
         print(f"sensor package from {ROOT}")
     rows = []
     ok = True
-    for mode, runs in (("counting", args.runs), ("json", args.json_runs)):
-        if runs <= 0:
-            continue
-        walls, cpus, rss, inner = [], [], [], []
-        for _ in range(runs):
-            wall, cpu, peak, out = run_child(me + ["--child", mode])
-            res = json.loads(out)
-            ok &= check(ex, res)
-            walls.append(wall)
-            cpus.append(cpu)
-            rss.append(peak)
-            inner.append(res["wall"])
-            print(f"  ours ({mode}): {res['wall']:.2f} s in replay(), {wall:.2f} s process, "
-                  f"{cpu:.2f} s CPU, {peak / 2**20:.0f} MiB", file=sys.stderr)
+    mimes = {"on": (True,), "off": (False,), "both": (True, False)}[args.mime]
+    runs_of = [("counting", m, args.runs) for m in mimes] + [("json", True, args.json_runs)]
+    samples = {(mode, m): ([], [], [], [], None) for mode, m, runs in runs_of if runs > 0}
+    # the MIME on and off runs alternate, so a change in the machine's load
+    # falls on both alike
+    order = [(mode, m) for i in range(max(args.runs, args.json_runs))
+             for mode, m, runs in runs_of if i < runs]
+    for mode, m in order:
+        walls, cpus, rss, inner, _ = samples[(mode, m)]
+        wall, cpu, peak, out = run_child(me + ["--child", mode] + ([] if m else ["--child-mime-off"]))
+        res = json.loads(out)
+        ok &= check(ex, res)
+        if m and not res["sink"]["files"] >= ex["messages"] > 0:
+            print(f"MISMATCH files records: {res['sink']['files']} for {ex['messages']} messages",
+                  file=sys.stderr)
+            ok = False
+        walls.append(wall)
+        cpus.append(cpu)
+        rss.append(peak)
+        inner.append(res["wall"])
+        samples[(mode, m)] = (walls, cpus, rss, inner, res)
+        print(f"  ours ({mode}, MIME {'on' if m else 'off'}): {res['wall']:.2f} s in replay(), "
+              f"{wall:.2f} s process, {cpu:.2f} s CPU, {peak / 2**20:.0f} MiB", file=sys.stderr)
+    for (mode, m), (walls, cpus, rss, inner, res) in samples.items():
         what = "a counting sink" if mode == "counting" else "JsonLinesSink -> /dev/null"
-        rows.append((f"smtp-sensor replay, records to {what}",
-                     runs, statistics.median(inner), statistics.median(walls),
+        rows.append((f"smtp-sensor replay, records to {what}, MIME {'on' if m else 'off'}",
+                     len(walls), statistics.median(inner), statistics.median(walls),
                      statistics.median(cpus), statistics.median(rss), res))
     tshark_row = None
     if not args.no_tshark:
@@ -255,6 +275,15 @@ def main():
     print("medians; wall and CPU of the whole process (interpreter start, imports, file read, "
           "all records); replay() alone (median wall): "
           f"{', '.join(f'{r[2]:.2f} s' for r in rows)}.")
+    if ("counting", True) in samples and ("counting", False) in samples:
+        on, off = samples[("counting", True)], samples[("counting", False)]
+        cpu_on, cpu_off = statistics.median(on[1]), statistics.median(off[1])
+        in_on, in_off = statistics.median(on[3]), statistics.median(off[3])
+        mb = payload / 1e6
+        print(f"MIME cost (counting sink, medians): CPU {cpu_off:.2f} s off, {cpu_on:.2f} s on: "
+              f"{(cpu_on / cpu_off - 1) * 100:+.1f} % ({(cpu_on - cpu_off) / mb * 1e3:.2f} ms per MB "
+              f"of SMTP payload); replay() {in_off:.2f} s off, {in_on:.2f} s on: "
+              f"{(in_on / in_off - 1) * 100:+.1f} %; {on[4]['sink']['files']} files records.")
     print("checks against the generator's sidecar: " + ("OK" if ok else "FAILED"))
     if tshark_row:
         print(f"tshark reported {mails} of the {ex['mail_commands']} MAIL commands (it reads "

@@ -15,6 +15,7 @@ import re
 __all__ = ["Base64Decoder", "QuotedPrintableDecoder"]
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_B64_EOL = _B64 + b"\r\n"
 _SPACE = b" \t\r\n"
 # a run of padding followed by more data: base64 texts joined end to end
 _PAD_THEN_DATA = re.compile(rb"(?<==)(?=[^=])")
@@ -30,6 +31,15 @@ class Base64Decoder:
         self.bad = False
 
     def decode(self, data: bytes) -> bytes:
+        if not self._rem and not data.translate(None, _B64_EOL):
+            # the usual text: whole quads on lines, padding only at the end;
+            # binascii skips the line ends itself
+            eq = data.find(b"=")
+            if eq < 0 or not data[eq:].translate(None, b"=\r\n"):
+                try:
+                    return binascii.a2b_base64(data)
+                except binascii.Error:
+                    pass                 # not whole quads: the careful way below
         clean = data.translate(None, _SPACE)
         if clean.translate(None, _B64):
             self.bad = True

@@ -69,12 +69,29 @@ _FIELDS = (b"content-type", b"content-disposition", b"content-transfer-encoding"
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
 
 
+def _longest_line(data: bytes) -> int:
+    """Octets of the longest line of ``data``, its line end excluded."""
+    first = data.find(b"\n")
+    if first < 0:
+        return len(data)
+    step = first + 1
+    ends = data[first::step]
+    # lines of one length (base64, quoted-printable): every step-th octet is a
+    # line end and what follows the last one is shorter than a line
+    if ends.count(10) == len(ends) and len(data) - len(ends) * step < step:
+        return first - 1 if data[first - 1:first] == b"\r" else first
+    longest = max(map(len, data.split(b"\n")))
+    if data.find(b"\r") >= 0:
+        longest -= 1              # a CR before the LF is not part of the line (close enough)
+    return longest
+
+
 class _Part:
     """One entity being read: its header fields, then its body."""
 
     __slots__ = ("parent", "depth", "kind", "fields", "last", "vlen", "default_type",
                  "info", "boundary", "index", "fuid", "decoder", "encoded", "md5", "sha1",
-                 "sha256", "size", "head", "archive", "urls", "qp")
+                 "sha256", "size", "head", "archive", "urls", "qp", "b64")
 
     def __init__(self, parent, depth: int, default_type: str = "text/plain") -> None:
         self.parent = parent
@@ -91,6 +108,7 @@ class _Part:
         self.decoder = None
         self.encoded = False
         self.qp = False
+        self.b64 = False
         self.urls = None
         self.archive = None
         self.md5 = self.sha1 = self.sha256 = None
@@ -138,10 +156,39 @@ class MimeParser:
             if self._md5 is not None:
                 self._md5.update(data)
                 self._body_bytes += len(data)
-            self._buf += data
-            self._run()
+            self._feed(bytes(data))
         out, self._out = self._out, []
         return out
+
+    def _feed(self, data: bytes) -> None:
+        """Lines are read in place from ``data``; only a partial line at its
+        end is kept (in ``_buf``), and completed by the next piece alone."""
+        start = 0
+        held = self._buf
+        if held:
+            i = data.find(b"\n")
+            if i < 0 and len(held) + len(data) <= self.limits.line_buffer:
+                held += data
+                return
+            cut = len(data) if i < 0 else i + 1
+            held += data[:cut]
+            line = bytes(held)
+            held.clear()
+            md5_before = self._md5
+            pos = self._run(line, 0)
+            if pos < len(line):
+                held += line[pos:]
+            if md5_before is None and self._md5 is not None and cut < len(data):
+                rest = memoryview(data)[cut:]      # the headers ended in the line: hash what follows
+                self._md5.update(rest)
+                self._body_bytes += len(rest)
+            if held:                               # still no line end (rare: a very long line)
+                held += data[cut:]
+                return
+            start = cut
+        pos = self._run(data, start)
+        if pos < len(data):
+            held += data[pos:]
 
     def finish(self, ts: float, complete: bool = True) -> list:
         """The message ended (``complete``: at its end marker, not at a
@@ -149,12 +196,13 @@ class MimeParser:
         self._ts = ts
         buf = self._buf
         if buf and not self._failed and not self._skip_eol:
+            rest = bytes(buf)
             if self._mode == _HEADERS:
-                self._header_line(bytes(buf))
+                self._header_line(rest)
                 if self._want_md5:
                     self._start_md5(b"")
             else:
-                self._content(bytes(buf), boundary_follows=False)
+                self._content(rest, boundary_follows=False)
         buf.clear()
         if self._pending:
             pend, self._pending = self._pending, b""
@@ -175,14 +223,13 @@ class MimeParser:
         return out
 
     # ------------------------------------------------------------ the loop
-    def _run(self) -> None:
-        buf = self._buf
-        pos = 0
+    def _run(self, buf: bytes, pos: int) -> int:
+        """Read complete lines of ``buf`` from ``pos``; return where the unread part starts."""
         n = len(buf)
         limit = self.limits.line_buffer
         while pos < n:
             if self._failed:
-                self._check_lines(buf, pos, n, None)
+                self._check_lines(buf[pos:], None)
                 pos = n
                 break
             if self._skip_eol:
@@ -198,21 +245,20 @@ class MimeParser:
                 i = buf.find(b"\n", pos)
                 if i < 0:
                     if n - pos > limit:
-                        self._header_line(bytes(buf[pos:]))
+                        self._header_line(buf[pos:])
                         self._skip_eol = True
                         pos = n
                     break
-                self._header_line(bytes(buf[pos:i + 1]))
+                self._header_line(buf[pos:i + 1])
                 pos = i + 1
                 if self._want_md5:
-                    self._start_md5(buf[pos:])
+                    self._start_md5(memoryview(buf)[pos:])
             else:
                 nxt = self._body(buf, pos, n)
                 if nxt is None:
                     break
                 pos = nxt
-        if pos:
-            del buf[:pos]
+        return pos
 
     def _start_md5(self, rest) -> None:
         self._want_md5 = False
@@ -333,7 +379,7 @@ class MimeParser:
         enc = info.transfer_encoding
         if enc == "base64":
             part.decoder = Base64Decoder()
-            part.encoded = True
+            part.encoded = part.b64 = True
         elif enc == "quoted-printable":
             part.decoder = QuotedPrintableDecoder()
             part.encoded = part.qp = True
@@ -355,7 +401,7 @@ class MimeParser:
         if end == 0:
             if n - pos > self.limits.line_buffer:
                 self._anomaly(A.MIME_LONG_LINE, f"a line over {self.limits.line_buffer} octets")
-                self._content(bytes(buf[pos:]), boundary_follows=False)
+                self._content(buf[pos:], boundary_follows=False)
                 self._sol = False
                 return n
             return None
@@ -373,7 +419,7 @@ class MimeParser:
                     line = line[:-1]
                 hit = self._match(line)
                 if hit is not None:
-                    self._content(bytes(buf[pos:c]), boundary_follows=True)
+                    self._content(buf[pos:c], boundary_follows=True)
                     if len(line) > self.limits.line:
                         self._anomaly(A.MIME_LONG_LINE, f"a line of {len(line)} octets (limit {self.limits.line})")
                     self._sol = True
@@ -382,7 +428,7 @@ class MimeParser:
                 c = buf.find(b"\n--", le, end)
                 if c >= 0:
                     c += 1
-        self._content(bytes(buf[pos:end]), boundary_follows=False)
+        self._content(buf[pos:end] if pos or end < n else buf, boundary_follows=False)
         self._sol = True
         return end
 
@@ -409,17 +455,15 @@ class MimeParser:
             self._cur = child
             self._mode = _HEADERS
 
-    def _check_lines(self, data, start: int, stop: int, part) -> None:
+    def _check_lines(self, data: bytes, part) -> None:
         lim = self.limits
         raised = self._raised
-        long_line = A.MIME_LONG_LINE not in raised and stop - start > lim.line
+        long_line = A.MIME_LONG_LINE not in raised and len(data) > lim.line
         long_enc = (part is not None and part.encoded and A.MIME_LONG_ENC_LINE not in raised
-                    and stop - start > lim.encoded_line)
+                    and len(data) > lim.encoded_line)
         if not (long_line or long_enc):
             return
-        longest = max(map(len, bytes(data[start:stop]).split(b"\n")))
-        if longest and data[start:stop].find(b"\r") >= 0:
-            longest -= 1          # a CR before the LF is not part of the line
+        longest = _longest_line(data)
         if long_line and longest > lim.line:
             self._anomaly(A.MIME_LONG_LINE, f"a line of {longest} octets (limit {lim.line})")
         if long_enc and longest > lim.encoded_line:
@@ -433,24 +477,32 @@ class MimeParser:
         cur = self._cur
         leaf = cur.kind == _LEAF and cur.info is not None
         if data:
-            self._check_lines(data, 0, len(data), cur if leaf else None)
-            if data.endswith(b"\n"):
-                cut = 2 if data.endswith(b"\r\n") else 1
-                body, eol = data[:-cut], data[-cut:]
-            else:
-                body, eol = data, b""
-            if boundary_follows:
-                eol = b""
-            elif leaf and cur.qp and body.endswith(b"="):
-                eol = b""                # a soft line break: the line end is not content
-            piece = self._pending + body if self._pending else body
-            self._pending = eol
-        else:
+            self._check_lines(data, cur if leaf else None)
+        if not leaf:
+            self._pending = b""
+            return
+        if not data:
             if boundary_follows:
                 self._pending = b""
             return
-        if leaf and piece:
-            self._write(cur, piece)
+        if cur.b64:
+            # line ends are nothing to base64: none to hold back
+            self._write(cur, data)
+            return
+        if data.endswith(b"\n"):
+            cut = 2 if data.endswith(b"\r\n") else 1
+            body, eol = data[:-cut], data[-cut:]
+        else:
+            body, eol = data, b""
+        if boundary_follows:
+            eol = b""
+        elif cur.qp and body.endswith(b"="):
+            eol = b""                    # a soft line break: the line end is not content
+        if self._pending:
+            self._write(cur, self._pending)
+        self._pending = eol
+        if body:
+            self._write(cur, body)
 
     def _write(self, part: _Part, raw: bytes) -> None:
         dec = part.decoder
