@@ -59,6 +59,8 @@ class Userland:
         if cfg.rules is not None:
             self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)
             self.pipeline.listeners.append(self.engine)
+            if mime is not None:
+                mime.wants_entity_data = self.engine.wants_entity_data
         st = config.spam_stats
         if st.enabled:
             from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor

@@ -15,7 +15,6 @@ import re
 __all__ = ["Base64Decoder", "QuotedPrintableDecoder"]
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-_B64_EOL = _B64 + b"\r\n"
 _SPACE = b" \t\r\n"
 # a run of padding followed by more data: base64 texts joined end to end
 _PAD_THEN_DATA = re.compile(rb"(?<==)(?=[^=])")
@@ -30,16 +29,26 @@ class Base64Decoder:
         self._rem = b""      # encoded characters short of a quad
         self.bad = False
 
-    def decode(self, data: bytes) -> bytes:
-        if not self._rem and not data.translate(None, _B64_EOL):
-            # the usual text: whole quads on lines, padding only at the end;
-            # binascii skips the line ends itself
-            eq = data.find(b"=")
-            if eq < 0 or not data[eq:].translate(None, b"=\r\n"):
+    def decode(self, data, eols: int | None = None) -> bytes:
+        """``eols``: the number of CR and LF octets in ``data``, when the
+        caller knows it (lines of one length): then the usual text (whole
+        quads, padding only at the end, nothing outside the alphabet) costs
+        one pass of binascii, which skips the line ends itself; whether
+        anything was skipped shows in the decoded length."""
+        if eols is not None and not self._rem:
+            chars = len(data) - eols
+            if chars % 4 == 0:
                 try:
-                    return binascii.a2b_base64(data)
+                    out = binascii.a2b_base64(data)
                 except binascii.Error:
-                    pass                 # not whole quads: the careful way below
+                    out = None
+                if out is not None:
+                    tail = bytes(data[-6:]).rstrip(b"\r\n")
+                    pad = len(tail) - len(tail.rstrip(b"="))
+                    if len(out) == chars // 4 * 3 - pad:
+                        return out
+        if not isinstance(data, bytes):
+            data = bytes(data)
         clean = data.translate(None, _SPACE)
         if clean.translate(None, _B64):
             self.bad = True
@@ -47,7 +56,8 @@ class Base64Decoder:
         if self._rem:
             clean = self._rem + clean
             self._rem = b""
-        if b"=" in clean:
+        eq = clean.find(b"=")
+        if eq >= 0 and clean[eq:].strip(b"="):      # data after padding: texts joined
             out = []
             for piece in _PAD_THEN_DATA.split(clean):
                 out.append(self._quads(piece, last=False))

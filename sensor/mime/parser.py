@@ -49,7 +49,9 @@ Reading, as RFC 2045/2046 say and Suricata and Zeek do it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 
 from sensor.mime.archive import zip_members
 from sensor.mime.decode import Base64Decoder, QuotedPrintableDecoder
@@ -66,24 +68,74 @@ __all__ = ["MimeParser"]
 _HEADERS, _BODY = 0, 1
 _LEAF, _MULTIPART, _MESSAGE = 0, 1, 2
 _FIELDS = (b"content-type", b"content-disposition", b"content-transfer-encoding")
+# a whole header section at once (_header_block): the fields read, with their
+# continuation lines; every header, with its continuation lines
+_WANTED = re.compile(rb"^(content-type|content-disposition|content-transfer-encoding|subject):"
+                     rb"([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.M | re.I)
+_HEADER = re.compile(rb"^[^ \t\r\n][^\r\n]*(?:\r?\n[ \t][^\r\n]*)*", re.M)
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+@functools.lru_cache(maxsize=8)
+def _long_name(limit: int) -> re.Pattern:
+    """A header line whose name is longer than ``limit`` octets."""
+    return re.compile(rb"^[^ \t\r\n:][^\r\n:]{%d,}:" % limit, re.M)
+
+
+def _section_end(buf: bytes, pos: int) -> int:
+    """Where the empty line ending the header section that starts at ``pos``
+    begins; ``pos`` if it starts with one; -1 if it is not in ``buf``."""
+    if buf.startswith(b"\n", pos) or buf.startswith(b"\r\n", pos):
+        return pos
+    i = buf.find(b"\n\r\n", pos)
+    j = buf.find(b"\n\n", pos, i + 2 if i >= 0 else len(buf))
+    if j >= 0:
+        return j + 1
+    return i + 1 if i >= 0 else -1
+
+
+def _value_length(header: bytes) -> int:
+    """The unfolded value length of one header with its continuation lines,
+    as ``_header_line`` counts it."""
+    first, *more = header.split(b"\n")
+    first = first.rstrip(b"\r")
+    colon = first.find(b":")
+    if colon < 0:
+        return 0
+    return len(first[colon + 1:].lstrip(b" \t\r\n")) + sum(len(c.rstrip(b"\r")) for c in more)
 
 
 def _longest_line(data: bytes) -> int:
     """Octets of the longest line of ``data``, its line end excluded."""
-    first = data.find(b"\n")
-    if first < 0:
-        return len(data)
+    return _lines(data)[0]
+
+
+def _lines(data: bytes, a: int = 0, b: int | None = None) -> tuple[int, int | None]:
+    """(octets of the longest line of ``data[a:b]``, its line end excluded;
+    the number of CR and LF octets in it when its lines are all of one length
+    and end alike, else None)."""
+    if b is None:
+        b = len(data)
+    nl = data.find(b"\n", a, b)
+    if nl < 0:
+        return b - a, (0 if data.find(b"\r", a, b) < 0 else None)
+    first = nl - a
     step = first + 1
-    ends = data[first::step]
+    ends = data[nl:b:step]
     # lines of one length (base64, quoted-printable): every step-th octet is a
-    # line end and what follows the last one is shorter than a line
-    if ends.count(10) == len(ends) and len(data) - len(ends) * step < step:
-        return first - 1 if data[first - 1:first] == b"\r" else first
-    longest = max(map(len, data.split(b"\n")))
-    if data.find(b"\r") >= 0:
+    # line end, and what follows the last one is a shorter line
+    if ends.count(10) == len(ends):
+        crlf = first > 0 and data[nl - 1] == 13
+        if crlf and data[nl - 1:b:step].count(13) == len(ends):
+            if data.find(b"\r", a + len(ends) * step, b) < 0:
+                return first - 1, 2 * len(ends)
+            return first - 1, None
+        if not crlf:
+            return first, (len(ends) if data.find(b"\r", a, b) < 0 else None)
+    longest = max(map(len, data[a:b].split(b"\n")))
+    if data.find(b"\r", a, b) >= 0:
         longest -= 1              # a CR before the LF is not part of the line (close enough)
-    return longest
+    return longest, None
 
 
 class _Part:
@@ -118,7 +170,8 @@ class _Part:
 
 class MimeParser:
     def __init__(self, limits: MimeLimits | None = None, *, trans_depth: int = 1,
-                 fuid_of=None, url_rx=None, log_url_scheme: bool = False) -> None:
+                 fuid_of=None, url_rx=None, log_url_scheme: bool = False, body_md5: bool = True,
+                 entity_data: bool = True) -> None:
         self.limits = limits = limits or MimeLimits()
         self.trans_depth = trans_depth
         self._fuid_of = fuid_of or (lambda index: f"F{index}")
@@ -139,6 +192,11 @@ class MimeParser:
         self._ts = 0.0
         self._md5 = None                 # body md5 (after the message's header section)
         self._want_md5 = False
+        self._body_md5 = body_md5
+        #: emit EntityData (decoded content, for streamed attachment rules)
+        self.entity_data = entity_data
+        self._fresh = True               # no line of the current header section read yet
+        self._long_name = _long_name(limits.header_name)
         self._body_bytes = 0
         self._subject = None             # Suricata-unfolded Subject of the message
         self._subject_cont = False
@@ -227,9 +285,10 @@ class MimeParser:
         """Read complete lines of ``buf`` from ``pos``; return where the unread part starts."""
         n = len(buf)
         limit = self.limits.line_buffer
+        blocked = False
         while pos < n:
             if self._failed:
-                self._check_lines(buf[pos:], None)
+                self._check_lines(buf, pos, n, None)
                 pos = n
                 break
             if self._skip_eol:
@@ -242,6 +301,13 @@ class MimeParser:
                 self._sol = True
                 continue
             if self._mode == _HEADERS:
+                if self._fresh and not blocked:
+                    end = _section_end(buf, pos)
+                    if end > pos:
+                        self._header_block(buf[pos:end])
+                        pos = end            # the empty line: below, next turn
+                        continue
+                    blocked = end < 0        # not in this piece: line by line
                 i = buf.find(b"\n", pos)
                 if i < 0:
                     if n - pos > limit:
@@ -262,8 +328,55 @@ class MimeParser:
 
     def _start_md5(self, rest) -> None:
         self._want_md5 = False
-        self._md5 = hashlib.md5(rest)
-        self._body_bytes = len(rest)
+        if self._body_md5:
+            self._md5 = hashlib.md5(rest)
+            self._body_bytes = len(rest)
+
+    def _header_block(self, block: bytes) -> None:
+        """The lines of a whole header section (its empty line excluded), read
+        as ``_header_line`` reads them one by one, with a few regular
+        expressions instead of a Python step per line."""
+        lim = self.limits
+        raised = self._raised
+        part = self._cur
+        if len(block) > lim.line and A.MIME_LONG_LINE not in raised:
+            longest = _longest_line(block)
+            if longest > lim.line:
+                self._anomaly(A.MIME_LONG_LINE, f"a line of {longest} octets (limit {lim.line})")
+        if len(block) > lim.header_name and A.MIME_LONG_HEADER_NAME not in raised:
+            m = self._long_name.search(block)
+            if m is not None:
+                self._anomaly(A.MIME_LONG_HEADER_NAME, f"a header name of {m.end() - m.start() - 1} octets "
+                              f"(limit {lim.header_name})")
+        if len(block) > lim.header_value and A.MIME_LONG_HEADER_VALUE not in raised:
+            for m in _HEADER.finditer(block):
+                if m.end() - m.start() > lim.header_value and _value_length(m.group(0)) > lim.header_value:
+                    self._anomaly(A.MIME_LONG_HEADER_VALUE, f"a header value over {lim.header_value} octets")
+                    break
+        top = part is self._top
+        for m in _WANTED.finditer(block):
+            lname = m.group(1).lower()
+            if lname == b"subject":
+                if not top or self._subject is not None:
+                    continue
+            elif lname in part.fields:
+                continue
+            first, *more = m.group(2).split(b"\n")
+            value = bytearray(first.rstrip(b"\r").lstrip(b" \t\r\n")[:lim.header_value])
+            conts = [c.rstrip(b"\r") for c in more]
+            if lname == b"subject":
+                for c in conts:
+                    room = lim.header_value - len(value)
+                    if room > 0:
+                        value += c[1:room + 1]
+                self._subject = value
+                continue
+            for c in conts:
+                room = lim.header_value - len(value)
+                if room > 0:
+                    value += c[:room]
+            part.fields[lname] = value
+        self._fresh = False
 
     # ------------------------------------------------------------ headers
     def _header_line(self, line: bytes) -> None:
@@ -277,6 +390,7 @@ class MimeParser:
         if len(content) > lim.line:
             self._anomaly(A.MIME_LONG_LINE, f"a line of {len(content)} octets (limit {lim.line})")
         part = self._cur
+        self._fresh = False
         if not content:
             self._end_headers(part)
             return
@@ -321,6 +435,7 @@ class MimeParser:
 
     def _end_headers(self, part: _Part) -> None:
         self._subject_cont = False
+        self._fresh = True                 # the next header section (a part, a message) starts afresh
         if part is self._top:
             self._want_md5 = True
         fields = {k.decode("latin-1"): bytes(v) for k, v in part.fields.items()}
@@ -401,7 +516,7 @@ class MimeParser:
         if end == 0:
             if n - pos > self.limits.line_buffer:
                 self._anomaly(A.MIME_LONG_LINE, f"a line over {self.limits.line_buffer} octets")
-                self._content(buf[pos:], boundary_follows=False)
+                self._content(buf, False, pos, n)
                 self._sol = False
                 return n
             return None
@@ -419,7 +534,7 @@ class MimeParser:
                     line = line[:-1]
                 hit = self._match(line)
                 if hit is not None:
-                    self._content(buf[pos:c], boundary_follows=True)
+                    self._content(buf, True, pos, c)
                     if len(line) > self.limits.line:
                         self._anomaly(A.MIME_LONG_LINE, f"a line of {len(line)} octets (limit {self.limits.line})")
                     self._sol = True
@@ -428,7 +543,7 @@ class MimeParser:
                 c = buf.find(b"\n--", le, end)
                 if c >= 0:
                     c += 1
-        self._content(buf[pos:end] if pos or end < n else buf, boundary_follows=False)
+        self._content(buf, False, pos, end)
         self._sol = True
         return end
 
@@ -455,40 +570,53 @@ class MimeParser:
             self._cur = child
             self._mode = _HEADERS
 
-    def _check_lines(self, data: bytes, part) -> None:
+    def _check_lines(self, data: bytes, a: int, b: int, part):
+        """Line lengths of ``data[a:b]`` against the limits; its CR/LF count
+        when ``_lines`` finds it."""
         lim = self.limits
         raised = self._raised
-        long_line = A.MIME_LONG_LINE not in raised and len(data) > lim.line
+        long_line = A.MIME_LONG_LINE not in raised and b - a > lim.line
         long_enc = (part is not None and part.encoded and A.MIME_LONG_ENC_LINE not in raised
-                    and len(data) > lim.encoded_line)
+                    and b - a > lim.encoded_line)
         if not (long_line or long_enc):
-            return
-        longest = _longest_line(data)
+            return None
+        longest, eols = _lines(data, a, b)
         if long_line and longest > lim.line:
             self._anomaly(A.MIME_LONG_LINE, f"a line of {longest} octets (limit {lim.line})")
         if long_enc and longest > lim.encoded_line:
             self._anomaly(A.MIME_LONG_ENC_LINE,
                           f"an encoded line of {longest} octets (limit {lim.encoded_line})")
+        return eols
 
-    def _content(self, data: bytes, boundary_follows: bool) -> None:
-        """Body octets of the current entity, up to a line end (or a piece of
-        a long line); the last line end is held back until the next line
-        shows it is not the one before a boundary."""
+    def _content(self, buf: bytes, boundary_follows: bool, a: int = 0, b: int | None = None) -> None:
+        """Body octets ``buf[a:b]`` of the current entity, up to a line end (or
+        a piece of a long line); the last line end is held back until the
+        next line shows it is not the one before a boundary."""
+        if b is None:
+            b = len(buf)
         cur = self._cur
         leaf = cur.kind == _LEAF and cur.info is not None
-        if data:
-            self._check_lines(data, cur if leaf else None)
+        if leaf and cur.b64:
+            # empty lines at the end (before a boundary) are nothing to base64:
+            # left out, the lines left are of one length and decode at once
+            while b - a >= 4 and buf[b - 2] == 13 and buf[b - 4] == 13 and buf[b - 1] == 10 == buf[b - 3]:
+                b -= 2
+        eols = self._check_lines(buf, a, b, cur if leaf else None) if b > a else None
         if not leaf:
             self._pending = b""
             return
-        if not data:
+        if b <= a:
             if boundary_follows:
                 self._pending = b""
             return
         if cur.b64:
-            # line ends are nothing to base64: none to hold back
-            self._write(cur, data)
+            # line ends are nothing to base64: none to hold back; the span is
+            # decoded where it lies (a view, no copy)
+            if eols is None and b - a <= self.limits.encoded_line:
+                eols = buf.count(b"\r", a, b) + buf.count(b"\n", a, b)     # a line or two
+            self._write(cur, memoryview(buf)[a:b] if a or b < len(buf) else buf, eols)
             return
+        data = buf[a:b] if a or b < len(buf) else buf
         if data.endswith(b"\n"):
             cut = 2 if data.endswith(b"\r\n") else 1
             body, eol = data[:-cut], data[-cut:]
@@ -504,14 +632,20 @@ class MimeParser:
         if body:
             self._write(cur, body)
 
-    def _write(self, part: _Part, raw: bytes) -> None:
+    def _write(self, part: _Part, raw: bytes, eols: int | None = None) -> None:
         dec = part.decoder
-        data = dec.decode(raw) if dec is not None else raw
+        if dec is None:
+            data = raw
+        elif part.b64:
+            data = dec.decode(raw, eols)
+        else:
+            data = dec.decode(raw)
         if dec is not None and dec.bad:
             self._bad_encoding(part)
         if not data:
             return
-        self._out.append(EntityData(self._ts, part.fuid, data, part.size, trans_depth=self.trans_depth))
+        if self.entity_data:
+            self._out.append(EntityData(self._ts, part.fuid, data, part.size, trans_depth=self.trans_depth))
         part.md5.update(data)
         part.sha1.update(data)
         part.sha256.update(data)

@@ -341,6 +341,11 @@ class RuleEngine:
     def _on_lenient_terminator(self, flow, ev) -> None:
         self._run_list(self.ruleset.by_hook["lenient_terminator"], flow, ev)
 
+    def wants_entity_data(self) -> bool:
+        """Whether a rule reads attachments' decoded content (a streamed
+        attachment rule): the MIME parser makes EntityData events only then."""
+        return any(r.streamed for r in self.ruleset.by_hook["attachment"])
+
     def _on_entity_start(self, flow, ev) -> None:
         self._end_streams(flow, abort=True, content=False)
         for r in self.ruleset.by_hook["attachment"]:

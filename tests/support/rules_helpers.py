@@ -116,6 +116,7 @@ class Run:
             from sensor.mime.stage import MimeStage
             from sensor.smtp.limits import MimeLimits
             stage = MimeStage(MimeConfig(), MimeLimits())
+            stage.wants_entity_data = self.engine.wants_entity_data
         self.pipe = Pipeline(self.sink, listeners=[self.engine], smtp_limits=limits, mime=stage)
         self._ts = itertools.count()
 

@@ -330,12 +330,28 @@ def test_an_encoded_line_over_76_octets_is_MIME_LONG_ENC_LINE():
     assert anomalies(parse(b"Subject: x\r\n\r\n" + b"y" * 500 + b"\r\n")[0]) == []
 
 
-def test_long_header_names_and_values_are_flagged_and_values_kept_bounded():
+@pytest.mark.parametrize("cut", [None, 1, 9])
+def test_long_header_names_and_values_are_flagged_and_values_kept_bounded(cut):
+    # whole (the section read at once) or cut (line by line): the same
     raw = (b"X-" + b"n" * 80 + b": v\r\nContent-Type: text/plain; x=\"" + b"v" * 1500 + b"\"\r\n"
-           b" ; y=\"" + b"w" * 1500 + b"\"\r\n\r\nbody\r\n")
-    events, p = parse(raw)
-    assert anomalies(events) == [A.MIME_LONG_HEADER_NAME, A.MIME_LONG_LINE, A.MIME_LONG_HEADER_VALUE]
+           b" ; y=\"" + b"w" * 1500 + b"\"\r\nSubject: a\r\n  b\r\n\r\nbody\r\n")
+    events, p = parse(raw, cut)
+    assert sorted(anomalies(events)) == [A.MIME_LONG_HEADER_NAME, A.MIME_LONG_HEADER_VALUE, A.MIME_LONG_LINE]
     assert of(events, Attachment)[0].content_type == "text/plain"
+    assert p.summary.subject_md5 == hashlib.md5(b"a b").hexdigest()
+
+
+@pytest.mark.parametrize("cut", [1, 3, 40])
+def test_a_header_section_read_at_once_or_line_by_line_gives_the_same(cut):
+    raw = (b"Subject: =?utf-8?q?x?=\r\n\tfolded\r\nContent-Type: multipart/mixed;\r\n boundary=\"b b\"\r\n"
+           b"content-type: text/html\r\nNo colon here\r\n continued\r\nX:" + b"y" * 990 + b"\r\n " + b"z" * 990 + b"\r\n " + b"z" * 30 + b"\r\n"
+           b"\r\n--b b\r\nContent-Disposition: attachment;\r\n\tfilename=\"a\r\n b.txt\"\r\n\r\nhi\r\n--b b--\r\n")
+    whole_events, whole = parse(raw)
+    cut_events, cut_p = parse(raw, cut)
+    assert comparable(cut_events) == comparable(whole_events)
+    assert cut_p.summary == dataclasses.replace(whole.summary)
+    assert of(whole_events, Attachment)[0].filename == "a b.txt"
+    assert anomalies(whole_events) == [A.MIME_LONG_HEADER_VALUE]      # 990 + 991 + 31 octets, no line over 998
 
 
 def test_a_boundary_over_254_octets_is_MIME_LONG_BOUNDARY_and_still_used():
