@@ -531,6 +531,18 @@ def _schemes(value) -> tuple:
     return tuple(dict.fromkeys(out))
 
 
+_HASH_NAMES = ("md5", "sha1", "sha256")
+
+
+def _hashes(value) -> tuple:
+    out = []
+    for item in _list(value, 'hash names ("md5", "sha1", "sha256")'):
+        if item not in _HASH_NAMES:
+            raise _Bad(f"must list hash names among {', '.join(_HASH_NAMES)}; got {item!r}")
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
 @dataclass(frozen=True)
 class MimeConfig:
     """``[mime]``: the MIME parser (``sensor.mime``) and what it extracts."""
@@ -550,9 +562,13 @@ class MimeConfig:
     #: (Suricata's body-md5, off by default there too: one more pass over
     #: every octet, about 2 ms per MB)
     body_md5: bool = False
+    #: the hashes of each entity's decoded octets in its files record and
+    #: Attachment (Zeek's hash-all-files: all three); fewer cost less
+    hashes: tuple = ("md5", "sha1", "sha256")
 
     def __post_init__(self):
         _validate(self, "mime", {
+            "hashes": _hashes,
             "body_md5": _bool,
             "enabled": _bool,
             "extract_urls": _bool,

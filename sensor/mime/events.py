@@ -50,9 +50,9 @@ class Attachment(Event):
     disposition: str | None       #: "attachment", "inline", ... as declared (lower case)
     transfer_encoding: str        #: "base64", "quoted-printable", or "7bit"/"8bit"/"binary"/other as declared
     size: int                     #: decoded octets
-    md5: str
-    sha1: str
-    sha256: str
+    md5: str | None               #: of the decoded octets; None when not in ``[mime] hashes``
+    sha1: str | None
+    sha256: str | None
     mime_type: str | None         #: from the content's first octets (magic), None when not recognised
     head: bytes = b""             #: the first MimeLimits.head decoded octets
     members: tuple[str, ...] | None = None   #: names inside a zip archive (OOXML included), when listed

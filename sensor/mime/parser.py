@@ -63,7 +63,11 @@ from sensor.smtp import anomalies as A
 from sensor.smtp.events import CLIENT, SmtpAnomaly
 from sensor.smtp.limits import MimeLimits
 
-__all__ = ["MimeParser"]
+__all__ = ["MimeParser", "HASHES"]
+
+#: the hashes of every entity's decoded octets, by default (Zeek's hash-all-files)
+HASHES = ("md5", "sha1", "sha256")
+_HASHERS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
 
 _HEADERS, _BODY = 0, 1
 _LEAF, _MULTIPART, _MESSAGE = 0, 1, 2
@@ -142,8 +146,8 @@ class _Part:
     """One entity being read: its header fields, then its body."""
 
     __slots__ = ("parent", "depth", "kind", "fields", "last", "vlen", "default_type",
-                 "info", "boundary", "index", "fuid", "decoder", "encoded", "md5", "sha1",
-                 "sha256", "size", "head", "archive", "urls", "qp", "b64")
+                 "info", "boundary", "index", "fuid", "decoder", "encoded", "hashers", "open",
+                 "size", "head", "archive", "urls", "qp", "b64")
 
     def __init__(self, parent, depth: int, default_type: str = "text/plain") -> None:
         self.parent = parent
@@ -163,7 +167,8 @@ class _Part:
         self.b64 = False
         self.urls = None
         self.archive = None
-        self.md5 = self.sha1 = self.sha256 = None
+        self.hashers = ()
+        self.open = False              # a leaf whose body is being read
         self.size = 0
         self.head = b""
 
@@ -171,7 +176,7 @@ class _Part:
 class MimeParser:
     def __init__(self, limits: MimeLimits | None = None, *, trans_depth: int = 1,
                  fuid_of=None, url_rx=None, log_url_scheme: bool = False, body_md5: bool = True,
-                 entity_data: bool = True) -> None:
+                 entity_data: bool = True, hashes=HASHES) -> None:
         self.limits = limits = limits or MimeLimits()
         self.trans_depth = trans_depth
         self._fuid_of = fuid_of or (lambda index: f"F{index}")
@@ -193,6 +198,7 @@ class MimeParser:
         self._md5 = None                 # body md5 (after the message's header section)
         self._want_md5 = False
         self._body_md5 = body_md5
+        self._hashes = tuple((name, _HASHERS[name]) for name in hashes)
         #: emit EntityData (decoded content, for streamed attachment rules)
         self.entity_data = entity_data
         self._fresh = True               # no line of the current header section read yet
@@ -498,9 +504,8 @@ class MimeParser:
         elif enc == "quoted-printable":
             part.decoder = QuotedPrintableDecoder()
             part.encoded = part.qp = True
-        part.md5 = hashlib.md5()
-        part.sha1 = hashlib.sha1()
-        part.sha256 = hashlib.sha256()
+        part.hashers = [(name, new()) for name, new in self._hashes]
+        part.open = True
         part.size = 0
         part.head = b""
         if self._url_rx is not None and info.content_type.startswith("text/"):
@@ -646,9 +651,8 @@ class MimeParser:
             return
         if self.entity_data:
             self._out.append(EntityData(self._ts, part.fuid, data, part.size, trans_depth=self.trans_depth))
-        part.md5.update(data)
-        part.sha1.update(data)
-        part.sha256.update(data)
+        for _name, h in part.hashers:
+            h.update(data)
         part.size += len(data)
         lim = self.limits
         if len(part.head) < lim.head:
@@ -690,7 +694,7 @@ class MimeParser:
         """Close the open entities from the current one up to (not including) ``owner``."""
         part = self._cur
         while part is not None and part is not owner:
-            if part.kind == _LEAF and part.info is not None and part.md5 is not None:
+            if part.kind == _LEAF and part.open:
                 self._close_leaf(part, complete)
             elif part.kind == _LEAF and part.info is None and part is not self._top:
                 pass                         # headers never ended: no body, no entity
@@ -711,6 +715,7 @@ class MimeParser:
             part.urls.finish()
             if part.urls.found:
                 self._take_urls(part)
+        digests = {name: h.hexdigest() for name, h in part.hashers}
         members = None
         arc = part.archive
         if arc:
@@ -719,10 +724,10 @@ class MimeParser:
         info = part.info
         self._out.append(Attachment(
             self._ts, part.fuid, part.index, part.depth, info.content_type, info.filename,
-            info.disposition, info.transfer_encoding, part.size, part.md5.hexdigest(),
-            part.sha1.hexdigest(), part.sha256.hexdigest(), sniff(part.head), part.head,
+            info.disposition, info.transfer_encoding, part.size, digests.get("md5"),
+            digests.get("sha1"), digests.get("sha256"), sniff(part.head), part.head,
             members, complete, trans_depth=self.trans_depth))
-        part.md5 = None                      # closed once
+        part.open = False                    # closed once
 
     def _anomaly(self, name: str, detail: str) -> None:
         if name in self._raised:

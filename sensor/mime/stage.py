@@ -28,7 +28,7 @@ def fuid(uid: str, trans_depth: int, index: int) -> str:
 
 
 class MimeStage:
-    __slots__ = ("limits", "url_rx", "log_url_scheme", "body_md5", "wants_entity_data")
+    __slots__ = ("limits", "url_rx", "log_url_scheme", "body_md5", "hashes", "wants_entity_data")
 
     def __init__(self, config, limits) -> None:
         self.limits = limits
@@ -36,6 +36,7 @@ class MimeStage:
                        if config.extract_urls and config.extract_urls_schemes else None)
         self.log_url_scheme = config.log_url_scheme
         self.body_md5 = config.body_md5
+        self.hashes = config.hashes
         #: asked at each message's start: whether anyone reads decoded
         #: content (EntityData events; the rule engine's streamed attachment
         #: rules); None: no one, and none is made
@@ -45,5 +46,5 @@ class MimeStage:
         return MimeParser(self.limits, trans_depth=trans_depth,
                           fuid_of=lambda index: fuid(uid, trans_depth, index),
                           url_rx=self.url_rx, log_url_scheme=self.log_url_scheme,
-                          body_md5=self.body_md5,
+                          body_md5=self.body_md5, hashes=self.hashes,
                           entity_data=self.wants_entity_data is not None and self.wants_entity_data())

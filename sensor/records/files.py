@@ -11,7 +11,8 @@ sender declared; so do we (``sensor.mime.sniff``: a table of magic numbers,
 not libmagic), and the declared type is ``content_type``.  Zeek leaves
 ``total_bytes`` unset for SMTP (the size is not announced); ours is the
 decoded size once the entity ended, equal to ``seen_bytes``.  Zeek hashes
-files only with its hash policy loaded; ours always are.
+files only with its hash policy loaded; ours are hashed with the hashes of
+``[mime] hashes`` (all three by default).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def files_record(flow, att) -> dict:
     rec["transfer_encoding"] = att.transfer_encoding
     rec["total_bytes"] = att.size
     rec["seen_bytes"] = att.size
-    rec["md5"] = att.md5
-    rec["sha1"] = att.sha1
-    rec["sha256"] = att.sha256
+    for name in ("md5", "sha1", "sha256"):
+        digest = getattr(att, name)
+        if digest is not None:
+            rec[name] = digest
     if att.members is not None:
         rec["archive_members"] = list(att.members)
     rec["complete"] = att.complete

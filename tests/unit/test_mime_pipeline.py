@@ -223,3 +223,22 @@ def test_the_shipped_rule_drops_when_configured(shipped):
     """)
     recs = alerts_for(shipped, message(("notes.one", b"x", "application/octet-stream")))
     assert [r["event_type"] for r in recs] == ["alert", "drop"]
+
+
+@pytest.mark.parametrize("hashes", [[], ["sha256"], ["md5", "sha1"]])
+def test_the_hashes_are_those_configured(hashes):
+    config = Config(spam_stats=SpamStatsConfig(enabled=False), mime=MimeConfig(hashes=hashes))
+    recs = replay(message(("tool.exe", EXE, "application/octet-stream")), config)
+    files = [r for r in recs if r["event_type"] == "files"]
+    assert len(files) == 2
+    for f in files:
+        check(f)
+        assert {"md5", "sha1", "sha256"} & set(f) == set(hashes)
+    if "sha256" in hashes:
+        assert files[1]["sha256"] == hashlib.sha256(EXE).hexdigest()
+
+
+def test_an_unknown_hash_is_a_config_error():
+    from sensor.config import ConfigError, loads
+    with pytest.raises(ConfigError, match=r"\[mime\] hashes: must list hash names among md5, sha1, sha256"):
+        loads('[mime]\nhashes = ["crc32"]\n')
