@@ -1,5 +1,5 @@
 """The lab's MIME capture (tests/data/pcaps/lab__mime.pcap: swaks --attach
-and a message of nested entities, to aiosmtpd) replayed without the lab: each
+and a message of nested entities, to Postfix) replayed without the lab: each
 entity's name, type and hashes are those of the octets sent (rebuilt by
 support.mime_samples), the URLs and the shipped rule's alerts are right.
 Its records are also a golden file (tests/offline/test_golden_pcaps.py)."""

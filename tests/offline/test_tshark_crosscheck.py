@@ -304,7 +304,7 @@ def readings():
 
 
 def test_captures_present():
-    assert len(CAPTURES) == 23, f"the public captures in {PCAPS}"
+    assert len(CAPTURES) == 24, f"the public captures and the lab's in {PCAPS}"
 
 
 @pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])
