@@ -242,3 +242,25 @@ def test_an_unknown_hash_is_a_config_error():
     from sensor.config import ConfigError, loads
     with pytest.raises(ConfigError, match=r"\[mime\] hashes: must list hash names among md5, sha1, sha256"):
         loads('[mime]\nhashes = ["crc32"]\n')
+
+
+def test_a_message_sent_with_bdat_in_chunks_gives_the_same_entities():
+    content = message(("tool.exe", EXE, "application/octet-stream")).replace(b"\r\n..", b"\r\n.")
+    cut = [content[i:i + 1000] for i in range(0, len(content), 1000)]
+    d = [(False, b"220 mx\r\n"), (True, b"EHLO c.example\r\n"), (False, b"250-mx\r\n250 CHUNKING\r\n"),
+         (True, b"MAIL FROM:<alice@example.org>\r\n"), (False, b"250 ok\r\n"),
+         (True, b"RCPT TO:<bob@example.net>\r\n"), (False, b"250 ok\r\n")]
+    for i, piece in enumerate(cut):
+        last = b" LAST" if i == len(cut) - 1 else b""
+        d += [(True, b"BDAT %d%s\r\n" % (len(piece), last) + piece), (False, b"250 ok\r\n")]
+    d += [(True, b"QUIT\r\n"), (False, b"221 bye\r\n")]
+    sink = ListSink()
+    userland = Userland(Config(spam_stats=SpamStatsConfig(enabled=False)), sink)
+    for seg in session_segments(d, cut=333):
+        userland.pipeline.feed_segment(seg, 100.0)
+    userland.finish(101.0)
+    bdat = [r for r in sink if r["event_type"] == "files"]
+    data = [r for r in replay(message(("tool.exe", EXE, "application/octet-stream"))) if r["event_type"] == "files"]
+    assert [(f["filename"] if "filename" in f else None, f["sha256"]) for f in bdat] == \
+        [(f.get("filename"), f["sha256"]) for f in data]
+    assert len(bdat) == 2
