@@ -15,14 +15,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from sensor.inputs.pcapfile import read_packets
-from sensor.inputs.pcapwriter import PcapWriter
-from sensor.stream.packet import decode
 from support import mime_samples as S
 from support.lab_capture import Capture
 from support.mime_samples import check_samples, records_of
 from support.prereqs import missing
+
+from sensor.inputs.pcapfile import read_packets
+from sensor.inputs.pcapwriter import PcapWriter
+from sensor.stream.packet import decode
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,21 @@ import shutil
 from email.message import EmailMessage
 
 import pytest
+from support import mime_samples as S
+from support.lab_hold import (
+    CounterDelta,
+    PipelinedClient,
+    ServerTap,
+    assert_stopped,
+    end_offset,
+    envelope,
+    wait_committed,
+)
+from support.lab_sensor import REPO, SensorProcess
 
 from sensor.kernel import abi
 from sensor.lab.network import CLIENT_V4
 from sensor.service.control import ControlClient
-from support import mime_samples as S
-from support.lab_hold import CounterDelta, PipelinedClient, ServerTap, assert_stopped, end_offset, envelope, \
-    wait_committed
-from support.lab_sensor import REPO, SensorProcess
 
 
 @pytest.fixture(scope="module")

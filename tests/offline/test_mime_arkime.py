@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.captures import PCAPS_DIR
 
 from sensor.assembly import Userland
 from sensor.config import Config, SensorConfig
 from sensor.inputs.replay import replay
 from sensor.records.sinks import ListSink
 from sensor.stream.reassembly import DEFAULT_PORTS
-from support.captures import PCAPS_DIR
 
 ARKIME_DIR = PCAPS_DIR / "expected" / "arkime"
 #: the sessions of smtp-decrypted are after STARTTLS (not ours: see test_expected_arkime)

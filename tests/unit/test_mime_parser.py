@@ -223,7 +223,7 @@ def test_an_rfc2047_name_in_content_type_is_decoded():
 
 def test_a_file_name_longer_than_the_limit_is_cut_and_MIME_LONG_FILENAME():
     raw = mail_with_attachment(filename="A" * 300 + ".exe")
-    events, p = parse(raw)
+    events, _ = parse(raw)
     assert of(events, Attachment)[1].filename == "A" * 255
     assert A.MIME_LONG_FILENAME in anomalies(events)
 
@@ -276,7 +276,7 @@ def test_a_url_in_a_base64_text_part_cut_anywhere_is_found_whole():
 
 
 def test_urls_are_not_searched_in_binary_entities():
-    events, p = parse(mail_with_attachment(payload=b"http://hidden.example/ in a binary"))
+    events, _ = parse(mail_with_attachment(payload=b"http://hidden.example/ in a binary"))
     assert [u.url for u in of(events, Url)] == ["http://example.com/a"]
 
 

@@ -12,13 +12,19 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.record_schemas import check
+from support.rules_helpers import (
+    StaticRules,
+    message_dialogue,
+    run,
+    session_segments,
+    write,
+)
 
 from sensor.assembly import Userland
 from sensor.config import Config, MimeConfig, SensorConfig, SpamStatsConfig
 from sensor.records.sinks import ListSink
 from sensor.rules import alert, hooks, rule
-from support.record_schemas import check
-from support.rules_helpers import StaticRules, message_dialogue, run, session_segments, write
 
 REPO = Path(__file__).resolve().parents[2]
 EXE = b"MZ\x90\x00" + bytes(range(256)) * 16
