@@ -43,6 +43,7 @@ from sensor import records, smtp
 from sensor.counters import Counters, counter
 from sensor.mime import events as mev
 from sensor.smtp import events as sev
+from sensor.smtp.auth import AuthTally
 from sensor.stream import defrag, packet, reassembly
 from sensor.stream.direction import CLIENT, SERVER
 from sensor.stream.flowid import community_id
@@ -63,12 +64,14 @@ class Session:
     """One SMTP connection being dissected."""
 
     __slots__ = ("flow", "conn", "tls", "_scratch", "transactions", "record", "anomalies",
-                 "mime", "mime_done")
+                 "mime", "mime_done", "auth")
 
     def __init__(self, flow, conn):
         self.flow = flow
         self.conn = conn
         self.tls = False
+        #: the connection's AUTH exchanges so far (an AuthTally; None before the first ends)
+        self.auth = None
         self._scratch: dict | None = None
         self.transactions = 0
         #: while listeners see a Transaction or an Anomaly: the record written
@@ -120,6 +123,7 @@ class PipelineCounters(Counters):
     payload_bytes = counter("TCP payload bytes of SMTP flows")
     gap_bytes = counter("bytes missing from SMTP flows (gaps)")
     starttls = counter("STARTTLS flows")
+    auth = counter("AUTH exchanges ended, by outcome", by="outcome")
     listener_errors = counter("exceptions raised by listeners (rules, statistics)")
     files = counter("MIME entities with a body (files records)")
     gated = counter("segments of dropped flows kept from the dissector")
@@ -370,7 +374,7 @@ class Pipeline:
                 sess.transactions += 1
                 done = sess.mime_done
                 summary = done.pop(ev.trans_depth, None) if done else None
-                self._write(sess, ev, records.smtp_record(sess.flow, ev, summary))
+                self._write(sess, ev, records.smtp_record(sess.flow, ev, summary, sess.auth))
                 continue
             if kind is sev.MailContent and self.mime is not None:
                 if self.listeners:
@@ -402,7 +406,13 @@ class Pipeline:
                         self._notify(sess, ev)
                         sess.record = None
                 continue
-            if kind is sev.StartTLS:
+            if kind is sev.AuthEvent:
+                if sess.auth is None:
+                    sess.auth = AuthTally()
+                sess.auth.add(ev)
+                by = self.counters.auth
+                by[ev.outcome] = by.get(ev.outcome, 0) + 1
+            elif kind is sev.StartTLS:
                 sess.tls = True
                 self.counters.starttls += 1
                 if self.on_starttls is not None:

@@ -31,9 +31,10 @@ def _step(step) -> dict:
     return out
 
 
-def smtp_record(flow, txn, mime=None) -> dict:
+def smtp_record(flow, txn, mime=None, auth=None) -> dict:
     """The ``smtp`` record of one ``sensor.smtp.Transaction`` of ``flow``;
-    ``mime``: the ``sensor.mime.MimeSummary`` of its message, if parsed."""
+    ``mime``: the ``sensor.mime.MimeSummary`` of its message, if parsed;
+    ``auth``: the connection's ``AuthTally`` so far (its ``auth_*`` fields)."""
     rec = {"ts": txn.first_ts or txn.ts, "event_type": "smtp"}
     rec.update(conn_fields(flow))
     rec["trans_depth"] = txn.messages_before + 1       # Zeek's: messages before it, plus one
@@ -92,6 +93,8 @@ def smtp_record(flow, txn, mime=None) -> dict:
         _put(rec, "urls", list(mime.urls))
         _put(rec, "body_md5", mime.body_md5)
         _put(rec, "subject_md5", mime.subject_md5)
+    if auth is not None:
+        rec.update(auth.fields())
     return rec
 
 

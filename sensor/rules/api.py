@@ -56,6 +56,10 @@ class hooks:
     command = Hook("command", "sensor.smtp.Command")
     #: a server reply; ``fn(flow, reply)``: ``sensor.smtp.Reply`` (code, enhanced, lines, command).
     response = Hook("response", "sensor.smtp.Reply")
+    #: the end of an AUTH exchange, after its final reply; ``fn(flow, auth)``:
+    #: ``sensor.smtp.AuthEvent`` (mechanism, code, outcome, success, rounds, cancelled; never a
+    #: credential); ``flow.auth`` tallies the connection's exchanges (attempts, failures, success).
+    auth = Hook("auth", "sensor.smtp.AuthEvent")
     #: message content; streamed: ``async def fn(flow, content)`` with ``async for chunk in content``;
     #: not streamed: ``fn(flow, content)`` with the content bytes (up to ``content_cap``).
     mail_content = Hook("mail_content", "bytes / async iterator of bytes", streamable=True)

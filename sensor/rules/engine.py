@@ -211,6 +211,12 @@ class RuleFlow:
     def tls(self) -> bool:
         return self._session.tls
 
+    @property
+    def auth(self):
+        """The connection's AUTH exchanges so far (``sensor.smtp.auth.AuthTally``:
+        attempts, failures, success, mechanism, result); None before the first ends."""
+        return self._session.auth
+
     def drop(self, ttl: float | None = None, reset: bool = True) -> None:
         """Drop the rest of this connection, both directions, in the kernel
         (in place when this returns), and tear it down: the kernel makes the
@@ -272,6 +278,7 @@ class RuleEngine:
             sev.MessageEnd: self._on_message_end,
             sev.Transaction: self._on_transaction,
             sev.SmtpAnomaly: self._on_anomaly,
+            sev.AuthEvent: self._on_auth,
             reassembly.FlowEnd: self._on_flow_end,
         }
 
@@ -393,6 +400,9 @@ class RuleEngine:
         rules = self.ruleset.by_hook["anomaly"]
         if rules:
             self._run_list(rules, flow, flow._session.record)
+
+    def _on_auth(self, flow, ev) -> None:
+        self._run_list(self.ruleset.by_hook["auth"], flow, ev)
 
     def _on_flow_end(self, flow, ev) -> None:
         self._end_streams(flow, abort=True)

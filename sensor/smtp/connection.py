@@ -203,12 +203,13 @@ def _looks_like_command(line: bytes) -> bool:
 class _Auth:
     """One AUTH exchange, from the command to its final reply."""
 
-    __slots__ = ("mechanism", "rounds", "lost")
+    __slots__ = ("mechanism", "rounds", "lost", "cancelled")
 
     def __init__(self, mechanism: str) -> None:
         self.mechanism = mechanism
         self.rounds = 0       # SASL answers read in step
         self.lost = False     # something of the exchange was lost: it is out of step
+        self.cancelled = False   # the client answered "*" (RFC 4954 4)
 
 
 _NO_HELD = ()  # SMTPConnection._cq holding nothing
@@ -568,7 +569,7 @@ class SMTPConnection:
     def _auth_end(self, auth: _Auth, code: int | None, ts: float, out: list) -> None:
         """The exchange's final reply (``code``; None: it was not seen)."""
         out.append(AuthEvent(ts, auth.mechanism, None if code is None else 200 <= code < 300,
-                             code, auth.rounds))
+                             code, auth.rounds, auth.cancelled))
         if self._auth is auth:
             self._auth = None
 
@@ -771,6 +772,8 @@ class SMTPConnection:
         # The line is a SASL answer (credentials): it never leaves this method.
         if self._auth is not None:
             self._auth.rounds += 1
+            if line.strip() == b"*":
+                self._auth.cancelled = True
         self._mode = COMMAND
         self._push(Pending("AUTH_ANSWER", blocking=True), ts, out)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sensor.smtp import auth as _auth
 from sensor.stream.direction import CLIENT, SERVER
 
 __all__ = [
@@ -217,6 +218,12 @@ class AuthEvent(Event):
     success: bool | None          #: None when the exchange was cancelled or never answered
     code: int | None
     rounds: int = 0               #: 334 challenges answered by the client
+    cancelled: bool = False       #: the client answered a 334 with "*" (RFC 4954 4)
+
+    @property
+    def outcome(self) -> str:
+        """success, cancelled, failure, temporary, refused or unanswered (sensor.smtp.auth)."""
+        return _auth.outcome(self.code, self.cancelled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from support.rules_helpers import CLIENT_IP, SERVER_IP, StaticRules, run, write
 # ---------------------------------------------------------------- @rule and hooks
 
 def test_hooks_are_listed_in_the_order_they_fire_and_only_content_and_attachments_stream():
-    assert [h.name for h in hooks.ALL] == ["connection", "command", "response", "mail_content", "lenient_terminator",
+    assert [h.name for h in hooks.ALL] == ["connection", "command", "response", "auth", "mail_content", "lenient_terminator",
                                            "attachment", "url", "message_end", "transaction", "anomaly",
                                            "connection_end"]
     assert [h.name for h in hooks.ALL if h.streamable] == ["mail_content", "attachment"]

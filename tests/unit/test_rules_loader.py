@@ -84,7 +84,8 @@ def test_every_python_file_is_loaded_except_private_and_hidden_ones(rules):
 def test_the_shipped_rules_load_cleanly():
     rs = RuleSet(REPO / "rules")
     assert rs.errors == {}
-    assert {r.id for r in rs.rules} == {"attachments.executable", "dump_mail.content", "rcpt_rejects.harvest",
+    assert {r.id for r in rs.rules} == {"attachments.executable", "auth_bruteforce.client",
+                                        "auth_bruteforce.connection", "dump_mail.content", "rcpt_rejects.harvest",
                                         "smuggling.terminator", "spam_filter.mail_from"}
     assert rs.config["spam_filter"]["banned_domains"]
 

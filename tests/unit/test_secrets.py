@@ -193,6 +193,12 @@ def response(flow, reply):
     raise ValueError(f"probe saw {reply!r}")
 
 
+@rule(hooks.auth, id="probe.auth")
+def auth(flow, auth):
+    _saw("auth", auth, auth.outcome, flow.auth)
+    raise ValueError(f"probe saw {auth!r} {flow.auth!r}")
+
+
 @rule(hooks.mail_content, id="probe.content")
 def content(flow, data):
     _saw("mail_content", data)
