@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TOML config (a live sensor's own): ports, rules, enforce, limits, spam_stats")
     rep.add_argument("--ports", type=parse_ports, help="SMTP ports (default 25,587)")
     rep.add_argument("--lenient", action="store_true",
-                     help="read what can be read of a truncated capture (a warning, exit 0)")
+                     help="read what can be read of a truncated or corrupt capture: a corrupt "
+                          "record is skipped to the next plausible one (a warning, exit 0)")
     rep.add_argument("--uid-seed", type=int, default=0, help="seed of the connection uids (default 0: reproducible)")
     rep.add_argument("--rules", type=Path, metavar="DIR", help="run the rules of DIR (e.g. ./rules)")
     rep.add_argument("--write-passed", type=Path, metavar="OUT.pcap",

@@ -51,8 +51,10 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
            write_passed=None) -> ReplayResult:
     """Feed every packet of ``path`` to the userland's pipeline, then ``userland.finish()``.
 
-    ``strict``: a truncated capture is an error (else a warning and what could
-    be read is used).  ``progress(packets, reader)`` is called every
+    ``strict``: a truncated or corrupt capture is an error, raised once the
+    flows open at that point have ended (their records written: nothing read
+    is lost); ``strict=False``: a warning, and a corrupt record in the middle
+    is skipped to the next plausible one (``sensor.inputs.pcapfile``).  ``progress(packets, reader)`` is called every
     ``PROGRESS_EVERY`` packets (the reader's ``offset`` and ``size`` say how
     far into the file it is; see ``TtyProgress``).
     ``write_passed``: a path; the packets that the pipeline's gate (the
@@ -98,12 +100,19 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
             if progress is not None and not n & 0xFFF:      # PROGRESS_EVERY - 1
                 progress(n, reader)
     except CaptureError as exc:
-        raise ReplayError(f"{exc} (after {n} packets)") from None
+        failed = exc
+    else:
+        failed = None
     finally:
         reader.close()
         if writer is not None:
             writer.close()
+    # what was read is not lost: the open flows end (their records are
+    # written) before a corrupt capture's error is raised
     userland.finish(last_ts)
+    if failed is not None:
+        raise ReplayError(f"{failed} (after {n} packets; the records of what was read are written; "
+                          "--lenient skips to the next plausible record)") from None
     return ReplayResult(path=str(path), packets=n, seconds=time.perf_counter() - started,
                         counters=pipeline.counters.as_dict(), warnings=list(reader.warnings))
 

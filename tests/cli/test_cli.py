@@ -3,6 +3,7 @@ never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -235,3 +236,30 @@ def test_replay_follows_the_configs_monitor_only_mode(tmp_path):
     assert smtp["delivered"] is True and [s["verb"] for s in smtp["steps"]][-1] == "."
     assert records["false passed"] == 48 and records["true passed"] == 25
     assert [r["enforced_by"] for r in records["true"] if r["event_type"] == "drop"] == ["replay"]
+
+
+def test_replay_of_a_capture_corrupt_in_the_middle_writes_what_it_read_then_fails_unless_lenient(tmp_path):
+    import struct
+
+    from support.smtp_pcap import session_frames, smtp_dialogue, write_pcap
+    frames = (session_frames(smtp_dialogue(), sport=25, cport=40000)
+              + session_frames(smtp_dialogue(sender=b"carol@example.org"), sport=25, cport=40001,
+                               t0=1_700_000_010.0))
+    data = bytearray(write_pcap(tmp_path / "intact.pcap", frames).read_bytes())
+    pos = 24
+    for _ in range(len(frames) // 2 + 10):            # into the second session, past its MAIL
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    struct.pack_into("<I", data, pos + 8, 0x7FFFFF00)
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "records.json"
+    result = smtp_sensor("replay", str(bad), "-o", str(out))
+    assert result.returncode == 2 and "corrupt record" in result.stderr and "--lenient" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("mailfrom") for r in written if r["event_type"] == "smtp"] == \
+        ["alice@example.org", "carol@example.org"]
+    lenient = smtp_sensor("replay", "--lenient", str(bad), "-o", str(out))
+    assert lenient.returncode == 0 and "warning" in lenient.stderr and "skipped" in lenient.stderr
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("delivered") for r in written if r["event_type"] == "smtp"] == [True, True]
