@@ -11,7 +11,8 @@ go (``sink``, a callable taking one record) and where verdicts go
 (``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
 default).  What is built:
 
-* the ``Pipeline`` (ports, limits, uid seed), with its listeners in this
+* the ``Pipeline`` (ports, limits, uid seed; ``by_content``: also the flows on
+  other ports found SMTP by their first bytes, what a replay does), with its listeners in this
   order: the rule engine (when a rules folder is given; rules that do not
   load are a one-line ``SensorError``) and the reject statistics (listener
   and actor, when enabled);
@@ -41,7 +42,7 @@ __all__ = ["Userland"]
 
 
 class Userland:
-    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0):
+    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, by_content: bool = False):
         cfg = config.sensor
         if enforcer is None:
             from sensor.rules.enforce import ReplayEnforcer
@@ -51,7 +52,7 @@ class Userland:
         if config.mime.enabled:
             from sensor.mime.stage import MimeStage
             mime = MimeStage(config.mime, config.limits.mime)
-        self.pipeline = Pipeline(sink, ports=cfg.ports, uid_seed=uid_seed,
+        self.pipeline = Pipeline(sink, ports=cfg.ports, uid_seed=uid_seed, by_content=by_content,
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp,
                                  defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy,
                                  receiver=config.stream.receiver, mime=mime)
@@ -68,7 +69,7 @@ class Userland:
             self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
             self.pipeline.listeners.append(RejectStatsListener(self.reject_stats, self.actor))
         enforcer.verdicts.ports = frozenset(cfg.ports)
-        enforcer.open_flows = lambda: self.pipeline.reassembler.flows
+        enforcer.open_flows = lambda: self.pipeline.flows
         if cfg.enforce:
             self.pipeline.gate = enforcer.passes
         else:
@@ -122,6 +123,8 @@ class Userland:
         yield Group(("pipeline",), self.pipeline.counters)
         yield Group(("reassembly",), self.pipeline.reassembler.counters)
         yield Group(("defrag",), self.pipeline.defragmenter.counters)
+        if self.pipeline.content_reassembler is not None:
+            yield Group(("reassembly_by_content",), self.pipeline.content_reassembler.counters)
         if self.engine is not None:
             yield Group(("rule_engine",), self.engine.counters)
             yield Group(("rule_engine",), self.engine.ruleset.counters)

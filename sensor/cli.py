@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-c", "--config", type=Path,
                      help="TOML config (a live sensor's own): ports, rules, enforce, limits, spam_stats")
     rep.add_argument("--ports", type=parse_ports, help="SMTP ports (default 25,587)")
+    rep.add_argument("--ports-only", action="store_true",
+                     help="dissect the flows on the SMTP ports only, as the live sensor does (default: "
+                          "also any TCP flow found SMTP by content: a 220 greeting and EHLO/HELO, "
+                          "also inside an HTTP CONNECT tunnel)")
     rep.add_argument("--lenient", action="store_true",
                      help="read what can be read of a truncated or corrupt capture: a corrupt "
                           "record is skipped to the next plausible one (a warning, exit 0)")
@@ -369,7 +373,7 @@ def cmd_replay(args) -> int:
     out = _open_output(args.output, "w")
     try:
         sink = JsonLinesSink(out or sys.stdout)
-        userland = Userland(config, sink, uid_seed=args.uid_seed)
+        userland = Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
         progress = _replay_progress(args)
         try:
             result = replay(args.capture, userland, strict=not args.lenient,

@@ -11,6 +11,15 @@ One code path for live traffic and for captures::
                                       hashes, URLs, MIME anomalies
       -> sensor.records               smtp, files and anomaly records, handed to ``sink``
 
+SMTP found by content (``by_content=True``, what a replay does): the flows on
+none of ``ports`` go through a reassembler of their own (its own uids, so the
+uids of the flows on ``ports`` do not depend on it), and each one's first
+bytes through a ``sensor.smtp.probe.SmtpProbe``: a server greeting with 220
+and a client saying EHLO/HELO (Zeek's DPD signature), also inside an HTTP
+CONNECT tunnel, make it SMTP; its held bytes then go to the dissector as if
+it had been on a port.  The rest is dropped once decided.  Live, the kernel
+pushes only the configured ports' packets: there is nothing else to probe.
+
 ``Pipeline`` owns no clock and no I/O: the caller passes each frame's
 timestamp, calls ``expire(now)`` now and then, and ``finish()`` at the end.
 Per flow a ``Session`` (in ``flow.ctx``) holds the SMTP connection and a
@@ -44,6 +53,7 @@ from sensor.counters import Counters, counter
 from sensor.mime import events as mev
 from sensor.smtp import events as sev
 from sensor.smtp.auth import AuthTally
+from sensor.smtp.probe import NOT_SMTP, SMTP, SmtpProbe
 from sensor.stream import defrag, packet, reassembly
 from sensor.stream.direction import CLIENT, SERVER
 from sensor.stream.flowid import community_id
@@ -137,6 +147,16 @@ class PipelineCounters(Counters):
                                "pipeline: an EVENT_LOSS record each")
     anomalies_suppressed = counter("anomaly records not written: past the per-connection bound of "
                                    "their name (ANOMALIES_SUPPRESSED gives each flow's count)")
+    by_content = counter("flows on none of the ports found SMTP by content, by server port", by="port")
+    tunnels = counter("of those, SMTP inside an HTTP CONNECT tunnel")
+    implicit_tls = counter("flows beginning with a TLS handshake on port 465 (implicit TLS "
+                           "submission, RFC 8314): not readable")
+
+
+#: flow.ctx of a flow probed and found not SMTP (its events are dropped)
+_NOT_SMTP = object()
+#: TCP anomalies kept per flow while it is probed (written if it is SMTP)
+_PROBE_ANOMALIES = 8
 
 
 class Pipeline:
@@ -147,7 +167,8 @@ class Pipeline:
                  smtp_limits: smtp.SmtpLimits | None = None, uid_seed=0,
                  listeners=(), on_starttls=None, expire_every: float = 1.0,
                  defrag_limits: defrag.DefragLimits | None = None, defrag_policy: str = "linux",
-                 receiver: reassembly.ReceiverPolicy | None = None, mime=None):
+                 receiver: reassembly.ReceiverPolicy | None = None, mime=None,
+                 by_content: bool = False):
         self.sink = sink
         self.ports = frozenset(ports)
         self.counters = PipelineCounters()
@@ -155,6 +176,12 @@ class Pipeline:
                                                   policy=receiver)
         self.defragmenter = defrag.Defragmenter(defrag_limits, defrag_policy)
         self._defrag_pending = self.defragmenter.pending
+        #: the flows on none of ``ports``, probed for SMTP (None: not looked at)
+        self.content_reassembler = None
+        if by_content:
+            self.content_reassembler = reassembly.Reassembler(
+                self.ports, reassembly_limits, uid_seed=f"{uid_seed}/by-content", only_ports=False,
+                policy=receiver)
         self.smtp_limits = smtp_limits or smtp.SmtpLimits()
         self.listeners = list(listeners)
         self.on_starttls = on_starttls
@@ -187,11 +214,17 @@ class Pipeline:
             else:
                 # feed_segment, inlined: this runs for every packet
                 st.segments += 1
-                events = self.reassembler.feed(seg, ts, verify)
-                if lost:
-                    self._lost(seg, events, lost)
-                if events:
-                    self._handle(events)
+                content = self.content_reassembler
+                if content is not None and seg.sport not in self.ports and seg.dport not in self.ports:
+                    events = content.feed(seg, ts, verify)
+                    if events:
+                        self._handle_content(events)
+                else:
+                    events = self.reassembler.feed(seg, ts, verify)
+                    if lost:
+                        self._lost(seg, events, lost)
+                    if events:
+                        self._handle(events)
                 nxt = self._next_expire
                 if nxt is None:
                     self._next_expire = ts + self._expire_every
@@ -205,7 +238,11 @@ class Pipeline:
 
     def feed_segment(self, seg: packet.Segment, ts: float) -> None:
         self.counters.segments += 1
-        self._handle(self.reassembler.feed(seg, ts))
+        content = self.content_reassembler
+        if content is not None and seg.sport not in self.ports and seg.dport not in self.ports:
+            self._handle_content(content.feed(seg, ts))
+        else:
+            self._handle(self.reassembler.feed(seg, ts))
         if self._next_expire is None:
             self._next_expire = ts + self._expire_every
         elif ts >= self._next_expire:
@@ -220,6 +257,8 @@ class Pipeline:
         if self._defrag_pending:
             self._defrag_anomalies()
         self._handle(self.reassembler.expire(now))
+        if self.content_reassembler is not None:
+            self._handle_content(self.content_reassembler.expire(now))
 
     def finish(self, ts: float | None = None, give_up=None) -> None:
         """End every flow (end of capture, shutdown).
@@ -232,6 +271,8 @@ class Pipeline:
         self.defragmenter.flush()
         if give_up is None:
             self._handle(self.reassembler.flush_all(ts))
+            if self.content_reassembler is not None:
+                self._handle_content(self.content_reassembler.flush_all(ts))
             return
         if give_up():       # no time left at all: not even for ending the flows in the reassembly
             for flow in self.reassembler.flows:
@@ -298,8 +339,15 @@ class Pipeline:
                              "the kernel's event ring (ring full): nothing else of it was seen"})
 
     @property
+    def flows(self):
+        """Every flow being tracked (those probed by content included)."""
+        if self.content_reassembler is None:
+            return self.reassembler.flows
+        return list(self.reassembler.flows) + list(self.content_reassembler.flows)
+
+    @property
     def sessions(self):
-        return [f.ctx for f in self.reassembler.flows if f.ctx is not None]
+        return [f.ctx for f in self.flows if type(f.ctx) is Session]
 
     # ------------------------------------------------------------ plumbing
     def _defrag_anomalies(self) -> None:
@@ -311,6 +359,10 @@ class Pipeline:
             flow = None
             if an.sport is not None:
                 flow = flow_of(an.src, an.sport, an.dst, an.dport)
+                if flow is None and self.content_reassembler is not None:
+                    flow = self.content_reassembler.flow_of(an.src, an.sport, an.dst, an.dport)
+                    if flow is not None and type(flow.ctx) is not Session:
+                        flow = None          # not (yet) found SMTP: not ours to report
             if flow is None:
                 self.defragmenter.counters.unattributed += 1
                 continue
@@ -365,6 +417,60 @@ class Pipeline:
                 sess = ev.flow.ctx
                 if sess is None or self._bounded(sess, ev.name):
                     self.sink(records.anomaly_record(ev.flow, ev.ts, "tcp", ev.name, None, ev.detail))
+
+    def _handle_content(self, events) -> None:
+        """Events of the flows on none of the ports: probed until decided."""
+        for ev in events:
+            kind = type(ev)
+            flow = ev[0]                   # every event's first field
+            ctx = flow.ctx
+            if kind is reassembly.FlowStart:
+                flow.ctx = SmtpProbe()
+            elif type(ctx) is Session:
+                self._handle((ev,))
+            elif ctx is None or ctx is _NOT_SMTP:
+                if kind is reassembly.FlowEnd:
+                    flow.ctx = None
+            elif kind is _Data:
+                verdict = ctx.feed(ev[1], ev[2], ev[3])
+                if verdict is SMTP:
+                    self._found(flow, ctx)
+                elif verdict is NOT_SMTP:
+                    if ctx.tls and flow.resp_p == 465:
+                        self.counters.implicit_tls += 1
+                    flow.ctx = _NOT_SMTP
+            elif kind is reassembly.TcpAnomaly:
+                anomalies = ctx.held
+                if sum(1 for h in anomalies if type(h) is reassembly.TcpAnomaly) < _PROBE_ANOMALIES:
+                    anomalies.append(ev)
+            else:                # a gap or the end before it was decided: not dissected
+                flow.ctx = None if kind is reassembly.FlowEnd else _NOT_SMTP
+
+    def _found(self, flow, probe: SmtpProbe) -> None:
+        """``flow`` is SMTP: dissect what its probe held, as from its start."""
+        c = self.counters
+        by = c.by_content
+        port = str(flow.resp_p)
+        by[port] = by.get(port, 0) + 1
+        if probe.tunnel is not None:
+            c.tunnels += 1
+        flow.ctx = None
+        held, skip = probe.held, dict(probe.skip)
+        first = held[0]
+        start_ts = first.ts if type(first) is reassembly.TcpAnomaly else first[2]
+        self._handle((reassembly.FlowStart(flow, start_ts),))
+        for item in held:
+            if type(item) is reassembly.TcpAnomaly:
+                self._handle((item,))
+                continue
+            direction, data, ts = item
+            left = skip[direction]
+            if left:                       # the proxy's exchange: not SMTP
+                skip[direction] = max(0, left - len(data))
+                data = data[left:]
+                if not data:
+                    continue
+            self._handle((_Data(flow, direction, data, ts),))
 
     def _smtp(self, sess: Session, events) -> None:
         for ev in events:

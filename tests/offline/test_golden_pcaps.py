@@ -2,7 +2,8 @@
 
 In the manner of Zeek's btest baselines and Haka's hakapcap tests: each
 capture in ``tests/data/pcaps`` is replayed through the whole pipeline
-(``sensor.inputs.replay`` with ``uid_seed=0``, default ports 25 and 587) and the
+(``sensor.inputs.replay`` with ``uid_seed=0``, default ports 25 and 587, and the
+flows on other ports found SMTP by content, as ``smtp-sensor replay`` does) and the
 records are compared, as pretty-printed JSON text, with
 ``tests/data/golden/<capture stem>.json``.
 
@@ -40,10 +41,15 @@ _TS_KEYS = ("ts",)
 
 
 def captures_in(folder: Path) -> list[str]:
-    """Capture files directly in ``folder`` (not those under expected/)."""
+    """Capture files directly in ``folder`` and in its by_content/ (SMTP on
+    other ports, made by ``support.content_captures``), not those under expected/."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    found = [p.name for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng")]
+    sub = folder / "by_content"
+    if sub.is_dir():
+        found += [f"by_content/{p.name}" for p in sub.iterdir() if p.suffix in (".pcap", ".pcapng")]
+    return sorted(found)
 
 
 CAPTURES = captures_in(PCAPS_DIR)
@@ -61,7 +67,7 @@ def normalise(value):
 
 def records_of(path: Path) -> list[dict]:
     sink = ListSink()
-    replay(path, Userland(Config(), sink, uid_seed=0))
+    replay(path, Userland(Config(), sink, uid_seed=0, by_content=True))
     return [normalise(r) for r in sink]
 
 
