@@ -41,8 +41,10 @@ class ReplayResult:
         skipped = sum(c["not_segments"].values())
         mb = c["payload_bytes"] / 1e6
         rate = mb / self.seconds if self.seconds > 0 else 0.0
+        found = sum(c.get("by_content", {}).values())
+        by_content = f" ({found} found by content on other ports)" if found else ""
         return (f"{self.path}: {self.packets} packets ({skipped} not TCP on our ports or "
-                f"undecodable), {c['flows']} SMTP flows, {c['transactions']} transactions, "
+                f"undecodable), {c['flows']} SMTP flows{by_content}, {c['transactions']} transactions, "
                 f"{c['anomalies']} anomalies, {c['starttls']} STARTTLS, "
                 f"{mb:.2f} MB payload in {self.seconds:.2f} s ({rate:.1f} MB/s)")
 
