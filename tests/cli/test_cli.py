@@ -263,3 +263,14 @@ def test_replay_of_a_capture_corrupt_in_the_middle_writes_what_it_read_then_fail
     assert lenient.returncode == 0 and "warning" in lenient.stderr and "skipped" in lenient.stderr
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r.get("delivered") for r in written if r["event_type"] == "smtp"] == [True, True]
+
+
+def test_replay_finds_smtp_on_other_ports_unless_ports_only(tmp_path):
+    cap = PCAPS / "by_content" / "synthetic__smtp-http-connect-8240.pcap"
+    out = tmp_path / "records.json"
+    found = smtp_sensor("replay", str(cap), "-o", str(out))
+    assert found.returncode == 0 and "1 SMTP flows (1 found by content on other ports)" in found.stderr
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["id.resp_p"] == 8240 and rec["mailfrom"] == "frank@example.org"
+    only = smtp_sensor("replay", "--ports-only", str(cap), "-o", str(out))
+    assert only.returncode == 0 and "0 SMTP flows" in only.stderr and out.read_text() == ""

@@ -270,3 +270,66 @@ def test_arbitrary_bytes_give_capture_error_or_packets(data):
             read_all(magic + data)
         except CaptureError:
             pass
+
+
+# ---------------------------------------------------------------- lenient: resync
+T = 1_700_000_000
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_lenient_skips_a_corrupt_header_to_the_next_plausible_record(endian):
+    good = pcap_bytes([(T, 0, FRAME, len(FRAME)), (T + 1, 0, FRAME, len(FRAME)),
+                       (T + 2, 0, RAWIP, len(RAWIP))], endian=endian)
+    second = 24 + 16 + len(FRAME)
+    bad = bytearray(good)
+    struct.pack_into(endian + "I", bad, second + 8, 0x7FFFFFF0)      # its captured length
+    with pytest.raises(CaptureError, match=f"corrupt record.*byte offset {second}"):
+        read_all(bytes(bad))
+    r = CaptureReader(io.BytesIO(bytes(bad)), strict=False, name="test.pcap")
+    got = list(r)
+    assert [p[0] for p in got] == [T, T + 2] and got[1][2] == RAWIP
+    assert r.skipped == 1 and r.skipped_bytes == 16 + len(FRAME)
+    assert f"at byte offset {second}: skipped {16 + len(FRAME)} bytes" in r.warnings[0]
+
+
+def test_lenient_does_not_land_on_a_header_whose_time_is_far_from_the_last():
+    # a record whose payload holds what looks like a record header, a year off
+    decoy = struct.pack("<IIII", T + 365 * 86400, 0, 4, 4) + b"abcd"
+    decoy += struct.pack("<IIII", T + 365 * 86400, 0, 4, 4) + b"abcd"
+    good = pcap_bytes([(T, 0, FRAME, len(FRAME)), (T, 5, decoy, len(decoy)), (T + 1, 0, RAWIP, len(RAWIP))])
+    second = 24 + 16 + len(FRAME)
+    bad = bytearray(good)
+    struct.pack_into("<I", bad, second + 4, 2_000_000)               # a fraction of 2 s: impossible
+    r = CaptureReader(io.BytesIO(bytes(bad)), strict=False, name="test.pcap")
+    got = list(r)
+    assert [p[0] for p in got] == [T, T + 1]                         # not the decoys
+    # strict reading takes the fraction as it comes (some writers get it wrong)
+    assert len(read_all(bytes(bad))) == 3
+
+
+def test_lenient_pcapng_skips_a_block_with_a_bad_trailer():
+    blocks = [shb("<"), idb("<", 1), epb("<", 0, T * 10**6, FRAME), epb("<", 0, (T + 1) * 10**6, FRAME),
+              epb("<", 0, (T + 2) * 10**6, RAWIP)]
+    data = bytearray(b"".join(blocks))
+    third = sum(len(b) for b in blocks[:3])
+    struct.pack_into("<I", data, third + len(blocks[3]) - 4, 12)
+    with pytest.raises(CaptureError, match="trailing length"):
+        read_all(bytes(data))
+    r = CaptureReader(io.BytesIO(bytes(data)), strict=False, name="test.pcap")
+    assert [round(p[0]) for p in r] == [T, T + 2] and r.skipped == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([SMALL_PCAP, SMALL_PCAPNG]), st.data())
+def test_lenient_reading_of_damaged_bytes_never_yields_a_frame_longer_than_its_wire_length(data, draw):
+    buf = bytearray(data)
+    for _ in range(draw.draw(st.integers(1, 6))):
+        i = draw.draw(st.integers(0, len(buf) - 1))
+        buf[i] = draw.draw(st.integers(0, 255))
+    try:
+        r = CaptureReader(io.BytesIO(bytes(buf)), strict=False, name="test.pcap")
+        for ts, lt, fr, wl in r:
+            assert isinstance(fr, bytes) and wl >= len(fr)
+        assert r.skipped == len([w for w in r.warnings if "skipped" in w])
+    except CaptureError:
+        pass
