@@ -4,9 +4,13 @@ Zeek's dynamic protocol detection (``scripts/base/protocols/smtp/dpd.sig``)
 enables its SMTP analyzer when both of these match: the responder's payload
 ``/^[[:space:]]*220[[:space:]-]/`` and the originator's
 ``/(|.*[\\n\\r])[[:space:]]*([hH][eE][lL][oO]|[eE][hH][lL][oO])/``, within the
-first ``dpd_buffer_size`` (1024) bytes.  Suricata's SMTP probing parser
-likewise looks for a reply code or a command at the start.  ``SmtpProbe``
-does what Zeek's signature does, plus two cases:
+first ``dpd_buffer_size`` (1024) bytes.  Suricata's protocol detection
+(``SMTPRegisterPatternsForProtocolDetection`` in ``app-layer-smtp.c``) looks
+at the client only: ``EHLO``, ``HELO`` or ``QUIT`` in its first four bytes,
+any case.  We follow Zeek: both sides, so a client that opens with QUIT, or
+any protocol whose client happens to start with those letters, is not taken
+for SMTP without a 220 greeting.  ``SmtpProbe`` does what Zeek's signature
+does, plus two cases:
 
 * an HTTP CONNECT proxy: the client's first bytes are a ``CONNECT`` request;
   once its header and the proxy's 2xx reply header are complete, what follows
