@@ -21,7 +21,8 @@ length or fraction of a second, a pcapng block with a bad length, trailer
 or body) is skipped to the next plausible record, counted in
 ``reader.skipped`` (regions) and ``reader.skipped_bytes``.  Plausible: a pcap
 record header with a captured length within the snapshot length, a
-fraction below one second and a timestamp within ``RESYNC_WINDOW`` seconds
+fraction below one second (unless the file's first record has one that is
+not: a writer that gets them all wrong) and a timestamp within ``RESYNC_WINDOW`` seconds
 of the last good record's, followed by another such header or the end of the
 file; a pcapng block of a known type whose leading and trailing lengths
 agree (an enhanced packet block: on a described interface, its timestamp
@@ -241,6 +242,8 @@ class CaptureReader:
         # fraction wrong); lenient: a fraction of a second or more too, so a
         # misaligned header is caught before it yields garbage
         fdiv = 1 << 32 if self.strict else div
+        if fdiv == div and b.need(40) and rec(b.buf, 24)[1] >= div:
+            fdiv = 1 << 32          # a writer whose fractions are all wrong: not a sign of damage here
         packets = 0
         last = None             # seconds of the last good record
         try:
@@ -273,7 +276,7 @@ class CaptureReader:
                                 f"corrupt record: fraction of a second {frac} is not below {div}")
                         if self.strict:
                             raise CaptureError(self.path, what, b.offset())
-                        if not self._resync_pcap(b, rec, limit, div, last, what, e):
+                        if not self._resync_pcap(b, rec, limit, fdiv, last, what, e):
                             return
                     elif not b.need(16 + incl):
                         self._truncated(f"record of {incl} bytes has only "

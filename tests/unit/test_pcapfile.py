@@ -333,3 +333,9 @@ def test_lenient_reading_of_damaged_bytes_never_yields_a_frame_longer_than_its_w
         assert r.skipped == len([w for w in r.warnings if "skipped" in w])
     except CaptureError:
         pass
+
+
+def test_lenient_reads_a_capture_whose_writer_got_every_fraction_wrong():
+    data = pcap_bytes([(T, 2_000_000, FRAME, len(FRAME)), (T + 1, 3_000_000, FRAME, len(FRAME))])
+    r = CaptureReader(io.BytesIO(data), strict=False, name="test.pcap")
+    assert len(list(r)) == 2 and r.skipped == 0
