@@ -115,6 +115,14 @@ def test_failed_auth_before_a_transaction_says_it_failed():
     assert (rec["auth_success"], rec["auth_result"], rec["auth_failures"]) == (False, "failure", 1)
 
 
+def test_a_connection_that_only_fails_auth_has_its_record_with_the_failures():
+    # no mail transaction: the connection's one record (steps []) carries them
+    sink, _ = records_of(attempts([b"535 5.7.8 bad\r\n"] * 3, then_mail=False))
+    (rec,) = sink.of("smtp")
+    check(rec)
+    assert (rec["steps"], rec["auth_attempts"], rec["auth_failures"], rec["auth_success"]) == ([], 3, 3, False)
+
+
 def test_no_auth_no_auth_fields():
     sink, _ = records_of(attempts([]))
     (rec,) = sink.of("smtp")
