@@ -58,8 +58,7 @@ def replay_once(path, by_content: bool):
 
 def move_ports(src, dst, ports=(25, 587)):
     """Copy a little-endian Ethernet pcap, every second flow's SMTP port moved
-    to 2525 + (port % 64) (TCP checksums fixed by zeroing: the decoder does
-    not need them)."""
+    to 2525 + (client port % 64), its TCP checksum updated (RFC 1624)."""
     data = bytearray(open(src, "rb").read())
     pos, flows = 24, {}
     while pos + 16 <= len(data):
@@ -85,11 +84,16 @@ def move_ports(src, dst, ports=(25, 587)):
         if key not in flows:
             flows[key] = len(flows) % 2 == 1
         if flows[key]:
-            if dport in ports:
-                struct.pack_into("!H", data, tcp + 2, 2525 + client % 64)
-            elif sport in ports:
-                struct.pack_into("!H", data, tcp, 2525 + client % 64)
-            struct.pack_into("!H", data, tcp + 16, 0)
+            at = tcp + 2 if dport in ports else tcp
+            old = struct.unpack_from("!H", data, at)[0]
+            new = 2525 + client % 64
+            struct.pack_into("!H", data, at, new)
+            # RFC 1624: the checksum updated for the one 16-bit word changed
+            csum = struct.unpack_from("!H", data, tcp + 16)[0]
+            total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+            total = (total & 0xFFFF) + (total >> 16)
+            total = (total & 0xFFFF) + (total >> 16)
+            struct.pack_into("!H", data, tcp + 16, ~total & 0xFFFF)
         pos = f + incl
     open(dst, "wb").write(bytes(data))
 
