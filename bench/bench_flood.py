@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from sensor.kernel import abi  # noqa: E402
 from sensor.lab.network import CLIENT_V4, SERVER_V4, SPAMMER_V4, Lab  # noqa: E402
 from sensor.service import log as sensor_log  # noqa: E402
+from bench_memory import rss_bytes  # noqa: E402
 
 CLIENT = r"""
 import json, socket, sys, threading
@@ -111,12 +112,6 @@ print(json.dumps(results))
 """
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Sink:
