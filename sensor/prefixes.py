@@ -6,7 +6,7 @@ an address is masked and looked up once per prefix length in use (at most 33
 for IPv4, 129 for IPv6; a ban list of /32s and a few /24s is two lookups),
 longest first, so the value found is the longest prefix's, as the kernel's
 LPM tries give it.  A list of ``ipaddress`` networks costs one comparison per
-prefix instead: with 2 000 bans, 620 µs per segment in the userland gate.
+prefix instead (docs/benchmarks.md, section 9).
 
 Written here rather than taken from a library: the standard library has no
 prefix set, and the radix trees on PyPI (py-radix, pytricia) are C extensions;
