@@ -175,6 +175,7 @@ class Pipeline:
         self.reassembler = reassembly.Reassembler(self.ports, reassembly_limits, uid_seed=uid_seed,
                                                   policy=receiver)
         self.defragmenter = defrag.Defragmenter(defrag_limits, defrag_policy)
+        self._defragmented = self.defragmenter.counters
         self._defrag_pending = self.defragmenter.pending
         #: the flows on none of ``ports``, probed for SMTP (None: not looked at)
         self.content_reassembler = None
@@ -206,10 +207,16 @@ class Pipeline:
         ``lost``: events of the frame's direction lost before it (the kernel's count)."""
         st = self.counters
         st.frames += 1
+        defragmented = self._defragmented.reassembled
         seg = _decode(linktype, frame, wirelen, st.not_segments, self.defragmenter, ts)
         if seg is not None:
             gate = self.gate
-            if gate is not None and not gate(seg, ts):
+            if gate is not None and (not gate(seg, ts) or (
+                    self._defragmented.reassembled != defragmented
+                    and (seg.sport in self.ports or seg.dport in self.ports))):
+                # a dropped flow, a banned host, or (enforcing) a datagram made
+                # of fragments: the kernel drops an SMTP datagram's first
+                # fragment, so the host never has it (bpf/parsing.h)
                 st.gated += 1
             else:
                 # feed_segment, inlined: this runs for every packet

@@ -210,3 +210,18 @@ def test_a_reassembled_datagram_is_checksummed_like_any_segment(tmp_path):
     [rec] = sink.of("smtp")
     assert rec.get("mailfrom") is None
     assert "TCP_BAD_CHECKSUM" in [a["name"] for a in sink.of("anomaly") if a.get("uid") == rec["uid"]]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_enforcing_a_replay_drops_the_fragmented_datagram_as_the_kernel_does(tmp_path, family):
+    """In prevention the kernel drops the first fragment of an SMTP datagram,
+    so the MTA host never has it: a replay that enforces reads the capture as
+    the MTA got it (no sender), where monitoring it reads the sender."""
+    path = make_capture(tmp_path / "frag.pcap", family, 32)
+    sink = ListSink()
+    userland = Userland(Config(sensor=SensorConfig(rules=RULES, enforce=True)), sink)
+    replay(path, userland)
+    [rec] = sink.of("smtp")
+    assert rec.get("mailfrom") is None and sink.of("alert") == []
+    assert userland.pipeline.counters.gated == 1
+    assert run(path).of("smtp")[0]["mailfrom"] == "spammer@suspicious.org"
