@@ -129,18 +129,20 @@ def connect(path) -> socket.socket:
 
 
 def read_reply(s: socket.socket) -> dict | None:
-    """The reply frame on s, or None if the server closed without one."""
+    """The next reply frame on s (and not a byte of the one after it: a
+    streamed answer is several), or None if the server closed without one."""
     buf = b""
     while True:
+        want = 4 - len(buf) if len(buf) < 4 else 4 + LEN.unpack_from(buf)[0] - len(buf)
+        if want <= 0:
+            break
         try:
-            chunk = s.recv(65536)
+            chunk = s.recv(min(want, 65536))
         except ConnectionResetError:
             chunk = b""
         if not chunk:
             break
         buf += chunk
-        if len(buf) >= 4 and len(buf) >= 4 + LEN.unpack_from(buf)[0]:
-            break
     if not buf:
         return None
     (size,) = LEN.unpack_from(buf)
