@@ -16,15 +16,12 @@ it sends it.
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
 from sensor.kernel import abi
-from sensor.lab.network import Lab
-from support.lab_hold import postfix_queued, require, start_sensor, wait_until
-from support.prereqs import missing
+from support.lab_hold import postfix_lab, postfix_queued, require, start_sensor, wait_until
 from support.raw_tcp import RAW_V4, RawTcpClient
 from support.record_schemas import check
 
@@ -38,10 +35,7 @@ def banned_sender(test: str, first: int) -> str:
 
 @pytest.fixture(scope="module")
 def lab(lab_prereqs):
-    if not shutil.which("postfix"):
-        missing("postfix (installed by ./run setup)")
-    with Lab() as lab:
-        lab.postfix = lab.start_postfix(tls=False, port=POSTFIX_PORT)
+    with postfix_lab(POSTFIX_PORT) as lab:
         yield lab
 
 

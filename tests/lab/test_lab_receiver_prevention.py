@@ -8,15 +8,12 @@ sender behind a banned fake is not (Postfix queues it, no drop record)."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 
 import pytest
 
 from sensor.kernel import abi
-from sensor.lab.network import Lab
-from support.lab_hold import drop_of, postfix_queued, require, start_sensor, wait_until
-from support.prereqs import missing
+from support.lab_hold import drop_of, postfix_lab, postfix_queued, require, start_sensor, wait_until
 from support.raw_tcp import RAW_V4, RawTcpClient
 from support.receiver_tricks import CASES, SENDER
 
@@ -27,10 +24,7 @@ REST = ((b"RCPT TO:<user@lab.example>\r\n", b"250 2.1.5"), (b"DATA\r\n", b"354 "
 
 @pytest.fixture(scope="module")
 def lab(lab_prereqs):
-    if not shutil.which("postfix"):
-        missing("postfix (installed by ./run setup)")
-    with Lab() as lab:
-        lab.postfix = lab.start_postfix(tls=False, port=POSTFIX_PORT)
+    with postfix_lab(POSTFIX_PORT) as lab:
         yield lab
 
 

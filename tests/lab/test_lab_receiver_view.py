@@ -22,14 +22,11 @@ banned one, and the trick is reported as its TCP anomaly.
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
 from sensor.kernel import abi
-from sensor.lab.network import Lab
-from support.lab_hold import postfix_queued, require, start_sensor, wait_until
-from support.prereqs import missing
+from support.lab_hold import postfix_lab, postfix_queued, require, start_sensor, wait_until
 from support.raw_tcp import RawTcpClient
 from support.receiver_tricks import CASES, SENDER
 
@@ -38,10 +35,7 @@ POSTFIX_PORT = 587
 
 @pytest.fixture(scope="module")
 def lab(lab_prereqs):
-    if not shutil.which("postfix"):
-        missing("postfix (installed by ./run setup)")
-    with Lab() as lab:
-        lab.postfix = lab.start_postfix(tls=False, port=POSTFIX_PORT)
+    with postfix_lab(POSTFIX_PORT) as lab:
         yield lab
 
 

@@ -15,6 +15,7 @@ down, so the server's socket may be gone by the time a test looks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -26,15 +27,27 @@ from collections import defaultdict
 import pytest
 
 from sensor.kernel.netns import socket_in
-from sensor.lab.network import CLIENT_V4, SERVER_V4
+from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab
 from sensor.service.control import ControlClient
 from support.flow_drops import wait_dropped_packets
 from support.lab_sensor import REPO, SensorProcess
+from support.prereqs import missing
 
 #: a 78-octet line of message content (no dot, no bare CR or LF)
 LINE = b"X" * 76 + b"\r\n"
 SO_SNDBUFFORCE = 32
 END = b"\r\n.\r\n"
+
+
+@contextlib.contextmanager
+def postfix_lab(port: int):
+    """A lab whose server namespace runs a real Postfix on ``port`` (no TLS),
+    as ``lab.postfix``; torn down with the lab."""
+    if not shutil.which("postfix"):
+        missing("postfix (installed by ./run setup)")
+    with Lab() as lab:
+        lab.postfix = lab.start_postfix(tls=False, port=port)
+        yield lab
 
 
 def content(sender: str, size: int, subject: str = "commit hold") -> bytes:
