@@ -68,8 +68,9 @@ from typing import Callable
 
 from sensor.errors import SensorError
 from sensor.files import open_private
+from sensor.prefixes import PrefixSet
 
-__all__ = ["ZeekLogs", "ZeekLogsError", "LogSpec", "LOGS", "WEIRD_NAMES", "NOT_WEIRD", "FORMATS",
+__all__ = ["ZeekLogs", "ZeekLogsError", "LogSpec", "Site", "LOGS", "WEIRD_NAMES", "NOT_WEIRD", "FORMATS",
            "zeek_row", "tsv_line", "json_line", "tsv_header", "next_rotation", "rotated_name"]
 
 FORMATS = ("tsv", "json")
@@ -168,11 +169,28 @@ _HASHES = ("md5", "sha1", "sha256")
 
 # ----------------------------------------------------------------- records -> rows
 
+class Site:
+    """What the rows take from where the sensor runs: ``peer``, its name
+    (``notice.log``'s ``peer_descr``, ``weird.log``'s ``peer``, Zeek's
+    ``peer_description``), and the local networks (Zeek's
+    ``Site::local_nets``: with none, ``files.log``'s ``local_orig`` is unset,
+    as in Zeek)."""
+
+    def __init__(self, peer: str = "smtp-sensor", local_networks=()):
+        self.peer = peer
+        self.local_networks = PrefixSet(local_networks)
+
+    def is_local(self, addr) -> bool | None:
+        if not self.local_networks or addr is None:
+            return None
+        return addr in self.local_networks
+
+
 def _conn(rec: dict) -> dict:
     return {name: rec.get(name) for name, _ in _CONN}
 
 
-def _smtp_row(rec: dict, peer: str) -> dict:
+def _smtp_row(rec: dict, site: Site) -> dict:
     row = {name: rec.get(name) for name in SMTP.names}
     if not row["mailfrom"]:
         row["mailfrom"] = None          # Zeek logs no mailfrom for the null sender <>
@@ -181,22 +199,23 @@ def _smtp_row(rec: dict, peer: str) -> dict:
     return row
 
 
-def _files_row(rec: dict, peer: str) -> dict:
+def _files_row(rec: dict, site: Site) -> dict:
     row = {name: rec.get(name) for name in FILES.names}
     row.update(analyzers=[h.upper() for h in _HASHES if rec.get(h)], duration=0.0,
-               missing_bytes=0, overflow_bytes=0, timedout=False)
+               missing_bytes=0, overflow_bytes=0, timedout=False,
+               local_orig=site.is_local(rec.get("id.orig_h")))   # the sender: the SMTP client
     return row
 
 
-def _notice_row(rec: dict, peer: str) -> dict:
+def _notice_row(rec: dict, site: Site) -> dict:
     actions = ["Notice::ACTION_LOG"]
     actions += [_NOTICE_ACTIONS[a] for a in rec.get("actions", ()) if a in _NOTICE_ACTIONS]
     return {"ts": rec["ts"], "note": rec["note"], "msg": rec.get("msg"), "sub": rec.get("sub"),
-            "src": rec.get("src"), "n": rec.get("n"), "peer_descr": peer, "actions": actions,
+            "src": rec.get("src"), "n": rec.get("n"), "peer_descr": site.peer, "actions": actions,
             "email_dest": [], "suppress_for": float(rec.get("suppress_for") or 0.0)}
 
 
-def _alert_row(rec: dict, peer: str) -> dict:
+def _alert_row(rec: dict, site: Site) -> dict:
     alert = rec.get("alert") or {}
     sub = [f"severity {alert.get('severity')}"]
     sub += [f"{key} {alert[key]}" for key in ("confidence", "method") if alert.get(key)]
@@ -207,11 +226,11 @@ def _alert_row(rec: dict, peer: str) -> dict:
             "id.resp_p": rec.get("dest_port"), "proto": "tcp",
             "note": f"Rule::{alert.get('signature_id')}", "msg": alert.get("signature"),
             "sub": ", ".join(sub), "src": rec.get("src_ip"), "dst": rec.get("dest_ip"),
-            "p": rec.get("dest_port"), "peer_descr": peer, "actions": ["Notice::ACTION_LOG"],
+            "p": rec.get("dest_port"), "peer_descr": site.peer, "actions": ["Notice::ACTION_LOG"],
             "email_dest": [], "suppress_for": 0.0}
 
 
-def _weird_row(rec: dict, peer: str) -> dict | None:
+def _weird_row(rec: dict, site: Site) -> dict | None:
     name, layer = rec.get("name"), rec.get("layer")
     if name in NOT_WEIRD or layer not in _WEIRD_SOURCE:
         return None
@@ -222,24 +241,24 @@ def _weird_row(rec: dict, peer: str) -> dict | None:
     else:
         zeek_name, addl = name, detail or None
     return {"ts": rec["ts"], **_conn(rec), "name": zeek_name, "addl": addl, "notice": False,
-            "peer": peer, "source": _WEIRD_SOURCE[layer]}
+            "peer": site.peer, "source": _WEIRD_SOURCE[layer]}
 
 
-_ROUTES: dict[str, tuple[LogSpec, Callable[[dict, str], dict | None]]] = {
+_DEFAULT_SITE = Site()
+_ROUTES: dict[str, tuple[LogSpec, Callable[[dict, Site], dict | None]]] = {
     "smtp": (SMTP, _smtp_row), "files": (FILES, _files_row), "notice": (NOTICE, _notice_row),
     "alert": (NOTICE, _alert_row), "anomaly": (WEIRD, _weird_row),
 }
 
 
-def zeek_row(record: dict, peer: str = "smtp-sensor") -> tuple[LogSpec, dict] | None:
+def zeek_row(record: dict, site: Site | None = None) -> tuple[LogSpec, dict] | None:
     """The Zeek log of a record and its row (column name -> value, None for
-    unset), or None when no Zeek log takes it; ``peer``: the name in
-    ``notice.log``'s ``peer_descr`` and ``weird.log``'s ``peer``."""
+    unset), or None when no Zeek log takes it."""
     route = _ROUTES.get(record.get("event_type"))
     if route is None:
         return None
     spec, build = route
-    row = build(record, peer)
+    row = build(record, site or _DEFAULT_SITE)
     return None if row is None else (spec, row)
 
 
@@ -412,13 +431,13 @@ class ZeekLogs:
 
     ``format``: ``tsv`` or ``json``; ``rotate_interval``: seconds between
     rotations (None: only on ``reopen`` and when renamed by hand);
-    ``clock``: the time of ``#open``, ``#close`` and rotations; ``peer``: the
-    sensor's name in ``notice.log`` and ``weird.log``.  ``written`` counts
+    ``clock``: the time of ``#open``, ``#close`` and rotations; ``peer``
+    and ``local_networks``: see ``Site``.  ``written`` counts
     the lines of each log, ``not_written`` the records no log takes, by
     ``event_type``; ``rotated`` lists the files rotated, oldest first."""
 
     def __init__(self, directory, *, format: str = "tsv", rotate_interval: float | None = None,
-                 clock: Callable[[], float] = time.time, peer: str = "smtp-sensor"):
+                 clock: Callable[[], float] = time.time, peer: str = "smtp-sensor", local_networks=()):
         directory = os.fspath(directory)
         if format not in FORMATS:
             raise ZeekLogsError(f"zeek logs: format {format!r} is not one of {', '.join(FORMATS)}")
@@ -434,7 +453,7 @@ class ZeekLogs:
         self.format = format
         self.rotate_interval = rotate_interval
         self.clock = clock
-        self.peer = peer
+        self.site = Site(peer, local_networks)
         self._line = tsv_line if format == "tsv" else json_line
         self._logs = {path: _LogFile(spec, directory) for path, spec in LOGS.items()}
         self.not_written: Counter[str] = Counter()
@@ -446,7 +465,7 @@ class ZeekLogs:
 
     def write(self, record: dict) -> bool:
         """Write ``record`` to its log; False when no Zeek log takes it."""
-        routed = zeek_row(record, self.peer)
+        routed = zeek_row(record, self.site)
         if routed is None:
             self.not_written[str(record.get("event_type"))] += 1
             return False

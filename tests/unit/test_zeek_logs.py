@@ -201,6 +201,18 @@ def test_files_record_to_files_log(tmp_path):
     assert row["local_orig"] is None and row["timedout"] is False
 
 
+def test_local_orig_is_set_only_with_local_networks_as_zeeks_site_local_nets(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with zeek(tmp_path / "a", local_networks=["192.0.2.0/24"]) as z:
+        z.write(files_record())
+        z.write(files_record(**{"id.orig_h": "203.0.113.9"}))
+    with zeek(tmp_path / "b") as z:
+        z.write(files_record())
+    assert [r["local_orig"] for r in read_log(tmp_path / "a" / "files.log")] == [True, False]
+    assert [r["local_orig"] for r in read_log(tmp_path / "b" / "files.log")] == [None]
+
+
 def test_notice_record_to_notice_log_with_the_ban_as_a_drop_action(tmp_path):
     with zeek(tmp_path, peer="mx1") as z:
         z.write(notice_record())
@@ -385,3 +397,4 @@ def test_a_directory_removed_under_the_sensor_is_a_one_line_error(tmp_path):
     folder.rmdir()
     with pytest.raises(ZeekLogsError, match="cannot open .*smtp.log"):
         z.write(smtp_record())
+
