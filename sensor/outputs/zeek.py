@@ -63,7 +63,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from sensor.errors import SensorError
@@ -84,16 +84,26 @@ class ZeekLogsError(SensorError):
     """The Zeek log directory cannot be used, or a log cannot be opened or rotated."""
 
 
+def _container(ztype: str) -> str | None:
+    """``set[string]`` -> ``string``; None for a scalar type."""
+    if ztype.endswith("]") and ztype.startswith(("set[", "vector[")):
+        return ztype[ztype.index("[") + 1:-1]
+    return None
+
+
 @dataclass(frozen=True)
 class LogSpec:
     """One Zeek log: its path (``smtp`` for ``smtp.log``) and its columns,
-    ``(name, Zeek type)`` in Zeek's order."""
+    ``(name, Zeek type)`` in Zeek's order; ``columns`` adds the element type
+    of a set or vector (None for a scalar)."""
     path: str
     fields: tuple[tuple[str, str], ...]
+    names: tuple[str, ...] = field(init=False, repr=False)
+    columns: tuple[tuple[str, str, str | None], ...] = field(init=False, repr=False)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.fields)
+    def __post_init__(self):
+        object.__setattr__(self, "names", tuple(name for name, _ in self.fields))
+        object.__setattr__(self, "columns", tuple((n, t, _container(t)) for n, t in self.fields))
 
 
 _CONN = (("uid", "string"), ("id.orig_h", "addr"), ("id.orig_p", "port"),
@@ -269,7 +279,11 @@ _TSV_TEXT = str.maketrans({**_CONTROLS, ord("\\"): "\\\\"})
 _TSV_ITEM = str.maketrans({**_CONTROLS, ord("\\"): "\\\\", ord(SET_SEPARATOR): "\\x2c"})
 # Zeek's JSON formatter keeps \b \f \n \r \t (JSON escapes them) and writes other controls as \xNN
 _JSON_TEXT = str.maketrans({c: v for c, v in _CONTROLS.items() if chr(c) not in "\b\f\n\r\t"})
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# what needs any of it: most values need none, and a search is cheaper than a translate
+_TSV_TEXT_NEEDS = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
+_TSV_ITEM_NEEDS = re.compile(r"[\x00-\x1f\x7f\\,\ud800-\udfff]")
+_JSON_TEXT_NEEDS = re.compile(r"[\x00-\x07\x0b\x0e-\x1f\x7f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _octets(m: re.Match) -> str:
@@ -279,13 +293,21 @@ def _octets(m: re.Match) -> str:
     return "".join(f"\\x{b:02x}" for b in m.group().encode("utf-8", "surrogatepass"))
 
 
-def _tsv_text(text: str, table=_TSV_TEXT) -> str:
+def _escaped(text: str, needs: re.Pattern, table) -> str:
+    if needs.search(text) is None:
+        return text
+    out = text.translate(table)
+    return _SURROGATE.sub(_octets, out) if _SURROGATE.search(out) else out
+
+
+def _tsv_text(text: str, item: bool = False) -> str:
     if not text:
         return EMPTY
     if text in (UNSET, EMPTY):          # the reserved words: first character escaped
         return f"\\x{ord(text[0]):02x}{text[1:]}"
-    out = text.translate(table)
-    return _SURROGATE.sub(_octets, out) if _SURROGATE.search(out) else out
+    if item:
+        return _escaped(text, _TSV_ITEM_NEEDS, _TSV_ITEM)
+    return _escaped(text, _TSV_TEXT_NEEDS, _TSV_TEXT)
 
 
 def _tsv_double(value: float) -> str:
@@ -293,70 +315,68 @@ def _tsv_double(value: float) -> str:
     return out + "0" if out.endswith(".") else out
 
 
-def _tsv_scalar(value, ztype: str, table=_TSV_TEXT) -> str:
-    if ztype in ("time", "interval"):
-        return f"{value:.6f}"
-    if ztype == "bool":
-        return "T" if value else "F"
-    if ztype in ("count", "port", "int"):
-        return str(int(value))
-    if ztype == "double":
-        return _tsv_double(value)
-    return _tsv_text(str(value), table)
+def _six_decimals(value) -> str:
+    return f"{value:.6f}"
 
 
-def _container(ztype: str) -> str | None:
-    """``set[string]`` -> ``string``; None for a scalar type."""
-    if ztype.endswith("]") and ztype.startswith(("set[", "vector[")):
-        return ztype[ztype.index("[") + 1:-1]
-    return None
+def _tsv_bool(value) -> str:
+    return "T" if value else "F"
+
+
+def _tsv_int(value) -> str:
+    return str(int(value))
+
+
+_TSV_SCALAR = {"time": _six_decimals, "interval": _six_decimals, "bool": _tsv_bool, "count": _tsv_int,
+               "port": _tsv_int, "int": _tsv_int, "double": _tsv_double, "addr": str}
+
+
+def _tsv_cell(value, ztype: str, item: bool = False) -> str:
+    render = _TSV_SCALAR.get(ztype)
+    return render(value) if render is not None else _tsv_text(str(value), item)
 
 
 def tsv_line(spec: LogSpec, row: dict) -> str:
     """One TSV line of ``row`` (newline included)."""
     cells = []
-    for name, ztype in spec.fields:
+    for name, ztype, inner in spec.columns:
         value = row.get(name)
-        inner = _container(ztype)
         if value is None:
             cells.append(UNSET)
         elif inner is None:
-            cells.append(_tsv_scalar(value, ztype))
+            cells.append(_tsv_cell(value, ztype))
         elif not value:
             cells.append(EMPTY)
         else:
-            cells.append(SET_SEPARATOR.join(_tsv_scalar(v, inner, _TSV_ITEM) for v in value))
+            cells.append(SET_SEPARATOR.join([_tsv_cell(v, inner, True) for v in value]))
     line = "\t".join(cells)
     if line.startswith("#"):
         line = "\\x23" + line[1:]
     return line + "\n"
 
 
-def _json_text(text: str) -> str:
-    out = text.translate(_JSON_TEXT)
-    return _SURROGATE.sub(_octets, out) if _SURROGATE.search(out) else out
+def _json_text(value) -> str:
+    return _escaped(str(value), _JSON_TEXT_NEEDS, _JSON_TEXT)
 
 
-def _json_scalar(value, ztype: str):
-    if ztype in ("time", "interval", "double"):
-        return float(value)
-    if ztype in ("count", "port", "int"):
-        return int(value)
-    if ztype == "bool":
-        return bool(value)
-    return _json_text(str(value))
+_JSON_SCALAR = {"time": float, "interval": float, "double": float, "count": int, "port": int, "int": int,
+                "bool": bool}
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def json_line(spec: LogSpec, row: dict) -> str:
     """One JSON line of ``row`` (newline included)."""
     obj = {}
-    for name, ztype in spec.fields:
+    for name, ztype, inner in spec.columns:
         value = row.get(name)
         if value is None:
             continue
-        inner = _container(ztype)
-        obj[name] = _json_scalar(value, ztype) if inner is None else [_json_scalar(v, inner) for v in value]
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+        if inner is None:
+            obj[name] = _JSON_SCALAR.get(ztype, _json_text)(value)
+        else:
+            convert = _JSON_SCALAR.get(inner, _json_text)
+            obj[name] = [convert(v) for v in value]
+    return _dumps(obj) + "\n"
 
 
 def _stamp(t: float) -> str:
