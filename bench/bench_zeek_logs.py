@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def capture_records() -> list[dict]:
@@ -81,9 +76,9 @@ def main() -> None:
         times = []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory() as folder:
-                t = cpu()
+                t = time.process_time()
                 write(records, folder)
-                times.append(cpu() - t)
+                times.append(time.process_time() - t)
         med = statistics.median(times)
         print(f"{name:<10} {med:7.2f} {len(records) / med:10.0f}")
 
