@@ -224,7 +224,7 @@ class Sensor:
                                self.datapath.injector(cfg.netns) if self.config.enforce.inject else None)
                     if self.config.holds_commits else None)
             self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
-                                 self.datapath.maps, hold)
+                                 self.datapath.maps, hold, enforcer=self.enforcer)
             if opt.control_socket:
                 from sensor.service.control import ControlServer
                 self.control = ControlServer(opt.control_socket, self)
@@ -469,6 +469,9 @@ class Sensor:
                 yield Group(("hold",), self.feed.hold.counters)
         if self.userland is not None:
             yield from self.userland.counter_groups()
+            timed = getattr(self.enforcer, "counters", None)       # the kernel's enforcer times its verdicts
+            if timed is not None:
+                yield Group(("verdicts",), timed)
         if self.control is not None:
             yield Group(("control",), self.control.counters)
         if self._snapshots is not None:
