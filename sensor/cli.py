@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--state-file", type=Path, help="snapshot of the reject statistics and bans")
+    run.add_argument("--ban-file", type=Path, help="snapshot of every source ban, restored at start (reboots)")
     run.add_argument("--monitor-only", action="store_true",
                      help="never drop or ban (a SPAN/mirror port): verdicts are only logged")
     run.add_argument("--wakeup", type=positive_int, metavar="N",
@@ -193,7 +194,7 @@ def resolve_run_config(args):
     if getattr(args, "interface", None):
         over["interfaces"] = tuple(args.interface)
     for flag, key in (("netns", "netns"), ("ports", "ports"), ("xdp_mode", "xdp_mode"), ("pin_dir", "pin_dir"),
-                      ("rules", "rules"), ("state_file", "state_file")):
+                      ("rules", "rules"), ("state_file", "state_file"), ("ban_file", "ban_file")):
         value = getattr(args, flag, None)
         if value is not None:
             over[key] = value

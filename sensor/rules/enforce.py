@@ -230,6 +230,8 @@ class KernelEnforcer:
         self._keep = 10_000
         self.counters = EnforcerCounters()
         self.event_ts_ns = 0
+        #: bans and unbans written since the start (the ban snapshot is written when it moved)
+        self.ban_changes = 0
         self.notes: dict[str, str] = {}            # prefix -> the operator's words (ban add --reason)
         #: the open flows (the assembly gives the reassembly's): a ban tears down those it covers
         self.open_flows = tuple
@@ -261,6 +263,7 @@ class KernelEnforcer:
         replaces any entry of the same prefix, its note with it: ``note`` (the
         operator's words) is what ``bans()`` shows with it."""
         self._timed(self.maps.ban, network, ttl=ttl, reason=reason)
+        self.ban_changes += 1
         self.verdicts.add_ban(network, _expiry(now, ttl))
         for flow in open_flows_in(self.open_flows(), network):
             self.drop_flow(flow, ttl, now, reset=True)
@@ -272,6 +275,7 @@ class KernelEnforcer:
     def unban(self, network: str) -> bool:
         """Lift the ban of ``network``; False if the kernel had none."""
         removed = self.maps.unban(network)
+        self.ban_changes += 1
         self.verdicts.remove_ban(network)
         self.notes.pop(network, None)
         return removed

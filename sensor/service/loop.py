@@ -133,6 +133,8 @@ class Sensor:
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
+        self._last_ban_snapshot = 0.0
+        self._bans_saved = None         # the enforcer's ban_changes at the last ban snapshot
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
         self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
         self._snapshots = None          # the periodic snapshots' writer (with a state file)
@@ -214,6 +216,7 @@ class Sensor:
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
+            self._restore_bans()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -239,6 +242,7 @@ class Sensor:
         self._stack = stack
         self.started = now = time.monotonic()
         self._last_tick = self._last_counters = self._last_snapshot = self.last_reload = now
+        self._last_ban_snapshot = now
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.actor is not None,
@@ -266,6 +270,10 @@ class Sensor:
             self._last_tick = now
             self._pet_watchdog()
             self._tick()
+        if self.config.sensor.ban_file is not None and now - self._last_ban_snapshot >= \
+                self.config.sensor.snapshot_interval:
+            self._last_ban_snapshot = now
+            self._snapshot_bans()
         snapshots = self._snapshots
         if snapshots is not None:
             if snapshots.busy:
@@ -409,6 +417,35 @@ class Sensor:
                              hold_timeouts=timed_out - seen_timed_out, late_releases=late - seen_late,
                              hold_max_ms=self.config.enforce.hold_max_ms)
 
+    def _restore_bans(self) -> None:
+        """The bans of ``[sensor] ban_file`` the kernel lost (a reboot)."""
+        path = self.config.sensor.ban_file
+        if path is None:
+            return
+        from sensor.service.bansnapshot import read_bans
+
+        restored = read_bans(path, self.enforcer)
+        getattr(self.log, "info" if restored.ok else "error")("ban snapshot", message=restored.message)
+        self._bans_saved = self.enforcer.ban_changes if restored.ok and not restored.bans else None
+
+    def _snapshot_bans(self, final: bool = False) -> None:
+        """Write ``[sensor] ban_file`` when a ban was added or lifted since the
+        last one (at shutdown: always, so expiries swept are forgotten too).
+        In the loop: the bans are few (two tries of SS_BAN_MAX at most) and
+        change rarely; a failure is logged, the sensor runs on."""
+        from sensor.service.bansnapshot import write_bans
+        from sensor.spamstats.snapshot import SnapshotError
+
+        changes = self.enforcer.ban_changes
+        if not final and changes == self._bans_saved:
+            return
+        try:
+            write_bans(self.config.sensor.ban_file, self.enforcer)
+        except (SnapshotError, OSError) as exc:
+            self.log.error("ban snapshot not written", error=str(exc))
+            return
+        self._bans_saved = changes
+
     def _snapshot(self) -> None:
         """The final snapshot, in this process (a periodic one still being
         written by its child is ended first: this one must be the last)."""
@@ -451,6 +488,8 @@ class Sensor:
         phase("flows_s")
         if self.actor is not None and self.config.sensor.state_file:
             self._snapshot()
+        if self.config.sensor.ban_file is not None:
+            self._snapshot_bans(final=True)
         phase("snapshot_s")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
