@@ -28,7 +28,7 @@ examples:
   smtp-sensor ban add 198.51.100.0/24 --ttl 3600 --reason "spam run"
   smtp-sensor ban list | smtp-sensor flows | smtp-sensor stats
   smtp-sensor rules check rules/        # load the rules without running them
-  smtp-sensor reload                    # re-read the rules now (same as SIGHUP)
+  smtp-sensor reload                    # apply a changed config and re-read the rules (same as SIGHUP)
   smtp-sensor unload                    # stop the sensor, remove the pinned maps (--keep-maps: keep bans)
 """
 
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--limit", type=positive_int, default=1000)
     stt = control("stats", help_text="reject statistics per host")
     stt.add_argument("--limit", type=positive_int, default=100)
-    control("reload", help_text="re-read the rules now (like SIGHUP)")
+    control("reload", help_text="apply a changed configuration and re-read the rules now (like SIGHUP)")
     ban = sub.add_parser("ban", help="source bans in XDP: add, del, list")
     ban_sub = ban.add_subparsers(dest="ban_command", metavar="ACTION", required=True)
     for name, help_text in (("add", "ban a prefix"), ("del", "lift a ban"), ("list", "the bans")):
@@ -217,7 +217,8 @@ def cmd_run(args) -> int:
     socket_path = args.control_socket or _default_socket()
     options = RunOptions(duration=args.duration, stats_interval=args.stats_interval,
                          reload_interval=args.reload_interval, wakeup=args.wakeup,
-                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics)
+                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics,
+                         load_config=lambda: resolve_run_config(args))
     sensor = Sensor(config, options)
 
     def on_sighup(signum, frame):

@@ -46,6 +46,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 
@@ -78,6 +79,9 @@ class RunOptions:
     control_socket: str | None = None
     metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
     uid_seed: bytes | int | None = None   # seed of the connection uids; None: random per run
+    #: reads the configuration again for ``reload`` (the CLI's: the file with its flags on top);
+    #: None: the file the configuration came from, if any
+    load_config: Callable[[], Config] | None = None
 
 
 class SensorCounters(Counters):
@@ -264,8 +268,10 @@ class Sensor:
         if self.reopen_requested:
             self.reopen_files()
         now = time.monotonic()
-        if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
-            self.reload_rules(force=bool(self.reload_requested))
+        if self.reload_requested:
+            self.reload()
+        elif self.engine is not None and now - self.last_reload >= opt.reload_interval:
+            self.reload_rules()
         if now - self._last_tick >= 1.0:
             self._last_tick = now
             self._pet_watchdog()
@@ -381,6 +387,61 @@ class Sensor:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+    # ------------------------------------------------------------ reload
+    #: whether ``reload_outputs`` can reopen the outputs ([[output]], sensor.outputs):
+    #: until it can, a reload that changes them is refused (sensor.service.reload)
+    OUTPUTS_RELOAD = False
+
+    def reload(self) -> dict:
+        """SIGHUP or the control socket: read the configuration again and apply
+        what changed (``sensor.service.reload``; refused as a whole, in one
+        line, when a key needs a restart), then re-read the rules.  Returns
+        what was done; ``config_error``: the line of a refusal or of a file
+        that does not load (the running configuration stays)."""
+        from sensor.service.reload import apply_reload, plan_reload
+
+        why = self.reload_requested if isinstance(self.reload_requested, str) else "control socket"
+        self.reload_requested = False
+        result: dict = {"config_changed": [], "config_error": None}
+        loader = self.options.load_config
+        if loader is None and self.config.source is not None:
+            from sensor.config import load
+            source = self.config.source
+            loader = lambda: load(source)          # noqa: E731
+        if loader is not None:
+            try:
+                plan = plan_reload(self.config, loader(), outputs_live=self.OUTPUTS_RELOAD)
+            except SensorError as exc:
+                plan, result["config_error"] = None, f"configuration not reloaded: {exc}"
+            if plan is not None and plan.refusal is not None:
+                result["config_error"] = plan.refusal
+            elif plan is not None:
+                apply_reload(self, plan)
+                result["config_changed"] = list(plan.changed)
+        if result["config_error"]:
+            self.log.error(result["config_error"], reason=why)
+        elif result["config_changed"]:
+            self.log.info("configuration reloaded", reason=why, changed=result["config_changed"])
+        if self.engine is not None:
+            self.reload_requested = why
+            result["rules_changed"] = self.reload_rules(force=True)
+        return result
+
+    def reload_outputs(self, old: Config, new: Config) -> None:
+        """The outputs' reload hook: where records go changed (``[sensor] output``,
+        ``[[output]]``).  Called only when ``OUTPUTS_RELOAD`` says it can."""
+        raise SensorError("the outputs cannot be reloaded: restart the sensor")
+
+    def rearm_watchdog(self, seconds: float) -> None:
+        """A new ``[limits.rules] watchdog_s`` (a reload): armed again now, or off at 0."""
+        if self._watchdog_s <= 0:
+            return
+        if seconds <= 0:
+            self._stop_watchdog()
+            return
+        self._watchdog_s = seconds
+        self._pet_watchdog()
 
     def reload_rules(self, force: bool = False) -> bool:
         if self.engine is None:
