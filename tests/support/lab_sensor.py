@@ -102,10 +102,14 @@ class SensorProcess:
                             pytrace=False)
             time.sleep(0.02)
 
+    def cli_result(self, *args: str) -> subprocess.CompletedProcess:
+        """A control command through the real CLI, as it ended (exit code, output)."""
+        return subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+
     def cli(self, *args: str) -> object:
         """A control command through the real CLI (`smtp-sensor stats` etc.), its JSON output."""
-        result = subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
-                                cwd=REPO, capture_output=True, text=True, timeout=30)
+        result = self.cli_result(*args)
         assert result.returncode == 0, f"smtp-sensor {' '.join(args)}: {result.stderr}\n{self.describe()}"
         return json.loads(result.stdout)
 
