@@ -116,6 +116,26 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
 })
 
 
+def _interface_field(c: abi.Counter):
+    return counter("packets on the SMTP ports by interface and the kernel's verdict (exclusive), read from the map",
+                   metric="interface_packets", labels={"verdict": c.name.lower()})
+
+
+#: one interface and direction of the kernel's counters (``KernelMaps.interface_counters()``)
+InterfaceCounters = type(Counters)("InterfaceCounters", (Counters,), {
+    **{c.name.lower(): _interface_field(c) for c in abi.Counter if abi.Counter.NOT_SMTP < c < abi.VERDICT_COUNTERS},
+    "seen": counter("packets on the SMTP ports an interface's programs saw (the verdicts' sum)",
+                    metric="interface_seen_packets"),
+})
+
+
+def interface_groups(datapath):
+    """The counters of every attached interface, per direction, labelled with its name."""
+    for a in datapath.attachments:
+        for direction, values in datapath.maps.interface_counters(a.ifindex).items():
+            yield Group(None, InterfaceCounters().update(values), (("interface", a.ifname), ("direction", direction)))
+
+
 class Sensor:
     def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
         """sink: where records go (a callable taking one record dict); default:
@@ -584,6 +604,7 @@ class Sensor:
             yield Group(None, KernelMapCounters(dp.maps))
             for direction, values in dp.maps.counters().items():
                 yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+            yield from interface_groups(dp)
 
     def counters(self) -> dict:
         return as_tree(self.counter_groups())
@@ -596,7 +617,8 @@ class Sensor:
             from sensor.kernel.bpfsys import prog_id
             ids = {"xdp_prog_id": prog_id(dp.xdp_fd), "tc_prog_id": prog_id(dp.tc_fd)}
             for a in dp.attachments:
-                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids})
+                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids,
+                                    "counters": dp.maps.interface_counters(a.ifindex)})
         rules = []
         if self.engine is not None:
             for r in self.engine.ruleset.rules:
