@@ -79,6 +79,8 @@ def test_both_interfaces_are_inspected_counted_apart_and_detached(gateway, test_
             total = sum(a["counters"][direction]["pushed"] for a in by_name.values())
             assert total == status["counters"][direction]["pushed"]
         assert sorted(p.name for p in pins.iterdir()) == ["ss_ban_v4", "ss_ban_v6", "ss_bypass", "ss_flow_drop"]
+        # a segment through the router is pushed twice (XDP of one, TC of the other): read as a retransmission
+        assert status["reassembly"]["retransmitted"] > 0
 
         got = scrape(running["metrics"])
         after = sensor.cli("status")
