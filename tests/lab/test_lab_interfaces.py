@@ -16,8 +16,9 @@ import pytest
 from sensor.kernel import abi
 from sensor.kernel.datapath import attached_xdp
 from sensor.kernel.netns import iproute
-from sensor.lab.gateway import GATEWAY_SERVER_V4, GatewayLab
+from sensor.lab.gateway import GATEWAY_SERVER_V4
 from support.lab_sensor import REPO, SensorProcess
+from support.lab_session import gateway_with_server
 from support.prereqs import require_module
 
 pytestmark = pytest.mark.lab
@@ -25,11 +26,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def gateway(lab_prereqs, tmp_path_factory):
-    journal = tmp_path_factory.mktemp("interfaces") / "journal.jsonl"
-    with GatewayLab() as lab:
-        lab.journal = journal
-        lab.start_server(journal=journal, addresses=(GATEWAY_SERVER_V4,))
-        yield lab
+    yield from gateway_with_server(tmp_path_factory, "interfaces")
 
 
 def attached(lab, ifname) -> tuple[int | None, str]:

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from sensor.kernel.netns import socket_in
-from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab
+from sensor.lab.network import CLIENT_V4, Lab
 from support.lab_sensor import SensorProcess
+from support.lab_session import LineSession
 
 pytestmark = pytest.mark.lab
 
@@ -59,35 +59,15 @@ def smtp_records(sensor, port):
             and r.get("id.resp_p") == port]
 
 
-class Session:
-    """A client session driven line by line (so it can stay open across the reload)."""
-
-    def __init__(self, lab, port=25):
-        self.sock = socket_in(lab.client_ns)
-        self.sock.settimeout(10)
-        self.sock.connect((SERVER_V4, port))
-        self.buf = b""
-        assert self.reply().startswith(b"220")
-
-    def reply(self) -> bytes:
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if line[3:4] == b" ":
-                    self.buf = b"\r\n".join(lines[i + 1:])
-                    return line
-            self.buf += self.sock.recv(4096)
-
-    def say(self, line: str) -> bytes:
-        self.sock.sendall(line.encode() + b"\r\n")
-        return self.reply()
+class Session(LineSession):
+    """A client session that stays open across the reload."""
 
     def finish(self, sender: str) -> None:
         for line in (f"MAIL FROM:<{sender}>", "RCPT TO:<rcpt@lab.example>", "DATA"):
             self.say(line)
         assert self.say("Subject: across a reload\r\n\r\nhello\r\n.").startswith(b"250")
         self.say("QUIT")
-        self.sock.close()
+        self.close()
 
 
 def test_reload_applies_ports_and_statistics_live_and_refuses_a_restart_key(lab, test_pin_root, tmp_path):
@@ -102,6 +82,7 @@ def test_reload_applies_ports_and_statistics_live_and_refuses_a_restart_key(lab,
         assert lab.swaks("--port", "2525", "--to", "rcpt@lab.example", "--from", "unseen@lab.example").returncode == 0
         sensor.wait_record(lambda r: r.get("mailfrom") == "before1@lab.example")
         open_session = Session(lab)
+        assert open_session.greeting.startswith(b"220")
         assert open_session.say("EHLO across.lab.example").startswith(b"250")
         time.sleep(0.5)
         assert smtp_records(sensor, 2525) == []                       # not a port of the sensor yet
