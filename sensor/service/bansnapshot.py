@@ -33,7 +33,7 @@ from sensor.files import write_atomic
 from sensor.kernel import abi
 from sensor.spamstats.snapshot import Restored, SnapshotError, set_aside
 
-__all__ = ["write_bans", "read_bans", "BAN_FORMAT", "BAN_VERSION"]
+__all__ = ["write_bans", "read_bans", "BanSnapshots", "BAN_FORMAT", "BAN_VERSION"]
 
 BAN_FORMAT = "smtp-sensor/bans"
 BAN_VERSION = 1
@@ -117,3 +117,42 @@ def _decode(state, wall: float) -> list[tuple]:
         elif expires > wall:
             running.append((network, reason, note, expires - wall))
     return running
+
+
+class BanSnapshots:
+    """The running sensor's ban snapshot: ``restore()`` at start, ``poll(now,
+    interval)`` every turn of the loop (a write when bans were added or lifted
+    since the last one, at most every ``interval`` seconds: the bans are few, two tries
+    of SS_BAN_MAX at most, and change rarely, so the loop writes it itself),
+    ``final()`` at shutdown (always: expiries swept are forgotten too).  A
+    failure is logged; the sensor runs on."""
+
+    def __init__(self, path, enforcer, log, now: float):
+        self.path, self.enforcer, self.log = Path(path), enforcer, log
+        self._last = now
+        self._saved = None          # the enforcer's ban_changes at the last write
+
+    def restore(self) -> Restored:
+        restored = read_bans(self.path, self.enforcer)
+        getattr(self.log, "info" if restored.ok else "error")("ban snapshot", message=restored.message)
+        if restored.ok and not restored.bans:
+            self._saved = self.enforcer.ban_changes      # nothing new to write
+        return restored
+
+    def poll(self, now: float, interval: float) -> None:
+        if now - self._last >= interval:
+            self._last = now
+            if self.enforcer.ban_changes != self._saved:
+                self.write()
+
+    def final(self) -> None:
+        self.write()
+
+    def write(self) -> None:
+        changes = self.enforcer.ban_changes
+        try:
+            write_bans(self.path, self.enforcer)
+        except (SnapshotError, OSError) as exc:
+            self.log.error("ban snapshot not written", error=str(exc))
+            return
+        self._saved = changes

@@ -12,9 +12,11 @@ builds it), and the loop that drives them.
 The loop (one thread): read the event ring into the pipeline (rules run there,
 each call under its budget: sensor.rules.budget); every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
-the rule files (or reload at once after SIGHUP / a control request); write a
-statistics snapshot every ``snapshot_interval`` (by a forked child:
-sensor.service.snapshots) and at shutdown; log the counters (a line named
+the rule files (after SIGHUP / a control request: read the configuration
+again, apply what changed or refuse it, and reload the rules at once:
+sensor.service.reload); write a statistics snapshot every
+``snapshot_interval`` (by a forked child: sensor.service.snapshots) and at
+shutdown, and the ban snapshot when bans changed (sensor.service.bansnapshot); log the counters (a line named
 ``stats``) every ``stats_interval``.
 
 The shutdown (SIGTERM, ``stop``) is bounded: the programs are detached first
@@ -116,26 +118,6 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
 })
 
 
-def _interface_field(c: abi.Counter):
-    return counter("packets on the SMTP ports by interface and the kernel's verdict (exclusive), read from the map",
-                   metric="interface_packets", labels={"verdict": c.name.lower()})
-
-
-#: one interface and direction of the kernel's counters (``KernelMaps.interface_counters()``)
-InterfaceCounters = type(Counters)("InterfaceCounters", (Counters,), {
-    **{c.name.lower(): _interface_field(c) for c in abi.Counter if abi.Counter.NOT_SMTP < c < abi.VERDICT_COUNTERS},
-    "seen": counter("packets on the SMTP ports an interface's programs saw (the verdicts' sum)",
-                    metric="interface_seen_packets"),
-})
-
-
-def interface_groups(datapath):
-    """The counters of every attached interface, per direction, labelled with its name."""
-    for a in datapath.attachments:
-        for direction, values in datapath.maps.interface_counters(a.ifindex).items():
-            yield Group(None, InterfaceCounters().update(values), (("interface", a.ifname), ("direction", direction)))
-
-
 class Sensor:
     def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
         """sink: where records go (a callable taking one record dict); default:
@@ -157,8 +139,7 @@ class Sensor:
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
-        self._last_ban_snapshot = 0.0
-        self._bans_saved = None         # the enforcer's ban_changes at the last ban snapshot
+        self._ban_snapshots = None      # sensor.service.bansnapshot.BanSnapshots (with a ban file)
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
         self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
         self._snapshots = None          # the periodic snapshots' writer (with a state file)
@@ -240,7 +221,10 @@ class Sensor:
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
-            self._restore_bans()
+            if cfg.ban_file is not None:
+                from sensor.service.bansnapshot import BanSnapshots
+                self._ban_snapshots = BanSnapshots(cfg.ban_file, self.enforcer, self.log, time.monotonic())
+                self._ban_snapshots.restore()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -266,7 +250,6 @@ class Sensor:
         self._stack = stack
         self.started = now = time.monotonic()
         self._last_tick = self._last_counters = self._last_snapshot = self.last_reload = now
-        self._last_ban_snapshot = now
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.actor is not None,
@@ -296,10 +279,8 @@ class Sensor:
             self._last_tick = now
             self._pet_watchdog()
             self._tick()
-        if self.config.sensor.ban_file is not None and now - self._last_ban_snapshot >= \
-                self.config.sensor.snapshot_interval:
-            self._last_ban_snapshot = now
-            self._snapshot_bans()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.poll(now, self.config.sensor.snapshot_interval)
         snapshots = self._snapshots
         if snapshots is not None:
             if snapshots.busy:
@@ -414,39 +395,11 @@ class Sensor:
     OUTPUTS_RELOAD = False
 
     def reload(self) -> dict:
-        """SIGHUP or the control socket: read the configuration again and apply
-        what changed (``sensor.service.reload``; refused as a whole, in one
-        line, when a key needs a restart), then re-read the rules.  Returns
-        what was done; ``config_error``: the line of a refusal or of a file
-        that does not load (the running configuration stays)."""
-        from sensor.service.reload import apply_reload, plan_reload
-
-        why = self.reload_requested if isinstance(self.reload_requested, str) else "control socket"
-        self.reload_requested = False
-        result: dict = {"config_changed": [], "config_error": None}
-        loader = self.options.load_config
-        if loader is None and self.config.source is not None:
-            from sensor.config import load
-            source = self.config.source
-            loader = lambda: load(source)          # noqa: E731
-        if loader is not None:
-            try:
-                plan = plan_reload(self.config, loader(), outputs_live=self.OUTPUTS_RELOAD)
-            except SensorError as exc:
-                plan, result["config_error"] = None, f"configuration not reloaded: {exc}"
-            if plan is not None and plan.refusal is not None:
-                result["config_error"] = plan.refusal
-            elif plan is not None:
-                apply_reload(self, plan)
-                result["config_changed"] = list(plan.changed)
-        if result["config_error"]:
-            self.log.error(result["config_error"], reason=why)
-        elif result["config_changed"]:
-            self.log.info("configuration reloaded", reason=why, changed=result["config_changed"])
-        if self.engine is not None:
-            self.reload_requested = why
-            result["rules_changed"] = self.reload_rules(force=True)
-        return result
+        """SIGHUP or the control socket: the configuration read again and what
+        changed applied, or refused in one line (``sensor.service.reload``),
+        then the rules re-read."""
+        from sensor.service.reload import reload_sensor
+        return reload_sensor(self)
 
     def reload_outputs(self, old: Config, new: Config) -> None:
         """The outputs' reload hook: where records go changed (``[sensor] output``,
@@ -498,35 +451,6 @@ class Sensor:
                              hold_timeouts=timed_out - seen_timed_out, late_releases=late - seen_late,
                              hold_max_ms=self.config.enforce.hold_max_ms)
 
-    def _restore_bans(self) -> None:
-        """The bans of ``[sensor] ban_file`` the kernel lost (a reboot)."""
-        path = self.config.sensor.ban_file
-        if path is None:
-            return
-        from sensor.service.bansnapshot import read_bans
-
-        restored = read_bans(path, self.enforcer)
-        getattr(self.log, "info" if restored.ok else "error")("ban snapshot", message=restored.message)
-        self._bans_saved = self.enforcer.ban_changes if restored.ok and not restored.bans else None
-
-    def _snapshot_bans(self, final: bool = False) -> None:
-        """Write ``[sensor] ban_file`` when a ban was added or lifted since the
-        last one (at shutdown: always, so expiries swept are forgotten too).
-        In the loop: the bans are few (two tries of SS_BAN_MAX at most) and
-        change rarely; a failure is logged, the sensor runs on."""
-        from sensor.service.bansnapshot import write_bans
-        from sensor.spamstats.snapshot import SnapshotError
-
-        changes = self.enforcer.ban_changes
-        if not final and changes == self._bans_saved:
-            return
-        try:
-            write_bans(self.config.sensor.ban_file, self.enforcer)
-        except (SnapshotError, OSError) as exc:
-            self.log.error("ban snapshot not written", error=str(exc))
-            return
-        self._bans_saved = changes
-
     def _snapshot(self) -> None:
         """The final snapshot, in this process (a periodic one still being
         written by its child is ended first: this one must be the last)."""
@@ -569,8 +493,8 @@ class Sensor:
         phase("flows_s")
         if self.actor is not None and self.config.sensor.state_file:
             self._snapshot()
-        if self.config.sensor.ban_file is not None:
-            self._snapshot_bans(final=True)
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.final()
         phase("snapshot_s")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
@@ -604,6 +528,7 @@ class Sensor:
             yield Group(None, KernelMapCounters(dp.maps))
             for direction, values in dp.maps.counters().items():
                 yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+            from sensor.service.interfaces import interface_groups
             yield from interface_groups(dp)
 
     def counters(self) -> dict:

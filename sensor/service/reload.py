@@ -11,7 +11,7 @@ the userland's orientation: flows already followed on a port dropped from
 the set are followed to their end), ``[spam_stats]`` thresholds and lists
 (the hosts counted so far are kept and judged by the new values from the
 next evaluation), ``[limits.rules]`` (the next rule call's budget), the
-snapshot interval, the stop timeout and the ban snapshot's file.  Every other
+snapshot interval and the stop timeout.  Every other
 key is built into something that holds state (the window's shape, the
 pipeline's limits, the programs' attachment, the commit hold, the pinned
 maps) and needs a restart: a reload that changes one is refused as a whole,
@@ -28,20 +28,55 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sensor.config import Config
+from sensor.config import Config, load
+from sensor.errors import SensorError
 
-__all__ = ["plan_reload", "apply_reload", "ReloadPlan", "LIVE", "OUTPUT_KEYS", "changed_keys"]
+__all__ = ["reload_sensor", "plan_reload", "apply_reload", "ReloadPlan", "LIVE", "OUTPUT_KEYS", "changed_keys"]
 
 _SPAM_LIVE = ("threshold", "percent", "check_interval", "reject_codes", "local_mail", "local_networks",
               "suppress_for", "max_hosts", "max_recipients", "max_samples", "allow", "ban")
 _RULES_LIVE = ("budget_ms", "max_budget_ms", "import_ms", "strikes", "strike_window", "memory_mb",
                "watchdog_s")
 #: the keys a reload applies to the running sensor (dotted: table.key)
-LIVE = frozenset({"sensor.ports", "sensor.snapshot_interval", "sensor.stop_timeout", "sensor.ban_file",
+LIVE = frozenset({"sensor.ports", "sensor.snapshot_interval", "sensor.stop_timeout",
                   *(f"spam_stats.{k}" for k in _SPAM_LIVE),
                   *(f"limits.rules.{k}" for k in _RULES_LIVE)})
 #: where records go: the outputs' hook decides (sensor.outputs, ``[[output]]``)
 OUTPUT_KEYS = frozenset({"sensor.output", "output", "outputs"})
+
+
+def reload_sensor(sensor) -> dict:
+    """Read the running ``sensor``'s configuration again (``options.load_config``,
+    else the file it came from) and apply what changed, or refuse it; then
+    re-read the rules.  Returns ``config_changed`` (the keys applied),
+    ``config_error`` (the one line of a refusal or of a file that does not
+    load: the running configuration stays) and, with rules, ``rules_changed``."""
+    why = sensor.reload_requested if isinstance(sensor.reload_requested, str) else "control socket"
+    sensor.reload_requested = False
+    result: dict = {"config_changed": [], "config_error": None}
+    loader = sensor.options.load_config
+    source = sensor.config.source
+    if loader is None and source is not None:
+        loader = lambda: load(source)          # noqa: E731
+    if loader is not None:
+        try:
+            plan = plan_reload(sensor.config, loader(), outputs_live=sensor.OUTPUTS_RELOAD)
+        except SensorError as exc:
+            result["config_error"] = f"configuration not reloaded: {exc}"
+        else:
+            if plan.refusal is not None:
+                result["config_error"] = plan.refusal
+            else:
+                apply_reload(sensor, plan)
+                result["config_changed"] = list(plan.changed)
+    if result["config_error"]:
+        sensor.log.error(result["config_error"], reason=why)
+    elif result["config_changed"]:
+        sensor.log.info("configuration reloaded", reason=why, changed=result["config_changed"])
+    if sensor.engine is not None:
+        sensor.reload_requested = why              # reload_rules says why in its line
+        result["rules_changed"] = sensor.reload_rules(force=True)
+    return result
 
 
 def changed_keys(old, new, prefix: str = "") -> list[str]:
