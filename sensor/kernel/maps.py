@@ -249,7 +249,6 @@ class KernelMaps:
             result[direction.name.lower()] = values
         return result
 
-
     # ------------------------------------------------------------ interfaces
 
     def count_interface(self, ifindex: int) -> None:

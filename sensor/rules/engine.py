@@ -280,7 +280,6 @@ class RuleEngine:
             reassembly.FlowEnd: self._on_flow_end,
         }
 
-    # ------------------------------------------------------------ listener
     def set_limits(self, limits: RuleLimits) -> None:
         """The rules' budgets (``[limits.rules]``): from the next call on (a
         reload), and the next import of a rule file."""
@@ -290,6 +289,7 @@ class RuleEngine:
         if hasattr(self.ruleset, "limits"):
             self.ruleset.limits = limits
 
+    # ------------------------------------------------------------ listener
     def __call__(self, session, ev) -> None:
         kind = type(ev)
         flow = session.scratch.get("rules")
