@@ -12,9 +12,11 @@ builds it), and the loop that drives them.
 The loop (one thread): read the event ring into the pipeline (rules run there,
 each call under its budget: sensor.rules.budget); every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
-the rule files (or reload at once after SIGHUP / a control request); write a
-statistics snapshot every ``snapshot_interval`` (by a forked child:
-sensor.service.snapshots) and at shutdown; log the counters (a line named
+the rule files (after SIGHUP / a control request: read the configuration
+again, apply what changed or refuse it, and reload the rules at once:
+sensor.service.reload); write a statistics snapshot every
+``snapshot_interval`` (by a forked child: sensor.service.snapshots) and at
+shutdown, and the ban snapshot when bans changed (sensor.service.bansnapshot); log the counters (a line named
 ``stats``) every ``stats_interval``.
 
 The shutdown (SIGTERM, ``stop``) is bounded: the programs are detached first
@@ -46,6 +48,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 
@@ -78,6 +81,9 @@ class RunOptions:
     control_socket: str | None = None
     metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
     uid_seed: bytes | int | None = None   # seed of the connection uids; None: random per run
+    #: reads the configuration again for ``reload`` (the CLI's: the file with its flags on top);
+    #: None: the file the configuration came from, if any
+    load_config: Callable[[], Config] | None = None
 
 
 class SensorCounters(Counters):
@@ -133,6 +139,7 @@ class Sensor:
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
+        self._ban_snapshots = None      # sensor.service.bansnapshot.BanSnapshots (with a ban file)
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
         self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
         self._snapshots = None          # the periodic snapshots' writer (with a state file)
@@ -214,6 +221,10 @@ class Sensor:
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
+            if cfg.ban_file is not None:
+                from sensor.service.bansnapshot import BanSnapshots
+                self._ban_snapshots = BanSnapshots(cfg.ban_file, self.enforcer, self.log, time.monotonic())
+                self._ban_snapshots.restore()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -224,7 +235,7 @@ class Sensor:
                                self.datapath.injector(cfg.netns) if self.config.enforce.inject else None)
                     if self.config.holds_commits else None)
             self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
-                                 self.datapath.maps, hold)
+                                 self.datapath.maps, hold, enforcer=self.enforcer)
             if opt.control_socket:
                 from sensor.service.control import ControlServer
                 self.control = ControlServer(opt.control_socket, self)
@@ -260,12 +271,16 @@ class Sensor:
         if self.reopen_requested:
             self.reopen_files()
         now = time.monotonic()
-        if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
-            self.reload_rules(force=bool(self.reload_requested))
+        if self.reload_requested:
+            self.reload()
+        elif self.engine is not None and now - self.last_reload >= opt.reload_interval:
+            self.reload_rules()
         if now - self._last_tick >= 1.0:
             self._last_tick = now
             self._pet_watchdog()
             self._tick()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.poll(now, self.config.sensor.snapshot_interval)
         snapshots = self._snapshots
         if snapshots is not None:
             if snapshots.busy:
@@ -374,6 +389,33 @@ class Sensor:
             self._out.close()
             self._out = None
 
+    # ------------------------------------------------------------ reload
+    #: whether ``reload_outputs`` can reopen the outputs ([[output]], sensor.outputs):
+    #: until it can, a reload that changes them is refused (sensor.service.reload)
+    OUTPUTS_RELOAD = False
+
+    def reload(self) -> dict:
+        """SIGHUP or the control socket: the configuration read again and what
+        changed applied, or refused in one line (``sensor.service.reload``),
+        then the rules re-read."""
+        from sensor.service.reload import reload_sensor
+        return reload_sensor(self)
+
+    def reload_outputs(self, old: Config, new: Config) -> None:
+        """The outputs' reload hook: where records go changed (``[sensor] output``,
+        ``[[output]]``).  Called only when ``OUTPUTS_RELOAD`` says it can."""
+        raise SensorError("the outputs cannot be reloaded: restart the sensor")
+
+    def rearm_watchdog(self, seconds: float) -> None:
+        """A new ``[limits.rules] watchdog_s`` (a reload): armed again now, or off at 0."""
+        if self._watchdog_s <= 0:
+            return
+        if seconds <= 0:
+            self._stop_watchdog()
+            return
+        self._watchdog_s = seconds
+        self._pet_watchdog()
+
     def reload_rules(self, force: bool = False) -> bool:
         if self.engine is None:
             return False
@@ -451,6 +493,8 @@ class Sensor:
         phase("flows_s")
         if self.actor is not None and self.config.sensor.state_file:
             self._snapshot()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.final()
         phase("snapshot_s")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
@@ -469,6 +513,9 @@ class Sensor:
                 yield Group(("hold",), self.feed.hold.counters)
         if self.userland is not None:
             yield from self.userland.counter_groups()
+            timed = getattr(self.enforcer, "counters", None)       # the kernel's enforcer times its verdicts
+            if timed is not None:
+                yield Group(("verdicts",), timed)
         if self.control is not None:
             yield Group(("control",), self.control.counters)
         if self._snapshots is not None:
@@ -481,6 +528,8 @@ class Sensor:
             yield Group(None, KernelMapCounters(dp.maps))
             for direction, values in dp.maps.counters().items():
                 yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+            from sensor.service.interfaces import interface_groups
+            yield from interface_groups(dp)
 
     def counters(self) -> dict:
         return as_tree(self.counter_groups())
@@ -493,7 +542,8 @@ class Sensor:
             from sensor.kernel.bpfsys import prog_id
             ids = {"xdp_prog_id": prog_id(dp.xdp_fd), "tc_prog_id": prog_id(dp.tc_fd)}
             for a in dp.attachments:
-                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids})
+                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids,
+                                    "counters": dp.maps.interface_counters(a.ifindex)})
         rules = []
         if self.engine is not None:
             for r in self.engine.ruleset.rules:
