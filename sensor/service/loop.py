@@ -174,7 +174,7 @@ class Sensor:
 
         seed = self.options.uid_seed
         self.userland = Userland(self.config, self.sink, KernelEnforcer(self.datapath.maps),
-                                 uid_seed=os.urandom(12) if seed is None else seed)
+                                 uid_seed=os.urandom(12) if seed is None else seed, cluster=True)
         state_file = self.config.sensor.state_file
         if state_file is not None:
             restored = self.userland.restore(state_file)
@@ -214,6 +214,8 @@ class Sensor:
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
+            stack.callback(self.userland.close_cluster)
+            self.userland.start_cluster()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -242,6 +244,7 @@ class Sensor:
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.actor is not None,
+                      cluster=self.userland.cluster is not None,
                       control_socket=opt.control_socket,
                       **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
@@ -255,6 +258,7 @@ class Sensor:
         if timeout_ms is None:
             timeout_ms = 50 if control is None else 20
         events = self.feed.step(timeout_ms, self._stopping)
+        self.userland.poll()
         if control is not None:
             control.serve_pending()
         if self.reopen_requested:
