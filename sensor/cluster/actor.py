@@ -61,6 +61,7 @@ class ClusterActor(SpamStatsActor):
                 self._claims[token] = (notice, now)
             else:
                 self.cluster_counters.raised_unclaimed += 1
+                self.shipper.mark(notice.note, notice.src, notice.suppress_for)
                 self.handle(notice, now)
 
     def claimed(self, token, won: bool | None) -> None:

@@ -67,16 +67,21 @@ class BanFeed:
             if not self.link.may_try():
                 self._stop.wait(self.link.wait_s())
                 continue
-            try:
-                self.read_once(READ_BLOCK_MS)
-            except UNAVAILABLE as exc:
-                self.link.failed(exc)
-            except redis.ResponseError:         # the stream key is not a stream
-                self.counters.bad_bans += 1
-                self._stop.wait(1.0)
-            except Exception as exc:            # a bug here must not end the sharing silently
-                self.link.log.error("cluster ban feed failed", error=f"{type(exc).__name__}: {exc}")
-                self._stop.wait(1.0)
+            if self.step(READ_BLOCK_MS) is None:
+                self._stop.wait(1.0 if self.link.up else 0.0)
+
+    def step(self, block_ms: int | None = None) -> int | None:
+        """``read_once`` with its failures counted (an outage: the link's);
+        the entries read, None when the read failed."""
+        try:
+            return self.read_once(block_ms)
+        except UNAVAILABLE as exc:
+            self.link.failed(exc)
+        except redis.ResponseError:         # the stream key is not a stream
+            self.counters.bad_bans += 1
+        except Exception as exc:            # a bug here must not end the sharing silently
+            self.link.log.error("cluster ban feed failed", error=f"{type(exc).__name__}: {exc}")
+        return None
 
     def read_once(self, block_ms: int | None = None) -> int:
         """One XREAD from the last entry seen; returns the entries read."""

@@ -93,6 +93,10 @@ class Shipper:
         """Ask for the notice key; False when the queue is full (not asked)."""
         return self._put(("claim", self.keys.notice(note, host), max(1, int(ttl)), token))
 
+    def mark(self, note: str, host: str, ttl: float) -> bool:
+        """Set the notice key when Redis can be reached (a notice raised without a claim)."""
+        return self._put(("mark", self.keys.notice(note, host), max(1, int(ttl))))
+
     def publish(self, network: str, note: str, expires: float, ttl: float) -> bool:
         return self._put(("ban", network, {"sensor": self.sensor, "network": network, "note": note,
                                            "expires": repr(float(expires)), "ttl": repr(float(ttl))}))
@@ -151,6 +155,8 @@ class Shipper:
         for op in ops:
             if op[0] == "claim":
                 claims.append(op)
+            elif op[0] == "mark":
+                self._keep_mark(op[1], op[2])
             else:
                 self._bans[op[1]] = op[2]
                 self._bans.move_to_end(op[1])
@@ -265,7 +271,10 @@ class Shipper:
         """Claims Redis could not take: answered None (raised locally), kept as marks."""
         for _, key, ttl, token in claims:
             self._answers.append(("claim", token, None))
-            self._marks[key] = ttl
-            while len(self._marks) > self.max_pending:
-                self._marks.popitem(last=False)
-                self._drop("marks")
+            self._keep_mark(key, ttl)
+
+    def _keep_mark(self, key: str, ttl: int) -> None:
+        self._marks[key] = ttl
+        while len(self._marks) > self.max_pending:
+            self._marks.popitem(last=False)
+            self._drop("marks")
