@@ -625,8 +625,8 @@ class ClusterConfig:
     tls_key_file: Path | None = None
     #: rediss://: check the server's certificate and name
     tls_verify: bool = True
-    #: this sensor's name in the shared records (bans say who made them); default: the host name
-    sensor_name: str = field(default_factory=_default_sensor_name)
+    #: this sensor's name in the shared records (bans say who made them); None: the host name
+    sensor_name: str | None = None
     #: prefix of every key this product writes (several fleets can share one Redis)
     key_prefix: str = "smtp-sensor:"
     #: seconds a Redis command may take before the server counts as unreachable
@@ -647,7 +647,7 @@ class ClusterConfig:
             "tls_cert_file": _optional(_path),
             "tls_key_file": _optional(_path),
             "tls_verify": _bool,
-            "sensor_name": _sensor_name,
+            "sensor_name": _optional(_sensor_name),
             "key_prefix": lambda v: _str(v, empty=True),
             "timeout": lambda v: _duration(v, positive=True),
             "max_pending": lambda v: _int(v, 1),
@@ -657,6 +657,11 @@ class ClusterConfig:
             raise ConfigError("cluster", "password", "give password or password_file, not both")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("cluster", "tls_cert_file", "give tls_cert_file and tls_key_file together")
+
+    @property
+    def name(self) -> str:
+        """This sensor's name: ``sensor_name``, else the host name."""
+        return self.sensor_name if self.sensor_name is not None else _default_sensor_name()
 
     def secret(self) -> str | None:
         """The password: ``password``, or the first line of ``password_file``."""

@@ -39,12 +39,12 @@ class Cluster:
         width = st.period / st.sliding_buckets
         self.shipper = Shipper(make_client(cc), keys, self.link, window_buckets=st.sliding_buckets,
                                bucket_ttl=math.ceil(st.period + 2 * width), max_pending=cc.max_pending,
-                               sensor=cc.sensor_name)
+                               sensor=cc.name)
         self.feed = BanFeed(make_client(cc, timeout=cc.timeout + 1.0), keys.bans, self.link,
                             since_s=cc.max_remote_ban)
         self.shared = SharedStats(st, self.shipper)
         self.stats = RejectStats(st, clock=clock, wall=clock, hook=self.shared)
-        self.actor = ClusterActor(self.stats, sink, enforcer, self.shipper, cc.sensor_name,
+        self.actor = ClusterActor(self.stats, sink, enforcer, self.shipper, cc.name,
                                   max_remote_ban=cc.max_remote_ban, config=st)
         self._started = False
 
