@@ -4,7 +4,8 @@ batched pipelines, and what comes back is handed to the loop.
 The event loop never waits for Redis.  It calls ``count``, ``claim`` and
 ``publish`` (a dict update or a ``put_nowait``: no I/O) and, about every
 turn, takes the answers with ``answers()``.  The thread wakes when there is
-something to send (at most every ``FLUSH_INTERVAL``), sends it all in one
+something to send (counts: at most every ``FLUSH_INTERVAL``, so that one
+pipeline carries many; a claim or a ban: at once), sends it all in one
 pipeline, and queues the answers:
 
 * counts: a connection or its reject, summed per (host, bucket) until the
@@ -72,7 +73,8 @@ class Shipper:
         self._bans: collections.OrderedDict = collections.OrderedDict()   # network -> fields, to publish
         self._marks: collections.OrderedDict = collections.OrderedDict()  # key -> ttl, SET NX after an outage
         self._answers: collections.deque = collections.deque()
-        self._wake = threading.Event()
+        self._wake = threading.Event()        # something to send
+        self._urgent = threading.Event()      # a claim or a ban: not worth waiting for more counts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cluster-shipper", daemon=True)
 
@@ -87,7 +89,8 @@ class Shipper:
                     return
                 c = self._counts[key] = [0, 0]
             c[reject] += 1
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def claim(self, note: str, host: str, ttl: float, token) -> bool:
         """Ask for the notice key; False when the queue is full (not asked)."""
@@ -114,6 +117,7 @@ class Shipper:
         except queue.Full:
             self._drop(op[0])
             return False
+        self._urgent.set()
         self._wake.set()
         return True
 
@@ -127,6 +131,7 @@ class Shipper:
     def stop(self, timeout: float = 1.0) -> None:
         """One last flush (if Redis answers within ``timeout``), then end the thread."""
         self._stop.set()
+        self._urgent.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -136,13 +141,15 @@ class Shipper:
             self._wake.wait(max(FLUSH_INTERVAL, self.link.wait_s()))
             stopping = self._stop.is_set()
             self._wake.clear()
+            self._urgent.clear()
             try:
                 self.flush()
             except Exception as exc:        # a bug here must not end the sharing silently
                 self.link.log.error("cluster flush failed", error=f"{type(exc).__name__}: {exc}")
             if stopping:
                 return
-            self._stop.wait(FLUSH_INTERVAL)
+            # counts wait a little for more (one pipeline carries many); claims and bans do not
+            self._urgent.wait(FLUSH_INTERVAL)
 
     def flush(self) -> None:
         """Send what waits (one pipeline); on an outage keep it for the next time."""
