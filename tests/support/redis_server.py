@@ -7,6 +7,7 @@ machine and FAILS under CI=true (``support.prereqs.missing``).
         client = server.client()            # redis.Redis on it
         server.url                          # redis://127.0.0.1:PORT/0
         server.stop(); server.start()       # an outage and the return (same port)
+    RedisServer(cluster=True)               # a Redis Cluster of one node (every slot)
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, password: str | None = None):
+    def __init__(self, password: str | None = None, cluster: bool = False):
         self.binary = require_redis_server()
         self.password = password
+        #: a Redis Cluster of this one node, holding every slot (for redis.cluster.RedisCluster)
+        self.cluster = cluster
         self.port = _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="ss-redis-"))
         self.proc: subprocess.Popen | None = None
@@ -54,6 +57,8 @@ class RedisServer:
                 "--logfile", str(self.dir / "redis.log")]
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.cluster:
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -61,12 +66,19 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited ({self.proc.returncode}): {self.proc.stderr.read()!r} "
                                    f"{(self.dir / 'redis.log').read_text(errors='replace')[-2000:]}")
             try:
-                if self.client(timeout=0.5).ping():
+                client = self.client(timeout=0.5)
+                if client.ping() and (not self.cluster or self._cluster_ok(client)):
                     return self
             except Exception:
                 time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout} s")
+
+    @staticmethod
+    def _cluster_ok(client) -> bool:
+        if b"cluster_slots_assigned:0" in client.execute_command("CLUSTER", "INFO"):
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        return b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
 
     def client(self, timeout: float = 2.0):
         import redis

@@ -215,6 +215,21 @@ def test_the_threads_share_a_ban_without_the_loop_waiting(redis, server):
     assert not a.cluster.shipper._thread.is_alive() and not b.cluster.feed._thread.is_alive()
 
 
+def test_cluster_mode_shares_counts_claims_and_bans_through_a_redis_cluster():
+    with RedisServer(cluster=True) as srv:
+        clock = Clock()
+        a, b = Sensor(srv, "mx-a", clock, mode="cluster"), Sensor(srv, "mx-b", clock, mode="cluster")
+        assert type(a.cluster.shipper.client).__name__ == "RedisCluster"
+        a.connections(5, 5)
+        b.connections(5, 5)
+        clock.t += 1
+        for s in (a, b, a, b, a, b):
+            s.sync()
+        assert len(a.notices() + b.notices()) == 1
+        assert a.banned() and b.banned()
+        assert a.cluster.link.counters.outages == 0 and b.cluster.shipper.counters.bad_values == 0
+
+
 def test_counts_past_max_pending_are_counted_not_kept(redis, server):
     clock = Clock()
     a = Sensor(server, "mx-a", clock, max_pending=3)
@@ -261,3 +276,17 @@ def test_an_unreadable_password_file_is_one_line(tmp_path):
     cfg = loads(f'[cluster]\nenabled = true\npassword_file = "{tmp_path / "missing"}"\n')
     with pytest.raises(ConfigError, match=r"\[cluster\] password_file: cannot read .*missing"):
         cfg.cluster.secret()
+
+
+def test_only_the_live_userland_shares_a_replay_judges_its_capture_alone():
+    from sensor.assembly import Userland
+    from sensor.cluster.actor import ClusterActor
+
+    config = Config(cluster=ClusterConfig(enabled=True, url="redis://127.0.0.1:1/0"))
+    replay = Userland(config, lambda rec: None)
+    assert replay.cluster is None and not isinstance(replay.actor, ClusterActor)
+    live = Userland(config, lambda rec: None, cluster=True)
+    assert live.cluster is not None and live.actor is live.cluster.actor
+    assert live.reject_stats.hook is live.cluster.shared
+    off = Userland(Config(), lambda rec: None, cluster=True)
+    assert off.cluster is None
