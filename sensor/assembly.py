@@ -9,8 +9,9 @@ rules' limits; ``config.mime`` whether messages are parsed into entities;
 ``config.spam_stats`` the reject statistics; with ``cluster`` (the live
 sensor: a replay judges its capture alone) and ``[cluster] enabled``, shared
 with the other sensors through Redis (``sensor.cluster``: ``start_cluster()``
-starts its threads, ``poll()`` every turn of the loop takes their answers).  The caller passes where records
-go (``sink``, a callable taking one record) and where verdicts go
+starts its threads, ``poll()`` every turn of the loop takes their answers).
+The caller passes where records go (``sink``, a callable taking one record)
+and where verdicts go
 (``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
 default).  What is built:
 

@@ -85,7 +85,7 @@ class BanFeed:
 
     def read_once(self, block_ms: int | None = None) -> int:
         """One XREAD from the last entry seen; returns the entries read."""
-        reply = self.client.xread({self.stream: self.last_id}, count=READ_COUNT, block=block_ms)
+        reply = self.client.get().xread({self.stream: self.last_id}, count=READ_COUNT, block=block_ms)
         self.link.succeeded()
         n = 0
         for _stream, entries in reply or ():

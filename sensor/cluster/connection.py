@@ -25,16 +25,20 @@ import redis.cluster
 from sensor.config import ClusterConfig
 from sensor.counters import Counters, counter, gauge
 
-__all__ = ["make_client", "Link", "LinkCounters", "UNAVAILABLE", "FIRST_BACKOFF", "MAX_BACKOFF"]
+__all__ = ["make_client", "Lazy", "Link", "LinkCounters", "UNAVAILABLE", "FIRST_BACKOFF", "MAX_BACKOFF"]
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.1, 10.0
 
-#: what redis-py raises when the server cannot be reached or answer in time
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.cluster.ClusterDownError, OSError)
+#: what redis-py raises when the server cannot be reached or answer in time (a
+#: RedisCluster's constructor: RedisClusterException, when no node answers)
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.cluster.ClusterDownError,
+               redis.exceptions.RedisClusterException, OSError)
 
 
 def make_client(cfg: ClusterConfig, *, timeout: float | None = None):
-    """A redis-py client for ``cfg`` (no I/O yet: it connects on the first command).
+    """A redis-py client for ``cfg``.  ``redis.Redis`` connects on its first
+    command, but ``RedisCluster`` asks a node for the slots in its constructor:
+    call this in the thread that uses the client (``Lazy``), never in the loop.
     ``timeout``: a socket timeout other than ``cfg.timeout`` (a blocking read's)."""
     kw = {"socket_timeout": cfg.timeout if timeout is None else timeout,
           "socket_connect_timeout": cfg.timeout}
@@ -52,6 +56,20 @@ def make_client(cfg: ClusterConfig, *, timeout: float | None = None):
     if cfg.mode == "cluster":
         return redis.cluster.RedisCluster.from_url(cfg.url, **kw)
     return redis.Redis.from_url(cfg.url, **kw)
+
+
+class Lazy:
+    """A client made on first use, in the thread that uses it (``get``); a
+    failure to make it is the caller's to count, as a command's would be."""
+
+    def __init__(self, make):
+        self._make = make
+        self._client = None
+
+    def get(self):
+        if self._client is None:
+            self._client = self._make()
+        return self._client
 
 
 class LinkCounters(Counters):

@@ -18,7 +18,7 @@ import structlog
 
 from sensor.cluster.actor import ClusterActor
 from sensor.cluster.banfeed import BanFeed
-from sensor.cluster.connection import Link, make_client
+from sensor.cluster.connection import Lazy, Link, make_client
 from sensor.cluster.keys import Keys
 from sensor.cluster.shared import SharedStats
 from sensor.cluster.shipper import Shipper
@@ -37,10 +37,11 @@ class Cluster:
         self.link = Link(self.log)
         keys = Keys(cc.key_prefix)
         width = st.period / st.sliding_buckets
-        self.shipper = Shipper(make_client(cc), keys, self.link, window_buckets=st.sliding_buckets,
+        cc.secret()                     # a password file that cannot be read: one line, at start
+        self.shipper = Shipper(Lazy(lambda: make_client(cc)), keys, self.link, window_buckets=st.sliding_buckets,
                                bucket_ttl=math.ceil(st.period + 2 * width), max_pending=cc.max_pending,
                                sensor=cc.name)
-        self.feed = BanFeed(make_client(cc, timeout=cc.timeout + 1.0), keys.bans, self.link,
+        self.feed = BanFeed(Lazy(lambda: make_client(cc, timeout=cc.timeout + 1.0)), keys.bans, self.link,
                             since_s=cc.max_remote_ban)
         self.shared = SharedStats(st, self.shipper)
         self.stats = RejectStats(st, clock=clock, wall=clock, hook=self.shared)

@@ -178,16 +178,16 @@ class Shipper:
         bans, marks = list(self._bans.items()), list(self._marks.items())
         if not (counts or claims or bans or marks):
             return
-        pipe = self.client.pipeline(transaction=False)
-        reads = self._queue_counts(pipe, counts)
-        for _, key, ttl, _ in claims:
-            pipe.set(key, self.sensor, nx=True, ex=ttl)
-        for key, ttl in marks:
-            pipe.set(key, self.sensor, nx=True, ex=ttl)
-        for _, fields in bans:
-            pipe.xadd(self.keys.bans, fields, maxlen=STREAM_MAXLEN, approximate=True)
-        n = len(pipe)
         try:
+            pipe = self.client.get().pipeline(transaction=False)
+            reads = self._queue_counts(pipe, counts)
+            for _, key, ttl, _ in claims:
+                pipe.set(key, self.sensor, nx=True, ex=ttl)
+            for key, ttl in marks:
+                pipe.set(key, self.sensor, nx=True, ex=ttl)
+            for _, fields in bans:
+                pipe.xadd(self.keys.bans, fields, maxlen=STREAM_MAXLEN, approximate=True)
+            n = len(pipe)
             results = pipe.execute(raise_on_error=False)
         except UNAVAILABLE as exc:
             self.link.failed(exc)

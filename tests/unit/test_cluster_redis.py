@@ -219,7 +219,7 @@ def test_cluster_mode_shares_counts_claims_and_bans_through_a_redis_cluster():
     with RedisServer(cluster=True) as srv:
         clock = Clock()
         a, b = Sensor(srv, "mx-a", clock, mode="cluster"), Sensor(srv, "mx-b", clock, mode="cluster")
-        assert type(a.cluster.shipper.client).__name__ == "RedisCluster"
+        assert type(a.cluster.shipper.client.get()).__name__ == "RedisCluster"
         a.connections(5, 5)
         b.connections(5, 5)
         clock.t += 1
@@ -228,6 +228,21 @@ def test_cluster_mode_shares_counts_claims_and_bans_through_a_redis_cluster():
         assert len(a.notices() + b.notices()) == 1
         assert a.banned() and b.banned()
         assert a.cluster.link.counters.outages == 0 and b.cluster.shipper.counters.bad_values == 0
+
+
+@pytest.mark.parametrize("mode", ["single", "cluster"])
+def test_a_sensor_started_while_redis_is_down_judges_alone(mode):
+    srv = RedisServer(cluster=mode == "cluster")      # not started: nothing listens on its port
+    try:
+        clock = Clock()
+        a = Sensor(srv, "mx-a", clock, mode=mode)
+        a.connections(THRESHOLD, THRESHOLD)
+        clock.t += 1
+        a.sync()
+        assert not a.cluster.link.up and a.cluster.link.counters.outages == 1
+        assert len(a.notices()) == 1 and a.banned()
+    finally:
+        srv.close()
 
 
 def test_counts_past_max_pending_are_counted_not_kept(redis, server):
