@@ -11,9 +11,8 @@ sensor: a replay judges its capture alone) and ``[cluster] enabled``, shared
 with the other sensors through Redis (``sensor.cluster``: ``start_cluster()``
 starts its threads, ``poll()`` every turn of the loop takes their answers).
 The caller passes where records go (``sink``, a callable taking one record)
-and where verdicts go
-(``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
-default).  What is built:
+and where verdicts go (``enforcer``: ``KernelEnforcer`` live,
+``ReplayEnforcer`` offline, the default).  What is built:
 
 * the ``Pipeline`` (ports, limits, uid seed; ``by_content``: also the flows on
   other ports found SMTP by their first bytes, what a replay does), with its listeners in this

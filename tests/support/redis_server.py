@@ -58,7 +58,9 @@ class RedisServer:
         if self.password:
             argv += ["--requirepass", self.password]
         if self.cluster:
-            argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")]
+            # the bus port: its own free one (the default, port + 10000, may not exist)
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
+                     "--cluster-port", str(_free_port())]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
