@@ -15,8 +15,9 @@ node its writes went to.
   ``sensor``, ``network``, ``note``, ``expires`` (Unix time), ``ttl``.
 
 Anything read back is checked: a count is a decimal integer up to
-``MAX_COUNT``, a ban's fields are short text, a valid network, finite
-numbers.  A value that is not (a key of another type, a huge number, a
+``MAX_COUNT``, a ban's fields are short text, one host (a /32 or /128: the
+statistics ban nothing wider, so a ``0.0.0.0/0`` in the stream bans
+nothing), finite numbers.  A value that is not (a key of another type, a huge number, a
 garbled ban) is counted by the caller and ignored.
 """
 
@@ -86,6 +87,8 @@ def parse_ban(fields) -> RemoteBan | None:
         if any(not isinstance(v, bytes) or len(v) > MAX_FIELD for v in (sensor, network, note, expires, ttl)):
             return None
         net = ipaddress.ip_network(network.decode("ascii"), strict=False)
+        if net.prefixlen != net.max_prefixlen:
+            return None         # the statistics ban hosts: a wider prefix is not theirs
         expires_f, ttl_f = float(expires), float(ttl)
         if not (math.isfinite(expires_f) and math.isfinite(ttl_f)) or ttl_f <= 0:
             return None

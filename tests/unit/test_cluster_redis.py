@@ -143,13 +143,15 @@ def test_malicious_values_in_redis_are_rejected_and_counted_never_a_crash(redis,
     redis.xadd(keys.bans, {"sensor": "evil", "network": "192.0.2.0/24", "note": "x", "expires": "nan",
                            "ttl": "5"})
     redis.xadd(keys.bans, {"sensor": "evil"})
+    redis.xadd(keys.bans, {"sensor": "evil", "network": "0.0.0.0/0", "note": "x", "expires": str(T0 + 100),
+                           "ttl": "100"})
     redis.xadd(keys.bans, {"sensor": "evil", "network": "192.0.2.1/32", "note": "x" * 5000,
                            "expires": str(T0 + 100), "ttl": "100"})
     a.connections(3, 3)
     a.sync()
     c = a.cluster.shipper.counters
     assert c.bad_values >= 3                 # the HINCRBY on a string, and both garbled buckets
-    assert a.cluster.feed.counters.bad_bans == 4 and a.cluster.feed.counters.bans_read == 0
+    assert a.cluster.feed.counters.bad_bans == 5 and a.cluster.feed.counters.bans_read == 0
     assert a.cluster.shared.fleet_counts(SPAMMER, clock()) == (0, 0)
     assert not a.enforcer.verdicts.bans
     # a ban from another sensor with a huge TTL lasts max_remote_ban at most
