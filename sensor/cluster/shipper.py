@@ -22,12 +22,13 @@ claims and bans waiting at most ``max_pending`` each; past that they are
 counted (``dropped``) and not kept.  While Redis is unreachable the counts
 keep being summed, the bans and the claims (as marks: the notice was raised
 locally, the key tells the other sensors) are kept, and all of it goes out
-when it returns.
+when it returns, ``MAX_BATCH`` (host, bucket) pairs per pipeline.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import queue
 import threading
 
@@ -35,10 +36,13 @@ from sensor.cluster.connection import UNAVAILABLE
 from sensor.cluster.keys import STREAM_MAXLEN, Keys, parse_count
 from sensor.counters import Counters, counter, gauge
 
-__all__ = ["Shipper", "ShipperCounters", "FLUSH_INTERVAL"]
+__all__ = ["Shipper", "ShipperCounters", "FLUSH_INTERVAL", "MAX_BATCH"]
 
 #: seconds between two flushes at most while there is something to send
 FLUSH_INTERVAL = 0.02
+#: (host, bucket) counts sent by one pipeline at most (after an outage the
+#: rest follow in the next ones: no pipeline longer than ``timeout`` allows)
+MAX_BATCH = 2000
 
 
 class ShipperCounters(Counters):
@@ -174,7 +178,11 @@ class Shipper:
             self._unanswered(claims)
             return
         with self._lock:
-            counts, self._counts = self._counts, {}
+            if len(self._counts) <= MAX_BATCH:
+                counts, self._counts = self._counts, {}
+            else:
+                counts = {k: self._counts.pop(k) for k in list(itertools.islice(self._counts, MAX_BATCH))}
+                self._wake.set()
         bans, marks = list(self._bans.items()), list(self._marks.items())
         if not (counts or claims or bans or marks):
             return

@@ -10,7 +10,9 @@ builds it), and the loop that drives them.
     sensor.stop()                     # detach, drain, snapshot, unload (idempotent)
 
 The loop (one thread): read the event ring into the pipeline (rules run there,
-each call under its budget: sensor.rules.budget); every second tick
+each call under its budget: sensor.rules.budget); with ``[cluster]``, act on
+what the other sensors shared (``Userland.poll``: remote bans, notice claims,
+the fleet's counts; the Redis I/O is sensor.cluster's threads'); every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
 the rule files (or reload at once after SIGHUP / a control request); write a
 statistics snapshot every ``snapshot_interval`` (by a forked child:

@@ -247,6 +247,19 @@ def test_a_sensor_started_while_redis_is_down_judges_alone(mode):
         srv.close()
 
 
+def test_counts_summed_during_a_long_outage_go_out_in_pipelines_of_max_batch(redis, server, monkeypatch):
+    from sensor.cluster import shipper
+    monkeypatch.setattr(shipper, "MAX_BATCH", 50)
+    clock = Clock()
+    a = Sensor(server, "mx-a", clock)
+    for i in range(120):
+        a.connections(1, 0, host=f"198.51.100.{i}")
+    for _ in range(3):
+        a.cluster.shipper.flush()
+    assert a.cluster.shipper.counters.flushes == 3 and a.cluster.shipper.counters.counts_sent == 120
+    assert not a.cluster.shipper._counts
+
+
 def test_counts_past_max_pending_are_counted_not_kept(redis, server):
     clock = Clock()
     a = Sensor(server, "mx-a", clock, max_pending=3)
