@@ -21,6 +21,8 @@ import time
 
 import redis
 import redis.cluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sensor.config import ClusterConfig
 from sensor.counters import Counters, counter, gauge
@@ -40,8 +42,10 @@ def make_client(cfg: ClusterConfig, *, timeout: float | None = None):
     command, but ``RedisCluster`` asks a node for the slots in its constructor:
     call this in the thread that uses the client (``Lazy``), never in the loop.
     ``timeout``: a socket timeout other than ``cfg.timeout`` (a blocking read's)."""
+    # no retries inside redis-py (its default: 10 per command): Link backs off,
+    # so a Redis that does not answer costs ``timeout`` per attempt, not ten
     kw = {"socket_timeout": cfg.timeout if timeout is None else timeout,
-          "socket_connect_timeout": cfg.timeout}
+          "socket_connect_timeout": cfg.timeout, "retry": Retry(NoBackoff(), 0)}
     password = cfg.secret()
     if password is not None:
         kw["password"] = password
