@@ -18,8 +18,8 @@ sensors, bans published and applied from the others.
 
 from __future__ import annotations
 
-import itertools
 import ipaddress
+import itertools
 
 from sensor.counters import Counters, counter, gauge
 from sensor.kernel import abi
@@ -34,8 +34,7 @@ class ClusterActorCounters(Counters):
     """``owner``: the ClusterActor."""
 
     METRIC_PREFIX = "cluster_"
-    claims_waiting = gauge("notices waiting for their claim's answer",
-                             read=lambda actor: len(actor._claims))
+    claims_waiting = gauge("notices waiting for their claim's answer", read=lambda actor: len(actor._claims))
     claimed_elsewhere = counter("notices not raised: another sensor raised it (its key was taken)")
     raised_unclaimed = counter("notices raised without a claim (Redis unreachable or the queue full)")
     remote_bans = counter("bans of other sensors applied here")

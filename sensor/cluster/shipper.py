@@ -32,6 +32,8 @@ import itertools
 import queue
 import threading
 
+import redis
+
 from sensor.cluster.connection import UNAVAILABLE
 from sensor.cluster.keys import STREAM_MAXLEN, Keys, parse_count
 from sensor.counters import Counters, counter, gauge
@@ -58,6 +60,17 @@ class ShipperCounters(Counters):
     bans_published = counter("bans published on the stream")
     dropped = counter("counts, claims or bans not kept: max_pending reached", by="what")
     bad_values = counter("values in Redis rejected (wrong type, not a count, too large)")
+
+
+#: error replies that say this client may not use Redis at all (an outage, not a bad value)
+REFUSED = ("NOAUTH", "NOPERM", "WRONGPASS")
+
+
+def _refused(results) -> None:
+    for res in results:
+        if isinstance(res, redis.AuthenticationError) or \
+                (isinstance(res, redis.ResponseError) and str(res).startswith(REFUSED)):
+            raise redis.AuthenticationError(str(res))
 
 
 class Shipper:
@@ -197,6 +210,7 @@ class Shipper:
                 pipe.xadd(self.keys.bans, fields, maxlen=STREAM_MAXLEN, approximate=True)
             n = len(pipe)
             results = pipe.execute(raise_on_error=False)
+            _refused(results)
         except UNAVAILABLE as exc:
             self.link.failed(exc)
             self._restore(counts)
@@ -207,13 +221,15 @@ class Shipper:
         self.counters.commands += n
         self._read_counts(results, counts, reads)
         at = len(results) - len(claims) - len(marks) - len(bans)
-        for (_, _, _, token), res in zip(claims, results[at:]):
-            won = res is True
+        for (_, key, ttl, token), res in zip(claims, results[at:]):
             self.counters.claims += 1
-            self.counters.claims_won += won
-            if isinstance(res, Exception):
+            if isinstance(res, Exception):      # not asked, in effect: raised locally, the key set later
                 self.counters.bad_values += 1
-            self._answers.append(("claim", token, won))
+                self._answers.append(("claim", token, None))
+                self._keep_mark(key, ttl)
+                continue
+            self.counters.claims_won += res is True
+            self._answers.append(("claim", token, res is True))
         at += len(claims)
         for (key, _), res in zip(marks, results[at:]):
             self._marks.pop(key, None)

@@ -285,6 +285,14 @@ def test_a_password_from_a_file_is_sent_and_a_wrong_one_is_an_outage(tmp_path):
         bad.sync()
         assert not bad.cluster.link.up and "AuthenticationError" in bad.cluster.link.last_error
         assert len(bad.cluster.shipper._counts) == 1          # kept for when it can log in
+        # no password at all: Redis answers NOAUTH to every command, an outage too,
+        # and a notice is raised here (fail open), not taken for one raised elsewhere
+        anonymous = Sensor(srv, "mx-c", clock)
+        anonymous.connections(THRESHOLD, THRESHOLD, host="198.51.100.77")
+        clock.t += 1
+        anonymous.sync()
+        assert not anonymous.cluster.link.up and "uthentication" in anonymous.cluster.link.last_error
+        assert len(anonymous.notices()) == 1
 
 
 @pytest.mark.parametrize("text, message", [
