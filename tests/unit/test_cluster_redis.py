@@ -328,3 +328,28 @@ def test_only_the_live_userland_shares_a_replay_judges_its_capture_alone():
     assert live.reject_stats.hook is live.cluster.shared
     off = Userland(Config(), lambda rec: None, cluster=True)
     assert off.cluster is None
+
+
+def test_the_cluster_counters_are_in_the_status_tree_and_the_metrics():
+    from prometheus_client import core
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from sensor.assembly import Userland
+    from sensor.counters import as_tree
+    from sensor.service.metrics import families
+
+    live = Userland(Config(cluster=ClusterConfig(enabled=True, url="redis://127.0.0.1:1/0")), lambda rec: None,
+                    cluster=True)
+    tree = as_tree(live.counter_groups())["cluster"]
+    assert {"up", "outages", "pending", "flushes", "claims_won", "claimed_elsewhere", "remote_bans",
+            "bad_values", "bad_bans", "dropped"} <= set(tree)
+
+    class Collect:
+        def collect(self):
+            yield from families(live.counter_groups(), core)
+
+    registry = CollectorRegistry()
+    registry.register(Collect())
+    text = generate_latest(registry).decode()
+    assert "smtp_sensor_cluster_up 1.0" in text and "smtp_sensor_cluster_outages_total 0.0" in text
