@@ -6,10 +6,13 @@ the live sensor, a replay, the demo, the tests and the benchmarks.
 ``config.sensor`` gives the ports, the rules folder and ``enforce``;
 ``config.limits`` the reassembler's, the dissector's, the MIME parser's and the
 rules' limits; ``config.mime`` whether messages are parsed into entities;
-``config.spam_stats`` the reject statistics.  The caller passes where records
-go (``sink``, a callable taking one record) and where verdicts go
-(``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
-default).  What is built:
+``config.spam_stats`` the reject statistics; with ``cluster`` (the live
+sensor: a replay judges its capture alone) and ``[cluster] enabled``, shared
+with the other sensors through Redis (``sensor.cluster``: ``start_cluster()``
+starts its threads, ``poll()`` every turn of the loop takes their answers).
+The caller passes where records go (``sink``, a callable taking one record)
+and where verdicts go (``enforcer``: ``KernelEnforcer`` live,
+``ReplayEnforcer`` offline, the default).  What is built:
 
 * the ``Pipeline`` (ports, limits, uid seed; ``by_content``: also the flows on
   other ports found SMTP by their first bytes, what a replay does), with its listeners in this
@@ -42,7 +45,8 @@ __all__ = ["Userland"]
 
 
 class Userland:
-    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, by_content: bool = False):
+    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, by_content: bool = False,
+                 cluster: bool = False):
         cfg = config.sensor
         if enforcer is None:
             from sensor.rules.enforce import ReplayEnforcer
@@ -56,7 +60,7 @@ class Userland:
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp,
                                  defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy,
                                  receiver=config.stream.receiver, mime=mime)
-        self.engine = self.reject_stats = self.actor = None
+        self.engine = self.reject_stats = self.actor = self.cluster = None
         if cfg.rules is not None:
             self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)
             self.pipeline.listeners.append(self.engine)
@@ -65,8 +69,13 @@ class Userland:
         st = config.spam_stats
         if st.enabled:
             from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
-            self.reject_stats = RejectStats(st)
-            self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
+            if cluster and config.cluster.enabled:
+                from sensor.cluster import Cluster
+                self.cluster = Cluster(config, sink, enforcer)
+                self.reject_stats, self.actor = self.cluster.stats, self.cluster.actor
+            else:
+                self.reject_stats = RejectStats(st)
+                self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
             self.pipeline.listeners.append(RejectStatsListener(self.reject_stats, self.actor))
         enforcer.verdicts.ports = frozenset(cfg.ports)
         enforcer.open_flows = lambda: self.pipeline.flows
@@ -82,8 +91,14 @@ class Userland:
         return (self.tick,) if self.actor is not None else ()
 
     def tick(self, now: float) -> None:
+        self.poll()
         if self.actor is not None:
             self.actor.tick(now)
+
+    def poll(self) -> None:
+        """Act on what the other sensors shared (``cluster``; cheap: call it every turn)."""
+        if self.cluster is not None:
+            self.cluster.poll()
 
     def finish(self, ts: float | None = None) -> None:
         """The input ended at ``ts`` (a capture's last packet): end every flow,
@@ -106,8 +121,19 @@ class Userland:
         no last check."""
         self.pipeline.finish(give_up=give_up)
         self.tick(now)
+        if self.cluster is not None:
+            self.cluster.close()
         if self.engine is not None:
             self.engine.close()
+
+    def start_cluster(self) -> None:
+        """Start sharing (the threads of ``sensor.cluster``); ``shutdown`` or ``close_cluster`` ends it."""
+        if self.cluster is not None:
+            self.cluster.start()
+
+    def close_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
 
     # ------------------------------------------------------------ snapshots
     def restore(self, path):
@@ -133,6 +159,8 @@ class Userland:
         if self.actor is not None:
             yield Group(("spam_stats",), self.reject_stats.counters)
             yield Group(("spam_stats",), self.actor.counters)
+        if self.cluster is not None:
+            yield from self.cluster.counter_groups()
 
     def summary(self) -> str:
         """The verdicts, for the end of a replay's summary line ("" without any)."""

@@ -10,7 +10,9 @@ builds it), and the loop that drives them.
     sensor.stop()                     # detach, drain, snapshot, unload (idempotent)
 
 The loop (one thread): read the event ring into the pipeline (rules run there,
-each call under its budget: sensor.rules.budget); every second tick
+each call under its budget: sensor.rules.budget); with ``[cluster]``, act on
+what the other sensors shared (``Userland.poll``: remote bans, notice claims,
+the fleet's counts; the Redis I/O is sensor.cluster's threads'); every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
 the rule files (after SIGHUP / a control request: read the configuration
 again, apply what changed or refuse it, and reload the rules at once:
@@ -181,7 +183,7 @@ class Sensor:
 
         seed = self.options.uid_seed
         self.userland = Userland(self.config, self.sink, KernelEnforcer(self.datapath.maps),
-                                 uid_seed=os.urandom(12) if seed is None else seed)
+                                 uid_seed=os.urandom(12) if seed is None else seed, cluster=True)
         state_file = self.config.sensor.state_file
         if state_file is not None:
             restored = self.userland.restore(state_file)
@@ -225,6 +227,8 @@ class Sensor:
                 from sensor.service.bansnapshot import BanSnapshots
                 self._ban_snapshots = BanSnapshots(cfg.ban_file, self.enforcer, self.log, time.monotonic())
                 self._ban_snapshots.restore()
+            stack.callback(self.userland.close_cluster)
+            self.userland.start_cluster()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -253,6 +257,7 @@ class Sensor:
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.actor is not None,
+                      cluster=self.userland.cluster is not None,
                       control_socket=opt.control_socket,
                       **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
@@ -266,6 +271,7 @@ class Sensor:
         if timeout_ms is None:
             timeout_ms = 50 if control is None else 20
         events = self.feed.step(timeout_ms, self._stopping)
+        self.userland.poll()
         if control is not None:
             control.serve_pending()
         if self.reopen_requested:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from sensor.lab.network import CLIENT_V4
-from support.lab_sensor import SensorProcess, connection_times_out
+from support.lab_sensor import SensorProcess
+from support.lab_smtp import connection_times_out
 
 pytestmark = pytest.mark.lab
 

@@ -126,25 +126,6 @@ class SensorProcess:
         return self.proc.returncode
 
 
-def connection_times_out(lab, source: str, port: int = 25, timeout: float = 1.0) -> bool:
-    """A connection from ``source`` in the client namespace to the server gets no answer (its SYN dropped)."""
-    import socket
-
-    from sensor.kernel.netns import socket_in
-    from sensor.lab.network import SERVER_V4
-
-    sock = socket_in(lab.client_ns)
-    try:
-        sock.settimeout(timeout)
-        sock.bind((source, 0))
-        try:
-            sock.connect((SERVER_V4, port))
-        except socket.timeout:
-            return True
-        return False
-    finally:
-        sock.close()
-
 
 class _MapElemAttr(ct.Structure):
     _fields_ = [("map_fd", ct.c_uint32), ("_pad", ct.c_uint32), ("key", ct.c_uint64),
