@@ -96,7 +96,7 @@ class LiveFeed:
         if self._lossy and self.reader.drained:
             # the ring was read empty: the kernel may push everything again
             try:
-                self.maps.relieve()
+                self.maps.relieve(getattr(self.reader, "worker", 0))
             except OSError:
                 self.counters.loss_sweep_errors += 1
         if interrupt is None or len(events) <= DRAIN_CHUNK:
