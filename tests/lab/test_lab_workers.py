@@ -1,0 +1,161 @@
+"""Live flow-sharded workers (issue 15 §1): the real CLI sensor with
+``--workers 2`` on the lab server's veth, clients from several addresses
+that the kernel's hash puts in both workers' rings.
+
+* every session is recorded once, in the one records file, by the worker of
+  its client (the flows' ``worker`` in ``smtp-sensor flows``);
+* ``smtp-sensor status`` sums the workers' counters and has a row per worker;
+* ``kill -9`` of one worker: the supervisor starts it again, counts it in
+  ``status``, and the sessions after it are recorded;
+* SIGTERM: exit 0, every worker ended, nothing of ours left on the interface.
+
+The tests run in file order on one sensor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from sensor import shard
+from sensor.kernel import abi
+from sensor.lab.network import SERVER_V4, Lab
+from support.lab_sensor import SensorProcess
+
+pytestmark = pytest.mark.lab
+
+WORKERS = 2
+CLIENTS = tuple(f"192.0.2.{i}" for i in range(10, 18))
+
+
+def worker_of(address: str) -> int:
+    return shard.worker_of_address(ipaddress.ip_address(address).packed, WORKERS)
+
+
+@pytest.fixture(scope="module")
+def lab(lab_prereqs, tmp_path_factory):
+    journal = tmp_path_factory.mktemp("workers-lab") / "journal.jsonl"
+    with Lab(client_addrs=CLIENTS) as lab:
+        lab.journal = journal
+        lab.start_server(journal=journal)
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def sensor(lab, test_pin_root, tmp_path_factory):
+    assert {worker_of(a) for a in CLIENTS} == set(range(WORKERS))   # the clients do land in both
+    work = tmp_path_factory.mktemp("workers-sensor")
+    proc = SensorProcess(lab, work / "records.json", test_pin_root / "workers" / f"v{abi.ABI_VERSION}",
+                         work / "control.sock", workers=WORKERS)
+    try:
+        proc.wait_log(lambda e: e.get("event") == "supervising", timeout=90)
+        for worker in range(WORKERS):
+            proc.wait_log(lambda e, w=worker: e.get("event") == "running" and e.get("worker") == w, timeout=30)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def session(lab, source: str, tag: str) -> None:
+    result = lab.swaks("--from", f"{tag}@example.org", "--to", "user@lab.example", source=source)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def smtp_records(sensor, tag: str) -> list[dict]:
+    return [r for r in sensor.records() if r.get("event_type") == "smtp" and r.get("mailfrom") == f"{tag}@example.org"]
+
+
+def wait_recorded(sensor, tags, timeout: float = 10.0) -> dict[str, list[dict]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {tag: smtp_records(sensor, tag) for tag in tags}
+        if all(found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_sessions_from_every_client_are_recorded_once_in_one_stream(lab, sensor):
+    tags = {f"first-{i}": client for i, client in enumerate(CLIENTS)}
+    for tag, client in tags.items():
+        session(lab, client, tag)
+    found = wait_recorded(sensor, tags)
+    assert {tag: len(recs) for tag, recs in found.items()} == {tag: 1 for tag in tags}, sensor.describe()
+    for tag, client in tags.items():
+        assert found[tag][0]["id.orig_h"] == client
+    uids = [r["uid"] for r in sensor.records() if r.get("event_type") == "smtp"]
+    assert len(uids) == len(set(uids))
+    # both workers did their share (their rings' events: the status test)
+
+
+def test_status_sums_the_workers_and_lists_each(lab, sensor):
+    status = sensor.cli("status")
+    rows = status["workers"]
+    assert [r["worker"] for r in rows] == list(range(WORKERS))
+    assert all(r["alive"] and r["answered"] for r in rows)
+    events = [r["events"] for r in rows]
+    assert all(e > 0 for e in events), rows          # both rings were read
+    assert status["events"] == sum(events)
+    # the kernel's counters are one map, counted once: every event it pushed
+    # (held ones too: the commit hold is on, each worker released its own) was read by a worker
+    kernel = status["counters"]
+    assert kernel["ingress"]["held"] > 0
+    assert status["events"] == kernel["ingress"]["pushed"] + kernel["ingress"]["held"] + kernel["egress"]["pushed"]
+    assert status["pipeline"]["transactions"] == sum(r["pipeline"]["transactions"] for r in rows) == len(CLIENTS)
+    assert status["supervisor"]["worker_restarts"] == 0
+
+
+def test_flows_are_listed_across_workers_with_their_worker(lab, sensor):
+    socks = []
+    try:
+        for client in CLIENTS[:4]:
+            sock = lab.connect()
+            socks.append(sock)
+        # the lab's connect() binds no source: open flows from the default address
+        time.sleep(0.5)
+        flows = sensor.cli("flows")
+        assert len(flows) >= len(socks)
+        for row in flows:
+            host = row["orig"].rsplit(":", 1)[0]
+            assert row["worker"] == worker_of(host)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_killed_worker_is_restarted_counted_and_its_clients_recorded_again(lab, sensor):
+    victim = 1
+    pid = next(r["pid"] for r in sensor.cli("status")["workers"] if r["worker"] == victim)
+    mark = sensor.mark()
+    os.kill(pid, signal.SIGKILL)
+    restarted = sensor.wait_log(lambda e: e.get("event", "").startswith("worker died"), mark, timeout=10)
+    assert restarted["worker"] == victim
+    sensor.wait_log(lambda e: e.get("event") == "running" and e.get("worker") == victim, mark, timeout=30)
+    tags = {f"after-{i}": client for i, client in enumerate(CLIENTS)}
+    for tag, client in tags.items():
+        session(lab, client, tag)
+    found = wait_recorded(sensor, tags)
+    assert {tag: len(recs) for tag, recs in found.items()} == {tag: 1 for tag in tags}, sensor.describe()
+    status = sensor.cli("status")
+    assert status["supervisor"]["worker_restarts"] == 1
+    row = next(r for r in status["workers"] if r["worker"] == victim)
+    assert row["restarts"] == 1 and row["alive"] and row["pid"] != pid
+
+
+def test_sigterm_stops_every_worker_and_detaches(lab, sensor):
+    pids = [r["pid"] for r in sensor.cli("status")["workers"]]
+    mark = sensor.mark()
+    assert sensor.stop() == 0, sensor.describe()
+    sensor.wait_log(lambda e: e.get("event") == "stopped" and "supervisor" in e, mark, timeout=1)
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
+                          capture_output=True, text=True, check=True).stdout
+    assert "xdp" not in link, link
+    filters = subprocess.run(["tc", "-n", lab.server_ns, "filter", "show", "dev", lab.server_if, "egress"],
+                             capture_output=True, text=True).stdout
+    assert "ss_tc_egress" not in filters
