@@ -159,3 +159,28 @@ def test_sigterm_stops_every_worker_and_detaches(lab, sensor):
     filters = subprocess.run(["tc", "-n", lab.server_ns, "filter", "show", "dev", lab.server_if, "egress"],
                              capture_output=True, text=True).stdout
     assert "ss_tc_egress" not in filters
+
+
+def test_a_worker_that_keeps_dying_stops_the_sensor_detached(lab, test_pin_root, tmp_path):
+    """RESTARTS_MAX deaths within RESTART_WINDOW are restarted; the next one
+    stops the sensor, exit status 1, the programs detached (fail open)."""
+    from sensor.service.supervisor import RESTARTS_MAX
+
+    proc = SensorProcess(lab, tmp_path / "records.json", test_pin_root / "workers-dying" / f"v{abi.ABI_VERSION}",
+                         tmp_path / "control.sock", workers=WORKERS)
+    try:
+        mark = 0
+        for death in range(RESTARTS_MAX + 1):
+            running = proc.wait_log(lambda e: e.get("event") == "running" and e.get("worker") == 0, mark,
+                                    timeout=90 if death == 0 else 30)
+            pid = next(r["pid"] for r in proc.cli("status")["workers"] if r["worker"] == 0)
+            mark = proc.logs.index(running) + 1
+            os.kill(pid, signal.SIGKILL)
+        proc.wait_log(lambda e: e.get("event", "").startswith("a worker keeps dying"), mark, timeout=10)
+        assert proc.proc.wait(timeout=30) == 1
+    finally:
+        proc.stop()
+    assert proc.wait_log(lambda e: e.get("event") == "detached", mark, timeout=1)
+    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
+                          capture_output=True, text=True, check=True).stdout
+    assert "xdp" not in link, link
