@@ -136,9 +136,6 @@ class Supervisor:
             stack.callback(self._close_output)
             self._sockets = tempfile.mkdtemp(prefix="smtp-sensor-workers-")
             stack.callback(shutil.rmtree, self._sockets, True)
-            if opt.control_socket:
-                self.control = SupervisorControl(opt.control_socket, self)
-                stack.callback(self._close_control)
             dp_config = DatapathConfig(ports=tuple(cfg.ports), enforce=cfg.enforce, hold=self.config.holds_commits,
                                        hold_max_ms=self.config.enforce.hold_max_ms, workers=self.worker_count)
             dp_config.pin_dir = cfg.pin_dir
@@ -150,6 +147,9 @@ class Supervisor:
             stack.callback(self._stop_workers)          # before the datapath's close (detach, unload)
             for proc in self.procs:
                 self._spawn(proc)
+            if opt.control_socket:      # once there is something to answer (the workers have none of it)
+                self.control = SupervisorControl(opt.control_socket, self)
+                stack.callback(self._close_control)
         except BaseException:
             stack.close()
             raise
