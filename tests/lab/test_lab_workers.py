@@ -17,15 +17,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
 from sensor import shard
 from sensor.kernel import abi
-from sensor.lab.network import SERVER_V4, Lab
-from support.lab_sensor import SensorProcess
+from sensor.lab.network import Lab
+from support.lab_sensor import SensorProcess, assert_detached
 
 pytestmark = pytest.mark.lab
 
@@ -153,12 +152,7 @@ def test_sigterm_stops_every_worker_and_detaches(lab, sensor):
     sensor.wait_log(lambda e: e.get("event") == "stopped" and "supervisor" in e, mark, timeout=1)
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
-                          capture_output=True, text=True, check=True).stdout
-    assert "xdp" not in link, link
-    filters = subprocess.run(["tc", "-n", lab.server_ns, "filter", "show", "dev", lab.server_if, "egress"],
-                             capture_output=True, text=True).stdout
-    assert "ss_tc_egress" not in filters
+    assert_detached(lab)
 
 
 def test_a_worker_that_keeps_dying_stops_the_sensor_detached(lab, test_pin_root, tmp_path):
@@ -181,6 +175,4 @@ def test_a_worker_that_keeps_dying_stops_the_sensor_detached(lab, test_pin_root,
     finally:
         proc.stop()
     assert proc.wait_log(lambda e: e.get("event") == "detached", mark, timeout=1)
-    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
-                          capture_output=True, text=True, check=True).stdout
-    assert "xdp" not in link, link
+    assert_detached(lab)

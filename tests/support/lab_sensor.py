@@ -126,6 +126,16 @@ class SensorProcess:
         return self.proc.returncode
 
 
+def assert_detached(lab: Lab) -> None:
+    """Nothing of ours is left on the lab server's interface: no XDP program, no TC filter."""
+    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
+                          capture_output=True, text=True, check=True).stdout
+    assert "xdp" not in link, link
+    filters = subprocess.run(["tc", "-n", lab.server_ns, "filter", "show", "dev", lab.server_if, "egress"],
+                             capture_output=True, text=True).stdout
+    assert "ss_tc_egress" not in filters, filters
+
+
 class _MapElemAttr(ct.Structure):
     _fields_ = [("map_fd", ct.c_uint32), ("_pad", ct.c_uint32), ("key", ct.c_uint64),
                 ("value", ct.c_uint64), ("flags", ct.c_uint64)]
