@@ -75,3 +75,28 @@ def test_the_relay_writes_whole_lines_only_and_a_cut_last_line_alone():
     relay.close()
     assert out.getvalue().splitlines()[2:] == [b'{"a": 2}', b'{"cut"']
     assert relay.lines == 3
+
+
+class _FakeSensor:
+    def __init__(self, n):
+        self.n = n
+
+    def status(self):
+        return {"events": self.n}
+
+
+def test_every_worker_is_asked_at_once_and_one_that_is_gone_is_named(tmp_path):
+    from sensor.service.control import ControlServer
+    from sensor.service.fanout import WorkerUnanswered, ask_all
+
+    servers = {w: ControlServer(tmp_path / f"w{w}.sock", _FakeSensor(10 + w)) for w in (0, 1)}
+    paths = {w: s.path for w, s in servers.items()} | {2: str(tmp_path / "gone.sock")}
+    try:
+        replies = ask_all(paths, {w: {"cmd": "status"} for w in paths},
+                          pump=lambda: [s.serve_pending() for s in servers.values()], timeout=5)
+    finally:
+        for s in servers.values():
+            s.close()
+    assert replies[0] == {"ok": True, "result": {"events": 10}}
+    assert replies[1] == {"ok": True, "result": {"events": 11}}
+    assert isinstance(replies[2], WorkerUnanswered) and "worker 2" in str(replies[2])
