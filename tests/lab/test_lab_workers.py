@@ -5,6 +5,8 @@ that the kernel's hash puts in both workers' rings.
 * every session is recorded once, in the one records file, by the worker of
   its client (the flows' ``worker`` in ``smtp-sensor flows``);
 * ``smtp-sensor status`` sums the workers' counters and has a row per worker;
+* a ban of one address or of a prefix, through the supervisor: dropped in
+  XDP, listed, one drop record (and one for the unban);
 * ``kill -9`` of one worker: the supervisor starts it again, counts it in
   ``status``, and the sessions after it are recorded;
 * SIGTERM: exit 0, every worker ended, nothing of ours left on the interface.
@@ -124,6 +126,32 @@ def test_flows_are_listed_across_workers_with_their_worker(lab, sensor):
     finally:
         for sock in socks:
             sock.close()
+
+
+def drop_records(sensor, target: str, action: str) -> list[dict]:
+    return [r for r in sensor.records() if r.get("event_type") == "drop" and r.get("target") == target
+            and r.get("action") == action]
+
+
+@pytest.mark.parametrize("prefix", ["one address", "192.0.2.0/28"])
+def test_a_ban_through_the_supervisor_drops_in_xdp_is_listed_and_recorded_once(lab, sensor, prefix):
+    client = CLIENTS[1]
+    target = f"{client}/32" if prefix == "one address" else prefix
+    assert sensor.cli("ban", "add", target.removesuffix("/32"), "--ttl", "600", "--reason", "workers test") == {
+        "banned": target, "ttl": 600.0, "note": "workers test"}
+    try:
+        [row] = [b for b in sensor.cli("ban", "list") if b["target"] == target]
+        assert row["note"] == "workers test"
+        result = lab.swaks("--from", "banned@example.org", "--to", "user@lab.example", source=client,
+                           timeout=10)
+        assert result.returncode != 0      # its SYNs are dropped in XDP
+        assert sensor.cli("status")["counters"]["ingress"]["drop_ban"] >= 1
+    finally:
+        assert sensor.cli("ban", "del", target) == {"unbanned": target}
+    time.sleep(0.5)
+    assert len(drop_records(sensor, target, "ban_source")) == 1
+    assert len(drop_records(sensor, target, "unban_source")) == 1
+    assert not [b for b in sensor.cli("ban", "list") if b["target"] == target]
 
 
 def test_a_killed_worker_is_restarted_counted_and_its_clients_recorded_again(lab, sensor):
