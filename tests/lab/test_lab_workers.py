@@ -9,9 +9,12 @@ that the kernel's hash puts in both workers' rings.
   XDP, listed, one drop record (and one for the unban);
 * ``kill -9`` of one worker: the supervisor starts it again, counts it in
   ``status``, and the sessions after it are recorded;
-* SIGTERM: exit 0, every worker ended, nothing of ours left on the interface.
+* SIGTERM: exit 0, every worker ended, nothing of ours left on the interface;
+* a worker that keeps dying stops the sensor (exit 1), detached;
+* rules reloaded in every worker (the control request, SIGHUP), statistics
+  snapshots per worker restored by their workers at the next start.
 
-The tests run in file order on one sensor.
+The first tests run in file order on one sensor; the last two start their own.
 """
 
 from __future__ import annotations
@@ -204,3 +207,51 @@ def test_a_worker_that_keeps_dying_stops_the_sensor_detached(lab, test_pin_root,
         proc.stop()
     assert proc.wait_log(lambda e: e.get("event") == "detached", mark, timeout=1)
     assert_detached(lab)
+
+
+def test_each_worker_reloads_the_rules_and_keeps_its_own_hosts_statistics(lab, test_pin_root, tmp_path):
+    """Rules in every worker (a reload through the supervisor, SIGHUP
+    forwarded); statistics snapshots per worker, each restored by its
+    worker at the next start, the hosts' sum unchanged."""
+    import shutil
+
+    from support.lab_sensor import REPO
+
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    state = tmp_path / "stats.msgpack"
+    pins = test_pin_root / "workers-state" / f"v{abi.ABI_VERSION}"
+    args = ("--rules", str(rules), "--state-file", str(state))
+    first = SensorProcess(lab, tmp_path / "r1.json", pins, tmp_path / "a.sock", *args, workers=WORKERS)
+    try:
+        for worker in range(WORKERS):
+            first.wait_log(lambda e, w=worker: e.get("event") == "running" and e.get("worker") == w, timeout=120)
+        reloaded = first.cli("reload")
+        assert reloaded["workers"] == WORKERS and reloaded["errors"] == {} and reloaded["rules"]
+        mark = first.mark()
+        first.proc.send_signal(signal.SIGHUP)
+        for worker in range(WORKERS):
+            first.wait_log(lambda e, w=worker: e.get("worker") == w and "SIGHUP" in e.get("event", ""), mark)
+        for i, client in enumerate(CLIENTS[:4]):
+            session(lab, client, f"stats-{i}")
+        wait_recorded(first, [f"stats-{i}" for i in range(4)])
+        hosts = first.cli("status")["spam_stats"]["hosts"]
+        assert hosts >= 4
+        assert sorted(r["host"] for r in first.cli("stats")["hosts"]) == sorted(CLIENTS[:4])
+    finally:
+        assert first.stop() == 0, first.describe()
+    for worker in range(WORKERS):
+        assert state.with_name(f"{state.name}.worker{worker}").exists()
+    again = SensorProcess(lab, tmp_path / "r2.json", pins, tmp_path / "b.sock", *args, workers=WORKERS)
+    try:
+        for worker in range(WORKERS):
+            restored = again.wait_log(lambda e, w=worker: e.get("event") == "statistics snapshot"
+                                      and e.get("worker") == w, timeout=120)
+            assert restored["level"] == "info", restored
+        for worker in range(WORKERS):
+            again.wait_log(lambda e, w=worker: e.get("event") == "running" and e.get("worker") == w, timeout=60)
+        assert again.cli("status")["spam_stats"]["hosts"] == hosts
+        by_worker = {r["host"]: r["worker"] for r in again.cli("stats")["hosts"]}
+        assert by_worker == {c: worker_of(c) for c in CLIENTS[:4]}
+    finally:
+        again.stop()
