@@ -123,8 +123,9 @@ enum ss_ring_slot {
 	SS_RING_PENDING = 0,  /* ring losses in ss_lost no event has carried yet */
 	SS_RING_PRESSURE = 1, /* nonzero: the ring refused an event since userland last read
 			       * it empty; only SYN and FIN events without payload, and the
-			       * events of connections whose opening SYN was pushed, are */
-	SS_RING__MAX = 2,
+			       * events of connections whose opening SYN was pushed, are.
+			       * Worker w's ring has slot SS_RING_PRESSURE + w */
+	SS_RING__MAX = 2,     /* with one worker; SS_RING__MAX - 1 + SS_WORKERS slots */
 };
 
 /* Counters per interface (ss_if_counters, a per-CPU hash): the exclusive
@@ -143,6 +144,15 @@ struct ss_if_key {
 struct ss_if_counters {
 	__u64 verdicts[SS_CNT_VERDICT__MAX];
 };
+
+/* The workers (event rings) at most: a -DSS_WORKERS build parameter above
+ * this is refused. */
+#define SS_WORKERS_MAX 64
+
+/* FNV-1a, 32 bits (sensor/shard.py): the worker of a packet is this hash of
+ * its client's address, modulo the number of workers. */
+#define SS_FNV_OFFSET 0x811C9DC5U
+#define SS_FNV_PRIME 0x01000193U
 
 /* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
 #define SS_WAKE_BATCH 64

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="append JSON log lines to PATH instead of stdout; reopened on SIGUSR1 (logrotate)")
     run.add_argument("--metrics", type=_metrics_address, metavar="ADDR:PORT",
                      help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9325 (needs the 'metrics' extra)")
+    run.add_argument("--workers", type=positive_int, metavar="N",
+                     help="worker processes, each following the clients the kernel's hash gives it "
+                          "(default: [sensor] workers, else one per CPU; 1: one process)")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("demo", help="the netns lab demo (needs root)")
@@ -194,7 +197,8 @@ def resolve_run_config(args):
     if getattr(args, "interface", None):
         over["interfaces"] = tuple(args.interface)
     for flag, key in (("netns", "netns"), ("ports", "ports"), ("xdp_mode", "xdp_mode"), ("pin_dir", "pin_dir"),
-                      ("rules", "rules"), ("state_file", "state_file"), ("ban_file", "ban_file")):
+                      ("rules", "rules"), ("state_file", "state_file"), ("ban_file", "ban_file"),
+                      ("workers", "workers")):
         value = getattr(args, flag, None)
         if value is not None:
             over[key] = value
@@ -210,8 +214,9 @@ def cmd_run(args) -> int:
 
     if args.ebpf:   # what this run would compile (the pin folder is a build parameter)
         from sensor.kernel.datapath import Datapath, DatapathConfig
-        pin_dir = resolve_run_config(args).sensor.pin_dir
-        print(Datapath(DatapathConfig(pin_dir=pin_dir)).listing(), end="")
+        sensor_cfg = resolve_run_config(args).sensor
+        print(Datapath(DatapathConfig(pin_dir=sensor_cfg.pin_dir, workers=sensor_cfg.worker_count)).listing(),
+              end="")
         return EXIT_OK
     config = resolve_run_config(args)
     socket_path = args.control_socket or _default_socket()
@@ -219,7 +224,11 @@ def cmd_run(args) -> int:
                          reload_interval=args.reload_interval, wakeup=args.wakeup,
                          control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics,
                          load_config=lambda: resolve_run_config(args))
-    sensor = Sensor(config, options)
+    if config.sensor.worker_count > 1:
+        from sensor.service.supervisor import Supervisor
+        sensor = Supervisor(config, options)
+    else:
+        sensor = Sensor(config, options)
 
     def on_sighup(signum, frame):
         sensor.reload_requested = "SIGHUP"

@@ -39,6 +39,7 @@ import dataclasses
 import difflib
 import ipaddress
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ DEFAULT_PIN_DIR = Path("/sys/fs/bpf/smtp-sensor") / f"v{abi.ABI_VERSION}"
 XDP_MODES = ("auto", "native", "generic")
 WINDOWS = ("fixed", "sliding")
 IFNAMSIZ = 16
+WORKERS_MAX = abi.WORKERS_MAX
 
 
 class ConfigError(SensorError):
@@ -310,6 +312,8 @@ class SensorConfig:
     stop_timeout: float = 1.0
     #: drop and ban in the kernel; false: monitor only (a SPAN port): verdicts are logged, never applied
     enforce: bool = True
+    #: worker processes, each with its own event ring (flow-sharded by client address); 0: one per CPU
+    workers: int = 0
 
     def __post_init__(self):
         _validate(self, "sensor", {
@@ -325,7 +329,13 @@ class SensorConfig:
             "snapshot_interval": lambda v: _duration(v, positive=True),
             "stop_timeout": lambda v: _duration(v, positive=True),
             "enforce": _bool,
+            "workers": lambda v: _int(v, 0, WORKERS_MAX),
         })
+
+    @property
+    def worker_count(self) -> int:
+        """The workers to run: ``workers``, or one per CPU when it is 0."""
+        return self.workers or min(os.cpu_count() or 1, WORKERS_MAX)
 
     @property
     def output_path(self) -> Path | None:

@@ -68,15 +68,19 @@ class LiveFeed:
     (a CommitHold, or None when the kernel holds nothing) releases held segments."""
 
     def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps,
-                 hold: CommitHold | None = None, enforcer=None):
+                 hold: CommitHold | None = None, enforcer=None, owns=None):
         """enforcer: a KernelEnforcer told the kernel timestamp of each event
-        dissected (``event_ts_ns``), for its verdict-to-kernel histogram."""
+        dissected (``event_ts_ns``), for its verdict-to-kernel histogram.
+        owns: with several workers, whether a flow (src, sport, dst,
+        dport; packed addresses) is this worker's: the kernel's loss map is
+        shared, and the losses of another worker's flows are left to it."""
         self.reader = reader
         self.enforcer = enforcer
         self.pipeline = pipeline
         self.maps = maps
         self.hold = hold
         self.counters = FeedCounters(self)
+        self._owns = owns
         self._offset = time.time() - time.monotonic()
         self._next_expire = time.monotonic() + EXPIRE_EVERY
         self._pending: list = []        # events an interrupted step left for drain()
@@ -101,7 +105,7 @@ class LiveFeed:
         if self._lossy and self.reader.drained:
             # the ring was read empty: the kernel may push everything again
             try:
-                self.maps.relieve()
+                self.maps.relieve(getattr(self.reader, "worker", 0))
             except OSError:
                 self.counters.loss_sweep_errors += 1
         if interrupt is None or len(events) <= DRAIN_CHUNK:
@@ -197,6 +201,8 @@ class LiveFeed:
                 if key.family == abi.AF_INET:
                     src, dst = src[12:], dst[12:]
                 if flow_of(src, key.sport, dst, key.dport) is not None:
+                    continue
+                if self._owns is not None and not self._owns(src, key.sport, dst, key.dport):
                     continue
                 events = maps.forget_loss(key, int(loss.events))
                 self.pipeline.unseen_loss(key.family, src, key.sport, dst, key.dport, events,

@@ -221,10 +221,10 @@ class KernelMaps:
             self.ring_state_map[slot] = ct.c_uint64(max(0, int(pending.value) - events))
         return events
 
-    def relieve(self) -> None:
-        """Userland read the ring empty: the kernel pushes every event again
-        (until the ring refuses one: SS_RING_PRESSURE)."""
-        self.ring_state_map[ct.c_int(abi.RING_PRESSURE)] = ct.c_uint64(0)
+    def relieve(self, worker: int = 0) -> None:
+        """Userland read worker ``worker``'s ring empty: the kernel pushes
+        every event into it again (until it refuses one: SS_RING_PRESSURE + worker)."""
+        self.ring_state_map[ct.c_int(abi.RING_PRESSURE + worker)] = ct.c_uint64(0)
 
     def losses(self, older_than_ns: int) -> list[tuple[abi.FlowKey, abi.Loss]]:
         """The ss_lost entries whose last loss is before ``older_than_ns``

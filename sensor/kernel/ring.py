@@ -44,7 +44,8 @@ class EventReader:
     Records the kernel could not write (ring full, copy failed) are counted by
     the datapath itself (counter push_failed); `lost` reads those counters."""
 
-    def __init__(self, bpf, max_records: int = MAX_RECORDS):
+    def __init__(self, bpf, max_records: int = MAX_RECORDS, ring_fd: int | None = None, worker: int = 0):
+        """ring_fd: the ring to read (a worker's, Datapath.ring_fd); default ss_events."""
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._bpf = bpf
@@ -70,7 +71,9 @@ class EventReader:
             return 0
 
         self._on_record = _RINGBUF_CB_TYPE(on_record)  # keep the reference alive
-        self._manager = lib.bpf_new_ringbuf(bpf[EVENTS_MAP].map_fd, self._on_record, None)
+        self.worker = worker      # whose ring: its pressure slot is abi.RING_PRESSURE + worker
+        fd = bpf[EVENTS_MAP].map_fd if ring_fd is None else ring_fd
+        self._manager = lib.bpf_new_ringbuf(fd, self._on_record, None)
         if not self._manager:
             raise OSError(f"cannot open the event ring {EVENTS_MAP.decode()}")
 

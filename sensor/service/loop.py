@@ -121,9 +121,13 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
 
 
 class Sensor:
-    def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
+    def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None,
+                 datapath=None, worker: int = 0):
         """sink: where records go (a callable taking one record dict); default:
-        JSON lines to ``[sensor] output``."""
+        JSON lines to ``[sensor] output``.  datapath: a Datapath already
+        loaded and attached by someone else (a worker's, from
+        sensor.service.supervisor): this sensor reads ring ``worker`` of it
+        and never loads, attaches or detaches it."""
         self.config = config
         self.options = options or RunOptions()
         self.log = logger or structlog.get_logger("sensor")
@@ -132,6 +136,9 @@ class Sensor:
         self.started = None
         self.last_reload = None
         self.datapath = self.feed = self.userland = None
+        self._shared_datapath = datapath
+        self.worker = worker
+        self.control_class = None       # the ControlServer's class (a worker's: sensor.service.worker)
         self.sink = sink
         self.control = None
         self.metrics = None
@@ -166,7 +173,7 @@ class Sensor:
                                    hold=self.config.holds_commits,
                                    hold_max_ms=self.config.enforce.hold_max_ms)
         dp_config.pin_dir = cfg.pin_dir
-        self.datapath = Datapath(dp_config)
+        self.datapath = self._shared_datapath or Datapath(dp_config)
         if self.sink is None:
             path = cfg.output_path
             if path is not None:
@@ -219,9 +226,10 @@ class Sensor:
                 from sensor.service.metrics import MetricsServer
                 self.metrics = MetricsServer(opt.metrics, self)
                 stack.callback(self._close_metrics)
-            stack.enter_context(self.datapath.load())
-            for ifname in cfg.interfaces:
-                self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
+            if self._shared_datapath is None:
+                stack.enter_context(self.datapath.load())
+                for ifname in cfg.interfaces:
+                    self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
             if cfg.ban_file is not None:
                 from sensor.service.bansnapshot import BanSnapshots
@@ -238,11 +246,11 @@ class Sensor:
             hold = (CommitHold(self.pipeline, self.datapath.maps, self.config.enforce.hold_max_ms,
                                self.datapath.injector(cfg.netns) if self.config.enforce.inject else None)
                     if self.config.holds_commits else None)
-            self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
-                                 self.datapath.maps, hold, enforcer=self.enforcer)
+            self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1, worker=self.worker),
+                                 self.pipeline, self.datapath.maps, hold, enforcer=self.enforcer, owns=self._owns())
             if opt.control_socket:
                 from sensor.service.control import ControlServer
-                self.control = ControlServer(opt.control_socket, self)
+                self.control = (self.control_class or ControlServer)(opt.control_socket, self)
             if self.engine is not None:
                 self._limit_memory(stack)
                 stack.callback(self._stop_watchdog)
@@ -305,6 +313,15 @@ class Sensor:
         if not self.stop_requested:
             self._stop_asked_at = time.monotonic()
         self.stop_requested = True
+
+    def _owns(self):
+        """Whether a flow (src, sport, dst, dport) is this worker's (None: every flow is)."""
+        workers = self.datapath.config.workers
+        if workers == 1:
+            return None
+        from sensor import shard
+        ports, worker = frozenset(self.config.sensor.ports), self.worker
+        return lambda src, sport, dst, dport: shard.worker_of(src, sport, dst, dport, ports, workers) == worker
 
     def _stopping(self) -> bool:
         return bool(self.stop_requested)
@@ -485,7 +502,8 @@ class Sensor:
         def give_up() -> bool:
             return time.monotonic() >= deadline
 
-        self.datapath.detach_all()
+        if self._shared_datapath is None:    # a worker's: its supervisor detached it
+            self.datapath.detach_all()
         phase("detach_s")
         feed = self.feed
         if feed is not None:
