@@ -1,0 +1,137 @@
+"""``replay --workers N``: the records of a capture split over N worker
+processes are those of one process (compared as normalised JSON after a
+sort), on every capture of the repository and on a generated one with many
+client hosts, a spammer who earns an SMTP_PossibleSpam, and IP fragments."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sensor.assembly import Userland
+from sensor.config import Config
+from sensor.errors import SensorError
+from sensor.inputs.replay import replay
+from sensor.inputs.workers import check_splittable, replay_workers
+from sensor.records.sinks import ListSink
+from support.captures import PCAPS_DIR, captures_in
+from support.workers_capture import SPAM_CONFIG, SPAMMER, make_workers_capture
+
+pytestmark = pytest.mark.offline
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "rules"
+MONITOR = replace(Config(), sensor=replace(Config().sensor, enforce=False))
+#: counted by every worker a port-less fragment went to (its datagram's ports not yet known)
+FRAGMENT_COUNTS = ("frames", "not_segments")
+
+
+def _config(base: Config, rules=None) -> Config:
+    return replace(base, sensor=replace(base.sensor, enforce=False, rules=rules))
+
+
+def _one(path, config):
+    sink = ListSink()
+    result = replay(path, Userland(config, sink, uid_seed=0, by_content=True))
+    return [_text(r) for r in sink], result.counters
+
+
+def _split(path, config, workers):
+    out = io.StringIO()
+    result = replay_workers(path, lambda sink: Userland(config, sink, uid_seed=0, by_content=True),
+                            workers, out)
+    return [_text(json.loads(line)) for line in out.getvalue().splitlines()], result.counters
+
+
+def _text(record) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("capture", captures_in(PCAPS_DIR))
+def test_every_repository_capture_gives_one_process_records_with_workers(capture, workers):
+    path = PCAPS_DIR / capture
+    one, one_counts = _one(path, MONITOR)
+    split, split_counts = _split(path, MONITOR, workers)
+    assert sorted(split) == sorted(one)
+    assert split_counts == one_counts
+
+
+@pytest.fixture(scope="module")
+def many_hosts(tmp_path_factory):
+    return make_workers_capture(tmp_path_factory.mktemp("workers"))
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_many_hosts_a_spammer_and_fragments_give_one_process_records(many_hosts, workers):
+    config = _config(SPAM_CONFIG, RULES)
+    one, one_counts = _one(many_hosts, config)
+    split, split_counts = _split(many_hosts, config, workers)
+    assert sorted(split) == sorted(one)
+    records = [json.loads(r) for r in one]
+    notices = [r for r in records if r["event_type"] == "notice"]
+    assert [n["note"] for n in notices] == ["SMTP_PossibleSpam"]
+    assert notices[0]["src"] == SPAMMER
+    assert sum(1 for r in records if r["event_type"] == "smtp" and r.get("mailfrom", "").startswith("frag@")) == 4
+    assert len({r["id.orig_h"] for r in records if r["event_type"] == "smtp"}) > 40
+    for key in set(one_counts) | set(split_counts):
+        if key not in FRAGMENT_COUNTS:
+            assert split_counts[key] == one_counts[key], key
+    # reversed fragments reached both candidate workers before their datagram's ports were known
+    assert split_counts["not_segments"]["ip_fragment"] >= one_counts["not_segments"]["ip_fragment"]
+
+
+def test_ticks_happen_in_every_worker_at_the_capture_times_of_one_process(many_hosts):
+    """A spammer judged by a periodic check: its notice carries the time of
+    the tick that judged it, the same in the worker that follows it."""
+    config = _config(replace(SPAM_CONFIG, spam_stats=replace(SPAM_CONFIG.spam_stats, check_interval=0.5)))
+    one, _ = _one(many_hosts, config)
+    split, _ = _split(many_hosts, config, 2)
+    ts_one = [json.loads(r)["ts"] for r in one if '"notice"' in r]
+    ts_split = [json.loads(r)["ts"] for r in split if '"notice"' in r]
+    assert ts_one and ts_split == ts_one
+
+
+def test_banning_and_writing_passed_packets_are_refused_with_workers(tmp_path):
+    with pytest.raises(SensorError, match="cannot enforce bans"):
+        check_splittable(Config(), 2)
+    with pytest.raises(SensorError, match="--write-passed"):
+        check_splittable(MONITOR, 2, tmp_path / "passed.pcap")
+    check_splittable(MONITOR, 2)
+    check_splittable(Config(), 1, tmp_path / "passed.pcap")
+    no_bans = replace(Config(), spam_stats=replace(Config().spam_stats,
+                                                   ban={k: 0 for k in Config().spam_stats.ban}))
+    check_splittable(no_bans, 2)     # enforcing, nothing can ban: flow drops stay in their worker
+
+
+def test_the_command_splits_and_refuses_in_one_line(tmp_path):
+    capture = PCAPS_DIR / "ndpi__smtp-starttls.pcap"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "sensor.cli", "replay", str(capture), *extra],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    one = run("--monitor-only")
+    two = run("--monitor-only", "--workers", "2")
+    assert one.returncode == two.returncode == 0
+    assert sorted(one.stdout.splitlines()) == sorted(two.stdout.splitlines())
+    assert one.stderr.split(" in ")[0] == two.stderr.split(" in ")[0]     # the summary, without the time
+    refused = run("--workers", "2")
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "cannot enforce bans" in refused.stderr
+
+
+def test_a_corrupt_capture_is_an_error_after_every_workers_records(tmp_path):
+    good = (PCAPS_DIR / "ndpi__smtp.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(good[: len(good) - 7])
+    out = io.StringIO()
+    with pytest.raises(SensorError, match="after"):
+        replay_workers(cut, lambda sink: Userland(MONITOR, sink), 2, out)
+    assert out.getvalue().count("\n") >= 1
