@@ -49,9 +49,11 @@ __all__ = ["replay_workers", "check_splittable", "WorkersResult"]
 class WorkersResult(ReplayResult):
     """A ``ReplayResult`` whose counters are the workers' sum, with their verdict counts."""
 
-    def __init__(self, path, packets, seconds, counters, warnings, verdicts):
+    def __init__(self, path, packets, seconds, counters, warnings, verdicts, worker_cpu):
         super().__init__(path=path, packets=packets, seconds=seconds, counters=counters, warnings=warnings)
         self.verdicts = verdicts
+        #: CPU seconds (user + system) of each worker: how evenly the work was split
+        self.worker_cpu = worker_cpu
 
 
 def check_splittable(config, workers: int, write_passed=None) -> None:
@@ -102,12 +104,12 @@ def replay_workers(path, make_userland, workers: int, out, *, strict: bool = Tru
         if kind == "crash":
             raise SensorError(f"a replay worker failed: {what[0]}")
     counters, verdicts = {}, {}
-    for _, result, counts in answers:
+    for _, result, counts, _cpu in answers:
         add_counts(counters, result.counters)
         add_counts(verdicts, counts)
     first = answers[0][1]
     return WorkersResult(str(path), first.packets, time.perf_counter() - started, counters,
-                         first.warnings, verdicts)
+                         first.warnings, verdicts, [a[3] for a in answers])
 
 
 def _start(path, make_userland, workers, index, records_path, strict, progress):
@@ -154,7 +156,8 @@ def _work(path, make_userland, workers, index, records_path, strict, progress):
             if progress is not None:
                 progress.close()
         sink.flush()
-    return ("ok", result, userland.verdict_counts())
+    times = os.times()            # a forked child's start at zero
+    return ("ok", result, userland.verdict_counts(), times.user + times.system)
 
 
 def _answer(pid: int, fd: int):
