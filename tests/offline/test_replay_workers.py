@@ -135,3 +135,42 @@ def test_a_corrupt_capture_is_an_error_after_every_workers_records(tmp_path):
     with pytest.raises(SensorError, match="after"):
         replay_workers(cut, lambda sink: Userland(MONITOR, sink), 2, out)
     assert out.getvalue().count("\n") >= 1
+
+
+def test_an_idle_flow_times_out_at_the_same_capture_time_in_its_worker(tmp_path):
+    """Client A's connection goes quiet; only client B (another worker's)
+    is heard after it: A's worker reads B's packets too, so A's flow ends
+    by timeout at the packet one process ends it at."""
+    from support.smtp_pcap import session_frames, smtp_dialogue, write_pcap
+    from support.workers_capture import T0, apart
+
+    a, b = apart([f"192.0.2.{n}" for n in range(20, 90)], workers=(2,))
+    frames = session_frames(smtp_dialogue()[:4], sport=25, client=a, t0=T0, fin=False)
+    for k in range(4):     # B's sessions, one every 200 s: past A's idle timeout (300 s)
+        frames += session_frames(smtp_dialogue(), sport=25, cport=41000 + k, client=b, t0=T0 + 200.0 * (k + 1))
+    path = write_pcap(tmp_path / "idle.pcap", sorted(frames, key=lambda f: f[0]))
+    one, one_counts = _one(path, MONITOR)
+    split, split_counts = _split(path, MONITOR, 2)
+    assert sorted(split) == sorted(one)
+    assert split_counts == one_counts
+    # ended at B's first packet past the timeout (capture time 400 s), in either run
+    ended = [json.loads(r) for r in split if json.loads(r).get("id.orig_h") == a]
+    assert [round(r["ts"] - T0, 3) for r in ended if r["event_type"] == "anomaly"] == [400.0]
+
+
+def test_a_datagram_of_another_workers_flow_is_not_dissected():
+    """The datagram filter (a worker's own flows) keeps a reassembled datagram out of the pipeline."""
+    from scapy.layers.inet import IP, TCP, fragment
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw, raw
+
+    from sensor.pipeline import Pipeline
+
+    pkt = IP(src="192.0.2.5", dst="198.51.100.25", id=5) / TCP(sport=40000, dport=25, flags="S") / Raw(b"x" * 40)
+    frames = [raw(Ether() / f) for f in fragment(pkt, fragsize=16)]
+    for keep, flows in ((True, 1), (False, 0)):
+        pipeline = Pipeline(ListSink())
+        pipeline.datagram_filter = lambda seg, keep=keep: keep
+        for i, frame in enumerate(frames):
+            pipeline.feed_frame(1, frame, len(frame), 1.0 + i / 100)
+        assert pipeline.counters.flows == flows
