@@ -67,10 +67,10 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
     the last time, the userland's ``tickers`` run (before that packet: the
     reject statistics' clock is the capture's) and the pipeline's idle flows
     are expired (after it); both at every packet read, whoever it is for.
-    ``shard``: ``(owners, index)``, this process is worker ``index`` of a
-    sharded replay (``sensor.inputs.workers``): it reads every packet, keeps
-    the clock, and feeds those for which ``index in owners(linktype, frame)``
-    (``sensor.inputs.split.FrameOwners.owners``).
+    ``shard``: a ``sensor.inputs.split.FrameOwners``: this process is its
+    worker ``index`` of a sharded replay (``sensor.inputs.workers``): it
+    reads every packet, keeps the clock, and feeds those that are its own
+    (the fragments held there, too, once their worker is known).
     """
     started = time.perf_counter()
     try:
@@ -83,7 +83,10 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
     expire = pipeline.expire
     gate = pipeline.gate
     tickers = userland.tickers
-    owners, me = shard if shard is not None else (None, 0)
+    owners, me = None, 0
+    if shard is not None:
+        owners, me = shard.owners, shard.index
+        shard.feed = feed
     last_ts = None
     n = 0
     writer = None
@@ -98,7 +101,7 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
                 due = True
                 for tick in tickers:
                     tick(ts)
-            if owners is None or me in owners(linktype, frame):
+            if owners is None or me in owners(ts, linktype, frame, wirelen):
                 seg = feed(linktype, frame, wirelen, ts)
                 if write_passed is not None:
                     if writer is None:
@@ -109,6 +112,8 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
                     if gate is None or gate(seg, ts):
                         writer.write(ts, frame, wirelen)
             if due:
+                if shard is not None:
+                    shard.expire(ts)
                 expire(ts)
             last_ts = ts
             n += 1
@@ -124,6 +129,8 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
             writer.close()
     # what was read is not lost: the open flows end (their records are
     # written) before a corrupt capture's error is raised
+    if shard is not None:
+        shard.flush()
     userland.finish(last_ts)
     if failed is not None:
         raise ReplayError(f"{failed} (after {n} packets; the records of what was read are written; "

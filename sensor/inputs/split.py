@@ -1,15 +1,26 @@
 """Which worker of a sharded replay (``replay --workers N``) a captured frame is for.
 
-``FrameOwners(ports, workers).owners(linktype, frame)`` peeks at the frame's
-headers, no more, and returns the workers that must be given it:
+``FrameOwners(ports, workers, index).owners(ts, linktype, frame, wirelen)``
+peeks at the frame's headers, no more, and returns the workers that must be
+given it:
 
 * a TCP segment: the worker of its client's address (``sensor.shard.worker_of``);
-* an IP fragment of TCP whose datagram's ports are known (its first fragment,
-  holding the TCP ports, was seen: the owner is remembered per datagram,
-  keyed as the defragmenter keys it): that datagram's worker; one whose ports
-  are not known yet: the workers of both its addresses
-  (``sensor.shard.fragment_workers``), each of which keeps only the datagrams
-  whose flow is its own (``ShardFilter``);
+* an IP fragment of TCP: its datagram's worker.  The first fragment holds the
+  ports: the datagram's worker is then remembered (keyed as the
+  defragmenter keys it) for the fragments after it.  A fragment that comes
+  before its first is nobody's yet: it is held here (``()`` is returned)
+  and fed, with its own time, to the datagram's worker when the first
+  fragment comes, just before it (``feed``: the worker's
+  ``Pipeline.feed_frame``).  Held for as long as the defragmenter keeps a
+  datagram (``timeout``) without its first fragment, or still held at the
+  end, or past ``HELD_FRAMES``, the fragments go to the lower of the
+  workers of their two addresses (``sensor.shard.fragment_workers``), whose
+  defragmenter then times them out as one process's would: so every
+  fragment is counted once.  A first fragment whose ports cannot be read
+  (IPv6 extension headers behind the fragment header) goes, with what was
+  held and the fragments after it, to both workers, each of which keeps
+  only the datagrams whose flow is its own (``ShardFilter``); the other
+  counts them too;
 * anything else (not IP, not TCP, undecodable): worker 0, so it is counted once.
 
 The answer is a tuple of worker numbers.  It is computed alike in every
@@ -40,24 +51,47 @@ _IP6_FRAG, _IP6_AH = 44, 51
 _DATAGRAMS = 65536
 #: client addresses whose worker is remembered (the hash is not recomputed per packet)
 _ADDRESSES = 1 << 18
+#: fragments held before their datagram's first; past it the oldest datagram's are let go
+HELD_FRAMES = 4096
 
 _ZERO = (0,)
 
 
 class FrameOwners:
-    def __init__(self, ports, workers: int):
+    def __init__(self, ports, workers: int, index: int = 0, timeout: float = 30.0, feed=None):
         self.ports = frozenset(ports)
         self.workers = workers
+        self.index = index
+        self.timeout = timeout
+        #: ``feed(linktype, frame, wirelen, ts)``: the worker's pipeline (held fragments, let go)
+        self.feed = feed
         self._by_client: dict[bytes, tuple] = {}
         self._datagrams: dict[tuple, tuple] = {}
+        self._held: dict[tuple, list] = {}        # datagram key -> [(ts, linktype, frame, wirelen)], oldest first
+        self._held_frames = 0
         self._singles = tuple((w,) for w in range(workers))
 
-    def owners(self, linktype: int, frame) -> tuple:
+    def owners(self, ts: float, linktype: int, frame, wirelen: int) -> tuple:
         if linktype == 1 and len(frame) >= 38:
             et, vihl, _tot, frag, proto, src, dst, sport, dport = _eth_ip4_tcp(frame, 0)
             if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
                 return self._of(src, sport, dst, dport)
+        self._frame = (ts, linktype, frame, wirelen)
         return self._general(linktype, frame)
+
+    def expire(self, now: float) -> None:
+        """Let go of the fragments held for the defragmenter's timeout (call before it expires)."""
+        held = self._held
+        while held:
+            key, frames = next(iter(held.items()))
+            if now - frames[0][0] < self.timeout:
+                break
+            self._let_go(key)
+
+    def flush(self) -> None:
+        """The end of the input: every fragment still held is let go."""
+        while self._held:
+            self._let_go(next(iter(self._held)))
 
     def _of(self, src: bytes, sport: int, dst: bytes, dport: int) -> tuple:
         client = shard.client_address(src, sport, dst, dport, self.ports)
@@ -133,13 +167,42 @@ class FrameOwners:
         known = self._datagrams.get(key)
         if known is not None:
             return known
-        if offset == 0 and l4 >= 0 and n >= l4 + 4:
-            sport, dport = _ports(frame, l4)
-            if len(self._datagrams) >= _DATAGRAMS:
-                self._datagrams.clear()
-            owner = self._datagrams[key] = self._of(src, sport, dst, dport)
+        if len(self._datagrams) >= _DATAGRAMS:
+            self._datagrams.clear()
+        if offset == 0:
+            if l4 >= 0 and n >= l4 + 4:
+                sport, dport = _ports(frame, l4)
+                owner = self._of(src, sport, dst, dport)
+            else:
+                owner = _both(src, dst, self.workers)
+            self._datagrams[key] = owner
+            self._give(key, owner)
             return owner
-        return tuple(sorted(shard.fragment_workers(src, dst, self.workers)))
+        if self.feed is None:
+            return _both(src, dst, self.workers)
+        self._held.setdefault(key, []).append(self._frame)
+        self._held_frames += 1
+        if self._held_frames > HELD_FRAMES:
+            self._let_go(next(iter(self._held)))
+        return ()
+
+    def _let_go(self, key) -> None:
+        """Held fragments whose first never came: to the lower of their addresses' workers."""
+        self._give(key, _both(key[1], key[2], self.workers)[:1])
+
+    def _give(self, key, owner: tuple) -> None:
+        frames = self._held.pop(key, None)
+        if frames is None:
+            return
+        self._held_frames -= len(frames)
+        if self.index in owner:
+            feed = self.feed
+            for ts, linktype, frame, wirelen in frames:
+                feed(linktype, frame, wirelen, ts)
+
+
+def _both(src: bytes, dst: bytes, workers: int) -> tuple:
+    return tuple(sorted(shard.fragment_workers(src, dst, workers)))
 
 
 class ShardFilter:

@@ -144,11 +144,11 @@ def _work(path, make_userland, workers, index, records_path, strict, progress):
             userland = make_userland(sink)
         except SensorError as exc:
             return ("error", type(exc).__name__, str(exc))
-        ports = userland.pipeline.ports
-        userland.pipeline.datagram_filter = ShardFilter(ports, workers, index).keeps
+        pipeline = userland.pipeline
+        pipeline.datagram_filter = ShardFilter(pipeline.ports, workers, index).keeps
+        owners = FrameOwners(pipeline.ports, workers, index, timeout=pipeline.defragmenter.limits.timeout)
         try:
-            result = replay(path, userland, strict=strict, progress=progress,
-                            shard=(FrameOwners(ports, workers).owners, index))
+            result = replay(path, userland, strict=strict, progress=progress, shard=owners)
         except SensorError as exc:
             sink.flush()
             return ("error", type(exc).__name__, str(exc))
