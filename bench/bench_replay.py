@@ -180,7 +180,8 @@ def compare_workers(me, ex, counts, runs):
               f"{mb / max(w):.0f}–{mb / min(w):.0f} | {base / statistics.median(w):.2f}x; "
               f"{min(ratios):.2f}–{max(ratios):.2f}x |")
     print()
-    print("| workers | CPU s of the longest worker + parent (min–max) | median | speed-up by CPU path (median; range) |")
+    print("| workers | CPU s of the longest worker + parent (min–max) | median | "
+          "speed-up by CPU path (median; range) |")
     print("|---:|---:|---:|---:|")
     cbase = statistics.median(paths[counts[0]])
     for n in counts:

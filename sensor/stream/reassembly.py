@@ -321,7 +321,7 @@ class Reassembler:
     ``ports``: server ports that decide who is the originator of a flow picked
     up mid-stream, and (with ``only_ports``, the default) which flows are
     tracked at all.  ``uid_seed`` keys the uids (``FlowUids``): reproducible, and
-    independent of the other flows.
+    independent of the other flows and of the clock.
     """
 
     def __init__(self, ports=DEFAULT_PORTS, limits: ReassemblyLimits | None = None,
@@ -574,9 +574,10 @@ class Reassembler:
             oa, op, ra, rp = seg.src, sport, seg.dst, dport
         else:
             oa, op, ra, rp = seg.dst, dport, seg.src, sport
-        # the uid is the flow's own (its endpoints, its first time): not its rank among the flows
-        flow = TcpFlow(self._uids.uid(oa, op, ra, rp, ts), self.cid_seed, seg.family, oa, op, ra, rp, ts,
-                       partial)
+        # the uid is the flow's own (its endpoints, its first segment's sequence number): not its
+        # rank among the flows, nor the clock
+        flow = TcpFlow(self._uids.uid(oa, op, ra, rp, seg.seq, sender_is_orig, ts), self.cid_seed,
+                       seg.family, oa, op, ra, rp, ts, partial)
         if self._csum_start:
             flow.orig.csum = flow.resp.csum = 1
         # One key object per flow: flow.key is also the table's key of one

@@ -57,7 +57,7 @@ def test_community_id_same_address_orders_by_port():
 
 
 def _uids_of(gen, n=100, ts=1000.0):
-    return [gen.uid(pack_addr(f"192.0.2.{i % 250}"), 40000 + i, pack_addr("198.51.100.1"), 25, ts + i)
+    return [gen.uid(pack_addr(f"192.0.2.{i % 250}"), 40000 + i, pack_addr("198.51.100.1"), 25, 7 * i, True, ts + i)
             for i in range(n)]
 
 
@@ -73,27 +73,31 @@ def test_uid_seed_may_be_bytes():
     assert _uids_of(FlowUids(b"\x01\x02")) == _uids_of(FlowUids(b"\x01\x02"))
 
 
-def test_a_flows_uid_does_not_depend_on_the_flows_before_it():
+def test_a_flows_uid_does_not_depend_on_the_flows_before_it_nor_on_the_clock():
     alone = FlowUids(7)
     after_others = FlowUids(7)
     _uids_of(after_others, 50, ts=10.0)
-    flow = (pack_addr("203.0.113.9"), 51000, pack_addr("198.51.100.1"), 25, 99.5)
-    assert alone.uid(*flow) == after_others.uid(*flow)
+    flow = (pack_addr("203.0.113.9"), 51000, pack_addr("198.51.100.1"), 25, 123456789, True)
+    assert alone.uid(*flow, ts=99.5) == after_others.uid(*flow, ts=99.9)
 
 
-def test_flows_with_the_same_endpoints_and_first_time_get_different_uids():
+def test_a_reused_four_tuple_gets_another_uid():
     gen = FlowUids(0)
-    flow = (pack_addr("2001:db8::1"), 51000, pack_addr("2001:db8::2"), 25, 5.0)
-    first, second = gen.uid(*flow), gen.uid(*flow)
+    ends = (pack_addr("2001:db8::1"), 51000, pack_addr("2001:db8::2"), 25)
+    assert gen.uid(*ends, 1000) != gen.uid(*ends, 2000)          # a new SYN, a new ISN
+    assert gen.uid(*ends, 1000, True) != FlowUids(0).uid(*ends, 1000, False)
+
+
+def test_flows_with_the_same_endpoints_and_first_sequence_number_get_different_uids():
+    gen = FlowUids(0)
+    flow = (pack_addr("2001:db8::1"), 51000, pack_addr("2001:db8::2"), 25, 77)
+    first, second = gen.uid(*flow, ts=5.0), gen.uid(*flow, ts=6.0)
     assert first != second
-    # the same endpoints a second later: a new key, so its own first uid
-    again = FlowUids(0)
-    assert again.uid(*flow) == first
-    assert again.uid(*flow[:4], 6.0) != first
+    assert FlowUids(0).uid(*flow, ts=9.0) == first
 
 
 def test_the_collision_table_forgets_flows_older_than_its_window():
     gen = FlowUids(0)
     for i in range(1000):
-        gen.uid(pack_addr("192.0.2.1"), 1024 + i, pack_addr("192.0.2.2"), 25, float(i))
+        gen.uid(pack_addr("192.0.2.1"), 1024 + i, pack_addr("192.0.2.2"), 25, i, True, float(i))
     assert len(gen._seen) <= 2 * FlowUids.COLLISION_WINDOW + 1
