@@ -21,7 +21,7 @@ from sensor import shard
 from sensor.config import Config, SpamStatsConfig
 from sensor.inputs.pcapfile import CaptureReader
 from sensor.stream.flowid import pack_addr
-from support.smtp_pcap import session_frames, write_pcap
+from support.smtp_pcap import session_frames, smtp_dialogue, write_pcap
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 SPAMMER = "203.0.113.66"
@@ -94,7 +94,6 @@ def fragmented_frames(family: int, reverse: bool, t0: float, cport: int) -> list
 
 
 def _dialogue():
-    from support.smtp_pcap import smtp_dialogue
     return smtp_dialogue(sender=b"frag@" + b"x" * 60 + b".example")
 
 
