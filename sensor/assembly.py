@@ -41,7 +41,7 @@ from sensor.counters import Group
 from sensor.errors import SensorError
 from sensor.pipeline import Pipeline
 
-__all__ = ["Userland"]
+__all__ = ["Userland", "verdict_summary"]
 
 
 class Userland:
@@ -162,21 +162,38 @@ class Userland:
         if self.cluster is not None:
             yield from self.cluster.counter_groups()
 
-    def summary(self) -> str:
-        """The verdicts, for the end of a replay's summary line ("" without any)."""
-        text = ""
+    def verdict_counts(self) -> dict:
+        """The counts the summary line gives (plain numbers: a sharded
+        replay's workers' are added up, ``sensor.counters.add_counts``)."""
+        counts = {}
         if self.engine is not None:
             c = self.engine.counters
-            text += (f"; rules: {c.alerts} alerts, {c.drops} flows dropped, {c.bans} bans, "
-                     f"{c.errors} rule errors")
-            over = c.slow_calls + c.memory_stops
-            if over:
-                text += f", {over} calls over budget, {c.disabled} rules disabled"
+            counts["rules"] = {k: getattr(c, k) for k in ("alerts", "drops", "bans", "errors", "slow_calls",
+                                                         "memory_stops", "disabled")}
         if self.actor is not None:
-            notices, bans = self.reject_stats.counters.notices, self.actor.counters.bans
-            if notices or bans:
-                text += f"; spam stats: {notices} notices, {bans} bans"
-        return text
+            counts["spam_stats"] = {"notices": self.reject_stats.counters.notices,
+                                    "bans": self.actor.counters.bans}
+        return counts
+
+    def summary(self) -> str:
+        """The verdicts, for the end of a replay's summary line ("" without any)."""
+        return verdict_summary(self.verdict_counts())
+
+
+def verdict_summary(counts: dict) -> str:
+    """``Userland.summary()`` of ``Userland.verdict_counts()`` (or their sum)."""
+    text = ""
+    c = counts.get("rules")
+    if c is not None:
+        text += (f"; rules: {c['alerts']} alerts, {c['drops']} flows dropped, {c['bans']} bans, "
+                 f"{c['errors']} rule errors")
+        over = c["slow_calls"] + c["memory_stops"]
+        if over:
+            text += f", {over} calls over budget, {c['disabled']} rules disabled"
+    c = counts.get("spam_stats")
+    if c is not None and (c["notices"] or c["bans"]):
+        text += f"; spam stats: {c['notices']} notices, {c['bans']} bans"
+    return text
 
 
 def _rule_engine(directory, sink, enforcer, limits):

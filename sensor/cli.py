@@ -24,6 +24,7 @@ examples:
   smtp-sensor run --ebpf                # print exactly the C that bcc compiles, and exit
   smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
   smtp-sensor replay smtp.pcap --rules rules/ --write-passed passed.pcap
+  smtp-sensor replay big.pcap --workers 2 --monitor-only -o records.json   # two cores
   smtp-sensor status                    # ask the running sensor (control socket)
   smtp-sensor ban add 198.51.100.0/24 --ttl 3600 --reason "spam run"
   smtp-sensor ban list | smtp-sensor flows | smtp-sensor stats
@@ -166,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rules", type=Path, metavar="DIR", help="run the rules of DIR (e.g. ./rules)")
     rep.add_argument("--write-passed", type=Path, metavar="OUT.pcap",
                      help="write the packets the rules' verdicts let pass (inline semantics)")
+    rep.add_argument("--monitor-only", action="store_true",
+                     help="never drop or ban: verdicts are recorded (enforced_by \"monitor\"), not applied")
+    rep.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                     help="split the capture over N processes by client address (default 1); the same "
+                          "records, in another order; not with bans enforced or --write-passed")
     return parser
 
 
@@ -381,24 +387,39 @@ def cmd_replay(args) -> int:
     from sensor.records.sinks import JsonLinesSink
 
     config = resolve_run_config(args)
+    if args.workers > 1:
+        from sensor.inputs.workers import check_splittable
+        check_splittable(config, args.workers, args.write_passed)
+
+    def make_userland(sink):
+        return Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
+
     out = _open_output(args.output, "w")
     try:
-        sink = JsonLinesSink(out or sys.stdout)
-        userland = Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
         progress = _replay_progress(args)
         try:
-            result = replay(args.capture, userland, strict=not args.lenient,
-                            write_passed=args.write_passed, progress=progress)
+            if args.workers > 1:
+                from sensor.assembly import verdict_summary
+                from sensor.inputs.workers import replay_workers
+                result = replay_workers(args.capture, make_userland, args.workers, out or sys.stdout,
+                                        strict=not args.lenient, progress=progress)
+                verdicts = verdict_summary(result.verdicts)
+            else:
+                sink = JsonLinesSink(out or sys.stdout)
+                userland = make_userland(sink)
+                result = replay(args.capture, userland, strict=not args.lenient,
+                                write_passed=args.write_passed, progress=progress)
+                sink.flush()
+                verdicts = userland.summary()
         finally:
             if progress is not None:
                 progress.close()
-        sink.flush()
     finally:
         if out is not None:
             out.close()
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
-    summary = result.summary() + userland.summary()
+    summary = result.summary() + verdicts
     if args.write_passed is not None:
         summary += f"; passed packets written to {args.write_passed}"
     print(summary, file=sys.stderr)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Callable, NamedTuple
 
-__all__ = ["Counters", "Field", "Group", "Histogram", "counter", "gauge", "histogram", "as_tree"]
+__all__ = ["Counters", "Field", "Group", "Histogram", "counter", "gauge", "histogram", "as_tree", "add_counts"]
 
 
 class Field:
@@ -183,3 +183,14 @@ def as_tree(groups) -> dict:
             node = node.setdefault(key, {})
         node.update(group.counters.as_dict())
     return tree
+
+
+def add_counts(total: dict, more: dict) -> dict:
+    """Add the counts of ``more`` into ``total`` (both ``as_dict()`` shapes:
+    numbers, and dicts of them, nested); returns ``total``."""
+    for key, value in more.items():
+        if isinstance(value, dict):
+            add_counts(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+    return total
