@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from sensor.errors import SensorError, Shutdown
-from sensor.files import open_private
 from sensor.service import log as sensor_log
 
 EXAMPLES = """\
@@ -163,15 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--write-passed", type=Path, metavar="OUT.pcap",
                      help="write the packets the rules' verdicts let pass (inline semantics)")
     return parser
-
-
-def _open_output(path, mode="a"):
-    if path is None:
-        return None
-    try:
-        return open_private(path, mode)
-    except OSError as exc:
-        raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _default_socket() -> str:
@@ -367,13 +357,12 @@ def _metrics_address(text: str) -> str:
 def cmd_replay(args) -> int:
     from sensor.assembly import Userland
     from sensor.inputs.replay import replay
-    from sensor.records.sinks import JsonLinesSink
+    from sensor.outputs import Outputs
 
     config = resolve_run_config(args)
-    out = _open_output(args.output, "w")
+    outputs = Outputs.from_config(config, mode="w")        # -o is written afresh, [[output]] appended to
     try:
-        sink = JsonLinesSink(out or sys.stdout)
-        userland = Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
+        userland = Userland(config, outputs, uid_seed=args.uid_seed, by_content=not args.ports_only)
         progress = _replay_progress(args)
         try:
             result = replay(args.capture, userland, strict=not args.lenient,
@@ -381,10 +370,9 @@ def cmd_replay(args) -> int:
         finally:
             if progress is not None:
                 progress.close()
-        sink.flush()
+        outputs.flush()
     finally:
-        if out is not None:
-            out.close()
+        outputs.close()
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
     summary = result.summary() + userland.summary()

@@ -52,7 +52,6 @@ import structlog
 from sensor.config import Config
 from sensor.counters import Counters, Group, as_tree, counter, gauge
 from sensor.errors import SensorError
-from sensor.files import open_private
 from sensor.kernel import abi
 
 __all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
@@ -115,7 +114,8 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
 class Sensor:
     def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
         """sink: where records go (a callable taking one record dict); default:
-        JSON lines to ``[sensor] output``."""
+        the outputs of the config (``sensor.outputs``: ``[[output]]``, or JSON
+        lines to ``[sensor] output``)."""
         self.config = config
         self.options = options or RunOptions()
         self.log = logger or structlog.get_logger("sensor")
@@ -129,8 +129,7 @@ class Sensor:
         self.metrics = None
         self.reopen_requested = False   # SIGUSR1: reopen the log and record files (logrotate)
         self.own_counters = SensorCounters(self)
-        self._out = None
-        self._out_path = None
+        self.outputs = None         # the config's outputs, when no sink was given (sensor.outputs)
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
@@ -148,7 +147,6 @@ class Sensor:
     # ------------------------------------------------------------ building
     def _build(self):
         from sensor.kernel.datapath import Datapath, DatapathConfig
-        from sensor.records.sinks import JsonLinesSink
 
         cfg = self.config.sensor
         if not cfg.interfaces:
@@ -159,14 +157,10 @@ class Sensor:
         dp_config.pin_dir = cfg.pin_dir
         self.datapath = Datapath(dp_config)
         if self.sink is None:
-            path = cfg.output_path
-            if path is not None:
-                try:
-                    self._out = open_private(path, "a")
-                except OSError as exc:
-                    raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
-                self._out_path = path
-            self.sink = JsonLinesSink(self._out or sys.stdout)
+            from sensor.outputs import Outputs
+            self.outputs = Outputs.from_config(self.config,
+                                               in_iface=cfg.interfaces[0] if len(cfg.interfaces) == 1 else None)
+            self.sink = self.outputs
 
     def _build_userland(self):
         from sensor.assembly import Userland
@@ -341,9 +335,10 @@ class Sensor:
             self.metrics = None
 
     def reopen_files(self) -> None:
-        """Open the log file and the records file again (SIGUSR1, after
-        logrotate renamed them): the next lines go to new files at the same
-        paths.  A file that cannot be opened is logged and the old one kept."""
+        """Open the log file and the outputs again (SIGUSR1, after logrotate
+        renamed them): the next lines go to new files at the same paths, the
+        Zeek logs rotate, sockets connect again.  One that cannot be reopened
+        is logged and the old one kept."""
         from sensor.service import log as sensor_log
 
         self.reopen_requested = False
@@ -352,17 +347,10 @@ class Sensor:
             reopened += sensor_log.reopen()
         except OSError as exc:
             failed["log"] = exc.strerror or str(exc)
-        if self._out is not None and self._out_path is not None:
-            try:
-                new = open_private(self._out_path, "a")
-            except OSError as exc:
-                failed[str(self._out_path)] = exc.strerror or str(exc)
-            else:
-                old, self._out = self._out, new
-                if getattr(self.sink, "stream", None) is old:
-                    self.sink.set_stream(new)
-                old.close()
-                reopened.append(str(self._out_path))
+        if self.outputs is not None:
+            done, not_done = self.outputs.reopen()
+            reopened += done
+            failed.update(not_done)
         self.own_counters.log_reopens += 1
         if failed:
             self.log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
@@ -370,9 +358,8 @@ class Sensor:
             self.log.info("files reopened", files=reopened)
 
     def _close_output(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        if self.outputs is not None:
+            self.outputs.close()
 
     def reload_rules(self, force: bool = False) -> bool:
         if self.engine is None:
