@@ -355,12 +355,17 @@ def _metrics_address(text: str) -> str:
 
 
 def cmd_replay(args) -> int:
+    from dataclasses import replace
+
     from sensor.assembly import Userland
     from sensor.inputs.replay import replay
     from sensor.outputs import Outputs
 
     config = resolve_run_config(args)
-    outputs = Outputs.from_config(config, mode="w")        # -o is written afresh, [[output]] appended to
+    # the records go to -o (written afresh) or stdout, never to the live sensor's
+    # [sensor] output; and to the [[output]] tables, appended to
+    config = replace(config, sensor=replace(config.sensor, output=str(args.output) if args.output else "-"))
+    outputs = Outputs.from_config(config, mode="w")
     try:
         userland = Userland(config, outputs, uid_seed=args.uid_seed, by_content=not args.ports_only)
         progress = _replay_progress(args)
