@@ -5,8 +5,10 @@ here) and has the output's life cycle: ``reopen()`` (SIGUSR1, after
 logrotate renamed the file), ``flush()``, ``close()``.  ``name`` says what
 it is, for the "files reopened" log line and errors.
 
-* ``FileDestination``: appended to, created 0600 (``sensor.files``); reopened
-  at the same path; a file that cannot be opened again keeps the old one.
+* ``FileDestination``: appended to, created 0600 (``sensor.files``), each
+  line flushed as it is written (as the native records always were);
+  reopened at the same path; a file that cannot be opened again keeps the
+  old one.
 * ``StreamDestination``: an already open stream (standard output); never
   closed or reopened by us.
 * ``SyslogDestination``: one syslog message a line (the ``syslog`` module:
@@ -57,6 +59,7 @@ class FileDestination:
 
     def write_line(self, text: str) -> None:
         self.handle.write(text + "\n")
+        self.handle.flush()             # a whole line for tail -f, Filebeat, a crash
 
     def reopen(self) -> None:
         """Open the path again (a new file after a rename); DestinationError keeps the old one."""
@@ -80,6 +83,7 @@ class StreamDestination:
 
     def write_line(self, text: str) -> None:
         self.stream.write(text + "\n")
+        self.stream.flush()
 
     def reopen(self) -> None:
         """Nothing to reopen: the stream is the caller's."""

@@ -149,6 +149,14 @@ def test_the_live_sensor_writes_its_outputs_and_reopens_them_on_sigusr1(tmp_path
 
 # ---------------------------------------------------------------- destinations
 
+def test_each_line_is_in_the_file_as_soon_as_written(tmp_path):
+    """As the native records always were: tail -f and Filebeat see whole lines at once."""
+    output = build_output(OutputConfig(type="eve", path=tmp_path / "eve.json"))
+    output.write(SMTP)
+    assert json.loads((tmp_path / "eve.json").read_text())["event_type"] == "smtp"
+    output.close()
+
+
 def test_a_replays_output_file_is_written_afresh(tmp_path):
     path = tmp_path / "out.json"
     for _ in range(2):
