@@ -30,6 +30,7 @@ the old set for the new one, then close the old).
 
 from __future__ import annotations
 
+from sensor.counters import Counters, counter
 from sensor.errors import SensorError
 from sensor.outputs.destinations import (FileDestination, StreamDestination, SyslogDestination,
                                          UnixSocketDestination)
@@ -73,12 +74,40 @@ def _name(output) -> str:
     return getattr(output, "name", None) or str(getattr(output, "directory", output))
 
 
+def _count(output, attribute: str) -> int | None:
+    """An output's count: its own (Zeek's ``written``: lines per log, summed) or its destination's."""
+    value = getattr(output, attribute, None)
+    if value is None:
+        value = getattr(getattr(output, "destination", None), attribute, None)
+    if isinstance(value, dict):
+        value = sum(value.values())
+    return value if isinstance(value, int) else None
+
+
+def _by_output(attribute: str):
+    def read(outputs: "Outputs") -> dict:
+        counts = {_name(o): _count(o, attribute) for o, _ in outputs.outputs}
+        return {name: n for name, n in counts.items() if n is not None}
+    return read
+
+
+class OutputsCounters(Counters):
+    """``owner``: the Outputs."""
+
+    METRIC_PREFIX = "output_"
+    written = counter("records given to each output (those it dropped included), by output", by="output",
+                      read=_by_output("written"))
+    dropped = counter("records an output could not deliver (a Unix socket nobody reads, a full buffer), "
+                      "by output", by="output", read=_by_output("dropped"))
+
+
 class Outputs:
     """Several outputs, each with the event types it takes (None: all)."""
 
     def __init__(self, outputs=()):
         #: [(output, frozenset of event types or None)]
         self.outputs = list(outputs)
+        self.counters = OutputsCounters(self)
 
     @classmethod
     def from_config(cls, config, *, in_iface: str | None = None, stdout=None, mode: str = "a") -> "Outputs":

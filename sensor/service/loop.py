@@ -456,6 +456,8 @@ class Sensor:
                 yield Group(("hold",), self.feed.hold.counters)
         if self.userland is not None:
             yield from self.userland.counter_groups()
+        if self.outputs is not None:
+            yield Group(("outputs",), self.outputs.counters)
         if self.control is not None:
             yield Group(("control",), self.control.counters)
         if self._snapshots is not None:

@@ -206,6 +206,18 @@ def test_nobody_listening_on_the_socket_drops_lines_and_connects_again_later(tmp
     dest.close()
 
 
+def test_what_each_output_wrote_and_lost_is_counted(tmp_path):
+    config = Config(outputs=(OutputConfig(type="eve", path=tmp_path / "eve.json"),
+                             OutputConfig(socket=tmp_path / "nobody.sock")))
+    outputs = Outputs.from_config(config)
+    outputs(SMTP)
+    outputs(ANOMALY)
+    counts = outputs.counters.as_dict()
+    outputs.close()
+    assert counts["written"] == {str(tmp_path / "eve.json"): 2, f"unix_dgram:{tmp_path / 'nobody.sock'}": 2}
+    assert counts["dropped"] == {f"unix_dgram:{tmp_path / 'nobody.sock'}": 2}
+
+
 def test_syslog_gets_one_message_a_record_at_the_facility(monkeypatch):
     import syslog
     sent, opened = [], []
