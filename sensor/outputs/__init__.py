@@ -9,7 +9,8 @@ type``, docs/config.md):
 * ``eve`` (``eve.py``): Suricata's EVE JSON;
 * ``zeek`` (``zeek.py``): Zeek's logs, one file per log in a directory.
 
-``native`` and ``eve`` write lines to a destination (``destinations.py``):
+``zeek`` takes ``[spam_stats] local_networks`` as Zeek's
+``Site::local_nets``.  ``native`` and ``eve`` write lines to a destination (``destinations.py``):
 a file (``path``), a file in a folder (``directory``: ``records.json``,
 ``eve.json``), standard output, syslog or a Unix socket.
 
@@ -55,15 +56,13 @@ def _destination(spec, *, mode: str = "a", stdout=None):
     return UnixSocketDestination(spec.socket, spec.socket_type)
 
 
-def build_output(spec, *, in_iface: str | None = None, stdout=None, mode: str = "a"):
-    """The output of one ``[[output]]`` table (a ``sensor.config.OutputConfig``)."""
+def build_output(spec, *, in_iface: str | None = None, stdout=None, mode: str = "a", local_networks=()):
+    """The output of one ``[[output]]`` table (a ``sensor.config.OutputConfig``);
+    ``local_networks``: Zeek's ``Site::local_nets`` (files.log ``local_orig``)."""
     if spec.type == "zeek":
-        try:
-            from sensor.outputs.zeek import ZeekLogs
-        except ImportError:
-            raise SensorError("[[output]] type = \"zeek\": this build has no Zeek log writer "
-                              "(sensor/outputs/zeek.py)") from None
-        return ZeekLogs(spec.directory, format=spec.format, rotate_interval=spec.rotate_interval)
+        from sensor.outputs.zeek import ZeekLogs
+        return ZeekLogs(spec.directory, format=spec.format, rotate_interval=spec.rotate_interval,
+                        local_networks=local_networks)
     destination = _destination(spec, mode=mode, stdout=stdout)
     if spec.type == "eve":
         return EveOutput(destination, in_iface=in_iface)
@@ -127,8 +126,9 @@ class Outputs:
         try:
             for spec, spec_mode in specs:
                 kinds = frozenset(spec.event_types) if spec.event_types else None
-                built.outputs.append((build_output(spec, in_iface=in_iface, stdout=stdout, mode=spec_mode),
-                                      kinds))
+                output = build_output(spec, in_iface=in_iface, stdout=stdout, mode=spec_mode,
+                                      local_networks=config.spam_stats.local_networks)
+                built.outputs.append((output, kinds))
         except BaseException:
             built.close()
             raise

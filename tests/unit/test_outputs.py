@@ -9,9 +9,7 @@ import io
 import json
 import os
 import socket
-import sys
 import time
-import types
 
 import pytest
 import structlog
@@ -231,17 +229,21 @@ def test_syslog_gets_one_message_a_record_at_the_facility(monkeypatch):
     assert isinstance(output.destination, SyslogDestination)
 
 
-def test_type_zeek_is_the_zeek_log_writer_of_the_directory(tmp_path, monkeypatch):
-    """The wiring: ``ZeekLogs(directory, format=, rotate_interval=)`` of sensor/outputs/zeek.py."""
-    made = []
-
-    class ZeekLogs:
-        def __init__(self, directory, *, format, rotate_interval):
-            made.append((directory, format, rotate_interval))
-
-    monkeypatch.setitem(sys.modules, "sensor.outputs.zeek", types.SimpleNamespace(ZeekLogs=ZeekLogs))
-    output = build_output(OutputConfig(type="zeek", directory=tmp_path, format="json", rotate_interval=60))
-    assert isinstance(output, ZeekLogs) and made == [(tmp_path, "json", 60.0)]
+def test_type_zeek_writes_zeeks_logs_in_the_directory_and_rotates_them_on_reopen(tmp_path):
+    from sensor.config import SpamStatsConfig
+    config = Config(spam_stats=SpamStatsConfig(local_networks=["192.0.2.0/24"]),
+                    outputs=(OutputConfig(type="zeek", directory=tmp_path, format="json"),))
+    outputs = Outputs.from_config(config)
+    (zeek, _), = outputs.outputs
+    assert zeek.format == "json" and zeek.site.local_networks       # [spam_stats] local_networks: Site::local_nets
+    outputs(dict(SMTP, path=["198.51.100.1", "192.0.2.7"], tls=False, steps=[], delivered=False))
+    outputs.flush()
+    (line,) = (tmp_path / "smtp.log").read_text().splitlines()
+    assert json.loads(line)["uid"] == "CAbc" and json.loads(line)["mailfrom"] == "a@example.com"
+    reopened, failed = outputs.reopen()                               # SIGUSR1: Zeek's logs rotate
+    assert reopened == [str(tmp_path)] and not failed
+    assert not (tmp_path / "smtp.log").exists() and len(list(tmp_path.glob("smtp.*.log"))) == 1
+    outputs.close()
 
 
 # ---------------------------------------------------------------- EVE fields
