@@ -11,7 +11,8 @@ builds it), and the loop that drives them.
 
 The loop (one thread): read the event ring into the pipeline (rules run there,
 each call under its budget: sensor.rules.budget); every second tick
-the reject statistics (notices, bans) and sweep expired kernel entries; poll
+the reject statistics (notices, bans), flush the outputs (Zeek's logs rotate
+when due) and sweep expired kernel entries; poll
 the rule files (or reload at once after SIGHUP / a control request); write a
 statistics snapshot every ``snapshot_interval`` (by a forked child:
 sensor.service.snapshots) and at shutdown; log the counters (a line named
@@ -374,6 +375,8 @@ class Sensor:
 
     def _tick(self) -> None:
         self.userland.tick(time.time())
+        if self.outputs is not None:
+            self.outputs.flush()        # a quiet Zeek log rotates on time too
         self._check_holds()
         try:
             removed = self.datapath.maps.sweep()
