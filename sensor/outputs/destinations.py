@@ -20,6 +20,9 @@ it is, for the "files reopened" log line and errors.
   the line is dropped and counted (``dropped``), and the socket is
   connected again on the next line (at most once a second) and on
   ``reopen()``.
+
+``LineOutput`` is the base of the outputs that write one line a record to a
+destination (native, eve): the life cycle passed on to it, the count.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from sensor.config import SOCKET_TYPES, SYSLOG_FACILITIES as FACILITIES
 from sensor.errors import SensorError
 from sensor.files import open_private
 
-__all__ = ["FileDestination", "StreamDestination", "SyslogDestination", "UnixSocketDestination",
+__all__ = ["LineOutput", "FileDestination", "StreamDestination", "SyslogDestination", "UnixSocketDestination",
            "DestinationError"]
 
 
@@ -183,3 +186,34 @@ class UnixSocketDestination:
 
     def close(self) -> None:
         self._drop_socket()
+
+
+class LineOutput:
+    """An output writing one line a record to ``destination``: subclasses
+    define ``line(record)``; ``written`` counts the records given to it."""
+
+    def __init__(self, destination):
+        self.destination = destination
+        self.written = 0
+
+    @property
+    def name(self) -> str:
+        return self.destination.name
+
+    def line(self, record: dict) -> str:
+        raise NotImplementedError
+
+    def write(self, record: dict) -> None:
+        self.destination.write_line(self.line(record))
+        self.written += 1
+
+    __call__ = write
+
+    def reopen(self) -> None:
+        self.destination.reopen()
+
+    def flush(self) -> None:
+        self.destination.flush()
+
+    def close(self) -> None:
+        self.destination.close()

@@ -65,6 +65,8 @@ import hashlib
 from collections import OrderedDict
 from datetime import datetime, timezone
 
+from sensor.outputs.destinations import LineOutput
+from sensor.records.sinks import dumps
 from sensor.shard import fnv1a32
 
 __all__ = ["EveOutput", "eve_record", "eve_timestamp", "flow_id", "signature_id", "EVE_TYPES",
@@ -306,7 +308,7 @@ def eve_record(rec: dict, in_iface: str | None = None, *, dropped: bool = False,
     return _other(rec, in_iface)
 
 
-class EveOutput:
+class EveOutput(LineOutput):
     """EVE JSON lines to a destination (``sensor.outputs.destinations``).
 
     It remembers the flows dropped and the last alert of each (flow, rule),
@@ -316,18 +318,10 @@ class EveOutput:
     MAX_FLOWS = 10_000
 
     def __init__(self, destination, *, in_iface: str | None = None):
-        from sensor.records.sinks import dumps
-
-        self.destination = destination
+        super().__init__(destination)
         self.in_iface = in_iface
-        self.written = 0
-        self._dumps = dumps
         self._dropped: OrderedDict = OrderedDict()
         self._alerts: OrderedDict = OrderedDict()
-
-    @property
-    def name(self) -> str:
-        return self.destination.name
 
     def _remember(self, table: OrderedDict, key, value) -> None:
         table[key] = value
@@ -335,7 +329,7 @@ class EveOutput:
         if len(table) > self.MAX_FLOWS:
             table.popitem(last=False)
 
-    def write(self, record: dict) -> None:
+    def line(self, record: dict) -> str:
         kind, uid = record.get("event_type"), record.get("uid")
         rule_alert = None
         if kind == "alert" and uid is not None:
@@ -343,17 +337,4 @@ class EveOutput:
         elif kind == "drop" and uid is not None:
             rule_alert = self._alerts.get((uid, record.get("rule_id")))
             self._remember(self._dropped, uid, True)
-        line = eve_record(record, self.in_iface, dropped=uid in self._dropped, rule_alert=rule_alert)
-        self.destination.write_line(self._dumps(line))
-        self.written += 1
-
-    __call__ = write
-
-    def reopen(self) -> None:
-        self.destination.reopen()
-
-    def flush(self) -> None:
-        self.destination.flush()
-
-    def close(self) -> None:
-        self.destination.close()
+        return dumps(eve_record(record, self.in_iface, dropped=uid in self._dropped, rule_alert=rule_alert))

@@ -4,31 +4,12 @@ order, nothing added), to any destination."""
 
 from __future__ import annotations
 
+from sensor.outputs.destinations import LineOutput
 from sensor.records.sinks import dumps
 
 __all__ = ["NativeOutput"]
 
 
-class NativeOutput:
-    def __init__(self, destination):
-        self.destination = destination
-        self.written = 0
-
-    @property
-    def name(self) -> str:
-        return self.destination.name
-
-    def write(self, record: dict) -> None:
-        self.destination.write_line(dumps(record))
-        self.written += 1
-
-    __call__ = write
-
-    def reopen(self) -> None:
-        self.destination.reopen()
-
-    def flush(self) -> None:
-        self.destination.flush()
-
-    def close(self) -> None:
-        self.destination.close()
+class NativeOutput(LineOutput):
+    def line(self, record: dict) -> str:
+        return dumps(record)
