@@ -242,7 +242,9 @@ def _metadata(strings: dict, numbers: dict | None = None) -> dict:
     flowvars = [{"key": k, "value": str(v)} for k, v in strings.items() if v is not None]
     if flowvars:
         meta["flowvars"] = flowvars
-    flowints = {k: v for k, v in (numbers or {}).items() if v is not None}
+    # whole numbers as integers (a TTL of 3600.0 is 3600), as Suricata's flowints are
+    flowints = {k: int(v) if isinstance(v, float) and v.is_integer() else v
+                for k, v in (numbers or {}).items() if v is not None}
     if flowints:
         meta["flowints"] = flowints
     return meta
