@@ -9,10 +9,10 @@ type``, docs/config.md):
 * ``eve`` (``eve.py``): Suricata's EVE JSON;
 * ``zeek`` (``zeek.py``): Zeek's logs, one file per log in a directory.
 
-``zeek`` takes ``[spam_stats] local_networks`` as Zeek's
-``Site::local_nets``.  ``native`` and ``eve`` write lines to a destination (``destinations.py``):
-a file (``path``), a file in a folder (``directory``: ``records.json``,
-``eve.json``), standard output, syslog or a Unix socket.
+``native`` and ``eve`` write lines to a destination (``destinations.py``): a
+file (``path``), a file in a folder (``directory``: ``records.json``,
+``eve.json``), standard output, syslog or a Unix socket.  ``zeek`` takes
+``[spam_stats] local_networks`` as Zeek's ``Site::local_nets``.
 
 ``Outputs`` is the set the configuration asks for, itself a sink: each
 record goes to every output whose ``event_types`` take it::
@@ -141,10 +141,6 @@ class Outputs:
                 output.write(record)
 
     __call__ = write
-
-    @property
-    def names(self) -> list[str]:
-        return [_name(output) for output, _ in self.outputs]
 
     def reopen(self) -> tuple[list[str], dict[str, str]]:
         """Reopen every output; (the names reopened, {name: why not} for the

@@ -169,8 +169,8 @@ class UnixSocketDestination:
                 self.sock.send(data)
             else:
                 sent = self.sock.send(data)
-                if sent < len(data):        # a line cut in two would corrupt the stream
-                    self._drop_socket()
+                if sent < len(data):        # its rest cannot follow later without tearing the
+                    self._drop_socket()     # next line: closed, the next connection starts whole
                     self.dropped += 1
         except OSError as exc:
             self.dropped += 1
