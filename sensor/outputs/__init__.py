@@ -25,8 +25,9 @@ record goes to every output whose ``event_types`` take it::
 Without ``[[output]]`` tables it is today's one native output to ``[sensor]
 output`` (standard output by default); with them, those, plus a native one
 to ``[sensor] output`` (or ``--output``) when that names a file.
-``from_config`` builds the whole set again from a config (a reload can swap
-the old set for the new one, then close the old).
+``from_config`` builds the whole set again from a config; a reload gives it
+to the set in use, ``outputs.take_over(Outputs.from_config(new_config))``,
+which closes the old outputs (the sink object the pipeline holds stays).
 """
 
 from __future__ import annotations
@@ -133,6 +134,13 @@ class Outputs:
             built.close()
             raise
         return built
+
+    def take_over(self, other: "Outputs") -> None:
+        """Write to ``other``'s outputs from now on and close the ones this had
+        (a reload: the pipeline, the rules and the statistics keep this
+        object as their sink, so nothing else needs telling)."""
+        old, self.outputs, other.outputs = self.outputs, other.outputs, []
+        Outputs(old).close()
 
     def write(self, record: dict) -> None:
         kind = record.get("event_type")

@@ -126,6 +126,17 @@ def test_every_output_is_reopened_after_a_rename_and_a_failure_keeps_the_old_fil
     assert len((tmp_path / "d.1" / "records.json").read_text().splitlines()) == 2   # the old one kept going
 
 
+def test_a_reload_gives_the_sink_in_use_the_new_configs_outputs(tmp_path):
+    outputs = Outputs.from_config(Config(outputs=(OutputConfig(path=tmp_path / "old.json"),)))
+    outputs(SMTP)
+    old_file = outputs.outputs[0][0].destination.handle
+    outputs.take_over(Outputs.from_config(Config(outputs=(OutputConfig(type="eve", path=tmp_path / "new.json"),))))
+    outputs(ANOMALY)
+    outputs.close()
+    assert old_file.closed and len((tmp_path / "old.json").read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "new.json").read_text())["event_type"] == "anomaly"
+
+
 def test_the_live_sensor_writes_its_outputs_and_reopens_them_on_sigusr1(tmp_path):
     eve = tmp_path / "eve.json"
     sensor = Sensor(Config(sensor=SensorConfig(interfaces=("eth-test",)),
