@@ -626,9 +626,12 @@ class OutputConfig:
     socket_type: str = "dgram"
     #: syslog: the facility
     facility: str = "local5"
+    #: eve: write Suricata's in_iface (live, with one interface); its schema has no such key
+    in_iface: bool = False
 
     def __post_init__(self):
         _validate(self, "output", {
+            "in_iface": _bool,
             "type": lambda v: _str(v, OUTPUT_TYPES),
             "path": _optional(_path),
             "directory": _optional(_path),

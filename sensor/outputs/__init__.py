@@ -66,7 +66,7 @@ def build_output(spec, *, in_iface: str | None = None, stdout=None, mode: str = 
                         local_networks=local_networks)
     destination = _destination(spec, mode=mode, stdout=stdout)
     if spec.type == "eve":
-        return EveOutput(destination, in_iface=in_iface)
+        return EveOutput(destination, in_iface=in_iface if spec.in_iface else None)
     return NativeOutput(destination)
 
 

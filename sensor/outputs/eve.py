@@ -12,7 +12,9 @@ Common fields, in Suricata's order: ``timestamp`` (local time with its
 offset, microseconds: ``2026-12-02T05:00:00.123456+0000``), ``flow_id`` (an
 integer, the same for every record of a flow: 48 bits of the BLAKE2b of its
 uid, below 2**53 so that every JSON reader, JavaScript's too, holds it
-exactly), ``in_iface`` (live, with one interface), ``event_type``, ``src_ip`` ``src_port`` ``dest_ip`` ``dest_port`` (the
+exactly), ``in_iface`` (only when asked, ``[[output]] in_iface = true``: live,
+with one interface; Suricata writes it, but its schema has no such key, so
+such records do not validate), ``event_type``, ``src_ip`` ``src_port`` ``dest_ip`` ``dest_port`` (the
 client is the source, as Suricata writes its smtp and email events),
 ``proto`` ``TCP``, ``tx_id`` (the transaction, from 0), ``app_proto``
 ``smtp`` and ``community_id``.

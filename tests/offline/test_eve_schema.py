@@ -63,6 +63,7 @@ def test_the_schema_refuses_what_suricata_does_not_write():
     smtp = next(r for r in eve if r["event_type"] == "smtp")
     check_eve(smtp)
     for broken in ({**smtp, "uid": "C1"},                               # a key of ours at the top
+                   {**smtp, "in_iface": "eth0"},                          # Suricata writes it live; its schema has none
                    {**smtp, "timestamp": "2026-12-02 05:00:00"},          # not Suricata's timestamp
                    {**smtp, "flow_id": "1"},
                    {**smtp, "email": {**smtp.get("email", {}), "cc": ["a@example.com"]}}):

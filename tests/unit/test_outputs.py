@@ -139,13 +139,16 @@ def test_a_reload_gives_the_sink_in_use_the_new_configs_outputs(tmp_path):
 
 def test_the_live_sensor_writes_its_outputs_and_reopens_them_on_sigusr1(tmp_path):
     eve = tmp_path / "eve.json"
+    plain = tmp_path / "plain.json"
     sensor = Sensor(Config(sensor=SensorConfig(interfaces=("eth-test",)),
-                           outputs=(OutputConfig(type="eve", path=eve),)), logger=structlog.get_logger("test"))
+                           outputs=(OutputConfig(type="eve", path=eve, in_iface=True),
+                                    OutputConfig(type="eve", path=plain))), logger=structlog.get_logger("test"))
     sensor._build()             # the datapath is only built (nothing loaded) and the outputs opened
     try:
         sensor.sink(SMTP)
         sensor.sink.flush()
-        assert json.loads(eve.read_text())["in_iface"] == "eth-test"
+        assert json.loads(eve.read_text())["in_iface"] == "eth-test"       # asked for
+        assert "in_iface" not in json.loads(plain.read_text())              # the schema's default
         os.rename(eve, tmp_path / "eve.json.1")
         sensor.reopen_files()
         sensor.sink(ANOMALY)
