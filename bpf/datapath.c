@@ -65,6 +65,8 @@ BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_loss, ss_lost, SS_FLOW_MAX);
  * segments without a handshake) do not. */
 BPF_TABLE("lru_hash", struct ss_flow_key, __u8, ss_opened, SS_FLOW_MAX);
 BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX);
+/* Verdicts per attached interface (smtp_sensor.h: struct ss_if_key). */
+BPF_TABLE("percpu_hash", struct ss_if_key, struct ss_if_counters, ss_if_counters, SS_IF_MAX);
 /* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
 BPF_PROG_ARRAY(ss_tail, 1);
 
@@ -85,6 +87,22 @@ static __always_inline void ss_count(int dir, int counter)
 
 	if (value)
 		*value += 1;
+}
+
+_Static_assert((SS_CNT_VERDICT__MAX & (SS_CNT_VERDICT__MAX - 1)) == 0,
+	       "the mask in ss_count_verdict needs a power of two");
+
+/* A packet's exclusive verdict, per interface too unless it is a cheap pass. */
+static __always_inline void ss_count_verdict(__u32 ifindex, int dir, int counter)
+{
+	ss_count(dir, counter);
+	if (counter <= SS_CNT_NOT_SMTP || counter >= SS_CNT_VERDICT__MAX)
+		return;
+	struct ss_if_key key = {.ifindex = ifindex, .direction = dir};
+	struct ss_if_counters *per_if = ss_if_counters.lookup(&key);
+
+	if (per_if)
+		per_if->verdicts[counter & (SS_CNT_VERDICT__MAX - 1)] += 1;
 }
 
 /* A live entry (no expiry, or expiry in the future) counts the hit and says
@@ -612,7 +630,7 @@ int ss_xdp_ingress(struct xdp_md *ctx)
 	int counter = ss_process(ctx, data, data_end, data_end - data, ctx->ingress_ifindex,
 				 SS_DIR_INGRESS, SS_EHLO_UNSEEN, &action);
 
-	ss_count(SS_DIR_INGRESS, counter);
+	ss_count_verdict(ctx->ingress_ifindex, SS_DIR_INGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? XDP_DROP : XDP_PASS;
@@ -626,7 +644,7 @@ int ss_tc_egress(struct __sk_buff *skb)
 	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_UNSEEN,
 				 &action);
 
-	ss_count(SS_DIR_EGRESS, counter);
+	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
@@ -647,7 +665,7 @@ int ss_tc_ehlo(struct __sk_buff *skb)
 	/* the store may have moved the packet: read its pointers anew */
 	counter = ss_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
 			     SS_DIR_EGRESS, ehlo, &action);
-	ss_count(SS_DIR_EGRESS, counter);
+	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;

@@ -127,6 +127,23 @@ enum ss_ring_slot {
 	SS_RING__MAX = 2,
 };
 
+/* Counters per interface (ss_if_counters, a per-CPU hash): the exclusive
+ * verdicts of the packets on the SMTP ports (and of those that could not be
+ * told apart: fragments, parse errors) per attached interface and direction.
+ * Userland creates the entries of the interfaces it attaches to; the kernel
+ * only looks them up, so the map never grows past them. The cheap passes
+ * (not IP, not TCP, not an SMTP port) are counted per direction only
+ * (ss_counters), so the path of traffic that is not SMTP pays no lookup. */
+#define SS_IF_MAX 64
+struct ss_if_key {
+	__u32 ifindex;
+	__u32 direction; /* enum ss_direction */
+};
+
+struct ss_if_counters {
+	__u64 verdicts[SS_CNT_VERDICT__MAX];
+};
+
 /* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
 #define SS_WAKE_BATCH 64
 

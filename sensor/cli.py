@@ -27,7 +27,7 @@ examples:
   smtp-sensor ban add 198.51.100.0/24 --ttl 3600 --reason "spam run"
   smtp-sensor ban list | smtp-sensor flows | smtp-sensor stats
   smtp-sensor rules check rules/        # load the rules without running them
-  smtp-sensor reload                    # re-read the rules now (same as SIGHUP)
+  smtp-sensor reload                    # apply a changed config and re-read the rules (same as SIGHUP)
   smtp-sensor unload                    # stop the sensor, remove the pinned maps (--keep-maps: keep bans)
 """
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--state-file", type=Path, help="snapshot of the reject statistics and bans")
+    run.add_argument("--ban-file", type=Path, help="snapshot of every source ban, restored at start (reboots)")
     run.add_argument("--monitor-only", action="store_true",
                      help="never drop or ban (a SPAN/mirror port): verdicts are only logged")
     run.add_argument("--wakeup", type=positive_int, metavar="N",
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--limit", type=positive_int, default=1000)
     stt = control("stats", help_text="reject statistics per host")
     stt.add_argument("--limit", type=positive_int, default=100)
-    control("reload", help_text="re-read the rules now (like SIGHUP)")
+    control("reload", help_text="apply a changed configuration and re-read the rules now (like SIGHUP)")
     ban = sub.add_parser("ban", help="source bans in XDP: add, del, list")
     ban_sub = ban.add_subparsers(dest="ban_command", metavar="ACTION", required=True)
     for name, help_text in (("add", "ban a prefix"), ("del", "lift a ban"), ("list", "the bans")):
@@ -183,7 +184,7 @@ def resolve_run_config(args):
     if getattr(args, "interface", None):
         over["interfaces"] = tuple(args.interface)
     for flag, key in (("netns", "netns"), ("ports", "ports"), ("xdp_mode", "xdp_mode"), ("pin_dir", "pin_dir"),
-                      ("rules", "rules"), ("state_file", "state_file")):
+                      ("rules", "rules"), ("state_file", "state_file"), ("ban_file", "ban_file")):
         value = getattr(args, flag, None)
         if value is not None:
             over[key] = value
@@ -206,7 +207,8 @@ def cmd_run(args) -> int:
     socket_path = args.control_socket or _default_socket()
     options = RunOptions(duration=args.duration, stats_interval=args.stats_interval,
                          reload_interval=args.reload_interval, wakeup=args.wakeup,
-                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics)
+                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics,
+                         load_config=lambda: resolve_run_config(args))
     sensor = Sensor(config, options)
 
     def on_sighup(signum, frame):

@@ -300,6 +300,8 @@ class SensorConfig:
     output: str = "-"
     #: snapshot of the reject statistics and bans (None: nothing persisted)
     state_file: Path | None = None
+    #: snapshot of every source ban the kernel holds, restored at start (None: the pins only)
+    ban_file: Path | None = None
     #: seconds between snapshots (one is also written at shutdown): what a SIGKILL loses at most
     snapshot_interval: float = 5.0
     #: seconds the shutdown may spend dissecting what is left (the ring, the open flows)
@@ -317,6 +319,7 @@ class SensorConfig:
             "rules": _optional(_path),
             "output": lambda v: str(v) if isinstance(v, Path) else _str(v),
             "state_file": _optional(_path),
+            "ban_file": _optional(_path),
             "snapshot_interval": lambda v: _duration(v, positive=True),
             "stop_timeout": lambda v: _duration(v, positive=True),
             "enforce": _bool,
@@ -770,7 +773,7 @@ def _output_relative_to(output: OutputConfig, base: Path) -> OutputConfig:
 
 def _relative_to(sensor: SensorConfig, base: Path) -> SensorConfig:
     changes = {}
-    for name in ("pin_dir", "rules", "state_file"):
+    for name in ("pin_dir", "rules", "state_file", "ban_file"):
         value = getattr(sensor, name)
         if value is not None and not value.is_absolute():
             changes[name] = base / value

@@ -201,8 +201,22 @@ class LpmV6(ct.Structure):
     _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16)]
 
 
+#: interfaces with counters of their own (ss_if_counters)
+IF_MAX = 64
+
+
+class IfKey(ct.Structure):
+    _fields_ = [("ifindex", ct.c_uint32), ("direction", ct.c_uint32)]
+
+
+class IfCounters(ct.Structure):
+    _fields_ = [("verdicts", ct.c_uint64 * VERDICT_COUNTERS)]
+
+
 # Every struct of the header, by its C name, for the mirror test.
 STRUCTS = {
+    "ss_if_key": IfKey,
+    "ss_if_counters": IfCounters,
     "ss_config": Config,
     "ss_event_hdr": EventHeader,
     "ss_flow_key": FlowKey,
@@ -222,6 +236,7 @@ CONSTANTS = {
     "SS_FLOW_MAX": FLOW_MAX,
     "SS_BAN_MAX": BAN_MAX,
     "SS_PORT_MAX": PORT_MAX,
+    "SS_IF_MAX": IF_MAX,
     "SS_EVF_CUT": EVF_CUT,
     "SS_EVF_HELD": EVF_HELD,
     "SS_EVF_RELEASED": EVF_RELEASED,

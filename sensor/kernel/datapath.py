@@ -358,6 +358,11 @@ class Datapath:
                                     took_over=tuple(i for i in (stale.xdp_id, stale.tc_id) if i))
             self.attachments.append(attachment)
             try:
+                self.maps.count_interface(ifindex)
+            except Exception as exc:    # bcc raises bare Exception when the map is full
+                raise SensorError(f"cannot count the packets of {ifname}: {exc} (at most {abi.IF_MAX} "
+                                  "interfaces)") from None
+            try:
                 self._attach_tc(ipr, attachment, NetlinkError, stale)
             except NetlinkError as exc:
                 raise SensorError(f"cannot attach the TC egress filter to {ifname}: "

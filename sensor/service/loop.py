@@ -12,10 +12,12 @@ builds it), and the loop that drives them.
 The loop (one thread): read the event ring into the pipeline (rules run there,
 each call under its budget: sensor.rules.budget); every second tick
 the reject statistics (notices, bans), flush the outputs (Zeek's logs rotate
-when due) and sweep expired kernel entries; poll
-the rule files (or reload at once after SIGHUP / a control request); write a
+when due) and sweep expired kernel entries; poll the rule files (after
+SIGHUP / a control request: read the configuration again, apply what changed
+or refuse it, and reload the rules at once: sensor.service.reload); write a
 statistics snapshot every ``snapshot_interval`` (by a forked child:
-sensor.service.snapshots) and at shutdown; log the counters (a line named
+sensor.service.snapshots) and at shutdown, and the ban snapshot when bans
+changed (sensor.service.bansnapshot); log the counters (a line named
 ``stats``) every ``stats_interval``.
 
 The shutdown (SIGTERM, ``stop``) is bounded: the programs are detached first
@@ -47,6 +49,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 
@@ -78,6 +81,9 @@ class RunOptions:
     control_socket: str | None = None
     metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
     uid_seed: bytes | int | None = None   # seed of the connection uids; None: random per run
+    #: reads the configuration again for ``reload`` (the CLI's: the file with its flags on top);
+    #: None: the file the configuration came from, if any
+    load_config: Callable[[], Config] | None = None
 
 
 class SensorCounters(Counters):
@@ -133,6 +139,7 @@ class Sensor:
         self.outputs = None         # the config's outputs, when no sink was given (sensor.outputs)
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
+        self._ban_snapshots = None      # sensor.service.bansnapshot.BanSnapshots (with a ban file)
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
         self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
         self._snapshots = None          # the periodic snapshots' writer (with a state file)
@@ -209,6 +216,10 @@ class Sensor:
             for ifname in cfg.interfaces:
                 self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
+            if cfg.ban_file is not None:
+                from sensor.service.bansnapshot import BanSnapshots
+                self._ban_snapshots = BanSnapshots(cfg.ban_file, self.enforcer, self.log, time.monotonic())
+                self._ban_snapshots.restore()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -219,7 +230,7 @@ class Sensor:
                                self.datapath.injector(cfg.netns) if self.config.enforce.inject else None)
                     if self.config.holds_commits else None)
             self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
-                                 self.datapath.maps, hold)
+                                 self.datapath.maps, hold, enforcer=self.enforcer)
             if opt.control_socket:
                 from sensor.service.control import ControlServer
                 self.control = ControlServer(opt.control_socket, self)
@@ -255,12 +266,16 @@ class Sensor:
         if self.reopen_requested:
             self.reopen_files()
         now = time.monotonic()
-        if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
-            self.reload_rules(force=bool(self.reload_requested))
+        if self.reload_requested:
+            self.reload()
+        elif self.engine is not None and now - self.last_reload >= opt.reload_interval:
+            self.reload_rules()
         if now - self._last_tick >= 1.0:
             self._last_tick = now
             self._pet_watchdog()
             self._tick()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.poll(now, self.config.sensor.snapshot_interval)
         snapshots = self._snapshots
         if snapshots is not None:
             if snapshots.busy:
@@ -362,6 +377,39 @@ class Sensor:
         if self.outputs is not None:
             self.outputs.close()
 
+    # ------------------------------------------------------------ reload
+    @property
+    def OUTPUTS_RELOAD(self) -> bool:
+        """Whether ``reload_outputs`` can rebuild the outputs: when the sensor
+        built them from its config (not with a sink given by its caller)."""
+        return self.outputs is not None
+
+    def reload(self) -> dict:
+        """SIGHUP or the control socket: the configuration read again and what
+        changed applied, or refused in one line (``sensor.service.reload``),
+        then the rules re-read."""
+        from sensor.service.reload import reload_sensor
+        return reload_sensor(self)
+
+    def reload_outputs(self, old: Config, new: Config) -> None:
+        """The outputs' reload hook: where records go changed (``[sensor] output``,
+        ``[[output]]``).  The new config's outputs are opened (a SensorError if
+        one cannot be: the old ones stay), then the sink the pipeline holds
+        writes to them and the old ones are closed (``Outputs.take_over``)."""
+        from sensor.outputs import Outputs
+        interfaces = new.sensor.interfaces
+        self.outputs.take_over(Outputs.from_config(new, in_iface=interfaces[0] if len(interfaces) == 1 else None))
+
+    def rearm_watchdog(self, seconds: float) -> None:
+        """A new ``[limits.rules] watchdog_s`` (a reload): armed again now, or off at 0."""
+        if self._watchdog_s <= 0:
+            return
+        if seconds <= 0:
+            self._stop_watchdog()
+            return
+        self._watchdog_s = seconds
+        self._pet_watchdog()
+
     def reload_rules(self, force: bool = False) -> bool:
         if self.engine is None:
             return False
@@ -441,6 +489,8 @@ class Sensor:
         phase("flows_s")
         if self.actor is not None and self.config.sensor.state_file:
             self._snapshot()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.final()
         phase("snapshot_s")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
@@ -459,6 +509,9 @@ class Sensor:
                 yield Group(("hold",), self.feed.hold.counters)
         if self.userland is not None:
             yield from self.userland.counter_groups()
+            timed = getattr(self.enforcer, "counters", None)       # the kernel's enforcer times its verdicts
+            if timed is not None:
+                yield Group(("verdicts",), timed)
         if self.outputs is not None:
             yield Group(("outputs",), self.outputs.counters)
         if self.control is not None:
@@ -473,6 +526,8 @@ class Sensor:
             yield Group(None, KernelMapCounters(dp.maps))
             for direction, values in dp.maps.counters().items():
                 yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+            from sensor.service.interfaces import interface_groups
+            yield from interface_groups(dp)
 
     def counters(self) -> dict:
         return as_tree(self.counter_groups())
@@ -485,7 +540,8 @@ class Sensor:
             from sensor.kernel.bpfsys import prog_id
             ids = {"xdp_prog_id": prog_id(dp.xdp_fd), "tc_prog_id": prog_id(dp.tc_fd)}
             for a in dp.attachments:
-                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids})
+                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids,
+                                    "counters": dp.maps.interface_counters(a.ifindex)})
         rules = []
         if self.engine is not None:
             for r in self.engine.ruleset.rules:

@@ -132,6 +132,16 @@ class RejectStats:
         self._next_check: float | None = None
         self._now = -math.inf
 
+    def reconfigure(self, config: SpamStatsConfig) -> None:
+        """New thresholds and lists (a reload), the counts kept: they apply
+        from the next evaluation.  The window's shape (``window``, ``period``,
+        ``sliding_buckets``) is the counts' own layout: the caller refuses a
+        change of it (sensor.service.reload)."""
+        self.config = config
+        self._interval = config.check_every
+        self._suppress_for = config.suppression
+        self._reject_codes = config.reject_codes
+
     # ------------------------------------------------------------ input
     def observe_reply(self, host: str, ts: float, code: int, conn: ConnState, *,
                       enhanced: str | None = None, text: str = "", uid: str | None = None) -> None:

@@ -48,7 +48,7 @@ from sensor.kernel import abi
 from sensor.kernel.netns import iproute, socket_in
 from sensor.lab.network import CLIENT_V4, SERVER_V4, SPAMMER_V4, Lab
 from support.lab_capture import Capture
-from support.lab_sensor import SensorProcess
+from support.lab_sensor import SensorProcess, connection_times_out
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,20 +143,6 @@ def burst(lab: Lab, source: str, rcpts_of) -> list[list[int]]:
         port = 25 if i % 2 == 0 else 587
         out.append(smtp_session(lab, source, port, rcpts_of(i) if i < THRESHOLD - 1 else ()))
     return out
-
-
-def connection_times_out(lab: Lab, source: str, port: int = 25, timeout: float = 1.0) -> bool:
-    sock = socket_in(lab.client_ns)
-    try:
-        sock.settimeout(timeout)
-        sock.bind((source, 0))
-        try:
-            sock.connect((SERVER_V4, port))
-        except socket.timeout:
-            return True
-        return False
-    finally:
-        sock.close()
 
 
 # ---------------------------------------------------------------- the sensor process

@@ -102,10 +102,14 @@ class SensorProcess:
                             pytrace=False)
             time.sleep(0.02)
 
+    def cli_result(self, *args: str) -> subprocess.CompletedProcess:
+        """A control command through the real CLI, as it ended (exit code, output)."""
+        return subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+
     def cli(self, *args: str) -> object:
         """A control command through the real CLI (`smtp-sensor stats` etc.), its JSON output."""
-        result = subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
-                                cwd=REPO, capture_output=True, text=True, timeout=30)
+        result = self.cli_result(*args)
         assert result.returncode == 0, f"smtp-sensor {' '.join(args)}: {result.stderr}\n{self.describe()}"
         return json.loads(result.stdout)
 
@@ -120,6 +124,26 @@ class SensorProcess:
         for t in self._threads:
             t.join(timeout=5)
         return self.proc.returncode
+
+
+def connection_times_out(lab, source: str, port: int = 25, timeout: float = 1.0) -> bool:
+    """A connection from ``source`` in the client namespace to the server gets no answer (its SYN dropped)."""
+    import socket
+
+    from sensor.kernel.netns import socket_in
+    from sensor.lab.network import SERVER_V4
+
+    sock = socket_in(lab.client_ns)
+    try:
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        try:
+            sock.connect((SERVER_V4, port))
+        except socket.timeout:
+            return True
+        return False
+    finally:
+        sock.close()
 
 
 class _MapElemAttr(ct.Structure):

@@ -5,6 +5,7 @@ reopening on SIGUSR1, the EVE fields computed without a capture."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -135,6 +136,31 @@ def test_a_reload_gives_the_sink_in_use_the_new_configs_outputs(tmp_path):
     outputs.close()
     assert old_file.closed and len((tmp_path / "old.json").read_text().splitlines()) == 1
     assert json.loads((tmp_path / "new.json").read_text())["event_type"] == "anomaly"
+
+
+def test_a_reload_that_changes_the_outputs_moves_the_records_or_refuses_in_one_line(tmp_path):
+    from sensor.assembly import Userland
+    from sensor.service.loop import RunOptions
+
+    config = Config(sensor=SensorConfig(interfaces=("eth-test",)),
+                    outputs=(OutputConfig(type="eve", path=tmp_path / "old.json"),))
+    configs = [dataclasses.replace(config, outputs=(OutputConfig(path=tmp_path / "no" / "x.json"),)),
+               dataclasses.replace(config, outputs=(OutputConfig(path=tmp_path / "new.json"),))]
+    sensor = Sensor(config, RunOptions(load_config=lambda: configs.pop(0)), logger=structlog.get_logger("test"))
+    sensor._build()
+    try:
+        sensor.userland = Userland(config, sensor.sink)
+        refused = sensor.reload()                              # the new output cannot be opened
+        assert refused["config_error"].startswith("configuration not reloaded: cannot write")
+        assert sensor.config is config
+        sensor.sink(SMTP)
+        applied = sensor.reload()
+        assert applied["config_error"] is None and applied["config_changed"] == ["outputs"]
+        sensor.pipeline.sink(ANOMALY)                          # the pipeline's sink: the same object
+    finally:
+        sensor._close_output()
+    assert [json.loads(x)["event_type"] for x in (tmp_path / "old.json").read_text().splitlines()] == ["smtp"]
+    assert json.loads((tmp_path / "new.json").read_text()) == ANOMALY
 
 
 def test_the_live_sensor_writes_its_outputs_and_reopens_them_on_sigusr1(tmp_path):
