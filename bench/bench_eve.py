@@ -14,12 +14,8 @@ thread), records per CPU second.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -46,26 +42,10 @@ def convert_only(records, folder) -> None:
 
 
 def main() -> None:
-    from bench_zeek_logs import capture_records
+    from bench_zeek_logs import compare
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=int, default=100_000)
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
-    base = capture_records()
-    records = (base * (args.records // len(base) + 1))[:args.records]
-    kinds = {"native": through_output("native"), "eve": through_output("eve"), "eve_record": convert_only}
-    print(f"{len(records)} records ({len(base)} distinct, from the shipped captures), median of {args.runs} runs")
-    print(f"{'output':<11} {'CPU s':>7} {'records/s':>10}")
-    for name, write in kinds.items():
-        times = []
-        for _ in range(args.runs):
-            with tempfile.TemporaryDirectory() as folder:
-                t = time.process_time()
-                write(records, folder)
-                times.append(time.process_time() - t)
-        med = statistics.median(times)
-        print(f"{name:<11} {med:7.2f} {len(records) / med:10.0f}")
+    compare(__doc__, {"native": through_output("native"), "eve": through_output("eve"),
+                      "eve_record": convert_only})
 
 
 if __name__ == "__main__":
