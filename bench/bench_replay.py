@@ -142,7 +142,7 @@ def child_workers(path: str, workers: int) -> None:
             res = replay(path, Userland(config, JsonLinesSink(out)))
             worker_cpu = [time.process_time() - cpu0]
         else:
-            res = replay_workers(path, lambda sink: Userland(config, sink), workers, out)
+            res = replay_workers(path, lambda sink: Userland(config, sink), workers, JsonLinesSink(out))
             worker_cpu = res.worker_cpu
         wall = time.perf_counter() - t
         parent_cpu = time.process_time() - cpu0 if workers > 1 else 0.0

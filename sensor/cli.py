@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from sensor.errors import SensorError, Shutdown
-from sensor.files import open_private
 from sensor.service import log as sensor_log
 
 EXAMPLES = """\
@@ -173,15 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="split the capture over N processes by client address (default 1); the same "
                           "records, in another order; not with bans enforced or --write-passed")
     return parser
-
-
-def _open_output(path, mode="a"):
-    if path is None:
-        return None
-    try:
-        return open_private(path, mode)
-    except OSError as exc:
-        raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _default_socket() -> str:
@@ -382,41 +372,44 @@ def _metrics_address(text: str) -> str:
 
 
 def cmd_replay(args) -> int:
+    from dataclasses import replace
+
     from sensor.assembly import Userland
     from sensor.inputs.replay import replay
-    from sensor.records.sinks import JsonLinesSink
+    from sensor.outputs import Outputs
 
     config = resolve_run_config(args)
     if args.workers > 1:
         from sensor.inputs.workers import check_splittable
         check_splittable(config, args.workers, args.write_passed)
+    # the records go to -o (written afresh) or stdout, never to the live sensor's
+    # [sensor] output; and to the [[output]] tables, appended to
+    config = replace(config, sensor=replace(config.sensor, output=str(args.output) if args.output else "-"))
+    outputs = Outputs.from_config(config, mode="w")
 
     def make_userland(sink):
         return Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
 
-    out = _open_output(args.output, "w")
     try:
         progress = _replay_progress(args)
         try:
             if args.workers > 1:
                 from sensor.assembly import verdict_summary
                 from sensor.inputs.workers import replay_workers
-                result = replay_workers(args.capture, make_userland, args.workers, out or sys.stdout,
+                result = replay_workers(args.capture, make_userland, args.workers, outputs,
                                         strict=not args.lenient, progress=progress)
                 verdicts = verdict_summary(result.verdicts)
             else:
-                sink = JsonLinesSink(out or sys.stdout)
-                userland = make_userland(sink)
+                userland = make_userland(outputs)
                 result = replay(args.capture, userland, strict=not args.lenient,
                                 write_passed=args.write_passed, progress=progress)
-                sink.flush()
                 verdicts = userland.summary()
         finally:
             if progress is not None:
                 progress.close()
+        outputs.flush()
     finally:
-        if out is not None:
-            out.close()
+        outputs.close()
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
     summary = result.summary() + verdicts

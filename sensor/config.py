@@ -64,7 +64,7 @@ else:
     import tomli as tomllib
 
 __all__ = [
-    "Config", "SensorConfig", "LimitsConfig", "SpamStatsConfig", "StreamConfig", "MimeConfig",
+    "Config", "SensorConfig", "OutputConfig", "LimitsConfig", "SpamStatsConfig", "StreamConfig", "MimeConfig",
     "ConfigError",
     "load", "loads", "from_dict", "parse_duration", "NOTICE_TYPES",
     "POSSIBLE_SPAM", "POSSIBLE_INTERNAL_SPAM", "STRANGE_REJECT_BEHAVIOR",
@@ -689,6 +689,106 @@ class ClusterConfig:
             raise ConfigError("cluster", "password_file", f"{self.password_file} is empty")
         return lines[0]
 
+OUTPUT_TYPES = ("native", "eve", "zeek")
+#: the keys of ``[[output]]`` that say where it writes (exactly one per table)
+OUTPUT_DESTINATIONS = ("path", "directory", "stdout", "syslog", "socket")
+#: what ``event_types`` may name: the native record types, and EVE's name of ``files``
+RECORD_TYPES = ("smtp", "files", "fileinfo", "anomaly", "alert", "drop", "notice")
+ZEEK_FORMATS = ("tsv", "json")
+SOCKET_TYPES = ("dgram", "stream")
+SYSLOG_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+                     "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7")
+
+
+def _event_types(value) -> tuple:
+    out = []
+    for item in _list(value, "record types"):
+        if item not in RECORD_TYPES:
+            raise _Bad(_unknown(str(item), RECORD_TYPES).replace("key", "event type", 1))
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``[[output]]``: one output (``sensor.outputs``): its type, where it
+    writes (one of ``path``, ``directory``, ``stdout``, ``syslog``,
+    ``socket``) and which records."""
+
+    #: "native" (the records as they are), "eve" (Suricata's EVE JSON), "zeek" (Zeek's logs)
+    type: str = "native"
+    #: a file, appended to (native, eve)
+    path: Path | None = None
+    #: a folder: Zeek's logs in it, or records.json (native) / eve.json (eve)
+    directory: Path | None = None
+    #: standard output (native, eve)
+    stdout: bool = False
+    #: the local syslog, one message a record (native, eve)
+    syslog: bool = False
+    #: a Unix socket to send each record to (native, eve)
+    socket: Path | None = None
+    #: the record types written (smtp, files, anomaly, alert, drop, notice; eve's "fileinfo"
+    #: is "files"); empty: all
+    event_types: tuple = ()
+    #: zeek: "tsv" (Zeek's ASCII logs) or "json" (LogAscii::use_json)
+    format: str = "tsv"
+    #: zeek: seconds between rotations (unset: only on SIGUSR1)
+    rotate_interval: float | None = None
+    #: socket: "dgram" (one datagram a record) or "stream"
+    socket_type: str = "dgram"
+    #: syslog: the facility
+    facility: str = "local5"
+    #: eve: write Suricata's in_iface (live, with one interface); its schema has no such key
+    in_iface: bool = False
+
+    def __post_init__(self):
+        _validate(self, "output", {
+            "in_iface": _bool,
+            "type": lambda v: _str(v, OUTPUT_TYPES),
+            "path": _optional(_path),
+            "directory": _optional(_path),
+            "stdout": _bool,
+            "syslog": _bool,
+            "socket": _optional(_path),
+            "event_types": _event_types,
+            "format": lambda v: _str(v, ZEEK_FORMATS),
+            "rotate_interval": _optional(lambda v: _duration(v, positive=True)),
+            "socket_type": lambda v: _str(v, SOCKET_TYPES),
+            "facility": lambda v: _str(v, SYSLOG_FACILITIES),
+        })
+        given = [k for k in OUTPUT_DESTINATIONS if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise ConfigError("output", None, f"give exactly one of {', '.join(OUTPUT_DESTINATIONS)}"
+                              + (f", not {' and '.join(given)}" if given else ""))
+        if self.type == "zeek" and given != ["directory"]:
+            raise ConfigError("output", given[0], 'type = "zeek" writes one file per log: give a directory')
+
+    @property
+    def destination(self) -> str:
+        """Which destination key it has."""
+        return next(k for k in OUTPUT_DESTINATIONS if getattr(self, k) not in (None, False))
+
+
+def _outputs(value) -> tuple:
+    if isinstance(value, (dict, MappingProxyType)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(None, "output", "must be an array of tables ([[output]]), one per output")
+    fields = [f.name for f in dataclasses.fields(OutputConfig)]
+    out, value = [], list(value)
+    for n, table in enumerate(value, 1):
+        if isinstance(table, OutputConfig):
+            out.append(table)
+            continue
+        try:
+            if not isinstance(table, dict):
+                raise ConfigError("output", None, f"must be a table, got {_show(table)}")
+            for k in table:
+                if k not in fields:
+                    raise ConfigError("output", None, _unknown(k, fields))
+            out.append(OutputConfig(**table))
+        except ConfigError as exc:       # which of the [[output]] tables: "[output #2]"
+            raise ConfigError(f"output #{n}" if len(value) > 1 else "output", exc.key, exc.problem) from None
+    return tuple(out)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -699,8 +799,13 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     mime: MimeConfig = field(default_factory=MimeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    #: ``[[output]]`` tables (empty: one native output to ``[sensor] output``)
+    outputs: tuple = ()
     #: the file it was read from (None: defaults or built in code)
     source: Path | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "outputs", _outputs(self.outputs))
 
     @property
     def holds_commits(self) -> bool:
@@ -750,6 +855,9 @@ def from_dict(data: dict, source=None) -> Config:
 def _from_dict(data: dict, source: Path | None) -> Config:
     sections = {}
     for key, value in data.items():
+        if key == "output":
+            sections["outputs"] = value
+            continue
         if key not in _SECTIONS:
             raise ConfigError(None, None, _unknown(key, _SECTIONS).replace("key", "table", 1))
         if not isinstance(value, dict):
@@ -763,8 +871,15 @@ def _from_dict(data: dict, source: Path | None) -> Config:
     config = Config(**sections, source=source)
     if source is not None:
         config = dataclasses.replace(config, sensor=_relative_to(config.sensor, source.parent),
-                                     cluster=_files_relative_to(config.cluster, source.parent))
+                                     cluster=_files_relative_to(config.cluster, source.parent),
+                                     outputs=tuple(_output_relative_to(o, source.parent) for o in config.outputs))
     return config
+
+
+def _output_relative_to(output: OutputConfig, base: Path) -> OutputConfig:
+    changes = {name: base / getattr(output, name) for name in ("path", "directory", "socket")
+               if getattr(output, name) is not None and not getattr(output, name).is_absolute()}
+    return dataclasses.replace(output, **changes) if changes else output
 
 
 def _relative_to(sensor: SensorConfig, base: Path) -> SensorConfig:

@@ -29,9 +29,9 @@ ban.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
-import shutil
 import signal
 import sys
 import tempfile
@@ -73,8 +73,8 @@ def check_splittable(config, workers: int, write_passed=None) -> None:
 
 def replay_workers(path, make_userland, workers: int, out, *, strict: bool = True,
                    progress=None) -> WorkersResult:
-    """Replay ``path`` over ``workers`` processes; their records are written to
-    ``out`` (a text stream) once all have ended.  ``make_userland(sink)`` is
+    """Replay ``path`` over ``workers`` processes; their records go to ``out``
+    (a sink: sensor.outputs.Outputs) once all have ended, worker after worker.  ``make_userland(sink)`` is
     called in each worker.  ``progress``: shown by worker 0.  A worker's
     ``SensorError`` (rules that do not load, a corrupt capture) is raised
     here, after the records of what was read are written."""
@@ -96,7 +96,8 @@ def replay_workers(path, make_userland, workers: int, out, *, strict: bool = Tru
                 _stop(pid, fd)
         for index in range(workers):
             with open(Path(tmp) / f"{index}.jsonl", encoding="utf-8") as records:
-                shutil.copyfileobj(records, out, 1 << 20)
+                for line in records:
+                    out(json.loads(line))
     for kind, *what in answers:
         if kind == "error":
             error_type, message = what

@@ -9,17 +9,23 @@ __all__ = ["alert_record"]
 
 
 def alert_record(ts: float, flow, *, signature_id: str, rev: int, signature: str, severity: str,
+                 sid: int | None = None,
                  confidence: str | None = None, method: str | None = None, sources=(), targets=(),
                  ref=(), metadata=None, helo: str | None = None, mail_from: str | None = None,
                  rcpt_to=()) -> dict:
     """An ``alert`` on ``flow`` (anything with ``uid``, ``orig_h`` ... ``community_id``).
     ``sources``/``targets`` default to the client and the server; ``metadata``:
-    the rule's extra keyword arguments."""
+    the rule's extra keyword arguments; ``sid``: the rule's declared integer
+    signature id (only then in the record)."""
     rec = {"ts": ts, "event_type": "alert", "uid": flow.uid,
            "src_ip": flow.orig_h, "src_port": flow.orig_p,
            "dest_ip": flow.resp_h, "dest_port": flow.resp_p, "proto": "TCP",
            "community_id": flow.community_id}
-    alert = {"signature_id": signature_id, "rev": rev, "signature": signature, "severity": severity}
+    alert = {"signature_id": signature_id, "rev": rev}
+    if sid is not None:
+        alert["sid"] = sid
+    alert["signature"] = signature
+    alert["severity"] = severity
     if confidence is not None:
         alert["confidence"] = confidence
     if method is not None:

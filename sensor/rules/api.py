@@ -99,6 +99,8 @@ class Rule:
     fn: object
     id: str
     rev: int = 1
+    #: the integer signature id of its alerts in EVE (None: one derived from ``id``, sensor.outputs.eve)
+    sid: int | None = None
     streamed: bool = False
     content_cap: int = 1 << 20
     #: milliseconds a call may take (None: ``[limits.rules] budget_ms``)
@@ -141,12 +143,14 @@ def _stem(module_globals: dict) -> str:
     return stem
 
 
-def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = False,
+def rule(hook: Hook, *, id: str | None = None, rev: int = 1, sid: int | None = None, streamed: bool = False,
          content_cap: int = 1 << 20, budget_ms: float | None = None):
     """Declare a rule: ``@rule(hooks.command, id="file.name", rev=1)``.
 
     ``id`` defaults to ``<file stem>.<function name>``; ``rev`` is the revision
-    alerts carry.  ``streamed`` (mail_content and attachment): the function is
+    alerts carry.  ``sid``: the integer signature id of its alerts in Suricata's
+    EVE (1..2**31-1; Suricata's rule sets leave 1000000..1999999 to local
+    rules); without it EVE derives one from ``id`` in that range.  ``streamed`` (mail_content and attachment): the function is
     ``async def fn(flow, content)`` and reads ``async for chunk in content``.
     ``content_cap``: bytes a non-streamed mail_content rule gets at most.
     ``budget_ms``: milliseconds a call may take, past which it is interrupted
@@ -158,6 +162,8 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
                         f"got {hook!r}")
     if streamed and not hook.streamable:
         raise RuleError(f"only hooks.mail_content and hooks.attachment can be streamed, not {hook!r}")
+    if sid is not None and (isinstance(sid, bool) or not isinstance(sid, int) or not 0 < sid < 2 ** 31):
+        raise RuleError(f"sid must be an integer 1..{2 ** 31 - 1}, got {sid!r}")
     if budget_ms is not None:
         if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
             raise RuleError(f"budget_ms must be a number of milliseconds above 0, got {budget_ms!r}")
@@ -175,7 +181,8 @@ def rule(hook: Hook, *, id: str | None = None, rev: int = 1, streamed: bool = Fa
         module = fn.__module__ or ""
         stem = _stem(getattr(fn, "__globals__", {}))
         code = getattr(fn, "__code__", None)
-        declared = Rule(hook=hook, fn=fn, id=id or f"{stem}.{fn.__name__}", rev=int(rev), streamed=streamed,
+        declared = Rule(hook=hook, fn=fn, id=id or f"{stem}.{fn.__name__}", rev=int(rev), sid=sid,
+                        streamed=streamed,
                         content_cap=int(content_cap), budget_ms=budget_ms, module=module,
                         file=code.co_filename if code else "", line=code.co_firstlineno if code else 0)
         collected = _collecting.get()

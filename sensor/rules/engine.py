@@ -652,7 +652,7 @@ class RuleEngine:
             r.counters.alerts += 1
             txn = flow.transaction
             rec = records.alert_record(
-                self._now, flow, signature_id=r.id, rev=r.rev, signature=description, severity=severity,
+                self._now, flow, signature_id=r.id, rev=r.rev, sid=r.sid, signature=description, severity=severity,
                 confidence=confidence, method=method, sources=sources, targets=targets, ref=ref,
                 metadata=extra, helo=flow.helo, mail_from=txn.mailfrom, rcpt_to=txn.rcptto)
             self.sink(rec)

@@ -13,12 +13,13 @@ The loop (one thread): read the event ring into the pipeline (rules run there,
 each call under its budget: sensor.rules.budget); with ``[cluster]``, act on
 what the other sensors shared (``Userland.poll``: remote bans, notice claims,
 the fleet's counts; the Redis I/O is sensor.cluster's threads'); every second tick
-the reject statistics (notices, bans) and sweep expired kernel entries; poll
-the rule files (after SIGHUP / a control request: read the configuration
-again, apply what changed or refuse it, and reload the rules at once:
-sensor.service.reload); write a statistics snapshot every
-``snapshot_interval`` (by a forked child: sensor.service.snapshots) and at
-shutdown, and the ban snapshot when bans changed (sensor.service.bansnapshot); log the counters (a line named
+the reject statistics (notices, bans), flush the outputs (Zeek's logs rotate
+when due) and sweep expired kernel entries; poll the rule files (after
+SIGHUP / a control request: read the configuration again, apply what changed
+or refuse it, and reload the rules at once: sensor.service.reload); write a
+statistics snapshot every ``snapshot_interval`` (by a forked child:
+sensor.service.snapshots) and at shutdown, and the ban snapshot when bans
+changed (sensor.service.bansnapshot); log the counters (a line named
 ``stats``) every ``stats_interval``.
 
 The shutdown (SIGTERM, ``stop``) is bounded: the programs are detached first
@@ -57,7 +58,6 @@ import structlog
 from sensor.config import Config
 from sensor.counters import Counters, Group, as_tree, counter, gauge
 from sensor.errors import SensorError
-from sensor.files import open_private
 from sensor.kernel import abi
 
 __all__ = ["Sensor", "RULES_WAKEUP", "PASSIVE_WAKEUP"]
@@ -124,7 +124,8 @@ class Sensor:
     def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None,
                  datapath=None, worker: int = 0):
         """sink: where records go (a callable taking one record dict); default:
-        JSON lines to ``[sensor] output``.  datapath: a Datapath already
+        the outputs of the config (``sensor.outputs``: ``[[output]]``, or JSON
+        lines to ``[sensor] output``).  datapath: a Datapath already
         loaded and attached by someone else (a worker's, from
         sensor.service.supervisor): this sensor reads ring ``worker`` of it
         and never loads, attaches or detaches it."""
@@ -144,8 +145,7 @@ class Sensor:
         self.metrics = None
         self.reopen_requested = False   # SIGUSR1: reopen the log and record files (logrotate)
         self.own_counters = SensorCounters(self)
-        self._out = None
-        self._out_path = None
+        self.outputs = None         # the config's outputs, when no sink was given (sensor.outputs)
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
         self._ban_snapshots = None      # sensor.service.bansnapshot.BanSnapshots (with a ban file)
@@ -164,7 +164,6 @@ class Sensor:
     # ------------------------------------------------------------ building
     def _build(self):
         from sensor.kernel.datapath import Datapath, DatapathConfig
-        from sensor.records.sinks import JsonLinesSink
 
         cfg = self.config.sensor
         if not cfg.interfaces:
@@ -175,14 +174,10 @@ class Sensor:
         dp_config.pin_dir = cfg.pin_dir
         self.datapath = self._shared_datapath or Datapath(dp_config)
         if self.sink is None:
-            path = cfg.output_path
-            if path is not None:
-                try:
-                    self._out = open_private(path, "a")
-                except OSError as exc:
-                    raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
-                self._out_path = path
-            self.sink = JsonLinesSink(self._out or sys.stdout)
+            from sensor.outputs import Outputs
+            self.outputs = Outputs.from_config(self.config,
+                                               in_iface=cfg.interfaces[0] if len(cfg.interfaces) == 1 else None)
+            self.sink = self.outputs
 
     def _build_userland(self):
         from sensor.assembly import Userland
@@ -379,9 +374,10 @@ class Sensor:
             self.metrics = None
 
     def reopen_files(self) -> None:
-        """Open the log file and the records file again (SIGUSR1, after
-        logrotate renamed them): the next lines go to new files at the same
-        paths.  A file that cannot be opened is logged and the old one kept."""
+        """Open the log file and the outputs again (SIGUSR1, after logrotate
+        renamed them): the next lines go to new files at the same paths, the
+        Zeek logs rotate, sockets connect again.  One that cannot be reopened
+        is logged and the old one kept."""
         from sensor.service import log as sensor_log
 
         self.reopen_requested = False
@@ -390,17 +386,10 @@ class Sensor:
             reopened += sensor_log.reopen()
         except OSError as exc:
             failed["log"] = exc.strerror or str(exc)
-        if self._out is not None and self._out_path is not None:
-            try:
-                new = open_private(self._out_path, "a")
-            except OSError as exc:
-                failed[str(self._out_path)] = exc.strerror or str(exc)
-            else:
-                old, self._out = self._out, new
-                if getattr(self.sink, "stream", None) is old:
-                    self.sink.set_stream(new)
-                old.close()
-                reopened.append(str(self._out_path))
+        if self.outputs is not None:
+            done, not_done = self.outputs.reopen()
+            reopened += done
+            failed.update(not_done)
         self.own_counters.log_reopens += 1
         if failed:
             self.log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
@@ -408,14 +397,15 @@ class Sensor:
             self.log.info("files reopened", files=reopened)
 
     def _close_output(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        if self.outputs is not None:
+            self.outputs.close()
 
     # ------------------------------------------------------------ reload
-    #: whether ``reload_outputs`` can reopen the outputs ([[output]], sensor.outputs):
-    #: until it can, a reload that changes them is refused (sensor.service.reload)
-    OUTPUTS_RELOAD = False
+    @property
+    def OUTPUTS_RELOAD(self) -> bool:
+        """Whether ``reload_outputs`` can rebuild the outputs: when the sensor
+        built them from its config (not with a sink given by its caller)."""
+        return self.outputs is not None
 
     def reload(self) -> dict:
         """SIGHUP or the control socket: the configuration read again and what
@@ -426,8 +416,12 @@ class Sensor:
 
     def reload_outputs(self, old: Config, new: Config) -> None:
         """The outputs' reload hook: where records go changed (``[sensor] output``,
-        ``[[output]]``).  Called only when ``OUTPUTS_RELOAD`` says it can."""
-        raise SensorError("the outputs cannot be reloaded: restart the sensor")
+        ``[[output]]``).  The new config's outputs are opened (a SensorError if
+        one cannot be: the old ones stay), then the sink the pipeline holds
+        writes to them and the old ones are closed (``Outputs.take_over``)."""
+        from sensor.outputs import Outputs
+        interfaces = new.sensor.interfaces
+        self.outputs.take_over(Outputs.from_config(new, in_iface=interfaces[0] if len(interfaces) == 1 else None))
 
     def rearm_watchdog(self, seconds: float) -> None:
         """A new ``[limits.rules] watchdog_s`` (a reload): armed again now, or off at 0."""
@@ -452,6 +446,8 @@ class Sensor:
 
     def _tick(self) -> None:
         self.userland.tick(time.time())
+        if self.outputs is not None:
+            self.outputs.flush()        # a quiet Zeek log rotates on time too
         self._check_holds()
         try:
             removed = self.datapath.maps.sweep()
@@ -540,6 +536,8 @@ class Sensor:
             timed = getattr(self.enforcer, "counters", None)       # the kernel's enforcer times its verdicts
             if timed is not None:
                 yield Group(("verdicts",), timed)
+        if self.outputs is not None:
+            yield Group(("outputs",), self.outputs.counters)
         if self.control is not None:
             yield Group(("control",), self.control.counters)
         if self._snapshots is not None:

@@ -1,16 +1,18 @@
 """The workers' records into one stream: each worker writes its records as
-JSON lines into its own pipe; the supervisor copies whole lines, as they
-come, to the one output (``[sensor] output``), so lines of two workers never
-interleave within a line.
+JSON lines into its own pipe; the supervisor takes whole lines, as they
+come, into the one set of outputs (``sensor.outputs``: ``[[output]]`` or
+``[sensor] output``; ``RecordLines``), so lines of two workers never
+interleave within a line and Zeek's logs or an EVE file have one writer.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import selectors
 
-__all__ = ["RecordRelay", "PIPE_SIZE"]
+__all__ = ["RecordRelay", "RecordLines", "PIPE_SIZE"]
 
 #: bytes a worker's pipe holds (F_SETPIPE_SZ; the kernel's default is 64 KiB)
 PIPE_SIZE = 1 << 20
@@ -79,3 +81,30 @@ class RecordRelay:
         for fd in list(self._partial):
             self.finish(fd)
         self._sel.close()
+
+
+class RecordLines:
+    """The relay's output: whole JSON lines of records, each given to
+    ``outputs`` as its record; a line that is not one (a worker killed in the
+    middle of writing it) is counted in ``bad_lines`` and left out."""
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+        self.bad_lines = 0
+
+    def write(self, data: bytes) -> None:
+        for line in data.splitlines():
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            if isinstance(record, dict):
+                self.outputs(record)
+            else:
+                self.bad_lines += 1
+
+    def flush(self) -> None:
+        self.outputs.flush()

@@ -18,9 +18,11 @@ maps) and needs a restart: a reload that changes one is refused as a whole,
 in one line naming the keys, and the running configuration stays.
 
 Outputs: where records go is ``OUTPUT_KEYS``; a reload that changes them
-asks ``sensor.reload_outputs(old, new)``, the hook that reopens the outputs
-(``sensor.service.loop.Sensor.reload_outputs``): while it answers False
-they need a restart.
+asks ``sensor.reload_outputs(old, new)``, the hook that opens the new
+outputs (``sensor.service.loop.Sensor.reload_outputs``), first: one that
+cannot be opened refuses the reload (nothing else applied, the old outputs
+stay).  A sensor whose caller gave it its sink (``OUTPUTS_RELOAD`` false)
+needs a restart for them.
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def reload_sensor(sensor) -> dict:
             if plan.refusal is not None:
                 result["config_error"] = plan.refusal
             else:
-                apply_reload(sensor, plan)
-                result["config_changed"] = list(plan.changed)
+                try:
+                    apply_reload(sensor, plan)
+                except SensorError as exc:       # the new outputs could not be opened: nothing applied
+                    result["config_error"] = f"configuration not reloaded: {exc}; the running configuration stays"
+                else:
+                    result["config_changed"] = list(plan.changed)
     if result["config_error"]:
         sensor.log.error(result["config_error"], reason=why)
     elif result["config_changed"]:
@@ -136,6 +142,8 @@ def apply_reload(sensor, plan: ReloadPlan) -> None:
     (``sensor.service.loop.Sensor``), then make its configuration the new one."""
     assert plan.refusal is None, plan.refusal
     new = plan.new
+    if any(k in OUTPUT_KEYS for k in plan.changed):     # first: the one step that can fail
+        sensor.reload_outputs(plan.running, new)
     if "sensor.ports" in plan.changed:
         _set_ports(sensor, new.sensor.ports)
     if plan.touches("spam_stats") and sensor.reject_stats is not None:
@@ -144,8 +152,6 @@ def apply_reload(sensor, plan: ReloadPlan) -> None:
     if plan.touches("limits.rules") and sensor.engine is not None:
         sensor.engine.set_limits(new.limits.rules)
         sensor.rearm_watchdog(new.limits.rules.watchdog_s)
-    if any(k in OUTPUT_KEYS for k in plan.changed):
-        sensor.reload_outputs(plan.running, new)
     sensor.config = new
 
 

@@ -49,11 +49,10 @@ from sensor import shard
 from sensor.config import Config
 from sensor.counters import Counters, counter, gauge
 from sensor.errors import SensorError
-from sensor.files import open_private
 from sensor.service import merge
 from sensor.service.control import BadArgument, ControlServer, check_prefix
 from sensor.service.fanout import WorkerUnanswered, ask_all
-from sensor.service.relay import RecordRelay, widen
+from sensor.service.relay import RecordLines, RecordRelay, widen
 
 __all__ = ["Supervisor", "RESTARTS_MAX", "RESTART_WINDOW"]
 
@@ -107,6 +106,8 @@ class Supervisor:
         self.procs = [WorkerProc(i) for i in range(self.worker_count)]
         self.own_counters = SupervisorCounters(self)
         self._out = None
+        self.outputs = None             # sensor.outputs.Outputs: where the workers' records go
+        self._last_flush = 0.0
         self._sockets = None            # the folder of the workers' control sockets
         self._stack = None
 
@@ -170,6 +171,10 @@ class Supervisor:
             self._signal_workers(signal.SIGHUP)
         if self.reopen_requested:
             self.reopen_files()
+        now = time.monotonic()
+        if now - self._last_flush >= 1.0:       # Zeek's logs rotate when due, files reach the disk
+            self._last_flush = now
+            self.outputs.flush()
         self._reap(restart=True)
 
     def request_stop(self) -> None:
@@ -286,18 +291,16 @@ class Supervisor:
 
     # ------------------------------------------------------------ output
     def _open_output(self) -> None:
-        path = self.config.sensor.output_path
-        if path is None:
-            self._out = sys.stdout.buffer
-            return
-        try:
-            self._out = open_private(path, "ab")
-        except OSError as exc:
-            raise SensorError(f"cannot write {path}: {exc.strerror or exc}") from None
+        from sensor.outputs import Outputs
+
+        cfg = self.config.sensor
+        self.outputs = Outputs.from_config(self.config,
+                                           in_iface=cfg.interfaces[0] if len(cfg.interfaces) == 1 else None)
+        self._out = RecordLines(self.outputs)
 
     def _close_output(self) -> None:
-        if self._out is not None and self._out is not sys.stdout.buffer:
-            self._out.close()
+        if self._out is not None:
+            self.outputs.close()
         self._out = None
 
     def _close_control(self) -> None:
@@ -312,16 +315,9 @@ class Supervisor:
         self.reopen_requested = False
         with contextlib.suppress(OSError):
             sensor_log.reopen()
-        path = self.config.sensor.output_path
-        if path is not None:
-            try:
-                new = open_private(path, "ab")
-            except OSError as exc:
-                self.log.error("output not reopened (the old one is kept)", error=exc.strerror or str(exc))
-            else:
-                old, self._out = self._out, new
-                self.relay.out = new
-                old.close()
+        _, failed = self.outputs.reopen()
+        for name, why in failed.items():
+            self.log.error("output not reopened (the old one is kept)", output=name, error=why)
         self._signal_workers(signal.SIGUSR1)
 
     # ------------------------------------------------------------ asking the workers

@@ -181,6 +181,38 @@ def test_replay_writes_records_to_a_file(tmp_path):
     assert '"event_type":"smtp"' in out.read_text()
 
 
+def test_replay_writes_the_configs_outputs_and_its_own_file(tmp_path):
+    """[[output]] tables in a replay: an EVE file, a folder of native records
+    and Zeek's logs, beside -o; a live [sensor] output in the config is left alone."""
+    live = tmp_path / "live-records.json"
+    live.write_text("the live sensor's\n")
+    (tmp_path / "native").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[sensor]\noutput = "{live}"\n\n[[output]]\ntype = "eve"\npath = "eve.json"\n'
+                      f'event_types = ["smtp"]\n\n[[output]]\ndirectory = "native"\n\n'
+                      f'[[output]]\ntype = "zeek"\ndirectory = "native"\n')
+    out = tmp_path / "records.json"
+    result = smtp_sensor("replay", str(PCAPS / "arkime__smtp-data-250.pcap"), "-c", str(config), "-o", str(out))
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    loads = __import__("json").loads
+    (eve,) = [loads(line) for line in (tmp_path / "eve.json").read_text().splitlines()]
+    assert eve["event_type"] == "smtp" and eve["app_proto"] == "smtp" and "timestamp" in eve
+    assert (tmp_path / "native" / "records.json").read_text() == out.read_text()
+    assert live.read_text() == "the live sensor's\n"
+    smtp_log = (tmp_path / "native" / "smtp.log").read_text().splitlines()
+    assert smtp_log[0] == "#separator \\x09" and smtp_log[-1].startswith("#close")
+    assert len([line for line in smtp_log if not line.startswith("#")]) == 1
+
+
+def test_a_wrong_output_table_stops_the_replay_with_one_line(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[[output]]\ntype = "eve"\n')
+    result = smtp_sensor("replay", str(PCAPS / "haka__smtp.pcap"), "-c", str(config))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"smtp-sensor: {config}: [output] give exactly one of path, directory, "
+                                     "stdout, syslog, socket")
+
+
 def test_replay_of_a_missing_file_is_one_line_error(tmp_path):
     result = smtp_sensor("replay", str(tmp_path / "nope.pcap"))
     assert result.returncode == 2

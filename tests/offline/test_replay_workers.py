@@ -19,7 +19,7 @@ from sensor.config import Config
 from sensor.errors import SensorError
 from sensor.inputs.replay import replay
 from sensor.inputs.workers import check_splittable, replay_workers
-from sensor.records.sinks import ListSink
+from sensor.records.sinks import JsonLinesSink, ListSink
 from support.captures import PCAPS_DIR, captures_in
 from support.workers_capture import SPAM_CONFIG, SPAMMER, make_workers_capture
 
@@ -43,7 +43,7 @@ def _one(path, config):
 def _split(path, config, workers):
     out = io.StringIO()
     result = replay_workers(path, lambda sink: Userland(config, sink, uid_seed=0, by_content=True),
-                            workers, out)
+                            workers, JsonLinesSink(out))
     return [_text(json.loads(line)) for line in out.getvalue().splitlines()], result.counters
 
 
@@ -128,7 +128,7 @@ def test_a_corrupt_capture_is_an_error_after_every_workers_records(tmp_path):
     cut.write_bytes(good[: len(good) - 7])
     out = io.StringIO()
     with pytest.raises(SensorError, match="after"):
-        replay_workers(cut, lambda sink: Userland(MONITOR, sink), 2, out)
+        replay_workers(cut, lambda sink: Userland(MONITOR, sink), 2, JsonLinesSink(out))
     assert out.getvalue().count("\n") >= 1
 
 

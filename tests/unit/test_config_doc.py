@@ -1,5 +1,5 @@
 """docs/config.md stays true: every key of sensor/config.py (and of the limits
-dataclasses) has a row, no row names a key that does not exist, each row's
+dataclasses, and of the ``[[output]]`` tables) has a row, no row names a key that does not exist, each row's
 default read as TOML is the code's default, its type matches, and every
 `run` flag is documented."""
 
@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 from pathlib import Path
 
 import pytest
 
 from sensor import smtp
 from sensor import config
-from sensor.config import (NOTICE_TYPES, ClusterConfig, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig,
-                           StreamConfig, MimeConfig, tomllib)
+from sensor.config import (NOTICE_TYPES, OUTPUT_DESTINATIONS, ClusterConfig, EnforceConfig, LimitsConfig,
+                           OutputConfig, SensorConfig, SpamStatsConfig, StreamConfig, MimeConfig, tomllib)
 from sensor.smtp.limits import MimeLimits
 from sensor.rules.budget import RuleLimits
 from sensor.stream import defrag, reassembly
@@ -27,7 +28,7 @@ def tables() -> dict[str, dict[str, dict]]:
     """{table: {key: {"type", "default", "meaning"}}} from the '## `[table]`' sections."""
     out, current, table = {}, None, None
     for line in DOC.read_text().splitlines():
-        heading = re.match(r"^## `\[(?P<table>[\w.]+)\]`$", line)
+        heading = re.match(r"^## `\[(?P<table>[\w.]+)\]`$", line) or re.match(r"^## `\[\[(?P<table>output)\]\]`$", line)
         if heading:
             table = heading["table"]
             current = out.setdefault(table, {})
@@ -53,7 +54,16 @@ SECTIONS = {
     "enforce": (EnforceConfig, lambda k, v: getattr(EnforceConfig(**{k: v}), k)),
     "stream": (StreamConfig, lambda k, v: getattr(StreamConfig(**{k: v}), k)),
     "cluster": (ClusterConfig, lambda k, v: getattr(ClusterConfig(**{k: v}), k)),
+    "output": (OutputConfig, lambda k, v: getattr(_one_output(k, v), k)),
 }
+
+
+def _one_output(key, value) -> OutputConfig:
+    """An [[output]] table with ``key`` = ``value`` and the one destination it needs."""
+    table = {key: value}
+    if key not in OUTPUT_DESTINATIONS or value in (None, False):
+        table["path" if key != "path" else "stdout"] = "out.json" if key != "path" else True
+    return OutputConfig(**table)
 
 
 def _toml_value(cell: str):
@@ -80,6 +90,7 @@ def test_the_doc_has_every_table():
     assert set(tables()) == {*SECTIONS, "spam_stats.ban"}
     # a table the loader accepts is a table checked here ([limits] has its own four)
     assert set(config._SECTIONS) - {"limits"} <= set(SECTIONS)
+    assert {f.name for f in dataclasses.fields(config.Config)} - {"source"} == {*config._SECTIONS, "outputs"}
 
 
 @pytest.mark.parametrize("table", SECTIONS)
@@ -92,7 +103,9 @@ def test_every_key_is_documented_and_no_other(table):
 @pytest.mark.parametrize("table", SECTIONS)
 def test_every_default_is_the_codes(table):
     cls, build = SECTIONS[table]
-    defaults = cls()
+    # an [[output]] table needs a destination: its defaults are its fields' own
+    defaults = cls() if cls is not OutputConfig else types.SimpleNamespace(
+        **{f.name: f.default for f in dataclasses.fields(cls)})
     for key, row in tables()[table].items():
         expected = getattr(defaults, key)
         assert row["meaning"], f"[{table}] {key}: no meaning"
