@@ -120,6 +120,27 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
 })
 
 
+def reopen_files(log, outputs) -> None:
+    """SIGUSR1: the log and every output (``outputs``: sensor.outputs.Outputs
+    or None) opened again at their paths, in one line saying which; one that
+    cannot be is named and keeps writing where it did."""
+    from sensor.service import log as sensor_log
+
+    reopened, failed = [], {}
+    try:
+        reopened += sensor_log.reopen()
+    except OSError as exc:
+        failed["log"] = exc.strerror or str(exc)
+    if outputs is not None:
+        done, not_done = outputs.reopen()
+        reopened += done
+        failed.update(not_done)
+    if failed:
+        log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
+    else:
+        log.info("files reopened", files=reopened)
+
+
 class Sensor:
     def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None,
                  datapath=None, worker: int = 0):
@@ -378,23 +399,9 @@ class Sensor:
         renamed them): the next lines go to new files at the same paths, the
         Zeek logs rotate, sockets connect again.  One that cannot be reopened
         is logged and the old one kept."""
-        from sensor.service import log as sensor_log
-
         self.reopen_requested = False
-        reopened, failed = [], {}
-        try:
-            reopened += sensor_log.reopen()
-        except OSError as exc:
-            failed["log"] = exc.strerror or str(exc)
-        if self.outputs is not None:
-            done, not_done = self.outputs.reopen()
-            reopened += done
-            failed.update(not_done)
+        reopen_files(self.log, self.outputs)
         self.own_counters.log_reopens += 1
-        if failed:
-            self.log.error("files not reopened (the old ones are kept)", files=failed, reopened=reopened)
-        else:
-            self.log.info("files reopened", files=reopened)
 
     def _close_output(self) -> None:
         if self.outputs is not None:

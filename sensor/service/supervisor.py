@@ -309,15 +309,11 @@ class Supervisor:
             self.control = None
 
     def reopen_files(self) -> None:
-        """SIGUSR1 (logrotate): the supervisor's log and output, and every worker's log."""
-        from sensor.service import log as sensor_log
+        """SIGUSR1 (logrotate): the supervisor's log and outputs, and every worker's log."""
+        from sensor.service.loop import reopen_files
 
         self.reopen_requested = False
-        with contextlib.suppress(OSError):
-            sensor_log.reopen()
-        _, failed = self.outputs.reopen()
-        for name, why in failed.items():
-            self.log.error("output not reopened (the old one is kept)", output=name, error=why)
+        reopen_files(self.log, self.outputs)
         self._signal_workers(signal.SIGUSR1)
 
     # ------------------------------------------------------------ asking the workers

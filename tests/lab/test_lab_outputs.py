@@ -38,8 +38,10 @@ def datagrams(sock: socket.socket, until, timeout: float = 10.0) -> list[dict]:
     return got
 
 
-@pytest.fixture(scope="module")
-def outputs_sensor(lab, test_pin_root, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def outputs_sensor(request, lab, test_pin_root, tmp_path_factory):
+    """The sensor alone, or a supervisor whose two workers' records reach the
+    outputs through it (sensor.service.relay.RecordLines)."""
     work = tmp_path_factory.mktemp("outputs-sensor")
     (work / "zeek").mkdir()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -50,10 +52,11 @@ def outputs_sensor(lab, test_pin_root, tmp_path_factory):
                       '[[output]]\ntype = "zeek"\ndirectory = "zeek"\n\n'
                       '[[output]]\ntype = "eve"\nsocket = "alerts.sock"\nevent_types = ["alert", "drop"]\n')
     proc = SensorProcess(lab, work / "records.json", test_pin_root / "outputs" / f"v{abi.ABI_VERSION}",
-                         work / "control.sock", "-c", str(config))
+                         work / "control.sock", "-c", str(config), workers=request.param)
     proc.work, proc.listener = work, listener
     try:
-        proc.wait_log(lambda e: e.get("event") == "running", timeout=90)
+        ready = "running" if request.param == 1 else "supervising"
+        proc.wait_log(lambda e: e.get("event") == ready, timeout=90)
         yield proc
     finally:
         proc.stop()
@@ -104,7 +107,7 @@ def test_sigusr1_reopens_every_output(lab, outputs_sensor):
     os.rename(work / "eve.json", work / "eve.json.1")
     mark = sensor.mark()
     sensor.proc.send_signal(signal.SIGUSR1)
-    reopened = sensor.wait_log(lambda e: e.get("event") == "files reopened", after=mark)
+    reopened = sensor.wait_log(lambda e: e.get("event") == "files reopened" and "worker" not in e, after=mark)
     assert {str(work / "eve.json"), str(work / "zeek"), f"unix_dgram:{work / 'alerts.sock'}",
             str(work / "records.json")} <= set(reopened["files"])
     assert list((work / "zeek").glob("smtp.*.log"))          # Zeek's logs rotated

@@ -9,7 +9,8 @@ import os
 import pytest
 
 from sensor.service import merge
-from sensor.service.relay import RecordRelay
+from sensor.records.sinks import ListSink
+from sensor.service.relay import RecordLines, RecordRelay
 
 pytestmark = pytest.mark.unit
 
@@ -75,6 +76,18 @@ def test_the_relay_writes_whole_lines_only_and_a_cut_last_line_alone():
     relay.close()
     assert out.getvalue().splitlines()[2:] == [b'{"a": 2}', b'{"cut"']
     assert relay.lines == 3
+
+
+def test_the_workers_lines_reach_the_outputs_as_records_and_a_cut_line_is_counted():
+    outputs = ListSink()
+    relay = RecordRelay(RecordLines(outputs))
+    r, w = os.pipe()
+    relay.add(r)
+    os.write(w, '{"event_type": "smtp", "uid": "C1", "subject": "h\u00e9"}\n{"event_type": "smtp", "ui'.encode())
+    os.close(w)
+    relay.close()
+    assert outputs == [{"event_type": "smtp", "uid": "C1", "subject": "hé"}]
+    assert relay.out.bad_lines == 1
 
 
 class _FakeSensor:
