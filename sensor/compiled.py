@@ -28,7 +28,7 @@ import json
 import os
 import sys
 
-__all__ = ["MODULES", "PURE_ENV", "HASHES_FILE", "forced_pure", "install", "status", "source_digest"]
+__all__ = ["MODULES", "PURE_ENV", "HASHES_FILE", "forced_pure", "install", "reasons", "status", "source_digest"]
 
 #: compiled when the build can: the per-packet path of replay and live
 MODULES = (
@@ -52,8 +52,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _EXT_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
-def forced_pure() -> bool:
-    return os.environ.get(PURE_ENV, "") not in ("", "0")
+def forced_pure(environ=os.environ) -> bool:
+    return environ.get(PURE_ENV, "") not in ("", "0")
 
 
 def source_digest(path: str) -> str:
@@ -61,38 +61,35 @@ def source_digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _source_path(name: str) -> str:
-    return os.path.join(_PACKAGE_DIR, *name.split(".")[1:]) + ".py"
+def _source_path(name: str, package_dir: str = _PACKAGE_DIR) -> str:
+    return os.path.join(package_dir, *name.split(".")[1:]) + ".py"
 
 
-def _built_path(name: str) -> str | None:
-    stem = _source_path(name)[:-3]
-    for suffix in _EXT_SUFFIXES:
-        if os.path.exists(stem + suffix):
-            return stem + suffix
-    return None
+def _is_built(name: str, package_dir: str) -> bool:
+    stem = _source_path(name, package_dir)[:-3]
+    return any(os.path.exists(stem + suffix) for suffix in _EXT_SUFFIXES)
 
 
-def _recorded() -> dict:
+def _recorded(package_dir: str) -> dict:
     try:
-        with open(os.path.join(_PACKAGE_DIR, HASHES_FILE), encoding="utf-8") as f:
+        with open(os.path.join(package_dir, HASHES_FILE), encoding="utf-8") as f:
             found = json.load(f)
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
 
 
-def _reasons() -> dict[str, str]:
+def reasons(modules=MODULES, package_dir: str = _PACKAGE_DIR, environ=os.environ) -> dict[str, str]:
     """Module -> why its ``.py`` runs ("" when its extension module runs)."""
-    recorded = _recorded()
-    forced = forced_pure()
+    recorded = _recorded(package_dir)
+    forced = forced_pure(environ)
     why = {}
-    for name in MODULES:
-        if _built_path(name) is None:
+    for name in modules:
+        if not _is_built(name, package_dir):
             why[name] = "not built"
         elif forced:
             why[name] = f"{PURE_ENV} is set"
-        elif recorded.get(name) != source_digest(_source_path(name)):
+        elif recorded.get(name) != source_digest(_source_path(name, package_dir)):
             why[name] = "source changed since the build (./run setup builds it again)"
         else:
             why[name] = ""
@@ -119,7 +116,7 @@ _reasons_at_install: dict[str, str] = {}
 def install() -> None:
     """Make the modules that must run as pure Python import from their ``.py``."""
     global _reasons_at_install
-    _reasons_at_install = _reasons()
+    _reasons_at_install = reasons()
     # a module that was not built imports its .py anyway
     pure = frozenset(name for name, why in _reasons_at_install.items() if why and why != "not built")
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PureFinder)]
@@ -135,9 +132,9 @@ def status() -> dict[str, str]:
         mod = sys.modules.get(name)
         if mod is not None:
             compiled = (getattr(mod, "__file__", "") or "").endswith(_EXT_SUFFIXES)
-            why = _reasons_at_install.get(name) or "source changed since the build"
+            why = _reasons_at_install.get(name) or "imported from its .py"
         else:
-            why = _reasons_at_install.get(name, _reasons()[name])
+            why = _reasons_at_install.get(name, reasons()[name])
             compiled = not why
         out[name] = "compiled" if compiled else f"pure: {why}"
     return out
