@@ -68,18 +68,23 @@ class OptionalBuildExt(build_ext):
 
     def run(self):
         self._built = {}
+        self._failed = {}
         try:
             super().run()
         except Exception as e:  # noqa: BLE001  (no compiler: DistutilsPlatformError, ...)
             say(f"cannot build C extensions ({e}): the pure-Python modules only")
+        else:
+            if self._failed:
+                first = next(iter(self._failed.values()))
+                say(f"{len(self._failed)} of {len(self.extensions)} modules not compiled ({first}; "
+                    "gcc and python3-dev build them): their pure-Python code is used")
         self._write_hashes()
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001  (CompileError, LinkError, a missing Python.h)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            say(f"{ext.name} not compiled ({first}; is python3-dev installed?): its pure-Python module is used")
+            self._failed[ext.name] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return
         self._built[ext.name] = source_digest(os.path.join(HERE, source_of(ext.name)))
 
