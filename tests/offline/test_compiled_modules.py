@@ -10,6 +10,7 @@ byte-identical (the JSON text of each, in order).
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -70,7 +71,7 @@ def test_the_compiled_modules_are_in_use_when_built():
     import sensor.inputs.replay  # noqa: F401  (imports the whole per-packet path)
     for name in compiled.MODULES:
         mod = sys.modules[name]
-        assert mod.__file__.endswith(tuple(__import__("importlib").machinery.EXTENSION_SUFFIXES)), name
+        assert mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), name
     assert compiled.status() == {name: "compiled" for name in compiled.MODULES}
 
 
