@@ -127,14 +127,15 @@ def install() -> None:
 def status() -> dict[str, str]:
     """Module -> "compiled", or "pure: <why>", for the modules as imported
     (one not imported yet: as it would be)."""
+    known = _reasons_at_install or reasons()
     out = {}
     for name in MODULES:
         mod = sys.modules.get(name)
         if mod is not None:
             compiled = (getattr(mod, "__file__", "") or "").endswith(_EXT_SUFFIXES)
-            why = _reasons_at_install.get(name) or "imported from its .py"
+            why = known.get(name) or "imported from its .py"
         else:
-            why = _reasons_at_install.get(name, reasons()[name])
+            why = known[name]
             compiled = not why
         out[name] = "compiled" if compiled else f"pure: {why}"
     return out
