@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sensor import compiled
-from support.captures import PCAPS_DIR
+from support.captures import PCAPS_DIR, generate_capture
 from support.prereqs import missing
 
 pytestmark = pytest.mark.offline
@@ -60,10 +60,7 @@ def _require_built() -> None:
 
 @pytest.fixture(scope="module")
 def generated_capture(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("generated") / "generated.pcap"
-    subprocess.run([sys.executable, str(REPO / "bench" / "gen_capture.py"), "--size-mb", "3", "--seed", "7",
-                    "-o", str(out)], check=True, capture_output=True, timeout=300)
-    return out
+    return generate_capture(tmp_path_factory.mktemp("generated") / "generated.pcap", size_mb=3, seed=7)
 
 
 def test_the_compiled_modules_are_in_use_when_built():
