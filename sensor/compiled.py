@@ -44,6 +44,12 @@ MODULES = (
     "sensor.smtp.lines",           # line framing
     "sensor.smtp.dotdata",         # the DATA scan
     "sensor.smtp.message",         # message content
+    "sensor.smtp.events",          # the events made per command, reply and chunk
+    "sensor.smtp.headers",
+    "sensor.smtp.address",
+    "sensor.stream.flowid",
+    "sensor.records.smtp",         # one record per transaction
+    "sensor.rules.enforce",        # the gate asked per segment
 )
 PURE_ENV = "SMTP_SENSOR_PURE"
 HASHES_FILE = "_compiled.json"     # in the package folder: module -> SHA-256 of the source built
