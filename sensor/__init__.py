@@ -18,3 +18,8 @@ there to an alert.  This package, in the order a packet meets it:
 """
 
 __version__ = "0.1.0"
+
+# Before any submodule: which per-packet modules run compiled (sensor/compiled.py).
+from sensor import compiled as _compiled  # noqa: E402
+
+_compiled.install()

@@ -21,6 +21,12 @@ import socket
 from struct import Struct
 from typing import NamedTuple
 
+try:
+    import cython            # compiled (setup.py): the compiler's; else Cython's pure-Python shadow
+except ImportError:          # pure Python without Cython installed
+    from types import SimpleNamespace
+    cython = SimpleNamespace(compiled=False)
+
 __all__ = [
     "Segment", "Decoder", "decode", "link_layer", "mark_cut", "addr_str", "checksum_ok", "urgent_pointer", "REASONS",
     "FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR",
@@ -325,16 +331,52 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None, 
 _from_bytes = int.from_bytes
 
 
+def _ones_sum_int(data, start: int, end: int) -> int:
+    """The ones'-complement sum of ``data[start:end]`` as big-endian 16-bit
+    words (an odd last byte padded with a zero), modulo 0xFFFF.
+
+    It is the number the bytes spell modulo 0xFFFF (2**16 is 1 modulo 0xFFFF):
+    one ``int.from_bytes`` and one modulo, no loop in Python."""
+    total = _from_bytes(data[start:end], "big")
+    if (end - start) & 1:
+        total <<= 8
+    return total % 0xFFFF
+
+
+def _ones_sum_loop(data, start: int, end: int) -> int:
+    """``_ones_sum_int`` as a C loop, when this module is compiled (no big
+    integer).  It adds big-endian 32-bit words, two 16-bit words each: 2**32
+    is 1 modulo 0xFFFF as 2**16 is; then a last 16-bit word, then an odd
+    last byte padded with a zero."""
+    if type(data) is not bytes:
+        return _ones_sum_int(data, start, end)
+    p = cython.declare(cython.p_uchar, data)
+    i = cython.declare(cython.Py_ssize_t, start)
+    stop = cython.declare(cython.Py_ssize_t, end)
+    total = cython.declare(cython.ulonglong, 0)
+    while i + 3 < stop:
+        total += (cython.cast(cython.ulonglong, p[i]) << 24) | (p[i + 1] << 16) | (p[i + 2] << 8) | p[i + 3]
+        i += 4
+    if i + 1 < stop:
+        total += (p[i] << 8) | p[i + 1]
+        i += 2
+    if i < stop:
+        total += p[i] << 8
+    return total % 0xFFFF
+
+
+_ones_sum = _ones_sum_loop if cython.compiled else _ones_sum_int
+
+
 def checksum_ok(seg: Segment):
     """Whether the TCP checksum of ``seg`` is right (RFC 9293 3.1: over the
     pseudo-header, the TCP header and the payload; IPv4 and IPv6 alike);
     None when it cannot be told: no frame, or the frame was cut.
 
-    The ones'-complement sum of 16-bit words is the number the bytes spell
-    modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), with 0 and 0xFFFF the same
-    value: a right checksum makes the whole sum 0.  The pseudo-header's
-    words (addresses, protocol 6, TCP length) add up the same way; an odd
-    length is padded with a zero byte (times 256).
+    The ones'-complement sum of 16-bit words is taken modulo 0xFFFF, with 0
+    and 0xFFFF the same value: a right checksum makes the whole sum 0.  The
+    pseudo-header's words (addresses, protocol 6, TCP length) add up the same
+    way (``_ones_sum_int``).
     """
     l4 = seg.l4
     if l4 < 0:
@@ -344,10 +386,8 @@ def checksum_ok(seg: Segment):
     end = l4 + tlen
     if end > len(frame):
         return None
-    total = _from_bytes(frame[l4:end], "big")
-    if tlen & 1:
-        total <<= 8
-    return (total + _from_bytes(seg.src, "big") + _from_bytes(seg.dst, "big") + 6 + tlen) % 0xFFFF == 0
+    return (_ones_sum(frame, l4, end) + _from_bytes(seg.src, "big") + _from_bytes(seg.dst, "big")
+            + 6 + tlen) % 0xFFFF == 0
 
 
 def urgent_pointer(seg: Segment) -> int:

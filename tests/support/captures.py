@@ -17,3 +17,14 @@ def captures_in(folder: Path) -> list[str]:
     if sub.is_dir():
         found += [f"by_content/{p.name}" for p in sub.iterdir() if p.suffix in (".pcap", ".pcapng")]
     return sorted(found)
+
+
+def generate_capture(path: Path, size_mb: float, seed: int, timeout: float = 300) -> Path:
+    """Write bench/gen_capture.py's capture (deterministic for a size and a
+    seed; its sidecar JSON beside it) to ``path``, in a subprocess."""
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parents[2] / "bench" / "gen_capture.py"
+    subprocess.run([sys.executable, str(script), "--size-mb", str(size_mb), "--seed", str(seed), "-o", str(path)],
+                   check=True, capture_output=True, timeout=timeout)
+    return path
