@@ -115,6 +115,7 @@ def test_the_local_box_reaches_the_host_only_by_user_mode_network_and_loopback_s
     assert qemu_args[3].startswith("virtio-net-pci,netdev=smtpsensor0,")
     assert s[("ssh", "host=")] == [["127.0.0.1"]] and s[("ssh", "port=")] == [[40022]]
     assert ("vm", "network") not in s  # no private or public network: no libvirt network, no bridge
+    assert s[libvirt + ("graphics_type=",)] == [["none"]]
     folder = s[("vm", "synced_folder")][0]
     assert folder[:2] == ["..", "/smtp-sensor"] and folder[2]["type"] == "rsync"
     assert {".git", ".venv/"} <= set(folder[2]["rsync__exclude"])
