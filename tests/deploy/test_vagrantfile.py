@@ -116,9 +116,10 @@ def test_the_local_box_reaches_the_host_only_by_user_mode_network_and_loopback_s
     assert s[("ssh", "host=")] == [["127.0.0.1"]] and s[("ssh", "port=")] == [[40022]]
     assert ("vm", "network") not in s  # no private or public network: no libvirt network, no bridge
     assert s[libvirt + ("graphics_type=",)] == [["none"]]
-    folder = s[("vm", "synced_folder")][0]
+    folder, default_folder = s[("vm", "synced_folder")]
     assert folder[:2] == ["..", "/smtp-sensor"] and folder[2]["type"] == "rsync"
     assert {".git", ".venv/"} <= set(folder[2]["rsync__exclude"])
+    assert default_folder == [".", "/vagrant", {"disabled": True}]  # the repository is copied once
 
 
 @pytest.mark.parametrize("override", [None, "kvm", "qemu"])
