@@ -164,10 +164,12 @@ static __always_inline int ss_is_smtp_port(__u32 port)
 }
 
 /* len clamped to [1, max] where the verifier sees it (clang would otherwise
- * hand the helper an unclamped copy). */
+ * hand the helper an unclamped copy). The lower bound is an unsigned `> 0`:
+ * the verifier of Debian 12's kernel (6.1) learns a minimum from it, not from
+ * `!= 0`, and refuses a helper's size that may be 0. */
 static __always_inline __u64 ss_clamp(__u64 len, __u64 max)
 {
-	asm volatile("if %[v] <= %[m] goto +1\n\t%[v] = %[m]\n\tif %[v] != 0 goto +1\n\t%[v] = 1"
+	asm volatile("if %[v] <= %[m] goto +1\n\t%[v] = %[m]\n\tif %[v] > 0 goto +1\n\t%[v] = 1"
 		     : [v] "+r"(len) : [m] "r"(max));
 	return len;
 }
