@@ -3,7 +3,8 @@
 The once-per-connection flags live in the connection's own state
 (``ConnState``, in ``session.scratch``: gone with the flow), not in per-host
 sets of connection ids, so the distinct-connection counts are exact at any
-number of connections for the cost of two integers per host.  A host keeps
+number of connections for the cost of one integer per host (a sliding
+window: per bucket).  A host keeps
 its window counts (packed integers: ``sensor.spamstats.window``), a sample of
 at most ``max_recipients`` recipients of its rejected connections and at most
 ``max_samples`` distinct reject replies, for the notice text (the seed's

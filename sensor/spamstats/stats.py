@@ -23,7 +23,8 @@ Bounds
 Hosts are capped at ``max_hosts`` (past it, the least active of the
 ``EVICTION_SAMPLE`` least recently active is judged, then evicted), and so are
 the suppression entries; recipients and samples per host as ``hosts.py``
-says.  Every eviction and every item not kept is counted (``RejectStatsCounters``).
+says (with what a host holds at most).  Every eviction and every item not
+kept is counted (``RejectStatsCounters``).
 """
 
 from __future__ import annotations

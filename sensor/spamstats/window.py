@@ -4,8 +4,8 @@ Two strategies with one interface; ``RejectStats`` holds one and never asks
 which.  A host's counts live in ``host.counts``, in the shape its window
 chooses, and a connection is counted in a *slot* of it.  A count is one
 integer, ``total + (rejects << 48)`` (``pack``): a window's connections and
-rejects are added in one step and held in one object (none at all while
-both are small), exact up to 2**48 connections per window.
+rejects are held in one object and added in one step, exact up to 2**48
+connections per window.
 
 * ``FixedWindow`` (``window = "fixed"``, the seed's semantics): a window opens
   at a host's first reply and lasts ``period``; the next reply after it opens

@@ -13,12 +13,13 @@ from __future__ import annotations
 import ipaddress
 import math
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.config import SpamStatsConfig
-from sensor.spamstats import ConnState, RejectStats
+from sensor.spamstats import ConnState, RejectStats, read_snapshot
 from sensor.spamstats.hosts import RECIPIENT_OCTETS, SAMPLE_OCTETS, held_text, shown_text
 
 pytestmark = pytest.mark.unit
@@ -32,7 +33,7 @@ _text = st.text(st.characters(exclude_categories=()), max_size=600) | st.builds(
 def make(**kw) -> RejectStats:
     base = dict(threshold=2, percent=10, period=600, check_interval=60)
     base.update(kw)
-    return RejectStats(SpamStatsConfig(**base), clock=lambda: T0)
+    return RejectStats(SpamStatsConfig(**base), clock=lambda: T0, wall=lambda: T0)
 
 
 def assert_within_caps(stats: RejectStats, conns) -> None:
@@ -182,3 +183,37 @@ def test_the_packed_counts_are_those_of_a_plain_model(events, window):
             assert stats.counts(a, t) == model.counts(a, t)
     for a in (f"198.51.100.{other}" for other in range(3)):
         assert stats.counts(a, t + 1199) == model.counts(a, t + 1199)
+
+
+# ---------------------------------------------------------------- snapshots of version 1
+
+def v1_snapshot(hosts) -> bytes:
+    return msgpack.packb({"format": "smtp-sensor/spam-stats", "version": 1, "saved_at": T0, "window": "fixed",
+                          "period": 600, "next_check": None, "hosts": hosts, "suppressed": [], "bans": [],
+                          "counters": {}})
+
+
+def test_a_snapshot_written_before_the_caps_loads_within_them(tmp_path):
+    # what a host held before: 100 recipients (some as long as a line), reject
+    # texts of 200 characters of any width
+    recipients = [f"r{i}@example.org" for i in range(98)] + ["x" * 4000 + "@example.org", "\U0001F600" * 1000]
+    samples = [[550, "5.1.1", "\u20ac" * 200, 3, "CAbc", T0], [553, None, "bad", 1, None, T0]]
+    path = tmp_path / "spam.msgpack"
+    path.write_bytes(v1_snapshot([["203.0.113.9", T0, T0, 40, 30, [], recipients, 0, samples, 0, True]]))
+    stats = make(max_samples=1)
+    assert read_snapshot(path, stats).ok
+    assert stats.counts("203.0.113.9") == (40, 30)
+    assert stats.recipients("203.0.113.9") == recipients[:10]
+    assert_within_caps(stats, [])
+    (h,) = stats._hosts.values()
+    assert [(s.code, s.count, shown_text(s.text)) for s in h.samples] == [(550, 3, "\u20ac" * 66)]
+
+
+def test_buckets_of_a_foreign_snapshot_spread_wider_than_the_window_are_not_all_kept(tmp_path):
+    hosts = [["203.0.113.9", T0, T0, 0, 0, [[T0 - 1e9, 1, 1], [T0 - 600, 2, 1], [T0, 5, 3]], [], 0, [], 0, True]]
+    path = tmp_path / "spam.msgpack"
+    path.write_bytes(v1_snapshot(hosts))
+    stats = make(window="sliding", sliding_buckets=6)
+    assert read_snapshot(path, stats).ok
+    assert_within_caps(stats, [])
+    assert stats.counts("203.0.113.9", T0) == (5, 3)        # the newest window's buckets only
