@@ -141,7 +141,7 @@ class RejectStats:
         self.counters.replies += 1
         h = self._touch(host, now)
         if conn.counted is None or not self._live(h, conn.counted):
-            conn.counted = (h.gen, self.window.slot(now))
+            conn.counted = (h.gen, self.window.slot_at(h, now))
             self._add(h, conn.counted, 0)
             self.counters.connections += 1
             self._dirty[h.addr] = None

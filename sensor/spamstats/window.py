@@ -60,6 +60,10 @@ class FixedWindow:
     def slot(self, t: float) -> None:
         return None
 
+    def slot_at(self, h, t: float) -> None:
+        """The slot of ``h`` a connection first answered at ``t`` is counted in."""
+        return None
+
     def opened(self, h, now: float) -> float:
         """A new host at ``now``: its window's end."""
         return now + self.period
@@ -130,6 +134,12 @@ class SlidingWindow:
     def slot(self, t: float) -> int:
         return math.floor(t / self.width)
 
+    def slot_at(self, h, t: float) -> int:
+        # never before the oldest bucket held: times only go back across a
+        # restore (a clock set back), and then the oldest bucket takes them
+        slot = math.floor(t / self.width)
+        return slot if not h.counts or slot >= h.counts[0] else h.counts[0]
+
     def opened(self, h, now: float) -> None:
         return None                 # the first deadline comes with the first bucket
 
@@ -138,14 +148,7 @@ class SlidingWindow:
         if not c:
             c += (slot, _ONE[reject])
             return self._bucket_end(slot)
-        i = slot - c[0] + 1
-        if i < 1:
-            # older than the oldest held (a clock that went back across a
-            # restore): the bucket goes in front, and its end is the next deadline
-            c[1:1] = [0] * (1 - i)
-            c[0] = slot
-            c[1] = _ONE[reject]
-            return self._bucket_end(slot)
+        i = slot - c[0] + 1          # >= 1: slot_at; < buckets + 1: the ends due ran first
         if i >= len(c):
             c += [0] * (i + 1 - len(c))
         c[i] += _ONE[reject]

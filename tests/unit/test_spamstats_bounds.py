@@ -217,3 +217,16 @@ def test_buckets_of_a_foreign_snapshot_spread_wider_than_the_window_are_not_all_
     assert read_snapshot(path, stats).ok
     assert_within_caps(stats, [])
     assert stats.counts("203.0.113.9", T0) == (5, 3)        # the newest window's buckets only
+
+
+def test_a_clock_set_back_across_a_restore_counts_in_the_oldest_bucket(tmp_path):
+    hosts = [["203.0.113.9", T0, T0, 0, 0, [[T0, 5, 3]], [], 0, [], 0, False]]
+    path = tmp_path / "spam.msgpack"
+    path.write_bytes(v1_snapshot(hosts))
+    stats = make(window="sliding", sliding_buckets=6)
+    assert read_snapshot(path, stats).ok
+    conn = ConnState()
+    stats.observe_reply("203.0.113.9", T0 - 10**7, 220, conn)          # 116 days before the snapshot
+    stats.observe_reply("203.0.113.9", T0 - 10**7, 550, conn)
+    assert_within_caps(stats, [conn])
+    assert stats.counts("203.0.113.9") == (6, 4)
