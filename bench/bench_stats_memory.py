@@ -18,12 +18,12 @@ is full at that size:
 
 Memory: the RSS growth per host after a garbage collection (pymalloc's
 rounding and free room included) and, with ``--trace``, what tracemalloc
-traces per host by allocation site (10 000 hosts).  Cost per event: then
-``--connections`` connections (greeting, a RCPT, a 550: three events) from
-hosts already held, drawn at random, and as many from hosts not held (each
-evicts one: the table is full), in ns of CPU time (of this thread: the
-machine is shared) per event.  Benchmarks, not tests:
-nothing here asserts.
+traces per host (another process, sizes up to 10^5; the allocation sites of
+the largest).  Cost per event: then ``--connections`` connections
+(greeting, a RCPT, a 550: three events) from hosts already held, drawn at
+random, and as many from hosts not held (each evicts one: the table is
+full), in ns of CPU time (of this thread: the machine is shared) per event.
+Benchmarks, not tests: nothing here asserts.
 """
 
 from __future__ import annotations
