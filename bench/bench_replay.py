@@ -2,6 +2,7 @@
 """Benchmark: offline replay of a large SMTP capture, against tshark on the same file.
 
     python bench/bench_replay.py [--size-mb 200] [--seed 1] [--runs 5] [--mime both] [--profile]
+    python bench/bench_replay.py --workers 1,2 --runs 5     # replay --workers: 1 against 2
 
 Generates the capture with bench/gen_capture.py (or reuses it when its sidecar
 JSON matches), then, each in a fresh process so peak RSS and CPU time are its own:
@@ -124,6 +125,75 @@ def child(mode: str, path: str, profile: bool, mime: bool = True) -> None:
     }))
 
 
+def child_workers(path: str, workers: int) -> None:
+    """``smtp-sensor replay --workers N --monitor-only`` as the command runs it:
+    records rendered as JSON lines (to /dev/null), MIME on, no statistics."""
+    from sensor.assembly import Userland
+    from sensor.config import Config, SpamStatsConfig
+    from sensor.inputs.replay import replay
+    from sensor.inputs.workers import replay_workers
+    from sensor.records.sinks import JsonLinesSink
+
+    config = Config(spam_stats=SpamStatsConfig(enabled=False))
+    with open(os.devnull, "w", encoding="utf-8") as out:
+        t = time.perf_counter()
+        cpu0 = time.process_time()
+        if workers == 1:
+            res = replay(path, Userland(config, JsonLinesSink(out)))
+            worker_cpu = [time.process_time() - cpu0]
+        else:
+            res = replay_workers(path, lambda sink: Userland(config, sink), workers, out)
+            worker_cpu = res.worker_cpu
+        wall = time.perf_counter() - t
+        parent_cpu = time.process_time() - cpu0 if workers > 1 else 0.0
+    c = res.counters
+    print(json.dumps({"wall": wall, "packets": res.packets, "payload_bytes": c["payload_bytes"],
+                      "transactions": c["transactions"], "flows": c["flows"],
+                      "worker_cpu": worker_cpu, "parent_cpu": parent_cpu}))
+
+
+def compare_workers(me, ex, counts, runs):
+    """``runs`` replays with each worker count of ``counts``, interleaved (the
+    machine is shared: a change in its load falls on every count alike)."""
+    walls = {n: [] for n in counts}
+    paths = {n: [] for n in counts}      # CPU of the longest worker + the parent's: the wall time on idle cores
+    for _ in range(runs):
+        for n in counts:
+            wall, cpu, _peak, out = run_child(me + ["--child", "workers", "--child-workers", str(n)])
+            res = json.loads(out)
+            if res["transactions"] != ex["transactions"] or res["payload_bytes"] != ex["payload_bytes"]:
+                raise SystemExit(f"MISMATCH with {n} workers: {res}")
+            walls[n].append(res["wall"])
+            paths[n].append(max(res["worker_cpu"]) + res["parent_cpu"])
+            print(f"  {n} worker(s): {res['wall']:.2f} s in replay, {wall:.2f} s process, {cpu:.2f} s CPU; "
+                  f"workers' CPU {', '.join(f'{c:.2f}' for c in res['worker_cpu'])} s, "
+                  f"parent {res['parent_cpu']:.2f} s", file=sys.stderr)
+    mb = ex["payload_bytes"] / 1e6
+    base = statistics.median(walls[counts[0]])
+    print()
+    print("| workers | runs | wall s (min–max) | median | SMTP payload MB/s (range) | speed-up (median; range) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in counts:
+        w = walls[n]
+        ratios = [a / b for a, b in zip(walls[counts[0]], w)]
+        print(f"| {n} | {len(w)} | {min(w):.2f}–{max(w):.2f} | {statistics.median(w):.2f} | "
+              f"{mb / max(w):.0f}–{mb / min(w):.0f} | {base / statistics.median(w):.2f}x; "
+              f"{min(ratios):.2f}–{max(ratios):.2f}x |")
+    print()
+    print("| workers | CPU s of the longest worker + parent (min–max) | median | "
+          "speed-up by CPU path (median; range) |")
+    print("|---:|---:|---:|---:|")
+    cbase = statistics.median(paths[counts[0]])
+    for n in counts:
+        p = paths[n]
+        ratios = [a / b for a, b in zip(paths[counts[0]], p)]
+        print(f"| {n} | {min(p):.2f}–{max(p):.2f} | {statistics.median(p):.2f} | "
+              f"{cbase / statistics.median(p):.2f}x; {min(ratios):.2f}–{max(ratios):.2f}x |")
+    print("\nwall time of the replay (records to JSON lines on /dev/null, MIME on, no statistics), "
+          "runs interleaved; speed-up range: run i of 1 worker over run i of N.  The CPU path is "
+          "what the wall time would be with a free core per worker (the parent only waits and copies).")
+
+
 # --------------------------------------------------------------- parent side
 
 def run_child(argv, capture_out=True):
@@ -192,11 +262,17 @@ def main():
                     help="import the sensor package from DIR (another checkout) instead")
     ap.add_argument("--mime", choices=("on", "off", "both"), default="both",
                     help="counting replays with the MIME parser on, off, or both (the cost of MIME)")
-    ap.add_argument("--child", choices=("counting", "json"), help=argparse.SUPPRESS)
+    ap.add_argument("--workers", metavar="N,M", help="only compare replays with these worker counts, "
+                    "e.g. 1,2 (--runs each, interleaved)")
+    ap.add_argument("--child", choices=("counting", "json", "workers"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-workers", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--child-mime-off", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     path = args.capture or f"/tmp/smtp-bench-{args.size_mb:g}mb-s{args.seed}.pcap"
 
+    if args.child == "workers":
+        child_workers(path, args.child_workers)
+        return 0
     if args.child:
         child(args.child, path, args.profile, mime=not args.child_mime_off)
         return 0
@@ -211,6 +287,9 @@ def main():
     if args.sensor_root:
         me += ["--sensor-root", args.sensor_root]
         print(f"sensor package from {ROOT}")
+    if args.workers:
+        compare_workers(me, ex, [int(n) for n in args.workers.split(",")], args.runs)
+        return 0
     rows = []
     ok = True
     mimes = {"on": (True,), "off": (False,), "both": (True, False)}[args.mime]

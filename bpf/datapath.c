@@ -20,13 +20,17 @@
  *
  * The event ring is a BPF ring buffer, one for all CPUs: a record is reserved,
  * filled in place and submitted, which costs a fraction of a perf buffer's
- * bpf_perf_event_output() per event (docs/benchmarks.md, section 1).
+ * bpf_perf_event_output() per event (docs/benchmarks.md, section 1). With
+ * SS_WORKERS > 1 there is one ring per worker process, in the array of maps
+ * ss_rings, and a packet goes into the ring of its client's worker
+ * (shard.h; a fragment without ports into both of its addresses' rings).
  *
  * Compiled by bcc at start (sensor/kernel/datapath.py; `smtp-sensor run
  * --ebpf` prints what it compiles). Build parameters arrive as -D cflags,
- * both required:
+ * all required:
  *   SS_PIN_DIR     "/sys/fs/bpf/smtp-sensor/v2": where enforcement maps are pinned
- *   SS_RING_PAGES  size of the event ring in pages (a power of two)
+ *   SS_RING_PAGES  size of each event ring in pages (a power of two)
+ *   SS_WORKERS     worker processes, each reading its own event ring (1 ... SS_WORKERS_MAX)
  *
  * Read next: sensor/kernel/ring.py, the reader of the event ring.
  */
@@ -45,8 +49,21 @@
 #error "SS_RING_PAGES must be set (-DSS_RING_PAGES=2048)"
 #endif
 
+#ifndef SS_WORKERS
+#error "SS_WORKERS must be set (-DSS_WORKERS=1)"
+#endif
+#if SS_WORKERS < 1 || SS_WORKERS > SS_WORKERS_MAX
+#error "SS_WORKERS must be between 1 and SS_WORKERS_MAX"
+#endif
+
 /* Records: struct ss_event_hdr followed by the frame bytes (padded). */
 BPF_RINGBUF_OUTPUT(ss_events, SS_RING_PAGES);
+#if SS_WORKERS > 1
+/* Worker w's ring is ss_rings[w]: slot 0 holds ss_events, the others rings
+ * of the same size made and put there by userland (sensor/kernel/datapath.py)
+ * before anything is attached. */
+BPF_ARRAY_OF_MAPS(ss_rings, "ss_events", SS_WORKERS);
+#endif
 BPF_PERCPU_ARRAY(ss_counters, __u64, SS_DIR__MAX * SS_CNT__MAX);
 /* The SMTP port set: ss_ports[port] != 0. Changed by userland at run time. */
 BPF_ARRAY(ss_ports, __u8, SS_PORT_MAX);
@@ -64,7 +81,9 @@ BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_loss, ss_lost, SS_FLOW_MAX);
  * of flows never seen opening (picked up mid-stream, or a flood of
  * segments without a handshake) do not. */
 BPF_TABLE("lru_hash", struct ss_flow_key, __u8, ss_opened, SS_FLOW_MAX);
-BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX);
+BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX - 1 + SS_WORKERS); /* a pressure slot per ring */
+/* Verdicts per attached interface (smtp_sensor.h: struct ss_if_key). */
+BPF_TABLE("percpu_hash", struct ss_if_key, struct ss_if_counters, ss_if_counters, SS_IF_MAX);
 /* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
 BPF_PROG_ARRAY(ss_tail, 1);
 
@@ -85,6 +104,22 @@ static __always_inline void ss_count(int dir, int counter)
 
 	if (value)
 		*value += 1;
+}
+
+_Static_assert((SS_CNT_VERDICT__MAX & (SS_CNT_VERDICT__MAX - 1)) == 0,
+	       "the mask in ss_count_verdict needs a power of two");
+
+/* A packet's exclusive verdict, per interface too unless it is a cheap pass. */
+static __always_inline void ss_count_verdict(__u32 ifindex, int dir, int counter)
+{
+	ss_count(dir, counter);
+	if (counter <= SS_CNT_NOT_SMTP || counter >= SS_CNT_VERDICT__MAX)
+		return;
+	struct ss_if_key key = {.ifindex = ifindex, .direction = dir};
+	struct ss_if_counters *per_if = ss_if_counters.lookup(&key);
+
+	if (per_if)
+		per_if->verdicts[counter & (SS_CNT_VERDICT__MAX - 1)] += 1;
 }
 
 /* A live entry (no expiry, or expiry in the future) counts the hit and says
@@ -138,6 +173,7 @@ static __always_inline __u64 ss_clamp(__u64 len, __u64 max)
 }
 
 #include "hold.h" /* the commit hold: needs ss_clamp() */
+#include "shard.h" /* the worker of a packet: needs ss_is_smtp_port() */
 
 static __always_inline long ss_load_bytes(void *ctx, void *to, __u64 len, int dir)
 {
@@ -149,28 +185,37 @@ static __always_inline long ss_load_bytes(void *ctx, void *to, __u64 len, int di
 /* One ring record of a size class: the header, then up to `size` frame
  * bytes. bpf_ringbuf_reserve() needs a constant size, so a frame goes into the
  * smallest class that holds it and the record is padded (userland trusts
- * cap_len). Returns 0 when pushed, < 0 when the ring is full or the copy
- * failed. */
+ * cap_len). ring: the worker's ring (from ss_rings) with SS_WORKERS > 1,
+ * unused with one (ss_events). Returns 0 when pushed, < 0 when the ring is
+ * full or the copy failed. */
 static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap_len, const __u32 size,
-				   int dir, __u64 wake)
+				   int dir, __u64 wake, void *ring)
 {
+#if SS_WORKERS > 1
+	void *rec = bpf_ringbuf_reserve(ring, sizeof(*ev) + size, 0);
+#else
 	void *rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
+#endif
 	long err;
 
 	/* One more try: besides a full ring, a reservation fails now and then
 	 * under contention for the ring's lock (shared by all CPUs); a second
 	 * try takes most of those (docs/benchmarks.md, section 1). */
 	if (!rec)
+#if SS_WORKERS > 1
+		rec = bpf_ringbuf_reserve(ring, sizeof(*ev) + size, 0);
+#else
 		rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
+#endif
 	if (!rec)
 		return -1;
 	__builtin_memcpy(rec, ev, sizeof(*ev));
 	err = ss_load_bytes(ctx, rec + sizeof(*ev), ss_clamp(cap_len, size), dir);
 	if (err < 0) {
-		ss_events.ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		return -1;
 	}
-	ss_events.ringbuf_submit(rec, wake);
+	bpf_ringbuf_submit(rec, wake);
 	return 0;
 }
 
@@ -233,9 +278,9 @@ static __always_inline __u32 ss_loss_to_carry(struct ss_flow_key *key)
 	return loss->events > 0xffffffffULL ? 0xffffffffU : (__u32)loss->events;
 }
 
-static __always_inline int ss_under_pressure(void)
+static __always_inline int ss_under_pressure(__u32 worker)
 {
-	__u32 slot = SS_RING_PRESSURE;
+	__u32 slot = SS_RING_PRESSURE + worker;
 	__u64 *pressure = ss_ring_state.lookup(&slot);
 
 	return pressure && *pressure;
@@ -282,10 +327,11 @@ static __always_inline int ss_pressure_pass(struct ss_pkt *pkt)
  * picks such a flow up mid-stream, partial, its missing bytes gaps), and a
  * lone RST (it ends a flow, which then ends by idle timeout, but carries
  * nothing a record holds). */
-static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int err, int shed, int dir)
+static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int err, int shed, int dir,
+					  __u32 worker)
 {
 	if (err < 0) {
-		__u32 slot = SS_RING_PRESSURE;
+		__u32 slot = SS_RING_PRESSURE + worker;
 		__u64 *pressure = ss_ring_state.lookup(&slot);
 
 		if (pressure && !*pressure)
@@ -303,6 +349,64 @@ static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int er
 
 		ss_opened.update(&pkt->key, &one);
 	}
+}
+
+/* Push the event into worker `worker`'s ring, in the smallest size class
+ * that holds cap_len, and do the push's bookkeeping (ss_after_push).
+ * Returns what ss_push() does. */
+static __always_inline int ss_push_to(void *ctx, struct ss_event_hdr *ev, struct ss_pkt *pkt, __u64 cap_len,
+				      int dir, __u64 wake, __u32 worker, const int fragment)
+{
+	void *ring = 0;
+
+#if SS_WORKERS > 1
+	ring = ss_rings.lookup(&worker);
+	if (!ring)
+		return -1; /* not filled in by userland: nothing is attached before it is */
+#endif
+	/* Under pressure (the ring refused an event since userland last read
+	 * it empty) only SYN and FIN events without payload and the events of
+	 * connections seen opening are pushed (ss_pressure_pass): when userland
+	 * falls behind, what room it frees goes to connections with a
+	 * handshake, and to every connection's beginning and end, rather than
+	 * to segments of flows nobody saw begin (a flood needs no handshake). */
+	int err, shed = ss_under_pressure(worker) && !ss_pressure_pass(pkt);
+
+	if (shed)
+		err = -1;
+	else if (fragment) {
+		/* fewer classes (more padding) for the rare fragment, which may be
+		 * pushed twice: the verifier walks each push once per state */
+		if (cap_len <= 1536)
+			err = ss_push(ctx, ev, cap_len, 1536, dir, wake, ring);
+		else if (cap_len <= 9216)
+			err = ss_push(ctx, ev, cap_len, 9216, dir, wake, ring);
+		else
+			err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, ring);
+	} else if (cap_len <= 128)
+		err = ss_push(ctx, ev, cap_len, 128, dir, wake, ring);
+	else if (cap_len <= 256)
+		err = ss_push(ctx, ev, cap_len, 256, dir, wake, ring);
+	else if (cap_len <= 512)
+		err = ss_push(ctx, ev, cap_len, 512, dir, wake, ring);
+	else if (cap_len <= 1024)
+		err = ss_push(ctx, ev, cap_len, 1024, dir, wake, ring);
+	else if (cap_len <= 1536)
+		err = ss_push(ctx, ev, cap_len, 1536, dir, wake, ring);
+	else if (cap_len <= 2048)
+		err = ss_push(ctx, ev, cap_len, 2048, dir, wake, ring);
+	else if (cap_len <= 4096)
+		err = ss_push(ctx, ev, cap_len, 4096, dir, wake, ring);
+	else if (cap_len <= 9216)
+		err = ss_push(ctx, ev, cap_len, 9216, dir, wake, ring);
+	else if (cap_len <= 16384)
+		err = ss_push(ctx, ev, cap_len, 16384, dir, wake, ring);
+	else if (cap_len <= 32768)
+		err = ss_push(ctx, ev, cap_len, 32768, dir, wake, ring);
+	else
+		err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, ring);
+	ss_after_push(pkt, ev->lost, err, shed, dir, worker);
+	return err;
 }
 
 /* The choice for one packet of a flow whose drop entry says SS_VF_RESET
@@ -430,6 +534,81 @@ static __always_inline int ss_parse(void *data, void *data_end, __u32 wire_len, 
 	return SS_PARSED_TCP;
 }
 
+/* The event of a packet that is pushed (pkt: parsed; hold: SS_EVF_HELD /
+ * _RELEASED / _HOLD_TIMEOUT or 0), into the ring of its worker (shard.h);
+ * fragment: a compile-time 1 on the fragment path, the only one where a
+ * packet may go to a second worker: elsewhere the verifier does not walk
+ * that push at all. Returns the counter the packet leaves with. */
+static __always_inline int ss_emit(void *ctx, struct ss_pkt *pkt, __u32 wire_len, __u32 ifindex, int dir,
+				   __u32 snaplen, __u32 flags, __u8 hold, const int fragment)
+{
+	struct ss_event_hdr ev = {};
+	__u32 cap_len = wire_len;
+	__u64 wake = 0; /* adaptive: wake the reader if it has read everything before */
+	int err;
+
+	if (cap_len > snaplen) {
+		cap_len = snaplen;
+		ev.flags |= SS_EVF_CUT;
+	}
+	ev.flags |= hold;
+	if (pkt->frag)
+		ev.flags |= SS_EVF_FRAGMENT;
+	ev.version = SS_ABI_VERSION;
+	ev.direction = dir;
+	ev.ifindex = ifindex;
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.wire_len = wire_len;
+	ev.cap_len = cap_len;
+	__builtin_memcpy(ev.saddr, pkt->key.saddr, 16);
+	__builtin_memcpy(ev.daddr, pkt->key.daddr, 16);
+	ev.sport = pkt->key.sport;
+	ev.dport = pkt->key.dport;
+	ev.seq = pkt->seq;
+	ev.ack = pkt->ack;
+	ev.payload_off = pkt->payload_off;
+	ev.l3_off = pkt->l3_off;
+	ev.payload_len = pkt->payload_len;
+	ev.family = pkt->key.family;
+	ev.tcp_flags = pkt->tcp_flags;
+	/* events of this direction refused before: this one carries their count */
+	ev.lost = ss_loss_to_carry(&pkt->key);
+	/* A wakeup costs the sending CPU an irq_work (a self-IPI). Batched:
+	 * every SS_WAKE_BATCH-th record pushed on this CPU. */
+	if (flags & SS_CFG_WAKE_BATCH) {
+		__u32 idx = dir * SS_CNT__MAX + SS_CNT_PUSHED;
+		__u64 *pushed = ss_counters.lookup(&idx);
+
+		wake = pushed && *pushed % SS_WAKE_BATCH == SS_WAKE_BATCH - 1 ? BPF_RB_FORCE_WAKEUP
+									     : BPF_RB_NO_WAKEUP;
+	}
+	__u32 other, worker = ss_shard_take(&other);
+
+	err = ss_push_to(ctx, &ev, pkt, cap_len, dir, wake, worker, fragment);
+#if SS_WORKERS > 1
+	if (fragment && other != worker) {
+		ev.lost = 0; /* carried by the first push */
+		if (ss_push_to(ctx, &ev, pkt, cap_len, dir, wake, other, fragment) < 0)
+			err = -1;
+	}
+#endif
+	if (hold == SS_EVF_RELEASED)
+		ss_count(dir, SS_CNT_RELEASED);
+	else if (hold == SS_EVF_HOLD_TIMEOUT)
+		ss_count(dir, SS_CNT_HOLD_TIMEOUT);
+	/* held whether or not the push worked: without it, the retransmission
+	 * is pushed (and held) instead */
+	if (hold == SS_EVF_HELD)
+		return SS_CNT_HELD;
+	if (err < 0)
+		return SS_CNT_PUSH_FAILED;
+	if (ev.flags & SS_EVF_CUT)
+		ss_count(dir, SS_CNT_CUT);
+	if (pkt->frag)
+		ss_count(dir, SS_CNT_FRAG_PUSHED);
+	return SS_CNT_PUSHED;
+}
+
 /* Decide what to do with one frame; returns the enum ss_counter it leaves
  * with. Pushes the event itself when that is the verdict. ehlo: SS_EHLO_*,
  * whether ss_tc_ehlo has looked at (and maybe rewritten) this packet.
@@ -441,10 +620,9 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	struct ss_pkt pkt = {}; /* zeroed: the key's padding is part of the hash */
 	struct ss_config *cfg;
 	struct ss_verdict *v;
-	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, hold_max_ms = SS_HOLD_MAX_MS_DEFAULT, cap_len;
+	__u32 zero = 0, flags = 0, snaplen = SS_SNAPLEN_MAX, hold_max_ms = SS_HOLD_MAX_MS_DEFAULT;
 	__u8 hold = 0; /* SS_EVF_HELD / _RELEASED / _HOLD_TIMEOUT for a commit candidate */
-	__u64 wake = 0; /* adaptive: wake the reader if it has read everything before */
-	int proto, err;
+	int proto;
 
 	proto = ss_parse(data, data_end, wire_len, &pkt);
 	if (proto != SS_PARSED_TCP && proto != SS_PARSED_FRAG && proto != SS_CNT_EXT_LIMIT)
@@ -454,6 +632,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 	if ((proto == SS_PARSED_TCP || pkt.ports_known) && !ss_is_smtp_port(pkt.key.dport) &&
 	    !ss_is_smtp_port(pkt.key.sport))
 		return SS_CNT_NOT_SMTP;
+	/* the worker whose ring gets the event (and a second one, a fragment's) */
+	ss_shard_note(&pkt);
 
 	cfg = ss_config.lookup(&zero);
 	if (cfg) {
@@ -478,7 +658,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 			return pkt.frag == SS_FRAG_FIRST ? SS_CNT_DROP_FRAG : SS_CNT_FRAGMENT;
 		if (flags & SS_CFG_NO_PUSH)
 			return SS_CNT_NO_PUSH;
-		goto push;
+		return ss_emit(ctx, &pkt, wire_len, ifindex, dir, snaplen, flags, 0, 1);
 	}
 
 	if (!(flags & SS_CFG_NO_ENFORCE)) {
@@ -509,93 +689,7 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		}
 	}
 
-push:;
-	struct ss_event_hdr ev = {};
-
-	cap_len = wire_len;
-	if (cap_len > snaplen) {
-		cap_len = snaplen;
-		ev.flags |= SS_EVF_CUT;
-	}
-	ev.flags |= hold;
-	if (pkt.frag)
-		ev.flags |= SS_EVF_FRAGMENT;
-	ev.version = SS_ABI_VERSION;
-	ev.direction = dir;
-	ev.ifindex = ifindex;
-	ev.ts_ns = bpf_ktime_get_ns();
-	ev.wire_len = wire_len;
-	ev.cap_len = cap_len;
-	__builtin_memcpy(ev.saddr, pkt.key.saddr, 16);
-	__builtin_memcpy(ev.daddr, pkt.key.daddr, 16);
-	ev.sport = pkt.key.sport;
-	ev.dport = pkt.key.dport;
-	ev.seq = pkt.seq;
-	ev.ack = pkt.ack;
-	ev.payload_off = pkt.payload_off;
-	ev.l3_off = pkt.l3_off;
-	ev.payload_len = pkt.payload_len;
-	ev.family = pkt.key.family;
-	ev.tcp_flags = pkt.tcp_flags;
-	/* events of this direction refused before: this one carries their count */
-	ev.lost = ss_loss_to_carry(&pkt.key);
-	/* A wakeup costs the sending CPU an irq_work (a self-IPI). Batched:
-	 * every SS_WAKE_BATCH-th record pushed on this CPU. */
-	if (flags & SS_CFG_WAKE_BATCH) {
-		__u32 idx = dir * SS_CNT__MAX + SS_CNT_PUSHED;
-		__u64 *pushed = ss_counters.lookup(&idx);
-
-		wake = pushed && *pushed % SS_WAKE_BATCH == SS_WAKE_BATCH - 1 ? BPF_RB_FORCE_WAKEUP
-									     : BPF_RB_NO_WAKEUP;
-	}
-	/* Under pressure (the ring refused an event since userland last read
-	 * it empty) only SYN and FIN events without payload and the events of
-	 * connections seen opening are pushed (ss_pressure_pass): when userland
-	 * falls behind, what room it frees goes to connections with a
-	 * handshake, and to every connection's beginning and end, rather than
-	 * to segments of flows nobody saw begin (a flood needs no handshake). */
-	int shed = ss_under_pressure() && !ss_pressure_pass(&pkt);
-
-	if (shed)
-		err = -1;
-	else if (cap_len <= 128)
-		err = ss_push(ctx, &ev, cap_len, 128, dir, wake);
-	else if (cap_len <= 256)
-		err = ss_push(ctx, &ev, cap_len, 256, dir, wake);
-	else if (cap_len <= 512)
-		err = ss_push(ctx, &ev, cap_len, 512, dir, wake);
-	else if (cap_len <= 1024)
-		err = ss_push(ctx, &ev, cap_len, 1024, dir, wake);
-	else if (cap_len <= 1536)
-		err = ss_push(ctx, &ev, cap_len, 1536, dir, wake);
-	else if (cap_len <= 2048)
-		err = ss_push(ctx, &ev, cap_len, 2048, dir, wake);
-	else if (cap_len <= 4096)
-		err = ss_push(ctx, &ev, cap_len, 4096, dir, wake);
-	else if (cap_len <= 9216)
-		err = ss_push(ctx, &ev, cap_len, 9216, dir, wake);
-	else if (cap_len <= 16384)
-		err = ss_push(ctx, &ev, cap_len, 16384, dir, wake);
-	else if (cap_len <= 32768)
-		err = ss_push(ctx, &ev, cap_len, 32768, dir, wake);
-	else
-		err = ss_push(ctx, &ev, cap_len, SS_SNAPLEN_MAX, dir, wake);
-	ss_after_push(&pkt, ev.lost, err, shed, dir);
-	if (hold == SS_EVF_RELEASED)
-		ss_count(dir, SS_CNT_RELEASED);
-	else if (hold == SS_EVF_HOLD_TIMEOUT)
-		ss_count(dir, SS_CNT_HOLD_TIMEOUT);
-	/* held whether or not the push worked: without it, the retransmission
-	 * is pushed (and held) instead */
-	if (hold == SS_EVF_HELD)
-		return SS_CNT_HELD;
-	if (err < 0)
-		return SS_CNT_PUSH_FAILED;
-	if (ev.flags & SS_EVF_CUT)
-		ss_count(dir, SS_CNT_CUT);
-	if (pkt.frag)
-		ss_count(dir, SS_CNT_FRAG_PUSHED);
-	return SS_CNT_PUSHED;
+	return ss_emit(ctx, &pkt, wire_len, ifindex, dir, snaplen, flags, hold, 0);
 }
 
 static __always_inline int ss_is_drop(int counter)
@@ -612,7 +706,7 @@ int ss_xdp_ingress(struct xdp_md *ctx)
 	int counter = ss_process(ctx, data, data_end, data_end - data, ctx->ingress_ifindex,
 				 SS_DIR_INGRESS, SS_EHLO_UNSEEN, &action);
 
-	ss_count(SS_DIR_INGRESS, counter);
+	ss_count_verdict(ctx->ingress_ifindex, SS_DIR_INGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? XDP_DROP : XDP_PASS;
@@ -626,7 +720,7 @@ int ss_tc_egress(struct __sk_buff *skb)
 	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_UNSEEN,
 				 &action);
 
-	ss_count(SS_DIR_EGRESS, counter);
+	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
@@ -647,7 +741,7 @@ int ss_tc_ehlo(struct __sk_buff *skb)
 	/* the store may have moved the packet: read its pointers anew */
 	counter = ss_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
 			     SS_DIR_EGRESS, ehlo, &action);
-	ss_count(SS_DIR_EGRESS, counter);
+	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;

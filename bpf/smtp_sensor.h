@@ -123,9 +123,36 @@ enum ss_ring_slot {
 	SS_RING_PENDING = 0,  /* ring losses in ss_lost no event has carried yet */
 	SS_RING_PRESSURE = 1, /* nonzero: the ring refused an event since userland last read
 			       * it empty; only SYN and FIN events without payload, and the
-			       * events of connections whose opening SYN was pushed, are */
-	SS_RING__MAX = 2,
+			       * events of connections whose opening SYN was pushed, are.
+			       * Worker w's ring has slot SS_RING_PRESSURE + w */
+	SS_RING__MAX = 2,     /* with one worker; SS_RING__MAX - 1 + SS_WORKERS slots */
 };
+
+/* Counters per interface (ss_if_counters, a per-CPU hash): the exclusive
+ * verdicts of the packets on the SMTP ports (and of those that could not be
+ * told apart: fragments, parse errors) per attached interface and direction.
+ * Userland creates the entries of the interfaces it attaches to; the kernel
+ * only looks them up, so the map never grows past them. The cheap passes
+ * (not IP, not TCP, not an SMTP port) are counted per direction only
+ * (ss_counters), so the path of traffic that is not SMTP pays no lookup. */
+#define SS_IF_MAX 64
+struct ss_if_key {
+	__u32 ifindex;
+	__u32 direction; /* enum ss_direction */
+};
+
+struct ss_if_counters {
+	__u64 verdicts[SS_CNT_VERDICT__MAX];
+};
+
+/* The workers (event rings) at most: a -DSS_WORKERS build parameter above
+ * this is refused. */
+#define SS_WORKERS_MAX 64
+
+/* FNV-1a, 32 bits (sensor/shard.py): the worker of a packet is this hash of
+ * its client's address, modulo the number of workers. */
+#define SS_FNV_OFFSET 0x811C9DC5U
+#define SS_FNV_PRIME 0x01000193U
 
 /* Records per CPU between wakeups of the reader with SS_CFG_WAKE_BATCH. */
 #define SS_WAKE_BATCH 64

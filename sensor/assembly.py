@@ -6,10 +6,13 @@ the live sensor, a replay, the demo, the tests and the benchmarks.
 ``config.sensor`` gives the ports, the rules folder and ``enforce``;
 ``config.limits`` the reassembler's, the dissector's, the MIME parser's and the
 rules' limits; ``config.mime`` whether messages are parsed into entities;
-``config.spam_stats`` the reject statistics.  The caller passes where records
-go (``sink``, a callable taking one record) and where verdicts go
-(``enforcer``: ``KernelEnforcer`` live, ``ReplayEnforcer`` offline, the
-default).  What is built:
+``config.spam_stats`` the reject statistics; with ``cluster`` (the live
+sensor: a replay judges its capture alone) and ``[cluster] enabled``, shared
+with the other sensors through Redis (``sensor.cluster``: ``start_cluster()``
+starts its threads, ``poll()`` every turn of the loop takes their answers).
+The caller passes where records go (``sink``, a callable taking one record)
+and where verdicts go (``enforcer``: ``KernelEnforcer`` live,
+``ReplayEnforcer`` offline, the default).  What is built:
 
 * the ``Pipeline`` (ports, limits, uid seed; ``by_content``: also the flows on
   other ports found SMTP by their first bytes, what a replay does), with its listeners in this
@@ -38,11 +41,12 @@ from sensor.counters import Group
 from sensor.errors import SensorError
 from sensor.pipeline import Pipeline
 
-__all__ = ["Userland"]
+__all__ = ["Userland", "verdict_summary"]
 
 
 class Userland:
-    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, by_content: bool = False):
+    def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, by_content: bool = False,
+                 cluster: bool = False):
         cfg = config.sensor
         if enforcer is None:
             from sensor.rules.enforce import ReplayEnforcer
@@ -56,7 +60,7 @@ class Userland:
                                  reassembly_limits=config.limits.reassembly, smtp_limits=config.limits.smtp,
                                  defrag_limits=config.limits.defrag, defrag_policy=config.stream.defrag_policy,
                                  receiver=config.stream.receiver, mime=mime)
-        self.engine = self.reject_stats = self.actor = None
+        self.engine = self.reject_stats = self.actor = self.cluster = None
         if cfg.rules is not None:
             self.engine = _rule_engine(cfg.rules, sink, enforcer, config.limits.rules)
             self.pipeline.listeners.append(self.engine)
@@ -65,8 +69,13 @@ class Userland:
         st = config.spam_stats
         if st.enabled:
             from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
-            self.reject_stats = RejectStats(st)
-            self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
+            if cluster and config.cluster.enabled:
+                from sensor.cluster import Cluster
+                self.cluster = Cluster(config, sink, enforcer)
+                self.reject_stats, self.actor = self.cluster.stats, self.cluster.actor
+            else:
+                self.reject_stats = RejectStats(st)
+                self.actor = SpamStatsActor(self.reject_stats, sink, enforcer, st)
             self.pipeline.listeners.append(RejectStatsListener(self.reject_stats, self.actor))
         enforcer.verdicts.ports = frozenset(cfg.ports)
         enforcer.open_flows = lambda: self.pipeline.flows
@@ -82,8 +91,14 @@ class Userland:
         return (self.tick,) if self.actor is not None else ()
 
     def tick(self, now: float) -> None:
+        self.poll()
         if self.actor is not None:
             self.actor.tick(now)
+
+    def poll(self) -> None:
+        """Act on what the other sensors shared (``cluster``; cheap: call it every turn)."""
+        if self.cluster is not None:
+            self.cluster.poll()
 
     def finish(self, ts: float | None = None) -> None:
         """The input ended at ``ts`` (a capture's last packet): end every flow,
@@ -106,8 +121,19 @@ class Userland:
         no last check."""
         self.pipeline.finish(give_up=give_up)
         self.tick(now)
+        if self.cluster is not None:
+            self.cluster.close()
         if self.engine is not None:
             self.engine.close()
+
+    def start_cluster(self) -> None:
+        """Start sharing (the threads of ``sensor.cluster``); ``shutdown`` or ``close_cluster`` ends it."""
+        if self.cluster is not None:
+            self.cluster.start()
+
+    def close_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
 
     # ------------------------------------------------------------ snapshots
     def restore(self, path):
@@ -133,22 +159,41 @@ class Userland:
         if self.actor is not None:
             yield Group(("spam_stats",), self.reject_stats.counters)
             yield Group(("spam_stats",), self.actor.counters)
+        if self.cluster is not None:
+            yield from self.cluster.counter_groups()
+
+    def verdict_counts(self) -> dict:
+        """The counts the summary line gives (plain numbers: a sharded
+        replay's workers' are added up, ``sensor.counters.add_counts``)."""
+        counts = {}
+        if self.engine is not None:
+            c = self.engine.counters
+            counts["rules"] = {k: getattr(c, k) for k in ("alerts", "drops", "bans", "errors", "slow_calls",
+                                                         "memory_stops", "disabled")}
+        if self.actor is not None:
+            counts["spam_stats"] = {"notices": self.reject_stats.counters.notices,
+                                    "bans": self.actor.counters.bans}
+        return counts
 
     def summary(self) -> str:
         """The verdicts, for the end of a replay's summary line ("" without any)."""
-        text = ""
-        if self.engine is not None:
-            c = self.engine.counters
-            text += (f"; rules: {c.alerts} alerts, {c.drops} flows dropped, {c.bans} bans, "
-                     f"{c.errors} rule errors")
-            over = c.slow_calls + c.memory_stops
-            if over:
-                text += f", {over} calls over budget, {c.disabled} rules disabled"
-        if self.actor is not None:
-            notices, bans = self.reject_stats.counters.notices, self.actor.counters.bans
-            if notices or bans:
-                text += f"; spam stats: {notices} notices, {bans} bans"
-        return text
+        return verdict_summary(self.verdict_counts())
+
+
+def verdict_summary(counts: dict) -> str:
+    """``Userland.summary()`` of ``Userland.verdict_counts()`` (or their sum)."""
+    text = ""
+    c = counts.get("rules")
+    if c is not None:
+        text += (f"; rules: {c['alerts']} alerts, {c['drops']} flows dropped, {c['bans']} bans, "
+                 f"{c['errors']} rule errors")
+        over = c["slow_calls"] + c["memory_stops"]
+        if over:
+            text += f", {over} calls over budget, {c['disabled']} rules disabled"
+    c = counts.get("spam_stats")
+    if c is not None and (c["notices"] or c["bans"]):
+        text += f"; spam stats: {c['notices']} notices, {c['bans']} bans"
+    return text
 
 
 def _rule_engine(directory, sink, enforcer, limits):

@@ -24,11 +24,12 @@ examples:
   smtp-sensor run --ebpf                # print exactly the C that bcc compiles, and exit
   smtp-sensor replay capture.pcap       # dissect a capture: JSON records on stdout, summary on stderr
   smtp-sensor replay smtp.pcap --rules rules/ --write-passed passed.pcap
+  smtp-sensor replay big.pcap --workers 2 --monitor-only -o records.json   # two cores
   smtp-sensor status                    # ask the running sensor (control socket)
   smtp-sensor ban add 198.51.100.0/24 --ttl 3600 --reason "spam run"
   smtp-sensor ban list | smtp-sensor flows | smtp-sensor stats
   smtp-sensor rules check rules/        # load the rules without running them
-  smtp-sensor reload                    # re-read the rules now (same as SIGHUP)
+  smtp-sensor reload                    # apply a changed config and re-read the rules (same as SIGHUP)
   smtp-sensor unload                    # stop the sensor, remove the pinned maps (--keep-maps: keep bans)
 """
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--stats-interval", type=float, default=10.0, help="seconds between counter lines")
     run.add_argument("--state-file", type=Path, help="snapshot of the reject statistics and bans")
+    run.add_argument("--ban-file", type=Path, help="snapshot of every source ban, restored at start (reboots)")
     run.add_argument("--monitor-only", action="store_true",
                      help="never drop or ban (a SPAN/mirror port): verdicts are only logged")
     run.add_argument("--wakeup", type=positive_int, metavar="N",
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="append JSON log lines to PATH instead of stdout; reopened on SIGUSR1 (logrotate)")
     run.add_argument("--metrics", type=_metrics_address, metavar="ADDR:PORT",
                      help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9325 (needs the 'metrics' extra)")
+    run.add_argument("--workers", type=positive_int, metavar="N",
+                     help="worker processes, each following the clients the kernel's hash gives it "
+                          "(default: [sensor] workers, else one per CPU; 1: one process)")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("demo", help="the netns lab demo (needs root)")
@@ -121,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--limit", type=positive_int, default=1000)
     stt = control("stats", help_text="reject statistics per host")
     stt.add_argument("--limit", type=positive_int, default=100)
-    control("reload", help_text="re-read the rules now (like SIGHUP)")
+    control("reload", help_text="apply a changed configuration and re-read the rules now (like SIGHUP)")
     ban = sub.add_parser("ban", help="source bans in XDP: add, del, list")
     ban_sub = ban.add_subparsers(dest="ban_command", metavar="ACTION", required=True)
     for name, help_text in (("add", "ban a prefix"), ("del", "lift a ban"), ("list", "the bans")):
@@ -162,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rules", type=Path, metavar="DIR", help="run the rules of DIR (e.g. ./rules)")
     rep.add_argument("--write-passed", type=Path, metavar="OUT.pcap",
                      help="write the packets the rules' verdicts let pass (inline semantics)")
+    rep.add_argument("--monitor-only", action="store_true",
+                     help="never drop or ban: verdicts are recorded (enforced_by \"monitor\"), not applied")
+    rep.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                     help="split the capture over N processes by client address (default 1); the same "
+                          "records, in another order; not with bans enforced or --write-passed")
     return parser
 
 
@@ -193,7 +203,8 @@ def resolve_run_config(args):
     if getattr(args, "interface", None):
         over["interfaces"] = tuple(args.interface)
     for flag, key in (("netns", "netns"), ("ports", "ports"), ("xdp_mode", "xdp_mode"), ("pin_dir", "pin_dir"),
-                      ("rules", "rules"), ("state_file", "state_file")):
+                      ("rules", "rules"), ("state_file", "state_file"), ("ban_file", "ban_file"),
+                      ("workers", "workers")):
         value = getattr(args, flag, None)
         if value is not None:
             over[key] = value
@@ -209,15 +220,21 @@ def cmd_run(args) -> int:
 
     if args.ebpf:   # what this run would compile (the pin folder is a build parameter)
         from sensor.kernel.datapath import Datapath, DatapathConfig
-        pin_dir = resolve_run_config(args).sensor.pin_dir
-        print(Datapath(DatapathConfig(pin_dir=pin_dir)).listing(), end="")
+        sensor_cfg = resolve_run_config(args).sensor
+        print(Datapath(DatapathConfig(pin_dir=sensor_cfg.pin_dir, workers=sensor_cfg.worker_count)).listing(),
+              end="")
         return EXIT_OK
     config = resolve_run_config(args)
     socket_path = args.control_socket or _default_socket()
     options = RunOptions(duration=args.duration, stats_interval=args.stats_interval,
                          reload_interval=args.reload_interval, wakeup=args.wakeup,
-                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics)
-    sensor = Sensor(config, options)
+                         control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics,
+                         load_config=lambda: resolve_run_config(args))
+    if config.sensor.worker_count > 1:
+        from sensor.service.supervisor import Supervisor
+        sensor = Supervisor(config, options)
+    else:
+        sensor = Sensor(config, options)
 
     def on_sighup(signum, frame):
         sensor.reload_requested = "SIGHUP"
@@ -370,24 +387,39 @@ def cmd_replay(args) -> int:
     from sensor.records.sinks import JsonLinesSink
 
     config = resolve_run_config(args)
+    if args.workers > 1:
+        from sensor.inputs.workers import check_splittable
+        check_splittable(config, args.workers, args.write_passed)
+
+    def make_userland(sink):
+        return Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
+
     out = _open_output(args.output, "w")
     try:
-        sink = JsonLinesSink(out or sys.stdout)
-        userland = Userland(config, sink, uid_seed=args.uid_seed, by_content=not args.ports_only)
         progress = _replay_progress(args)
         try:
-            result = replay(args.capture, userland, strict=not args.lenient,
-                            write_passed=args.write_passed, progress=progress)
+            if args.workers > 1:
+                from sensor.assembly import verdict_summary
+                from sensor.inputs.workers import replay_workers
+                result = replay_workers(args.capture, make_userland, args.workers, out or sys.stdout,
+                                        strict=not args.lenient, progress=progress)
+                verdicts = verdict_summary(result.verdicts)
+            else:
+                sink = JsonLinesSink(out or sys.stdout)
+                userland = make_userland(sink)
+                result = replay(args.capture, userland, strict=not args.lenient,
+                                write_passed=args.write_passed, progress=progress)
+                sink.flush()
+                verdicts = userland.summary()
         finally:
             if progress is not None:
                 progress.close()
-        sink.flush()
     finally:
         if out is not None:
             out.close()
     for warning in result.warnings:
         print(f"smtp-sensor: warning: {warning}", file=sys.stderr)
-    summary = result.summary() + userland.summary()
+    summary = result.summary() + verdicts
     if args.write_passed is not None:
         summary += f"; passed packets written to {args.write_passed}"
     print(summary, file=sys.stderr)

@@ -19,6 +19,8 @@ Tables (``docs/config.example.toml`` documents every key):
 * ``[spam_stats]`` and ``[spam_stats.ban]``: every constant of the Bro reject
   statistics script (``shared/seeds/004_7a4976e4f34d1696.txt``) and ours (see
   :mod:`sensor.spamstats`).
+* ``[cluster]``: statistics and bans shared by several sensors through Redis
+  (:mod:`sensor.cluster`), off by default.
 
 Every mistake is a :class:`ConfigError` (a :class:`SensorError`): one line
 naming the file, the table and the key, e.g.
@@ -37,6 +39,7 @@ import dataclasses
 import difflib
 import ipaddress
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -77,6 +80,7 @@ DEFAULT_PIN_DIR = Path("/sys/fs/bpf/smtp-sensor") / f"v{abi.ABI_VERSION}"
 XDP_MODES = ("auto", "native", "generic")
 WINDOWS = ("fixed", "sliding")
 IFNAMSIZ = 16
+WORKERS_MAX = abi.WORKERS_MAX
 
 
 class ConfigError(SensorError):
@@ -300,12 +304,16 @@ class SensorConfig:
     output: str = "-"
     #: snapshot of the reject statistics and bans (None: nothing persisted)
     state_file: Path | None = None
+    #: snapshot of every source ban the kernel holds, restored at start (None: the pins only)
+    ban_file: Path | None = None
     #: seconds between snapshots (one is also written at shutdown): what a SIGKILL loses at most
     snapshot_interval: float = 5.0
     #: seconds the shutdown may spend dissecting what is left (the ring, the open flows)
     stop_timeout: float = 1.0
     #: drop and ban in the kernel; false: monitor only (a SPAN port): verdicts are logged, never applied
     enforce: bool = True
+    #: worker processes, each with its own event ring (flow-sharded by client address); 0: one per CPU
+    workers: int = 0
 
     def __post_init__(self):
         _validate(self, "sensor", {
@@ -317,10 +325,17 @@ class SensorConfig:
             "rules": _optional(_path),
             "output": lambda v: str(v) if isinstance(v, Path) else _str(v),
             "state_file": _optional(_path),
+            "ban_file": _optional(_path),
             "snapshot_interval": lambda v: _duration(v, positive=True),
             "stop_timeout": lambda v: _duration(v, positive=True),
             "enforce": _bool,
+            "workers": lambda v: _int(v, 0, WORKERS_MAX),
         })
+
+    @property
+    def worker_count(self) -> int:
+        """The workers to run: ``workers``, or one per CPU when it is 0."""
+        return self.workers or min(os.cpu_count() or 1, WORKERS_MAX)
 
     @property
     def output_path(self) -> Path | None:
@@ -577,6 +592,104 @@ class MimeConfig:
         })
 
 
+CLUSTER_MODES = ("single", "cluster")
+
+
+def _redis_url(value) -> str:
+    url = _str(value)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise _Bad(f"must be a redis://, rediss:// (TLS) or unix:// URL, got {_show(value)}")
+    return url
+
+
+def _sensor_name(value) -> str:
+    name = _str(value)
+    if len(name) > 64 or not re.fullmatch(r"[A-Za-z0-9_.@-]+", name):
+        raise _Bad(f"must be 1..64 letters, digits or _ . @ -, got {_show(value)}")
+    return name
+
+
+def _default_sensor_name() -> str:
+    import socket
+    return re.sub(r"[^A-Za-z0-9_.@-]", "-", socket.gethostname())[:64] or "sensor"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several sensors sharing reject statistics and bans through
+    Redis (see :mod:`sensor.cluster`).  Off by default: one sensor alone."""
+
+    #: share statistics and bans at all
+    enabled: bool = False
+    #: the Redis server: redis://[user@]host:port/db, rediss:// for TLS, unix:///path
+    url: str = "redis://127.0.0.1:6379/0"
+    #: "single": one Redis server (or a primary); "cluster": a Redis Cluster,
+    #: ``url`` being any one of its nodes (redis.cluster.RedisCluster finds the others)
+    mode: str = "single"
+    #: the password (AUTH); prefer ``password_file``
+    password: str | None = None
+    #: a file holding the password (its first line)
+    password_file: Path | None = None
+    #: rediss://: the CA bundle that signs the server's certificate (None: the system's)
+    tls_ca_file: Path | None = None
+    #: rediss://: a client certificate and its key, for servers that ask for one
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: rediss://: check the server's certificate and name
+    tls_verify: bool = True
+    #: this sensor's name in the shared records (bans say who made them); None: the host name
+    sensor_name: str | None = None
+    #: prefix of every key this product writes (several fleets can share one Redis)
+    key_prefix: str = "smtp-sensor:"
+    #: seconds a Redis command may take before the server counts as unreachable
+    timeout: float = 1.0
+    #: counts, claims and bans waiting for Redis at most (past it: counted, dropped)
+    max_pending: int = 100_000
+    #: a ban from another sensor lasts this many seconds at most, whatever it says
+    max_remote_ban: float = 86400.0
+
+    def __post_init__(self):
+        _validate(self, "cluster", {
+            "enabled": _bool,
+            "url": _redis_url,
+            "mode": lambda v: _str(v, CLUSTER_MODES),
+            "password": _optional(lambda v: _str(v)),
+            "password_file": _optional(_path),
+            "tls_ca_file": _optional(_path),
+            "tls_cert_file": _optional(_path),
+            "tls_key_file": _optional(_path),
+            "tls_verify": _bool,
+            "sensor_name": _optional(_sensor_name),
+            "key_prefix": lambda v: _str(v, empty=True),
+            "timeout": lambda v: _duration(v, positive=True),
+            "max_pending": lambda v: _int(v, 1),
+            "max_remote_ban": lambda v: _duration(v, positive=True),
+        })
+        if self.password is not None and self.password_file is not None:
+            raise ConfigError("cluster", "password", "give password or password_file, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("cluster", "tls_cert_file", "give tls_cert_file and tls_key_file together")
+
+    @property
+    def name(self) -> str:
+        """This sensor's name: ``sensor_name``, else the host name."""
+        return self.sensor_name if self.sensor_name is not None else _default_sensor_name()
+
+    def secret(self) -> str | None:
+        """The password: ``password``, or the first line of ``password_file``."""
+        if self.password_file is None:
+            return self.password
+        try:
+            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("cluster", "password_file",
+                              f"cannot read {self.password_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not lines or not lines[0]:
+            raise ConfigError("cluster", "password_file", f"{self.password_file} is empty")
+        return lines[0]
+
+
 @dataclass(frozen=True)
 class Config:
     sensor: SensorConfig = field(default_factory=SensorConfig)
@@ -585,6 +698,7 @@ class Config:
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     mime: MimeConfig = field(default_factory=MimeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: the file it was read from (None: defaults or built in code)
     source: Path | None = None
 
@@ -598,7 +712,7 @@ class Config:
 
 _SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamStatsConfig,
              "enforce": EnforceConfig, "stream": StreamConfig,
-             "mime": MimeConfig}
+             "mime": MimeConfig, "cluster": ClusterConfig}
 
 
 # ---------------------------------------------------------------- loading
@@ -648,16 +762,23 @@ def _from_dict(data: dict, source: Path | None) -> Config:
         sections[key] = cls(**value)
     config = Config(**sections, source=source)
     if source is not None:
-        config = dataclasses.replace(config, sensor=_relative_to(config.sensor, source.parent))
+        config = dataclasses.replace(config, sensor=_relative_to(config.sensor, source.parent),
+                                     cluster=_files_relative_to(config.cluster, source.parent))
     return config
 
 
 def _relative_to(sensor: SensorConfig, base: Path) -> SensorConfig:
     changes = {}
-    for name in ("pin_dir", "rules", "state_file"):
+    for name in ("pin_dir", "rules", "state_file", "ban_file"):
         value = getattr(sensor, name)
         if value is not None and not value.is_absolute():
             changes[name] = base / value
     if sensor.output != "-" and not Path(sensor.output).is_absolute():
         changes["output"] = str(base / sensor.output)
     return dataclasses.replace(sensor, **changes) if changes else sensor
+
+
+def _files_relative_to(cluster: ClusterConfig, base: Path) -> ClusterConfig:
+    changes = {name: base / value for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+               if (value := getattr(cluster, name)) is not None and not value.is_absolute()}
+    return dataclasses.replace(cluster, **changes) if changes else cluster

@@ -12,7 +12,7 @@ the cheapest increment CPython has.  ``by``: the counter is a dict, label
 value -> count.  ``read``: a value computed when it is read, ``read(owner)``
 (``owner`` given to the constructor), for what the component already holds
 (a length, a kernel reading); ``gauge`` declares a value that goes up and
-down.
+down; ``histogram`` a distribution (a ``Histogram``: ``observe(value)``).
 
 Whoever shows counters walks ``Group``s (a counters object and where it goes)
 and reads each through ``as_dict()`` (``as_tree``: the status, the stats log
@@ -25,25 +25,27 @@ share one family (``bans{by="rules"}``, ``bans{by="manual"}``).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Callable, NamedTuple
 
-__all__ = ["Counters", "Field", "Group", "counter", "gauge", "as_tree"]
+__all__ = ["Counters", "Field", "Group", "Histogram", "counter", "gauge", "histogram", "as_tree", "add_counts"]
 
 
 class Field:
     """One declared counter or gauge (the class attribute, until the class is made)."""
 
-    __slots__ = ("name", "help", "kind", "by", "metric", "labels", "read")
+    __slots__ = ("name", "help", "kind", "by", "metric", "labels", "read", "buckets")
 
     def __init__(self, help: str, kind: str, *, by: str | None = None, metric: str | None = None,
-                 labels: dict | None = None, read: Callable | None = None):
+                 labels: dict | None = None, read: Callable | None = None, buckets: tuple = ()):
         self.name = ""                       # set by the class that declares it
         self.help = help
-        self.kind = kind                     # "counter" or "gauge"
+        self.kind = kind                     # "counter", "gauge" or "histogram"
         self.by = by
         self.metric = metric
         self.labels = dict(labels or {})
         self.read = read
+        self.buckets = tuple(buckets)        # a histogram's upper bounds, ascending
 
     def __repr__(self):
         return f"<{self.kind} {self.name}>"
@@ -59,6 +61,42 @@ def gauge(help: str, *, metric: str | None = None, labels: dict | None = None,
           read: Callable | None = None) -> Field:
     """A value that goes up and down (``read`` it, or set it)."""
     return Field(help, "gauge", metric=metric, labels=labels, read=read)
+
+
+def histogram(help: str, buckets: tuple, *, metric: str | None = None, labels: dict | None = None) -> Field:
+    """A distribution of observed values, counted in ``buckets`` (upper
+    bounds, ascending; +Inf is implied), with their sum and count."""
+    return Field(help, "histogram", metric=metric, labels=labels, buckets=tuple(sorted(buckets)))
+
+
+class Histogram:
+    """The value of a ``histogram`` field: counts per bucket (not
+    cumulative), their sum and count.  ``observe`` is a bisect and three adds."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)   # the last one: above every bound
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, observations at or below it), Prometheus's buckets, +Inf last."""
+        out, total = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "sum": round(self.sum, 9),
+                "buckets": dict(self.cumulative())}
 
 
 class _Declared(type):
@@ -94,7 +132,8 @@ class Counters(metaclass=_Declared):
         self._owner = owner
         for field in self.FIELDS.values():
             if field.read is None:
-                setattr(self, field.name, {} if field.by else 0)
+                setattr(self, field.name, Histogram(field.buckets) if field.kind == "histogram"
+                        else {} if field.by else 0)
 
     def readings(self):
         """(field, value) of every field; a ``by`` field's value is a dict."""
@@ -102,14 +141,15 @@ class Counters(metaclass=_Declared):
             yield field, getattr(self, field.name)
 
     def as_dict(self) -> dict:
-        return {f.name: dict(v) if f.by else v for f, v in self.readings()}
+        return {f.name: dict(v) if f.by else v.as_dict() if isinstance(v, Histogram) else v
+                for f, v in self.readings()}
 
     def update(self, values) -> "Counters":
         """Set the stored fields named in ``values`` (a mapping; other names are
         ignored): a snapshot restored, a reading taken elsewhere (the kernel's)."""
         for name, value in values.items():
             field = self.FIELDS.get(name)
-            if field is not None and field.read is None:
+            if field is not None and field.read is None and field.kind != "histogram":
                 setattr(self, name, dict(value) if field.by else value)
         return self
 
@@ -143,3 +183,14 @@ def as_tree(groups) -> dict:
             node = node.setdefault(key, {})
         node.update(group.counters.as_dict())
     return tree
+
+
+def add_counts(total: dict, more: dict) -> dict:
+    """Add the counts of ``more`` into ``total`` (both ``as_dict()`` shapes:
+    numbers, and dicts of them, nested); returns ``total``."""
+    for key, value in more.items():
+        if isinstance(value, dict):
+            add_counts(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+    return total

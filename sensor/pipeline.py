@@ -47,6 +47,7 @@ anomalies of layer ``sensor`` written when the flow ends:
 from __future__ import annotations
 
 import gc
+import math
 
 from sensor import records, smtp
 from sensor.counters import Counters, counter
@@ -191,6 +192,10 @@ class Pipeline:
         #: ``gate(segment, ts) -> bool``: False keeps a segment from being
         #: dissected (a replay's verdicts acting like the kernel's drops).
         self.gate = None
+        #: ``datagram_filter(segment) -> bool``: False drops a datagram
+        #: reassembled from fragments before it is dissected (a sharded
+        #: replay's worker keeps the datagrams of its own flows); None: all kept
+        self.datagram_filter = None
         #: ``loss_lookup(flow) -> int``: events of the flow the kernel lost
         #: that no event carried (the live feed's; None in a replay)
         self.loss_lookup = None
@@ -209,6 +214,9 @@ class Pipeline:
         st.frames += 1
         defragmented = self._defragmented.reassembled
         seg = _decode(linktype, frame, wirelen, st.not_segments, self.defragmenter, ts)
+        if seg is not None and self.datagram_filter is not None and \
+                self._defragmented.reassembled != defragmented and not self.datagram_filter(seg):
+            seg = None          # a datagram of another worker's flow (sensor.inputs.split)
         if seg is not None:
             gate = self.gate
             if gate is not None and (not gate(seg, ts) or (
@@ -256,6 +264,12 @@ class Pipeline:
             self.expire(ts)
         if ts > self._last_ts:
             self._last_ts = ts
+
+    def expire_by_caller(self) -> None:
+        """From now on idle flows are ended only when the caller says
+        (``expire(now)``): a replay does, on its clock of every frame, so
+        that every worker of a sharded replay ends them at the same times."""
+        self._expire_every = self._next_expire = math.inf
 
     def expire(self, now: float) -> None:
         """End idle flows (the caller's clock: capture time or wall time)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from sensor.counters import Counters, counter
+from sensor.counters import Counters, counter, gauge
 from sensor.inputs.hold import CommitHold
 from sensor.kernel import abi
 from sensor.kernel import maps as kernelmaps
@@ -57,6 +57,8 @@ class FeedCounters(Counters):
                                read=lambda feed: feed.reader.bad_records)
     ring_callback_errors = counter("event ring records the read callback failed to copy",
                                    read=lambda feed: feed.reader.callback_errors)
+    ring_fill = gauge("share of the event ring holding records not yet read (0..1)", metric="ring_fill_ratio",
+                      read=lambda feed: round(feed.reader.fill, 6))
     discarded = counter("events read at shutdown and left undissected: the stop deadline came first")
 
 
@@ -66,12 +68,19 @@ class LiveFeed:
     (a CommitHold, or None when the kernel holds nothing) releases held segments."""
 
     def __init__(self, reader, pipeline: Pipeline, maps: kernelmaps.KernelMaps,
-                 hold: CommitHold | None = None):
+                 hold: CommitHold | None = None, enforcer=None, owns=None):
+        """enforcer: a KernelEnforcer told the kernel timestamp of each event
+        dissected (``event_ts_ns``), for its verdict-to-kernel histogram.
+        owns: with several workers, whether a flow (src, sport, dst,
+        dport; packed addresses) is this worker's: the kernel's loss map is
+        shared, and the losses of another worker's flows are left to it."""
         self.reader = reader
+        self.enforcer = enforcer
         self.pipeline = pipeline
         self.maps = maps
         self.hold = hold
         self.counters = FeedCounters(self)
+        self._owns = owns
         self._offset = time.time() - time.monotonic()
         self._next_expire = time.monotonic() + EXPIRE_EVERY
         self._pending: list = []        # events an interrupted step left for drain()
@@ -96,7 +105,7 @@ class LiveFeed:
         if self._lossy and self.reader.drained:
             # the ring was read empty: the kernel may push everything again
             try:
-                self.maps.relieve()
+                self.maps.relieve(getattr(self.reader, "worker", 0))
             except OSError:
                 self.counters.loss_sweep_errors += 1
         if interrupt is None or len(events) <= DRAIN_CHUNK:
@@ -125,8 +134,19 @@ class LiveFeed:
         offset = self._offset
         hold = self.hold
         counted = self.pipeline.counters
+        enforcer = self.enforcer
+        try:
+            self._dissect_events(events, feed, offset, hold, counted, enforcer)
+        finally:
+            if enforcer is not None:
+                enforcer.event_ts_ns = 0
+        self.counters.events += len(events)
+
+    def _dissect_events(self, events, feed, offset, hold, counted, enforcer) -> None:
         for ev in events:
             h = ev.header
+            if enforcer is not None:
+                enforcer.event_ts_ns = h.ts_ns
             lost = h.lost
             if lost:
                 self._lossy = True
@@ -139,7 +159,6 @@ class LiveFeed:
             else:
                 feed(LINKTYPE_ETHERNET, ev.frame, h.wire_len, h.ts_ns / 1e9 + offset, h.direction == _INGRESS,
                      lost)
-        self.counters.events += len(events)
 
     def drain(self, give_up=None, rounds: int = 3, timeout_ms: int = 20) -> None:
         """Dissect what is left: the events an interrupted step left, then
@@ -182,6 +201,8 @@ class LiveFeed:
                 if key.family == abi.AF_INET:
                     src, dst = src[12:], dst[12:]
                 if flow_of(src, key.sport, dst, key.dport) is not None:
+                    continue
+                if self._owns is not None and not self._owns(src, key.sport, dst, key.dport):
                     continue
                 events = maps.forget_loss(key, int(loss.events))
                 self.pipeline.unseen_loss(key.family, src, key.sport, dst, key.dport, events,

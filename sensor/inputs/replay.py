@@ -50,7 +50,7 @@ class ReplayResult:
 
 
 def replay(path, userland: Userland, *, strict: bool = True, progress=None,
-           write_passed=None) -> ReplayResult:
+           write_passed=None, shard=None) -> ReplayResult:
     """Feed every packet of ``path`` to the userland's pipeline, then ``userland.finish()``.
 
     ``strict``: a truncated or corrupt capture is an error, raised once the
@@ -63,8 +63,14 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
     verdicts) lets pass are written there as a pcap, the packet that
     triggered a verdict included in what is dropped (inline).  Monitor only
     (no gate): every packet.
-    The userland's ``tickers`` run each time capture time passes a whole
-    second (the reject statistics' clock is the capture's).
+    The capture's clock: each time capture time passes a whole second since
+    the last time, the userland's ``tickers`` run (before that packet: the
+    reject statistics' clock is the capture's) and the pipeline's idle flows
+    are expired (after it); both at every packet read, whoever it is for.
+    ``shard``: a ``sensor.inputs.split.FrameOwners``: this process is its
+    worker ``index`` of a sharded replay (``sensor.inputs.workers``): it
+    reads every packet, keeps the clock, and feeds those that are its own
+    (the fragments held there, too, once their worker is known).
     """
     started = time.perf_counter()
     try:
@@ -72,33 +78,45 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
     except CaptureError as exc:
         raise ReplayError(str(exc)) from None
     pipeline = userland.pipeline
+    pipeline.expire_by_caller()
     feed = pipeline.feed_frame
+    expire = pipeline.expire
     gate = pipeline.gate
     tickers = userland.tickers
+    owners, me = None, 0
+    if shard is not None:
+        owners, me = shard.owners, shard.index
+        shard.feed = feed
     last_ts = None
     n = 0
     writer = None
     next_tick = None
     try:
         for ts, linktype, frame, wirelen in reader:
-            if tickers:
-                if next_tick is None:
-                    next_tick = ts + 1.0
-                elif ts >= next_tick:
-                    next_tick = ts + 1.0
-                    for tick in tickers:
-                        tick(ts)
-            seg = feed(linktype, frame, wirelen, ts)
+            due = False
+            if next_tick is None:
+                next_tick = ts + 1.0
+            elif ts >= next_tick:
+                next_tick = ts + 1.0
+                due = True
+                for tick in tickers:
+                    tick(ts)
+            if owners is None or me in owners(ts, linktype, frame, wirelen):
+                seg = feed(linktype, frame, wirelen, ts)
+                if write_passed is not None:
+                    if writer is None:
+                        writer = _open_writer(write_passed, linktype)
+                    elif linktype != writer.linktype:
+                        raise ReplayError(f"{path}: packets of link types {writer.linktype} and {linktype}: "
+                                          "--write-passed writes one pcap of one link type")
+                    if gate is None or gate(seg, ts):
+                        writer.write(ts, frame, wirelen)
+            if due:
+                if shard is not None:
+                    shard.expire(ts)
+                expire(ts)
             last_ts = ts
             n += 1
-            if write_passed is not None:
-                if writer is None:
-                    writer = _open_writer(write_passed, linktype)
-                elif linktype != writer.linktype:
-                    raise ReplayError(f"{path}: packets of link types {writer.linktype} and {linktype}: "
-                                      "--write-passed writes one pcap of one link type")
-                if gate is None or gate(seg, ts):
-                    writer.write(ts, frame, wirelen)
             if progress is not None and not n & 0xFFF:      # PROGRESS_EVERY - 1
                 progress(n, reader)
     except CaptureError as exc:
@@ -111,6 +129,8 @@ def replay(path, userland: Userland, *, strict: bool = True, progress=None,
             writer.close()
     # what was read is not lost: the open flows end (their records are
     # written) before a corrupt capture's error is raised
+    if shard is not None:
+        shard.flush()
     userland.finish(last_ts)
     if failed is not None:
         raise ReplayError(f"{failed} (after {n} packets; the records of what was read are written; "

@@ -19,6 +19,8 @@ import ipaddress
 import socket
 import struct
 
+from sensor import shard
+
 ABI_VERSION = 2
 SNAPLEN_MAX = 65000
 FLOW_MAX = 65536
@@ -40,7 +42,9 @@ VF_TORN = 0x4
 WAKE_BATCH = 64
 RING_PENDING = 0    # enum ss_ring_slot
 RING_PRESSURE = 1
-RING_SLOTS = 2
+RING_SLOTS = 2      # with one worker; worker w's pressure slot is RING_PRESSURE + w
+WORKERS_MAX = 64    # event rings (workers) at most
+FNV_OFFSET, FNV_PRIME = shard.FNV_OFFSET, shard.FNV_PRIME   # the shard hash
 HOLD_SCAN_MAX = 1536
 HOLD_MAX_MS_DEFAULT = 400
 
@@ -201,8 +205,22 @@ class LpmV6(ct.Structure):
     _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16)]
 
 
+#: interfaces with counters of their own (ss_if_counters)
+IF_MAX = 64
+
+
+class IfKey(ct.Structure):
+    _fields_ = [("ifindex", ct.c_uint32), ("direction", ct.c_uint32)]
+
+
+class IfCounters(ct.Structure):
+    _fields_ = [("verdicts", ct.c_uint64 * VERDICT_COUNTERS)]
+
+
 # Every struct of the header, by its C name, for the mirror test.
 STRUCTS = {
+    "ss_if_key": IfKey,
+    "ss_if_counters": IfCounters,
     "ss_config": Config,
     "ss_event_hdr": EventHeader,
     "ss_flow_key": FlowKey,
@@ -222,6 +240,7 @@ CONSTANTS = {
     "SS_FLOW_MAX": FLOW_MAX,
     "SS_BAN_MAX": BAN_MAX,
     "SS_PORT_MAX": PORT_MAX,
+    "SS_IF_MAX": IF_MAX,
     "SS_EVF_CUT": EVF_CUT,
     "SS_EVF_HELD": EVF_HELD,
     "SS_EVF_RELEASED": EVF_RELEASED,
@@ -238,6 +257,9 @@ CONSTANTS = {
     "SS_RING_PENDING": RING_PENDING,
     "SS_RING_PRESSURE": RING_PRESSURE,
     "SS_RING__MAX": RING_SLOTS,
+    "SS_WORKERS_MAX": WORKERS_MAX,
+    "SS_FNV_OFFSET": FNV_OFFSET,
+    "SS_FNV_PRIME": FNV_PRIME,
     "SS_HOLD_SCAN_MAX": HOLD_SCAN_MAX,
     "SS_HOLD_MAX_MS_DEFAULT": HOLD_MAX_MS_DEFAULT,
     "SS_LOSS_SYN": LOSS_SYN,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 _NR_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_PROG_LOAD = 5
 BPF_OBJ_GET = 7
 BPF_PROG_TYPE_XDP = 6
@@ -42,6 +44,12 @@ def bpf(cmd: int, attr: ct.Array) -> int:
         err = ct.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
+
+
+class _MapCreateAttr(ct.Structure):
+    _fields_ = [("map_type", ct.c_uint32), ("key_size", ct.c_uint32), ("value_size", ct.c_uint32),
+                ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32), ("inner_map_fd", ct.c_uint32),
+                ("numa_node", ct.c_uint32), ("map_name", ct.c_char * 16)]
 
 
 class _ObjGetAttr(ct.Structure):
@@ -128,6 +136,12 @@ class ProgInfo:
     id: int
     name: str
     map_ids: tuple[int, ...] = ()
+
+
+def ringbuf_create(size: int, name: str) -> int:
+    """fd of a new BPF ring buffer of ``size`` bytes (a power of two of pages)."""
+    return bpf(BPF_MAP_CREATE, bpf_attr(_MapCreateAttr(map_type=BPF_MAP_TYPE_RINGBUF, max_entries=size,
+                                                       map_name=name.encode()[:15])))
 
 
 def obj_get(path: str) -> int:

@@ -5,6 +5,12 @@
         dp.maps.ban("192.0.2.0/24", ttl=600)
         reader = dp.event_reader()       # sensor.kernel.ring.EventReader (the event ring)
 
+With ``workers`` > 1 the kernel pushes each packet into the ring of its
+client's worker (bpf/shard.h, sensor/shard.py): ``event_reader(worker=w)``
+reads ring w. Ring 0 is bcc's ``ss_events``; the others are made here, of
+the same size, and put into the array of maps ``ss_rings`` at load, before
+anything is attached.
+
 Everything attached is detached on every exit path (close(), the context
 manager, and the signal handlers of the CLI call close()). Nothing belonging
 to someone else is replaced or removed: an interface that already carries an
@@ -33,6 +39,7 @@ from sensor.errors import SensorError
 from sensor.kernel import abi, bpfsys, takeover
 from sensor.kernel.maps import PINNED_MAPS, KernelMaps
 from sensor.kernel.netns import iproute
+from sensor.kernel.ring import EVENTS_MAP
 
 log = structlog.get_logger("sensor.kernel.datapath")
 
@@ -72,6 +79,8 @@ class DatapathConfig:
     # pages of the event ring (one BPF ring buffer for all CPUs), a power of
     # two: 8 MiB hold ~5000 1.4 KB events, 25 ms at 200 k/s
     ring_pages: int = 2048
+    # worker processes, each reading its own event ring (bpf/shard.h)
+    workers: int = 1
 
 
 @dataclass
@@ -248,6 +257,7 @@ class Datapath:
         self.attachments: list[Attachment] = []
         self._xdp_fn = self._tc_fn = self._inject_fn = None
         self._reader = None
+        self._ring_fds: list[int] = []   # the rings of workers 1 ... workers-1 (ss_rings)
 
     # ------------------------------------------------------------ loading
 
@@ -257,7 +267,11 @@ class Datapath:
         pages = self.config.ring_pages
         if pages < 1 or pages & (pages - 1):
             raise SensorError(f"ring_pages must be a power of two, got {pages}")
-        return [f'-DSS_PIN_DIR="{self.config.pin_dir}"', f"-DSS_RING_PAGES={pages}", "-w"]
+        workers = self.config.workers
+        if not 1 <= workers <= abi.WORKERS_MAX:
+            raise SensorError(f"workers must be between 1 and {abi.WORKERS_MAX}, got {workers}")
+        return [f'-DSS_PIN_DIR="{self.config.pin_dir}"', f"-DSS_RING_PAGES={pages}",
+                f"-DSS_WORKERS={workers}", "-w"]
 
     def source(self) -> str:
         """The C text bcc compiles: bpf/datapath.c with the headers of bpf/
@@ -292,6 +306,7 @@ class Datapath:
             self._inject_fn = self.bpf.load_func(b"ss_xdp_inject", bcc.BPF.XDP)
             ehlo = self.bpf.load_func(b"ss_tc_ehlo", bcc.BPF.SCHED_CLS)
             self.bpf[b"ss_tail"][ct.c_int(0)] = ct.c_int(ehlo.fd)
+            self._fill_rings()
         except Exception as exc:  # bcc raises bare Exception; clang printed the details
             raise SensorError(f"the kernel programs in {BPF_DIR} failed to compile or load "
                               f"({exc}); the compiler or verifier output above says why") from None
@@ -302,6 +317,24 @@ class Datapath:
                              hold_max_ms=self.config.hold_max_ms)
         log.info("datapath loaded", pin_dir=str(self.config.pin_dir), ports=list(self.config.ports))
         return self
+
+    def _fill_rings(self) -> None:
+        """ss_rings[w] for every worker: ss_events for 0, new rings alike for the others."""
+        if self.config.workers == 1:
+            return
+        rings = self.bpf[b"ss_rings"]
+        rings[ct.c_int(0)] = ct.c_int(self.bpf[EVENTS_MAP].map_fd)
+        size = self.config.ring_pages * os.sysconf("SC_PAGE_SIZE")
+        for worker in range(1, self.config.workers):
+            fd = bpfsys.ringbuf_create(size, f"ss_events_{worker}")
+            self._ring_fds.append(fd)
+            rings[ct.c_int(worker)] = ct.c_int(fd)
+
+    def ring_fd(self, worker: int = 0) -> int:
+        """The fd of worker ``worker``'s event ring."""
+        if not 0 <= worker < self.config.workers:
+            raise ValueError(f"no worker {worker} (workers: {self.config.workers})")
+        return self.bpf[EVENTS_MAP].map_fd if worker == 0 else self._ring_fds[worker - 1]
 
     @property
     def xdp_fd(self) -> int:
@@ -317,9 +350,9 @@ class Datapath:
     def tc_fd(self) -> int:
         return self._tc_fn.fd
 
-    def event_reader(self, wake_batch: bool = True):
-        """The reader of the event ring. There is one ring: a new reader
-        replaces (closes) the previous one.
+    def event_reader(self, wake_batch: bool = True, worker: int = 0):
+        """The reader of worker ``worker``'s event ring. One reader per
+        process: a new reader replaces (closes) the previous one.
 
         wake_batch False: the reader is woken for every record pushed after it
         has read everything (lowest latency: what rules need, so a verdict is
@@ -332,7 +365,7 @@ class Datapath:
         cfg = self.config
         self.maps.set_config(push=cfg.push, enforce=cfg.enforce, snaplen=cfg.snaplen,
                              wake_batch=wake_batch, hold=cfg.hold, hold_max_ms=cfg.hold_max_ms)
-        self._reader = EventReader(self.bpf)
+        self._reader = EventReader(self.bpf, ring_fd=self.ring_fd(worker), worker=worker)
         return self._reader
 
     # ------------------------------------------------------------ attaching
@@ -357,6 +390,11 @@ class Datapath:
             attachment = Attachment(ifname, ifindex, netns, mode, created_clsact=stale.clsact_ours,
                                     took_over=tuple(i for i in (stale.xdp_id, stale.tc_id) if i))
             self.attachments.append(attachment)
+            try:
+                self.maps.count_interface(ifindex)
+            except Exception as exc:    # bcc raises bare Exception when the map is full
+                raise SensorError(f"cannot count the packets of {ifname}: {exc} (at most {abi.IF_MAX} "
+                                  "interfaces)") from None
             try:
                 self._attach_tc(ipr, attachment, NetlinkError, stale)
             except NetlinkError as exc:
@@ -564,6 +602,8 @@ class Datapath:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        while self._ring_fds:
+            os.close(self._ring_fds.pop())
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

@@ -98,6 +98,7 @@ class KernelMaps:
         self.lost_map = bpf[b"ss_lost"]
         self.ring_state_map = bpf[b"ss_ring_state"]
         self.opened_map = bpf[b"ss_opened"]
+        self.if_counters_map = bpf[b"ss_if_counters"]
         self._ports: set[int] = set()
         self._wake_batch = False
 
@@ -220,10 +221,10 @@ class KernelMaps:
             self.ring_state_map[slot] = ct.c_uint64(max(0, int(pending.value) - events))
         return events
 
-    def relieve(self) -> None:
-        """Userland read the ring empty: the kernel pushes every event again
-        (until the ring refuses one: SS_RING_PRESSURE)."""
-        self.ring_state_map[ct.c_int(abi.RING_PRESSURE)] = ct.c_uint64(0)
+    def relieve(self, worker: int = 0) -> None:
+        """Userland read worker ``worker``'s ring empty: the kernel pushes
+        every event into it again (until it refuses one: SS_RING_PRESSURE + worker)."""
+        self.ring_state_map[ct.c_int(abi.RING_PRESSURE + worker)] = ct.c_uint64(0)
 
     def losses(self, older_than_ns: int) -> list[tuple[abi.FlowKey, abi.Loss]]:
         """The ss_lost entries whose last loss is before ``older_than_ns``
@@ -245,6 +246,31 @@ class KernelMaps:
                 idx = direction * abi.COUNTER_COUNT + counter
                 values[counter.name.lower()] = int(self.counters_map.sum(ct.c_int(idx)).value)
             values["seen"] = sum(values[c.name.lower()] for c in abi.Counter if c < abi.VERDICT_COUNTERS)
+            result[direction.name.lower()] = values
+        return result
+
+    # ------------------------------------------------------------ interfaces
+
+    def count_interface(self, ifindex: int) -> None:
+        """Give an attached interface its counters (both directions, zero):
+        the kernel counts only the interfaces it finds in the map."""
+        table = self.if_counters_map
+        for direction in abi.Direction:
+            table[abi.IfKey(ifindex, direction)] = table.Leaf()     # one per CPU, zero
+
+    def interface_counters(self, ifindex: int) -> dict[str, dict[str, int]]:
+        """The verdicts of an interface's packets, summed over CPUs, per
+        direction (the exclusive verdicts but the cheap passes: not IP, not
+        TCP, not an SMTP port), with their sum ``seen``."""
+        result = {}
+        for direction in abi.Direction:
+            try:
+                per_cpu = self.if_counters_map[abi.IfKey(ifindex, direction)]
+            except KeyError:
+                per_cpu = ()
+            values = {c.name.lower(): sum(int(cpu.verdicts[c]) for cpu in per_cpu)
+                      for c in abi.Counter if abi.Counter.NOT_SMTP < c < abi.VERDICT_COUNTERS}
+            values["seen"] = sum(values.values())
             result[direction.name.lower()] = values
         return result
 

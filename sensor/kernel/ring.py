@@ -27,6 +27,8 @@ decodes each record into an Event.
 from __future__ import annotations
 
 import ctypes as ct
+import mmap
+import struct
 
 from sensor.kernel import abi
 
@@ -42,7 +44,8 @@ class EventReader:
     Records the kernel could not write (ring full, copy failed) are counted by
     the datapath itself (counter push_failed); `lost` reads those counters."""
 
-    def __init__(self, bpf, max_records: int = MAX_RECORDS):
+    def __init__(self, bpf, max_records: int = MAX_RECORDS, ring_fd: int | None = None, worker: int = 0):
+        """ring_fd: the ring to read (a worker's, Datapath.ring_fd); default ss_events."""
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._bpf = bpf
@@ -53,6 +56,7 @@ class EventReader:
         self.max_records = max_records
         #: the last read found the ring empty (it stopped short of max_records)
         self.drained = True
+        self._positions = None      # RingPositions, mapped at the first read of ``fill``
         self._lost_slots = [d * abi.COUNTER_COUNT + abi.Counter.PUSH_FAILED for d in abi.Direction]
         batch = self._batch
         string_at = ct.string_at
@@ -67,7 +71,9 @@ class EventReader:
             return 0
 
         self._on_record = _RINGBUF_CB_TYPE(on_record)  # keep the reference alive
-        self._manager = lib.bpf_new_ringbuf(bpf[EVENTS_MAP].map_fd, self._on_record, None)
+        self.worker = worker      # whose ring: its pressure slot is abi.RING_PRESSURE + worker
+        fd = bpf[EVENTS_MAP].map_fd if ring_fd is None else ring_fd
+        self._manager = lib.bpf_new_ringbuf(fd, self._on_record, None)
         if not self._manager:
             raise OSError(f"cannot open the event ring {EVENTS_MAP.decode()}")
 
@@ -77,6 +83,13 @@ class EventReader:
         counters were last reset."""
         counters = self._bpf[COUNTERS_MAP]
         return sum(int(counters.sum(ct.c_int(slot)).value) for slot in self._lost_slots)
+
+    @property
+    def fill(self) -> float:
+        """The share of the ring holding records not yet read, 0..1."""
+        if self._positions is None:
+            self._positions = RingPositions(self._bpf[EVENTS_MAP].map_fd)
+        return self._positions.fill()
 
     def poll_raw(self, timeout_ms: int = 10) -> list[bytes]:
         """Wait up to timeout_ms for a wakeup, read the whole ring, return the
@@ -112,12 +125,52 @@ class EventReader:
         if self._manager is not None:
             self._lib.bpf_free_ringbuf(self._manager)
             self._manager = None
+        if self._positions is not None:
+            self._positions.close()
+            self._positions = None
 
     def __del__(self):
         try:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+class RingPositions:
+    """The two positions of a BPF ring buffer, read from its own mapping of
+    the map (the kernel's layout, include/uapi/linux/bpf.h and libbpf's
+    ringbuf.c): the first page holds the consumer position (what the reader
+    has read), the second the producer position (what the kernel has
+    reserved), each an unsigned long that only grows; their distance is what
+    waits to be read.  libbpf 1.3's ``ring__avail_data_size`` reads the same
+    two, but the libbpf inside Debian 12's bcc predates it.  Mapped read
+    only: nothing here moves the reader on."""
+
+    def __init__(self, map_fd: int):
+        from sensor.kernel.bpfsys import map_info
+
+        self.size = map_info(map_fd).max_entries     # the data area's bytes, a power of two
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+        try:
+            self._producer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except BaseException:
+            self._consumer.close()
+            raise
+
+    def positions(self) -> tuple[int, int]:
+        """(consumer, producer) positions, in bytes since the ring was made."""
+        consumer = struct.unpack_from("=Q", self._consumer)[0]
+        producer = struct.unpack_from("=Q", self._producer)[0]
+        return consumer, producer
+
+    def fill(self) -> float:
+        consumer, producer = self.positions()
+        return min(1.0, max(0, producer - consumer) / self.size)
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.close()
 
 
 def _timestamp(event: abi.Event) -> int:

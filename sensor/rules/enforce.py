@@ -31,12 +31,17 @@ import ipaddress
 import math
 import time
 
+from sensor.counters import Counters, histogram
 from sensor.kernel import abi
 from sensor.prefixes import PrefixSet
 from sensor.stream.flowid import pack_addr
 from sensor.stream.packet import ACK, RST, SYN
 
-__all__ = ["Verdicts", "KernelEnforcer", "ReplayEnforcer"]
+__all__ = ["Verdicts", "KernelEnforcer", "ReplayEnforcer", "EnforcerCounters"]
+
+#: upper bounds (seconds) of the verdict-to-kernel histograms: 10 µs to 1 s
+LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+                   0.1, 0.25, 0.5, 1.0)
 
 
 class Verdicts:
@@ -191,8 +196,27 @@ def _expiry(now: float, ttl: float | None):
     return None if not ttl else now + ttl
 
 
+class EnforcerCounters(Counters):
+    """How long a verdict takes to reach the kernel (``KernelEnforcer``): since
+    the kernel timestamp of the event being dissected when it was decided
+    (the ring, the dissector, the rules and the map write: what the design
+    calls the verdict-to-kernel delay; verdicts decided outside an event, by
+    a tick or the control socket, have none), and since the enforcer was
+    called (the map write alone)."""
+
+    since_event = histogram("seconds from the kernel timestamp of the event a verdict was decided on "
+                            "to its map write", LATENCY_BUCKETS, metric="verdict_to_kernel_seconds",
+                            labels={"since": "event"})
+    since_decision = histogram("seconds from the decision to the map write", LATENCY_BUCKETS,
+                               metric="verdict_to_kernel_seconds", labels={"since": "decision"})
+
+
 class KernelEnforcer:
-    """Verdicts into the datapath's pinned maps (``sensor.kernel.maps.KernelMaps``)."""
+    """Verdicts into the datapath's pinned maps (``sensor.kernel.maps.KernelMaps``).
+
+    ``event_ts_ns``: the kernel timestamp (CLOCK_MONOTONIC, bpf_ktime_get_ns)
+    of the event being dissected, 0 between events; the live feed sets it
+    (``sensor.inputs.live``), the latency histograms read it."""
 
     mode = "kernel"
 
@@ -204,6 +228,10 @@ class KernelEnforcer:
         self.passes = self.verdicts.passes
         self.latencies_ns: list[int] = []          # verdict -> map written, last N
         self._keep = 10_000
+        self.counters = EnforcerCounters()
+        self.event_ts_ns = 0
+        #: bans and unbans written since the start (the ban snapshot is written when it moved)
+        self.ban_changes = 0
         self.notes: dict[str, str] = {}            # prefix -> the operator's words (ban add --reason)
         #: the open flows (the assembly gives the reassembly's): a ban tears down those it covers
         self.open_flows = tuple
@@ -212,6 +240,10 @@ class KernelEnforcer:
         t0 = time.perf_counter_ns()
         fn(*args, **kw)
         dt = time.perf_counter_ns() - t0
+        counters = self.counters
+        counters.since_decision.observe(dt / 1e9)
+        if self.event_ts_ns:
+            counters.since_event.observe(max(0, time.monotonic_ns() - self.event_ts_ns) / 1e9)
         lat = self.latencies_ns
         lat.append(dt)
         if len(lat) > self._keep:
@@ -231,6 +263,7 @@ class KernelEnforcer:
         replaces any entry of the same prefix, its note with it: ``note`` (the
         operator's words) is what ``bans()`` shows with it."""
         self._timed(self.maps.ban, network, ttl=ttl, reason=reason)
+        self.ban_changes += 1
         self.verdicts.add_ban(network, _expiry(now, ttl))
         for flow in open_flows_in(self.open_flows(), network):
             self.drop_flow(flow, ttl, now, reset=True)
@@ -242,6 +275,7 @@ class KernelEnforcer:
     def unban(self, network: str) -> bool:
         """Lift the ban of ``network``; False if the kernel had none."""
         removed = self.maps.unban(network)
+        self.ban_changes += 1
         self.verdicts.remove_ban(network)
         self.notes.pop(network, None)
         return removed

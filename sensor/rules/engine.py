@@ -253,10 +253,8 @@ class RuleEngine:
         self.enforcer = enforcer
         self.logger = logger
         self.clock = clock
-        self.limits = limits = limits or RuleLimits()
         self.guard = guard
-        self._default_s, self._max_s = limits.budget_s(None), limits.max_budget_ms / 1000.0
-        self._memory_pages = limits.memory_pages
+        self.set_limits(limits or RuleLimits())
         self.counters = RuleEngineCounters()
         unenforced = guard.enforced()
         if unenforced is not None:
@@ -281,6 +279,15 @@ class RuleEngine:
             sev.AuthEvent: self._on_auth,
             reassembly.FlowEnd: self._on_flow_end,
         }
+
+    def set_limits(self, limits: RuleLimits) -> None:
+        """The rules' budgets (``[limits.rules]``): from the next call on (a
+        reload), and the next import of a rule file."""
+        self.limits = limits
+        self._default_s, self._max_s = limits.budget_s(None), limits.max_budget_ms / 1000.0
+        self._memory_pages = limits.memory_pages
+        if hasattr(self.ruleset, "limits"):
+            self.ruleset.limits = limits
 
     # ------------------------------------------------------------ listener
     def __call__(self, session, ev) -> None:

@@ -433,12 +433,17 @@ class ControlServer:
         return {"unbanned": network}
 
     def cmd_reload(self) -> dict:
-        if self.sensor.engine is None:
-            raise SensorError("this sensor runs without rules (start it with --rules DIR)")
-        changed = self.sensor.reload_rules(force=True)
-        rs = self.sensor.engine.ruleset
-        return {"changed": changed, "rules": [r.id for r in rs.rules],
-                "errors": {str(k): v for k, v in rs.errors.items()}}
+        """The configuration (what changed, applied live; a key that needs a
+        restart refuses it, one line) and the rules, as SIGHUP does."""
+        result = self.sensor.reload()
+        if result["config_error"]:
+            raise SensorError(result["config_error"])
+        out = {"config_changed": result["config_changed"]}
+        if self.sensor.engine is not None:
+            rs = self.sensor.engine.ruleset
+            out.update(changed=result["rules_changed"], rules=[r.id for r in rs.rules],
+                       errors={str(k): v for k, v in rs.errors.items()})
+        return out
 
     def cmd_stop(self) -> dict:
         self.sensor.request_stop()

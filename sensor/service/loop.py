@@ -10,11 +10,15 @@ builds it), and the loop that drives them.
     sensor.stop()                     # detach, drain, snapshot, unload (idempotent)
 
 The loop (one thread): read the event ring into the pipeline (rules run there,
-each call under its budget: sensor.rules.budget); every second tick
+each call under its budget: sensor.rules.budget); with ``[cluster]``, act on
+what the other sensors shared (``Userland.poll``: remote bans, notice claims,
+the fleet's counts; the Redis I/O is sensor.cluster's threads'); every second tick
 the reject statistics (notices, bans) and sweep expired kernel entries; poll
-the rule files (or reload at once after SIGHUP / a control request); write a
-statistics snapshot every ``snapshot_interval`` (by a forked child:
-sensor.service.snapshots) and at shutdown; log the counters (a line named
+the rule files (after SIGHUP / a control request: read the configuration
+again, apply what changed or refuse it, and reload the rules at once:
+sensor.service.reload); write a statistics snapshot every
+``snapshot_interval`` (by a forked child: sensor.service.snapshots) and at
+shutdown, and the ban snapshot when bans changed (sensor.service.bansnapshot); log the counters (a line named
 ``stats``) every ``stats_interval``.
 
 The shutdown (SIGTERM, ``stop``) is bounded: the programs are detached first
@@ -46,6 +50,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 
@@ -78,6 +83,9 @@ class RunOptions:
     control_socket: str | None = None
     metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
     uid_seed: bytes | int | None = None   # seed of the connection uids; None: random per run
+    #: reads the configuration again for ``reload`` (the CLI's: the file with its flags on top);
+    #: None: the file the configuration came from, if any
+    load_config: Callable[[], Config] | None = None
 
 
 class SensorCounters(Counters):
@@ -113,9 +121,13 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
 
 
 class Sensor:
-    def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None):
+    def __init__(self, config: Config, options: RunOptions | None = None, logger=None, sink=None,
+                 datapath=None, worker: int = 0):
         """sink: where records go (a callable taking one record dict); default:
-        JSON lines to ``[sensor] output``."""
+        JSON lines to ``[sensor] output``.  datapath: a Datapath already
+        loaded and attached by someone else (a worker's, from
+        sensor.service.supervisor): this sensor reads ring ``worker`` of it
+        and never loads, attaches or detaches it."""
         self.config = config
         self.options = options or RunOptions()
         self.log = logger or structlog.get_logger("sensor")
@@ -124,6 +136,9 @@ class Sensor:
         self.started = None
         self.last_reload = None
         self.datapath = self.feed = self.userland = None
+        self._shared_datapath = datapath
+        self.worker = worker
+        self.control_class = None       # the ControlServer's class (a worker's: sensor.service.worker)
         self.sink = sink
         self.control = None
         self.metrics = None
@@ -133,6 +148,7 @@ class Sensor:
         self._out_path = None
         self._stack = None          # what stop() undoes, set by start()
         self._last_tick = self._last_counters = self._last_snapshot = 0.0
+        self._ban_snapshots = None      # sensor.service.bansnapshot.BanSnapshots (with a ban file)
         self._holds_seen = (0, 0)       # (late releases, kernel hold timeouts) at the last tick
         self._watchdog_s = 0.0          # > 0 while the watchdog is armed (with rules)
         self._snapshots = None          # the periodic snapshots' writer (with a state file)
@@ -157,7 +173,7 @@ class Sensor:
                                    hold=self.config.holds_commits,
                                    hold_max_ms=self.config.enforce.hold_max_ms)
         dp_config.pin_dir = cfg.pin_dir
-        self.datapath = Datapath(dp_config)
+        self.datapath = self._shared_datapath or Datapath(dp_config)
         if self.sink is None:
             path = cfg.output_path
             if path is not None:
@@ -174,7 +190,7 @@ class Sensor:
 
         seed = self.options.uid_seed
         self.userland = Userland(self.config, self.sink, KernelEnforcer(self.datapath.maps),
-                                 uid_seed=os.urandom(12) if seed is None else seed)
+                                 uid_seed=os.urandom(12) if seed is None else seed, cluster=True)
         state_file = self.config.sensor.state_file
         if state_file is not None:
             restored = self.userland.restore(state_file)
@@ -210,10 +226,17 @@ class Sensor:
                 from sensor.service.metrics import MetricsServer
                 self.metrics = MetricsServer(opt.metrics, self)
                 stack.callback(self._close_metrics)
-            stack.enter_context(self.datapath.load())
-            for ifname in cfg.interfaces:
-                self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
+            if self._shared_datapath is None:
+                stack.enter_context(self.datapath.load())
+                for ifname in cfg.interfaces:
+                    self.datapath.attach(ifname, netns=cfg.netns, xdp_mode=cfg.xdp_mode)
             self._build_userland()
+            if cfg.ban_file is not None:
+                from sensor.service.bansnapshot import BanSnapshots
+                self._ban_snapshots = BanSnapshots(cfg.ban_file, self.enforcer, self.log, time.monotonic())
+                self._ban_snapshots.restore()
+            stack.callback(self.userland.close_cluster)
+            self.userland.start_cluster()
             if self.actor is not None and cfg.state_file:
                 from sensor.service.snapshots import SnapshotWriter
                 state_file = cfg.state_file
@@ -223,11 +246,11 @@ class Sensor:
             hold = (CommitHold(self.pipeline, self.datapath.maps, self.config.enforce.hold_max_ms,
                                self.datapath.injector(cfg.netns) if self.config.enforce.inject else None)
                     if self.config.holds_commits else None)
-            self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1), self.pipeline,
-                                 self.datapath.maps, hold)
+            self.feed = LiveFeed(self.datapath.event_reader(wake_batch=wakeup > 1, worker=self.worker),
+                                 self.pipeline, self.datapath.maps, hold, enforcer=self.enforcer, owns=self._owns())
             if opt.control_socket:
                 from sensor.service.control import ControlServer
-                self.control = ControlServer(opt.control_socket, self)
+                self.control = (self.control_class or ControlServer)(opt.control_socket, self)
             if self.engine is not None:
                 self._limit_memory(stack)
                 stack.callback(self._stop_watchdog)
@@ -242,6 +265,7 @@ class Sensor:
         self.log.info("running", interfaces=list(cfg.interfaces), ports=list(cfg.ports),
                       rules=[r.id for r in self.engine.ruleset.rules] if self.engine else [],
                       spam_stats=self.actor is not None,
+                      cluster=self.userland.cluster is not None,
                       control_socket=opt.control_socket,
                       **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
@@ -255,17 +279,22 @@ class Sensor:
         if timeout_ms is None:
             timeout_ms = 50 if control is None else 20
         events = self.feed.step(timeout_ms, self._stopping)
+        self.userland.poll()
         if control is not None:
             control.serve_pending()
         if self.reopen_requested:
             self.reopen_files()
         now = time.monotonic()
-        if self.engine is not None and (self.reload_requested or now - self.last_reload >= opt.reload_interval):
-            self.reload_rules(force=bool(self.reload_requested))
+        if self.reload_requested:
+            self.reload()
+        elif self.engine is not None and now - self.last_reload >= opt.reload_interval:
+            self.reload_rules()
         if now - self._last_tick >= 1.0:
             self._last_tick = now
             self._pet_watchdog()
             self._tick()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.poll(now, self.config.sensor.snapshot_interval)
         snapshots = self._snapshots
         if snapshots is not None:
             if snapshots.busy:
@@ -284,6 +313,15 @@ class Sensor:
         if not self.stop_requested:
             self._stop_asked_at = time.monotonic()
         self.stop_requested = True
+
+    def _owns(self):
+        """Whether a flow (src, sport, dst, dport) is this worker's (None: every flow is)."""
+        workers = self.datapath.config.workers
+        if workers == 1:
+            return None
+        from sensor import shard
+        ports, worker = frozenset(self.config.sensor.ports), self.worker
+        return lambda src, sport, dst, dport: shard.worker_of(src, sport, dst, dport, ports, workers) == worker
 
     def _stopping(self) -> bool:
         return bool(self.stop_requested)
@@ -374,6 +412,33 @@ class Sensor:
             self._out.close()
             self._out = None
 
+    # ------------------------------------------------------------ reload
+    #: whether ``reload_outputs`` can reopen the outputs ([[output]], sensor.outputs):
+    #: until it can, a reload that changes them is refused (sensor.service.reload)
+    OUTPUTS_RELOAD = False
+
+    def reload(self) -> dict:
+        """SIGHUP or the control socket: the configuration read again and what
+        changed applied, or refused in one line (``sensor.service.reload``),
+        then the rules re-read."""
+        from sensor.service.reload import reload_sensor
+        return reload_sensor(self)
+
+    def reload_outputs(self, old: Config, new: Config) -> None:
+        """The outputs' reload hook: where records go changed (``[sensor] output``,
+        ``[[output]]``).  Called only when ``OUTPUTS_RELOAD`` says it can."""
+        raise SensorError("the outputs cannot be reloaded: restart the sensor")
+
+    def rearm_watchdog(self, seconds: float) -> None:
+        """A new ``[limits.rules] watchdog_s`` (a reload): armed again now, or off at 0."""
+        if self._watchdog_s <= 0:
+            return
+        if seconds <= 0:
+            self._stop_watchdog()
+            return
+        self._watchdog_s = seconds
+        self._pet_watchdog()
+
     def reload_rules(self, force: bool = False) -> bool:
         if self.engine is None:
             return False
@@ -437,7 +502,8 @@ class Sensor:
         def give_up() -> bool:
             return time.monotonic() >= deadline
 
-        self.datapath.detach_all()
+        if self._shared_datapath is None:    # a worker's: its supervisor detached it
+            self.datapath.detach_all()
         phase("detach_s")
         feed = self.feed
         if feed is not None:
@@ -451,6 +517,8 @@ class Sensor:
         phase("flows_s")
         if self.actor is not None and self.config.sensor.state_file:
             self._snapshot()
+        if self._ban_snapshots is not None:
+            self._ban_snapshots.final()
         phase("snapshot_s")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
@@ -469,6 +537,9 @@ class Sensor:
                 yield Group(("hold",), self.feed.hold.counters)
         if self.userland is not None:
             yield from self.userland.counter_groups()
+            timed = getattr(self.enforcer, "counters", None)       # the kernel's enforcer times its verdicts
+            if timed is not None:
+                yield Group(("verdicts",), timed)
         if self.control is not None:
             yield Group(("control",), self.control.counters)
         if self._snapshots is not None:
@@ -481,6 +552,8 @@ class Sensor:
             yield Group(None, KernelMapCounters(dp.maps))
             for direction, values in dp.maps.counters().items():
                 yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+            from sensor.service.interfaces import interface_groups
+            yield from interface_groups(dp)
 
     def counters(self) -> dict:
         return as_tree(self.counter_groups())
@@ -493,7 +566,8 @@ class Sensor:
             from sensor.kernel.bpfsys import prog_id
             ids = {"xdp_prog_id": prog_id(dp.xdp_fd), "tc_prog_id": prog_id(dp.tc_fd)}
             for a in dp.attachments:
-                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids})
+                attachments.append({"interface": a.ifname, "netns": a.netns, "xdp_mode": a.xdp_mode, **ids,
+                                    "counters": dp.maps.interface_counters(a.ifindex)})
         rules = []
         if self.engine is not None:
             for r in self.engine.ruleset.rules:

@@ -103,6 +103,11 @@ class SensorCollector:
         yield from found
 
 
+_FAMILIES = {"counter": lambda core: core.CounterMetricFamily,
+             "gauge": lambda core: core.GaugeMetricFamily,
+             "histogram": lambda core: core.HistogramMetricFamily}
+
+
 def families(groups, core) -> list:
     """The Prometheus families of ``groups`` (``sensor.counters.Group``s), one
     per metric name: counters of several groups with the same metric name
@@ -116,10 +121,12 @@ def families(groups, core) -> list:
             labels.update(field.labels)
             family = out.get(name)
             if family is None:
-                make = core.CounterMetricFamily if field.kind == "counter" else core.GaugeMetricFamily
+                make = _FAMILIES[field.kind](core)
                 family = out[name] = make(name, field.help, labels=[*labels, *([field.by] if field.by else [])])
             values = list(labels.values())
-            if field.by:
+            if field.kind == "histogram":
+                family.add_metric(values, value.cumulative(), value.sum)
+            elif field.by:
                 for key, count in sorted(value.items()):
                     family.add_metric([*values, str(key)], count)
             else:

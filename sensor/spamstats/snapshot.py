@@ -34,7 +34,7 @@ from sensor.files import write_atomic
 from sensor.spamstats.hosts import RECIPIENT_OCTETS, Host, held_text, shown_text
 from sensor.spamstats.stats import RejectStatsCounters, StatsState
 
-__all__ = ["write_snapshot", "encode_snapshot", "read_snapshot", "Restored", "SnapshotError",
+__all__ = ["write_snapshot", "encode_snapshot", "read_snapshot", "Restored", "SnapshotError", "set_aside",
            "SNAPSHOT_FORMAT", "SNAPSHOT_VERSION"]
 
 SNAPSHOT_FORMAT = "smtp-sensor/spam-stats"
@@ -241,7 +241,13 @@ def _one_line(exc) -> str:
 
 
 def _set_aside(path: Path, why: str, stats) -> Restored:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stats.wall()))
+    return set_aside(path, why, stats.wall())
+
+
+def set_aside(path: Path, why: str, wall: float, what: str = "snapshot") -> Restored:
+    """Rename a snapshot that cannot be used to ``<path>.corrupt-<timestamp>``
+    (``wall``: now) and say so in one line (``what``: which snapshot)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall))
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while target.exists():
@@ -250,7 +256,7 @@ def _set_aside(path: Path, why: str, stats) -> Restored:
     try:
         os.replace(path, target)
     except OSError as exc:
-        return Restored(False, f"{path}: snapshot {why}; starting empty; could not set it aside: "
+        return Restored(False, f"{path}: {what} {why}; starting empty; could not set it aside: "
                         f"{exc.strerror or exc}")
-    return Restored(False, f"{path}: snapshot {why}; set aside as {target.name}, starting empty",
+    return Restored(False, f"{path}: {what} {why}; set aside as {target.name}, starting empty",
                     set_aside=target)

@@ -112,8 +112,12 @@ class StatsState:
 class RejectStats:
     """Per-host connection and reject counts, checked against the thresholds."""
 
-    def __init__(self, config: SpamStatsConfig | None = None, *, clock=time.time, wall=time.time):
+    def __init__(self, config: SpamStatsConfig | None = None, *, clock=time.time, wall=time.time, hook=None):
         self.config = config if config is not None else SpamStatsConfig()
+        #: counts shared with other sensors (``sensor.cluster.shared.SharedStats``), or None:
+        #: ``counted(host, ts, reject)`` for each count, ``changed()`` the hosts to judge
+        #: again, ``counts(host, start, end, total, rejects)`` the counts to judge
+        self.hook = hook
         self.clock = clock
         self.wall = wall
         self.counters = RejectStatsCounters()
@@ -132,6 +136,16 @@ class RejectStats:
         self._pending: list[Notice] = []
         self._next_check: float | None = None
         self._now = -math.inf
+
+    def reconfigure(self, config: SpamStatsConfig) -> None:
+        """New thresholds and lists (a reload), the counts kept: they apply
+        from the next evaluation.  The window's shape (``window``, ``period``,
+        ``sliding_buckets``) is the counts' own layout: the caller refuses a
+        change of it (sensor.service.reload)."""
+        self.config = config
+        self._interval = config.check_every
+        self._suppress_for = config.suppression
+        self._reject_codes = config.reject_codes
 
     # ------------------------------------------------------------ input
     def observe_reply(self, host: str, ts: float, code: int, conn: ConnState, *,
@@ -307,6 +321,10 @@ class RejectStats:
 
     def _check_all(self, t: float) -> None:
         self.counters.checks += 1
+        if self.hook is not None:
+            for addr in self.hook.changed():
+                if addr in self._hosts:
+                    self._dirty[addr] = None
         window = self.window
         for addr in list(self._dirty):
             h = self._hosts.get(addr)
@@ -343,6 +361,8 @@ class RejectStats:
         del self._dirty[h.addr]
         self.counters.evaluations += 1
         cfg = self.config
+        if self.hook is not None:
+            total, rejects = self.hook.counts(h.addr, start, end, total, rejects)
         if total < cfg.threshold or total <= 0:
             return
         percent = rejects * 100 // total
@@ -437,6 +457,8 @@ class RejectStats:
         return gen == h.gen and self.window.holds(h, slot)
 
     def _add(self, h: Host, key, reject: int) -> None:
+        if self.hook is not None:
+            self.hook.counted(h.addr, self._now, reject)
         deadline = self.window.add(h, key[1], reject)
         if deadline is not None:
             self._push(deadline, h)

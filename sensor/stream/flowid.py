@@ -1,7 +1,10 @@
 """Flow identity: Zeek-style connection uids and Community ID v1.
 
-``UidGenerator(seed)`` hands out uids like Zeek's (``'C'`` + base62); the sequence
-depends only on the seed, so a replay with the same seed gives the same uids.
+``FlowUids(seed).uid(orig_addr, orig_p, resp_addr, resp_p, seq, ...)`` gives a
+flow a uid like Zeek's (``'C'`` + base62), a keyed hash of the seed and the
+flow alone (its endpoints and first sequence number): a replay with the same
+seed gives the same uids, however its flows are split over workers, and the
+live sensor the same as a replay of its capture.
 
 ``community_id(saddr, daddr, proto, sport, dport, seed=0)`` implements Community
 ID v1 (https://github.com/corelight/community-id-spec): SHA-1 over
@@ -15,11 +18,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import random
+import math
 import socket
 from struct import Struct
 
-__all__ = ["UidGenerator", "community_id", "pack_addr"]
+__all__ = ["FlowUids", "community_id", "pack_addr"]
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _pre = Struct("!H").pack
@@ -81,21 +84,61 @@ def _base62(n: int) -> str:
     return s or "0"
 
 
-class UidGenerator:
-    """Deterministic Zeek-style uids: ``'C'`` + base62 of 96 pseudo-random bits.
+class FlowUids:
+    """Zeek-style connection uids (``'C'`` + base62 of 96 bits), each a keyed
+    hash of the flow alone: the seed, the flow's endpoints (originator first)
+    and the sequence number of the segment that started it (the SYN's ISN,
+    or the first segment of a flow picked up mid-stream, and which side sent
+    it), plus a counter for the rare flows that share all of those.
 
-    Same seed, same sequence of uids (for reproducible replays); for live use pass
-    a seed from ``os.urandom``.
+    A flow's uid does not depend on which other flows came before it, so a
+    capture split over several workers (``replay --workers``, each worker
+    following the flows of its own clients) gives every flow the uid one
+    process gives it; nor on the clock, so the live sensor and a replay of
+    its capture with the same seed agree although their timestamps differ by
+    the kernel's and the capture's clocks.  A reused 4-tuple has a new ISN.
+    Same seed, same uids (reproducible replays); a live sensor passes a seed
+    from ``os.urandom``.
+
+    The collision counter is per key, kept for flows that began within
+    ``COLLISION_WINDOW`` seconds of the latest one (``ts``: only for that),
+    so the table stays small whatever the run's length.
     """
 
-    __slots__ = ("_rng", "prefix")
+    __slots__ = ("_key", "prefix", "_seen", "_latest", "_prune_at")
+
+    #: seconds of flow starts whose keys are remembered for collisions
+    COLLISION_WINDOW = 60.0
 
     def __init__(self, seed: int | bytes | str = 0, prefix: str = "C"):
-        self._rng = random.Random(seed if not isinstance(seed, bytes) else
-                                  int.from_bytes(seed, "big"))
+        raw = seed if isinstance(seed, bytes) else str(seed).encode()
+        self._key = hashlib.blake2b(hashlib.blake2b(raw, digest_size=32).digest(), digest_size=12)
         self.prefix = prefix
+        self._seen: dict = {}          # key -> (flows so far, ts of the last)
+        self._latest = -math.inf
+        self._prune_at = -math.inf
 
-    def next(self) -> str:
-        return self.prefix + _base62(self._rng.getrandbits(96))
+    def uid(self, orig_addr: bytes, orig_p: int, resp_addr: bytes, resp_p: int, seq: int,
+            from_orig: bool = True, ts: float = 0.0) -> str:
+        ident = _flow_ident(len(orig_addr), orig_p, resp_p, seq, from_orig) + orig_addr + resp_addr
+        seen = self._seen
+        n = seen.get(ident, _NEW)[0]
+        seen[ident] = (n + 1, ts)
+        if ts > self._latest:
+            self._latest = ts
+            if ts >= self._prune_at:
+                self._prune(ts)
+        h = self._key.copy()
+        h.update(ident)
+        if n:
+            h.update(n.to_bytes(4, "big"))
+        return self.prefix + _base62(int.from_bytes(h.digest(), "big"))
 
-    __call__ = next
+    def _prune(self, now: float) -> None:
+        oldest = now - self.COLLISION_WINDOW
+        self._seen = {k: v for k, v in self._seen.items() if v[1] >= oldest}
+        self._prune_at = now + self.COLLISION_WINDOW
+
+
+_flow_ident = Struct("!BHHI?").pack
+_NEW = (0, 0.0)

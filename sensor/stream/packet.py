@@ -22,7 +22,7 @@ from struct import Struct
 from typing import NamedTuple
 
 __all__ = [
-    "Segment", "Decoder", "decode", "mark_cut", "addr_str", "checksum_ok", "urgent_pointer", "REASONS",
+    "Segment", "Decoder", "decode", "link_layer", "mark_cut", "addr_str", "checksum_ok", "urgent_pointer", "REASONS",
     "FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR",
     "LINKTYPE_NULL", "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP", "LINKTYPE_IPV4", "LINKTYPE_IPV6",
@@ -140,6 +140,66 @@ def _count(reasons, reason):
     return None
 
 
+def link_layer(linktype: int, data, n: int):
+    """Where the IP header of a frame of ``linktype`` starts: ``(ip version, offset)``
+    (version 0: not IP), or the reason it cannot be told (``truncated``, ``not_ip``,
+    ``unknown_linktype``)."""
+    if linktype == 1:
+        if n < 14:
+            return "truncated"
+        off = 14
+        et = _u16(data, 12)[0]
+        if et in _VLAN_TYPES:
+            tags = 0
+            while et in _VLAN_TYPES:
+                tags += 1
+                if tags > _MAX_VLAN:
+                    return "not_ip"
+                if n < off + 4:
+                    return "truncated"
+                et = _u16(data, off + 2)[0]
+                off += 4
+        if et == _ETH_IP4:
+            ver = 4
+        elif et == _ETH_IP6:
+            ver = 6
+        else:
+            return "not_ip"
+    elif linktype in _RAW_TYPES:
+        if n < 1:
+            return "truncated"
+        off = 0
+        ver = data[0] >> 4
+    elif linktype == 113:
+        if n < 16:
+            return "truncated"
+        off = 16
+        et = _u16(data, 14)[0]
+        ver = 4 if et == _ETH_IP4 else 6 if et == _ETH_IP6 else 0
+    elif linktype == 276:
+        if n < 20:
+            return "truncated"
+        off = 20
+        et = _u16(data, 0)[0]
+        ver = 4 if et == _ETH_IP4 else 6 if et == _ETH_IP6 else 0
+    elif linktype == 0 or linktype == 108:
+        if n < 4:
+            return "truncated"
+        off = 4
+        fam = _u32_le(data, 0)[0]
+        if linktype == 108 or fam > 0xFFFF:      # LOOP is network order; NULL is host order
+            fam = _u32_be(data, 0)[0]
+        # AF_INET is 2 everywhere; AF_INET6 is 10, 24, 28 or 30 depending on the OS.
+        ver = 4 if fam == 2 else 6 if fam in (10, 24, 28, 30) else 0
+    elif linktype == 228:
+        off, ver = 0, 4
+    elif linktype == 229:
+        off, ver = 0, 6
+    else:
+        return "unknown_linktype"
+    return ver, off
+
+
 def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None, defrag=None,
            ts: float = 0.0):
     """Decode ``data`` (bytes) captured on a link of type ``linktype``.
@@ -169,59 +229,10 @@ def decode(linktype: int, data, wirelen: int = -1, reasons: dict | None = None, 
                 return _new(Segment, (4, src, dst, sport, dport, seq, ack, flags,
                                       data[pstart:end], end - pstart, wirelen, data, 34))
     # ---- link layer: find the network protocol and its offset
-    if linktype == 1:
-        if n < 14:
-            return _count(reasons, "truncated")
-        off = 14
-        et = _u16(data, 12)[0]
-        if et in _VLAN_TYPES:
-            tags = 0
-            while et in _VLAN_TYPES:
-                tags += 1
-                if tags > _MAX_VLAN:
-                    return _count(reasons, "not_ip")
-                if n < off + 4:
-                    return _count(reasons, "truncated")
-                et = _u16(data, off + 2)[0]
-                off += 4
-        if et == _ETH_IP4:
-            ver = 4
-        elif et == _ETH_IP6:
-            ver = 6
-        else:
-            return _count(reasons, "not_ip")
-    elif linktype in _RAW_TYPES:
-        if n < 1:
-            return _count(reasons, "truncated")
-        off = 0
-        ver = data[0] >> 4
-    elif linktype == 113:
-        if n < 16:
-            return _count(reasons, "truncated")
-        off = 16
-        et = _u16(data, 14)[0]
-        ver = 4 if et == _ETH_IP4 else 6 if et == _ETH_IP6 else 0
-    elif linktype == 276:
-        if n < 20:
-            return _count(reasons, "truncated")
-        off = 20
-        et = _u16(data, 0)[0]
-        ver = 4 if et == _ETH_IP4 else 6 if et == _ETH_IP6 else 0
-    elif linktype == 0 or linktype == 108:
-        if n < 4:
-            return _count(reasons, "truncated")
-        off = 4
-        fam = _u32_le(data, 0)[0]
-        if linktype == 108 or fam > 0xFFFF:      # LOOP is network order; NULL is host order
-            fam = _u32_be(data, 0)[0]
-        # AF_INET is 2 everywhere; AF_INET6 is 10, 24, 28 or 30 depending on the OS.
-        ver = 4 if fam == 2 else 6 if fam in (10, 24, 28, 30) else 0
-    elif linktype == 228:
-        off, ver = 0, 4
-    elif linktype == 229:
-        off, ver = 0, 6
-    else:
-        return _count(reasons, "unknown_linktype")
+    where = link_layer(linktype, data, n)
+    if where.__class__ is str:
+        return _count(reasons, where)
+    ver, off = where
 
     # ---- network layer
     if ver == 4:

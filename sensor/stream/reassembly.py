@@ -71,7 +71,7 @@ from typing import NamedTuple
 
 from sensor.counters import Counters, counter
 from sensor.stream.direction import CLIENT, SERVER
-from sensor.stream.flowid import UidGenerator, community_id
+from sensor.stream.flowid import FlowUids, community_id
 from sensor.stream.packet import ACK, FIN, RST, SYN, URG, addr_str, checksum_ok, urgent_pointer
 
 __all__ = [
@@ -320,7 +320,8 @@ class Reassembler:
 
     ``ports``: server ports that decide who is the originator of a flow picked
     up mid-stream, and (with ``only_ports``, the default) which flows are
-    tracked at all.  ``uid_seed`` makes uids reproducible.
+    tracked at all.  ``uid_seed`` keys the uids (``FlowUids``): reproducible, and
+    independent of the other flows and of the clock.
     """
 
     def __init__(self, ports=DEFAULT_PORTS, limits: ReassemblyLimits | None = None,
@@ -337,7 +338,7 @@ class Reassembler:
         self._coalesce = policy.overlap == "linux"
         self.only_ports = only_ports
         self.cid_seed = community_id_seed
-        self._uids = UidGenerator(uid_seed)
+        self._uids = FlowUids(uid_seed)
         self._ack_gaps = self.limits.ack_gaps
         self._table: dict = {}       # (src, sport, dst, dport) -> (flow, sender, receiver)
         self._flows: dict = {}       # flow.key -> flow, least recently active first
@@ -573,7 +574,10 @@ class Reassembler:
             oa, op, ra, rp = seg.src, sport, seg.dst, dport
         else:
             oa, op, ra, rp = seg.dst, dport, seg.src, sport
-        flow = TcpFlow(self._uids.next(), self.cid_seed, seg.family, oa, op, ra, rp, ts, partial)
+        # the uid is the flow's own (its endpoints, its first segment's sequence number): not its
+        # rank among the flows, nor the clock
+        flow = TcpFlow(self._uids.uid(oa, op, ra, rp, seg.seq, sender_is_orig, ts), self.cid_seed,
+                       seg.family, oa, op, ra, rp, ts, partial)
         if self._csum_start:
             flow.orig.csum = flow.resp.csum = 1
         # One key object per flow: flow.key is also the table's key of one

@@ -50,11 +50,13 @@ def test_an_impossible_interface_name_is_one_line_error():
 
 def test_ebpf_flag_prints_what_bcc_compiles_for_this_run(tmp_path):
     """Without root: the listing is the datapath's, with this run's pin folder."""
+    from sensor.config import SensorConfig
     from sensor.kernel.datapath import Datapath, DatapathConfig
     result = smtp_sensor("run", "--ebpf", "--pin-dir", str(tmp_path / "v1"))
     assert result.returncode == 0 and "int ss_xdp_ingress(struct xdp_md *ctx)" in result.stdout
     assert f'#define SS_PIN_DIR "{tmp_path}/v1"' in result.stdout.splitlines()
-    assert result.stdout == Datapath(DatapathConfig(pin_dir=tmp_path / "v1")).listing()
+    workers = SensorConfig().worker_count      # one ring per worker: -DSS_WORKERS
+    assert result.stdout == Datapath(DatapathConfig(pin_dir=tmp_path / "v1", workers=workers)).listing()
 
 
 def test_missing_interface_is_one_line_error(kernel_prereqs, test_pin_root):

@@ -114,7 +114,7 @@ def test_a_metrics_port_in_use_is_one_line_before_anything_is_loaded(tmp_path):
         # a namespace and an interface that do not exist: even if the port were
         # free, nothing of the host would be touched
         result = cli("run", "-i", "ssnope0", "--netns", "ss-no-such-ns", "--pin-dir", tmp_path / "pins",
-                     "--control-socket", tmp_path / "c.sock", "--metrics", f"127.0.0.1:{port}")
+                     "--control-socket", tmp_path / "c.sock", "--metrics", f"127.0.0.1:{port}", "--workers", "1")
     one_line_error(result, 2, rf"cannot serve metrics on 127.0.0.1:{port}: Address already in use")
     assert not (tmp_path / "pins").exists()
 
@@ -235,7 +235,10 @@ class SensorRun:
         self.records_path = work / "records.json"
         argv = [sys.executable, "-m", "sensor.cli", "run", "-i", lab.server_if, "--netns", lab.server_ns,
                 "--pin-dir", str(pin_dir), "--control-socket", str(self.sock), "-o", str(self.records_path),
-                "--log-file", str(self.log_path), "--stats-interval", "0.5", "--reload-interval", "0.2"]
+                "--log-file", str(self.log_path), "--stats-interval", "0.5", "--reload-interval", "0.2",
+                # one process: these tests read its log lines and its Prometheus endpoint
+                # (tests/lab/test_lab_workers.py drives the same commands through a supervisor)
+                "--workers", "1"]
         if rules is not None:
             argv += ["--rules", str(rules)]
             if _has_prometheus():
@@ -613,3 +616,10 @@ def test_unload_removes_the_maps(lab, sensor, pin_dir, tmp_path):
         assert "ss_tc_egress" not in filters
     finally:
         second.stop()
+
+
+def test_metrics_with_several_workers_is_one_line_before_anything_is_loaded(tmp_path):
+    result = cli("run", "-i", "ssnope0", "--netns", "ss-no-such-ns", "--pin-dir", tmp_path / "pins",
+                 "--control-socket", tmp_path / "c.sock", "--metrics", "127.0.0.1:0", "--workers", "2")
+    one_line_error(result, 2, r"--metrics\) is served by a single-process sensor only: use --workers 1")
+    assert not (tmp_path / "pins").exists()

@@ -48,6 +48,18 @@ def test_systemd_accepts_the_unit(tmp_path):
     assert result.returncode == 0 and not complaints, result.stderr
 
 
+def test_the_unit_keeps_statistics_and_bans_in_its_state_folder():
+    import shlex
+
+    from sensor.cli import build_parser
+
+    argv = shlex.split(service_settings()["ExecStart"])
+    args = build_parser().parse_args(argv[1:])
+    state = Path("/var/lib") / service_settings()["StateDirectory"]
+    assert args.state_file.parent == state and args.ban_file.parent == state
+    assert args.state_file != args.ban_file
+
+
 def test_logrotate_creates_the_new_files_0600():
     rules = [line.split("#")[0].strip() for line in (REPO / "deploy" / "smtp-sensor.logrotate").read_text()
              .splitlines()]

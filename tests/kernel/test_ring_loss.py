@@ -212,3 +212,15 @@ def test_under_pressure_a_connection_seen_opening_keeps_its_events(dp, small):
     assert got == [(40013, 25), (25, 40013)]
     assert dp.maps.counters()["ingress"]["shed"] == 1
     dp.maps.relieve()
+
+
+def test_the_ring_fill_is_what_waits_to_be_read(dp, small):
+    _, reader = small
+    assert reader.fill == 0.0
+    prog_test_run(dp.xdp_fd, frame(41000))
+    one = reader.fill
+    assert 0.0 < one < 0.5                    # one small record in a page
+    fill(dp, reader, sport=41001)
+    assert reader.fill > 0.8                  # refused: (nearly) nothing more fits
+    reader.poll(0)
+    assert reader.fill == 0.0

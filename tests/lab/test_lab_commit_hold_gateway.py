@@ -12,19 +12,16 @@ import subprocess
 import pytest
 
 from sensor.kernel import abi
-from sensor.lab.gateway import GATEWAY_SERVER_V4, GatewayLab
+from sensor.lab.gateway import GATEWAY_SERVER_V4
 from support.lab_hold import journal_messages, pipelined_banned, pipelined_legitimate, start_sensor
+from support.lab_session import gateway_with_server
 
 SIZES = {"one segment": 600, "2 KB": 2048, "32 KB": 32 * 1024}
 
 
 @pytest.fixture(scope="module")
 def gateway(lab_prereqs, tmp_path_factory):
-    journal = tmp_path_factory.mktemp("hold-gateway") / "journal.jsonl"
-    with GatewayLab() as lab:
-        lab.journal = journal
-        lab.start_server(journal=journal, addresses=(GATEWAY_SERVER_V4,))
-        yield lab
+    yield from gateway_with_server(tmp_path_factory, "hold-gateway")
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ import time
 import pytest
 
 from sensor.kernel.datapath import attached_xdp
-from sensor.kernel.netns import iproute, socket_in
-from sensor.lab.network import CLIENT_V4, SERVER_V4
+from sensor.kernel.netns import iproute
+from sensor.lab.network import CLIENT_V4
 from support.flood import Flood
 from support.lab_sensor import REPO, SensorProcess
+from support.lab_session import LineSession
 
 UNIT_KILL_TIMEOUT = 20          # deploy/smtp-sensor.service: TimeoutStopSec
 
@@ -43,39 +44,16 @@ def wait_for(pred, what: str, timeout: float = 30.0):
         time.sleep(0.1)
 
 
-class OpenSession:
+class OpenSession(LineSession):
     """An SMTP session from the client namespace, left in the middle of its
     message (after DATA and a few lines, no end of data)."""
 
     def __init__(self, lab, sender: str):
-        self.sock = socket_in(lab.client_ns)
-        self.sock.settimeout(10)
-        self.sock.connect((SERVER_V4, 25))
-        self.buf = b""
-        self.reply()
+        super().__init__(lab)
         for line in ("EHLO client.lab.example", f"MAIL FROM:<{sender}>", "RCPT TO:<rcpt@lab.example>", "DATA"):
-            self.sock.sendall(line.encode() + b"\r\n")
-            self.reply()
+            self.say(line)
         self.port = self.sock.getsockname()[1]
         self.sock.sendall(b"Subject: in flight\r\n\r\n" + b"a line of the message\r\n" * 20)
-
-    def reply(self) -> bytes:
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if line[3:4] == b" ":
-                    self.buf = b"\r\n".join(lines[i + 1:])
-                    return line
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("the server closed the session")
-            self.buf += chunk
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def test_sigterm_under_a_flood_detaches_first_and_exits(lab, test_pin_root, tmp_path):

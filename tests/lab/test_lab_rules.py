@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import pytest
 from sensor.kernel import abi
 from sensor.kernel.netns import socket_in
 from sensor.lab.network import CLIENT_V4, SERVER_V4, Lab
-from support.lab_sensor import SensorProcess, flow_drop_entry
+from support.lab_sensor import SensorProcess, assert_detached, flow_drop_entry
 
 REPO = Path(__file__).resolve().parents[2]
 RELOAD_INTERVAL = 0.2
@@ -415,9 +414,4 @@ def test_sigterm_stops_the_sensor_cleanly_and_detaches(lab, sensor):
     assert stopped["lost"] == 0
     sensor.wait_log(lambda e: e.get("event") == "detached", mark, timeout=1)
     assert not [e for e in sensor.logs if e.get("event") == "rule raised"]
-    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
-                          capture_output=True, text=True, check=True).stdout
-    assert "xdp" not in link, link
-    filters = subprocess.run(["tc", "-n", lab.server_ns, "filter", "show", "dev", lab.server_if, "egress"],
-                             capture_output=True, text=True).stdout
-    assert "ss_tc_egress" not in filters
+    assert_detached(lab)

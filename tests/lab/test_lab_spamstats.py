@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -45,10 +44,11 @@ import pytest
 from sensor.inputs.pcapfile import read_packets
 from sensor.inputs.pcapwriter import PcapWriter
 from sensor.kernel import abi
-from sensor.kernel.netns import iproute, socket_in
-from sensor.lab.network import CLIENT_V4, SERVER_V4, SPAMMER_V4, Lab
+from sensor.kernel.netns import iproute
+from sensor.lab.network import CLIENT_V4, SPAMMER_V4, Lab
 from support.lab_capture import Capture
 from support.lab_sensor import SensorProcess
+from support.lab_smtp import connection_times_out, smtp_session
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,56 +83,6 @@ SMTP_StrangeRejectBehavior = 0
 
 # ---------------------------------------------------------------- an SMTP client
 
-class SmtpError(Exception):
-    pass
-
-
-def smtp_session(lab: Lab, source: str, port: int, rcpts=(), data: bool = False,
-                 timeout: float = 5.0) -> list[int]:
-    """One SMTP session from ``source`` (an address of the client namespace)
-    to the server: greeting, EHLO, MAIL and each RCPT (if any), DATA if asked
-    and a recipient was accepted, QUIT.  Returns the reply codes in order."""
-    sock = socket_in(lab.client_ns)
-    codes: list[int] = []
-    buf = b""
-
-    def reply() -> int:
-        nonlocal buf
-        while True:
-            while b"\r\n" in buf:
-                line, buf = buf.split(b"\r\n", 1)
-                if len(line) >= 4 and line[3:4] == b" ":
-                    codes.append(int(line[:3]))
-                    return codes[-1]
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise SmtpError(f"{source} -> :{port}: connection closed after {codes}")
-            buf += chunk
-
-    def command(line: str) -> int:
-        sock.sendall(line.encode() + b"\r\n")
-        return reply()
-
-    try:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((source, 0))
-        sock.connect((SERVER_V4, port))
-        if reply() != 220:
-            raise SmtpError(f"{source} -> :{port}: greeting {codes}")
-        command(f"EHLO host-{source.replace('.', '-')}.lab.example")
-        if rcpts:
-            command(f"MAIL FROM:<sender@{source}.example>")
-            accepted = [command(f"RCPT TO:<{r}>") == 250 for r in rcpts]
-            if data and any(accepted):
-                if command("DATA") == 354:
-                    command(f"From: <sender@{source}.example>\r\nSubject: lab\r\n\r\nhello\r\n.")
-        command("QUIT")
-        return codes
-    finally:
-        sock.close()
-
-
 def burst(lab: Lab, source: str, rcpts_of) -> list[list[int]]:
     """THRESHOLD sequential connections from ``source``, alternating between
     aiosmtpd (25) and Postfix (587); the i-th names ``rcpts_of(i)``; the last
@@ -143,20 +93,6 @@ def burst(lab: Lab, source: str, rcpts_of) -> list[list[int]]:
         port = 25 if i % 2 == 0 else 587
         out.append(smtp_session(lab, source, port, rcpts_of(i) if i < THRESHOLD - 1 else ()))
     return out
-
-
-def connection_times_out(lab: Lab, source: str, port: int = 25, timeout: float = 1.0) -> bool:
-    sock = socket_in(lab.client_ns)
-    try:
-        sock.settimeout(timeout)
-        sock.bind((source, 0))
-        try:
-            sock.connect((SERVER_V4, port))
-        except socket.timeout:
-            return True
-        return False
-    finally:
-        sock.close()
 
 
 # ---------------------------------------------------------------- the sensor process

@@ -33,23 +33,11 @@ from sensor.assembly import Userland
 from sensor.config import Config
 from sensor.inputs.replay import replay
 from sensor.records.sinks import ListSink
-from support.captures import PCAPS_DIR
+from support.captures import PCAPS_DIR, captures_in
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN", "") not in ("", "0")
 _TS_KEYS = ("ts",)
-
-
-def captures_in(folder: Path) -> list[str]:
-    """Capture files directly in ``folder`` and in its by_content/ (SMTP on
-    other ports, made by ``support.content_captures``), not those under expected/."""
-    if not folder.is_dir():
-        return []
-    found = [p.name for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng")]
-    sub = folder / "by_content"
-    if sub.is_dir():
-        found += [f"by_content/{p.name}" for p in sub.iterdir() if p.suffix in (".pcap", ".pcapng")]
-    return sorted(found)
 
 
 CAPTURES = captures_in(PCAPS_DIR)

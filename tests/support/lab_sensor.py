@@ -26,17 +26,21 @@ class SensorProcess:
     """`smtp-sensor run` on the lab server's veth (or `interface` in
     `netns`: a gateway's) in a subprocess, with the test's own pin folder,
     control socket and records file; its JSON log lines are collected by a
-    thread.  ``args``: more `run` flags."""
+    thread.  ``args``: more `run` flags.  ``workers``: `run --workers`; 1 (one
+    process) by default, for the tests that read a single process's log lines
+    (its ``running`` and ``stopped`` lines and their counters); None: the
+    sensor's default (one worker per CPU)."""
 
     def __init__(self, lab: Lab, records: Path, pin_dir: Path, control: Path, *args: str,
-                 interface: str | None = None, netns: str | None = None):
+                 interface: str | None = None, netns: str | None = None, workers: int | None = 1):
         self.lab, self.records_path, self.pin_dir, self.control = lab, records, pin_dir, control
         self.logs: list[dict] = []
         self.stderr: list[str] = []
         self._cond = threading.Condition()
         argv = [sys.executable, "-m", "sensor.cli", "--log-format", "json", "run",
                 "-i", interface or lab.server_if, "--netns", netns or lab.server_ns, "--pin-dir", str(pin_dir),
-                "--control-socket", str(control), "-o", str(records), *args]
+                "--control-socket", str(control), "-o", str(records),
+                *(["--workers", str(workers)] if workers is not None else []), *args]
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
                          threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
@@ -102,10 +106,14 @@ class SensorProcess:
                             pytrace=False)
             time.sleep(0.02)
 
+    def cli_result(self, *args: str) -> subprocess.CompletedProcess:
+        """A control command through the real CLI, as it ended (exit code, output)."""
+        return subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+
     def cli(self, *args: str) -> object:
         """A control command through the real CLI (`smtp-sensor stats` etc.), its JSON output."""
-        result = subprocess.run([sys.executable, "-m", "sensor.cli", *args, "--control-socket", str(self.control)],
-                                cwd=REPO, capture_output=True, text=True, timeout=30)
+        result = self.cli_result(*args)
         assert result.returncode == 0, f"smtp-sensor {' '.join(args)}: {result.stderr}\n{self.describe()}"
         return json.loads(result.stdout)
 
@@ -120,6 +128,16 @@ class SensorProcess:
         for t in self._threads:
             t.join(timeout=5)
         return self.proc.returncode
+
+
+def assert_detached(lab: Lab) -> None:
+    """Nothing of ours is left on the lab server's interface: no XDP program, no TC filter."""
+    link = subprocess.run(["ip", "-n", lab.server_ns, "link", "show", lab.server_if],
+                          capture_output=True, text=True, check=True).stdout
+    assert "xdp" not in link, link
+    filters = subprocess.run(["tc", "-n", lab.server_ns, "filter", "show", "dev", lab.server_if, "egress"],
+                             capture_output=True, text=True).stdout
+    assert "ss_tc_egress" not in filters, filters
 
 
 class _MapElemAttr(ct.Structure):

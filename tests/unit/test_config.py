@@ -31,8 +31,13 @@ def test_defaults_need_no_file_and_hold_the_seeds_constants():
 
 
 def test_the_example_loads_and_states_the_true_defaults():
+    """Every key at its default but the two snapshots, which the example turns
+    on (as deploy/smtp-sensor.service does): statistics and bans survive restarts and reboots."""
     config = load(EXAMPLE)
-    assert dataclasses.replace(config, source=None) == Config()
+    assert config.sensor.state_file == Path("/var/lib/smtp-sensor/spam-stats.msgpack")
+    assert config.sensor.ban_file == Path("/var/lib/smtp-sensor/bans.msgpack")
+    snapshots_off = dataclasses.replace(config.sensor, state_file=None, ban_file=None)
+    assert dataclasses.replace(config, sensor=snapshots_off, source=None) == Config()
 
 
 def test_the_example_documents_every_key():

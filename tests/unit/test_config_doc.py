@@ -13,7 +13,7 @@ import pytest
 
 from sensor import smtp
 from sensor import config
-from sensor.config import (NOTICE_TYPES, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig,
+from sensor.config import (NOTICE_TYPES, ClusterConfig, EnforceConfig, LimitsConfig, SensorConfig, SpamStatsConfig,
                            StreamConfig, MimeConfig, tomllib)
 from sensor.smtp.limits import MimeLimits
 from sensor.rules.budget import RuleLimits
@@ -52,6 +52,7 @@ SECTIONS = {
     "spam_stats": (SpamStatsConfig, lambda k, v: getattr(SpamStatsConfig(**{k: v}), k)),
     "enforce": (EnforceConfig, lambda k, v: getattr(EnforceConfig(**{k: v}), k)),
     "stream": (StreamConfig, lambda k, v: getattr(StreamConfig(**{k: v}), k)),
+    "cluster": (ClusterConfig, lambda k, v: getattr(ClusterConfig(**{k: v}), k)),
 }
 
 
@@ -131,7 +132,7 @@ def test_every_run_flag_is_documented():
 def test_the_example_and_the_doc_agree_on_keys():
     example = tomllib.loads((DOC.parent / "config.example.toml").read_text())
     doc = tables()
-    for table in ("sensor", "spam_stats", "enforce", "stream"):
+    for table in ("sensor", "spam_stats", "enforce", "stream", "cluster"):
         assert set(example[table]) - {"ban"} <= set(doc[table])
     for table in ("smtp", "reassembly", "rules"):
         assert set(example["limits"][table]) <= set(doc[f"limits.{table}"])

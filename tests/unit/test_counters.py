@@ -71,3 +71,18 @@ def test_families_merge_fields_of_one_metric_name_and_carry_the_group_labels():
         ({"line": "1", "reason": "cut"}, 4), ({"line": "1", "reason": "short"}, 1)]
     assert fams[PREFIX + "parts_queued"].type == "gauge"
     assert fams[PREFIX + "parts_made"].documentation == "parts made"
+
+
+def test_a_histogram_counts_in_buckets_and_reads_cumulative():
+    from sensor.counters import Counters, histogram
+
+    class Timed(Counters):
+        took = histogram("seconds", (0.1, 1.0))
+
+    timed = Timed()
+    for value in (0.05, 0.1, 0.5, 3.0):
+        timed.took.observe(value)
+    assert timed.took.cumulative() == [("0.1", 2), ("1.0", 3), ("+Inf", 4)]
+    assert timed.as_dict() == {"took": {"count": 4, "sum": 3.65, "buckets": {"0.1": 2, "1.0": 3, "+Inf": 4}}}
+    timed.update({"took": 7})                 # a restored snapshot never replaces a distribution
+    assert timed.took.count == 4

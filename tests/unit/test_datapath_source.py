@@ -12,21 +12,21 @@ import pytest
 from sensor.errors import SensorError
 from sensor.kernel.datapath import BPF_DIR, Datapath, DatapathConfig, define_line, expand_includes
 
-HEADERS = ("smtp_sensor.h", "parsing.h")
+HEADERS = ("smtp_sensor.h", "parsing.h", "shard.h")
 
 
 @pytest.fixture
 def datapath(tmp_path):
-    return Datapath(DatapathConfig(pin_dir=tmp_path / "pins" / "v1", ring_pages=512))
+    return Datapath(DatapathConfig(pin_dir=tmp_path / "pins" / "v1", ring_pages=512, workers=3))
 
 
 def test_the_listing_defines_every_d_flag_in_the_order_bcc_gets_them(datapath, tmp_path):
     flags = [f for f in datapath.cflags() if f.startswith("-D")]
-    assert flags == [f'-DSS_PIN_DIR="{tmp_path}/pins/v1"', "-DSS_RING_PAGES=512"]
+    assert flags == [f'-DSS_PIN_DIR="{tmp_path}/pins/v1"', "-DSS_RING_PAGES=512", "-DSS_WORKERS=3"]
     listing = datapath.listing()
     head = listing[:listing.index("#line 1 ")].splitlines()
     assert [line for line in head if line.startswith("#define")] == [
-        f'#define SS_PIN_DIR "{tmp_path}/pins/v1"', "#define SS_RING_PAGES 512"]
+        f'#define SS_PIN_DIR "{tmp_path}/pins/v1"', "#define SS_RING_PAGES 512", "#define SS_WORKERS 3"]
     assert f"// cflags: {' '.join(datapath.cflags())}" in head
 
 
@@ -71,3 +71,10 @@ def test_a_d_flag_becomes_the_define_the_compiler_makes_of_it(flag, line):
 def test_a_ring_size_that_is_not_a_power_of_two_is_refused():
     with pytest.raises(SensorError, match="power of two"):
         Datapath(DatapathConfig(pin_dir=Path("/nonexistent"), ring_pages=3)).listing()
+
+
+@pytest.mark.parametrize("workers", [0, 65])
+def test_a_number_of_workers_the_kernel_cannot_have_is_refused(tmp_path, workers):
+    from sensor.errors import SensorError
+    with pytest.raises(SensorError, match="workers must be between 1 and 64"):
+        Datapath(DatapathConfig(pin_dir=tmp_path, workers=workers)).cflags()

@@ -109,3 +109,24 @@ def test_a_ban_tears_down_the_open_flows_of_the_network_and_no_other():
     # the torn-down flow's RST passes (as the kernel lets it); a new connection from the host meets the ban
     assert enforcer.passes(seg("192.0.2.66", 40000, "198.51.100.25", 25, flags=RST | ACK), 2.0)
     assert not enforcer.passes(seg("192.0.2.66", 40009, "198.51.100.25", 25, flags=SYN), 2.0)
+
+
+def test_a_kernel_verdict_is_timed_from_its_event_and_from_its_decision():
+    import time
+
+    from sensor.rules.enforce import KernelEnforcer
+
+    class Maps:
+        def ban(self, network, ttl, reason):
+            time.sleep(0.002)
+
+    enforcer = KernelEnforcer(Maps())
+    enforcer.ban("192.0.2.66/32", ttl=None, now=1.0)        # a tick's or an operator's: no event
+    assert enforcer.counters.since_decision.count == 1
+    assert enforcer.counters.since_event.count == 0
+    enforcer.event_ts_ns = time.monotonic_ns() - 50_000_000  # the event came 50 ms ago
+    enforcer.ban("192.0.2.67/32", ttl=None, now=1.0)
+    hist = enforcer.counters.since_event
+    assert hist.count == 1 and hist.sum >= 0.052
+    assert dict(hist.cumulative())["0.05"] == 0 and dict(hist.cumulative())["0.1"] == 1
+    assert enforcer.counters.since_decision.sum >= 0.004

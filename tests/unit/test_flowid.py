@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from sensor.stream.flowid import UidGenerator, community_id, pack_addr
+from sensor.stream.flowid import FlowUids, community_id, pack_addr
 
 # Vectors copied from corelight/community-id-spec, baseline/baseline_deflt.json
 # (seed 0) and baseline/baseline_seed1.json (seed 1).  For ICMP/ICMPv6 the spec's
@@ -56,15 +56,48 @@ def test_community_id_same_address_orders_by_port():
     assert a == b
 
 
+def _uids_of(gen, n=100, ts=1000.0):
+    return [gen.uid(pack_addr(f"192.0.2.{i % 250}"), 40000 + i, pack_addr("198.51.100.1"), 25, 7 * i, True, ts + i)
+            for i in range(n)]
+
+
 def test_uids_are_zeek_like_and_reproducible():
-    a = UidGenerator(seed=42)
-    b = UidGenerator(seed=42)
-    ua = [a.next() for _ in range(100)]
-    assert ua == [b() for _ in range(100)]
+    ua = _uids_of(FlowUids(seed=42))
+    assert ua == _uids_of(FlowUids(seed=42))
     assert len(set(ua)) == 100
     assert all(re.fullmatch(r"C[0-9A-Za-z]{10,17}", u) for u in ua)
-    assert UidGenerator(seed=43).next() != ua[0]
+    assert _uids_of(FlowUids(seed=43)) != ua
 
 
 def test_uid_seed_may_be_bytes():
-    assert UidGenerator(b"\x01\x02").next() == UidGenerator(b"\x01\x02").next()
+    assert _uids_of(FlowUids(b"\x01\x02")) == _uids_of(FlowUids(b"\x01\x02"))
+
+
+def test_a_flows_uid_does_not_depend_on_the_flows_before_it_nor_on_the_clock():
+    alone = FlowUids(7)
+    after_others = FlowUids(7)
+    _uids_of(after_others, 50, ts=10.0)
+    flow = (pack_addr("203.0.113.9"), 51000, pack_addr("198.51.100.1"), 25, 123456789, True)
+    assert alone.uid(*flow, ts=99.5) == after_others.uid(*flow, ts=99.9)
+
+
+def test_a_reused_four_tuple_gets_another_uid():
+    gen = FlowUids(0)
+    ends = (pack_addr("2001:db8::1"), 51000, pack_addr("2001:db8::2"), 25)
+    assert gen.uid(*ends, 1000) != gen.uid(*ends, 2000)          # a new SYN, a new ISN
+    assert gen.uid(*ends, 1000, True) != FlowUids(0).uid(*ends, 1000, False)
+
+
+def test_flows_with_the_same_endpoints_and_first_sequence_number_get_different_uids():
+    gen = FlowUids(0)
+    flow = (pack_addr("2001:db8::1"), 51000, pack_addr("2001:db8::2"), 25, 77)
+    first, second = gen.uid(*flow, ts=5.0), gen.uid(*flow, ts=6.0)
+    assert first != second
+    assert FlowUids(0).uid(*flow, ts=9.0) == first
+
+
+def test_the_collision_table_forgets_flows_older_than_its_window():
+    gen = FlowUids(0)
+    for i in range(1000):
+        gen.uid(pack_addr("192.0.2.1"), 1024 + i, pack_addr("192.0.2.2"), 25, i, True, float(i))
+    assert len(gen._seen) <= 2 * FlowUids.COLLISION_WINDOW + 1

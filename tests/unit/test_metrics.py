@@ -56,7 +56,12 @@ def fake_sensor():
     rule = RuleCounters().update(dict(alerts=3, calls=10, errors=1, over_budget=0, seconds=0.25))
     ruleset = SimpleNamespace(rules=[SimpleNamespace(disabled=None)], errors={})
     flows = [SimpleNamespace(ctx=object())]
-    reader = SimpleNamespace(lost=0, bad_records=0, callback_errors=0)
+    reader = SimpleNamespace(lost=0, bad_records=0, callback_errors=0, fill=0.25)
+    from sensor.rules.enforce import EnforcerCounters
+    verdicts = EnforcerCounters()
+    for seconds in (0.0002, 0.003, 2.0):
+        verdicts.since_event.observe(seconds)
+    verdicts.since_decision.observe(0.00002)
     groups = [
         Group((), SensorCounters(SimpleNamespace(started=None, pipeline=SimpleNamespace(sessions=flows)))),
         Group((), FeedCounters(SimpleNamespace(reader=reader)).update(dict(events=20))),
@@ -69,6 +74,7 @@ def fake_sensor():
         Group(("spam_stats",), RejectStatsCounters().update(dict(notices=4, replies=9))),
         Group(("spam_stats",), ActorCounters(SimpleNamespace(stats=[object()])).update(dict(bans=1))),
         Group(("control",), ControlCounters().update(dict(requests=5, refused=1, bans_added=2))),
+        Group(("verdicts",), verdicts),
     ]
     return SimpleNamespace(counter_groups=lambda: iter(groups))
 
@@ -101,6 +107,22 @@ def test_a_scrape_of_a_fake_sensor():
     assert got[("smtp_sensor_rules_loaded", ())] == 1
     assert got[("smtp_sensor_control_requests_total", ())] == 5
     assert not any(name.startswith("smtp_sensor_kernel") for name, _ in got)   # no datapath loaded
+
+
+def test_the_ring_fill_is_a_gauge_and_the_verdict_latency_a_histogram():
+    require_module("prometheus_client")
+    got, text = samples(fake_sensor())
+    assert "# TYPE smtp_sensor_ring_fill_ratio gauge" in text
+    assert got[("smtp_sensor_ring_fill_ratio", ())] == 0.25
+    assert "# TYPE smtp_sensor_verdict_to_kernel_seconds histogram" in text
+    event = (("since", "event"),)
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_count", event)] == 3
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_sum", event)] == pytest.approx(2.0032)
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_bucket", (("le", "0.00025"), ("since", "event")))] == 1
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_bucket", (("le", "0.005"), ("since", "event")))] == 2
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_bucket", (("le", "1.0"), ("since", "event")))] == 2
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_bucket", (("le", "+Inf"), ("since", "event")))] == 3
+    assert got[("smtp_sensor_verdict_to_kernel_seconds_count", (("since", "decision"),))] == 1
 
 
 def test_the_extra_missing_is_one_line(monkeypatch):

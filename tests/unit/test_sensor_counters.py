@@ -24,7 +24,7 @@ def sensor_without_bpf() -> Sensor:
     and no datapath (what start() would add: the kernel's counters)."""
     sensor = Sensor(Config(sensor=SensorConfig(rules=RULES)))
     sensor.userland = Userland(sensor.config, ListSink())
-    reader = SimpleNamespace(lost=0, bad_records=0, callback_errors=0)
+    reader = SimpleNamespace(lost=0, bad_records=0, callback_errors=0, fill=0.0)
     sensor.feed = LiveFeed(reader, sensor.pipeline, maps=None)
     return sensor
 

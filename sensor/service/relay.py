@@ -1,0 +1,81 @@
+"""The workers' records into one stream: each worker writes its records as
+JSON lines into its own pipe; the supervisor copies whole lines, as they
+come, to the one output (``[sensor] output``), so lines of two workers never
+interleave within a line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import selectors
+
+__all__ = ["RecordRelay", "PIPE_SIZE"]
+
+#: bytes a worker's pipe holds (F_SETPIPE_SZ; the kernel's default is 64 KiB)
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+def widen(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: the default size works, with more wakeups
+
+
+class RecordRelay:
+    """Copy whole lines from the workers' pipes to ``out`` (a binary stream)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.lines = 0
+        self._sel = selectors.DefaultSelector()
+        self._partial: dict[int, bytes] = {}
+
+    def add(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._partial[fd] = b""
+        self._sel.register(fd, selectors.EVENT_READ)
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Copy what the pipes hold now (waiting up to ``timeout`` for some)."""
+        ready = self._sel.select(timeout) if self._partial else []
+        for key, _ in ready:
+            self._read(key.fd)
+        if ready:
+            self.out.flush()
+
+    def finish(self, fd: int) -> None:
+        """Copy what is left in ``fd`` (its writer is gone), then close it."""
+        if fd not in self._partial:
+            return
+        os.set_blocking(fd, True)
+        while self._read(fd):
+            pass
+        rest = self._partial.pop(fd)
+        if rest:    # a writer killed in the middle of a line: the line is cut, not glued to another
+            self.out.write(rest + b"\n")
+        self._sel.unregister(fd)
+        os.close(fd)
+        self.out.flush()
+
+    def _read(self, fd: int) -> bool:
+        try:
+            data = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return False
+        if not data:
+            return False
+        data = self._partial[fd] + data
+        end = data.rfind(b"\n") + 1
+        if end:
+            self.out.write(data[:end])
+            self.lines += data.count(b"\n", 0, end)
+        self._partial[fd] = data[end:]
+        return True
+
+    def close(self) -> None:
+        for fd in list(self._partial):
+            self.finish(fd)
+        self._sel.close()

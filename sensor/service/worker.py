@@ -1,0 +1,120 @@
+"""One worker process of a supervised sensor (sensor.service.supervisor):
+a ``Sensor`` on the supervisor's datapath, reading its own event ring, its
+records written as JSON lines into a pipe to the supervisor, its control
+socket private (the supervisor asks it, and answers the operator).
+
+Runs in a child forked by the supervisor, after the programs are loaded
+and attached: it never loads, attaches or detaches them. It stops on
+SIGTERM (the supervisor's, or the kernel's when the supervisor dies:
+PR_SET_PDEATHSIG), ignores SIGINT (a terminal's ^C reaches the whole group;
+the supervisor decides the order), reloads its rules on SIGHUP and reopens
+its log on SIGUSR1, as the single-process sensor does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from sensor.errors import SensorError
+from sensor.service.control import ControlServer, check_prefix, check_ttl
+
+__all__ = ["WorkerControl", "worker_config", "worker_seed", "run_worker"]
+
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerControl(ControlServer):
+    """A worker's control socket: the usual commands, and the parts of a
+    ban the supervisor spreads over every worker (a prefix holds hosts of
+    several): ``ban_local``/``unban_local`` change this worker's verdicts and
+    tear its flows down, without a record (one worker writes it)."""
+
+    def cmd_ban_local(self, prefix: str, ttl: float | None = None, reason: str | None = None) -> dict:
+        import time
+
+        from sensor.kernel import abi
+        network = check_prefix(prefix)
+        self.sensor.enforcer.ban(network, check_ttl(ttl), time.time(), abi.Reason.MANUAL, note=reason)
+        return {"banned": network}
+
+    def cmd_unban_local(self, prefix: str) -> dict:
+        network = check_prefix(prefix)
+        self.sensor.enforcer.unban(network)
+        return {"unbanned": network}
+
+
+def worker_state_file(path: Path | None, worker: int) -> Path | None:
+    """Worker ``worker``'s statistics snapshot: its hosts are its own."""
+    return None if path is None else path.with_name(f"{path.name}.worker{worker}")
+
+
+def worker_config(config, worker: int):
+    """Worker ``worker``'s configuration: its own statistics snapshot; the
+    ban snapshot (the kernel's bans, shared by all) kept by worker 0 alone."""
+    cfg = config.sensor
+    return replace(config, sensor=replace(cfg, state_file=worker_state_file(cfg.state_file, worker),
+                                          ban_file=cfg.ban_file if worker == 0 else None))
+
+
+def worker_seed(seed, worker: int):
+    """The uid seed of worker ``worker``: random (None), or derived from the
+    run's seed so that two workers never make the same uids."""
+    if seed is None:
+        return os.urandom(12)
+    return hashlib.sha256(f"{seed!r}/{worker}".encode()).digest()[:12]
+
+
+def run_worker(config, options, datapath, worker: int, pipe_fd: int) -> int:
+    """The worker's life: a Sensor on ring ``worker`` until SIGTERM. Returns the exit status."""
+    from sensor.records.sinks import JsonLinesSink
+    from sensor.service.loop import Sensor
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    log = structlog.get_logger("sensor").bind(worker=worker)
+    out = os.fdopen(pipe_fd, "w", encoding="utf-8", buffering=1 << 16)
+    load_config = options.load_config
+    if load_config is not None:     # a reload compares like with like: the worker's own view
+        options = replace(options, load_config=lambda: worker_config(load_config(), worker))
+    sensor = Sensor(worker_config(config, worker), replace(options, uid_seed=worker_seed(options.uid_seed, worker)),
+                    logger=log, sink=JsonLinesSink(out), datapath=datapath, worker=worker)
+    sensor.control_class = WorkerControl
+
+    def on_stop(signum, frame):
+        sensor.request_stop()
+
+    def on_sighup(signum, frame):
+        sensor.reload_requested = "SIGHUP"
+
+    def on_sigusr1(signum, frame):
+        sensor.reopen_requested = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, on_sighup)
+    signal.signal(signal.SIGUSR1, on_sigusr1)
+    try:
+        return sensor.run()
+    except SensorError as exc:
+        log.error("worker stopped", error=str(exc))
+        return exc.exit_code or 1
+    finally:
+        try:
+            out.flush()
+        except (OSError, ValueError):
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
