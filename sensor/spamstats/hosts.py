@@ -22,7 +22,8 @@ text; the statistics add an entry in their host table, at most two deadlines
 and one suppression entry.  What that costs in bytes (per host, at the caps,
 against the number of hosts) is in ``docs/operations.md`` ("Under attack")
 and ``docs/benchmarks.md``; ``tests/unit/test_spamstats_bounds.py`` pins the
-caps under hostile input.
+caps under hostile input.  A reload that lowers a cap bounds what is added
+from then on; what a host holds already goes with its window.
 """
 
 from __future__ import annotations
