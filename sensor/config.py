@@ -431,8 +431,8 @@ class SpamStatsConfig:
     suppress_for: float | None = None
     #: hosts tracked at once; past it one of the least active is evaluated and evicted
     max_hosts: int = 100_000
-    #: recipients kept per host (and per connection); more are counted, not kept
-    max_recipients: int = 100
+    #: recipients sampled per host (and per connection) for the notice; more are counted, not kept
+    max_recipients: int = 10
     #: distinct reject replies sampled per host for the notice
     max_samples: int = 5
     #: hosts never banned (they still get notices)

@@ -31,7 +31,7 @@ import msgpack
 
 from sensor.errors import SensorError
 from sensor.files import write_atomic
-from sensor.spamstats.hosts import Host
+from sensor.spamstats.hosts import RECIPIENT_OCTETS, Host, held_text, shown_text
 from sensor.spamstats.stats import RejectStatsCounters, StatsState
 
 __all__ = ["write_snapshot", "encode_snapshot", "read_snapshot", "Restored", "SnapshotError", "set_aside",
@@ -99,11 +99,10 @@ def _encode_stats(stats, off: float) -> dict:
     hosts = []
     for h in held.hosts:
         total, rejects, buckets = window.export(h)
-        samples = [[code, enh, text, s[0], s[1], s[2] + off]
-                   for (code, enh, text), s in h.samples.items()]
+        samples = [[s.code, s.enhanced, shown_text(s.text), s.count, s.uid, s.ts + off] for s in h.samples]
         hosts.append([h.addr, h.start + off, h.last_seen + off, total, rejects,
                       [[start + off, tot, rej] for start, tot, rej in buckets],
-                      list(h.recipients), h.recipients_dropped, samples, h.samples_dropped,
+                      h.recipient_texts(), h.recipients_dropped, samples, h.samples_dropped,
                       h.addr in dirty])
     return {
         "window": window.name,
@@ -201,10 +200,12 @@ def _decode_stats(state: dict, stats, off: float) -> StatsState:
                                        [[b[0] - off, b[1], b[2]] for b in buckets])
         h = Host(addr, 0, start, counts)          # its generation: given by RejectStats.load
         h.last_seen = last_seen - off
-        h.recipients = dict.fromkeys(str(r) for r in recipients[:cfg.max_recipients])
+        for r in recipients[:cfg.max_recipients]:
+            h.add_recipient(held_text(str(r), RECIPIENT_OCTETS), cfg.max_recipients)
         h.recipients_dropped = int(rdropped)
         for code, enh, text, count, uid, ts in samples[:cfg.max_samples]:
-            h.samples[(int(code), enh, str(text))] = [int(count), uid, ts - off]
+            h.add_sample(int(code), _text_or_none(enh), str(text), _text_or_none(uid), ts - off,
+                         cfg.max_samples, count=int(count))
         h.samples_dropped = int(sdropped)
         hosts.append(h)
         if is_dirty:
@@ -216,6 +217,10 @@ def _decode_stats(state: dict, stats, off: float) -> StatsState:
                 if name in RejectStatsCounters.FIELDS}
     return StatsState(hosts=hosts, dirty=dirty, suppressed=suppressed,
                       next_check=None if nc is None else nc - off, counters=counters)
+
+
+def _text_or_none(value):
+    return None if value is None else str(value)
 
 
 def _decode_bans(rows, off: float, now: float) -> list[tuple]:

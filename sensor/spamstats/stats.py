@@ -23,7 +23,8 @@ Bounds
 Hosts are capped at ``max_hosts`` (past it, the least active of the
 ``EVICTION_SAMPLE`` least recently active is judged, then evicted), and so are
 the suppression entries; recipients and samples per host as ``hosts.py``
-says.  Every eviction and every item not kept is counted (``RejectStatsCounters``).
+says (with what a host holds at most).  Every eviction and every item not
+kept is counted (``RejectStatsCounters``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 
 from sensor.config import POSSIBLE_INTERNAL_SPAM, POSSIBLE_SPAM, STRANGE_REJECT_BEHAVIOR, SpamStatsConfig
 from sensor.counters import Counters, counter
-from sensor.spamstats.hosts import ConnState, Host, in_networks
+from sensor.spamstats.hosts import RECIPIENT_OCTETS, ConnState, Host, held_text, in_networks, shown_text
 from sensor.spamstats.window import window_for
 
 __all__ = ["RejectStats", "RejectStatsCounters", "Notice", "Sample", "StatsState", "EVICTION_SAMPLE"]
@@ -154,16 +155,16 @@ class RejectStats:
         self.counters.replies += 1
         h = self._touch(host, now)
         if conn.counted is None or not self._live(h, conn.counted):
-            conn.counted = (h.gen, self.window.slot(now))
+            conn.counted = (h.gen, self.window.slot_at(h, now))
             self._add(h, conn.counted, 0)
             self.counters.connections += 1
-            self._dirty[host] = None
+            self._dirty[h.addr] = None
         if code in self._reject_codes:
             if conn.rejected != conn.counted:
                 conn.rejected = conn.counted
                 self._add(h, conn.counted, 1)
                 self.counters.rejected += 1
-                self._dirty[host] = None
+                self._dirty[h.addr] = None
                 for rcpt in conn.recipients:
                     self._add_recipient(h, rcpt)
             if not h.add_sample(code, enhanced, text, uid, now, self.config.max_samples):
@@ -171,15 +172,16 @@ class RejectStats:
 
     def observe_recipient(self, host: str, address: str, conn: ConnState) -> None:
         """A RCPT TO on a connection from ``host``."""
+        held = held_text(address, RECIPIENT_OCTETS)
         if len(conn.recipients) < self.config.max_recipients:
-            if address not in conn.recipients:
-                conn.recipients.append(address)
+            if held not in conn.recipients:
+                conn.recipients.append(held)
         else:
             self.counters.recipients_dropped += 1
         h = self._hosts.get(host)
         if h is not None and conn.rejected is not None and conn.rejected == conn.counted \
                 and self._live(h, conn.rejected):
-            self._add_recipient(h, address)
+            self._add_recipient(h, held)
 
     # ------------------------------------------------------------ checking
     def tick(self, now: float | None = None) -> list[Notice]:
@@ -215,7 +217,7 @@ class RejectStats:
 
     def recipients(self, host: str) -> list[str]:
         h = self._hosts.get(host)
-        return list(h.recipients) if h is not None else []
+        return h.recipient_texts() if h is not None else []
 
     def classify(self, host: str) -> str:
         """The notice type a host would get."""
@@ -235,7 +237,7 @@ class RejectStats:
             total, rejects = self.window.counts(h, self._now)
             rows.append({"host": addr, "total": total, "rejects": rejects,
                          "percent": rejects * 100 // total if total else 0,
-                         "class": self.classify(addr), "recipients": list(h.recipients)[:20]})
+                         "class": self.classify(addr), "recipients": h.recipient_texts()[:20]})
         rows.sort(key=lambda r: (-r["total"], r["host"]))
         return {"hosts": rows[: max(0, limit)], "tracked": len(self._hosts),
                 "thresholds": {"total": self.config.threshold, "percent": self.config.percent,
@@ -377,12 +379,12 @@ class RejectStats:
         if len(self._suppressed) > cfg.max_hosts:
             del self._suppressed[next(iter(self._suppressed))]
             self.counters.suppressions_evicted += 1
-        recipients = tuple(h.recipients)
+        recipients = tuple(h.recipient_texts())
         msg = f"{h.addr} - sent: {total} rejected: {percent} percent"
         if note == POSSIBLE_INTERNAL_SPAM:
             msg += f" mailto: {','.join(recipients)}"
-        samples = tuple(Sample(code, enh, text, s[0], s[1], s[2])
-                        for (code, enh, text), s in h.samples.items())
+        samples = tuple(Sample(s.code, s.enhanced, shown_text(s.text), s.count, s.uid, s.ts)
+                        for s in h.samples)
         sub = None
         if samples:
             sub = "Sampled rejects: " + "; ".join(
@@ -461,6 +463,6 @@ class RejectStats:
         if deadline is not None:
             self._push(deadline, h)
 
-    def _add_recipient(self, h: Host, address: str) -> None:
+    def _add_recipient(self, h: Host, address: bytes) -> None:
         if not h.add_recipient(address, self.config.max_recipients):
             self.counters.recipients_dropped += 1

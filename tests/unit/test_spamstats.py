@@ -321,7 +321,7 @@ def test_recipient_and_sample_caps_are_counted():
     stats.observe_reply(REMOTE, T0, 550, conn, enhanced="5.1.1", text="no such user a")
     stats.observe_reply(REMOTE, T0, 553, conn, text="bad mailbox name")
     stats.observe_reply(REMOTE, T0, 554, conn, text="go away")
-    assert conn.recipients == ["a@x", "b@x"]
+    assert conn.recipients == [b"a@x", b"b@x"]          # held as UTF-8 octets
     assert stats.recipients(REMOTE) == ["a@x", "b@x"]
     assert stats.counters.recipients_dropped == 1
     assert stats.counters.samples_dropped == 1
@@ -706,9 +706,10 @@ def test_the_listener_keeps_its_flags_in_the_session_scratch():
     listener(s, RcptTo(T0, "a@example.org", (), "TO:<a@example.org>", trans_depth=1))
     listener(s, Reply(T0, 550, "5.1.1", ("5.1.1 no", "more"), "RCPT", None, trans_depth=1))
     conn = s.scratch[RejectStatsListener.KEY]
-    assert isinstance(conn, ConnState) and conn.recipients == ["a@example.org"]
+    assert isinstance(conn, ConnState) and conn.recipients == [b"a@example.org"]
     assert stats.counts(REMOTE) == (1, 1) and stats.recipients(REMOTE) == ["a@example.org"]
-    assert stats._hosts[REMOTE].samples == {(550, "5.1.1", "no more"): [1, "CListener1", T0]}
+    assert [(s.code, s.enhanced, s.text, s.count, s.uid, s.ts) for s in stats._hosts[REMOTE].samples] == [
+        (550, "5.1.1", b"no more", 1, "CListener1", T0)]
 
 
 # ---------------------------------------------------------------- the end of a replay
