@@ -107,4 +107,6 @@ class RecordLines:
                 self.bad_lines += 1
 
     def flush(self) -> None:
-        self.outputs.flush()
+        flush = getattr(self.outputs, "flush", None)    # any sink; sensor.outputs.Outputs has one
+        if flush is not None:
+            flush()

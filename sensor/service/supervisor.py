@@ -346,7 +346,11 @@ class Supervisor:
 
     # ------------------------------------------------------------ queries
     def counters(self) -> dict:
-        return {"supervisor": self.own_counters.as_dict()}
+        """The supervisor's own counters and its outputs' (the workers' records are written here)."""
+        found = {"supervisor": self.own_counters.as_dict()}
+        if self.outputs is not None:
+            found["outputs"] = self.outputs.counters.as_dict()
+        return found
 
     def status(self) -> dict:
         answers = self.ask("status")
