@@ -140,7 +140,7 @@ static __always_inline void ss_swap_macs(__u8 *eth)
 
 /* The IP header's offset, checked by the caller to be at most l4_off (itself
  * at most SS_RST_L4_OFF_MAX), masked where the verifier sees it: verifiers
- * before Linux 6.7 learn no bound from comparing two unknown scalars
+ * such as 6.1 (Debian 12's) learn no bound from comparing two unknown scalars
  * (l3_off > l4_off), and on 6.1 a packet pointer whose variable offset may
  * reach 64 KiB gets no range from its check against data_end ("invalid access
  * to packet"). In asm, so clang, which knows the mask changes nothing, keeps
