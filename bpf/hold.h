@@ -318,8 +318,17 @@ static __always_inline int ss_tc_mask_chunking(struct __sk_buff *skb, struct ss_
 	if (s->b[0] != '2' || s->b[1] != '5' || s->b[2] != '0' || s->b[3] != '-')
 		return 0; /* not the first segment of a multi-line 250 reply */
 	for (i = 4; i < SS_EHLO_SCAN - 16; i++) {
-		__u32 k = i & (SS_EHLO_SCAN - 1);
+		__u32 k = i & (SS_EHLO_SCAN - 1), turn = i;
 
+		/* The loop's end tested on a copy of i opaque to clang, which
+		 * otherwise folds both end tests into a count of turns made from
+		 * len and ends on equality: older verifiers (6.1, Debian 12's)
+		 * learn no bound from each turn's !=, so 6.1 walks i past the end
+		 * of s->b ("invalid access to map value"); 6.18 narrows the count
+		 * and stops. */
+		asm volatile("" : "+r"(turn));
+		if (turn >= SS_EHLO_SCAN - 16)
+			break;
 		if (i + 14 > len)
 			break;
 		if (s->b[k] != '\n' || k > SS_EHLO_SCAN - 16)

@@ -38,6 +38,7 @@
 
 #define SS_RST_TTL 64       /* TTL / hop limit of an RST sent back to its sender */
 #define SS_RST_L4_OFF_MAX 512 /* headers before TCP end far below this */
+#define SS_RST_OFF_MASK 1023 /* covers every offset up to SS_RST_L4_OFF_MAX */
 
 /* One's-complement sum of `len` bytes (even, a constant) of `buf`, 16 bits at
  * a time in the order they lie in memory (the sum does not depend on it). */
@@ -137,6 +138,20 @@ static __always_inline void ss_swap_macs(__u8 *eth)
 	__builtin_memcpy(eth + ETH_ALEN, mac, ETH_ALEN);
 }
 
+/* The IP header's offset, checked by the caller to be at most l4_off (itself
+ * at most SS_RST_L4_OFF_MAX), masked where the verifier sees it: verifiers
+ * such as 6.1 (Debian 12's) learn no bound from comparing two unknown scalars
+ * (l3_off > l4_off), and on 6.1 a packet pointer whose variable offset may
+ * reach 64 KiB gets no range from its check against data_end ("invalid access
+ * to packet"). In asm, so clang, which knows the mask changes nothing, keeps
+ * it; on the register the pointer is made from, so no copy spilled before the
+ * check is used instead. */
+static __always_inline __u32 ss_rst_l3_off(__u32 l3_off)
+{
+	asm volatile("%[off] &= %[mask]" : [off] "+r"(l3_off) : [mask] "i"(SS_RST_OFF_MASK));
+	return l3_off;
+}
+
 /* XDP: the frame becomes the RST; returns XDP_TX (to its sender) or XDP_PASS
  * (to its receiver), or -1 when it cannot be rewritten (the caller drops it). */
 static __always_inline int ss_rst_xdp(struct xdp_md *ctx, struct ss_pkt *pkt, int to_sender)
@@ -158,13 +173,13 @@ static __always_inline int ss_rst_xdp(struct xdp_md *ctx, struct ss_pkt *pkt, in
 		return -1;
 	ss_rst_tcphdr(th, pkt, to_sender);
 	if (pkt->key.family == SS_AF_INET) {
-		struct iphdr *iph = data + l3_off;
+		struct iphdr *iph = data + ss_rst_l3_off(l3_off);
 
 		if ((void *)(iph + 1) > data_end)
 			return -1;
 		ss_rst_iphdr(iph, len - l3_off, to_sender);
 	} else {
-		struct ipv6hdr *ip6h = data + l3_off;
+		struct ipv6hdr *ip6h = data + ss_rst_l3_off(l3_off);
 
 		if ((void *)(ip6h + 1) > data_end)
 			return -1;
