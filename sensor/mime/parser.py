@@ -602,8 +602,8 @@ class MimeParser:
         cur = self._cur
         leaf = cur.kind == _LEAF and cur.info is not None
         if leaf and cur.b64:
-            # trailing empty lines (before a boundary) hold no base64: they are
-            # not decoded, so the lines that are have one length and decode at once
+            # trailing empty lines (before a boundary) hold no base64 and are
+            # left out, so the decoded lines share one length and decode at once
             while b - a >= 4 and buf[b - 2] == 13 and buf[b - 4] == 13 and buf[b - 1] == 10 == buf[b - 3]:
                 b -= 2
         eols = self._check_lines(buf, a, b, cur if leaf else None) if b > a else None

@@ -135,6 +135,12 @@ class Outputs:
             raise
         return built
 
+    @classmethod
+    def for_live(cls, config) -> "Outputs":
+        """The outputs of a live sensor: EVE's ``in_iface`` is its interface when it has one."""
+        interfaces = config.sensor.interfaces
+        return cls.from_config(config, in_iface=interfaces[0] if len(interfaces) == 1 else None)
+
     def take_over(self, other: "Outputs") -> None:
         """Write to ``other``'s outputs from now on and close the ones this had
         (a reload: the pipeline, the rules and the statistics keep this

@@ -196,8 +196,7 @@ class Sensor:
         self.datapath = self._shared_datapath or Datapath(dp_config)
         if self.sink is None:
             from sensor.outputs import Outputs
-            self.outputs = Outputs.from_config(self.config,
-                                               in_iface=cfg.interfaces[0] if len(cfg.interfaces) == 1 else None)
+            self.outputs = Outputs.for_live(self.config)
             self.sink = self.outputs
 
     def _build_userland(self):
@@ -427,8 +426,7 @@ class Sensor:
         one cannot be: the old ones stay), then the sink the pipeline holds
         writes to them and the old ones are closed (``Outputs.take_over``)."""
         from sensor.outputs import Outputs
-        interfaces = new.sensor.interfaces
-        self.outputs.take_over(Outputs.from_config(new, in_iface=interfaces[0] if len(interfaces) == 1 else None))
+        self.outputs.take_over(Outputs.for_live(new))
 
     def rearm_watchdog(self, seconds: float) -> None:
         """A new ``[limits.rules] watchdog_s`` (a reload): armed again now, or off at 0."""

@@ -293,9 +293,7 @@ class Supervisor:
     def _open_output(self) -> None:
         from sensor.outputs import Outputs
 
-        cfg = self.config.sensor
-        self.outputs = Outputs.from_config(self.config,
-                                           in_iface=cfg.interfaces[0] if len(cfg.interfaces) == 1 else None)
+        self.outputs = Outputs.for_live(self.config)
         self._out = RecordLines(self.outputs)
 
     def _close_output(self) -> None:
