@@ -46,7 +46,7 @@ __all__ = ["Userland", "verdict_summary"]
 
 class Userland:
     def __init__(self, config: Config, sink, enforcer=None, *, uid_seed=0, by_content: bool = False,
-                 cluster: bool = False):
+                 cluster: bool = False, worker: int = 0, workers: int = 1):
         cfg = config.sensor
         if enforcer is None:
             from sensor.rules.enforce import ReplayEnforcer
@@ -71,7 +71,7 @@ class Userland:
             from sensor.spamstats import RejectStats, RejectStatsListener, SpamStatsActor
             if cluster and config.cluster.enabled:
                 from sensor.cluster import Cluster
-                self.cluster = Cluster(config, sink, enforcer)
+                self.cluster = Cluster(config, sink, enforcer, worker=worker, workers=workers)
                 self.reject_stats, self.actor = self.cluster.stats, self.cluster.actor
             else:
                 self.reject_stats = RejectStats(st)

@@ -14,6 +14,13 @@ sensors, bans published and applied from the others.
   unless the host is in ``[spam_stats] allow``, and kept with the others (so
   it is swept, snapshot and restored like them), with a ``drop`` record
   whose note names the sensor that made it.
+
+In a sensor of several workers (``sensor.service.supervisor``) every worker
+reads the stream, and the kernel's ban map is one for all: a remote ban
+(always of one host: ``keys.parse_ban``) is applied by the worker that owns
+the host (``sensor.shard``: its flows are that worker's to tear down), the
+others leave it.  One ban of another sensor is one ``drop`` record and one
+``remote_bans`` in the summed status, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ class ClusterActorCounters(Counters):
 
 
 class ClusterActor(SpamStatsActor):
-    def __init__(self, stats, sink, enforcer, shipper, sensor: str, *, max_remote_ban: float, config=None):
+    def __init__(self, stats, sink, enforcer, shipper, sensor: str, *, max_remote_ban: float, config=None,
+                 worker: int = 0, workers: int = 1):
         super().__init__(stats, sink, enforcer, config)
+        self.worker, self.workers = worker, workers
         self.shipper = shipper
         self.sensor = sensor
         self.max_remote_ban = max_remote_ban
@@ -88,6 +97,8 @@ class ClusterActor(SpamStatsActor):
         """A ban from the stream (``keys.RemoteBan``); True when it was applied."""
         if remote.sensor == self.sensor or self.enforcer is None:
             return False
+        if not self._owns(remote.network):
+            return False
         now = self.stats.clock()
         expires = min(remote.expires, now + self.max_remote_ban)
         left = expires - now
@@ -111,3 +122,11 @@ class ClusterActor(SpamStatsActor):
         self.cluster_counters.remote_bans += 1
         self.sink(drop_record(now, BAN_SOURCE, remote.network, SPAM_STATS, self.enforcer.mode, ttl=left, note=note))
         return True
+
+    def _owns(self, network: str) -> bool:
+        """Whether the host of ``network`` is this worker's (always, with one worker)."""
+        if self.workers <= 1:
+            return True
+        from sensor import shard
+        return shard.worker_of_address(ipaddress.ip_network(network, strict=False).network_address.packed,
+                                       self.workers) == self.worker

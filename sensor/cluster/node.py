@@ -28,7 +28,7 @@ __all__ = ["Cluster"]
 
 
 class Cluster:
-    def __init__(self, config, sink, enforcer, log=None, *, clock=time.time):
+    def __init__(self, config, sink, enforcer, log=None, *, clock=time.time, worker: int = 0, workers: int = 1):
         from sensor.spamstats import RejectStats
 
         cc, st = config.cluster, config.spam_stats
@@ -46,7 +46,7 @@ class Cluster:
         self.shared = SharedStats(st, self.shipper)
         self.stats = RejectStats(st, clock=clock, wall=clock, hook=self.shared)
         self.actor = ClusterActor(self.stats, sink, enforcer, self.shipper, cc.name,
-                                  max_remote_ban=cc.max_remote_ban, config=st)
+                                  max_remote_ban=cc.max_remote_ban, config=st, worker=worker, workers=workers)
         self._started = False
 
     def start(self) -> "Cluster":

@@ -205,7 +205,8 @@ class Sensor:
 
         seed = self.options.uid_seed
         self.userland = Userland(self.config, self.sink, KernelEnforcer(self.datapath.maps),
-                                 uid_seed=os.urandom(12) if seed is None else seed, cluster=True)
+                                 uid_seed=os.urandom(12) if seed is None else seed, cluster=True,
+                                 worker=self.worker, workers=self.datapath.config.workers)
         state_file = self.config.sensor.state_file
         if state_file is not None:
             restored = self.userland.restore(state_file)

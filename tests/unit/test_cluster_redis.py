@@ -50,12 +50,13 @@ def redis(server):
 class Sensor:
     """One sensor of the fleet: its Cluster, records and enforcer."""
 
-    def __init__(self, server, name: str, clock: Clock, **cluster):
+    def __init__(self, server, name: str, clock: Clock, *, worker: int = 0, workers: int = 1, **cluster):
         self.records: list[dict] = []
         self.enforcer = ReplayEnforcer()
         st = SpamStatsConfig(threshold=THRESHOLD, percent=30, period=60, check_interval=1, sliding_buckets=12)
         cc = ClusterConfig(**{"enabled": True, "url": server.url, "sensor_name": name, "timeout": 0.5, **cluster})
-        self.cluster = Cluster(Config(spam_stats=st, cluster=cc), self.records.append, self.enforcer, clock=clock)
+        self.cluster = Cluster(Config(spam_stats=st, cluster=cc), self.records.append, self.enforcer, clock=clock,
+                               worker=worker, workers=workers)
         self.clock = clock
 
     def connections(self, n: int, rejected: int, host: str = SPAMMER) -> None:
@@ -194,6 +195,30 @@ def test_redis_down_keeps_local_statistics_and_bans_then_catches_up(redis, serve
     clock.t += 1
     b.sync()
     assert not b.notices() and b.cluster.actor.cluster_counters.claimed_elsewhere == 1
+
+
+def test_a_remote_ban_is_one_record_across_the_workers_of_a_sensor(redis, server):
+    from sensor import shard
+    from sensor.cluster.actor import ClusterActor
+
+    clock = Clock()
+    a = Sensor(server, "mx-a", clock)
+    workers = [Sensor(server, "mx-b", clock, worker=i, workers=2) for i in range(2)]
+    owner = shard.worker_of_address(bytes(int(x) for x in SPAMMER.split(".")), 2)
+    assert isinstance(workers[0].cluster.actor, ClusterActor)
+    other_host = next(f"198.51.100.{i}" for i in range(1, 255)
+                      if shard.worker_of_address(bytes([198, 51, 100, i]), 2) != owner)
+    for host in (SPAMMER, other_host):
+        a.cluster.shipper.publish(f"{host}/32", "by hand", clock() + 600, 600)
+    a.sync()
+    for w in workers:
+        w.sync()
+    # each host's ban is applied and recorded by the worker that owns the host, once
+    assert [w.banned() for w in workers] == [i == owner for i in range(2)]
+    assert [w.banned(other_host) for w in workers] == [i != owner for i in range(2)]
+    drops = sorted((i, r["target"]) for i, w in enumerate(workers) for r in w.records if r["event_type"] == "drop")
+    assert drops == sorted([(owner, f"{SPAMMER}/32"), (1 - owner, f"{other_host}/32")])
+    assert sum(w.cluster.actor.cluster_counters.remote_bans for w in workers) == 2
 
 
 def test_the_threads_share_a_ban_without_the_loop_waiting(redis, server):
