@@ -8,7 +8,7 @@
 3. The control socket's ``flows`` with 100 000 flows: the longest turn of
    the serving loop while it streams, and a ``status`` asked meanwhile.
 
-    .venv/bin/python bench/bench_lifecycle.py [--rate 120000] [--flows 20000] [--load 8] [--rules] [--json]
+    .venv/bin/python bench/bench_lifecycle.py [--rate 120000] [--flows 20000] [--load 8] [--rules] [--workers N] [--json]
 
 (1) A real `smtp-sensor run` (the shipped rules with --rules, reject
 statistics with a state file) on the server's veth; bench/pktsend.c in the
@@ -18,7 +18,8 @@ destination MAC that is not the server's (the stack drops them after XDP,
 nothing answers). After ``--load`` seconds, SIGTERM, the flood going on;
 this process polls the interface's XDP program every 5 ms. Reported: the
 time from SIGTERM to the XDP program gone and to the process's exit, the
-phases of its shutdown as its `stopped` log line gives them, and the flows
+phases of its shutdown as its `stopped` log line gives them (with workers:
+the slowest worker's, the counts summed), and the flows
 it followed at the signal (the last `stats` line).
 
 (2) write_snapshot of ``--hosts`` hosts (each with recipients and samples),
@@ -46,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
-def sigterm_under_flood(rate: int, flows: int, load: float, rules: bool, workdir: Path) -> dict:
+def sigterm_under_flood(rate: int, flows: int, load: float, rules: bool, workdir: Path, workers: int = 0) -> dict:
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
@@ -64,7 +65,8 @@ def sigterm_under_flood(rate: int, flows: int, load: float, rules: bool, workdir
         argv = [sys.executable, "-m", "sensor.cli", "--log-format", "json", "run", "-i", lab.server_if,
                 "--netns", lab.server_ns, "--pin-dir", f"/sys/fs/bpf/smtp-sensor-bench-{lab.tag}/v1",
                 "--control-socket", str(workdir / "control.sock"), "-o", str(workdir / "records.json"),
-                "--state-file", str(workdir / "state.msgpack"), "--stats-interval", "1"]
+                "--state-file", str(workdir / "state.msgpack"), "--stats-interval", "1",
+                "--workers", str(workers)]
         if rules:
             argv += ["--rules", str(REPO / "rules")]
         logs: list[dict] = []
@@ -117,14 +119,22 @@ def sigterm_under_flood(rate: int, flows: int, load: float, rules: bool, workdir
                 sensor.wait()
             reader.join(5)
             subprocess.run(["rm", "-rf", f"/sys/fs/bpf/smtp-sensor-bench-{lab.tag}"], check=False)
-    stopped = next((e for e in logs if e.get("event") == "stopped"), {})
-    last = stats[-1] if stats else {}
+    # a sensor of workers logs a `stopped` line per worker (with the phases)
+    # and one of the supervisor's; the flood's flows are one client's, so
+    # one worker's: the slowest worker's phases, every worker's counts summed
+    stopped = [e for e in logs if e.get("event") == "stopped" and e.get("shutdown")]
+    slowest = max(stopped, key=lambda e: e["shutdown"].get("total_s", 0), default={})
+    last = {}
+    for e in stats:                          # the last stats line of each worker
+        last[e.get("worker")] = e
     return {"rate": rate, "flows": flows, "load_s": load, "rules": rules, "exit_status": sensor.returncode,
             "detached_s": round(detached, 3), "exited_s": round(exited, 3),
-            "shutdown": stopped.get("shutdown"), "active_flows_at_signal": last.get("active_flows"),
-            "flows_unfinished": stopped.get("pipeline", {}).get("unfinished"),
-            "events_discarded": stopped.get("discarded"),
-            "events_at_signal": last.get("events"), "lost_at_signal": last.get("lost")}
+            "shutdown": slowest.get("shutdown"),
+            "active_flows_at_signal": sum(e.get("active_flows") or 0 for e in last.values()),
+            "flows_unfinished": sum(e.get("pipeline", {}).get("unfinished") or 0 for e in stopped),
+            "events_discarded": sum(e.get("discarded") or 0 for e in stopped),
+            "events_at_signal": sum(e.get("events") or 0 for e in last.values()),
+            "lost_at_signal": sum(e.get("lost") or 0 for e in last.values())}
 
 
 def snapshot_cost(hosts: int, workdir: Path) -> dict:
@@ -242,6 +252,7 @@ def main() -> int:
     parser.add_argument("--load", type=float, default=8.0, help="seconds of flood before SIGTERM")
     parser.add_argument("--rules", action="store_true", help="run the shipped rules")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="the sensor's --workers (0: one per CPU)")
     parser.add_argument("--hosts", type=int, default=100_000, help="hosts in the snapshot benchmark")
     parser.add_argument("--only", choices=["sigterm", "snapshot", "control"])
     parser.add_argument("--json", action="store_true")
@@ -249,7 +260,7 @@ def main() -> int:
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="ss-lifecycle-") as tmp:
         if args.only in (None, "sigterm"):
-            report["sigterm"] = [sigterm_under_flood(args.rate, args.flows, args.load, args.rules, Path(tmp))
+            report["sigterm"] = [sigterm_under_flood(args.rate, args.flows, args.load, args.rules, Path(tmp), args.workers)
                                  for _ in range(args.runs)]
         if args.only in (None, "snapshot"):
             report["snapshot"] = [snapshot_cost(n, Path(tmp)) for n in sorted({1000, args.hosts})]

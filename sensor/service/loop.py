@@ -489,11 +489,14 @@ class Sensor:
     def _shutdown(self) -> None:
         took, t0 = {}, time.monotonic()
         t = t0
+        asked = t0
         if self._stop_asked_at is not None:
-            took["noticed_s"] = round(t0 - self._stop_asked_at, 3)     # the step under way ended
-        # the ring gets half of stop_timeout at most, the flows what is left
-        drain_deadline = t0 + self.config.sensor.stop_timeout / 2
-        deadline = t0 + self.config.sensor.stop_timeout
+            asked = self._stop_asked_at
+            took["noticed_s"] = round(t0 - asked, 3)     # the step under way ended
+        # stop_timeout counts from the signal: the ring gets half of it at
+        # most, the flows what is left
+        drain_deadline = asked + self.config.sensor.stop_timeout / 2
+        deadline = asked + self.config.sensor.stop_timeout
 
         def phase(name):
             nonlocal t
