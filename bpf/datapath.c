@@ -84,8 +84,14 @@ BPF_TABLE("lru_hash", struct ss_flow_key, __u8, ss_opened, SS_FLOW_MAX);
 BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX - 1 + SS_WORKERS); /* a pressure slot per ring */
 /* Verdicts per attached interface (smtp_sensor.h: struct ss_if_key). */
 BPF_TABLE("percpu_hash", struct ss_if_key, struct ss_if_counters, ss_if_counters, SS_IF_MAX);
-/* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
-BPF_PROG_ARRAY(ss_tail, 1);
+/* The egress path's tail calls (enum ss_tail_slot), set by userland after
+ * loading (sensor/kernel/datapath.py). */
+enum ss_tail_slot {
+	SS_TAIL_EHLO = 0,       /* ss_tc_ehlo */
+	SS_TAIL_AFTER_EHLO = 1, /* ss_tc_after_ehlo */
+	SS_TAIL__MAX,
+};
+BPF_PROG_ARRAY(ss_tail, SS_TAIL__MAX);
 
 /* Enforcement state, pinned so it outlives the control plane. */
 BPF_TABLE_PINNED("lpm_trie", struct ss_lpm_v4, struct ss_verdict, ss_ban_v4, SS_BAN_MAX,
@@ -684,10 +690,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		if (dir == SS_DIR_INGRESS && ss_is_smtp_port(pkt.key.dport))
 			hold = ss_hold_client(ctx, &pkt, hold_max_ms);
 		else if (ss_is_smtp_port(pkt.key.sport)) {
-			if (ehlo == SS_EHLO_REWRITTEN)
-				ss_count(dir, SS_CNT_EHLO_REWRITTEN);
-			else if (ss_hold_server(ctx, &pkt, dir) && ehlo == SS_EHLO_UNSEEN)
-				ss_tail.call(ctx, 0); /* ss_tc_ehlo; if the call fails, on unchanged */
+			if (ss_hold_server(ctx, &pkt, dir) && ehlo == SS_EHLO_UNSEEN)
+				ss_tail.call(ctx, SS_TAIL_EHLO); /* if the call fails, on unchanged */
 		}
 	}
 
@@ -730,19 +734,36 @@ int ss_tc_egress(struct __sk_buff *skb)
 
 /* Tail-called by ss_tc_egress for a segment that may be an EHLO reply with
  * CHUNKING: mask it (hold.h), then the rest of the egress path on the
- * rewritten packet. */
+ * (maybe rewritten) packet in ss_tc_after_ehlo. Two programs, not one: each
+ * is verified on its own, the mask's scan once instead of once more for
+ * every path of ss_process (which 6.1's verifier did not finish within its
+ * 1 M instructions with 2 workers; docs/benchmarks.md, section 19). */
 int ss_tc_ehlo(struct __sk_buff *skb)
 {
 	struct ss_pkt pkt = {};
-	int ehlo, counter, action = -1;
 
-	ehlo = ss_parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) == SS_PARSED_TCP &&
-			       ss_tc_mask_chunking(skb, &pkt)
-		       ? SS_EHLO_REWRITTEN
-		       : SS_EHLO_SEEN;
-	/* the store may have moved the packet: read its pointers anew */
-	counter = ss_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
-			     SS_DIR_EGRESS, ehlo, &action);
+	if (ss_parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) == SS_PARSED_TCP &&
+	    ss_tc_mask_chunking(skb, &pkt))
+		ss_count(SS_DIR_EGRESS, SS_CNT_EHLO_REWRITTEN);
+	ss_tail.call(skb, SS_TAIL_AFTER_EHLO);
+	/* not reached while userland has filled ss_tail, which it does before
+	 * attaching anything: the packet goes on unpushed */
+	return TC_ACT_OK;
+}
+
+/* ss_tc_egress for a packet ss_tc_ehlo has looked at: SS_EHLO_SEEN, so it
+ * is not handed to ss_tc_ehlo again. The store may have moved the packet:
+ * its pointers are read anew here. The server's phase is set from the
+ * reply a second time, to what the first pass set (the mask changes no
+ * reply code). */
+int ss_tc_after_ehlo(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	int action = -1;
+	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_SEEN,
+				 &action);
+
 	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;

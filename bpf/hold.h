@@ -37,11 +37,10 @@ BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_release, ss_release, SS_FLOW
 BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_hold, ss_hold, SS_FLOW_MAX);
 BPF_TABLE("lru_hash", struct ss_flow_key, struct ss_flow_state, ss_flow_state, SS_FLOW_MAX);
 
-/* Where an egress packet is in ss_tc_egress -> ss_tc_ehlo. */
+/* Where an egress packet is in ss_tc_egress -> ss_tc_ehlo -> ss_tc_after_ehlo. */
 enum ss_ehlo {
-	SS_EHLO_UNSEEN = 0,    /* not looked at: hand a possible EHLO reply to ss_tc_ehlo */
-	SS_EHLO_SEEN = 1,      /* looked at, nothing to mask */
-	SS_EHLO_REWRITTEN = 2, /* CHUNKING masked */
+	SS_EHLO_UNSEEN = 0, /* not looked at: hand a possible EHLO reply to ss_tc_ehlo */
+	SS_EHLO_SEEN = 1,   /* looked at by ss_tc_ehlo (and CHUNKING masked, if it was there) */
 };
 
 /* The server payload bytes read to find CHUNKING in an EHLO reply. */
