@@ -190,31 +190,39 @@ static __always_inline long ss_load_bytes(void *ctx, void *to, __u64 len, int di
 	return bpf_skb_load_bytes(ctx, 0, to, len);
 }
 
+/* A record of `size` bytes in worker `worker`'s ring (ss_events with one
+ * worker), or 0. The ring is looked up here, at each reservation, not once
+ * for the push: a ring pointer live across the push's branches is one more
+ * thing the verifier of 6.1 tells its states apart by. */
+static __always_inline void *ss_reserve(__u32 worker, const __u32 size)
+{
+#if SS_WORKERS > 1
+	void *ring = ss_rings.lookup(&worker);
+
+	if (!ring)
+		return 0;
+	return bpf_ringbuf_reserve(ring, size, 0);
+#else
+	return ss_events.ringbuf_reserve(size);
+#endif
+}
+
 /* One ring record of a size class: the header, then up to `size` frame
  * bytes. bpf_ringbuf_reserve() needs a constant size, so a frame goes into the
  * smallest class that holds it and the record is padded (userland trusts
- * cap_len). ring: the worker's ring (from ss_rings) with SS_WORKERS > 1,
- * unused with one (ss_events). Returns 0 when pushed, < 0 when the ring is
- * full or the copy failed. */
+ * cap_len). Returns 0 when pushed, < 0 when the ring is full or the copy
+ * failed. */
 static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap_len, const __u32 size,
-				   int dir, __u64 wake, void *ring)
+				   int dir, __u64 wake, __u32 worker)
 {
-#if SS_WORKERS > 1
-	void *rec = bpf_ringbuf_reserve(ring, sizeof(*ev) + size, 0);
-#else
-	void *rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
-#endif
+	void *rec = ss_reserve(worker, sizeof(*ev) + size);
 	long err;
 
 	/* One more try: besides a full ring, a reservation fails now and then
 	 * under contention for the ring's lock (shared by all CPUs); a second
 	 * try takes most of those (docs/benchmarks.md, section 1). */
 	if (!rec)
-#if SS_WORKERS > 1
-		rec = bpf_ringbuf_reserve(ring, sizeof(*ev) + size, 0);
-#else
-		rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
-#endif
+		rec = ss_reserve(worker, sizeof(*ev) + size);
 	if (!rec)
 		return -1;
 	__builtin_memcpy(rec, ev, sizeof(*ev));
@@ -365,11 +373,8 @@ static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int er
 static __always_inline int ss_push_to(void *ctx, struct ss_event_hdr *ev, struct ss_pkt *pkt, __u64 cap_len,
 				      int dir, __u64 wake, __u32 worker, const int fragment)
 {
-	void *ring = 0;
-
 #if SS_WORKERS > 1
-	ring = ss_rings.lookup(&worker);
-	if (!ring)
+	if (!ss_rings.lookup(&worker))
 		return -1; /* not filled in by userland: nothing is attached before it is */
 #endif
 	/* Under pressure (the ring refused an event since userland last read
@@ -386,33 +391,33 @@ static __always_inline int ss_push_to(void *ctx, struct ss_event_hdr *ev, struct
 		/* fewer classes (more padding) for the rare fragment, which may be
 		 * pushed twice: the verifier walks each push once per state */
 		if (cap_len <= 1536)
-			err = ss_push(ctx, ev, cap_len, 1536, dir, wake, ring);
+			err = ss_push(ctx, ev, cap_len, 1536, dir, wake, worker);
 		else if (cap_len <= 9216)
-			err = ss_push(ctx, ev, cap_len, 9216, dir, wake, ring);
+			err = ss_push(ctx, ev, cap_len, 9216, dir, wake, worker);
 		else
-			err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, ring);
+			err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, worker);
 	} else if (cap_len <= 128)
-		err = ss_push(ctx, ev, cap_len, 128, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 128, dir, wake, worker);
 	else if (cap_len <= 256)
-		err = ss_push(ctx, ev, cap_len, 256, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 256, dir, wake, worker);
 	else if (cap_len <= 512)
-		err = ss_push(ctx, ev, cap_len, 512, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 512, dir, wake, worker);
 	else if (cap_len <= 1024)
-		err = ss_push(ctx, ev, cap_len, 1024, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 1024, dir, wake, worker);
 	else if (cap_len <= 1536)
-		err = ss_push(ctx, ev, cap_len, 1536, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 1536, dir, wake, worker);
 	else if (cap_len <= 2048)
-		err = ss_push(ctx, ev, cap_len, 2048, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 2048, dir, wake, worker);
 	else if (cap_len <= 4096)
-		err = ss_push(ctx, ev, cap_len, 4096, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 4096, dir, wake, worker);
 	else if (cap_len <= 9216)
-		err = ss_push(ctx, ev, cap_len, 9216, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 9216, dir, wake, worker);
 	else if (cap_len <= 16384)
-		err = ss_push(ctx, ev, cap_len, 16384, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 16384, dir, wake, worker);
 	else if (cap_len <= 32768)
-		err = ss_push(ctx, ev, cap_len, 32768, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 32768, dir, wake, worker);
 	else
-		err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, worker);
 	ss_after_push(pkt, ev->lost, err, shed, dir, worker);
 	return err;
 }
