@@ -48,6 +48,7 @@ enum ss_ehlo {
 struct ss_scratch {
 	__u8 b[SS_EHLO_SCAN];
 	__u32 at; /* where the scan found the keyword (0: nowhere), read back from here */
+	__u32 payload_off, payload_len, l4_off; /* the packet's, read back from here */
 };
 BPF_PERCPU_ARRAY(ss_scratch, struct ss_scratch, 1);
 
@@ -328,18 +329,28 @@ static __always_inline __u64 ss_chunking_line(__u8 *b)
  * DATA, whose end the hold sees. Returns 1 when rewritten. */
 static __always_inline int ss_tc_mask_chunking(struct __sk_buff *skb, struct ss_pkt *pkt)
 {
-	__u32 zero = 0, len = pkt->payload_len, i, at, start;
+	__u32 zero = 0, len, off, i, at, start;
 	struct ss_scratch *s = ss_scratch.lookup(&zero);
 	__u8 old[16], new[16];
 	__s64 diff;
 
-	if (!s || len < 16 || len > SS_EHLO_SCAN)
+	if (!s)
 		return 0;
-	if (bpf_skb_load_bytes(skb, pkt->payload_off, s->b, ss_clamp(len, SS_EHLO_SCAN)) < 0)
+	/* The packet's offsets through the map: read back, they are the same
+	 * unknown numbers whatever path the parser took, so the verifier walks
+	 * the scan once, not once per parsing path. */
+	s->payload_off = pkt->payload_off;
+	s->payload_len = pkt->payload_len;
+	s->l4_off = pkt->l4_off;
+	len = *(volatile __u32 *)&s->payload_len;
+	off = *(volatile __u32 *)&s->payload_off;
+	if (len < 16 || len > SS_EHLO_SCAN)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, s->b, ss_clamp(len, SS_EHLO_SCAN)) < 0)
 		return 0;
 	if (s->b[0] != '2' || s->b[1] != '5' || s->b[2] != '0' || s->b[3] != '-')
 		return 0; /* not the first segment of a multi-line 250 reply */
-	s->at = 0;
+	at = 0;
 	for (i = 4; i < SS_EHLO_SCAN - 16; i++) {
 		__u32 k = i & (SS_EHLO_SCAN - 1), turn = i;
 
@@ -353,15 +364,17 @@ static __always_inline int ss_tc_mask_chunking(struct __sk_buff *skb, struct ss_
 		if (turn >= SS_EHLO_SCAN - 16 || i + 14 > len)
 			break;
 		if (ss_chunking_line(&s->b[k])) {
-			/* through the map, so that the verifier walks what follows
-			 * once for any place, not once for each */
-			s->at = k + 5;
+			at = k + 5;
 			break;
 		}
 	}
-	at = s->at;
 	if (!at)
 		return 0;
+	/* where, and the length, through the map: the verifier then walks
+	 * what follows once for any place, not once for each */
+	s->at = at;
+	at = *(volatile __u32 *)&s->at;
+	len = *(volatile __u32 *)&s->payload_len;
 	/* rewrite 12 bytes from an even offset (the checksum's 16-bit words),
 	 * within the payload: the keyword is followed by at least CRLF */
 	start = (at & ~1U) - 2;
@@ -384,9 +397,9 @@ static __always_inline int ss_tc_mask_chunking(struct __sk_buff *skb, struct ss_
 	diff = bpf_csum_diff((__be32 *)old, 12, (__be32 *)new, 12, 0);
 	if (diff < 0)
 		return 0;
-	if (bpf_skb_store_bytes(skb, pkt->payload_off + start, new, 12, 0) < 0)
+	if (bpf_skb_store_bytes(skb, off + start, new, 12, 0) < 0)
 		return 0;
-	bpf_l4_csum_replace(skb, pkt->l4_off + 16, 0, (__u32)diff, 0);
+	bpf_l4_csum_replace(skb, *(volatile __u32 *)&s->l4_off + 16, 0, (__u32)diff, 0);
 	return 1;
 }
 
