@@ -740,9 +740,9 @@ int ss_tc_egress(struct __sk_buff *skb)
 /* Tail-called by ss_tc_egress for a segment that may be an EHLO reply with
  * CHUNKING: mask it (hold.h), then the rest of the egress path on the
  * (maybe rewritten) packet in ss_tc_after_ehlo. Two programs, not one: each
- * is verified on its own, the mask's scan once instead of once more for
- * every path of ss_process (which 6.1's verifier did not finish within its
- * 1 M instructions with 2 workers; docs/benchmarks.md, section 19). */
+ * is verified on its own, so the verifier walks ss_process once, not once
+ * more for every state leaving the scan (together, with 2 workers, they take
+ * 6.1's verifier past its 1 M instructions; docs/benchmarks.md, section 19). */
 int ss_tc_ehlo(struct __sk_buff *skb)
 {
 	struct ss_pkt pkt = {};
