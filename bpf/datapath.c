@@ -84,8 +84,14 @@ BPF_TABLE("lru_hash", struct ss_flow_key, __u8, ss_opened, SS_FLOW_MAX);
 BPF_ARRAY(ss_ring_state, __u64, SS_RING__MAX - 1 + SS_WORKERS); /* a pressure slot per ring */
 /* Verdicts per attached interface (smtp_sensor.h: struct ss_if_key). */
 BPF_TABLE("percpu_hash", struct ss_if_key, struct ss_if_counters, ss_if_counters, SS_IF_MAX);
-/* Slot 0: ss_tc_ehlo, set by userland after loading (sensor/kernel/datapath.py). */
-BPF_PROG_ARRAY(ss_tail, 1);
+/* The egress path's tail calls (enum ss_tail_slot), set by userland after
+ * loading (sensor/kernel/datapath.py). */
+enum ss_tail_slot {
+	SS_TAIL_EHLO = 0,       /* ss_tc_ehlo */
+	SS_TAIL_AFTER_EHLO = 1, /* ss_tc_after_ehlo */
+	SS_TAIL__MAX,
+};
+BPF_PROG_ARRAY(ss_tail, SS_TAIL__MAX);
 
 /* Enforcement state, pinned so it outlives the control plane. */
 BPF_TABLE_PINNED("lpm_trie", struct ss_lpm_v4, struct ss_verdict, ss_ban_v4, SS_BAN_MAX,
@@ -184,31 +190,39 @@ static __always_inline long ss_load_bytes(void *ctx, void *to, __u64 len, int di
 	return bpf_skb_load_bytes(ctx, 0, to, len);
 }
 
+/* A record of `size` bytes in worker `worker`'s ring (ss_events with one
+ * worker), or 0. The ring is looked up here, at each reservation, not once
+ * for the push: a ring pointer live across the push's branches is one more
+ * thing the verifier of 6.1 tells its states apart by. */
+static __always_inline void *ss_reserve(__u32 worker, const __u32 size)
+{
+#if SS_WORKERS > 1
+	void *ring = ss_rings.lookup(&worker);
+
+	if (!ring)
+		return 0;
+	return bpf_ringbuf_reserve(ring, size, 0);
+#else
+	return ss_events.ringbuf_reserve(size);
+#endif
+}
+
 /* One ring record of a size class: the header, then up to `size` frame
  * bytes. bpf_ringbuf_reserve() needs a constant size, so a frame goes into the
  * smallest class that holds it and the record is padded (userland trusts
- * cap_len). ring: the worker's ring (from ss_rings) with SS_WORKERS > 1,
- * unused with one (ss_events). Returns 0 when pushed, < 0 when the ring is
- * full or the copy failed. */
+ * cap_len). Returns 0 when pushed, < 0 when the ring is full or the copy
+ * failed. */
 static __always_inline int ss_push(void *ctx, struct ss_event_hdr *ev, __u64 cap_len, const __u32 size,
-				   int dir, __u64 wake, void *ring)
+				   int dir, __u64 wake, __u32 worker)
 {
-#if SS_WORKERS > 1
-	void *rec = bpf_ringbuf_reserve(ring, sizeof(*ev) + size, 0);
-#else
-	void *rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
-#endif
+	void *rec = ss_reserve(worker, sizeof(*ev) + size);
 	long err;
 
 	/* One more try: besides a full ring, a reservation fails now and then
 	 * under contention for the ring's lock (shared by all CPUs); a second
 	 * try takes most of those (docs/benchmarks.md, section 1). */
 	if (!rec)
-#if SS_WORKERS > 1
-		rec = bpf_ringbuf_reserve(ring, sizeof(*ev) + size, 0);
-#else
-		rec = ss_events.ringbuf_reserve(sizeof(*ev) + size);
-#endif
+		rec = ss_reserve(worker, sizeof(*ev) + size);
 	if (!rec)
 		return -1;
 	__builtin_memcpy(rec, ev, sizeof(*ev));
@@ -359,11 +373,8 @@ static __always_inline void ss_after_push(struct ss_pkt *pkt, __u32 lost, int er
 static __always_inline int ss_push_to(void *ctx, struct ss_event_hdr *ev, struct ss_pkt *pkt, __u64 cap_len,
 				      int dir, __u64 wake, __u32 worker, const int fragment)
 {
-	void *ring = 0;
-
 #if SS_WORKERS > 1
-	ring = ss_rings.lookup(&worker);
-	if (!ring)
+	if (!ss_rings.lookup(&worker))
 		return -1; /* not filled in by userland: nothing is attached before it is */
 #endif
 	/* Under pressure (the ring refused an event since userland last read
@@ -380,33 +391,33 @@ static __always_inline int ss_push_to(void *ctx, struct ss_event_hdr *ev, struct
 		/* fewer classes (more padding) for the rare fragment, which may be
 		 * pushed twice: the verifier walks each push once per state */
 		if (cap_len <= 1536)
-			err = ss_push(ctx, ev, cap_len, 1536, dir, wake, ring);
+			err = ss_push(ctx, ev, cap_len, 1536, dir, wake, worker);
 		else if (cap_len <= 9216)
-			err = ss_push(ctx, ev, cap_len, 9216, dir, wake, ring);
+			err = ss_push(ctx, ev, cap_len, 9216, dir, wake, worker);
 		else
-			err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, ring);
+			err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, worker);
 	} else if (cap_len <= 128)
-		err = ss_push(ctx, ev, cap_len, 128, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 128, dir, wake, worker);
 	else if (cap_len <= 256)
-		err = ss_push(ctx, ev, cap_len, 256, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 256, dir, wake, worker);
 	else if (cap_len <= 512)
-		err = ss_push(ctx, ev, cap_len, 512, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 512, dir, wake, worker);
 	else if (cap_len <= 1024)
-		err = ss_push(ctx, ev, cap_len, 1024, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 1024, dir, wake, worker);
 	else if (cap_len <= 1536)
-		err = ss_push(ctx, ev, cap_len, 1536, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 1536, dir, wake, worker);
 	else if (cap_len <= 2048)
-		err = ss_push(ctx, ev, cap_len, 2048, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 2048, dir, wake, worker);
 	else if (cap_len <= 4096)
-		err = ss_push(ctx, ev, cap_len, 4096, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 4096, dir, wake, worker);
 	else if (cap_len <= 9216)
-		err = ss_push(ctx, ev, cap_len, 9216, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 9216, dir, wake, worker);
 	else if (cap_len <= 16384)
-		err = ss_push(ctx, ev, cap_len, 16384, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 16384, dir, wake, worker);
 	else if (cap_len <= 32768)
-		err = ss_push(ctx, ev, cap_len, 32768, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, 32768, dir, wake, worker);
 	else
-		err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, ring);
+		err = ss_push(ctx, ev, cap_len, SS_SNAPLEN_MAX, dir, wake, worker);
 	ss_after_push(pkt, ev->lost, err, shed, dir, worker);
 	return err;
 }
@@ -684,10 +695,8 @@ static __always_inline int ss_process(void *ctx, void *data, void *data_end, __u
 		if (dir == SS_DIR_INGRESS && ss_is_smtp_port(pkt.key.dport))
 			hold = ss_hold_client(ctx, &pkt, hold_max_ms);
 		else if (ss_is_smtp_port(pkt.key.sport)) {
-			if (ehlo == SS_EHLO_REWRITTEN)
-				ss_count(dir, SS_CNT_EHLO_REWRITTEN);
-			else if (ss_hold_server(ctx, &pkt, dir) && ehlo == SS_EHLO_UNSEEN)
-				ss_tail.call(ctx, 0); /* ss_tc_ehlo; if the call fails, on unchanged */
+			if (ss_hold_server(ctx, &pkt, dir) && ehlo == SS_EHLO_UNSEEN)
+				ss_tail.call(ctx, SS_TAIL_EHLO); /* if the call fails, on unchanged */
 		}
 	}
 
@@ -730,19 +739,36 @@ int ss_tc_egress(struct __sk_buff *skb)
 
 /* Tail-called by ss_tc_egress for a segment that may be an EHLO reply with
  * CHUNKING: mask it (hold.h), then the rest of the egress path on the
- * rewritten packet. */
+ * (maybe rewritten) packet in ss_tc_after_ehlo. Two programs, not one: each
+ * is verified on its own, so the verifier walks ss_process once, not once
+ * more for every state leaving the scan (together, with 2 workers, they take
+ * 6.1's verifier past its 1 M instructions; docs/benchmarks.md, section 19). */
 int ss_tc_ehlo(struct __sk_buff *skb)
 {
 	struct ss_pkt pkt = {};
-	int ehlo, counter, action = -1;
 
-	ehlo = ss_parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) == SS_PARSED_TCP &&
-			       ss_tc_mask_chunking(skb, &pkt)
-		       ? SS_EHLO_REWRITTEN
-		       : SS_EHLO_SEEN;
-	/* the store may have moved the packet: read its pointers anew */
-	counter = ss_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
-			     SS_DIR_EGRESS, ehlo, &action);
+	if (ss_parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) == SS_PARSED_TCP &&
+	    ss_tc_mask_chunking(skb, &pkt))
+		ss_count(SS_DIR_EGRESS, SS_CNT_EHLO_REWRITTEN);
+	ss_tail.call(skb, SS_TAIL_AFTER_EHLO);
+	/* not reached while userland has filled ss_tail, which it does before
+	 * attaching anything: the packet goes on unpushed */
+	return TC_ACT_OK;
+}
+
+/* ss_tc_egress for a packet ss_tc_ehlo has looked at: SS_EHLO_SEEN, so it
+ * is not handed to ss_tc_ehlo again. The store may have moved the packet:
+ * its pointers are read anew here. The server's phase is set from the
+ * reply a second time, to what the first pass set (the mask changes no
+ * reply code). */
+int ss_tc_after_ehlo(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	int action = -1;
+	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_SEEN,
+				 &action);
+
 	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;

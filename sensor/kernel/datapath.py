@@ -65,6 +65,13 @@ CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 
 XDP_PROG_NAME = "ss_xdp_ingress"   # the kernel keeps 15 characters of a program's name
 TC_PROG_NAME = "ss_tc_egress"
+# Every program of bpf/datapath.c, in the order load() loads them, with its
+# bcc program type (bcc.BPF's attribute of that name).
+PROGRAMS = ((XDP_PROG_NAME, "XDP"), (TC_PROG_NAME, "SCHED_CLS"), ("ss_xdp_inject", "XDP"),
+            ("ss_tc_ehlo", "SCHED_CLS"), ("ss_tc_after_ehlo", "SCHED_CLS"))
+# The egress path's tail calls: the program in each slot of ss_tail (bpf/datapath.c,
+# enum ss_tail_slot).
+TAIL_SLOTS = ("ss_tc_ehlo", "ss_tc_after_ehlo")
 
 
 @dataclass
@@ -301,11 +308,11 @@ class Datapath:
         check_pins(self.config.pin_dir)
         try:
             self.bpf = bcc.BPF(text=self.source().encode(), cflags=self.cflags())
-            self._xdp_fn = self.bpf.load_func(b"ss_xdp_ingress", bcc.BPF.XDP)
-            self._tc_fn = self.bpf.load_func(b"ss_tc_egress", bcc.BPF.SCHED_CLS)
-            self._inject_fn = self.bpf.load_func(b"ss_xdp_inject", bcc.BPF.XDP)
-            ehlo = self.bpf.load_func(b"ss_tc_ehlo", bcc.BPF.SCHED_CLS)
-            self.bpf[b"ss_tail"][ct.c_int(0)] = ct.c_int(ehlo.fd)
+            fns = {name: self.bpf.load_func(name.encode(), getattr(bcc.BPF, kind)) for name, kind in PROGRAMS}
+            self._xdp_fn, self._tc_fn = fns[XDP_PROG_NAME], fns[TC_PROG_NAME]
+            self._inject_fn = fns["ss_xdp_inject"]
+            for slot, name in enumerate(TAIL_SLOTS):
+                self.bpf[b"ss_tail"][ct.c_int(slot)] = ct.c_int(fns[name].fd)
             self._fill_rings()
         except Exception as exc:  # bcc raises bare Exception; clang printed the details
             raise SensorError(f"the kernel programs in {BPF_DIR} failed to compile or load "

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sensor.errors import SensorError
-from sensor.kernel.datapath import BPF_DIR, Datapath, DatapathConfig, define_line, expand_includes
+from sensor.kernel.datapath import (BPF_DIR, PROGRAMS, TAIL_SLOTS, Datapath, DatapathConfig, define_line,
+                                     expand_includes)
 
 HEADERS = ("smtp_sensor.h", "parsing.h", "shard.h")
 
@@ -78,3 +79,17 @@ def test_a_number_of_workers_the_kernel_cannot_have_is_refused(tmp_path, workers
     from sensor.errors import SensorError
     with pytest.raises(SensorError, match="workers must be between 1 and 64"):
         Datapath(DatapathConfig(pin_dir=tmp_path, workers=workers)).cflags()
+
+
+def test_every_program_load_knows_is_a_program_of_datapath_c():
+    source = (BPF_DIR / "datapath.c").read_text()
+    defined = set(re.findall(r"^int (ss_[a-z0-9_]+)\((?:struct xdp_md|struct __sk_buff) \*", source, re.M))
+    assert {name for name, _ in PROGRAMS} == defined
+
+
+def test_the_tail_call_slots_userland_fills_are_the_slots_of_enum_ss_tail_slot():
+    source = (BPF_DIR / "datapath.c").read_text()
+    enum = re.search(r"enum ss_tail_slot \{(.*?)\};", source, re.S).group(1)
+    slots = {int(n): prog for n, prog in re.findall(r"= (\d+),\s*/\* (ss_[a-z0-9_]+) \*/", enum)}
+    assert [slots[n] for n in sorted(slots)] == list(TAIL_SLOTS)
+    assert set(TAIL_SLOTS) <= {name for name, kind in PROGRAMS if kind == "SCHED_CLS"}
