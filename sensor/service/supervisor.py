@@ -164,7 +164,8 @@ class Supervisor:
         self._stack = stack
         self.started = time.monotonic()
         self.log.info("supervising", workers=self.worker_count, pids=[p.pid for p in self.procs],
-                      interfaces=list(cfg.interfaces), ports=list(cfg.ports), control_socket=opt.control_socket)
+                      interfaces=list(cfg.interfaces), ports=list(cfg.ports), control_socket=opt.control_socket,
+                      **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
 
     def step(self, timeout: float = 0.02) -> None:
