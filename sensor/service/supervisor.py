@@ -15,6 +15,10 @@ and one supervisor, which
   ban of one address goes to the worker of that address (its flows are
   there), a ban of a wider prefix to every worker (the kernel's ban map is
   one, shared: any worker's enforcement writes it);
+- serves the Prometheus endpoint (``--metrics``): the kernel's counters
+  read once, the workers' asked and combined (sensor.service.workermetrics);
+- reloads the configuration: the outputs are its own (opened first, swapped
+  between two relayed records), the rest each worker applies;
 - restarts a worker that dies (counted, logged): the new one reads the same
   ring and picks the flows up mid-stream. One that keeps dying (``RESTARTS_MAX``
   deaths in ``RESTART_WINDOW`` seconds) stops the sensor: detached, the
