@@ -7,8 +7,9 @@ Runs in a child forked by the supervisor, after the programs are loaded
 and attached: it never loads, attaches or detaches them. It stops on
 SIGTERM (the supervisor's, or the kernel's when the supervisor dies:
 PR_SET_PDEATHSIG), ignores SIGINT (a terminal's ^C reaches the whole group;
-the supervisor decides the order), reloads its rules on SIGHUP and reopens
-its log on SIGUSR1, as the single-process sensor does.
+the supervisor decides the order), reloads when the supervisor asks (``reload``,
+``reload_rules``) and reopens its log on SIGUSR1, as the single-process
+sensor does.
 """
 
 from __future__ import annotations
