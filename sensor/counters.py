@@ -28,16 +28,18 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Callable, NamedTuple
 
-__all__ = ["Counters", "Field", "Group", "Histogram", "counter", "gauge", "histogram", "as_tree", "add_counts"]
+__all__ = ["Counters", "Field", "Group", "Histogram", "counter", "gauge", "histogram", "as_tree", "add_counts",
+           "COMBINE"]
 
 
 class Field:
     """One declared counter or gauge (the class attribute, until the class is made)."""
 
-    __slots__ = ("name", "help", "kind", "by", "metric", "labels", "read", "buckets")
+    __slots__ = ("name", "help", "kind", "by", "metric", "labels", "read", "buckets", "combine")
 
     def __init__(self, help: str, kind: str, *, by: str | None = None, metric: str | None = None,
-                 labels: dict | None = None, read: Callable | None = None, buckets: tuple = ()):
+                 labels: dict | None = None, read: Callable | None = None, buckets: tuple = (),
+                 combine: str = "sum"):
         self.name = ""                       # set by the class that declares it
         self.help = help
         self.kind = kind                     # "counter", "gauge" or "histogram"
@@ -46,6 +48,7 @@ class Field:
         self.labels = dict(labels or {})
         self.read = read
         self.buckets = tuple(buckets)        # a histogram's upper bounds, ascending
+        self.combine = combine               # how the values of several workers make one: COMBINE
 
     def __repr__(self):
         return f"<{self.kind} {self.name}>"
@@ -57,10 +60,19 @@ def counter(help: str, *, by: str | None = None, metric: str | None = None,
     return Field(help, "counter", by=by, metric=metric, labels=labels, read=read)
 
 
+#: how a gauge's values in several worker processes make the sensor's: their
+#: sum (what each counts of its own hosts), the largest (the same value in
+#: every worker, an age, the fullest ring) or the smallest (1 while all are up)
+COMBINE = ("sum", "max", "min")
+
+
 def gauge(help: str, *, metric: str | None = None, labels: dict | None = None,
-          read: Callable | None = None) -> Field:
-    """A value that goes up and down (``read`` it, or set it)."""
-    return Field(help, "gauge", metric=metric, labels=labels, read=read)
+          read: Callable | None = None, combine: str = "sum") -> Field:
+    """A value that goes up and down (``read`` it, or set it); ``combine``:
+    how several workers' values make one (``COMBINE``; counters are summed)."""
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+    return Field(help, "gauge", metric=metric, labels=labels, read=read, combine=combine)
 
 
 def histogram(help: str, buckets: tuple, *, metric: str | None = None, labels: dict | None = None) -> Field:

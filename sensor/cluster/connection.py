@@ -80,7 +80,7 @@ class LinkCounters(Counters):
     """``owner``: the Link."""
 
     METRIC_PREFIX = "cluster_"
-    up = gauge("1 while Redis answers, 0 during an outage", read=lambda link: int(link.up))
+    up = gauge("1 while Redis answers, 0 during an outage", read=lambda link: int(link.up), combine="min")
     outages = counter("times Redis became unreachable")
     failures = counter("Redis commands or pipelines that failed (unreachable, timed out)")
     outage_seconds = counter("seconds Redis was unreachable (ended outages)")

@@ -61,7 +61,7 @@ class HoldCounters(Counters):
 
     METRIC_PREFIX = "hold_"
     max_ms = gauge("milliseconds after which the kernel lets a held segment pass by itself",
-                   read=lambda hold: hold.hold_max_ns // 1_000_000)
+                   read=lambda hold: hold.hold_max_ns // 1_000_000, combine="max")
     pending = gauge("flows with a held segment waiting for its release", read=lambda hold: len(hold.pending))
 
     held_events = counter("held segments read from the event ring (first copies and retransmissions)")

@@ -58,7 +58,7 @@ class FeedCounters(Counters):
     ring_callback_errors = counter("event ring records the read callback failed to copy",
                                    read=lambda feed: feed.reader.callback_errors)
     ring_fill = gauge("share of the event ring holding records not yet read (0..1)", metric="ring_fill_ratio",
-                      read=lambda feed: round(feed.reader.fill, 6))
+                      read=lambda feed: round(feed.reader.fill, 6), combine="max")
     discarded = counter("events read at shutdown and left undissected: the stop deadline came first")
 
 

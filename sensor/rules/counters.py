@@ -24,11 +24,11 @@ class RuleSetCounters(Counters):
 
     METRIC_PREFIX = "rule_"
     reload_errors = counter("rule files or settings that failed to load")
-    rules_loaded = gauge("rules loaded", metric="rules_loaded", read=lambda rs: len(rs.rules))
+    rules_loaded = gauge("rules loaded", metric="rules_loaded", read=lambda rs: len(rs.rules), combine="max")
     files_in_error = gauge("rule files (or rules.toml) whose last change did not load",
-                           read=lambda rs: len(rs.errors))
+                           read=lambda rs: len(rs.errors), combine="max")
     rules_disabled = gauge("rules loaded but disabled for calls over budget", metric="rules_disabled",
-                           read=lambda rs: sum(1 for r in rs.rules if r.disabled is not None))
+                           read=lambda rs: sum(1 for r in rs.rules if r.disabled is not None), combine="max")
 
 
 class RuleCounters(Counters):

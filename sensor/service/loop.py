@@ -92,7 +92,7 @@ class SensorCounters(Counters):
     """The sensor's own (``owner``: the Sensor)."""
 
     uptime = gauge("seconds since the sensor started its loop", metric="uptime_seconds",
-                   read=lambda s: round(time.monotonic() - s.started, 3) if s.started else 0.0)
+                   read=lambda s: round(time.monotonic() - s.started, 3) if s.started else 0.0, combine="max")
     active_flows = gauge("SMTP flows followed now",
                          read=lambda s: len(s.pipeline.sessions) if s.pipeline is not None else 0)
     log_reopens = counter("log and record files reopened (SIGUSR1)")
@@ -118,6 +118,19 @@ KernelCounters = type(Counters)("KernelCounters", (Counters,), {
     **{c.name.lower(): _kernel_field(c) for c in abi.Counter},
     "seen": counter("packets the kernel's program saw (the verdicts' sum)", metric="kernel_seen_packets"),
 })
+
+
+def kernel_groups(dp):
+    """The kernel's counters, read from the maps of a loaded datapath ``dp``
+    (none before it is loaded)."""
+    if dp is None or dp.bpf is None:
+        return
+    # the metrics only: counting the bans walks the tries, not for every stats line
+    yield Group(None, KernelMapCounters(dp.maps))
+    for direction, values in dp.maps.counters().items():
+        yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
+    from sensor.service.interfaces import interface_groups
+    yield from interface_groups(dp)
 
 
 def reopen_files(log, outputs) -> None:
@@ -535,6 +548,19 @@ class Sensor:
     # ------------------------------------------------------------ queries
     def counter_groups(self):
         """Every counter of the sensor, for ``counters()``, ``status()`` and the metrics."""
+        yield from self.work_groups()
+        if self.outputs is not None:
+            yield Group(("outputs",), self.outputs.counters)
+        if self.control is not None:
+            yield Group(("control",), self.control.counters)
+        if self.metrics is not None:
+            yield Group(("metrics_endpoint",), self.metrics.collector.counters)
+        yield from kernel_groups(self.datapath)
+
+    def work_groups(self):
+        """The counters of this process's work on its ring (a worker's share of
+        the metrics: sensor.service.workermetrics): the kernel's, the outputs',
+        the sockets' left out."""
         yield Group((), self.own_counters)
         if self.feed is not None:
             yield Group((), self.feed.counters)
@@ -545,22 +571,8 @@ class Sensor:
             timed = getattr(self.enforcer, "counters", None)       # the kernel's enforcer times its verdicts
             if timed is not None:
                 yield Group(("verdicts",), timed)
-        if self.outputs is not None:
-            yield Group(("outputs",), self.outputs.counters)
-        if self.control is not None:
-            yield Group(("control",), self.control.counters)
         if self._snapshots is not None:
             yield Group(("snapshots",), self._snapshots.counters)
-        if self.metrics is not None:
-            yield Group(("metrics_endpoint",), self.metrics.collector.counters)
-        dp = self.datapath
-        if dp is not None and dp.bpf is not None:
-            # the metrics only: counting the bans walks the tries, not for every stats line
-            yield Group(None, KernelMapCounters(dp.maps))
-            for direction, values in dp.maps.counters().items():
-                yield Group(("counters", direction), KernelCounters().update(values), (("direction", direction),))
-            from sensor.service.interfaces import interface_groups
-            yield from interface_groups(dp)
 
     def counters(self) -> dict:
         return as_tree(self.counter_groups())

@@ -79,5 +79,8 @@ def merge_reload(answers: dict[int, dict]) -> dict:
     errors = {}
     for answer in answers.values():
         errors.update(answer.get("errors", {}))
-    return {"changed": any(a.get("changed") for a in answers.values()), "rules": first.get("rules", []),
-            "errors": errors, "workers": len(answers)}
+    out = {"changed": any(a.get("changed") for a in answers.values()), "rules": first.get("rules", []),
+           "errors": errors, "workers": len(answers)}
+    if "config_changed" in first:
+        out["config_changed"] = first["config_changed"]
+    return out

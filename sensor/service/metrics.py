@@ -18,11 +18,12 @@ never an address (a per-IP label would grow without bound).
 from __future__ import annotations
 
 import ipaddress
+from typing import NamedTuple
 
 from sensor.counters import Counters, counter
 from sensor.errors import SensorError
 
-__all__ = ["parse_address", "MetricsServer", "SensorCollector", "families", "PREFIX"]
+__all__ = ["parse_address", "MetricsServer", "SensorCollector", "Sample", "samples", "families", "families_of", "PREFIX"]
 
 PREFIX = "smtp_sensor_"
 _RETRIES = 5
@@ -84,6 +85,10 @@ class SensorCollector:
         self.sensor = sensor
         self.counters = ScrapeCounters()
 
+    def read(self) -> list:
+        """The samples of one scrape (a supervisor's collector adds its workers')."""
+        return samples(self.sensor.counter_groups())
+
     def describe(self):
         return []          # not known before the first collect; no checks at registration
 
@@ -92,7 +97,7 @@ class SensorCollector:
         self.counters.scrapes += 1
         for attempt in range(_RETRIES):
             try:
-                found = families(self.sensor.counter_groups(), core)
+                found = families_of(self.read(), core)
                 break
             except RuntimeError:
                 # the loop changed a dict we were reading (a rule reload, a new
@@ -108,40 +113,78 @@ _FAMILIES = {"counter": lambda core: core.CounterMetricFamily,
              "histogram": lambda core: core.HistogramMetricFamily}
 
 
-def families(groups, core) -> list:
-    """The Prometheus families of ``groups`` (``sensor.counters.Group``s), one
-    per metric name: counters of several groups with the same metric name
-    (``bans{by=...}``, the kernel's per direction) are samples of one family."""
-    out: dict = {}
+class Sample(NamedTuple):
+    """One sample of a metric, in a form that crosses a control socket
+    (msgpack: a list): a worker's reply to ``metrics``
+    (sensor.service.workermetrics).  ``value``: a number, or for a histogram
+    ``{"buckets": [[le, cumulative count], ...], "sum": s}``."""
+
+    name: str                   #: the full metric name (``PREFIX`` + the field's)
+    kind: str                   #: counter, gauge or histogram
+    help: str
+    label_names: tuple
+    label_values: tuple
+    value: object
+    combine: str = "sum"        #: a gauge's, across workers (sensor.counters.COMBINE)
+
+
+def samples(groups) -> list:
+    """The ``Sample``s of ``groups`` (``sensor.counters.Group``s): counters of
+    several groups with the same metric name (``bans{by=...}``, the kernel's
+    per direction) are samples of one name."""
+    out = []
     for group in groups:
         metric_name = type(group.counters).metric_name
         for field, value in group.counters.readings():
             name = PREFIX + metric_name(field)
             labels = dict(group.labels)
             labels.update(field.labels)
-            family = out.get(name)
-            if family is None:
-                make = _FAMILIES[field.kind](core)
-                family = out[name] = make(name, field.help, labels=[*labels, *([field.by] if field.by else [])])
-            values = list(labels.values())
+            names, values = tuple(labels), tuple(labels.values())
             if field.kind == "histogram":
-                family.add_metric(values, value.cumulative(), value.sum)
+                out.append(Sample(name, field.kind, field.help, names, values,
+                                  {"buckets": value.cumulative(), "sum": value.sum}))
+            elif field.by and not value:     # the family is there before its first label value
+                out.append(Sample(name, field.kind, field.help, (*names, field.by), values, None))
             elif field.by:
                 for key, count in sorted(value.items()):
-                    family.add_metric([*values, str(key)], count)
+                    out.append(Sample(name, field.kind, field.help, (*names, field.by), (*values, str(key)), count))
             else:
-                family.add_metric(values, value)
+                out.append(Sample(name, field.kind, field.help, names, values, value, field.combine))
+    return out
+
+
+def families_of(found, core) -> list:
+    """The Prometheus families of ``Sample``s, one per metric name (the first
+    sample of a name gives its help and label names)."""
+    out: dict = {}
+    for sample in found:
+        family = out.get(sample.name)
+        if family is None:
+            make = _FAMILIES[sample.kind](core)
+            family = out[sample.name] = make(sample.name, sample.help, labels=list(sample.label_names))
+        if sample.value is None:
+            continue
+        if sample.kind == "histogram":
+            family.add_metric(list(sample.label_values), [tuple(b) for b in sample.value["buckets"]],
+                              sample.value["sum"])
+        else:
+            family.add_metric(list(sample.label_values), sample.value)
     return list(out.values())
+
+
+def families(groups, core) -> list:
+    """The Prometheus families of ``groups``, one per metric name."""
+    return families_of(samples(groups), core)
 
 
 class MetricsServer:
     """The HTTP endpoint, in a daemon thread; ``close()`` stops it."""
 
-    def __init__(self, address: str, sensor):
+    def __init__(self, address: str, sensor, collector: type = SensorCollector):
         prometheus_client, _ = _import()
         host, port = parse_address(address)
         self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
-        self.collector = SensorCollector(sensor)
+        self.collector = collector(sensor)
         self.registry.register(self.collector)
         prometheus_client.ProcessCollector(registry=self.registry)
         try:

@@ -40,7 +40,7 @@ _SPAM_LIVE = ("threshold", "percent", "check_interval", "reject_codes", "local_m
 _RULES_LIVE = ("budget_ms", "max_budget_ms", "import_ms", "strikes", "strike_window", "memory_mb",
                "watchdog_s")
 #: the keys a reload applies to the running sensor (dotted: table.key)
-LIVE = frozenset({"sensor.ports", "sensor.snapshot_interval", "sensor.stop_timeout",
+LIVE = frozenset({"sensor.ports", "sensor.snapshot_interval", "sensor.stop_timeout", "enforce.hold_max_ms",
                   *(f"spam_stats.{k}" for k in _SPAM_LIVE),
                   *(f"limits.rules.{k}" for k in _RULES_LIVE)})
 #: where records go: the outputs' hook decides (sensor.outputs, ``[[output]]``)
@@ -146,6 +146,8 @@ def apply_reload(sensor, plan: ReloadPlan) -> None:
         sensor.reload_outputs(plan.running, new)
     if "sensor.ports" in plan.changed:
         _set_ports(sensor, new.sensor.ports)
+    if "enforce.hold_max_ms" in plan.changed:
+        _set_hold_max_ms(sensor, new.enforce.hold_max_ms)
     if plan.touches("spam_stats") and sensor.reject_stats is not None:
         sensor.reject_stats.reconfigure(new.spam_stats)
         sensor.actor.config = new.spam_stats
@@ -174,3 +176,16 @@ def _set_ports(sensor, ports) -> None:
     enforcer = sensor.enforcer
     if enforcer is not None:
         enforcer.verdicts.ports = frozenset(ports)
+
+
+def _set_hold_max_ms(sensor, ms: int) -> None:
+    """The kernel's release timeout of a held segment (its config map: every
+    worker writes the same value) and the userland's view of it (late releases)."""
+    dp = sensor.datapath
+    if dp is not None and dp.maps is not None:
+        cfg = dp.config
+        cfg.hold_max_ms = ms
+        dp.maps.set_config(push=cfg.push, enforce=cfg.enforce, snaplen=cfg.snaplen, hold=cfg.hold, hold_max_ms=ms)
+    hold = sensor.feed.hold if sensor.feed is not None else None
+    if hold is not None:
+        hold.hold_max_ns = ms * 1_000_000

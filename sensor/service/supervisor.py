@@ -15,6 +15,10 @@ and one supervisor, which
   ban of one address goes to the worker of that address (its flows are
   there), a ban of a wider prefix to every worker (the kernel's ban map is
   one, shared: any worker's enforcement writes it);
+- serves the Prometheus endpoint (``--metrics``): the kernel's counters
+  read once, the workers' asked and combined (sensor.service.workermetrics);
+- reloads the configuration: the outputs are its own (opened first, swapped
+  between two relayed records), the rest each worker applies;
 - restarts a worker that dies (counted, logged): the new one reads the same
   ring and picks the flows up mid-stream. One that keeps dying (``RESTARTS_MAX``
   deaths in ``RESTART_WINDOW`` seconds) stops the sensor: detached, the
@@ -52,7 +56,9 @@ from sensor.errors import SensorError
 from sensor.service import merge
 from sensor.service.control import BadArgument, ControlServer, check_prefix
 from sensor.service.fanout import WorkerUnanswered, ask_all
+from sensor.service.metrics import SensorCollector, samples
 from sensor.service.relay import RecordLines, RecordRelay, widen
+from sensor.service.workermetrics import WorkerMetrics
 
 __all__ = ["Supervisor", "RESTARTS_MAX", "RESTART_WINDOW"]
 
@@ -62,6 +68,8 @@ RESTARTS_MAX, RESTART_WINDOW = 5, 60.0
 STOP_GRACE = 10.0
 #: seconds the supervisor waits for the workers' answers to one control request
 ASK_TIMEOUT = 5.0
+#: seconds a scrape waits for the workers' counters (Prometheus's own scrape timeout is 10 s)
+SCRAPE_TIMEOUT = 2.0
 
 
 class SupervisorCounters(Counters):
@@ -110,6 +118,8 @@ class Supervisor:
         self._last_flush = 0.0
         self._sockets = None            # the folder of the workers' control sockets
         self._stack = None
+        self.metrics = None             # the Prometheus endpoint (sensor.service.metrics), with --metrics
+        self.worker_metrics = WorkerMetrics()
 
     # ------------------------------------------------------------ life
     def run(self) -> int:
@@ -128,11 +138,12 @@ class Supervisor:
         cfg, opt = self.config.sensor, self.options
         if not cfg.interfaces:
             raise SensorError("no interface given: use -i IFACE or [sensor] interfaces in the config")
-        if opt.metrics:
-            raise SensorError("the Prometheus endpoint (--metrics) is served by a single-process sensor only: "
-                              "use --workers 1 with it")
         stack = contextlib.ExitStack()
         try:
+            if opt.metrics:                             # first: a port in use fails before any loading
+                from sensor.service.metrics import MetricsServer
+                self.metrics = MetricsServer(opt.metrics, self, collector=SupervisorCollector)
+                stack.callback(self._close_metrics)
             self._open_output()
             stack.callback(self._close_output)
             self._sockets = tempfile.mkdtemp(prefix="smtp-sensor-workers-")
@@ -157,7 +168,8 @@ class Supervisor:
         self._stack = stack
         self.started = time.monotonic()
         self.log.info("supervising", workers=self.worker_count, pids=[p.pid for p in self.procs],
-                      interfaces=list(cfg.interfaces), ports=list(cfg.ports), control_socket=opt.control_socket)
+                      interfaces=list(cfg.interfaces), ports=list(cfg.ports), control_socket=opt.control_socket,
+                      **({"metrics": self.metrics.url} if self.metrics is not None else {}))
         return self
 
     def step(self, timeout: float = 0.02) -> None:
@@ -167,8 +179,9 @@ class Supervisor:
         if self.control is not None:
             self.control.serve_pending()
         if self.reload_requested:
+            why = self.reload_requested if isinstance(self.reload_requested, str) else "SIGHUP"
             self.reload_requested = False
-            self._signal_workers(signal.SIGHUP)
+            self.reload(why)
         if self.reopen_requested:
             self.reopen_files()
         now = time.monotonic()
@@ -301,6 +314,11 @@ class Supervisor:
             self.outputs.close()
         self._out = None
 
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
     def _close_control(self) -> None:
         if self.control is not None:
             self.control.close()
@@ -313,6 +331,58 @@ class Supervisor:
         self.reopen_requested = False
         reopen_files(self.log, self.outputs)
         self._signal_workers(signal.SIGUSR1)
+
+    # ------------------------------------------------------------ reload
+    def reload(self, why: str) -> dict:
+        """SIGHUP or the control socket: the configuration read again and
+        planned as a single sensor plans it (sensor.service.reload).  The
+        outputs are the supervisor's: changed ones are opened first (one that
+        cannot be refuses the reload), swapped in between two records of the
+        relay (``Outputs.take_over``: what the pipes hold goes to the new
+        ones, nothing is lost), the old ones closed; then each worker applies
+        the rest.  A refusal (one line) leaves every configuration as it was
+        and the workers re-read their rules only.  Returns ``config_error``
+        and ``workers``, the workers' merged answer."""
+        from sensor.config import load
+        from sensor.outputs import Outputs
+        from sensor.service.reload import OUTPUT_KEYS, plan_reload
+
+        loader = self.options.load_config
+        if loader is None and self.config.source is not None:
+            loader = lambda: load(self.config.source)          # noqa: E731
+        error = plan = None
+        if loader is not None:
+            try:
+                plan = plan_reload(self.config, loader(), outputs_live=True)
+            except SensorError as exc:
+                error = f"configuration not reloaded: {exc}"
+            else:
+                error = plan.refusal
+        if error is None and plan is not None and any(k in OUTPUT_KEYS for k in plan.changed):
+            try:
+                opened = Outputs.for_live(plan.new)
+            except SensorError as exc:
+                error = f"configuration not reloaded: {exc}; the running configuration stays"
+            else:
+                self.relay.pump(0)
+                self.outputs.take_over(opened)
+        if error is not None:
+            self.log.error(error, reason=why)
+            return {"config_error": error, "workers": merge.merge_reload(self.ask("reload_rules", why=why) or {0: {}})}
+        if plan is not None:
+            self._apply_own(plan)
+        return {"config_error": None, "workers": merge.merge_reload(self.ask("reload", why=why))}
+
+    def _apply_own(self, plan) -> None:
+        """The supervisor's share of a reload: the configuration a restarted
+        worker starts from, the datapath's view of the kernel's settings."""
+        dp = self.datapath
+        if dp is not None:
+            dp.config.ports = tuple(plan.new.sensor.ports)
+            dp.config.hold_max_ms = plan.new.enforce.hold_max_ms
+        self.config = plan.new
+        if plan.changed:
+            self.log.info("configuration reloaded", changed=list(plan.changed))
 
     # ------------------------------------------------------------ asking the workers
     def ask(self, cmd: str, workers=None, **args) -> dict:
@@ -350,6 +420,32 @@ class Supervisor:
             found["outputs"] = self.outputs.counters.as_dict()
         return found
 
+    def counter_groups(self):
+        """The supervisor's own counters and the kernel's, for the metrics (the
+        workers' are theirs: ``metric_samples``)."""
+        from sensor.counters import Group
+        from sensor.service.loop import kernel_groups
+
+        yield Group((), self.own_counters)
+        if self.outputs is not None:
+            yield Group(("outputs",), self.outputs.counters)
+        if self.control is not None:
+            yield Group(("control",), self.control.counters)
+        if self.metrics is not None:
+            yield Group(("metrics_endpoint",), self.metrics.collector.counters)
+        yield from kernel_groups(self.datapath)
+
+    def metric_samples(self) -> list:
+        """One scrape: the supervisor's counters and the kernel's, and every
+        worker's, asked over their sockets and combined
+        (sensor.service.workermetrics).  Runs in the endpoint's thread: the
+        loop goes on relaying records meanwhile."""
+        targets = range(self.worker_count)
+        replies = ask_all({w: self.worker_socket(w) for w in targets}, {w: {"cmd": "metrics"} for w in targets},
+                          timeout=SCRAPE_TIMEOUT)
+        answers = {w: r["result"] for w, r in replies.items() if isinstance(r, dict) and r.get("ok")}
+        return samples(self.counter_groups()) + self.worker_metrics.combine(answers, self.worker_count)
+
     def status(self) -> dict:
         answers = self.ask("status")
         kernel = {}
@@ -367,6 +463,13 @@ class Supervisor:
         return {**summed, "pid": os.getpid(), "counters": kernel, "workers": rows,
                 "uptime": round(time.monotonic() - self.started, 3) if self.started else 0.0,
                 **self.counters()}
+
+
+class SupervisorCollector(SensorCollector):
+    """The supervisor's scrapes: its counters, the kernel's and its workers'."""
+
+    def read(self) -> list:
+        return self.sensor.metric_samples()
 
 
 class SupervisorControl(ControlServer):
@@ -415,7 +518,10 @@ class SupervisorControl(ControlServer):
         return answer[first]
 
     def cmd_reload(self) -> dict:
-        return merge.merge_reload(self.sensor.ask("reload"))
+        result = self.sensor.reload("control socket")
+        if result["config_error"]:
+            raise SensorError(result["config_error"])
+        return result["workers"]
 
     def cmd_stop(self) -> dict:
         self.sensor.request_stop()

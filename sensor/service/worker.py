@@ -7,8 +7,9 @@ Runs in a child forked by the supervisor, after the programs are loaded
 and attached: it never loads, attaches or detaches them. It stops on
 SIGTERM (the supervisor's, or the kernel's when the supervisor dies:
 PR_SET_PDEATHSIG), ignores SIGINT (a terminal's ^C reaches the whole group;
-the supervisor decides the order), reloads its rules on SIGHUP and reopens
-its log on SIGUSR1, as the single-process sensor does.
+the supervisor decides the order), reloads when the supervisor asks (``reload``,
+``reload_rules``) and reopens its log on SIGUSR1, as the single-process
+sensor does.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import structlog
 
 from sensor.errors import SensorError
 from sensor.service.control import ControlServer, check_prefix, check_ttl
+from sensor.service.loop import Sensor
 
-__all__ = ["WorkerControl", "worker_config", "worker_seed", "run_worker"]
+__all__ = ["WorkerControl", "WorkerSensor", "worker_config", "worker_seed", "run_worker"]
 
 PR_SET_PDEATHSIG = 1
 
@@ -35,7 +37,8 @@ class WorkerControl(ControlServer):
     """A worker's control socket: the usual commands, and the parts of a
     ban the supervisor spreads over every worker (a prefix holds hosts of
     several): ``ban_local``/``unban_local`` change this worker's verdicts and
-    tear its flows down, without a record (one worker writes it)."""
+    tear its flows down, without a record (one worker writes it); ``metrics``
+    its counters for the supervisor's Prometheus endpoint."""
 
     def cmd_ban_local(self, prefix: str, ttl: float | None = None, reason: str | None = None) -> dict:
         import time
@@ -49,6 +52,42 @@ class WorkerControl(ControlServer):
         network = check_prefix(prefix)
         self.sensor.enforcer.unban(network)
         return {"unbanned": network}
+
+    def cmd_reload(self, why: str = "control socket") -> dict:
+        """The configuration and the rules, as the supervisor's reload asks
+        (``why``: SIGHUP or its control socket, for the log line); the outputs
+        are the supervisor's, already swapped when they changed."""
+        self.sensor.reload_requested = why
+        return super().cmd_reload()
+
+    def cmd_reload_rules(self, why: str = "control socket") -> dict:
+        """The rules alone: the supervisor refused the configuration, this
+        worker keeps its own."""
+        sensor = self.sensor
+        if sensor.engine is None:
+            return {}
+        sensor.reload_requested = why
+        changed = sensor.reload_rules(force=True)
+        rs = sensor.engine.ruleset
+        return {"changed": changed, "rules": [r.id for r in rs.rules],
+                "errors": {str(k): v for k, v in rs.errors.items()}}
+
+    def cmd_metrics(self) -> dict:
+        """This worker's share of a scrape (sensor.service.workermetrics): its
+        pid and the samples of its work's counters."""
+        from sensor.service.metrics import samples
+        return {"pid": os.getpid(), "samples": [list(s) for s in samples(self.sensor.work_groups())]}
+
+
+class WorkerSensor(Sensor):
+    """A worker's sensor: its records go to the supervisor, whose outputs
+    they are; a reload that changes them is the supervisor's to apply (it
+    opened and swapped them before asking the workers), here nothing to do."""
+
+    OUTPUTS_RELOAD = True
+
+    def reload_outputs(self, old, new) -> None:
+        pass
 
 
 def worker_state_file(path: Path | None, worker: int) -> Path | None:
@@ -75,7 +114,6 @@ def worker_seed(seed, worker: int):
 def run_worker(config, options, datapath, worker: int, pipe_fd: int) -> int:
     """The worker's life: a Sensor on ring ``worker`` until SIGTERM. Returns the exit status."""
     from sensor.records.sinks import JsonLinesSink
-    from sensor.service.loop import Sensor
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -86,8 +124,9 @@ def run_worker(config, options, datapath, worker: int, pipe_fd: int) -> int:
     load_config = options.load_config
     if load_config is not None:     # a reload compares like with like: the worker's own view
         options = replace(options, load_config=lambda: worker_config(load_config(), worker))
-    sensor = Sensor(worker_config(config, worker), replace(options, uid_seed=worker_seed(options.uid_seed, worker)),
-                    logger=log, sink=JsonLinesSink(out), datapath=datapath, worker=worker)
+    sensor = WorkerSensor(worker_config(config, worker),
+                          replace(options, uid_seed=worker_seed(options.uid_seed, worker)),
+                          logger=log, sink=JsonLinesSink(out), datapath=datapath, worker=worker)
     sensor.control_class = WorkerControl
 
     def on_stop(signum, frame):

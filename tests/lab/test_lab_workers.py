@@ -255,3 +255,68 @@ def test_each_worker_reloads_the_rules_and_keeps_its_own_hosts_statistics(lab, t
         assert by_worker == {c: worker_of(c) for c in CLIENTS[:4]}
     finally:
         again.stop()
+
+
+def test_metrics_sum_the_workers_and_an_eve_output_added_on_reload_gets_every_later_record(
+        lab, test_pin_root, tmp_path):
+    """``--workers 2 --metrics``: the scrape's userland counters are the sums
+    of the workers' status, the kernel's read once, with the names a single
+    process exports; a reload adding an ``[[output]]`` (EVE) swaps the
+    supervisor's outputs: every session after it is in the new file, none of
+    those before it, none lost."""
+    import json
+
+    import urllib.request
+
+    from support.prereqs import require_module
+
+    def scrape(url):
+        from prometheus_client.parser import text_string_to_metric_families
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    require_module("prometheus_client")
+    config = tmp_path / "sensor.toml"
+    config.write_text("[sensor]\nports = [25]\n")
+    eve = tmp_path / "eve.json"
+    proc = SensorProcess(lab, tmp_path / "records.json", test_pin_root / "workers-metrics" / f"v{abi.ABI_VERSION}",
+                         tmp_path / "control.sock", "--config", str(config), "--metrics", "127.0.0.1:0",
+                         workers=WORKERS)
+    try:
+        started = proc.wait_log(lambda e: e.get("event") == "supervising", timeout=90)
+        for worker in range(WORKERS):
+            proc.wait_log(lambda e, w=worker: e.get("event") == "running" and e.get("worker") == w, timeout=60)
+        before = {f"m-before-{i}": c for i, c in enumerate(CLIENTS)}
+        for tag, client in before.items():
+            session(lab, client, tag)
+        wait_recorded(proc, before)
+        time.sleep(0.5)
+        got = scrape(started["metrics"])
+        status = proc.cli("status")
+        rows = status["workers"]
+        assert got[("smtp_sensor_workers_up", ())] == WORKERS
+        assert got[("smtp_sensor_events_total", ())] == sum(r["events"] for r in rows) > 0
+        assert got[("smtp_sensor_transactions_total", ())] == sum(r["pipeline"]["transactions"] for r in rows)
+        assert got[("smtp_sensor_kernel_seen_packets_total", (("direction", "ingress"),))] > 0
+        assert got[("smtp_sensor_verdict_to_kernel_seconds_count", (("since", "event"),))] >= 0
+        assert ("smtp_sensor_ring_fill_ratio", ()) in got and ("smtp_sensor_uptime_seconds", ()) in got
+
+        config.write_text(f'[sensor]\nports = [25]\n\n[[output]]\ntype = "eve"\npath = "{eve}"\n')
+        result = proc.cli("reload")
+        assert result["config_changed"] == ["outputs"] and result["workers"] == WORKERS, result
+        after = {f"m-after-{i}": c for i, c in enumerate(CLIENTS)}
+        for tag, client in after.items():
+            session(lab, client, tag)
+        found = wait_recorded(proc, after)
+        assert {t: len(r) for t, r in found.items()} == {t: 1 for t in after}, proc.describe()
+        deadline = time.monotonic() + 10
+        while True:
+            senders = [e.get("smtp", {}).get("mail_from", "") for e in map(json.loads, eve.read_text().splitlines())
+                       if e.get("event_type") == "smtp"] if eve.exists() else []
+            if len(senders) >= len(after) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(s.strip("<>") for s in senders) == sorted(f"{t}@example.org" for t in after)
+    finally:
+        assert proc.stop() == 0, proc.describe()

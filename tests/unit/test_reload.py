@@ -63,7 +63,7 @@ def test_changed_keys_are_dotted_and_walk_the_nested_tables():
     ("sensor", {"output": "/var/log/x.json"}, "[sensor] output"),
     ("spam_stats", {"window": "sliding"}, "[spam_stats] window"),
     ("spam_stats", {"period": 60.0}, "[spam_stats] period"),
-    ("enforce", {"hold_max_ms": 200}, "[enforce] hold_max_ms"),
+    ("enforce", {"hold": "off"}, "[enforce] hold"),
     ("stream", {"overlap_policy": "bsd"}, "[stream] overlap_policy"),
 ])
 def test_a_key_that_needs_a_restart_refuses_the_whole_reload_naming_it(table, values, key):
@@ -142,3 +142,26 @@ def test_without_a_file_or_a_loader_a_reload_rereads_the_rules_only():
     result = sensor.reload()
     assert result == {"config_changed": [], "config_error": None, "rules_changed": result["rules_changed"]}
     assert SpamStatsConfig() == sensor.reject_stats.config
+
+
+def test_hold_max_ms_is_live_and_written_to_the_kernel_and_the_hold():
+    """A value of the kernel's config map: rewritten with the other settings
+    kept, and the commit hold's view of it (late releases) follows."""
+    from types import SimpleNamespace
+
+    from sensor.service.reload import apply_reload, plan_reload
+
+    old = Config()
+    new = dataclasses.replace(old, enforce=dataclasses.replace(old.enforce, hold_max_ms=900))
+    plan = plan_reload(old, new)
+    assert plan.refusal is None and plan.changed == ("enforce.hold_max_ms",)
+    written = []
+    maps = SimpleNamespace(set_config=lambda **kw: written.append(kw))
+    dp = SimpleNamespace(maps=maps, config=SimpleNamespace(push=True, enforce=True, snaplen=0, hold=True,
+                                                           hold_max_ms=400))
+    hold = SimpleNamespace(hold_max_ns=400_000_000)
+    sensor = SimpleNamespace(datapath=dp, feed=SimpleNamespace(hold=hold), reject_stats=None, engine=None,
+                             config=old)
+    apply_reload(sensor, plan)
+    assert written == [dict(push=True, enforce=True, snaplen=0, hold=True, hold_max_ms=900)]
+    assert (dp.config.hold_max_ms, hold.hold_max_ns, sensor.config) == (900, 900_000_000, new)

@@ -113,3 +113,54 @@ def test_every_worker_is_asked_at_once_and_one_that_is_gone_is_named(tmp_path):
     assert replies[0] == {"ok": True, "result": {"events": 10}}
     assert replies[1] == {"ok": True, "result": {"events": 11}}
     assert isinstance(replies[2], WorkerUnanswered) and "worker 2" in str(replies[2])
+
+
+def _sample(name, kind, value, labels=(), combine="sum"):
+    from sensor.service.metrics import Sample
+    names = tuple(k for k, _ in labels)
+    return list(Sample("smtp_sensor_" + name, kind, "help", names, tuple(v for _, v in labels), value, combine))
+
+
+def _hist(counts, total):
+    return {"buckets": [["0.001", counts[0]], ["+Inf", counts[1]]], "sum": total}
+
+
+def _combined(wm, answers, workers=2):
+    return {(s.name, tuple(s.label_values)): s.value for s in wm.combine(answers, workers)}
+
+
+def test_worker_metrics_are_summed_histograms_bucket_wise_gauges_as_declared():
+    from sensor.service.workermetrics import WorkerMetrics
+
+    def answer(pid, events, flows, rules, fill, hist):
+        return {"pid": pid, "samples": [
+            _sample("events_total", "counter", events), _sample("active_flows", "gauge", flows),
+            _sample("rules_loaded", "gauge", rules, combine="max"),
+            _sample("ring_fill_ratio", "gauge", fill, combine="max"),
+            _sample("verdict_to_kernel_seconds", "histogram", hist, (("since", "event"),))]}
+    got = _combined(WorkerMetrics(), {0: answer(10, 5, 2, 3, 0.1, _hist((1, 2), 0.5)),
+                                      1: answer(11, 7, 1, 3, 0.4, _hist((3, 3), 0.25))})
+    assert got[("smtp_sensor_events_total", ())] == 12
+    assert got[("smtp_sensor_active_flows", ())] == 3
+    assert got[("smtp_sensor_rules_loaded", ())] == 3
+    assert got[("smtp_sensor_ring_fill_ratio", ())] == 0.4
+    assert got[("smtp_sensor_verdict_to_kernel_seconds", ("event",))] == _hist((4, 5), 0.75)
+    assert got[("smtp_sensor_workers_up", ())] == 2
+    assert got[("smtp_sensor_worker_up", ("1",))] == 1
+
+
+def test_worker_counters_never_fall_when_a_worker_is_down_or_started_again():
+    """A sum that falls is a reset to Prometheus (rate() would jump)."""
+    from sensor.service.workermetrics import WorkerMetrics
+
+    def answer(pid, events, flows):
+        return {"pid": pid, "samples": [_sample("events_total", "counter", events),
+                                        _sample("active_flows", "gauge", flows)]}
+    wm = WorkerMetrics()
+    _combined(wm, {0: answer(10, 5, 2), 1: answer(11, 7, 1)})
+    down = _combined(wm, {0: answer(10, 6, 2)})                     # worker 1 does not answer
+    assert down[("smtp_sensor_events_total", ())] == 13             # its last counters
+    assert down[("smtp_sensor_active_flows", ())] == 2              # its gauges left out
+    assert (down[("smtp_sensor_workers_up", ())], down[("smtp_sensor_worker_up", ("1",))]) == (1, 0)
+    again = _combined(wm, {0: answer(10, 6, 2), 1: answer(12, 1, 0)})   # worker 1 started again
+    assert again[("smtp_sensor_events_total", ())] == 6 + 7 + 1
