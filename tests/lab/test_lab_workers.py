@@ -263,7 +263,8 @@ def test_metrics_sum_the_workers_and_an_eve_output_added_on_reload_gets_every_la
     of the workers' status, the kernel's read once, with the names a single
     process exports; a reload adding an ``[[output]]`` (EVE) swaps the
     supervisor's outputs: every session after it is in the new file, none of
-    those before it, none lost."""
+    those before it, none lost; a reload whose new output cannot be opened
+    is refused in one line and the outputs in place go on."""
     import json
 
     import urllib.request
@@ -318,5 +319,25 @@ def test_metrics_sum_the_workers_and_an_eve_output_added_on_reload_gets_every_la
                 break
             time.sleep(0.2)
         assert sorted(s.strip("<>") for s in senders) == sorted(f"{t}@example.org" for t in after)
+
+        # an output that cannot be opened (its folder is a file) refuses the
+        # whole reload in one line; the EVE output in place goes on
+        config.write_text(f'[sensor]\nports = [25]\n\n[[output]]\ntype = "eve"\npath = "{eve}"\n\n'
+                          f'[[output]]\ntype = "native"\npath = "{eve}/inside.json"\n')
+        refused = proc.cli_result("reload")
+        assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused
+        assert "Traceback" not in refused.stderr and "inside.json" in refused.stderr, refused.stderr
+        later = {f"m-refused-{i}": c for i, c in enumerate(CLIENTS)}
+        for tag, client in later.items():
+            session(lab, client, tag)
+        wait_recorded(proc, later)
+        deadline = time.monotonic() + 10
+        while True:
+            senders = [e.get("smtp", {}).get("mail_from", "") for e in map(json.loads, eve.read_text().splitlines())
+                       if e.get("event_type") == "smtp"]
+            if len(senders) >= len(after) + len(later) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(s.strip("<>") for s in senders) == sorted(f"{t}@example.org" for t in {**after, **later})
     finally:
         assert proc.stop() == 0, proc.describe()
