@@ -188,6 +188,32 @@ def _is_bpffs(path: Path) -> bool:
         return False
 
 
+def check_pin_dir(pin_dir: Path) -> None:
+    """The pin folder must be on a bpffs (the kernel pins there only): one
+    line before anything is created or compiled."""
+    where = _mount_of(pin_dir)
+    if where is not None and where[1] != "bpf":
+        raise SensorError(f"--pin-dir {pin_dir} is on {where[0]} ({where[1]}), not on a bpffs: "
+                          f"choose a folder under {BPF_FS}")
+
+
+def _mount_of(path: Path) -> tuple[str, str] | None:
+    """(mount point, file system type) of the mount that holds ``path`` (None: unknown)."""
+    target = str(path.resolve())
+    best = None
+    try:
+        with open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                point = fields[1].replace("\\040", " ")
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and (best is None or len(point) >= len(best[0])):
+                    best = (point, fields[2])
+    except OSError:
+        return None
+    return best
+
+
 def check_pins(pin_dir: Path) -> None:
     """Refuse pinned maps whose layout differs from ours: reusing them would
     make the kernel read keys and values of another shape."""
@@ -304,6 +330,7 @@ class Datapath:
         bcc = import_bcc()
         check_kernel_headers()
         ensure_bpffs()
+        check_pin_dir(self.config.pin_dir)
         self.config.pin_dir.mkdir(parents=True, exist_ok=True)
         check_pins(self.config.pin_dir)
         try:

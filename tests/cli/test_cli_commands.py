@@ -618,8 +618,9 @@ def test_unload_removes_the_maps(lab, sensor, pin_dir, tmp_path):
         second.stop()
 
 
-def test_metrics_with_several_workers_is_one_line_before_anything_is_loaded(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_pin_folder_not_on_a_bpffs_is_one_line_before_anything_is_loaded(tmp_path, workers):
     result = cli("run", "-i", "ssnope0", "--netns", "ss-no-such-ns", "--pin-dir", tmp_path / "pins",
-                 "--control-socket", tmp_path / "c.sock", "--metrics", "127.0.0.1:0", "--workers", "2")
-    one_line_error(result, 2, r"--metrics\) is served by a single-process sensor only: use --workers 1")
+                 "--control-socket", tmp_path / "c.sock", "--metrics", "127.0.0.1:0", "--workers", workers)
+    one_line_error(result, 2, r"--pin-dir .*pins is on .*, not on a bpffs: choose a folder under /sys/fs/bpf")
     assert not (tmp_path / "pins").exists()
