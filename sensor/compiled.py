@@ -34,6 +34,7 @@ __all__ = ["MODULES", "PURE_ENV", "HASHES_FILE", "forced_pure", "install", "reas
 MODULES = (
     "sensor.inputs.pcapfile",      # the record loop
     "sensor.inputs.replay",        # the replay loop
+    "sensor.inputs.split",         # replay --workers: the owner of every frame read
     "sensor.stream.packet",        # frame decode
     "sensor.stream.reassembly",    # Reassembler.feed, TcpFlow
     "sensor.pipeline",             # Pipeline.feed_frame

@@ -35,9 +35,14 @@ from struct import Struct
 from sensor import shard
 from sensor.stream import packet
 
+try:
+    import cython            # compiled (setup.py): the compiler's; else Cython's pure-Python shadow
+except ImportError:          # pure Python without Cython installed
+    from types import SimpleNamespace
+    cython = SimpleNamespace(compiled=False)
+
 __all__ = ["FrameOwners", "ShardFilter"]
 
-_eth_ip4_tcp = Struct("!12xH" "BxHxxHxBxx4s4s" "HH").unpack_from   # et, vihl, tot, frag, proto, src, dst, ports
 _ip4 = Struct("!BxxxHHxB2x4s4s").unpack_from          # vihl, id, frag, proto, src, dst
 _ip6 = Struct("!6xB").unpack_from                     # next header
 _ip6_addrs = Struct("!16s16s").unpack_from
@@ -51,6 +56,8 @@ _IP6_FRAG, _IP6_AH = 44, 51
 _DATAGRAMS = 65536
 #: client addresses whose worker is remembered (the hash is not recomputed per packet)
 _ADDRESSES = 1 << 18
+#: plain segments' address and port bytes whose owner is remembered (no header unpacked per packet)
+_ENDPOINTS = 1 << 18
 #: fragments held before their datagram's first; past it the oldest datagram's are let go
 HELD_FRAMES = 4096
 
@@ -66,16 +73,24 @@ class FrameOwners:
         #: ``feed(linktype, frame, wirelen, ts)``: the worker's pipeline (held fragments, let go)
         self.feed = feed
         self._by_client: dict[bytes, tuple] = {}
+        self._by_endpoints: dict[bytes, tuple] = {}     # frame[26:38] of a plain segment -> owner
         self._datagrams: dict[tuple, tuple] = {}
         self._held: dict[tuple, list] = {}        # datagram key -> [(ts, linktype, frame, wirelen)], oldest first
         self._held_frames = 0
         self._singles = tuple((w,) for w in range(workers))
 
     def owners(self, ts: float, linktype: int, frame, wirelen: int) -> tuple:
-        if linktype == 1 and len(frame) >= 38:
-            et, vihl, _tot, frag, proto, src, dst, sport, dport = _eth_ip4_tcp(frame, 0)
-            if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
-                return self._of(src, sport, dst, dport)
+        if linktype == 1 and _plain_ip4_tcp(frame):
+            # most frames: the owner is a function of the addresses and ports alone
+            endpoints = frame[26:38]
+            found = self._by_endpoints.get(endpoints)
+            if found is None:
+                if len(self._by_endpoints) >= _ENDPOINTS:
+                    self._by_endpoints.clear()
+                found = self._by_endpoints[endpoints] = self._of(
+                    endpoints[:4], (endpoints[8] << 8) | endpoints[9],
+                    endpoints[4:8], (endpoints[10] << 8) | endpoints[11])
+            return found
         self._frame = (ts, linktype, frame, wirelen)
         return self._general(linktype, frame)
 
@@ -199,6 +214,27 @@ class FrameOwners:
             feed = self.feed
             for ts, linktype, frame, wirelen in frames:
                 feed(linktype, frame, wirelen, ts)
+
+
+def _plain_ip4_tcp_bytes(frame) -> bool:
+    """Ethernet, IPv4 without options, TCP, not a fragment, the ports there:
+    by byte, nothing unpacked."""
+    return (len(frame) >= 38 and frame[12] == 0x08 and frame[13] == 0 and frame[14] == 0x45
+            and frame[23] == 6 and not frame[20] & 0x3F and not frame[21])
+
+
+def _plain_ip4_tcp_c(frame) -> bool:
+    """``_plain_ip4_tcp_bytes`` on the frame's C bytes, when this module is compiled."""
+    if type(frame) is not bytes:
+        return _plain_ip4_tcp_bytes(frame)
+    if len(frame) < 38:
+        return False
+    p = cython.declare(cython.p_uchar, frame)
+    return (p[12] == 0x08 and p[13] == 0 and p[14] == 0x45 and p[23] == 6
+            and not p[20] & 0x3F and not p[21])
+
+
+_plain_ip4_tcp = _plain_ip4_tcp_c if cython.compiled else _plain_ip4_tcp_bytes
 
 
 def _both(src: bytes, dst: bytes, workers: int) -> tuple:
