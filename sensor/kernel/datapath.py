@@ -181,11 +181,8 @@ def ensure_bpffs() -> None:
 
 
 def _is_bpffs(path: Path) -> bool:
-    try:
-        with open("/proc/self/mounts") as mounts:
-            return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
-    except OSError:
-        return False
+    """Whether a bpffs is mounted at ``path`` itself."""
+    return _mount_of(path) == (str(path.resolve()), "bpf")
 
 
 def check_pin_dir(pin_dir: Path) -> None:

@@ -133,6 +133,19 @@ def kernel_groups(dp):
     yield from interface_groups(dp)
 
 
+def service_groups(owner):
+    """The counters of what a sensor process serves (``owner``: a Sensor or
+    the Supervisor): its outputs, control socket and metrics endpoint, then
+    the kernel's."""
+    if owner.outputs is not None:
+        yield Group(("outputs",), owner.outputs.counters)
+    if owner.control is not None:
+        yield Group(("control",), owner.control.counters)
+    if owner.metrics is not None:
+        yield Group(("metrics_endpoint",), owner.metrics.collector.counters)
+    yield from kernel_groups(owner.datapath)
+
+
 def reopen_files(log, outputs) -> None:
     """SIGUSR1: the log and every output (``outputs``: sensor.outputs.Outputs
     or None) opened again at their paths, in one line saying which; one that
@@ -549,13 +562,7 @@ class Sensor:
     def counter_groups(self):
         """Every counter of the sensor, for ``counters()``, ``status()`` and the metrics."""
         yield from self.work_groups()
-        if self.outputs is not None:
-            yield Group(("outputs",), self.outputs.counters)
-        if self.control is not None:
-            yield Group(("control",), self.control.counters)
-        if self.metrics is not None:
-            yield Group(("metrics_endpoint",), self.metrics.collector.counters)
-        yield from kernel_groups(self.datapath)
+        yield from service_groups(self)
 
     def work_groups(self):
         """The counters of this process's work on its ring (a worker's share of

@@ -424,16 +424,10 @@ class Supervisor:
         """The supervisor's own counters and the kernel's, for the metrics (the
         workers' are theirs: ``metric_samples``)."""
         from sensor.counters import Group
-        from sensor.service.loop import kernel_groups
+        from sensor.service.loop import service_groups
 
         yield Group((), self.own_counters)
-        if self.outputs is not None:
-            yield Group(("outputs",), self.outputs.counters)
-        if self.control is not None:
-            yield Group(("control",), self.control.counters)
-        if self.metrics is not None:
-            yield Group(("metrics_endpoint",), self.metrics.collector.counters)
-        yield from kernel_groups(self.datapath)
+        yield from service_groups(self)
 
     def metric_samples(self) -> list:
         """One scrape: the supervisor's counters and the kernel's, and every
