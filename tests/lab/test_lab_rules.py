@@ -153,8 +153,9 @@ def banned_session(lab, sensor, sender: str, helo: str = "hand.lab.example", bef
     with hand_client(lab, helo) as client:
         if before_mail is not None:
             before_mail()
+        seen = sensor.record_mark()
         client.send(f"MAIL FROM:<{sender}>")
-        drop = sensor.wait_record(lambda r: r["event_type"] == "drop" and r["id.orig_p"] == client.port)
+        drop = sensor.wait_record(lambda r: r["event_type"] == "drop" and r["id.orig_p"] == client.port, after=seen)
         # the verdict is in the kernel now; MAIL's own reply may or may not have
         # beaten it (the sensor races the server): take it if it came
         client.reply(timeout=0.3)

@@ -94,10 +94,15 @@ class SensorProcess:
             return []
         return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
 
-    def wait_record(self, pred, timeout: float = 5.0) -> dict:
+    def record_mark(self) -> int:
+        """How many records there are now: wait_record(after=mark) sees only later ones
+        (a client port can come back in a later session of the same sensor)."""
+        return len(self.records())
+
+    def wait_record(self, pred, timeout: float = 5.0, after: int = 0) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            found = [r for r in self.records() if pred(r)]
+            found = [r for r in self.records()[after:] if pred(r)]
             if found:
                 return found[0]
             if time.monotonic() > deadline:
