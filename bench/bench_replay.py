@@ -191,7 +191,7 @@ def compare_workers(me, ex, counts, runs):
               f"{cbase / statistics.median(p):.2f}x; {min(ratios):.2f}–{max(ratios):.2f}x |")
     print("\nwall time of the replay (records to JSON lines on /dev/null, MIME on, no statistics), "
           "runs interleaved; speed-up range: run i of 1 worker over run i of N.  The CPU path is "
-          "what the wall time would be with a free core per worker (the parent only waits and copies).")
+          "what the wall time would be with a free core per worker, at most (the parent's CPU is added as if it came after the workers; it relays their records while they run).")
 
 
 # --------------------------------------------------------------- parent side

@@ -12,10 +12,12 @@ packet keeps the capture's clock as one process does: its ticks (statistics)
 and its expiries (idle flows) come at the same packets, and the end of the
 input at the capture's last packet, in every worker.
 
-Each worker writes its records to a file of its own; once all have ended
-they are written out one worker after the other, so the output holds the
-records one process writes, in another order (``tests/offline/
-test_replay_workers.py`` compares them after a stable sort).  The summary's
+Each worker writes its records as JSON lines into a pipe of its own, and
+the command puts them, whole records as they come, into its outputs
+(``sensor.service.relay``, as the live supervisor does): the output holds
+the records one process writes, in another order (``tests/offline/
+test_replay_workers.py`` compares them after a stable sort), and the
+workers' records are written while they run, not after them.  The summary's
 counts are the workers' added up.
 
 What cannot be split: a verdict that reaches past its worker.  A ban (by a
@@ -34,14 +36,13 @@ import os
 import pickle
 import signal
 import sys
-import tempfile
 import traceback
-from pathlib import Path
 
 from sensor.counters import add_counts
 from sensor.errors import SensorError
 from sensor.inputs.replay import ReplayError, ReplayResult, replay
 from sensor.inputs.split import FrameOwners, ShardFilter
+from sensor.service.relay import RecordLines, RecordRelay, widen
 
 __all__ = ["replay_workers", "check_splittable", "WorkersResult"]
 
@@ -74,7 +75,7 @@ def check_splittable(config, workers: int, write_passed=None) -> None:
 def replay_workers(path, make_userland, workers: int, out, *, strict: bool = True,
                    progress=None) -> WorkersResult:
     """Replay ``path`` over ``workers`` processes; their records go to ``out``
-    (a sink: sensor.outputs.Outputs) once all have ended, worker after worker.  ``make_userland(sink)`` is
+    (a sink: sensor.outputs.Outputs) as they come, whole records.  ``make_userland(sink)`` is
     called in each worker.  ``progress``: shown by worker 0.  A worker's
     ``SensorError`` (rules that do not load, a corrupt capture) is raised
     here, after the records of what was read are written."""
@@ -82,22 +83,26 @@ def replay_workers(path, make_userland, workers: int, out, *, strict: bool = Tru
 
     started = time.perf_counter()
     for stream in (sys.stdout, sys.stderr, out):
-        stream.flush()        # nothing buffered is written twice by the children
-    with tempfile.TemporaryDirectory(prefix="smtp-sensor-replay-") as tmp:
-        children = []
-        try:
-            for index in range(workers):
-                children.append(_start(path, make_userland, workers, index, Path(tmp) / f"{index}.jsonl",
-                                       strict, progress if index == 0 else None))
-            answers = [_answer(pid, fd) for pid, fd in children]
-            children = []
-        finally:
-            for pid, fd in children:       # interrupted: ours only, by pid
-                _stop(pid, fd)
+        flush = getattr(stream, "flush", None)
+        if flush is not None:
+            flush()        # nothing buffered is written twice by the children
+    relay = RecordRelay(RecordLines(out))
+    children = []
+    try:
         for index in range(workers):
-            with open(Path(tmp) / f"{index}.jsonl", encoding="utf-8") as records:
-                for line in records:
-                    out(json.loads(line))
+            children.append(_start(path, make_userland, workers, index, strict,
+                                   progress if index == 0 else None, relay))
+        open_records = {records_fd for _, _, records_fd in children}
+        while open_records:
+            for fd in relay.pump(1.0):
+                relay.finish(fd)
+                open_records.discard(fd)
+        answers = [_answer(pid, fd) for pid, fd, _ in children]
+        children = []
+    finally:
+        for pid, fd, _ in children:       # interrupted: ours only, by pid
+            _stop(pid, fd)
+        relay.close()
     for kind, *what in answers:
         if kind == "error":
             error_type, message = what
@@ -113,18 +118,27 @@ def replay_workers(path, make_userland, workers: int, out, *, strict: bool = Tru
                          first.warnings, verdicts, [a[3] for a in answers])
 
 
-def _start(path, make_userland, workers, index, records_path, strict, progress):
+def _start(path, make_userland, workers, index, strict, progress, relay):
+    """Fork worker ``index``: its records come through a pipe of their own
+    (``relay``), its answer through another once its records are all written."""
     read_fd, write_fd = os.pipe()
+    records_read, records_write = os.pipe()
+    widen(records_write)
     pid = os.fork()
     if pid:
         os.close(write_fd)
-        return pid, read_fd
+        os.close(records_write)
+        relay.add(records_read)
+        return pid, read_fd, records_read
     # the worker: never returns into the caller's code
     os.close(read_fd)
+    os.close(records_read)
+    for fd in relay.fds():
+        os.close(fd)              # the pipes of the workers forked before this one
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        answer = _work(path, make_userland, workers, index, records_path, strict, progress)
+        answer = _work(path, make_userland, workers, index, records_write, strict, progress)
     except BaseException:           # noqa: BLE001 - reported to the parent, which decides
         answer = ("crash", traceback.format_exc(limit=3).strip().splitlines()[-1])
         code = 1
@@ -135,12 +149,11 @@ def _start(path, make_userland, workers, index, records_path, strict, progress):
         os._exit(code)
 
 
-def _work(path, make_userland, workers, index, records_path, strict, progress):
-    from sensor.files import open_private
+def _work(path, make_userland, workers, index, records_fd, strict, progress):
     from sensor.records.sinks import JsonLinesSink
 
-    with open_private(records_path, "w") as records:
-        sink = JsonLinesSink(records)
+    with open(records_fd, "w", encoding="utf-8", buffering=1 << 16) as records:
+        sink = JsonLinesSink(_FlushedAtClose(records))
         try:
             userland = make_userland(sink)
         except SensorError as exc:
@@ -151,14 +164,24 @@ def _work(path, make_userland, workers, index, records_path, strict, progress):
         try:
             result = replay(path, userland, strict=strict, progress=progress, shard=owners)
         except SensorError as exc:
-            sink.flush()
             return ("error", type(exc).__name__, str(exc))
         finally:
             if progress is not None:
                 progress.close()
-        sink.flush()
     times = os.times()            # a forked child's start at zero
     return ("ok", result, userland.verdict_counts(), times.user + times.system)
+
+
+class _FlushedAtClose:
+    """A text stream whose ``flush`` waits for its ``close``: structlog's
+    ``WriteLogger`` flushes after every record, which through a pipe is one
+    wakeup of the command per record; the records go in 64 KiB writes."""
+
+    def __init__(self, stream):
+        self.write = stream.write
+
+    def flush(self) -> None:
+        pass
 
 
 def _answer(pid: int, fd: int):

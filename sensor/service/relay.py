@@ -40,13 +40,18 @@ class RecordRelay:
         self._partial[fd] = b""
         self._sel.register(fd, selectors.EVENT_READ)
 
-    def pump(self, timeout: float = 0.0) -> None:
-        """Copy what the pipes hold now (waiting up to ``timeout`` for some)."""
+    def fds(self) -> list[int]:
+        """The pipes being read (a forked writer closes its copies)."""
+        return list(self._partial)
+
+    def pump(self, timeout: float = 0.0) -> list[int]:
+        """Copy what the pipes hold now (waiting up to ``timeout`` for some);
+        returns the pipes whose writers have closed them (``finish`` them)."""
         ready = self._sel.select(timeout) if self._partial else []
-        for key, _ in ready:
-            self._read(key.fd)
+        ended = [key.fd for key, _ in ready if self._read(key.fd) is None]
         if ready:
             self.out.flush()
+        return ended
 
     def finish(self, fd: int) -> None:
         """Copy what is left in ``fd`` (its writer is gone), then close it."""
@@ -62,13 +67,14 @@ class RecordRelay:
         os.close(fd)
         self.out.flush()
 
-    def _read(self, fd: int) -> bool:
+    def _read(self, fd: int) -> bool | None:
+        """True: copied some; False: nothing there yet; None: the writer closed it."""
         try:
             data = os.read(fd, 1 << 20)
         except BlockingIOError:
             return False
         if not data:
-            return False
+            return None
         data = self._partial[fd] + data
         end = data.rfind(b"\n") + 1
         if end:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +93,38 @@ def test_ticks_happen_in_every_worker_at_the_capture_times_of_one_process(many_h
     ts_one = [json.loads(r)["ts"] for r in one if '"notice"' in r]
     ts_split = [json.loads(r)["ts"] for r in split if '"notice"' in r]
     assert ts_one and ts_split == ts_one
+
+
+def test_a_workers_records_reach_the_output_while_the_other_worker_still_runs(many_hosts, tmp_path):
+    """The worker that starts second waits, before it reads a packet, until
+    the output has a record of the first: records that were put out only
+    after every worker had ended would never come, and it would give up."""
+    first, arrived = tmp_path / "first", tmp_path / "arrived"
+
+    def make_userland(sink):
+        try:
+            os.close(os.open(first, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:        # the second worker
+            deadline = time.monotonic() + 10
+            while not arrived.exists():
+                if time.monotonic() > deadline:
+                    raise SensorError("no record of the first worker reached the output")
+                time.sleep(0.01)
+        return Userland(MONITOR, sink, uid_seed=0)
+
+    class Output(ListSink):
+        def __call__(self, record):
+            arrived.touch()
+            super().__call__(record)
+
+        def flush(self):
+            pass
+
+    out = Output()
+    replay_workers(many_hosts, make_userland, 2, out)
+    one = ListSink()
+    replay(many_hosts, Userland(MONITOR, one, uid_seed=0))
+    assert sorted(map(_text, out)) == sorted(map(_text, one))
 
 
 def test_banning_and_writing_passed_packets_are_refused_with_workers(tmp_path):
