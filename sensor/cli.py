@@ -179,16 +179,19 @@ def _default_socket() -> str:
     return DEFAULT_SOCKET
 
 
-def _load_config(path):
-    from sensor.config import Config, load
-    return load(path) if path is not None else Config()
+def _load_config(path, text: str | None = None):
+    from sensor.config import Config, load, loads
+    if path is None:
+        return Config()
+    return load(path) if text is None else loads(text, source=Path(path))
 
 
-def resolve_run_config(args):
-    """The config file (or the defaults), with the command line's flags on top."""
+def resolve_run_config(args, text: str | None = None):
+    """The config file (or the defaults), with the command line's flags on top;
+    ``text``: the file's content, already read."""
     from dataclasses import replace
 
-    cfg = _load_config(getattr(args, "config", None))
+    cfg = _load_config(getattr(args, "config", None), text)
     over = {}
     if getattr(args, "interface", None):
         over["interfaces"] = tuple(args.interface)
@@ -219,7 +222,7 @@ def cmd_run(args) -> int:
     options = RunOptions(duration=args.duration, stats_interval=args.stats_interval,
                          reload_interval=args.reload_interval, wakeup=args.wakeup,
                          control_socket=None if socket_path == "none" else socket_path, metrics=args.metrics,
-                         load_config=lambda: resolve_run_config(args))
+                         load_config=lambda text=None: resolve_run_config(args, text))
     if config.sensor.worker_count > 1:
         from sensor.service.supervisor import Supervisor
         sensor = Supervisor(config, options)

@@ -824,14 +824,17 @@ _SECTIONS = {"sensor": SensorConfig, "limits": LimitsConfig, "spam_stats": SpamS
 
 def load(path) -> Config:
     """Read and validate a TOML config file; every problem is a one-line ConfigError."""
-    path = Path(path)
+    return loads(read_text(path), source=Path(path))
+
+
+def read_text(path) -> str:
+    """A config file's text (``loads`` it); a file that cannot be read is a one-line ConfigError."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(None, None, f"cannot read the config: {exc.strerror or exc}", str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(None, None, f"not UTF-8 text (byte {exc.start})", str(path)) from None
-    return loads(text, source=path)
 
 
 def loads(text: str, source=None) -> Config:

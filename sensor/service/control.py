@@ -143,6 +143,9 @@ class ControlCounters(Counters):
 
 
 class ControlServer:
+    #: the largest request body taken, in bytes
+    max_request = MAX_REQUEST
+
     def __init__(self, path, sensor):
         self.path = str(path)
         self.sensor = sensor
@@ -257,10 +260,11 @@ class ControlServer:
         conn.buf += data
         if len(conn.buf) >= 4:
             (size,) = _LEN.unpack_from(conn.buf)
-            if size > MAX_REQUEST:
+            if size > self.max_request:
                 self.counters.requests += 1
                 self.counters.refused += 1
-                self._reply(conn, {"ok": False, "error": f"request of {size} bytes is larger than {MAX_REQUEST}"})
+                self._reply(conn, {"ok": False,
+                                   "error": f"request of {size} bytes is larger than {self.max_request}"})
                 return
             if len(conn.buf) >= 4 + size:
                 body = bytes(conn.buf[4:4 + size])

@@ -83,9 +83,10 @@ class RunOptions:
     control_socket: str | None = None
     metrics: str | None = None      # ADDR:PORT of the Prometheus endpoint (sensor.service.metrics)
     uid_seed: bytes | int | None = None   # seed of the connection uids; None: random per run
-    #: reads the configuration again for ``reload`` (the CLI's: the file with its flags on top);
-    #: None: the file the configuration came from, if any
-    load_config: Callable[[], Config] | None = None
+    #: reads the configuration again for ``reload`` (the CLI's: the file with its flags on top),
+    #: ``load_config(text)`` from the file's text already read (one read for a supervisor and
+    #: its workers); None: the file the configuration came from, if any
+    load_config: Callable[..., Config] | None = None
 
 
 class SensorCounters(Counters):

@@ -341,19 +341,23 @@ class Supervisor:
         relay (``Outputs.take_over``: what the pipes hold goes to the new
         ones, nothing is lost), the old ones closed; then each worker applies
         the rest.  A refusal (one line) leaves every configuration as it was
-        and the workers re-read their rules only.  Returns ``config_error``
-        and ``workers``, the workers' merged answer."""
-        from sensor.config import load
+        and the workers re-read their rules only.  The file is read once,
+        here: the workers are given its text (``config_text``), so they
+        apply what was planned even if the file changes meanwhile.  Returns
+        ``config_error`` and ``workers``, the workers' merged answer."""
+        from sensor.config import loads, read_text
         from sensor.outputs import Outputs
         from sensor.service.reload import OUTPUT_KEYS, plan_reload
 
+        source = self.config.source
         loader = self.options.load_config
-        if loader is None and self.config.source is not None:
-            loader = lambda: load(self.config.source)          # noqa: E731
-        error = plan = None
+        if loader is None and source is not None:
+            loader = lambda text: loads(text, source=source)      # noqa: E731
+        error = plan = text = None
         if loader is not None:
             try:
-                plan = plan_reload(self.config, loader(), outputs_live=True)
+                text = read_text(source) if source is not None else None
+                plan = plan_reload(self.config, loader() if text is None else loader(text), outputs_live=True)
             except SensorError as exc:
                 error = f"configuration not reloaded: {exc}"
             else:
@@ -371,7 +375,8 @@ class Supervisor:
             return {"config_error": error, "workers": merge.merge_reload(self.ask("reload_rules", why=why) or {0: {}})}
         if plan is not None:
             self._apply_own(plan)
-        return {"config_error": None, "workers": merge.merge_reload(self.ask("reload", why=why))}
+        return {"config_error": None,
+                "workers": merge.merge_reload(self.ask("reload", why=why, config_text=text))}
 
     def _apply_own(self, plan) -> None:
         """The supervisor's share of a reload: the configuration a restarted

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from sensor.config import load, loads
 from sensor.errors import SensorError
 from sensor.service.control import ControlServer, check_prefix, check_ttl
 from sensor.service.loop import Sensor
@@ -38,7 +39,11 @@ class WorkerControl(ControlServer):
     ban the supervisor spreads over every worker (a prefix holds hosts of
     several): ``ban_local``/``unban_local`` change this worker's verdicts and
     tear its flows down, without a record (one worker writes it); ``metrics``
-    its counters for the supervisor's Prometheus endpoint."""
+    its counters for the supervisor's Prometheus endpoint.  Its one client
+    is the supervisor, whose reload request carries the configuration file's
+    text: hence the larger request bound."""
+
+    max_request = 16 << 20
 
     def cmd_ban_local(self, prefix: str, ttl: float | None = None, reason: str | None = None) -> dict:
         import time
@@ -53,11 +58,13 @@ class WorkerControl(ControlServer):
         self.sensor.enforcer.unban(network)
         return {"unbanned": network}
 
-    def cmd_reload(self, why: str = "control socket") -> dict:
+    def cmd_reload(self, why: str = "control socket", config_text: str | None = None) -> dict:
         """The configuration and the rules, as the supervisor's reload asks
-        (``why``: SIGHUP or its control socket, for the log line); the outputs
-        are the supervisor's, already swapped when they changed."""
+        (``why``: SIGHUP or its control socket, for the log line;
+        ``config_text``: the file as the supervisor read and planned it); the
+        outputs are the supervisor's, already swapped when they changed."""
         self.sensor.reload_requested = why
+        self.sensor.config_text = config_text
         return super().cmd_reload()
 
     def cmd_reload_rules(self, why: str = "control socket") -> dict:
@@ -85,6 +92,12 @@ class WorkerSensor(Sensor):
     opened and swapped them before asking the workers), here nothing to do."""
 
     OUTPUTS_RELOAD = True
+    #: the configuration file's text of the reload under way, as the supervisor read it
+    config_text: str | None = None
+
+    def take_config_text(self) -> str | None:
+        text, self.config_text = self.config_text, None
+        return text
 
     def reload_outputs(self, old, new) -> None:
         pass
@@ -101,6 +114,24 @@ def worker_config(config, worker: int):
     cfg = config.sensor
     return replace(config, sensor=replace(cfg, state_file=worker_state_file(cfg.state_file, worker),
                                           ban_file=cfg.ban_file if worker == 0 else None))
+
+
+def worker_config_loader(load_config, source, worker: int, pending_text):
+    """Worker ``worker``'s ``RunOptions.load_config``: its own view of a
+    reload's configuration (a reload compares like with like), made from the
+    file's text the supervisor read and planned (``pending_text()``), or,
+    without one, read here (``load_config``: the command line's loader,
+    else the file ``source``)."""
+
+    def reload_config():
+        text = pending_text()
+        if load_config is not None:
+            new = load_config() if text is None else load_config(text)
+        else:
+            new = load(source) if text is None else loads(text, source=source)
+        return worker_config(new, worker)
+
+    return reload_config
 
 
 def worker_seed(seed, worker: int):
@@ -121,9 +152,9 @@ def run_worker(config, options, datapath, worker: int, pipe_fd: int) -> int:
         pass
     log = structlog.get_logger("sensor").bind(worker=worker)
     out = os.fdopen(pipe_fd, "w", encoding="utf-8", buffering=1 << 16)
-    load_config = options.load_config
-    if load_config is not None:     # a reload compares like with like: the worker's own view
-        options = replace(options, load_config=lambda: worker_config(load_config(), worker))
+    if options.load_config is not None or config.source is not None:
+        options = replace(options, load_config=worker_config_loader(
+            options.load_config, config.source, worker, lambda: sensor.take_config_text()))
     sensor = WorkerSensor(worker_config(config, worker),
                           replace(options, uid_seed=worker_seed(options.uid_seed, worker)),
                           logger=log, sink=JsonLinesSink(out), datapath=datapath, worker=worker)

@@ -17,6 +17,7 @@ from sensor.rules.budget import RuleLimits
 from sensor.rules.enforce import KernelEnforcer
 from sensor.service.loop import RunOptions, Sensor
 from sensor.service.reload import changed_keys, plan_reload
+from sensor.service.worker import worker_config, worker_config_loader
 from sensor.spamstats.stats import ConnState
 
 pytestmark = pytest.mark.unit
@@ -165,3 +166,19 @@ def test_hold_max_ms_is_live_and_written_to_the_kernel_and_the_hold():
     apply_reload(sensor, plan)
     assert written == [dict(push=True, enforce=True, snaplen=0, hold=True, hold_max_ms=900)]
     assert (dp.config.hold_max_ms, hold.hold_max_ns, sensor.config) == (900, 900_000_000, new)
+
+
+def test_a_worker_applies_the_text_the_supervisor_planned_even_if_the_file_changed_since(tmp_path):
+    path = tmp_path / "sensor.toml"
+    path.write_text("[sensor]\nports = [25]\nstate_file = \"stats.json\"\n")
+    config = worker_config(load(path), 1)                  # the worker runs its own view
+    planned = "[sensor]\nports = [25, 2525]\nstate_file = \"stats.json\"\n"
+    path.write_text(planned.replace("2525", "587"))         # edited again after the supervisor read it
+    pending = [planned]
+    sensor = running_sensor(config, load_config=worker_config_loader(
+        None, path, 1, lambda: pending.pop() if pending else None))
+    result = sensor.reload()
+    assert result["config_changed"] == ["sensor.ports"] and sensor.config.sensor.ports == (25, 2525)
+    assert sensor.config.sensor.state_file == tmp_path / "stats.json.worker1"    # the worker's own view
+    # a reload without the supervisor's text reads the file
+    assert sensor.reload()["config_changed"] == ["sensor.ports"] and sensor.config.sensor.ports == (25, 587)
