@@ -723,18 +723,23 @@ int ss_xdp_ingress(struct xdp_md *ctx)
 	return ss_is_drop(counter) ? XDP_DROP : XDP_PASS;
 }
 
-int ss_tc_egress(struct __sk_buff *skb)
+/* The egress path of a packet, `ehlo` saying whether ss_tc_ehlo has looked at it. */
+static __always_inline int ss_tc_process(struct __sk_buff *skb, int ehlo)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	int action = -1;
-	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_UNSEEN,
-				 &action);
+	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, ehlo, &action);
 
 	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
 	if (action >= 0)
 		return action;
 	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+int ss_tc_egress(struct __sk_buff *skb)
+{
+	return ss_tc_process(skb, SS_EHLO_UNSEEN);
 }
 
 /* Tail-called by ss_tc_egress for a segment that may be an EHLO reply with
@@ -763,16 +768,7 @@ int ss_tc_ehlo(struct __sk_buff *skb)
  * reply code). */
 int ss_tc_after_ehlo(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	int action = -1;
-	int counter = ss_process(skb, data, data_end, skb->len, skb->ifindex, SS_DIR_EGRESS, SS_EHLO_SEEN,
-				 &action);
-
-	ss_count_verdict(skb->ifindex, SS_DIR_EGRESS, counter);
-	if (action >= 0)
-		return action;
-	return ss_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
+	return ss_tc_process(skb, SS_EHLO_SEEN);
 }
 
 /* Only XDP_PASS: run by userland with BPF_PROG_TEST_RUN in live-frames mode
