@@ -156,3 +156,19 @@ def test_systemd_unit_reloads_with_sighup_and_states_capabilities():
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
     for cap in ("CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"):
         assert cap in unit
+
+
+def test_the_guest_gets_the_sources_and_not_the_hosts_build_products(tmp_path):
+    """The synced folder's excludes, given to rsync as Vagrant gives them:
+    the BPF C and the Python sources go in, the modules ./run setup compiled
+    on the host (sensor/**.c, .so) stay out, for both boxes."""
+    add_fake_local_box(tmp_path / "vagrant.d")
+    for settings in (vagrantfile_settings(tmp_path), vagrantfile_settings(tmp_path, SMTP_SENSOR_BOX="debian/bookworm64")):
+        folder = settings[("vm", "synced_folder")][0]
+        excludes = [arg for pattern in folder[2]["rsync__exclude"] for arg in ("--exclude", pattern)]
+        listed = subprocess.run(["rsync", "-a", "--dry-run", "--out-format=%n", *excludes, f"{REPO}/", str(tmp_path / "guest")],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        assert {"bpf/datapath.c", "bpf/smtp_sensor.h", "sensor/pipeline.py", "sensor/inputs/split.py", "run"} <= set(listed)
+        built = [name for name in listed if name.startswith("sensor/") and name.endswith((".c", ".so"))]
+        assert built == [] and "sensor/_compiled.json" not in listed
+        assert not any(name.startswith((".git/", ".venv/")) for name in listed)
