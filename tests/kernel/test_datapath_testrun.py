@@ -547,9 +547,9 @@ def tcp_checksum_ok(frame: bytes) -> bool:
     return Ether(bytes(pkt))[TCP].chksum == sent
 
 
-@pytest.mark.parametrize("line", [b"250-CHUNKING", b"250-chunking", b"250-X" + b"CHUNKING"[:0] + b"CHUNKING",
+@pytest.mark.parametrize("line", [b"250-CHUNKING", b"250-chunking", b"250-cHuNkInG", b"250-X" + b"CHUNKING"[:0] + b"CHUNKING",
                                   b"250-SMTPUTF8\r\n250 CHUNKING"],
-                         ids=["upper", "lower", "odd-offset", "last-line"])
+                         ids=["upper", "lower", "mixed", "odd-offset", "last-line"])
 def test_the_ehlo_reply_leaving_through_tc_has_chunking_masked_with_a_valid_checksum(dp, reader, line):
     held_setup(dp)
     payload = (EHLO % line) if not line.endswith(b"250 CHUNKING") else b"250-mx\r\n" + line + b"\r\n"
