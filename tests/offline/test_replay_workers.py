@@ -127,6 +127,22 @@ def test_a_workers_records_reach_the_output_while_the_other_worker_still_runs(ma
     assert sorted(map(_text, out)) == sorted(map(_text, one))
 
 
+def test_a_worker_that_dies_is_one_error_after_the_other_workers_records(many_hosts, tmp_path):
+    first = tmp_path / "first"
+
+    def make_userland(sink):
+        try:
+            os.close(os.open(first, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:        # the second worker: killed before it reads a packet
+            os._exit(3)
+        return Userland(MONITOR, sink, uid_seed=0)
+
+    out = ListSink()
+    with pytest.raises(SensorError, match=r"a replay worker failed: worker \d+ ended without an answer"):
+        replay_workers(many_hosts, make_userland, 2, out)
+    assert out.of("smtp")                      # the other worker's records are out
+
+
 def test_banning_and_writing_passed_packets_are_refused_with_workers(tmp_path):
     with pytest.raises(SensorError, match="cannot enforce bans"):
         check_splittable(Config(), 2)
