@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import structlog
@@ -289,6 +290,9 @@ def test_type_zeek_writes_zeeks_logs_in_the_directory_and_rotates_them_on_reopen
 # ---------------------------------------------------------------- EVE fields
 
 def test_the_timestamp_is_local_time_with_its_offset_as_suricata_writes_it(monkeypatch):
+    if not Path("/usr/share/zoneinfo/America/New_York").exists():
+        from support.prereqs import missing
+        missing("tzdata, the time zones (./run setup installs it)")
     try:
         for tz, expected in (("UTC", "2025-12-02T05:00:00.123456+0000"),
                              ("America/New_York", "2025-12-02T00:00:00.123456-0500"),
