@@ -58,7 +58,7 @@ INTERNAL_NET = "198.51.100.0/24"
 BENIGN_V4 = CLIENT_V4                  # a few good mails: never judged
 REJECTED_DOMAIN = "nowhere.lab.example"  # both servers refuse every recipient there
 THRESHOLD = 10
-SPAM_BAN_TTL = 60
+SPAM_BAN_TTL = 900     # s: outlasts the module on a slow machine (the restart test restores every ban)
 
 CONFIG = f"""\
 # scaled down from the seed's 300 connections / 30 percent / 60 min
