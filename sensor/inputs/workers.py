@@ -31,7 +31,6 @@ ban.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal
